@@ -1,0 +1,706 @@
+//! The read models of API.md (`VCluster`, `Operation` with its steps, `Snapshot`) and the
+//! pure functions that fold events into them.
+//!
+//! The store keeps these as inline projections, updated in the same transaction as the
+//! events, and rebuilds them from the log with exactly the same functions, so a rebuild
+//! equals the live tables by construction. The `apply` functions also check the log's
+//! grammar (steno's lesson): an event that makes no sense for the current read model
+//! (a second `CreateRequested`, a step event after the operation ended) is refused with a
+//! [`ProjectionError`] instead of being folded into nonsense.
+
+use crate::command::Command;
+use crate::error::Status;
+use crate::event::Event;
+use crate::ids::{OperationId, SnapshotId, VClusterId};
+use crate::name::{ProjectName, VClusterName};
+use crate::spec::VClusterSpec;
+use crate::state::{OperationKind, OperationState, SnapshotState, StepState, VClusterState};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// A vcluster as API.md shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VCluster {
+    /// Its name, unique among live vclusters of the project.
+    pub name: VClusterName,
+    /// Its project.
+    pub project: ProjectName,
+    /// The uid of this incarnation.
+    pub uid: VClusterId,
+    /// Lifecycle state.
+    pub state: VClusterState,
+    /// The current spec.
+    pub spec: VClusterSpec,
+    /// Where it lives on the host.
+    pub host_namespace: String,
+    /// The operation running on it now.
+    pub active_operation: Option<OperationId>,
+    /// The last operation that ended on it.
+    pub last_operation: Option<OperationId>,
+    /// The version of its event stream (usable as an etag).
+    pub version: u64,
+    /// When it was requested.
+    pub created_at: DateTime<Utc>,
+    /// When its stream last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One step of an operation as API.md shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OperationStep {
+    /// The persisted step name.
+    pub name: String,
+    /// Its state.
+    pub state: StepState,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When the first attempt started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it reached SUCCEEDED, FAILED, COMPENSATED or SKIPPED.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The last error, if the last attempt or the undo failed.
+    pub error: Option<Status>,
+}
+
+/// A long-running operation as API.md shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Operation {
+    /// Its id.
+    pub id: OperationId,
+    /// `operations/<id>` (AIP-151).
+    pub name: String,
+    /// What it does.
+    pub kind: OperationKind,
+    /// The vcluster's name.
+    pub vcluster: VClusterName,
+    /// The vcluster's uid.
+    pub vcluster_uid: VClusterId,
+    /// The project.
+    pub project: ProjectName,
+    /// The client's request id.
+    pub request_id: Option<String>,
+    /// Its state.
+    pub state: OperationState,
+    /// True once the state is terminal.
+    pub done: bool,
+    /// Its steps, in plan order.
+    pub steps: Vec<OperationStep>,
+    /// Why it failed, was cancelled or got stuck.
+    pub error: Option<Status>,
+    /// What it produced.
+    pub result: serde_json::Value,
+    /// The operation it retries.
+    pub retry_of: Option<OperationId>,
+    /// The vcluster's stable state when the operation was accepted.
+    pub prior_state: Option<VClusterState>,
+    /// The parameters it was called with.
+    pub command: Command,
+    /// True once someone asked to cancel it.
+    pub cancel_requested: bool,
+    /// The version of its event stream.
+    pub version: u64,
+    /// When it was accepted.
+    pub created_at: DateTime<Utc>,
+    /// When its stream last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A snapshot as API.md shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Its id.
+    pub id: SnapshotId,
+    /// The vcluster it was taken of.
+    pub vcluster: VClusterName,
+    /// That vcluster's uid.
+    pub vcluster_uid: VClusterId,
+    /// The project.
+    pub project: ProjectName,
+    /// Its state.
+    pub state: SnapshotState,
+    /// Total artifact size.
+    pub size_bytes: Option<u64>,
+    /// SHA-256 of the manifest.
+    pub sha256: Option<String>,
+    /// Storage URL of the artifact.
+    pub location: Option<String>,
+    /// Spec, helm values, versions, labels.
+    pub metadata: serde_json::Value,
+    /// Free text.
+    pub description: Option<String>,
+    /// The operation that wrote it.
+    pub operation_id: OperationId,
+    /// Why it failed.
+    pub error: Option<Status>,
+    /// The version of its event stream.
+    pub version: u64,
+    /// When it was started.
+    pub created_at: DateTime<Utc>,
+    /// When its stream last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// An event that cannot be folded into the read model it targets.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProjectionError {
+    /// The event needs an existing entity and there is none.
+    #[error("{event_type} on {stream}: no such entity")]
+    Missing {
+        /// The stream.
+        stream: String,
+        /// The event.
+        event_type: &'static str,
+    },
+    /// The event creates an entity that exists.
+    #[error("{event_type} on {stream}: entity already exists")]
+    AlreadyExists {
+        /// The stream.
+        stream: String,
+        /// The event.
+        event_type: &'static str,
+    },
+    /// The event does not belong on this kind of stream.
+    #[error("{event_type} does not belong on stream {stream}")]
+    WrongStream {
+        /// The stream.
+        stream: String,
+        /// The event.
+        event_type: &'static str,
+    },
+    /// The operation already ended.
+    #[error("{event_type} on {stream}: the operation already ended ({state:?})")]
+    AfterTerminal {
+        /// The stream.
+        stream: String,
+        /// The event.
+        event_type: &'static str,
+        /// Its terminal state.
+        state: OperationState,
+    },
+}
+
+/// Where a vcluster lives on the host: `ovc-<project>-<name>`, shortened with a hash when
+/// that would exceed the 63 characters of a namespace name.
+pub fn host_namespace(project: &ProjectName, name: &VClusterName) -> String {
+    let full = format!("ovc-{project}-{name}");
+    if full.len() <= 63 {
+        return full;
+    }
+    let digest = Sha256::digest(full.as_bytes());
+    let hash: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    // 63 - len("-") - 8 hex = 54; the prefix is ASCII, so byte slicing is safe.
+    let prefix = full[..54].trim_end_matches('-');
+    format!("{prefix}-{hash}")
+}
+
+fn missing(stream: &str, event: &Event) -> ProjectionError {
+    ProjectionError::Missing {
+        stream: stream.to_string(),
+        event_type: event.event_type(),
+    }
+}
+
+fn exists(stream: &str, event: &Event) -> ProjectionError {
+    ProjectionError::AlreadyExists {
+        stream: stream.to_string(),
+        event_type: event.event_type(),
+    }
+}
+
+fn wrong(stream: &str, event: &Event) -> ProjectionError {
+    ProjectionError::WrongStream {
+        stream: stream.to_string(),
+        event_type: event.event_type(),
+    }
+}
+
+impl VCluster {
+    /// Folds one event of stream `vcluster-<uid>` (at stream `version`, recorded `at`).
+    pub fn apply(
+        current: Option<VCluster>,
+        uid: VClusterId,
+        stream: &str,
+        version: u64,
+        at: DateTime<Utc>,
+        event: &Event,
+    ) -> Result<VCluster, ProjectionError> {
+        let begin = |current: Option<VCluster>, op: OperationId, state: VClusterState| {
+            let mut vc = current.ok_or_else(|| missing(stream, event))?;
+            vc.state = state;
+            vc.active_operation = Some(op);
+            Ok::<_, ProjectionError>(vc)
+        };
+        let mut vc = match event {
+            Event::CreateRequested {
+                operation_id,
+                name,
+                project,
+                spec,
+                host_namespace,
+            } => {
+                if current.is_some() {
+                    return Err(exists(stream, event));
+                }
+                VCluster {
+                    name: name.clone(),
+                    project: project.clone(),
+                    uid,
+                    state: VClusterState::Creating,
+                    spec: spec.clone(),
+                    host_namespace: host_namespace.clone(),
+                    active_operation: Some(*operation_id),
+                    last_operation: None,
+                    version,
+                    created_at: at,
+                    updated_at: at,
+                }
+            }
+            Event::RestoreRequested {
+                operation_id,
+                new_vcluster: Some(new),
+                ..
+            } => {
+                if current.is_some() {
+                    return Err(exists(stream, event));
+                }
+                VCluster {
+                    name: new.name.clone(),
+                    project: new.project.clone(),
+                    uid,
+                    state: VClusterState::Restoring,
+                    spec: new.spec.clone(),
+                    host_namespace: new.host_namespace.clone(),
+                    active_operation: Some(*operation_id),
+                    last_operation: None,
+                    version,
+                    created_at: at,
+                    updated_at: at,
+                }
+            }
+            Event::RestoreRequested {
+                operation_id,
+                new_vcluster: None,
+                ..
+            } => begin(current, *operation_id, VClusterState::Restoring)?,
+            Event::SuspendRequested { operation_id } => {
+                begin(current, *operation_id, VClusterState::Suspending)?
+            }
+            Event::ResumeRequested { operation_id } => {
+                begin(current, *operation_id, VClusterState::Resuming)?
+            }
+            Event::SnapshotRequested { operation_id, .. } => {
+                begin(current, *operation_id, VClusterState::Snapshotting)?
+            }
+            Event::ScaleRequested { operation_id } => {
+                begin(current, *operation_id, VClusterState::Scaling)?
+            }
+            Event::DeleteRequested { operation_id } => {
+                begin(current, *operation_id, VClusterState::Deleting)?
+            }
+            Event::RetryRequested {
+                operation_id, kind, ..
+            } => begin(current, *operation_id, kind.in_progress_state())?,
+            Event::VClusterSettled {
+                operation_id,
+                state,
+                spec,
+            } => {
+                let mut vc = current.ok_or_else(|| missing(stream, event))?;
+                vc.state = *state;
+                if let Some(spec) = spec {
+                    vc.spec = spec.clone();
+                }
+                vc.active_operation = None;
+                vc.last_operation = Some(*operation_id);
+                vc
+            }
+            Event::VClusterReverted {
+                operation_id,
+                state,
+            } => {
+                let mut vc = current.ok_or_else(|| missing(stream, event))?;
+                vc.state = *state;
+                vc.active_operation = None;
+                vc.last_operation = Some(*operation_id);
+                vc
+            }
+            Event::VClusterFailed { operation_id, .. } => {
+                let mut vc = current.ok_or_else(|| missing(stream, event))?;
+                vc.state = VClusterState::Failed;
+                vc.active_operation = None;
+                vc.last_operation = Some(*operation_id);
+                vc
+            }
+            _ => return Err(wrong(stream, event)),
+        };
+        vc.version = version;
+        vc.updated_at = at;
+        Ok(vc)
+    }
+}
+
+impl Operation {
+    /// Folds one event of stream `operation-<id>`.
+    pub fn apply(
+        current: Option<Operation>,
+        id: OperationId,
+        stream: &str,
+        version: u64,
+        at: DateTime<Utc>,
+        event: &Event,
+    ) -> Result<Operation, ProjectionError> {
+        if let Event::OperationRequested {
+            vcluster_uid,
+            vcluster,
+            project,
+            command,
+            request_id,
+            retry_of,
+            prior_state,
+            steps,
+        } = event
+        {
+            if current.is_some() {
+                return Err(exists(stream, event));
+            }
+            return Ok(Operation {
+                id,
+                name: format!("operations/{id}"),
+                kind: command.kind(),
+                vcluster: vcluster.clone(),
+                vcluster_uid: *vcluster_uid,
+                project: project.clone(),
+                request_id: request_id.clone(),
+                state: OperationState::Pending,
+                done: false,
+                steps: steps
+                    .iter()
+                    .map(|name| OperationStep {
+                        name: name.clone(),
+                        state: StepState::Pending,
+                        attempts: 0,
+                        started_at: None,
+                        finished_at: None,
+                        error: None,
+                    })
+                    .collect(),
+                error: None,
+                result: serde_json::Value::Null,
+                retry_of: *retry_of,
+                prior_state: *prior_state,
+                command: command.clone(),
+                cancel_requested: false,
+                version,
+                created_at: at,
+                updated_at: at,
+            });
+        }
+        let mut op = current.ok_or_else(|| missing(stream, event))?;
+        if op.done {
+            return Err(ProjectionError::AfterTerminal {
+                stream: stream.to_string(),
+                event_type: event.event_type(),
+                state: op.state,
+            });
+        }
+        match event {
+            Event::StepStarted { step, attempt } => {
+                if op.state == OperationState::Pending {
+                    op.state = OperationState::Running;
+                }
+                let s = op.step_mut(step);
+                s.state = StepState::Running;
+                s.attempts = *attempt;
+                s.started_at.get_or_insert(at);
+                s.finished_at = None;
+            }
+            Event::StepSucceeded { step, .. } => {
+                let s = op.step_mut(step);
+                s.state = StepState::Succeeded;
+                s.finished_at = Some(at);
+                s.error = None;
+            }
+            Event::StepFailed {
+                step,
+                attempt,
+                error,
+                will_retry,
+            } => {
+                let s = op.step_mut(step);
+                s.attempts = s.attempts.max(*attempt);
+                s.error = Some(error.clone());
+                if !*will_retry {
+                    s.state = StepState::Failed;
+                    s.finished_at = Some(at);
+                }
+            }
+            Event::StepSkipped { step } => {
+                let s = op.step_mut(step);
+                s.state = StepState::Skipped;
+                s.finished_at = Some(at);
+            }
+            Event::CompensationStarted { error } => {
+                op.state = OperationState::Compensating;
+                op.error = Some(error.clone());
+            }
+            Event::StepCompensated { step } => {
+                let s = op.step_mut(step);
+                s.state = StepState::Compensated;
+                s.finished_at = Some(at);
+            }
+            Event::UndoFailed { step, error } => {
+                let s = op.step_mut(step);
+                s.state = StepState::Failed;
+                s.error = Some(error.clone());
+                s.finished_at = Some(at);
+            }
+            Event::CancelRequested { .. } => op.cancel_requested = true,
+            Event::OperationSucceeded { result } => {
+                op.finish(OperationState::Succeeded, None);
+                op.result = result.clone();
+            }
+            Event::OperationFailed { error } => op.finish(OperationState::Failed, Some(error)),
+            Event::OperationCancelled { error } => {
+                op.finish(OperationState::Cancelled, Some(error))
+            }
+            Event::OperationStuck { error } => op.finish(OperationState::Stuck, Some(error)),
+            _ => return Err(wrong(stream, event)),
+        }
+        op.version = version;
+        op.updated_at = at;
+        Ok(op)
+    }
+
+    fn step_mut(&mut self, name: &str) -> &mut OperationStep {
+        let idx = match self.steps.iter().position(|s| s.name == name) {
+            Some(idx) => idx,
+            None => {
+                self.steps.push(OperationStep {
+                    name: name.to_string(),
+                    state: StepState::Pending,
+                    attempts: 0,
+                    started_at: None,
+                    finished_at: None,
+                    error: None,
+                });
+                self.steps.len() - 1
+            }
+        };
+        &mut self.steps[idx]
+    }
+
+    fn finish(&mut self, state: OperationState, error: Option<&Status>) {
+        self.state = state;
+        self.done = true;
+        if let Some(error) = error {
+            self.error = Some(error.clone());
+        }
+    }
+}
+
+impl Snapshot {
+    /// Folds one event of stream `snapshot-<id>`.
+    pub fn apply(
+        current: Option<Snapshot>,
+        id: SnapshotId,
+        stream: &str,
+        version: u64,
+        at: DateTime<Utc>,
+        event: &Event,
+    ) -> Result<Snapshot, ProjectionError> {
+        let mut snap = match event {
+            Event::SnapshotStarted {
+                operation_id,
+                vcluster_uid,
+                vcluster,
+                project,
+                description,
+            } => {
+                if current.is_some() {
+                    return Err(exists(stream, event));
+                }
+                Snapshot {
+                    id,
+                    vcluster: vcluster.clone(),
+                    vcluster_uid: *vcluster_uid,
+                    project: project.clone(),
+                    state: SnapshotState::Creating,
+                    size_bytes: None,
+                    sha256: None,
+                    location: None,
+                    metadata: serde_json::Value::Null,
+                    description: description.clone(),
+                    operation_id: *operation_id,
+                    error: None,
+                    version,
+                    created_at: at,
+                    updated_at: at,
+                }
+            }
+            Event::SnapshotCompleted {
+                size_bytes,
+                sha256,
+                location,
+                metadata,
+            } => {
+                let mut s = current.ok_or_else(|| missing(stream, event))?;
+                s.state = SnapshotState::Ready;
+                s.size_bytes = Some(*size_bytes);
+                s.sha256 = Some(sha256.clone());
+                s.location = Some(location.clone());
+                s.metadata = metadata.clone();
+                s
+            }
+            Event::SnapshotFailed { error } => {
+                let mut s = current.ok_or_else(|| missing(stream, event))?;
+                s.state = SnapshotState::Failed;
+                s.error = Some(error.clone());
+                s
+            }
+            Event::SnapshotDeleted {} => {
+                let mut s = current.ok_or_else(|| missing(stream, event))?;
+                s.state = SnapshotState::Deleted;
+                s
+            }
+            _ => return Err(wrong(stream, event)),
+        };
+        snap.version = version;
+        snap.updated_at = at;
+        Ok(snap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Code;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + s, 0).expect("time")
+    }
+
+    fn op_id() -> OperationId {
+        OperationId(uuid::Uuid::from_u128(1))
+    }
+
+    #[test]
+    fn vcluster_lifecycle_folds() {
+        let uid = VClusterId(uuid::Uuid::from_u128(9));
+        let create = Event::CreateRequested {
+            operation_id: op_id(),
+            name: "team-a".parse().expect("name"),
+            project: "default".parse().expect("project"),
+            spec: VClusterSpec::default(),
+            host_namespace: "ovc-default-team-a".into(),
+        };
+        let vc = VCluster::apply(None, uid, "s", 1, t(0), &create).expect("create");
+        assert_eq!(vc.state, VClusterState::Creating);
+        assert_eq!(vc.active_operation, Some(op_id()));
+        assert!(VCluster::apply(Some(vc.clone()), uid, "s", 2, t(1), &create).is_err());
+
+        let settled = Event::VClusterSettled {
+            operation_id: op_id(),
+            state: VClusterState::Running,
+            spec: None,
+        };
+        let vc = VCluster::apply(Some(vc), uid, "s", 2, t(1), &settled).expect("settle");
+        assert_eq!(vc.state, VClusterState::Running);
+        assert_eq!(vc.active_operation, None);
+        assert_eq!(vc.last_operation, Some(op_id()));
+        assert_eq!(vc.version, 2);
+        assert_eq!(vc.updated_at, t(1));
+        assert_eq!(vc.created_at, t(0));
+
+        let suspend = Event::SuspendRequested {
+            operation_id: op_id(),
+        };
+        assert!(VCluster::apply(None, uid, "s", 1, t(0), &suspend).is_err());
+        let step = Event::StepStarted {
+            step: "x".into(),
+            attempt: 1,
+        };
+        assert!(matches!(
+            VCluster::apply(Some(vc), uid, "s", 3, t(2), &step),
+            Err(ProjectionError::WrongStream { .. })
+        ));
+    }
+
+    #[test]
+    fn operation_steps_fold_and_terminal_is_final() {
+        let requested = Event::OperationRequested {
+            vcluster_uid: VClusterId(uuid::Uuid::from_u128(9)),
+            vcluster: "team-a".parse().expect("name"),
+            project: "default".parse().expect("project"),
+            command: Command::Delete {},
+            request_id: Some("r1".into()),
+            retry_of: None,
+            prior_state: Some(VClusterState::Running),
+            steps: vec!["uninstall".into(), "delete_namespace".into()],
+        };
+        let mut op = Operation::apply(None, op_id(), "o", 1, t(0), &requested).expect("req");
+        assert_eq!(op.steps.len(), 2);
+        assert_eq!(op.state, OperationState::Pending);
+        let events = [
+            Event::StepStarted {
+                step: "uninstall".into(),
+                attempt: 1,
+            },
+            Event::StepFailed {
+                step: "uninstall".into(),
+                attempt: 1,
+                error: Status::new(Code::Unavailable, "blip"),
+                will_retry: true,
+            },
+            Event::StepStarted {
+                step: "uninstall".into(),
+                attempt: 2,
+            },
+            Event::StepSucceeded {
+                step: "uninstall".into(),
+                output: serde_json::Value::Null,
+            },
+        ];
+        for (i, e) in events.iter().enumerate() {
+            op = Operation::apply(Some(op), op_id(), "o", i as u64 + 2, t(i as i64 + 1), e)
+                .expect("fold");
+        }
+        assert_eq!(op.state, OperationState::Running);
+        assert_eq!(op.steps[0].state, StepState::Succeeded);
+        assert_eq!(op.steps[0].attempts, 2);
+        assert_eq!(op.steps[0].started_at, Some(t(1)));
+        assert_eq!(op.steps[0].error, None);
+        assert_eq!(op.steps[1].state, StepState::Pending);
+
+        let done = Event::OperationSucceeded {
+            result: serde_json::json!({"ok": true}),
+        };
+        op = Operation::apply(Some(op), op_id(), "o", 6, t(9), &done).expect("done");
+        assert!(op.done);
+        let late = Event::StepStarted {
+            step: "delete_namespace".into(),
+            attempt: 1,
+        };
+        assert!(matches!(
+            Operation::apply(Some(op), op_id(), "o", 7, t(10), &late),
+            Err(ProjectionError::AfterTerminal { .. })
+        ));
+    }
+
+    #[test]
+    fn host_namespace_fits_63_chars() {
+        let p: ProjectName = "a".repeat(63).parse().expect("project");
+        let n: VClusterName = "b".repeat(40).parse().expect("name");
+        let ns = host_namespace(&p, &n);
+        assert!(ns.len() <= 63, "{ns}");
+        assert_ne!(
+            ns,
+            host_namespace(&p, &"c".repeat(40).parse().expect("name"))
+        );
+        let short = host_namespace(
+            &"default".parse().expect("p"),
+            &"team-a".parse().expect("n"),
+        );
+        assert_eq!(short, "ovc-default-team-a");
+    }
+}

@@ -1,0 +1,511 @@
+//! What a vcluster should look like: `VClusterSpec` (API.md `spec`) and `ScalePatch`
+//! (the body of ScaleVCluster, where only given fields change).
+//!
+//! Every struct denies unknown fields, so a typo in a request body is a clear
+//! INVALID_ARGUMENT rather than a silently ignored setting, and [`VClusterSpec::validate`]
+//! checks what serde cannot (replica counts, versions, label syntax, sizes).
+
+use crate::error::Status;
+use crate::name::{validate_label_key, validate_label_value};
+use crate::quantity::Quantity;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The largest `helm_values` document we accept, serialized, in bytes.
+pub const MAX_HELM_VALUES_BYTES: usize = 64 * 1024;
+/// The most labels a vcluster may carry.
+pub const MAX_LABELS: usize = 64;
+/// The oldest Kubernetes minor version we install (1.x).
+pub const MIN_KUBERNETES_MINOR: u32 = 28;
+/// The newest Kubernetes minor version we install (1.x).
+pub const MAX_KUBERNETES_MINOR: u32 = 37;
+
+/// The Kubernetes distribution of the virtual control plane. vcluster removed k3s in
+/// v0.33 and k0s in v0.26 (docs/vcluster-mechanics.md §1), so `k8s` is the only one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Distro {
+    /// Upstream Kubernetes.
+    #[default]
+    K8s,
+}
+
+/// The virtual control plane's size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlPlaneSpec {
+    /// 1, or 3 for high availability.
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
+    /// CPU request per replica.
+    #[serde(default = "default_cp_cpu")]
+    pub cpu: Quantity,
+    /// Memory request per replica.
+    #[serde(default = "default_cp_memory")]
+    pub memory: Quantity,
+}
+
+/// The host-side ResourceQuota of the vcluster's namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaSpec {
+    /// `requests.cpu`.
+    #[serde(default = "default_quota_cpu")]
+    pub cpu: Quantity,
+    /// `requests.memory`.
+    #[serde(default = "default_quota_memory")]
+    pub memory: Quantity,
+    /// `count/pods` (control-plane pods count too).
+    #[serde(default = "default_quota_pods")]
+    pub pods: u32,
+    /// `requests.storage`.
+    #[serde(default = "default_quota_storage")]
+    pub storage: Quantity,
+}
+
+/// The desired shape of a vcluster (API.md `VCluster.spec`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VClusterSpec {
+    /// `major.minor` (or `major.minor.patch`) of the virtual Kubernetes.
+    #[serde(default = "default_kubernetes_version")]
+    pub kubernetes_version: String,
+    /// The distribution.
+    #[serde(default)]
+    pub distro: Distro,
+    /// Control-plane size.
+    #[serde(default)]
+    pub control_plane: ControlPlaneSpec,
+    /// Namespace quota.
+    #[serde(default)]
+    pub quota: QuotaSpec,
+    /// Kubernetes-syntax labels, also used for `?label=k=v` filtering.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Extra values merged into the vcluster chart's values.
+    #[serde(default)]
+    pub helm_values: serde_json::Map<String, serde_json::Value>,
+}
+
+fn default_replicas() -> u32 {
+    1
+}
+fn q(s: &str) -> Quantity {
+    // The defaults below are literals that parse; a failure is a bug caught by tests.
+    Quantity::parse(s).unwrap_or_else(|e| unreachable!("default quantity {s}: {e}"))
+}
+fn default_cp_cpu() -> Quantity {
+    q("200m")
+}
+fn default_cp_memory() -> Quantity {
+    q("256Mi")
+}
+fn default_quota_cpu() -> Quantity {
+    q("4")
+}
+fn default_quota_memory() -> Quantity {
+    q("8Gi")
+}
+fn default_quota_pods() -> u32 {
+    50
+}
+fn default_quota_storage() -> Quantity {
+    q("20Gi")
+}
+fn default_kubernetes_version() -> String {
+    "1.31".to_string()
+}
+
+impl Default for ControlPlaneSpec {
+    fn default() -> Self {
+        Self {
+            replicas: default_replicas(),
+            cpu: default_cp_cpu(),
+            memory: default_cp_memory(),
+        }
+    }
+}
+
+impl Default for QuotaSpec {
+    fn default() -> Self {
+        Self {
+            cpu: default_quota_cpu(),
+            memory: default_quota_memory(),
+            pods: default_quota_pods(),
+            storage: default_quota_storage(),
+        }
+    }
+}
+
+impl Default for VClusterSpec {
+    fn default() -> Self {
+        Self {
+            kubernetes_version: default_kubernetes_version(),
+            distro: Distro::default(),
+            control_plane: ControlPlaneSpec::default(),
+            quota: QuotaSpec::default(),
+            labels: BTreeMap::new(),
+            helm_values: serde_json::Map::new(),
+        }
+    }
+}
+
+/// Why a spec or patch is invalid. Every variant names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// A field has a value outside what we support.
+    #[error("spec.{field}: {message}")]
+    Invalid {
+        /// Dotted path of the field, e.g. `control_plane.replicas`.
+        field: String,
+        /// What is wrong and what would be right.
+        message: String,
+    },
+}
+
+impl SpecError {
+    fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        SpecError::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The dotted path of the offending field.
+    pub fn field(&self) -> &str {
+        match self {
+            SpecError::Invalid { field, .. } => field,
+        }
+    }
+}
+
+impl From<SpecError> for Status {
+    fn from(e: SpecError) -> Self {
+        let field = format!("spec.{}", e.field());
+        Status::invalid_argument(e.to_string())
+            .with_reason("INVALID_SPEC")
+            .with_metadata("field", field)
+    }
+}
+
+fn parse_kubernetes_version(v: &str) -> Option<(u32, u32)> {
+    let mut parts = v.split('.');
+    let major: u32 = parts.next()?.parse().ok()?;
+    let minor: u32 = parts.next()?.parse().ok()?;
+    if let Some(patch) = parts.next() {
+        patch.parse::<u32>().ok()?;
+    }
+    if parts.next().is_some() || v.starts_with('+') || v.contains("+") {
+        return None;
+    }
+    Some((major, minor))
+}
+
+impl VClusterSpec {
+    /// Checks everything serde cannot; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        match parse_kubernetes_version(&self.kubernetes_version) {
+            Some((1, minor)) if (MIN_KUBERNETES_MINOR..=MAX_KUBERNETES_MINOR).contains(&minor) => {}
+            _ => {
+                return Err(SpecError::invalid(
+                    "kubernetes_version",
+                    format!(
+                        "{:?} is not supported; use 1.{MIN_KUBERNETES_MINOR} to 1.{MAX_KUBERNETES_MINOR}, e.g. \"1.31\"",
+                        self.kubernetes_version
+                    ),
+                ));
+            }
+        }
+        self.control_plane.validate()?;
+        self.quota.validate()?;
+        if self.quota.pods < self.control_plane.replicas {
+            return Err(SpecError::invalid(
+                "quota.pods",
+                format!(
+                    "{} is fewer than the {} control-plane pods, which count against the quota",
+                    self.quota.pods, self.control_plane.replicas
+                ),
+            ));
+        }
+        if self.labels.len() > MAX_LABELS {
+            return Err(SpecError::invalid(
+                "labels",
+                format!("at most {MAX_LABELS} labels (got {})", self.labels.len()),
+            ));
+        }
+        for (k, v) in &self.labels {
+            validate_label_key(k)
+                .map_err(|e| SpecError::invalid(format!("labels.{k}"), e.to_string()))?;
+            validate_label_value(v)
+                .map_err(|e| SpecError::invalid(format!("labels.{k}"), e.to_string()))?;
+        }
+        let helm_bytes = serde_json::to_vec(&self.helm_values)
+            .map(|b| b.len())
+            .unwrap_or(usize::MAX);
+        if helm_bytes > MAX_HELM_VALUES_BYTES {
+            return Err(SpecError::invalid(
+                "helm_values",
+                format!("{helm_bytes} bytes is more than the {MAX_HELM_VALUES_BYTES} allowed"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ControlPlaneSpec {
+    fn validate(&self) -> Result<(), SpecError> {
+        if !matches!(self.replicas, 1 | 3) {
+            return Err(SpecError::invalid(
+                "control_plane.replicas",
+                format!(
+                    "{} is not allowed; use 1, or 3 for high availability",
+                    self.replicas
+                ),
+            ));
+        }
+        if self.cpu.millis() == 0 {
+            return Err(SpecError::invalid(
+                "control_plane.cpu",
+                "must be greater than 0",
+            ));
+        }
+        if self.memory.millis() < 64 * 1024 * 1024 * 1000 {
+            return Err(SpecError::invalid(
+                "control_plane.memory",
+                format!("{} is below the 64Mi a control plane needs", self.memory),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl QuotaSpec {
+    fn validate(&self) -> Result<(), SpecError> {
+        if self.cpu.millis() == 0 {
+            return Err(SpecError::invalid("quota.cpu", "must be greater than 0"));
+        }
+        if self.memory.millis() == 0 {
+            return Err(SpecError::invalid("quota.memory", "must be greater than 0"));
+        }
+        if self.pods == 0 || self.pods > 10_000 {
+            return Err(SpecError::invalid(
+                "quota.pods",
+                format!("{} is out of range 1..=10000", self.pods),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Changes to the control plane; absent fields stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlPlanePatch {
+    /// New replica count (1 or 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    /// New CPU request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Quantity>,
+    /// New memory request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
+}
+
+/// Changes to the quota; absent fields stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaPatch {
+    /// New `requests.cpu`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Quantity>,
+    /// New `requests.memory`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
+    /// New `count/pods`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods: Option<u32>,
+    /// New `requests.storage`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<Quantity>,
+}
+
+/// The body of ScaleVCluster: only the given fields change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScalePatch {
+    /// Control-plane changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_plane: Option<ControlPlanePatch>,
+    /// Quota changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaPatch>,
+}
+
+impl ScalePatch {
+    /// The spec after the patch, validated. A patch that changes nothing is refused, so a
+    /// caller learns that their request had no effect.
+    pub fn apply_to(&self, spec: &VClusterSpec) -> Result<VClusterSpec, SpecError> {
+        let mut next = spec.clone();
+        if let Some(cp) = &self.control_plane {
+            if let Some(r) = cp.replicas {
+                next.control_plane.replicas = r;
+            }
+            if let Some(c) = &cp.cpu {
+                next.control_plane.cpu = c.clone();
+            }
+            if let Some(m) = &cp.memory {
+                next.control_plane.memory = m.clone();
+            }
+        }
+        if let Some(qp) = &self.quota {
+            if let Some(c) = &qp.cpu {
+                next.quota.cpu = c.clone();
+            }
+            if let Some(m) = &qp.memory {
+                next.quota.memory = m.clone();
+            }
+            if let Some(p) = qp.pods {
+                next.quota.pods = p;
+            }
+            if let Some(s) = &qp.storage {
+                next.quota.storage = s.clone();
+            }
+        }
+        next.validate()?;
+        if &next == spec {
+            return Err(SpecError::invalid(
+                "scale",
+                "the request changes nothing: give control_plane and/or quota fields that differ from the current spec",
+            ));
+        }
+        Ok(next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(v: serde_json::Value) -> Result<VClusterSpec, serde_json::Error> {
+        serde_json::from_value(v)
+    }
+
+    #[test]
+    fn api_md_example_parses_and_validates() {
+        let s = spec(json!({
+            "kubernetes_version": "1.31", "distro": "k8s",
+            "control_plane": {"replicas": 1, "cpu": "200m", "memory": "256Mi"},
+            "quota": {"cpu": "4", "memory": "8Gi", "pods": 50, "storage": "20Gi"},
+            "labels": {"env": "dev"}, "helm_values": {}
+        }))
+        .expect("parses");
+        s.validate().expect("valid");
+        assert_eq!(s, {
+            let mut d = VClusterSpec::default();
+            d.labels.insert("env".into(), "dev".into());
+            d
+        });
+    }
+
+    #[test]
+    fn empty_object_is_the_default_spec() {
+        let s = spec(json!({})).expect("parses");
+        assert_eq!(s, VClusterSpec::default());
+        s.validate().expect("default is valid");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_their_name() {
+        let err = spec(json!({"replicas": 3})).expect_err("unknown top-level");
+        assert!(err.to_string().contains("replicas"), "{err}");
+        let err = spec(json!({"control_plane": {"cpus": "1"}})).expect_err("unknown nested");
+        assert!(err.to_string().contains("cpus"), "{err}");
+        let err: Result<ScalePatch, _> = serde_json::from_value(json!({"quota": {"gpu": 1}}));
+        assert!(err.expect_err("unknown").to_string().contains("gpu"));
+    }
+
+    #[test]
+    fn bad_quantities_are_refused_by_serde() {
+        assert!(spec(json!({"quota": {"memory": "8GB"}})).is_err());
+        assert!(spec(json!({"control_plane": {"cpu": "-1"}})).is_err());
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let cases = [
+            (
+                json!({"control_plane": {"replicas": 2}}),
+                "control_plane.replicas",
+            ),
+            (json!({"control_plane": {"cpu": "0"}}), "control_plane.cpu"),
+            (
+                json!({"control_plane": {"memory": "1Mi"}}),
+                "control_plane.memory",
+            ),
+            (json!({"quota": {"pods": 0}}), "quota.pods"),
+            (json!({"quota": {"cpu": "0"}}), "quota.cpu"),
+            (json!({"kubernetes_version": "2.0"}), "kubernetes_version"),
+            (
+                json!({"kubernetes_version": "1.31.x"}),
+                "kubernetes_version",
+            ),
+            (json!({"kubernetes_version": "1.3"}), "kubernetes_version"),
+            (json!({"kubernetes_version": ""}), "kubernetes_version"),
+            (json!({"labels": {"Bad Key": "x"}}), "labels.Bad Key"),
+            (json!({"labels": {"ok": "bad value!"}}), "labels.ok"),
+            (
+                json!({"control_plane": {"replicas": 3}, "quota": {"pods": 2}}),
+                "quota.pods",
+            ),
+        ];
+        for (body, field) in cases {
+            let s = spec(body.clone()).expect("parses");
+            let err = s.validate().expect_err(&format!("{body} must be invalid"));
+            assert_eq!(err.field(), field, "{body}");
+            let status: Status = err.into();
+            assert_eq!(status.code, crate::Code::InvalidArgument);
+        }
+    }
+
+    #[test]
+    fn oversized_helm_values_are_refused() {
+        let big = "x".repeat(MAX_HELM_VALUES_BYTES);
+        let s = spec(json!({"helm_values": {"blob": big}})).expect("parses");
+        assert_eq!(s.validate().expect_err("too big").field(), "helm_values");
+    }
+
+    #[test]
+    fn scale_patch_changes_only_given_fields() {
+        let base = VClusterSpec::default();
+        let patch: ScalePatch =
+            serde_json::from_value(json!({"control_plane": {"replicas": 3}})).expect("parses");
+        let next = patch.apply_to(&base).expect("valid");
+        assert_eq!(next.control_plane.replicas, 3);
+        assert_eq!(next.control_plane.cpu, base.control_plane.cpu);
+        assert_eq!(next.quota, base.quota);
+
+        let patch: ScalePatch =
+            serde_json::from_value(json!({"quota": {"memory": "16Gi"}})).expect("parses");
+        let next = patch.apply_to(&base).expect("valid");
+        assert_eq!(next.quota.memory.as_str(), "16Gi");
+        assert_eq!(next.quota.cpu, base.quota.cpu);
+        assert_eq!(next.control_plane, base.control_plane);
+    }
+
+    #[test]
+    fn scale_patch_that_changes_nothing_or_breaks_the_spec_is_refused() {
+        let base = VClusterSpec::default();
+        assert!(ScalePatch::default().apply_to(&base).is_err());
+        let same: ScalePatch =
+            serde_json::from_value(json!({"control_plane": {"replicas": 1}})).expect("parses");
+        assert!(same.apply_to(&base).is_err());
+        let bad: ScalePatch =
+            serde_json::from_value(json!({"control_plane": {"replicas": 2}})).expect("parses");
+        assert_eq!(
+            bad.apply_to(&base).expect_err("2 replicas").field(),
+            "control_plane.replicas"
+        );
+    }
+}
