@@ -462,6 +462,20 @@ impl StepState {
             StepState::Skipped => "SKIPPED",
         }
     }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            StepState::Pending,
+            StepState::Running,
+            StepState::Succeeded,
+            StepState::Failed,
+            StepState::Compensated,
+            StepState::Skipped,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+    }
 }
 
 /// The state of a snapshot artifact.

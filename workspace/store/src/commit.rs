@@ -1,0 +1,367 @@
+//! The one algorithm behind every write, shared by both backends.
+//!
+//! A backend supplies a transaction that can do the individual SQL steps ([`TxOps`]);
+//! [`run_commit`] decides their order, which is what makes the guarantees hold:
+//!
+//! 1. the idempotency key first, so a repeated request answers `Duplicate` (and a
+//!    concurrent twin waits on the key's row lock) before any other check;
+//! 2. the lease fence, so a worker that lost its lease writes nothing;
+//! 3. stream versions (optimistic concurrency, per-stream row lock);
+//! 4. projections, folded with the same pure functions a rebuild uses;
+//! 5. queue changes;
+//! 6. last, global positions: the head row lock is held only from here to COMMIT, so
+//!    positions are handed out in commit order and a tail never skips one.
+
+use crate::error::{Error, Result};
+use crate::model::{
+    Commit, CommitReceipt, ExpectedVersion, IdempotencyClaim, Lease, NewRun, RunUpdate,
+    StoreConfig,
+};
+use chrono::{DateTime, Duration, Utc};
+use ovc_types::event::Event;
+use ovc_types::resource::{Operation, Snapshot, VCluster};
+use ovc_types::{OperationId, SnapshotId, VClusterId};
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+
+/// One event ready to insert.
+#[derive(Debug, Clone)]
+pub(crate) struct EventRow {
+    pub position: u64,
+    pub stream: String,
+    pub version: u64,
+    pub event_type: &'static str,
+    pub data: serde_json::Value,
+    pub metadata: serde_json::Value,
+    pub event: Event,
+}
+
+/// The SQL steps of a write transaction; implemented by each backend.
+pub(crate) trait TxOps: Send {
+    /// Inserts the key, or returns the operation of an earlier identical request.
+    /// A key older than `ttl` is replaced. Different hash → `RequestIdReused`.
+    fn claim_idempotency(
+        &mut self,
+        claim: &IdempotencyClaim,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Option<OperationId>>> + Send;
+    /// Fails with `LeaseLost` unless `lease` is the run's current leased epoch; locks the
+    /// run row until commit.
+    fn check_fence(
+        &mut self,
+        lease: Lease,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Moves `stream` forward by `count` events after checking `expected`; returns the
+    /// new version.
+    fn bump_stream(
+        &mut self,
+        stream: &str,
+        expected: ExpectedVersion,
+        count: u64,
+    ) -> impl Future<Output = Result<u64>> + Send;
+    fn load_vcluster(
+        &mut self,
+        uid: VClusterId,
+    ) -> impl Future<Output = Result<Option<VCluster>>> + Send;
+    fn save_vcluster(&mut self, vc: &VCluster) -> impl Future<Output = Result<()>> + Send;
+    fn load_operation(
+        &mut self,
+        id: OperationId,
+    ) -> impl Future<Output = Result<Option<Operation>>> + Send;
+    fn save_operation(&mut self, op: &Operation) -> impl Future<Output = Result<()>> + Send;
+    fn load_snapshot(
+        &mut self,
+        id: SnapshotId,
+    ) -> impl Future<Output = Result<Option<Snapshot>>> + Send;
+    fn save_snapshot(&mut self, snap: &Snapshot) -> impl Future<Output = Result<()>> + Send;
+    fn enqueue_run(
+        &mut self,
+        run: &NewRun,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn update_run(
+        &mut self,
+        lease: Lease,
+        update: RunUpdate,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Reserves `count` positions; returns the last one. Takes the head row lock.
+    fn allocate_positions(&mut self, count: u64) -> impl Future<Output = Result<u64>> + Send;
+    fn insert_events(
+        &mut self,
+        rows: &[EventRow],
+        recorded_at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Tells other processes, at commit, that events up to `last_position` (0: none) are
+    /// in and/or that runs may be claimable (PostgreSQL: NOTIFY; SQLite: nothing).
+    fn notify(
+        &mut self,
+        last_position: u64,
+        runs_changed: bool,
+    ) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// A commit checked and encoded before any transaction starts.
+pub(crate) struct Prepared {
+    appends: Vec<(String, ExpectedVersion, Vec<EventRow>)>,
+}
+
+/// Checks a commit against the limits and encodes its events; nothing touches the
+/// database, so bad input costs nothing and writes nothing.
+pub(crate) fn prepare(commit: &Commit, cfg: &StoreConfig) -> Result<Prepared> {
+    if commit.appends.is_empty() && commit.enqueue.is_empty() && commit.run_update.is_none() {
+        return Err(Error::InvalidInput(
+            "empty commit: nothing to append, enqueue or update".into(),
+        ));
+    }
+    if commit.run_update.is_some() && commit.fence.is_none() {
+        return Err(Error::InvalidInput(
+            "run_update needs the lease it applies to (fence)".into(),
+        ));
+    }
+    if let Some(claim) = &commit.idempotency {
+        let id = &claim.request_id;
+        if id.is_empty() {
+            return Err(Error::InvalidInput("request_id must not be empty".into()));
+        }
+        if id.len() > cfg.max_request_id_len {
+            return Err(Error::InvalidInput(format!(
+                "request_id is {} bytes; at most {} allowed",
+                id.len(),
+                cfg.max_request_id_len
+            )));
+        }
+        if id.chars().any(char::is_control) {
+            return Err(Error::InvalidInput(
+                "request_id must not contain control characters".into(),
+            ));
+        }
+        if claim.request_hash.is_empty() {
+            return Err(Error::InvalidInput("request_hash must not be empty".into()));
+        }
+    }
+    let total: usize = commit.appends.iter().map(|a| a.events.len()).sum();
+    if total > cfg.max_events_per_commit {
+        return Err(Error::InvalidInput(format!(
+            "{total} events in one commit; at most {} allowed",
+            cfg.max_events_per_commit
+        )));
+    }
+    let mut seen = HashSet::new();
+    let mut appends = Vec::with_capacity(commit.appends.len());
+    for append in &commit.appends {
+        let stream = append.stream.as_str();
+        if !seen.insert(stream) {
+            return Err(Error::InvalidInput(format!(
+                "stream {stream} appears twice in one commit; put its events in one append"
+            )));
+        }
+        if append.events.is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "append to {stream} has no events"
+            )));
+        }
+        if append.expected == ExpectedVersion::Exact(0) {
+            return Err(Error::InvalidInput(format!(
+                "expected version 0 for {stream}: use NoStream for a new stream"
+            )));
+        }
+        let mut rows = Vec::with_capacity(append.events.len());
+        for (i, new) in append.events.iter().enumerate() {
+            let (event_type, data) = new.event.encode();
+            let metadata = serde_json::to_value(&new.metadata)
+                .map_err(|e| Error::InvalidInput(format!("metadata: {e}")))?;
+            let size = data.to_string().len() + metadata.to_string().len();
+            if size > cfg.max_event_bytes {
+                return Err(Error::InvalidInput(format!(
+                    "event {i} ({event_type}) for {stream} is {size} bytes; at most {} allowed",
+                    cfg.max_event_bytes
+                )));
+            }
+            rows.push(EventRow {
+                position: 0,
+                stream: stream.to_string(),
+                version: 0,
+                event_type,
+                data,
+                metadata,
+                event: new.event.clone(),
+            });
+        }
+        appends.push((stream.to_string(), append.expected, rows));
+    }
+    Ok(Prepared { appends })
+}
+
+/// Runs a prepared commit inside `tx`. `Ok(Err(op))` means the idempotency key
+/// answered and the caller must roll back.
+pub(crate) async fn run_commit<T: TxOps>(
+    tx: &mut T,
+    commit: &Commit,
+    prepared: Prepared,
+    now: DateTime<Utc>,
+    cfg: &StoreConfig,
+) -> Result<Result<CommitReceipt, OperationId>> {
+    if let Some(claim) = &commit.idempotency
+        && let Some(existing) = tx.claim_idempotency(claim, now, cfg.idempotency_ttl).await?
+    {
+        return Ok(Err(existing));
+    }
+    if let Some(lease) = commit.fence {
+        tx.check_fence(lease, now).await?;
+    }
+    let mut rows = Vec::new();
+    let mut stream_versions = Vec::with_capacity(prepared.appends.len());
+    for (stream, expected, mut events) in prepared.appends {
+        let count = events.len() as u64;
+        let last = tx.bump_stream(&stream, expected, count).await?;
+        let first = last + 1 - count;
+        for (i, row) in events.iter_mut().enumerate() {
+            row.version = first + i as u64;
+        }
+        stream_versions.push((
+            ovc_types::StreamName::new(stream).map_err(|e| Error::InvalidInput(e.to_string()))?,
+            last,
+        ));
+        rows.extend(events);
+    }
+    let mut projector = Projector::default();
+    for row in &rows {
+        projector
+            .apply(tx, &row.stream, row.version, now, &row.event)
+            .await?;
+    }
+    projector.flush(tx).await?;
+    for run in &commit.enqueue {
+        tx.enqueue_run(run, now).await?;
+    }
+    if let (Some(update), Some(lease)) = (commit.run_update, commit.fence) {
+        tx.update_run(lease, update, now).await?;
+    }
+    let (mut first_position, mut last_position) = (0, 0);
+    if !rows.is_empty() {
+        last_position = tx.allocate_positions(rows.len() as u64).await?;
+        first_position = last_position + 1 - rows.len() as u64;
+        for (i, row) in rows.iter_mut().enumerate() {
+            row.position = first_position + i as u64;
+        }
+        tx.insert_events(&rows, now).await?;
+    }
+    if last_position > 0 || runs_changed(commit) {
+        tx.notify(last_position, runs_changed(commit)).await?;
+    }
+    Ok(Ok(CommitReceipt {
+        first_position,
+        last_position,
+        stream_versions,
+    }))
+}
+
+/// True when the commit may make a run claimable (a new run, or a run released).
+pub(crate) fn runs_changed(commit: &Commit) -> bool {
+    !commit.enqueue.is_empty()
+        || matches!(
+            commit.run_update,
+            Some(RunUpdate::Complete | RunUpdate::Reschedule { .. })
+        )
+}
+
+/// Folds events into the read models, loading each entity once and saving it once.
+#[derive(Default)]
+pub(crate) struct Projector {
+    vclusters: HashMap<VClusterId, Option<VCluster>>,
+    operations: HashMap<OperationId, Option<Operation>>,
+    snapshots: HashMap<SnapshotId, Option<Snapshot>>,
+    dirty: usize,
+    written: (u64, u64, u64),
+}
+
+fn parse_id(stream: &str, prefix: &str) -> Result<uuid::Uuid> {
+    stream
+        .strip_prefix(prefix)
+        .and_then(|s| uuid::Uuid::parse_str(s).ok())
+        .ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "stream {stream} looks like {prefix}<uuid> but its id is not a UUID"
+            ))
+        })
+}
+
+impl Projector {
+    /// Folds one event. Streams of categories other than vcluster/operation/snapshot
+    /// have no projection.
+    pub(crate) async fn apply<T: TxOps>(
+        &mut self,
+        tx: &mut T,
+        stream: &str,
+        version: u64,
+        at: DateTime<Utc>,
+        event: &Event,
+    ) -> Result<()> {
+        if stream.starts_with("vcluster-") {
+            let uid = VClusterId(parse_id(stream, "vcluster-")?);
+            if !self.vclusters.contains_key(&uid) {
+                let loaded = tx.load_vcluster(uid).await?;
+                self.vclusters.insert(uid, loaded);
+            }
+            let slot = self.vclusters.entry(uid).or_default();
+            *slot = Some(VCluster::apply(slot.take(), uid, stream, version, at, event)?);
+        } else if stream.starts_with("operation-") {
+            let id = OperationId(parse_id(stream, "operation-")?);
+            if !self.operations.contains_key(&id) {
+                let loaded = tx.load_operation(id).await?;
+                self.operations.insert(id, loaded);
+            }
+            let slot = self.operations.entry(id).or_default();
+            *slot = Some(Operation::apply(slot.take(), id, stream, version, at, event)?);
+        } else if stream.starts_with("snapshot-") {
+            let id = SnapshotId(parse_id(stream, "snapshot-")?);
+            if !self.snapshots.contains_key(&id) {
+                let loaded = tx.load_snapshot(id).await?;
+                self.snapshots.insert(id, loaded);
+            }
+            let slot = self.snapshots.entry(id).or_default();
+            *slot = Some(Snapshot::apply(slot.take(), id, stream, version, at, event)?);
+        } else {
+            return Ok(());
+        }
+        self.dirty += 1;
+        Ok(())
+    }
+
+    /// Events folded since the last flush.
+    pub(crate) fn pending(&self) -> usize {
+        self.dirty
+    }
+
+    /// Saves every entity touched and empties the cache.
+    pub(crate) async fn flush<T: TxOps>(&mut self, tx: &mut T) -> Result<()> {
+        for (_, vc) in self.vclusters.drain() {
+            if let Some(vc) = vc {
+                tx.save_vcluster(&vc).await?;
+                self.written.0 += 1;
+            }
+        }
+        for (_, op) in self.operations.drain() {
+            if let Some(op) = op {
+                tx.save_operation(&op).await?;
+                self.written.1 += 1;
+            }
+        }
+        for (_, snap) in self.snapshots.drain() {
+            if let Some(snap) = snap {
+                tx.save_snapshot(&snap).await?;
+                self.written.2 += 1;
+            }
+        }
+        self.dirty = 0;
+        Ok(())
+    }
+
+    /// Entity saves so far: (vclusters, operations, snapshots).
+    pub(crate) fn written(&self) -> (u64, u64, u64) {
+        self.written
+    }
+}

@@ -1,0 +1,1113 @@
+//! The PostgreSQL store: production, many workers on many machines.
+//!
+//! Tail safety: sequence-allocated positions can commit out of order (tx A takes 5,
+//! tx B takes 6 and commits first; a reader at 6 then skips 5 forever). We avoid that by
+//! allocating positions from the single `event_log_head` row as the *last* write of each
+//! commit: its row lock is held until COMMIT, so positions become visible strictly in
+//! order, gapless. The cost is that event-appending commits serialize on that lock from
+//! the allocation to the end of COMMIT (one WAL flush); the engine batches many
+//! workflows' step results into one commit to keep throughput (docs/architecture.md).
+//!
+//! Claims use `FOR UPDATE SKIP LOCKED`; wake-ups use LISTEN/NOTIFY (the NOTIFY is sent in
+//! the committing transaction, so it is delivered only if the commit happened).
+
+use crate::commit::{self, EventRow, Projector, TxOps};
+use crate::error::{Error, Result};
+use crate::model::*;
+use crate::sqlite::operation_doc;
+use crate::wake::Wakeups;
+use crate::{Store, cursor, from_doc, micros, parse_cursor, to_doc};
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, Utc};
+use ovc_types::event::StreamName;
+use ovc_types::resource::{Operation, OperationStep, Snapshot, VCluster};
+use ovc_types::state::StepState;
+use ovc_types::time::Clock;
+use ovc_types::{OperationId, ProjectName, RunId, SnapshotId, VClusterId, VClusterName};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Row, Transaction};
+use std::str::FromStr;
+use std::sync::Arc;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// The PostgreSQL implementation of [`Store`].
+#[derive(Debug)]
+pub struct PgStore {
+    pool: PgPool,
+    config: StoreConfig,
+    clock: Arc<dyn Clock>,
+    wake: Arc<Wakeups>,
+    /// (events channel, runs channel) for LISTEN/NOTIFY, scoped by schema.
+    channels: Arc<(String, String)>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn to_i64(v: u64) -> Result<i64> {
+    i64::try_from(v).map_err(|_| Error::InvalidInput(format!("{v} is out of range")))
+}
+
+fn event_from_row(row: &PgRow) -> Result<RecordedEvent> {
+    Ok(RecordedEvent {
+        position: to_u64(row.try_get("position")?),
+        stream: row.try_get("stream")?,
+        version: to_u64(row.try_get("version")?),
+        event_type: row.try_get("type")?,
+        data: row.try_get("data")?,
+        metadata: row.try_get("metadata")?,
+        recorded_at: row.try_get("recorded_at")?,
+    })
+}
+
+fn run_from_row(row: &PgRow) -> Result<Run> {
+    let status: String = row.try_get("status")?;
+    Ok(Run {
+        id: RunId(row.try_get("id")?),
+        operation_id: OperationId(row.try_get("operation_id")?),
+        vcluster_uid: VClusterId(row.try_get("vcluster_uid")?),
+        status: RunStatus::parse(&status).ok_or(Error::Corrupt {
+            table: "runs",
+            message: format!("status {status:?}"),
+        })?,
+        run_at: row.try_get("run_at")?,
+        attempts: row.try_get("attempts")?,
+        lease_owner: row.try_get("lease_owner")?,
+        lease_until: row.try_get("lease_until")?,
+        epoch: row.try_get("epoch")?,
+        priority: row.try_get("priority")?,
+    })
+}
+
+fn step_from_row(row: &PgRow) -> Result<OperationStep> {
+    let state: String = row.try_get("state")?;
+    let error: Option<serde_json::Value> = row.try_get("error")?;
+    Ok(OperationStep {
+        name: row.try_get("name")?,
+        state: StepState::parse(&state).ok_or(Error::Corrupt {
+            table: "operation_steps",
+            message: format!("state {state:?}"),
+        })?,
+        attempts: row.try_get::<i32, _>("attempts")? as u32,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        error: error.map(|e| from_doc("operation_steps", e)).transpose()?,
+    })
+}
+
+fn is_live_name_violation(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            db.is_unique_violation() && db.constraint() == Some("vclusters_live_name")
+        }
+        _ => false,
+    }
+}
+
+fn bad_cursor(c: &str) -> Error {
+    Error::InvalidInput(format!("page token {c:?} is not one this server issued"))
+}
+
+const STEP_COLUMNS: &str = "name, state, attempts, started_at, finished_at, error";
+const RUN_COLUMNS: &str =
+    "id, operation_id, vcluster_uid, status, run_at, attempts, lease_owner, lease_until, epoch, priority";
+
+/// An open write transaction.
+struct PgTx {
+    tx: Transaction<'static, Postgres>,
+    /// (events channel, runs channel) for NOTIFY.
+    channels: Arc<(String, String)>,
+}
+
+impl TxOps for PgTx {
+    async fn claim_idempotency(
+        &mut self,
+        claim: &IdempotencyClaim,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> Result<Option<OperationId>> {
+        // A concurrent twin blocks here on the key until the first commits or aborts.
+        let inserted = sqlx::query(
+            "INSERT INTO idempotency_keys (project, request_id, request_hash, operation_id, created_at)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (project, request_id) DO NOTHING",
+        )
+        .bind(claim.project.as_str())
+        .bind(&claim.request_id)
+        .bind(&claim.request_hash)
+        .bind(claim.operation_id.as_uuid())
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            return Ok(None);
+        }
+        let row = sqlx::query(
+            "SELECT request_hash, operation_id, created_at FROM idempotency_keys
+             WHERE project = $1 AND request_id = $2 FOR UPDATE",
+        )
+        .bind(claim.project.as_str())
+        .bind(&claim.request_id)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        let hash: String = row.try_get("request_hash")?;
+        let op = OperationId(row.try_get("operation_id")?);
+        let created: DateTime<Utc> = row.try_get("created_at")?;
+        if created < now - ttl {
+            sqlx::query(
+                "UPDATE idempotency_keys SET request_hash = $1, operation_id = $2, created_at = $3
+                 WHERE project = $4 AND request_id = $5",
+            )
+            .bind(&claim.request_hash)
+            .bind(claim.operation_id.as_uuid())
+            .bind(now)
+            .bind(claim.project.as_str())
+            .bind(&claim.request_id)
+            .execute(&mut *self.tx)
+            .await?;
+            return Ok(None);
+        }
+        if hash == claim.request_hash {
+            Ok(Some(op))
+        } else {
+            Err(Error::RequestIdReused {
+                project: claim.project.to_string(),
+                request_id: claim.request_id.clone(),
+                operation_id: op,
+            })
+        }
+    }
+
+    async fn check_fence(&mut self, lease: Lease, now: DateTime<Utc>) -> Result<()> {
+        let n = sqlx::query(
+            "UPDATE runs SET updated_at = $1 WHERE id = $2 AND epoch = $3 AND status = 'leased'",
+        )
+        .bind(now)
+        .bind(lease.run_id.as_uuid())
+        .bind(lease.epoch)
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(Error::LeaseLost {
+                run_id: lease.run_id,
+                epoch: lease.epoch,
+            })
+        }
+    }
+
+    async fn bump_stream(
+        &mut self,
+        stream: &str,
+        expected: ExpectedVersion,
+        count: u64,
+    ) -> Result<u64> {
+        let count_i = to_i64(count)?;
+        let new_version: Option<i64> = match expected {
+            ExpectedVersion::Any => Some(
+                sqlx::query_scalar(
+                    "INSERT INTO streams (stream, version) VALUES ($1, $2)
+                     ON CONFLICT (stream) DO UPDATE SET version = streams.version + EXCLUDED.version
+                     RETURNING version",
+                )
+                .bind(stream)
+                .bind(count_i)
+                .fetch_one(&mut *self.tx)
+                .await?,
+            ),
+            ExpectedVersion::NoStream => {
+                sqlx::query_scalar(
+                    "INSERT INTO streams (stream, version) VALUES ($1, $2)
+                     ON CONFLICT (stream) DO NOTHING RETURNING version",
+                )
+                .bind(stream)
+                .bind(count_i)
+                .fetch_optional(&mut *self.tx)
+                .await?
+            }
+            ExpectedVersion::Exact(v) => {
+                sqlx::query_scalar(
+                    "UPDATE streams SET version = version + $1 WHERE stream = $2 AND version = $3
+                     RETURNING version",
+                )
+                .bind(count_i)
+                .bind(stream)
+                .bind(to_i64(v)?)
+                .fetch_optional(&mut *self.tx)
+                .await?
+            }
+        };
+        match new_version {
+            Some(v) => Ok(to_u64(v)),
+            None => {
+                let actual: Option<i64> =
+                    sqlx::query_scalar("SELECT version FROM streams WHERE stream = $1")
+                        .bind(stream)
+                        .fetch_optional(&mut *self.tx)
+                        .await?;
+                Err(Error::WrongExpectedVersion {
+                    stream: stream.to_string(),
+                    expected: expected.to_string(),
+                    actual: actual.map(to_u64),
+                })
+            }
+        }
+    }
+
+    async fn load_vcluster(&mut self, uid: VClusterId) -> Result<Option<VCluster>> {
+        let doc: Option<serde_json::Value> =
+            sqlx::query_scalar("SELECT doc FROM vclusters WHERE uid = $1")
+                .bind(uid.as_uuid())
+                .fetch_optional(&mut *self.tx)
+                .await?;
+        doc.map(|d| from_doc("vclusters", d)).transpose()
+    }
+
+    async fn save_vcluster(&mut self, vc: &VCluster) -> Result<()> {
+        let res = sqlx::query(
+            "INSERT INTO vclusters (uid, project, name, state, version, doc, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (uid) DO UPDATE SET project = EXCLUDED.project, name = EXCLUDED.name,
+               state = EXCLUDED.state, version = EXCLUDED.version, doc = EXCLUDED.doc,
+               updated_at = EXCLUDED.updated_at",
+        )
+        .bind(vc.uid.as_uuid())
+        .bind(vc.project.as_str())
+        .bind(vc.name.as_str())
+        .bind(vc.state.as_str())
+        .bind(to_i64(vc.version)?)
+        .bind(to_doc(vc))
+        .bind(vc.created_at)
+        .bind(vc.updated_at)
+        .execute(&mut *self.tx)
+        .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if is_live_name_violation(&e) => Err(Error::NameTaken {
+                project: vc.project.to_string(),
+                name: vc.name.to_string(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn load_operation(&mut self, id: OperationId) -> Result<Option<Operation>> {
+        let doc: Option<serde_json::Value> =
+            sqlx::query_scalar("SELECT doc FROM operations WHERE id = $1")
+                .bind(id.as_uuid())
+                .fetch_optional(&mut *self.tx)
+                .await?;
+        let Some(doc) = doc else { return Ok(None) };
+        let mut op: Operation = from_doc("operations", doc)?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {STEP_COLUMNS} FROM operation_steps WHERE operation_id = $1 ORDER BY idx"
+        )))
+        .bind(id.as_uuid())
+        .fetch_all(&mut *self.tx)
+        .await?;
+        op.steps = rows.iter().map(step_from_row).collect::<Result<_>>()?;
+        Ok(Some(op))
+    }
+
+    async fn save_operation(&mut self, op: &Operation) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO operations (id, project, vcluster_uid, vcluster, kind, state, request_id,
+               retry_of, version, doc, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, version = EXCLUDED.version,
+               doc = EXCLUDED.doc, updated_at = EXCLUDED.updated_at",
+        )
+        .bind(op.id.as_uuid())
+        .bind(op.project.as_str())
+        .bind(op.vcluster_uid.as_uuid())
+        .bind(op.vcluster.as_str())
+        .bind(op.kind.as_str())
+        .bind(op.state.as_str())
+        .bind(op.request_id.as_deref())
+        .bind(op.retry_of.map(|r| r.as_uuid()))
+        .bind(to_i64(op.version)?)
+        .bind(operation_doc(op))
+        .bind(op.created_at)
+        .bind(op.updated_at)
+        .execute(&mut *self.tx)
+        .await?;
+        if op.steps.is_empty() {
+            return Ok(());
+        }
+        // All steps in one statement: UNNEST of parallel arrays.
+        let n = op.steps.len();
+        let mut idx = Vec::with_capacity(n);
+        let mut names = Vec::with_capacity(n);
+        let mut states = Vec::with_capacity(n);
+        let mut attempts = Vec::with_capacity(n);
+        let mut started = Vec::with_capacity(n);
+        let mut finished = Vec::with_capacity(n);
+        let mut errors = Vec::with_capacity(n);
+        for (i, s) in op.steps.iter().enumerate() {
+            idx.push(i as i32);
+            names.push(s.name.clone());
+            states.push(s.state.as_str().to_string());
+            attempts.push(s.attempts as i32);
+            started.push(s.started_at);
+            finished.push(s.finished_at);
+            errors.push(s.error.as_ref().map(to_doc));
+        }
+        sqlx::query(
+            "INSERT INTO operation_steps (operation_id, idx, name, state, attempts, started_at,
+               finished_at, error)
+             SELECT $1, * FROM UNNEST($2::int4[], $3::text[], $4::text[], $5::int4[],
+               $6::timestamptz[], $7::timestamptz[], $8::jsonb[])
+             ON CONFLICT (operation_id, idx) DO UPDATE SET name = EXCLUDED.name,
+               state = EXCLUDED.state, attempts = EXCLUDED.attempts,
+               started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
+               error = EXCLUDED.error",
+        )
+        .bind(op.id.as_uuid())
+        .bind(idx)
+        .bind(names)
+        .bind(states)
+        .bind(attempts)
+        .bind(started)
+        .bind(finished)
+        .bind(errors)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn load_snapshot(&mut self, id: SnapshotId) -> Result<Option<Snapshot>> {
+        let doc: Option<serde_json::Value> =
+            sqlx::query_scalar("SELECT doc FROM snapshots WHERE id = $1")
+                .bind(id.as_uuid())
+                .fetch_optional(&mut *self.tx)
+                .await?;
+        doc.map(|d| from_doc("snapshots", d)).transpose()
+    }
+
+    async fn save_snapshot(&mut self, s: &Snapshot) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO snapshots (id, project, vcluster, vcluster_uid, state, version, doc,
+               created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, version = EXCLUDED.version,
+               doc = EXCLUDED.doc, updated_at = EXCLUDED.updated_at",
+        )
+        .bind(s.id.as_uuid())
+        .bind(s.project.as_str())
+        .bind(s.vcluster.as_str())
+        .bind(s.vcluster_uid.as_uuid())
+        .bind(s.state.as_str())
+        .bind(to_i64(s.version)?)
+        .bind(to_doc(s))
+        .bind(s.created_at)
+        .bind(s.updated_at)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn enqueue_run(&mut self, run: &NewRun, now: DateTime<Utc>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO runs (id, operation_id, vcluster_uid, status, run_at, priority,
+               created_at, updated_at)
+             VALUES ($1, $2, $3, 'queued', $4, $5, $6, $6)",
+        )
+        .bind(run.id.as_uuid())
+        .bind(run.operation_id.as_uuid())
+        .bind(run.vcluster_uid.as_uuid())
+        .bind(run.run_at.map(micros).unwrap_or(now))
+        .bind(run.priority)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn update_run(
+        &mut self,
+        lease: Lease,
+        update: RunUpdate,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let q = match update {
+            RunUpdate::Complete => sqlx::query(
+                "UPDATE runs SET status = 'done', lease_owner = NULL, lease_until = NULL,
+                   updated_at = $1 WHERE id = $2 AND epoch = $3",
+            )
+            .bind(now)
+            .bind(lease.run_id.as_uuid())
+            .bind(lease.epoch),
+            RunUpdate::Reschedule { run_at } => sqlx::query(
+                "UPDATE runs SET status = 'queued', run_at = $4, lease_owner = NULL,
+                   lease_until = NULL, updated_at = $1 WHERE id = $2 AND epoch = $3",
+            )
+            .bind(now)
+            .bind(lease.run_id.as_uuid())
+            .bind(lease.epoch)
+            .bind(micros(run_at)),
+            RunUpdate::Renew { until } => sqlx::query(
+                "UPDATE runs SET lease_until = $4, updated_at = $1 WHERE id = $2 AND epoch = $3",
+            )
+            .bind(now)
+            .bind(lease.run_id.as_uuid())
+            .bind(lease.epoch)
+            .bind(micros(until)),
+        };
+        let n = q.execute(&mut *self.tx).await?.rows_affected();
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(Error::LeaseLost {
+                run_id: lease.run_id,
+                epoch: lease.epoch,
+            })
+        }
+    }
+
+    async fn allocate_positions(&mut self, count: u64) -> Result<u64> {
+        let last: i64 = sqlx::query_scalar(
+            "UPDATE event_log_head SET last_position = last_position + $1 WHERE id = 1
+             RETURNING last_position",
+        )
+        .bind(to_i64(count)?)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        Ok(to_u64(last))
+    }
+
+    async fn insert_events(&mut self, rows: &[EventRow], recorded_at: DateTime<Utc>) -> Result<()> {
+        let positions: Vec<i64> = rows.iter().map(|r| r.position as i64).collect();
+        let streams: Vec<&str> = rows.iter().map(|r| r.stream.as_str()).collect();
+        let versions: Vec<i64> = rows.iter().map(|r| r.version as i64).collect();
+        let types: Vec<&str> = rows.iter().map(|r| r.event_type).collect();
+        let data: Vec<&serde_json::Value> = rows.iter().map(|r| &r.data).collect();
+        let metadata: Vec<&serde_json::Value> = rows.iter().map(|r| &r.metadata).collect();
+        sqlx::query(
+            "INSERT INTO events (position, stream, version, type, data, metadata, recorded_at)
+             SELECT p, s, v, t, d, m, $7 FROM UNNEST($1::int8[], $2::text[], $3::int8[],
+               $4::text[], $5::jsonb[], $6::jsonb[]) AS x(p, s, v, t, d, m)",
+        )
+        .bind(positions)
+        .bind(streams)
+        .bind(versions)
+        .bind(types)
+        .bind(data)
+        .bind(metadata)
+        .bind(recorded_at)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn notify(&mut self, last_position: u64, runs_changed: bool) -> Result<()> {
+        if last_position > 0 {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(&self.channels.0)
+                .bind(last_position.to_string())
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        if runs_changed {
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(&self.channels.1)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// A schema name we are willing to put into SQL: lowercase letters, digits, '_'.
+fn checked_schema(schema: &str) -> Result<&str> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && schema
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !schema.as_bytes()[0].is_ascii_digit();
+    if ok {
+        Ok(schema)
+    } else {
+        Err(Error::InvalidInput(format!(
+            "schema {schema:?}: use lowercase letters, digits and '_' (not starting with a digit)"
+        )))
+    }
+}
+
+async fn listen(pool: PgPool, wake: Arc<Wakeups>, channels: Arc<(String, String)>) {
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "LISTEN connection failed; retrying in 1s");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Err(e) = listener
+            .listen_all([channels.0.as_str(), channels.1.as_str()])
+            .await
+        {
+            tracing::warn!(error = %e, "LISTEN failed; retrying in 1s");
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            continue;
+        }
+        // Anything may have happened while we were not listening.
+        wake.runs_changed();
+        loop {
+            match listener.recv().await {
+                Ok(n) if n.channel() == channels.0 => {
+                    wake.events_appended(n.payload().parse().unwrap_or(0));
+                }
+                Ok(_) => wake.runs_changed(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
+                    wake.runs_changed();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://...`). With `config.pg_schema`, every table lives in
+    /// that schema (created by [`Store::migrate`]).
+    pub async fn connect(url: &str, config: StoreConfig, clock: Arc<dyn Clock>) -> Result<Self> {
+        let mut opts = PgConnectOptions::from_str(url)?.application_name("ovc");
+        let suffix = match &config.pg_schema {
+            Some(schema) => {
+                let schema = checked_schema(schema)?;
+                opts = opts.options([("search_path", schema)]);
+                format!("_{schema}")
+            }
+            None => String::new(),
+        };
+        let pool = PgPoolOptions::new()
+            .max_connections(config.pg_max_connections.max(2))
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect_with(opts)
+            .await?;
+        let wake = Arc::new(Wakeups::new());
+        let channels = Arc::new((format!("ovc_events{suffix}"), format!("ovc_runs{suffix}")));
+        let listener = tokio::spawn(listen(pool.clone(), wake.clone(), channels.clone()));
+        Ok(Self {
+            pool,
+            config,
+            clock,
+            wake,
+            channels,
+            listener,
+        })
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        micros(self.clock.now())
+    }
+
+    async fn begin(&self) -> Result<PgTx> {
+        Ok(PgTx {
+            tx: self.pool.begin().await?,
+            channels: self.channels.clone(),
+        })
+    }
+
+    async fn with_steps(&self, doc: serde_json::Value) -> Result<Operation> {
+        let mut op: Operation = from_doc("operations", doc)?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {STEP_COLUMNS} FROM operation_steps WHERE operation_id = $1 ORDER BY idx"
+        )))
+        .bind(op.id.as_uuid())
+        .fetch_all(&self.pool)
+        .await?;
+        op.steps = rows.iter().map(step_from_row).collect::<Result<_>>()?;
+        Ok(op)
+    }
+
+    /// The connection pool (for tests and admin tooling).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+fn time_cursor(page: &PageRequest) -> Result<(Option<DateTime<Utc>>, Option<Uuid>)> {
+    let Some(c) = page.after.as_deref() else {
+        return Ok((None, None));
+    };
+    let parts = parse_cursor(c, 2)?;
+    let micros: i64 = parts[0].parse().map_err(|_| bad_cursor(c))?;
+    let at = DateTime::from_timestamp_micros(micros).ok_or_else(|| bad_cursor(c))?;
+    let id = Uuid::parse_str(&parts[1]).map_err(|_| bad_cursor(c))?;
+    Ok((Some(at), Some(id)))
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+
+    fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    fn clock(&self) -> &dyn Clock {
+        self.clock.as_ref()
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        if let Some(schema) = &self.config.pg_schema {
+            let schema = checked_schema(schema)?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "CREATE SCHEMA IF NOT EXISTS {schema}"
+            )))
+            .execute(&self.pool)
+            .await?;
+        }
+        let mut migrator = sqlx::migrate!("../../migrations/postgres");
+        migrator.dangerous_set_table_name("ovc_migrations");
+        migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
+        let prepared = commit::prepare(&commit, &self.config)?;
+        let now = self.now();
+        let mut tx = self.begin().await?;
+        match commit::run_commit(&mut tx, &commit, prepared, now, &self.config).await? {
+            Ok(receipt) => {
+                tx.tx.commit().await?;
+                if receipt.last_position > 0 {
+                    self.wake.events_appended(receipt.last_position);
+                }
+                if commit::runs_changed(&commit) {
+                    self.wake.runs_changed();
+                }
+                Ok(CommitOutcome::Committed(receipt))
+            }
+            Err(operation_id) => {
+                tx.tx.rollback().await?;
+                Ok(CommitOutcome::Duplicate { operation_id })
+            }
+        }
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamName,
+        after_version: u64,
+        limit: u32,
+    ) -> Result<Vec<RecordedEvent>> {
+        let rows = sqlx::query(
+            "SELECT position, stream, version, type, data, metadata, recorded_at FROM events
+             WHERE stream = $1 AND version > $2 ORDER BY version LIMIT $3",
+        )
+        .bind(stream.as_str())
+        .bind(to_i64(after_version)?)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn stream_version(&self, stream: &StreamName) -> Result<Option<u64>> {
+        let v: Option<i64> = sqlx::query_scalar("SELECT version FROM streams WHERE stream = $1")
+            .bind(stream.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(v.map(to_u64))
+    }
+
+    async fn read_all(&self, after_position: u64, limit: u32) -> Result<Vec<RecordedEvent>> {
+        let rows = sqlx::query(
+            "SELECT position, stream, version, type, data, metadata, recorded_at FROM events
+             WHERE position > $1 ORDER BY position LIMIT $2",
+        )
+        .bind(to_i64(after_position)?)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn head_position(&self) -> Result<u64> {
+        let v: i64 = sqlx::query_scalar("SELECT last_position FROM event_log_head WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(to_u64(v))
+    }
+
+    fn watch_events(&self) -> watch::Receiver<u64> {
+        self.wake.watch_events()
+    }
+
+    fn watch_runs(&self) -> watch::Receiver<u64> {
+        self.wake.watch_runs()
+    }
+
+    async fn find_idempotency_key(
+        &self,
+        project: &ProjectName,
+        request_id: &str,
+    ) -> Result<Option<IdempotencyRecord>> {
+        let cutoff = self.now() - self.config.idempotency_ttl;
+        let row = sqlx::query(
+            "SELECT request_hash, operation_id, created_at FROM idempotency_keys
+             WHERE project = $1 AND request_id = $2 AND created_at >= $3",
+        )
+        .bind(project.as_str())
+        .bind(request_id)
+        .bind(cutoff)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(IdempotencyRecord {
+                request_hash: r.try_get("request_hash")?,
+                operation_id: OperationId(r.try_get("operation_id")?),
+                created_at: r.try_get("created_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn purge_idempotency_keys(&self) -> Result<u64> {
+        let cutoff = self.now() - self.config.idempotency_ttl;
+        let n = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+            .bind(cutoff)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n)
+    }
+
+    async fn get_vcluster(
+        &self,
+        project: &ProjectName,
+        name: &VClusterName,
+    ) -> Result<Option<VCluster>> {
+        let doc: Option<serde_json::Value> = sqlx::query_scalar(
+            "SELECT doc FROM vclusters WHERE project = $1 AND name = $2
+             ORDER BY state = 'DELETED', created_at DESC LIMIT 1",
+        )
+        .bind(project.as_str())
+        .bind(name.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        doc.map(|d| from_doc("vclusters", d)).transpose()
+    }
+
+    async fn get_vcluster_by_uid(&self, uid: VClusterId) -> Result<Option<VCluster>> {
+        let doc: Option<serde_json::Value> =
+            sqlx::query_scalar("SELECT doc FROM vclusters WHERE uid = $1")
+                .bind(uid.as_uuid())
+                .fetch_optional(&self.pool)
+                .await?;
+        doc.map(|d| from_doc("vclusters", d)).transpose()
+    }
+
+    async fn list_vclusters(
+        &self,
+        filter: &VClusterFilter,
+        page: &PageRequest,
+    ) -> Result<Page<VCluster>> {
+        let (ap, an, au) = match page.after.as_deref() {
+            Some(c) => {
+                let p = parse_cursor(c, 3)?;
+                let uid = Uuid::parse_str(&p[2]).map_err(|_| bad_cursor(c))?;
+                (Some(p[0].clone()), Some(p[1].clone()), Some(uid))
+            }
+            None => (None, None, None),
+        };
+        let limit = page.limit();
+        let rows: Vec<serde_json::Value> = sqlx::query_scalar(
+            "SELECT doc FROM vclusters
+             WHERE ($1::text IS NULL OR project = $1) AND ($2::text IS NULL OR state = $2)
+               AND ($3 OR state <> 'DELETED')
+               AND ($4::text IS NULL OR (project, name, uid) > ($4, $5::text, $6::uuid))
+             ORDER BY project, name, uid LIMIT $7",
+        )
+        .bind(filter.project.as_ref().map(|p| p.as_str().to_string()))
+        .bind(filter.state.map(|s| s.as_str()))
+        .bind(filter.include_deleted)
+        .bind(ap)
+        .bind(an)
+        .bind(au)
+        .bind(limit + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut items = rows
+            .into_iter()
+            .map(|d| from_doc::<VCluster>("vclusters", d))
+            .collect::<Result<Vec<_>>>()?;
+        let next = if items.len() as i64 > limit {
+            items.truncate(limit as usize);
+            items.last().map(|v| {
+                cursor(&[v.project.as_str(), v.name.as_str(), &v.uid.to_string()])
+            })
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    async fn get_operation(&self, id: OperationId) -> Result<Option<Operation>> {
+        let doc: Option<serde_json::Value> =
+            sqlx::query_scalar("SELECT doc FROM operations WHERE id = $1")
+                .bind(id.as_uuid())
+                .fetch_optional(&self.pool)
+                .await?;
+        match doc {
+            Some(d) => Ok(Some(self.with_steps(d).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn list_operations(
+        &self,
+        filter: &OperationFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Operation>> {
+        let (at, aid) = time_cursor(page)?;
+        let limit = page.limit();
+        let rows: Vec<serde_json::Value> = sqlx::query_scalar(
+            "SELECT doc FROM operations
+             WHERE ($1::text IS NULL OR project = $1) AND ($2::text IS NULL OR vcluster = $2)
+               AND ($3::text IS NULL OR state = $3) AND ($4::text IS NULL OR kind = $4)
+               AND ($5::timestamptz IS NULL OR created_at >= $5)
+               AND ($6::timestamptz IS NULL OR (created_at, id) > ($6, $7::uuid))
+             ORDER BY created_at, id LIMIT $8",
+        )
+        .bind(filter.project.as_ref().map(|p| p.as_str().to_string()))
+        .bind(filter.vcluster.clone())
+        .bind(filter.state.map(|s| s.as_str()))
+        .bind(filter.kind.map(|k| k.as_str()))
+        .bind(filter.since)
+        .bind(at)
+        .bind(aid)
+        .bind(limit + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let more = rows.len() as i64 > limit;
+        let mut items = Vec::with_capacity(rows.len());
+        for d in rows.into_iter().take(limit as usize) {
+            items.push(self.with_steps(d).await?);
+        }
+        let next = if more {
+            items.last().map(|o| {
+                cursor(&[
+                    &o.created_at.timestamp_micros().to_string(),
+                    &o.id.to_string(),
+                ])
+            })
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    async fn get_snapshot(&self, id: SnapshotId) -> Result<Option<Snapshot>> {
+        let doc: Option<serde_json::Value> =
+            sqlx::query_scalar("SELECT doc FROM snapshots WHERE id = $1")
+                .bind(id.as_uuid())
+                .fetch_optional(&self.pool)
+                .await?;
+        doc.map(|d| from_doc("snapshots", d)).transpose()
+    }
+
+    async fn list_snapshots(
+        &self,
+        filter: &SnapshotFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Snapshot>> {
+        let (at, aid) = time_cursor(page)?;
+        let limit = page.limit();
+        let rows: Vec<serde_json::Value> = sqlx::query_scalar(
+            "SELECT doc FROM snapshots
+             WHERE ($1::text IS NULL OR project = $1) AND ($2::text IS NULL OR vcluster = $2)
+               AND ($3::timestamptz IS NULL OR (created_at, id) > ($3, $4::uuid))
+             ORDER BY created_at, id LIMIT $5",
+        )
+        .bind(filter.project.as_ref().map(|p| p.as_str().to_string()))
+        .bind(filter.vcluster.clone())
+        .bind(at)
+        .bind(aid)
+        .bind(limit + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut items = rows
+            .into_iter()
+            .map(|d| from_doc::<Snapshot>("snapshots", d))
+            .collect::<Result<Vec<_>>>()?;
+        let next = if items.len() as i64 > limit {
+            items.truncate(limit as usize);
+            items.last().map(|s| {
+                cursor(&[
+                    &s.created_at.timestamp_micros().to_string(),
+                    &s.id.to_string(),
+                ])
+            })
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    async fn rebuild_projections(&self) -> Result<RebuildReport> {
+        let mut tx = self.begin().await?;
+        // Keep writers out while the tables are rebuilt: every appending commit takes
+        // this row lock before it finishes.
+        sqlx::query("SELECT last_position FROM event_log_head WHERE id = 1 FOR UPDATE")
+            .execute(&mut *tx.tx)
+            .await?;
+        sqlx::query("TRUNCATE vclusters, operations, operation_steps, snapshots")
+            .execute(&mut *tx.tx)
+            .await?;
+        let mut projector = Projector::default();
+        let mut after = 0i64;
+        let mut events = 0u64;
+        loop {
+            let rows = sqlx::query(
+                "SELECT position, stream, version, type, data, metadata, recorded_at FROM events
+                 WHERE position > $1 ORDER BY position LIMIT 1000",
+            )
+            .bind(after)
+            .fetch_all(&mut *tx.tx)
+            .await?;
+            if rows.is_empty() {
+                break;
+            }
+            for row in &rows {
+                let rec = event_from_row(row)?;
+                let event = rec.decode()?;
+                projector
+                    .apply(&mut tx, &rec.stream, rec.version, rec.recorded_at, &event)
+                    .await?;
+                after = rec.position as i64;
+                events += 1;
+            }
+            if projector.pending() >= 1000 {
+                projector.flush(&mut tx).await?;
+            }
+        }
+        projector.flush(&mut tx).await?;
+        tx.tx.commit().await?;
+        let (vclusters, operations, snapshots) = projector.written();
+        Ok(RebuildReport {
+            events,
+            vclusters,
+            operations,
+            snapshots,
+        })
+    }
+
+    async fn dump_projections(&self) -> Result<ProjectionDump> {
+        let q = |sql: &'static str| sqlx::query_scalar::<_, String>(sql).fetch_all(&self.pool);
+        Ok(ProjectionDump {
+            vclusters: q("SELECT json_build_array(uid, project, name, state, version, doc,
+                            created_at, updated_at)::text FROM vclusters ORDER BY uid")
+            .await?,
+            operations: q("SELECT json_build_array(id, project, vcluster_uid, vcluster, kind,
+                             state, request_id, retry_of, version, doc, created_at,
+                             updated_at)::text FROM operations ORDER BY id")
+            .await?,
+            operation_steps: q("SELECT json_build_array(operation_id, idx, name, state,
+                                  attempts, started_at, finished_at, error)::text
+                                FROM operation_steps ORDER BY operation_id, idx")
+            .await?,
+            snapshots: q("SELECT json_build_array(id, project, vcluster, vcluster_uid, state,
+                            version, doc, created_at, updated_at)::text
+                          FROM snapshots ORDER BY id")
+            .await?,
+        })
+    }
+
+    async fn claim_runs(&self, owner: &str, lease_for: Duration, max: u32) -> Result<Vec<Run>> {
+        if owner.is_empty() {
+            return Err(Error::InvalidInput("lease owner must not be empty".into()));
+        }
+        if lease_for <= Duration::zero() {
+            return Err(Error::InvalidInput("lease duration must be positive".into()));
+        }
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let now = self.now();
+        let until = micros(now + lease_for);
+        let res = sqlx::query(
+            "WITH candidates AS (
+               SELECT r.id FROM runs r
+               WHERE r.status <> 'done'
+                 AND ((r.status = 'queued' AND r.run_at <= $3)
+                      OR (r.status = 'leased' AND r.lease_until < $3))
+                 AND NOT EXISTS (SELECT 1 FROM runs o WHERE o.vcluster_uid = r.vcluster_uid
+                                 AND o.status <> 'done' AND o.seq < r.seq)
+               ORDER BY r.priority DESC, r.run_at, r.seq
+               LIMIT $4
+               FOR UPDATE OF r SKIP LOCKED)
+             UPDATE runs SET status = 'leased', lease_owner = $1, lease_until = $2,
+               epoch = runs.epoch + 1, attempts = runs.attempts + 1, updated_at = $3
+             FROM candidates WHERE runs.id = candidates.id
+             RETURNING runs.id, runs.operation_id, runs.vcluster_uid, runs.status, runs.run_at,
+               runs.attempts, runs.lease_owner, runs.lease_until, runs.epoch, runs.priority",
+        )
+        .bind(owner)
+        .bind(until)
+        .bind(now)
+        .bind(i64::from(max))
+        .fetch_all(&self.pool)
+        .await;
+        match res {
+            Ok(rows) => rows.iter().map(run_from_row).collect(),
+            // Two runs of one vcluster enqueued by concurrent transactions whose seq
+            // order differs from their commit order: the one-leased-run index refuses
+            // the second claim. Nothing was claimed; the next round sorts it out.
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                tracing::debug!("claim raced on runs_one_leased_per_vcluster; retrying later");
+                Ok(Vec::new())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn get_run(&self, id: RunId) -> Result<Option<Run>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"
+        )))
+        .bind(id.as_uuid())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(run_from_row).transpose()
+    }
+
+    async fn runs_of_operation(&self, operation_id: OperationId) -> Result<Vec<Run>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE operation_id = $1 ORDER BY seq"
+        )))
+        .bind(operation_id.as_uuid())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    async fn next_run_due(&self) -> Result<Option<DateTime<Utc>>> {
+        let v: Option<DateTime<Utc>> = sqlx::query_scalar(
+            "SELECT LEAST(
+               (SELECT MIN(run_at) FROM runs WHERE status = 'queued'),
+               (SELECT MIN(lease_until) FROM runs WHERE status = 'leased'))",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(v)
+    }
+}

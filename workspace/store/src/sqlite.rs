@@ -1,0 +1,1053 @@
+//! The SQLite store: one file, WAL mode, the embedded default of `ovc dev`.
+//!
+//! Durability: `synchronous=FULL` by default. In WAL mode NORMAL survives a process crash
+//! (`kill -9`) but may lose the last commits on power loss; since a 202 tells the caller
+//! "accepted, it will run", we pay the fsync per commit by default and let benchmarks
+//! and throwaway dev setups opt into NORMAL (`StoreConfig::sqlite_synchronous_full`).
+//!
+//! Concurrency: all writes of this process go through a one-connection writer pool and
+//! start with `BEGIN IMMEDIATE`, so they never deadlock on lock upgrades; several
+//! processes on one file wait on SQLite's busy timeout. Reads use a separate pool and
+//! see committed snapshots (WAL). Wake-ups are in-process only; other processes'
+//! commits are seen by polling.
+
+use crate::commit::{self, EventRow, Projector, TxOps};
+use crate::error::{Error, Result};
+use crate::model::*;
+use crate::wake::Wakeups;
+use crate::{Store, cursor, from_doc, micros, parse_cursor, to_doc};
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, Utc};
+use ovc_types::event::StreamName;
+use ovc_types::resource::{Operation, OperationStep, Snapshot, VCluster};
+use ovc_types::state::StepState;
+use ovc_types::time::Clock;
+use ovc_types::{OperationId, ProjectName, RunId, SnapshotId, VClusterId, VClusterName};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+use std::str::FromStr;
+use std::sync::Arc;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// The SQLite implementation of [`Store`].
+#[derive(Debug)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    config: StoreConfig,
+    clock: Arc<dyn Clock>,
+    wake: Arc<Wakeups>,
+}
+
+fn ts(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn from_ts(table: &'static str, v: i64) -> Result<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(v).ok_or(Error::Corrupt {
+        table,
+        message: format!("timestamp {v} out of range"),
+    })
+}
+
+fn parse_uuid(table: &'static str, s: &str) -> Result<Uuid> {
+    Uuid::parse_str(s).map_err(|e| Error::Corrupt {
+        table,
+        message: format!("uuid {s:?}: {e}"),
+    })
+}
+
+fn parse_json(table: &'static str, s: &str) -> Result<serde_json::Value> {
+    serde_json::from_str(s).map_err(|e| Error::Corrupt {
+        table,
+        message: e.to_string(),
+    })
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn to_i64(v: u64) -> Result<i64> {
+    i64::try_from(v).map_err(|_| Error::InvalidInput(format!("{v} is out of range")))
+}
+
+fn event_from_row(row: &SqliteRow) -> Result<RecordedEvent> {
+    Ok(RecordedEvent {
+        position: to_u64(row.try_get("position")?),
+        stream: row.try_get("stream")?,
+        version: to_u64(row.try_get("version")?),
+        event_type: row.try_get("type")?,
+        data: parse_json("events", row.try_get::<&str, _>("data")?)?,
+        metadata: parse_json("events", row.try_get::<&str, _>("metadata")?)?,
+        recorded_at: from_ts("events", row.try_get("recorded_at")?)?,
+    })
+}
+
+fn run_from_row(row: &SqliteRow) -> Result<Run> {
+    let status: String = row.try_get("status")?;
+    let lease_until: Option<i64> = row.try_get("lease_until")?;
+    Ok(Run {
+        id: RunId(parse_uuid("runs", row.try_get::<&str, _>("id")?)?),
+        operation_id: OperationId(parse_uuid("runs", row.try_get::<&str, _>("operation_id")?)?),
+        vcluster_uid: VClusterId(parse_uuid("runs", row.try_get::<&str, _>("vcluster_uid")?)?),
+        status: RunStatus::parse(&status).ok_or(Error::Corrupt {
+            table: "runs",
+            message: format!("status {status:?}"),
+        })?,
+        run_at: from_ts("runs", row.try_get("run_at")?)?,
+        attempts: row.try_get::<i64, _>("attempts")? as i32,
+        lease_owner: row.try_get("lease_owner")?,
+        lease_until: lease_until.map(|v| from_ts("runs", v)).transpose()?,
+        epoch: row.try_get("epoch")?,
+        priority: row.try_get::<i64, _>("priority")? as i32,
+    })
+}
+
+const RUN_COLUMNS: &str =
+    "id, operation_id, vcluster_uid, status, run_at, attempts, lease_owner, lease_until, epoch, priority";
+
+/// An open write transaction.
+struct SqliteTx {
+    tx: Transaction<'static, Sqlite>,
+}
+
+impl SqliteTx {
+    async fn load_steps(&mut self, id: OperationId) -> Result<Vec<OperationStep>> {
+        let rows = sqlx::query(
+            "SELECT name, state, attempts, started_at, finished_at, error
+             FROM operation_steps WHERE operation_id = ? ORDER BY idx",
+        )
+        .bind(id.to_string())
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter().map(step_from_row).collect()
+    }
+}
+
+fn step_from_row(row: &SqliteRow) -> Result<OperationStep> {
+    let state: String = row.try_get("state")?;
+    let started: Option<i64> = row.try_get("started_at")?;
+    let finished: Option<i64> = row.try_get("finished_at")?;
+    let error: Option<String> = row.try_get("error")?;
+    Ok(OperationStep {
+        name: row.try_get("name")?,
+        state: StepState::parse(&state).ok_or(Error::Corrupt {
+            table: "operation_steps",
+            message: format!("state {state:?}"),
+        })?,
+        attempts: row.try_get::<i64, _>("attempts")? as u32,
+        started_at: started
+            .map(|v| from_ts("operation_steps", v))
+            .transpose()?,
+        finished_at: finished
+            .map(|v| from_ts("operation_steps", v))
+            .transpose()?,
+        error: error
+            .map(|e| from_doc("operation_steps", parse_json("operation_steps", &e)?))
+            .transpose()?,
+    })
+}
+
+/// The operation's document without its steps (they live in `operation_steps`).
+pub(crate) fn operation_doc(op: &Operation) -> serde_json::Value {
+    let mut doc = to_doc(op);
+    if let Some(obj) = doc.as_object_mut() {
+        obj.insert("steps".into(), serde_json::Value::Array(vec![]));
+    }
+    doc
+}
+
+fn is_live_name_violation(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            db.is_unique_violation() && db.message().contains("vclusters.project")
+        }
+        _ => false,
+    }
+}
+
+impl TxOps for SqliteTx {
+    async fn claim_idempotency(
+        &mut self,
+        claim: &IdempotencyClaim,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> Result<Option<OperationId>> {
+        let inserted = sqlx::query(
+            "INSERT INTO idempotency_keys (project, request_id, request_hash, operation_id, created_at)
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (project, request_id) DO NOTHING",
+        )
+        .bind(claim.project.as_str())
+        .bind(&claim.request_id)
+        .bind(&claim.request_hash)
+        .bind(claim.operation_id.to_string())
+        .bind(ts(now))
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            return Ok(None);
+        }
+        let row = sqlx::query(
+            "SELECT request_hash, operation_id, created_at FROM idempotency_keys
+             WHERE project = ? AND request_id = ?",
+        )
+        .bind(claim.project.as_str())
+        .bind(&claim.request_id)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        let hash: String = row.try_get("request_hash")?;
+        let op = OperationId(parse_uuid(
+            "idempotency_keys",
+            row.try_get::<&str, _>("operation_id")?,
+        )?);
+        let created = from_ts("idempotency_keys", row.try_get("created_at")?)?;
+        if created < now - ttl {
+            sqlx::query(
+                "UPDATE idempotency_keys SET request_hash = ?, operation_id = ?, created_at = ?
+                 WHERE project = ? AND request_id = ?",
+            )
+            .bind(&claim.request_hash)
+            .bind(claim.operation_id.to_string())
+            .bind(ts(now))
+            .bind(claim.project.as_str())
+            .bind(&claim.request_id)
+            .execute(&mut *self.tx)
+            .await?;
+            return Ok(None);
+        }
+        if hash == claim.request_hash {
+            Ok(Some(op))
+        } else {
+            Err(Error::RequestIdReused {
+                project: claim.project.to_string(),
+                request_id: claim.request_id.clone(),
+                operation_id: op,
+            })
+        }
+    }
+
+    async fn check_fence(&mut self, lease: Lease, now: DateTime<Utc>) -> Result<()> {
+        let n = sqlx::query(
+            "UPDATE runs SET updated_at = ? WHERE id = ? AND epoch = ? AND status = 'leased'",
+        )
+        .bind(ts(now))
+        .bind(lease.run_id.to_string())
+        .bind(lease.epoch)
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(Error::LeaseLost {
+                run_id: lease.run_id,
+                epoch: lease.epoch,
+            })
+        }
+    }
+
+    async fn bump_stream(
+        &mut self,
+        stream: &str,
+        expected: ExpectedVersion,
+        count: u64,
+    ) -> Result<u64> {
+        let count_i = to_i64(count)?;
+        let new_version: Option<i64> = match expected {
+            ExpectedVersion::Any => Some(
+                sqlx::query_scalar(
+                    "INSERT INTO streams (stream, version) VALUES (?, ?)
+                     ON CONFLICT (stream) DO UPDATE SET version = streams.version + excluded.version
+                     RETURNING version",
+                )
+                .bind(stream)
+                .bind(count_i)
+                .fetch_one(&mut *self.tx)
+                .await?,
+            ),
+            ExpectedVersion::NoStream => {
+                sqlx::query_scalar(
+                    "INSERT INTO streams (stream, version) VALUES (?, ?)
+                     ON CONFLICT (stream) DO NOTHING RETURNING version",
+                )
+                .bind(stream)
+                .bind(count_i)
+                .fetch_optional(&mut *self.tx)
+                .await?
+            }
+            ExpectedVersion::Exact(v) => {
+                sqlx::query_scalar(
+                    "UPDATE streams SET version = version + ? WHERE stream = ? AND version = ?
+                     RETURNING version",
+                )
+                .bind(count_i)
+                .bind(stream)
+                .bind(to_i64(v)?)
+                .fetch_optional(&mut *self.tx)
+                .await?
+            }
+        };
+        match new_version {
+            Some(v) => Ok(to_u64(v)),
+            None => {
+                let actual: Option<i64> =
+                    sqlx::query_scalar("SELECT version FROM streams WHERE stream = ?")
+                        .bind(stream)
+                        .fetch_optional(&mut *self.tx)
+                        .await?;
+                Err(Error::WrongExpectedVersion {
+                    stream: stream.to_string(),
+                    expected: expected.to_string(),
+                    actual: actual.map(to_u64),
+                })
+            }
+        }
+    }
+
+    async fn load_vcluster(&mut self, uid: VClusterId) -> Result<Option<VCluster>> {
+        let doc: Option<String> = sqlx::query_scalar("SELECT doc FROM vclusters WHERE uid = ?")
+            .bind(uid.to_string())
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        doc.map(|d| from_doc("vclusters", parse_json("vclusters", &d)?))
+            .transpose()
+    }
+
+    async fn save_vcluster(&mut self, vc: &VCluster) -> Result<()> {
+        let res = sqlx::query(
+            "INSERT INTO vclusters (uid, project, name, state, version, doc, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (uid) DO UPDATE SET project = excluded.project, name = excluded.name,
+               state = excluded.state, version = excluded.version, doc = excluded.doc,
+               updated_at = excluded.updated_at",
+        )
+        .bind(vc.uid.to_string())
+        .bind(vc.project.as_str())
+        .bind(vc.name.as_str())
+        .bind(vc.state.as_str())
+        .bind(to_i64(vc.version)?)
+        .bind(to_doc(vc).to_string())
+        .bind(ts(vc.created_at))
+        .bind(ts(vc.updated_at))
+        .execute(&mut *self.tx)
+        .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if is_live_name_violation(&e) => Err(Error::NameTaken {
+                project: vc.project.to_string(),
+                name: vc.name.to_string(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn load_operation(&mut self, id: OperationId) -> Result<Option<Operation>> {
+        let doc: Option<String> = sqlx::query_scalar("SELECT doc FROM operations WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        let Some(doc) = doc else { return Ok(None) };
+        let mut op: Operation = from_doc("operations", parse_json("operations", &doc)?)?;
+        op.steps = self.load_steps(id).await?;
+        Ok(Some(op))
+    }
+
+    async fn save_operation(&mut self, op: &Operation) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO operations (id, project, vcluster_uid, vcluster, kind, state, request_id,
+               retry_of, version, doc, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET state = excluded.state, version = excluded.version,
+               doc = excluded.doc, updated_at = excluded.updated_at",
+        )
+        .bind(op.id.to_string())
+        .bind(op.project.as_str())
+        .bind(op.vcluster_uid.to_string())
+        .bind(op.vcluster.as_str())
+        .bind(op.kind.as_str())
+        .bind(op.state.as_str())
+        .bind(op.request_id.as_deref())
+        .bind(op.retry_of.map(|r| r.to_string()))
+        .bind(to_i64(op.version)?)
+        .bind(operation_doc(op).to_string())
+        .bind(ts(op.created_at))
+        .bind(ts(op.updated_at))
+        .execute(&mut *self.tx)
+        .await?;
+        for (idx, step) in op.steps.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO operation_steps (operation_id, idx, name, state, attempts, started_at,
+                   finished_at, error)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (operation_id, idx) DO UPDATE SET name = excluded.name,
+                   state = excluded.state, attempts = excluded.attempts,
+                   started_at = excluded.started_at, finished_at = excluded.finished_at,
+                   error = excluded.error",
+            )
+            .bind(op.id.to_string())
+            .bind(idx as i64)
+            .bind(&step.name)
+            .bind(step.state.as_str())
+            .bind(i64::from(step.attempts))
+            .bind(step.started_at.map(ts))
+            .bind(step.finished_at.map(ts))
+            .bind(step.error.as_ref().map(|e| to_doc(e).to_string()))
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn load_snapshot(&mut self, id: SnapshotId) -> Result<Option<Snapshot>> {
+        let doc: Option<String> = sqlx::query_scalar("SELECT doc FROM snapshots WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        doc.map(|d| from_doc("snapshots", parse_json("snapshots", &d)?))
+            .transpose()
+    }
+
+    async fn save_snapshot(&mut self, s: &Snapshot) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO snapshots (id, project, vcluster, vcluster_uid, state, version, doc,
+               created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET state = excluded.state, version = excluded.version,
+               doc = excluded.doc, updated_at = excluded.updated_at",
+        )
+        .bind(s.id.to_string())
+        .bind(s.project.as_str())
+        .bind(s.vcluster.as_str())
+        .bind(s.vcluster_uid.to_string())
+        .bind(s.state.as_str())
+        .bind(to_i64(s.version)?)
+        .bind(to_doc(s).to_string())
+        .bind(ts(s.created_at))
+        .bind(ts(s.updated_at))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn enqueue_run(&mut self, run: &NewRun, now: DateTime<Utc>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO runs (id, operation_id, vcluster_uid, status, run_at, priority,
+               created_at, updated_at)
+             VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
+        )
+        .bind(run.id.to_string())
+        .bind(run.operation_id.to_string())
+        .bind(run.vcluster_uid.to_string())
+        .bind(ts(run.run_at.map(micros).unwrap_or(now)))
+        .bind(i64::from(run.priority))
+        .bind(ts(now))
+        .bind(ts(now))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn update_run(
+        &mut self,
+        lease: Lease,
+        update: RunUpdate,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let q = match update {
+            RunUpdate::Complete => sqlx::query(
+                "UPDATE runs SET status = 'done', lease_owner = NULL, lease_until = NULL,
+                   updated_at = ? WHERE id = ? AND epoch = ?",
+            )
+            .bind(ts(now)),
+            RunUpdate::Reschedule { run_at } => sqlx::query(
+                "UPDATE runs SET status = 'queued', run_at = ?, lease_owner = NULL,
+                   lease_until = NULL, updated_at = ? WHERE id = ? AND epoch = ?",
+            )
+            .bind(ts(micros(run_at)))
+            .bind(ts(now)),
+            RunUpdate::Renew { until } => sqlx::query(
+                "UPDATE runs SET lease_until = ?, updated_at = ? WHERE id = ? AND epoch = ?",
+            )
+            .bind(ts(micros(until)))
+            .bind(ts(now)),
+        };
+        let n = q
+            .bind(lease.run_id.to_string())
+            .bind(lease.epoch)
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected();
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(Error::LeaseLost {
+                run_id: lease.run_id,
+                epoch: lease.epoch,
+            })
+        }
+    }
+
+    async fn allocate_positions(&mut self, count: u64) -> Result<u64> {
+        let last: i64 = sqlx::query_scalar(
+            "UPDATE event_log_head SET last_position = last_position + ? WHERE id = 1
+             RETURNING last_position",
+        )
+        .bind(to_i64(count)?)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        Ok(to_u64(last))
+    }
+
+    async fn insert_events(&mut self, rows: &[EventRow], recorded_at: DateTime<Utc>) -> Result<()> {
+        // 7 parameters per row; SQLite allows 32766 per statement.
+        for chunk in rows.chunks(1000) {
+            let mut qb = sqlx::QueryBuilder::<Sqlite>::new(
+                "INSERT INTO events (position, stream, version, type, data, metadata, recorded_at) ",
+            );
+            qb.push_values(chunk, |mut b, row| {
+                b.push_bind(row.position as i64)
+                    .push_bind(row.stream.clone())
+                    .push_bind(row.version as i64)
+                    .push_bind(row.event_type)
+                    .push_bind(row.data.to_string())
+                    .push_bind(row.metadata.to_string())
+                    .push_bind(ts(recorded_at));
+            });
+            qb.build().execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    async fn notify(&mut self, _last_position: u64, _runs_changed: bool) -> Result<()> {
+        // Wake-ups are in-process, sent after COMMIT by `SqliteStore::commit`.
+        Ok(())
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the SQLite file of `url` (`sqlite://PATH`).
+    pub async fn connect(url: &str, config: StoreConfig, clock: Arc<dyn Clock>) -> Result<Self> {
+        let opts = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(if config.sqlite_synchronous_full {
+                SqliteSynchronous::Full
+            } else {
+                SqliteSynchronous::Normal
+            })
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .foreign_keys(true);
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.clone())
+            .await?;
+        let reader = if in_memory {
+            writer.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(opts.read_only(false))
+                .await?
+        };
+        Ok(Self {
+            writer,
+            reader,
+            config,
+            clock,
+            wake: Arc::new(Wakeups::new()),
+        })
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        micros(self.clock.now())
+    }
+
+    async fn begin(&self) -> Result<SqliteTx> {
+        Ok(SqliteTx {
+            tx: self.writer.begin_with("BEGIN IMMEDIATE").await?,
+        })
+    }
+
+    async fn operation_with_steps(&self, doc: &str) -> Result<Operation> {
+        let mut op: Operation = from_doc("operations", parse_json("operations", doc)?)?;
+        let rows = sqlx::query(
+            "SELECT name, state, attempts, started_at, finished_at, error
+             FROM operation_steps WHERE operation_id = ? ORDER BY idx",
+        )
+        .bind(op.id.to_string())
+        .fetch_all(&self.reader)
+        .await?;
+        op.steps = rows.iter().map(step_from_row).collect::<Result<_>>()?;
+        Ok(op)
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    fn clock(&self) -> &dyn Clock {
+        self.clock.as_ref()
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut migrator = sqlx::migrate!("../../migrations/sqlite");
+        migrator.dangerous_set_table_name("ovc_migrations");
+        migrator.run(&self.writer).await?;
+        Ok(())
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
+        let prepared = commit::prepare(&commit, &self.config)?;
+        let now = self.now();
+        let mut tx = self.begin().await?;
+        match commit::run_commit(&mut tx, &commit, prepared, now, &self.config).await? {
+            Ok(receipt) => {
+                tx.tx.commit().await?;
+                if receipt.last_position > 0 {
+                    self.wake.events_appended(receipt.last_position);
+                }
+                if commit::runs_changed(&commit) {
+                    self.wake.runs_changed();
+                }
+                Ok(CommitOutcome::Committed(receipt))
+            }
+            Err(operation_id) => {
+                tx.tx.rollback().await?;
+                Ok(CommitOutcome::Duplicate { operation_id })
+            }
+        }
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamName,
+        after_version: u64,
+        limit: u32,
+    ) -> Result<Vec<RecordedEvent>> {
+        let rows = sqlx::query(
+            "SELECT position, stream, version, type, data, metadata, recorded_at FROM events
+             WHERE stream = ? AND version > ? ORDER BY version LIMIT ?",
+        )
+        .bind(stream.as_str())
+        .bind(to_i64(after_version)?)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn stream_version(&self, stream: &StreamName) -> Result<Option<u64>> {
+        let v: Option<i64> = sqlx::query_scalar("SELECT version FROM streams WHERE stream = ?")
+            .bind(stream.as_str())
+            .fetch_optional(&self.reader)
+            .await?;
+        Ok(v.map(to_u64))
+    }
+
+    async fn read_all(&self, after_position: u64, limit: u32) -> Result<Vec<RecordedEvent>> {
+        let rows = sqlx::query(
+            "SELECT position, stream, version, type, data, metadata, recorded_at FROM events
+             WHERE position > ? ORDER BY position LIMIT ?",
+        )
+        .bind(to_i64(after_position)?)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn head_position(&self) -> Result<u64> {
+        let v: i64 = sqlx::query_scalar("SELECT last_position FROM event_log_head WHERE id = 1")
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(to_u64(v))
+    }
+
+    fn watch_events(&self) -> watch::Receiver<u64> {
+        self.wake.watch_events()
+    }
+
+    fn watch_runs(&self) -> watch::Receiver<u64> {
+        self.wake.watch_runs()
+    }
+
+    async fn find_idempotency_key(
+        &self,
+        project: &ProjectName,
+        request_id: &str,
+    ) -> Result<Option<IdempotencyRecord>> {
+        let cutoff = self.now() - self.config.idempotency_ttl;
+        let row = sqlx::query(
+            "SELECT request_hash, operation_id, created_at FROM idempotency_keys
+             WHERE project = ? AND request_id = ? AND created_at >= ?",
+        )
+        .bind(project.as_str())
+        .bind(request_id)
+        .bind(ts(cutoff))
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(|r| {
+            Ok(IdempotencyRecord {
+                request_hash: r.try_get("request_hash")?,
+                operation_id: OperationId(parse_uuid(
+                    "idempotency_keys",
+                    r.try_get::<&str, _>("operation_id")?,
+                )?),
+                created_at: from_ts("idempotency_keys", r.try_get("created_at")?)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn purge_idempotency_keys(&self) -> Result<u64> {
+        let cutoff = self.now() - self.config.idempotency_ttl;
+        let n = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?")
+            .bind(ts(cutoff))
+            .execute(&self.writer)
+            .await?
+            .rows_affected();
+        Ok(n)
+    }
+
+    async fn get_vcluster(
+        &self,
+        project: &ProjectName,
+        name: &VClusterName,
+    ) -> Result<Option<VCluster>> {
+        let doc: Option<String> = sqlx::query_scalar(
+            "SELECT doc FROM vclusters WHERE project = ? AND name = ?
+             ORDER BY state = 'DELETED', created_at DESC LIMIT 1",
+        )
+        .bind(project.as_str())
+        .bind(name.as_str())
+        .fetch_optional(&self.reader)
+        .await?;
+        doc.map(|d| from_doc("vclusters", parse_json("vclusters", &d)?))
+            .transpose()
+    }
+
+    async fn get_vcluster_by_uid(&self, uid: VClusterId) -> Result<Option<VCluster>> {
+        let doc: Option<String> = sqlx::query_scalar("SELECT doc FROM vclusters WHERE uid = ?")
+            .bind(uid.to_string())
+            .fetch_optional(&self.reader)
+            .await?;
+        doc.map(|d| from_doc("vclusters", parse_json("vclusters", &d)?))
+            .transpose()
+    }
+
+    async fn list_vclusters(
+        &self,
+        filter: &VClusterFilter,
+        page: &PageRequest,
+    ) -> Result<Page<VCluster>> {
+        let after = page
+            .after
+            .as_deref()
+            .map(|c| parse_cursor(c, 3))
+            .transpose()?;
+        let (ap, an, au) = match &after {
+            Some(p) => (Some(p[0].clone()), Some(p[1].clone()), Some(p[2].clone())),
+            None => (None, None, None),
+        };
+        let limit = page.limit();
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT doc FROM vclusters
+             WHERE (?1 IS NULL OR project = ?1) AND (?2 IS NULL OR state = ?2)
+               AND (?3 = 1 OR state <> 'DELETED')
+               AND (?4 IS NULL OR (project, name, uid) > (?4, ?5, ?6))
+             ORDER BY project, name, uid LIMIT ?7",
+        )
+        .bind(filter.project.as_ref().map(|p| p.as_str().to_string()))
+        .bind(filter.state.map(|s| s.as_str()))
+        .bind(filter.include_deleted)
+        .bind(ap)
+        .bind(an)
+        .bind(au)
+        .bind(limit + 1)
+        .fetch_all(&self.reader)
+        .await?;
+        let mut items = rows
+            .iter()
+            .map(|d| from_doc::<VCluster>("vclusters", parse_json("vclusters", d)?))
+            .collect::<Result<Vec<_>>>()?;
+        let next = if items.len() as i64 > limit {
+            items.truncate(limit as usize);
+            items.last().map(|v| {
+                cursor(&[v.project.as_str(), v.name.as_str(), &v.uid.to_string()])
+            })
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    async fn get_operation(&self, id: OperationId) -> Result<Option<Operation>> {
+        let doc: Option<String> = sqlx::query_scalar("SELECT doc FROM operations WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.reader)
+            .await?;
+        match doc {
+            Some(d) => Ok(Some(self.operation_with_steps(&d).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn list_operations(
+        &self,
+        filter: &OperationFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Operation>> {
+        let after = page
+            .after
+            .as_deref()
+            .map(|c| parse_cursor(c, 2))
+            .transpose()?;
+        let (at, aid) = match &after {
+            Some(p) => (
+                Some(p[0].parse::<i64>().map_err(|_| {
+                    Error::InvalidInput(format!("page token {:?} is not one this server issued", page.after))
+                })?),
+                Some(p[1].clone()),
+            ),
+            None => (None, None),
+        };
+        let limit = page.limit();
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT doc FROM operations
+             WHERE (?1 IS NULL OR project = ?1) AND (?2 IS NULL OR vcluster = ?2)
+               AND (?3 IS NULL OR state = ?3) AND (?4 IS NULL OR kind = ?4)
+               AND (?5 IS NULL OR created_at >= ?5)
+               AND (?6 IS NULL OR (created_at, id) > (?6, ?7))
+             ORDER BY created_at, id LIMIT ?8",
+        )
+        .bind(filter.project.as_ref().map(|p| p.as_str().to_string()))
+        .bind(filter.vcluster.clone())
+        .bind(filter.state.map(|s| s.as_str()))
+        .bind(filter.kind.map(|k| k.as_str()))
+        .bind(filter.since.map(ts))
+        .bind(at)
+        .bind(aid)
+        .bind(limit + 1)
+        .fetch_all(&self.reader)
+        .await?;
+        let mut items = Vec::with_capacity(rows.len());
+        for d in rows.iter().take(limit as usize) {
+            items.push(self.operation_with_steps(d).await?);
+        }
+        let next = if rows.len() as i64 > limit {
+            items
+                .last()
+                .map(|o| cursor(&[&ts(o.created_at).to_string(), &o.id.to_string()]))
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    async fn get_snapshot(&self, id: SnapshotId) -> Result<Option<Snapshot>> {
+        let doc: Option<String> = sqlx::query_scalar("SELECT doc FROM snapshots WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.reader)
+            .await?;
+        doc.map(|d| from_doc("snapshots", parse_json("snapshots", &d)?))
+            .transpose()
+    }
+
+    async fn list_snapshots(
+        &self,
+        filter: &SnapshotFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Snapshot>> {
+        let after = page
+            .after
+            .as_deref()
+            .map(|c| parse_cursor(c, 2))
+            .transpose()?;
+        let (at, aid) = match &after {
+            Some(p) => (
+                Some(p[0].parse::<i64>().map_err(|_| {
+                    Error::InvalidInput(format!("page token {:?} is not one this server issued", page.after))
+                })?),
+                Some(p[1].clone()),
+            ),
+            None => (None, None),
+        };
+        let limit = page.limit();
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT doc FROM snapshots
+             WHERE (?1 IS NULL OR project = ?1) AND (?2 IS NULL OR vcluster = ?2)
+               AND (?3 IS NULL OR (created_at, id) > (?3, ?4))
+             ORDER BY created_at, id LIMIT ?5",
+        )
+        .bind(filter.project.as_ref().map(|p| p.as_str().to_string()))
+        .bind(filter.vcluster.clone())
+        .bind(at)
+        .bind(aid)
+        .bind(limit + 1)
+        .fetch_all(&self.reader)
+        .await?;
+        let mut items = rows
+            .iter()
+            .map(|d| from_doc::<Snapshot>("snapshots", parse_json("snapshots", d)?))
+            .collect::<Result<Vec<_>>>()?;
+        let next = if items.len() as i64 > limit {
+            items.truncate(limit as usize);
+            items
+                .last()
+                .map(|s| cursor(&[&ts(s.created_at).to_string(), &s.id.to_string()]))
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    async fn rebuild_projections(&self) -> Result<RebuildReport> {
+        let mut tx = self.begin().await?;
+        for table in ["vclusters", "operations", "operation_steps", "snapshots"] {
+            let sql = match table {
+                "vclusters" => "DELETE FROM vclusters",
+                "operations" => "DELETE FROM operations",
+                "operation_steps" => "DELETE FROM operation_steps",
+                _ => "DELETE FROM snapshots",
+            };
+            sqlx::query(sql).execute(&mut *tx.tx).await?;
+        }
+        let mut projector = Projector::default();
+        let mut after = 0i64;
+        let mut events = 0u64;
+        loop {
+            let rows = sqlx::query(
+                "SELECT position, stream, version, type, data, metadata, recorded_at FROM events
+                 WHERE position > ? ORDER BY position LIMIT 1000",
+            )
+            .bind(after)
+            .fetch_all(&mut *tx.tx)
+            .await?;
+            if rows.is_empty() {
+                break;
+            }
+            for row in &rows {
+                let rec = event_from_row(row)?;
+                let event = rec.decode()?;
+                projector
+                    .apply(&mut tx, &rec.stream, rec.version, rec.recorded_at, &event)
+                    .await?;
+                after = rec.position as i64;
+                events += 1;
+            }
+            if projector.pending() >= 1000 {
+                projector.flush(&mut tx).await?;
+            }
+        }
+        projector.flush(&mut tx).await?;
+        tx.tx.commit().await?;
+        let (vclusters, operations, snapshots) = projector.written();
+        Ok(RebuildReport {
+            events,
+            vclusters,
+            operations,
+            snapshots,
+        })
+    }
+
+    async fn dump_projections(&self) -> Result<ProjectionDump> {
+        let q = |sql: &'static str| sqlx::query_scalar::<_, String>(sql).fetch_all(&self.reader);
+        Ok(ProjectionDump {
+            vclusters: q("SELECT json_array(uid, project, name, state, version, doc, created_at,
+                            updated_at) FROM vclusters ORDER BY uid")
+            .await?,
+            operations: q("SELECT json_array(id, project, vcluster_uid, vcluster, kind, state,
+                             request_id, retry_of, version, doc, created_at, updated_at)
+                           FROM operations ORDER BY id")
+            .await?,
+            operation_steps: q("SELECT json_array(operation_id, idx, name, state, attempts,
+                                  started_at, finished_at, error)
+                                FROM operation_steps ORDER BY operation_id, idx")
+            .await?,
+            snapshots: q("SELECT json_array(id, project, vcluster, vcluster_uid, state, version,
+                            doc, created_at, updated_at) FROM snapshots ORDER BY id")
+            .await?,
+        })
+    }
+
+    async fn claim_runs(&self, owner: &str, lease_for: Duration, max: u32) -> Result<Vec<Run>> {
+        if owner.is_empty() {
+            return Err(Error::InvalidInput("lease owner must not be empty".into()));
+        }
+        if lease_for <= Duration::zero() {
+            return Err(Error::InvalidInput("lease duration must be positive".into()));
+        }
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let now = self.now();
+        let until = micros(now + lease_for);
+        let mut tx = self.begin().await?;
+        let sql = "UPDATE runs SET status = 'leased', lease_owner = ?1, lease_until = ?2,
+               epoch = epoch + 1, attempts = attempts + 1, updated_at = ?3
+             WHERE id IN (
+               SELECT r.id FROM runs r
+               WHERE r.status <> 'done'
+                 AND ((r.status = 'queued' AND r.run_at <= ?3)
+                      OR (r.status = 'leased' AND r.lease_until < ?3))
+                 AND NOT EXISTS (SELECT 1 FROM runs o WHERE o.vcluster_uid = r.vcluster_uid
+                                 AND o.status <> 'done' AND o.seq < r.seq)
+               ORDER BY r.priority DESC, r.run_at, r.seq LIMIT ?4)
+             RETURNING id, operation_id, vcluster_uid, status, run_at, attempts, lease_owner,
+               lease_until, epoch, priority";
+        let rows = sqlx::query(sql)
+            .bind(owner)
+            .bind(ts(until))
+            .bind(ts(now))
+            .bind(i64::from(max))
+            .fetch_all(&mut *tx.tx)
+            .await?;
+        tx.tx.commit().await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    async fn get_run(&self, id: RunId) -> Result<Option<Run>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE id = ?"
+        )))
+        .bind(id.to_string())
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(run_from_row).transpose()
+    }
+
+    async fn runs_of_operation(&self, operation_id: OperationId) -> Result<Vec<Run>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE operation_id = ? ORDER BY seq"
+        )))
+        .bind(operation_id.to_string())
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    async fn next_run_due(&self) -> Result<Option<DateTime<Utc>>> {
+        let v: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(t) FROM (
+               SELECT MIN(run_at) AS t FROM runs WHERE status = 'queued'
+               UNION ALL SELECT MIN(lease_until) FROM runs WHERE status = 'leased')",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        v.map(|v| from_ts("runs", v)).transpose()
+    }
+}
