@@ -14,13 +14,13 @@
 
 use crate::error::{Error, Result};
 use crate::model::{
-    Commit, CommitReceipt, ExpectedVersion, IdempotencyClaim, Lease, NewRun, RunUpdate,
-    StoreConfig,
+    Commit, CommitReceipt, ExpectedVersion, IdempotencyClaim, Lease, NewRun, RunUpdate, StoreConfig,
 };
 use chrono::{DateTime, Duration, Utc};
 use ovc_types::event::Event;
 use ovc_types::resource::{Operation, Snapshot, VCluster};
 use ovc_types::{OperationId, SnapshotId, VClusterId};
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 
@@ -205,7 +205,9 @@ pub(crate) async fn run_commit<T: TxOps>(
     cfg: &StoreConfig,
 ) -> Result<Result<CommitReceipt, OperationId>> {
     if let Some(claim) = &commit.idempotency
-        && let Some(existing) = tx.claim_idempotency(claim, now, cfg.idempotency_ttl).await?
+        && let Some(existing) = tx
+            .claim_idempotency(claim, now, cfg.idempotency_ttl)
+            .await?
     {
         return Ok(Err(existing));
     }
@@ -302,28 +304,46 @@ impl Projector {
     ) -> Result<()> {
         if stream.starts_with("vcluster-") {
             let uid = VClusterId(parse_id(stream, "vcluster-")?);
-            if !self.vclusters.contains_key(&uid) {
-                let loaded = tx.load_vcluster(uid).await?;
-                self.vclusters.insert(uid, loaded);
-            }
-            let slot = self.vclusters.entry(uid).or_default();
-            *slot = Some(VCluster::apply(slot.take(), uid, stream, version, at, event)?);
+            let slot = match self.vclusters.entry(uid) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => e.insert(tx.load_vcluster(uid).await?),
+            };
+            *slot = Some(VCluster::apply(
+                slot.take(),
+                uid,
+                stream,
+                version,
+                at,
+                event,
+            )?);
         } else if stream.starts_with("operation-") {
             let id = OperationId(parse_id(stream, "operation-")?);
-            if !self.operations.contains_key(&id) {
-                let loaded = tx.load_operation(id).await?;
-                self.operations.insert(id, loaded);
-            }
-            let slot = self.operations.entry(id).or_default();
-            *slot = Some(Operation::apply(slot.take(), id, stream, version, at, event)?);
+            let slot = match self.operations.entry(id) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => e.insert(tx.load_operation(id).await?),
+            };
+            *slot = Some(Operation::apply(
+                slot.take(),
+                id,
+                stream,
+                version,
+                at,
+                event,
+            )?);
         } else if stream.starts_with("snapshot-") {
             let id = SnapshotId(parse_id(stream, "snapshot-")?);
-            if !self.snapshots.contains_key(&id) {
-                let loaded = tx.load_snapshot(id).await?;
-                self.snapshots.insert(id, loaded);
-            }
-            let slot = self.snapshots.entry(id).or_default();
-            *slot = Some(Snapshot::apply(slot.take(), id, stream, version, at, event)?);
+            let slot = match self.snapshots.entry(id) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => e.insert(tx.load_snapshot(id).await?),
+            };
+            *slot = Some(Snapshot::apply(
+                slot.take(),
+                id,
+                stream,
+                version,
+                at,
+                event,
+            )?);
         } else {
             return Ok(());
         }

@@ -25,7 +25,9 @@ pub enum Error {
         actual: Option<u64>,
     },
     /// The request id was used before with different parameters.
-    #[error("request_id {request_id:?} was already used in project {project} with different parameters")]
+    #[error(
+        "request_id {request_id:?} was already used in project {project} with different parameters"
+    )]
     RequestIdReused {
         /// The project.
         project: String,

@@ -118,8 +118,7 @@ fn bad_cursor(c: &str) -> Error {
 }
 
 const STEP_COLUMNS: &str = "name, state, attempts, started_at, finished_at, error";
-const RUN_COLUMNS: &str =
-    "id, operation_id, vcluster_uid, status, run_at, attempts, lease_owner, lease_until, epoch, priority";
+const RUN_COLUMNS: &str = "id, operation_id, vcluster_uid, status, run_at, attempts, lease_owner, lease_until, epoch, priority";
 
 /// An open write transaction.
 struct PgTx {
@@ -214,30 +213,30 @@ impl TxOps for PgTx {
         count: u64,
     ) -> Result<u64> {
         let count_i = to_i64(count)?;
-        let new_version: Option<i64> = match expected {
-            ExpectedVersion::Any => Some(
-                sqlx::query_scalar(
-                    "INSERT INTO streams (stream, version) VALUES ($1, $2)
+        let new_version: Option<i64> =
+            match expected {
+                ExpectedVersion::Any => Some(
+                    sqlx::query_scalar(
+                        "INSERT INTO streams (stream, version) VALUES ($1, $2)
                      ON CONFLICT (stream) DO UPDATE SET version = streams.version + EXCLUDED.version
                      RETURNING version",
-                )
-                .bind(stream)
-                .bind(count_i)
-                .fetch_one(&mut *self.tx)
-                .await?,
-            ),
-            ExpectedVersion::NoStream => {
-                sqlx::query_scalar(
-                    "INSERT INTO streams (stream, version) VALUES ($1, $2)
+                    )
+                    .bind(stream)
+                    .bind(count_i)
+                    .fetch_one(&mut *self.tx)
+                    .await?,
+                ),
+                ExpectedVersion::NoStream => {
+                    sqlx::query_scalar(
+                        "INSERT INTO streams (stream, version) VALUES ($1, $2)
                      ON CONFLICT (stream) DO NOTHING RETURNING version",
-                )
-                .bind(stream)
-                .bind(count_i)
-                .fetch_optional(&mut *self.tx)
-                .await?
-            }
-            ExpectedVersion::Exact(v) => {
-                sqlx::query_scalar(
+                    )
+                    .bind(stream)
+                    .bind(count_i)
+                    .fetch_optional(&mut *self.tx)
+                    .await?
+                }
+                ExpectedVersion::Exact(v) => sqlx::query_scalar(
                     "UPDATE streams SET version = version + $1 WHERE stream = $2 AND version = $3
                      RETURNING version",
                 )
@@ -245,9 +244,8 @@ impl TxOps for PgTx {
                 .bind(stream)
                 .bind(to_i64(v)?)
                 .fetch_optional(&mut *self.tx)
-                .await?
-            }
-        };
+                .await?,
+            };
         match new_version {
             Some(v) => Ok(to_u64(v)),
             None => {
@@ -852,9 +850,9 @@ impl Store for PgStore {
             .collect::<Result<Vec<_>>>()?;
         let next = if items.len() as i64 > limit {
             items.truncate(limit as usize);
-            items.last().map(|v| {
-                cursor(&[v.project.as_str(), v.name.as_str(), &v.uid.to_string()])
-            })
+            items
+                .last()
+                .map(|v| cursor(&[v.project.as_str(), v.name.as_str(), &v.uid.to_string()]))
         } else {
             None
         };
@@ -1014,20 +1012,26 @@ impl Store for PgStore {
     async fn dump_projections(&self) -> Result<ProjectionDump> {
         let q = |sql: &'static str| sqlx::query_scalar::<_, String>(sql).fetch_all(&self.pool);
         Ok(ProjectionDump {
-            vclusters: q("SELECT json_build_array(uid, project, name, state, version, doc,
-                            created_at, updated_at)::text FROM vclusters ORDER BY uid")
+            vclusters: q(
+                "SELECT json_build_array(uid, project, name, state, version, doc,
+                            created_at, updated_at)::text FROM vclusters ORDER BY uid",
+            )
             .await?,
-            operations: q("SELECT json_build_array(id, project, vcluster_uid, vcluster, kind,
+            operations: q(
+                "SELECT json_build_array(id, project, vcluster_uid, vcluster, kind,
                              state, request_id, retry_of, version, doc, created_at,
-                             updated_at)::text FROM operations ORDER BY id")
+                             updated_at)::text FROM operations ORDER BY id",
+            )
             .await?,
             operation_steps: q("SELECT json_build_array(operation_id, idx, name, state,
                                   attempts, started_at, finished_at, error)::text
                                 FROM operation_steps ORDER BY operation_id, idx")
             .await?,
-            snapshots: q("SELECT json_build_array(id, project, vcluster, vcluster_uid, state,
+            snapshots: q(
+                "SELECT json_build_array(id, project, vcluster, vcluster_uid, state,
                             version, doc, created_at, updated_at)::text
-                          FROM snapshots ORDER BY id")
+                          FROM snapshots ORDER BY id",
+            )
             .await?,
         })
     }
@@ -1037,7 +1041,9 @@ impl Store for PgStore {
             return Err(Error::InvalidInput("lease owner must not be empty".into()));
         }
         if lease_for <= Duration::zero() {
-            return Err(Error::InvalidInput("lease duration must be positive".into()));
+            return Err(Error::InvalidInput(
+                "lease duration must be positive".into(),
+            ));
         }
         if max == 0 {
             return Ok(Vec::new());

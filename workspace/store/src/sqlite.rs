@@ -108,8 +108,7 @@ fn run_from_row(row: &SqliteRow) -> Result<Run> {
     })
 }
 
-const RUN_COLUMNS: &str =
-    "id, operation_id, vcluster_uid, status, run_at, attempts, lease_owner, lease_until, epoch, priority";
+const RUN_COLUMNS: &str = "id, operation_id, vcluster_uid, status, run_at, attempts, lease_owner, lease_until, epoch, priority";
 
 /// An open write transaction.
 struct SqliteTx {
@@ -141,9 +140,7 @@ fn step_from_row(row: &SqliteRow) -> Result<OperationStep> {
             message: format!("state {state:?}"),
         })?,
         attempts: row.try_get::<i64, _>("attempts")? as u32,
-        started_at: started
-            .map(|v| from_ts("operation_steps", v))
-            .transpose()?,
+        started_at: started.map(|v| from_ts("operation_steps", v)).transpose()?,
         finished_at: finished
             .map(|v| from_ts("operation_steps", v))
             .transpose()?,
@@ -786,9 +783,9 @@ impl Store for SqliteStore {
             .collect::<Result<Vec<_>>>()?;
         let next = if items.len() as i64 > limit {
             items.truncate(limit as usize);
-            items.last().map(|v| {
-                cursor(&[v.project.as_str(), v.name.as_str(), &v.uid.to_string()])
-            })
+            items
+                .last()
+                .map(|v| cursor(&[v.project.as_str(), v.name.as_str(), &v.uid.to_string()]))
         } else {
             None
         };
@@ -819,7 +816,10 @@ impl Store for SqliteStore {
         let (at, aid) = match &after {
             Some(p) => (
                 Some(p[0].parse::<i64>().map_err(|_| {
-                    Error::InvalidInput(format!("page token {:?} is not one this server issued", page.after))
+                    Error::InvalidInput(format!(
+                        "page token {:?} is not one this server issued",
+                        page.after
+                    ))
                 })?),
                 Some(p[1].clone()),
             ),
@@ -880,7 +880,10 @@ impl Store for SqliteStore {
         let (at, aid) = match &after {
             Some(p) => (
                 Some(p[0].parse::<i64>().map_err(|_| {
-                    Error::InvalidInput(format!("page token {:?} is not one this server issued", page.after))
+                    Error::InvalidInput(format!(
+                        "page token {:?} is not one this server issued",
+                        page.after
+                    ))
                 })?),
                 Some(p[1].clone()),
             ),
@@ -967,19 +970,25 @@ impl Store for SqliteStore {
     async fn dump_projections(&self) -> Result<ProjectionDump> {
         let q = |sql: &'static str| sqlx::query_scalar::<_, String>(sql).fetch_all(&self.reader);
         Ok(ProjectionDump {
-            vclusters: q("SELECT json_array(uid, project, name, state, version, doc, created_at,
-                            updated_at) FROM vclusters ORDER BY uid")
+            vclusters: q(
+                "SELECT json_array(uid, project, name, state, version, doc, created_at,
+                            updated_at) FROM vclusters ORDER BY uid",
+            )
             .await?,
-            operations: q("SELECT json_array(id, project, vcluster_uid, vcluster, kind, state,
+            operations: q(
+                "SELECT json_array(id, project, vcluster_uid, vcluster, kind, state,
                              request_id, retry_of, version, doc, created_at, updated_at)
-                           FROM operations ORDER BY id")
+                           FROM operations ORDER BY id",
+            )
             .await?,
             operation_steps: q("SELECT json_array(operation_id, idx, name, state, attempts,
                                   started_at, finished_at, error)
                                 FROM operation_steps ORDER BY operation_id, idx")
             .await?,
-            snapshots: q("SELECT json_array(id, project, vcluster, vcluster_uid, state, version,
-                            doc, created_at, updated_at) FROM snapshots ORDER BY id")
+            snapshots: q(
+                "SELECT json_array(id, project, vcluster, vcluster_uid, state, version,
+                            doc, created_at, updated_at) FROM snapshots ORDER BY id",
+            )
             .await?,
         })
     }
@@ -989,7 +998,9 @@ impl Store for SqliteStore {
             return Err(Error::InvalidInput("lease owner must not be empty".into()));
         }
         if lease_for <= Duration::zero() {
-            return Err(Error::InvalidInput("lease duration must be positive".into()));
+            return Err(Error::InvalidInput(
+                "lease duration must be positive".into(),
+            ));
         }
         if max == 0 {
             return Ok(Vec::new());

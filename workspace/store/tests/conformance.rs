@@ -1,0 +1,1317 @@
+//! The store conformance suite: every test runs against SQLite and PostgreSQL, each on a
+//! fresh database (a new file, or a new schema in `DATABASE_URL`).
+
+use chrono::{Duration, Utc};
+use ovc_store::*;
+use ovc_testkit::TestDb;
+use ovc_types::command::{Command, request_hash};
+use ovc_types::event::{Event, EventMetadata, StreamName};
+use ovc_types::spec::VClusterSpec;
+use ovc_types::time::ManualClock;
+use ovc_types::*;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use uuid::Uuid;
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(ovc_store::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(ovc_store::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    append_read_and_expected_versions,
+    read_all_pages_in_position_order,
+    bad_input_is_a_typed_error_and_writes_nothing,
+    concurrent_appenders_and_a_tailer_see_every_position_once,
+    concurrent_exact_appends_have_one_winner,
+    idempotency_same_request_returns_first_operation,
+    idempotency_fifty_concurrent_requests_make_one_operation,
+    idempotency_keys_expire_and_are_purged,
+    projections_follow_the_events,
+    live_names_are_unique_and_freed_by_delete,
+    projection_grammar_errors_roll_back,
+    rebuild_projections_equals_live_tables,
+    list_pages_through_everything,
+    queue_claims_head_run_per_vcluster,
+    queue_lease_steal_and_fencing,
+    queue_reschedule_is_a_durable_timer,
+    concurrent_workers_complete_each_run_once_in_order,
+    wakeups_fire_on_commit,
+    migrate_is_idempotent,
+);
+
+fn project() -> ProjectName {
+    "default".parse().expect("project")
+}
+
+fn name(s: &str) -> VClusterName {
+    s.parse().expect("name")
+}
+
+fn uid() -> VClusterId {
+    VClusterId(Uuid::now_v7())
+}
+
+fn opid() -> OperationId {
+    OperationId(Uuid::now_v7())
+}
+
+fn stream(s: &str) -> StreamName {
+    StreamName::new(s).expect("stream")
+}
+
+fn step(name: &str, attempt: u32) -> NewEvent {
+    NewEvent::new(Event::StepStarted {
+        step: name.into(),
+        attempt,
+    })
+}
+
+/// The commit the API makes for CreateVCluster: command event, operation, run, key.
+fn create_commit(
+    vc: VClusterId,
+    op: OperationId,
+    vc_name: &str,
+    request_id: Option<&str>,
+) -> Commit {
+    let command = Command::Create {
+        spec: VClusterSpec::default(),
+    };
+    let hash = request_hash(&project(), &name(vc_name), &command);
+    Commit {
+        idempotency: request_id.map(|r| IdempotencyClaim {
+            project: project(),
+            request_id: r.to_string(),
+            request_hash: hash,
+            operation_id: op,
+        }),
+        appends: vec![
+            StreamAppend {
+                stream: StreamName::vcluster(vc),
+                expected: ExpectedVersion::NoStream,
+                events: vec![NewEvent::with_metadata(
+                    Event::CreateRequested {
+                        operation_id: op,
+                        name: name(vc_name),
+                        project: project(),
+                        spec: VClusterSpec::default(),
+                        host_namespace: format!("ovc-default-{vc_name}"),
+                    },
+                    EventMetadata {
+                        request_id: request_id.map(str::to_string),
+                        actor: Some("test".into()),
+                        ..EventMetadata::default()
+                    },
+                )],
+            },
+            StreamAppend {
+                stream: StreamName::operation(op),
+                expected: ExpectedVersion::NoStream,
+                events: vec![NewEvent::new(Event::OperationRequested {
+                    vcluster_uid: vc,
+                    vcluster: name(vc_name),
+                    project: project(),
+                    command,
+                    request_id: request_id.map(str::to_string),
+                    retry_of: None,
+                    prior_state: None,
+                    steps: vec!["create_namespace".into(), "install_release".into()],
+                })],
+            },
+        ],
+        enqueue: vec![NewRun {
+            id: RunId(Uuid::now_v7()),
+            operation_id: op,
+            vcluster_uid: vc,
+            run_at: None,
+            priority: 0,
+        }],
+        ..Commit::default()
+    }
+}
+
+fn committed(outcome: CommitOutcome) -> CommitReceipt {
+    match outcome {
+        CommitOutcome::Committed(r) => r,
+        other => panic!("expected a commit, got {other:?}"),
+    }
+}
+
+fn append(s: &StreamName, expected: ExpectedVersion, events: Vec<NewEvent>) -> Commit {
+    Commit {
+        appends: vec![StreamAppend {
+            stream: s.clone(),
+            expected,
+            events,
+        }],
+        ..Commit::default()
+    }
+}
+
+fn free_run(vc: VClusterId) -> Commit {
+    Commit {
+        enqueue: vec![NewRun {
+            id: RunId(Uuid::now_v7()),
+            operation_id: opid(),
+            vcluster_uid: vc,
+            run_at: None,
+            priority: 0,
+        }],
+        ..Commit::default()
+    }
+}
+
+async fn append_read_and_expected_versions(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.open().await;
+    let s = stream("test-1");
+    let r = committed(
+        store
+            .commit(append(
+                &s,
+                ExpectedVersion::NoStream,
+                vec![step("a", 1), step("b", 1), step("c", 1)],
+            ))
+            .await
+            .expect("first append"),
+    );
+    assert_eq!((r.first_position, r.last_position), (1, 3));
+    assert_eq!(r.stream_versions, vec![(s.clone(), 3)]);
+    assert_eq!(store.stream_version(&s).await.expect("version"), Some(3));
+
+    let events = store.read_stream(&s, 0, 100).await.expect("read");
+    assert_eq!(
+        events.iter().map(|e| e.version).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(events[1].event_type, "StepStarted");
+    assert_eq!(events[1].data["step"], "b");
+    assert_eq!(events[1].data["v"], 1);
+    assert_eq!(
+        events[2].decode().expect("decode"),
+        Event::StepStarted {
+            step: "c".into(),
+            attempt: 1
+        }
+    );
+    assert_eq!(store.read_stream(&s, 2, 100).await.expect("read").len(), 1);
+
+    // Exact(3) succeeds, a stale Exact(3) then fails with the actual version.
+    committed(
+        store
+            .commit(append(&s, ExpectedVersion::Exact(3), vec![step("d", 1)]))
+            .await
+            .expect("exact"),
+    );
+    match store
+        .commit(append(&s, ExpectedVersion::Exact(3), vec![step("e", 1)]))
+        .await
+    {
+        Err(Error::WrongExpectedVersion { actual, .. }) => assert_eq!(actual, Some(4)),
+        other => panic!("stale append: {other:?}"),
+    }
+    match store
+        .commit(append(&s, ExpectedVersion::NoStream, vec![step("e", 1)]))
+        .await
+    {
+        Err(Error::WrongExpectedVersion { actual, .. }) => assert_eq!(actual, Some(4)),
+        other => panic!("NoStream on existing: {other:?}"),
+    }
+    let missing = stream("test-missing");
+    match store
+        .commit(append(
+            &missing,
+            ExpectedVersion::Exact(1),
+            vec![step("e", 1)],
+        ))
+        .await
+    {
+        Err(Error::WrongExpectedVersion { actual, .. }) => assert_eq!(actual, None),
+        other => panic!("Exact on missing: {other:?}"),
+    }
+    // Failed appends wrote nothing; Any appends anywhere.
+    assert_eq!(store.head_position().await.expect("head"), 4);
+    let r = committed(
+        store
+            .commit(append(&s, ExpectedVersion::Any, vec![step("f", 1)]))
+            .await
+            .expect("any"),
+    );
+    assert_eq!(r.stream_versions[0].1, 5);
+    assert_eq!(r.last_position, 5);
+    assert_eq!(store.stream_version(&missing).await.expect("v"), None);
+}
+
+async fn read_all_pages_in_position_order(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.open().await;
+    for i in 0..25 {
+        let s = stream(&format!("test-{}", i % 3));
+        committed(
+            store
+                .commit(append(&s, ExpectedVersion::Any, vec![step("x", i + 1)]))
+                .await
+                .expect("append"),
+        );
+    }
+    let mut after = 0;
+    let mut seen = Vec::new();
+    loop {
+        let page = store.read_all(after, 7).await.expect("read_all");
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().expect("nonempty").position;
+        seen.extend(page.into_iter().map(|e| e.position));
+    }
+    assert_eq!(seen, (1..=25).collect::<Vec<_>>());
+    assert_eq!(store.head_position().await.expect("head"), 25);
+}
+
+async fn bad_input_is_a_typed_error_and_writes_nothing(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.open().await;
+    let s = stream("test-1");
+    let invalid = |r: Result<CommitOutcome>| match r {
+        Err(Error::InvalidInput(msg)) => msg,
+        other => panic!("expected InvalidInput, got {other:?}"),
+    };
+    let msg = invalid(store.commit(Commit::default()).await);
+    assert!(msg.contains("empty commit"), "{msg}");
+    invalid(store.commit(append(&s, ExpectedVersion::Any, vec![])).await);
+    invalid(
+        store
+            .commit(append(&s, ExpectedVersion::Exact(0), vec![step("a", 1)]))
+            .await,
+    );
+    let big = "x".repeat(store.config().max_event_bytes + 1);
+    let msg = invalid(
+        store
+            .commit(append(&s, ExpectedVersion::Any, vec![step(&big, 1)]))
+            .await,
+    );
+    assert!(msg.contains("bytes"), "{msg}");
+    let many = (0..store.config().max_events_per_commit + 1)
+        .map(|_| step("a", 1))
+        .collect();
+    invalid(store.commit(append(&s, ExpectedVersion::Any, many)).await);
+    let mut twice = append(&s, ExpectedVersion::Any, vec![step("a", 1)]);
+    twice.appends.push(twice.appends[0].clone());
+    invalid(store.commit(twice).await);
+    invalid(
+        store
+            .commit(Commit {
+                run_update: Some(RunUpdate::Complete),
+                ..Commit::default()
+            })
+            .await,
+    );
+    for bad_id in ["", "a\u{0}b", &"r".repeat(300)] {
+        let mut c = create_commit(uid(), opid(), "team-a", Some("x"));
+        if let Some(k) = c.idempotency.as_mut() {
+            k.request_id = bad_id.to_string();
+        }
+        invalid(store.commit(c).await);
+    }
+    // A vcluster stream whose id is not a UUID cannot be projected.
+    invalid(
+        store
+            .commit(append(
+                &stream("vcluster-not-a-uuid"),
+                ExpectedVersion::Any,
+                vec![NewEvent::new(Event::SuspendRequested {
+                    operation_id: opid(),
+                })],
+            ))
+            .await,
+    );
+    assert!(StreamName::new("").is_err());
+    assert!(matches!(
+        store
+            .list_operations(
+                &OperationFilter::default(),
+                &PageRequest {
+                    after: Some("garbage".into()),
+                    limit: None
+                }
+            )
+            .await,
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(matches!(
+        store.claim_runs("", Duration::seconds(5), 1).await,
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(matches!(
+        store.claim_runs("w", Duration::zero(), 1).await,
+        Err(Error::InvalidInput(_))
+    ));
+    assert_eq!(store.head_position().await.expect("head"), 0);
+    assert_eq!(store.stream_version(&s).await.expect("v"), None);
+    assert!(
+        store
+            .claim_runs("w", Duration::seconds(5), 10)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+}
+
+async fn concurrent_appenders_and_a_tailer_see_every_position_once(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.open().await;
+    const WRITERS: usize = 8;
+    const COMMITS: usize = 60;
+    let tailer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut after = 0;
+            let expected_total = (WRITERS * COMMITS * 2) as u64;
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+            while after < expected_total {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "tailer timed out at {after}"
+                );
+                let batch = store.read_all(after, 50).await.expect("read_all");
+                for e in &batch {
+                    seen.push(e.position);
+                    after = e.position;
+                }
+                if batch.is_empty() {
+                    tokio::task::yield_now().await;
+                }
+            }
+            seen
+        })
+    };
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..COMMITS {
+                // Half the writers share streams, so some commits contend on stream rows.
+                let s = stream(&format!("test-{}", if w % 2 == 0 { w } else { i % 3 }));
+                store
+                    .commit(append(
+                        &s,
+                        ExpectedVersion::Any,
+                        vec![step("a", i as u32), step("b", i as u32)],
+                    ))
+                    .await
+                    .expect("append");
+            }
+        }));
+    }
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let seen = tailer.await.expect("tailer");
+    let expected: Vec<u64> = (1..=(WRITERS * COMMITS * 2) as u64).collect();
+    assert_eq!(seen, expected, "the tail skipped or repeated a position");
+    // Per-stream versions are gapless too.
+    for sname in ["test-0", "test-1", "test-2", "test-4", "test-6"] {
+        let events = store
+            .read_stream(&stream(sname), 0, 10_000)
+            .await
+            .expect("read");
+        let versions: Vec<u64> = events.iter().map(|e| e.version).collect();
+        assert_eq!(
+            versions,
+            (1..=versions.len() as u64).collect::<Vec<_>>(),
+            "{sname}"
+        );
+    }
+}
+
+async fn concurrent_exact_appends_have_one_winner(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.open().await;
+    let s = stream("test-race");
+    committed(
+        store
+            .commit(append(&s, ExpectedVersion::NoStream, vec![step("a", 1)]))
+            .await
+            .expect("seed"),
+    );
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let store = store.clone();
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .commit(append(&s, ExpectedVersion::Exact(1), vec![step("b", i)]))
+                .await
+        }));
+    }
+    let mut wins = 0;
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(CommitOutcome::Committed(_)) => wins += 1,
+            Err(Error::WrongExpectedVersion { .. }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(wins, 1);
+    assert_eq!(store.stream_version(&s).await.expect("v"), Some(2));
+    assert_eq!(store.head_position().await.expect("head"), 2);
+}
+
+async fn idempotency_same_request_returns_first_operation(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.open().await;
+    let (vc, op) = (uid(), opid());
+    committed(
+        store
+            .commit(create_commit(vc, op, "team-a", Some("req-1")))
+            .await
+            .expect("first"),
+    );
+    let head = store.head_position().await.expect("head");
+    // The same request again (new ids minted by the API) answers with the first op.
+    match store
+        .commit(create_commit(uid(), opid(), "team-a", Some("req-1")))
+        .await
+        .expect("repeat")
+    {
+        CommitOutcome::Duplicate { operation_id } => assert_eq!(operation_id, op),
+        other => panic!("{other:?}"),
+    }
+    // Same key, other parameters.
+    match store
+        .commit(create_commit(uid(), opid(), "team-b", Some("req-1")))
+        .await
+    {
+        Err(e @ Error::RequestIdReused { .. }) => {
+            let status: Status = e.into();
+            assert_eq!(status.code, Code::InvalidArgument);
+            assert_eq!(status.reason(), Some("REQUEST_ID_REUSED"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.head_position().await.expect("head"), head);
+    let rec = store
+        .find_idempotency_key(&project(), "req-1")
+        .await
+        .expect("find")
+        .expect("stored");
+    assert_eq!(rec.operation_id, op);
+    assert!(
+        store
+            .find_idempotency_key(&"other".parse().expect("p"), "req-1")
+            .await
+            .expect("find")
+            .is_none()
+    );
+}
+
+async fn idempotency_fifty_concurrent_requests_make_one_operation(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.open().await;
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let (vc, op) = (uid(), opid());
+            (
+                op,
+                store
+                    .commit(create_commit(vc, op, "team-a", Some("same-key")))
+                    .await,
+            )
+        }));
+    }
+    let mut winners = Vec::new();
+    let mut answers = Vec::new();
+    for t in tasks {
+        match t.await.expect("task") {
+            (op, Ok(CommitOutcome::Committed(_))) => winners.push(op),
+            (_, Ok(CommitOutcome::Duplicate { operation_id })) => answers.push(operation_id),
+            (_, other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one request must win");
+    assert_eq!(answers.len(), 49);
+    assert!(answers.iter().all(|a| *a == winners[0]));
+    let ops = store
+        .list_operations(&OperationFilter::default(), &PageRequest::default())
+        .await
+        .expect("list");
+    assert_eq!(ops.items.len(), 1);
+    assert_eq!(ops.items[0].id, winners[0]);
+}
+
+async fn idempotency_keys_expire_and_are_purged(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let clock = ManualClock::new(Utc::now());
+    let store = db.open_with(db.config(), Arc::new(clock.clone())).await;
+    let op = opid();
+    committed(
+        store
+            .commit(create_commit(uid(), op, "team-a", Some("k")))
+            .await
+            .expect("first"),
+    );
+    clock.advance(Duration::hours(23));
+    assert!(
+        store
+            .find_idempotency_key(&project(), "k")
+            .await
+            .expect("f")
+            .is_some()
+    );
+    assert_eq!(store.purge_idempotency_keys().await.expect("purge"), 0);
+    clock.advance(Duration::hours(2));
+    assert!(
+        store
+            .find_idempotency_key(&project(), "k")
+            .await
+            .expect("f")
+            .is_none()
+    );
+    // An expired key no longer answers: the same key starts a new operation.
+    let (vc2, op2) = (uid(), opid());
+    let mut c = create_commit(vc2, op2, "team-b", Some("k"));
+    c.idempotency.as_mut().expect("claim").request_hash = "different".into();
+    committed(store.commit(c).await.expect("reuse after expiry"));
+    let rec = store
+        .find_idempotency_key(&project(), "k")
+        .await
+        .expect("f")
+        .expect("k");
+    assert_eq!(rec.operation_id, op2);
+    committed(
+        store
+            .commit(create_commit(uid(), opid(), "team-c", Some("k2")))
+            .await
+            .expect("k2"),
+    );
+    clock.advance(Duration::hours(25));
+    assert_eq!(store.purge_idempotency_keys().await.expect("purge"), 2);
+}
+
+async fn projections_follow_the_events(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.open().await;
+    let (vc, op) = (uid(), opid());
+    committed(
+        store
+            .commit(create_commit(vc, op, "team-a", Some("r")))
+            .await
+            .expect("create"),
+    );
+    let v = store
+        .get_vcluster(&project(), &name("team-a"))
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(v.state, VClusterState::Creating);
+    assert_eq!(v.uid, vc);
+    assert_eq!(v.active_operation, Some(op));
+    assert_eq!(v.version, 1);
+    assert_eq!(
+        store.get_vcluster_by_uid(vc).await.expect("get"),
+        Some(v.clone())
+    );
+
+    let o = store.get_operation(op).await.expect("get").expect("exists");
+    assert_eq!(o.state, OperationState::Pending);
+    assert_eq!(o.kind, OperationKind::Create);
+    assert_eq!(o.request_id.as_deref(), Some("r"));
+    assert_eq!(o.steps.len(), 2);
+    assert!(o.steps.iter().all(|s| s.state == StepState::Pending));
+
+    let os = StreamName::operation(op);
+    committed(
+        store
+            .commit(append(
+                &os,
+                ExpectedVersion::Exact(1),
+                vec![
+                    step("create_namespace", 1),
+                    NewEvent::new(Event::StepSucceeded {
+                        step: "create_namespace".into(),
+                        output: serde_json::json!({"namespace": "ovc-default-team-a"}),
+                    }),
+                    step("install_release", 1),
+                    NewEvent::new(Event::StepFailed {
+                        step: "install_release".into(),
+                        attempt: 1,
+                        error: Status::new(Code::Unavailable, "helm timed out"),
+                        will_retry: true,
+                    }),
+                ],
+            ))
+            .await
+            .expect("steps"),
+    );
+    let o = store.get_operation(op).await.expect("get").expect("exists");
+    assert_eq!(o.state, OperationState::Running);
+    assert_eq!(o.steps[0].state, StepState::Succeeded);
+    assert_eq!(o.steps[1].state, StepState::Running);
+    assert_eq!(
+        o.steps[1].error.as_ref().map(|e| e.message.as_str()),
+        Some("helm timed out")
+    );
+    assert_eq!(o.version, 5);
+
+    // The last step and the outcome, on both streams in one commit.
+    let mut done = append(
+        &os,
+        ExpectedVersion::Exact(5),
+        vec![
+            NewEvent::new(Event::StepSucceeded {
+                step: "install_release".into(),
+                output: serde_json::Value::Null,
+            }),
+            NewEvent::new(Event::OperationSucceeded {
+                result: serde_json::json!({"name": "team-a"}),
+            }),
+        ],
+    );
+    done.appends.push(StreamAppend {
+        stream: StreamName::vcluster(vc),
+        expected: ExpectedVersion::Exact(1),
+        events: vec![NewEvent::new(Event::VClusterSettled {
+            operation_id: op,
+            state: VClusterState::Running,
+            spec: None,
+        })],
+    });
+    committed(store.commit(done).await.expect("done"));
+    let o = store.get_operation(op).await.expect("get").expect("exists");
+    assert!(o.done);
+    assert_eq!(o.state, OperationState::Succeeded);
+    assert_eq!(o.result["name"], "team-a");
+    let v = store
+        .get_vcluster_by_uid(vc)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(v.state, VClusterState::Running);
+    assert_eq!(v.active_operation, None);
+    assert_eq!(v.last_operation, Some(op));
+    assert_eq!(v.version, 2);
+
+    // Snapshots.
+    let sid = SnapshotId(Uuid::now_v7());
+    committed(
+        store
+            .commit(append(
+                &StreamName::snapshot(sid),
+                ExpectedVersion::NoStream,
+                vec![
+                    NewEvent::new(Event::SnapshotStarted {
+                        operation_id: op,
+                        vcluster_uid: vc,
+                        vcluster: name("team-a"),
+                        project: project(),
+                        description: Some("nightly".into()),
+                    }),
+                    NewEvent::new(Event::SnapshotCompleted {
+                        size_bytes: 1234,
+                        sha256: "ab".repeat(32),
+                        location: "file:///tmp/x".into(),
+                        metadata: serde_json::json!({"spec": {}}),
+                    }),
+                ],
+            ))
+            .await
+            .expect("snapshot"),
+    );
+    let snap = store.get_snapshot(sid).await.expect("get").expect("exists");
+    assert_eq!(snap.state, SnapshotState::Ready);
+    assert_eq!(snap.size_bytes, Some(1234));
+    assert_eq!(snap.description.as_deref(), Some("nightly"));
+    let list = store
+        .list_snapshots(
+            &SnapshotFilter {
+                vcluster: Some("team-a".into()),
+                ..SnapshotFilter::default()
+            },
+            &PageRequest::default(),
+        )
+        .await
+        .expect("list");
+    assert_eq!(list.items, vec![snap]);
+}
+
+async fn live_names_are_unique_and_freed_by_delete(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.open().await;
+    let (vc, op) = (uid(), opid());
+    committed(
+        store
+            .commit(create_commit(vc, op, "team-a", None))
+            .await
+            .expect("create"),
+    );
+    let head = store.head_position().await.expect("head");
+    match store
+        .commit(create_commit(uid(), opid(), "team-a", None))
+        .await
+    {
+        Err(e @ Error::NameTaken { .. }) => {
+            assert_eq!(Status::from(e).code, Code::AlreadyExists);
+        }
+        other => panic!("second live team-a: {other:?}"),
+    }
+    assert_eq!(
+        store.head_position().await.expect("head"),
+        head,
+        "partial write"
+    );
+    // Delete settles to DELETED; the name is free again, GET shows the live one.
+    committed(
+        store
+            .commit(append(
+                &StreamName::vcluster(vc),
+                ExpectedVersion::Exact(1),
+                vec![NewEvent::new(Event::VClusterSettled {
+                    operation_id: op,
+                    state: VClusterState::Deleted,
+                    spec: None,
+                })],
+            ))
+            .await
+            .expect("delete"),
+    );
+    let deleted = store
+        .get_vcluster(&project(), &name("team-a"))
+        .await
+        .expect("get")
+        .expect("deleted one still visible");
+    assert_eq!(deleted.state, VClusterState::Deleted);
+    let vc2 = uid();
+    committed(
+        store
+            .commit(create_commit(vc2, opid(), "team-a", None))
+            .await
+            .expect("reuse"),
+    );
+    let live = store
+        .get_vcluster(&project(), &name("team-a"))
+        .await
+        .expect("get")
+        .expect("live");
+    assert_eq!(live.uid, vc2);
+    let listed = store
+        .list_vclusters(&VClusterFilter::default(), &PageRequest::default())
+        .await
+        .expect("list");
+    assert_eq!(listed.items.len(), 1);
+    let all = store
+        .list_vclusters(
+            &VClusterFilter {
+                include_deleted: true,
+                ..VClusterFilter::default()
+            },
+            &PageRequest::default(),
+        )
+        .await
+        .expect("list");
+    assert_eq!(all.items.len(), 2);
+}
+
+async fn projection_grammar_errors_roll_back(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.open().await;
+    // A step event for an operation that was never requested.
+    let r = store
+        .commit(append(
+            &StreamName::operation(opid()),
+            ExpectedVersion::Any,
+            vec![step("x", 1)],
+        ))
+        .await;
+    assert!(matches!(r, Err(Error::Projection(_))), "{r:?}");
+    // A valid create followed, in the same commit, by an event after the end.
+    let (vc, op) = (uid(), opid());
+    let mut c = create_commit(vc, op, "team-a", Some("k"));
+    c.appends[1]
+        .events
+        .push(NewEvent::new(Event::OperationFailed {
+            error: Status::internal("x"),
+        }));
+    c.appends[1].events.push(step("late", 1));
+    let r = store.commit(c).await;
+    assert!(matches!(r, Err(Error::Projection(_))), "{r:?}");
+    assert_eq!(store.head_position().await.expect("head"), 0);
+    assert!(store.get_vcluster_by_uid(vc).await.expect("get").is_none());
+    assert!(
+        store
+            .find_idempotency_key(&project(), "k")
+            .await
+            .expect("f")
+            .is_none()
+    );
+    assert!(
+        store
+            .claim_runs("w", Duration::seconds(5), 10)
+            .await
+            .expect("c")
+            .is_empty()
+    );
+}
+
+async fn rebuild_projections_equals_live_tables(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.open().await;
+    for i in 0..12 {
+        let (vc, op) = (uid(), opid());
+        committed(
+            store
+                .commit(create_commit(
+                    vc,
+                    op,
+                    &format!("vc-{i}"),
+                    Some(&format!("r{i}")),
+                ))
+                .await
+                .expect("create"),
+        );
+        let os = StreamName::operation(op);
+        let mut events = vec![step("create_namespace", 1)];
+        if i % 2 == 0 {
+            events.push(NewEvent::new(Event::StepSucceeded {
+                step: "create_namespace".into(),
+                output: serde_json::json!({"i": i}),
+            }));
+        }
+        if i % 3 == 0 {
+            events.push(NewEvent::new(Event::CompensationStarted {
+                error: Status::new(Code::FailedPrecondition, "quota"),
+            }));
+            events.push(NewEvent::new(Event::OperationFailed {
+                error: Status::new(Code::FailedPrecondition, "quota"),
+            }));
+        }
+        committed(
+            store
+                .commit(append(&os, ExpectedVersion::Exact(1), events))
+                .await
+                .expect("steps"),
+        );
+        if i % 3 == 0 {
+            committed(
+                store
+                    .commit(append(
+                        &StreamName::vcluster(vc),
+                        ExpectedVersion::Exact(1),
+                        vec![NewEvent::new(Event::VClusterSettled {
+                            operation_id: op,
+                            state: VClusterState::Deleted,
+                            spec: None,
+                        })],
+                    ))
+                    .await
+                    .expect("settle"),
+            );
+        }
+    }
+    let before = store.dump_projections().await.expect("dump");
+    assert_eq!(before.vclusters.len(), 12);
+    assert_eq!(before.operations.len(), 12);
+    assert_eq!(before.operation_steps.len(), 24);
+    let report = store.rebuild_projections().await.expect("rebuild");
+    assert_eq!(report.events, store.head_position().await.expect("head"));
+    let after = store.dump_projections().await.expect("dump");
+    assert_eq!(before, after);
+}
+
+async fn list_pages_through_everything(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.open().await;
+    for i in 0..23 {
+        committed(
+            store
+                .commit(create_commit(uid(), opid(), &format!("vc-{i:02}"), None))
+                .await
+                .expect("create"),
+        );
+    }
+    let mut names = Vec::new();
+    let mut page = PageRequest {
+        after: None,
+        limit: Some(5),
+    };
+    loop {
+        let p = store
+            .list_vclusters(&VClusterFilter::default(), &page)
+            .await
+            .expect("list");
+        names.extend(p.items.iter().map(|v| v.name.to_string()));
+        match p.next {
+            Some(n) => page.after = Some(n),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..23).map(|i| format!("vc-{i:02}")).collect();
+    assert_eq!(names, expected);
+
+    let mut ids = BTreeSet::new();
+    let mut page = PageRequest {
+        after: None,
+        limit: Some(4),
+    };
+    loop {
+        let p = store
+            .list_operations(
+                &OperationFilter {
+                    kind: Some(OperationKind::Create),
+                    state: Some(OperationState::Pending),
+                    ..OperationFilter::default()
+                },
+                &page,
+            )
+            .await
+            .expect("list");
+        for o in &p.items {
+            assert!(ids.insert(o.id), "operation listed twice");
+        }
+        match p.next {
+            Some(n) => page.after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(ids.len(), 23);
+    let none = store
+        .list_operations(
+            &OperationFilter {
+                kind: Some(OperationKind::Delete),
+                ..OperationFilter::default()
+            },
+            &PageRequest::default(),
+        )
+        .await
+        .expect("list");
+    assert!(none.items.is_empty());
+}
+
+async fn queue_claims_head_run_per_vcluster(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.open().await;
+    let (a, b) = (uid(), uid());
+    committed(store.commit(free_run(a)).await.expect("a1"));
+    committed(store.commit(free_run(a)).await.expect("a2"));
+    committed(store.commit(free_run(b)).await.expect("b1"));
+    let claimed = store
+        .claim_runs("w1", Duration::seconds(30), 10)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 2, "one run per vcluster: {claimed:?}");
+    let vcs: BTreeSet<_> = claimed.iter().map(|r| r.vcluster_uid).collect();
+    assert_eq!(vcs, BTreeSet::from([a, b]));
+    assert!(claimed.iter().all(|r| r.epoch == 1 && r.attempts == 1));
+    assert!(claimed.iter().all(|r| r.status == RunStatus::Leased));
+    assert!(
+        store
+            .claim_runs("w2", Duration::seconds(30), 10)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    let first_a = claimed.iter().find(|r| r.vcluster_uid == a).expect("a");
+    committed(
+        store
+            .commit(Commit {
+                fence: Some(first_a.lease()),
+                run_update: Some(RunUpdate::Complete),
+                ..Commit::default()
+            })
+            .await
+            .expect("complete"),
+    );
+    let next = store
+        .claim_runs("w2", Duration::seconds(30), 10)
+        .await
+        .expect("claim");
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].vcluster_uid, a);
+    assert_ne!(next[0].id, first_a.id);
+    assert_eq!(
+        store
+            .get_run(first_a.id)
+            .await
+            .expect("get")
+            .map(|r| r.status),
+        Some(RunStatus::Done)
+    );
+}
+
+async fn queue_lease_steal_and_fencing(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let clock = ManualClock::new(Utc::now());
+    let store = db.open_with(db.config(), Arc::new(clock.clone())).await;
+    let (vc, op) = (uid(), opid());
+    committed(
+        store
+            .commit(create_commit(vc, op, "team-a", None))
+            .await
+            .expect("create"),
+    );
+    let lease = Duration::seconds(5);
+    let mine = store
+        .claim_runs("w1", lease, 1)
+        .await
+        .expect("claim")
+        .remove(0);
+    // Renewal keeps it; time passes but not past the lease.
+    clock.advance(Duration::seconds(4));
+    store.renew_lease(mine.lease(), lease).await.expect("renew");
+    clock.advance(Duration::seconds(4));
+    assert!(
+        store
+            .claim_runs("w2", lease, 1)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    // w1 stops renewing (crashed or paused); the lease expires and w2 steals it.
+    clock.advance(Duration::seconds(2));
+    let stolen = store.claim_runs("w2", lease, 1).await.expect("claim");
+    assert_eq!(stolen.len(), 1);
+    assert_eq!(stolen[0].id, mine.id);
+    assert_eq!(stolen[0].epoch, mine.epoch + 1);
+    assert_eq!(stolen[0].attempts, 2);
+    assert_eq!(stolen[0].lease_owner.as_deref(), Some("w2"));
+    assert_eq!(
+        store.next_run_due().await.expect("due"),
+        stolen[0].lease_until
+    );
+    // w1 wakes up and tries to journal a step: fenced off, nothing written.
+    let head = store.head_position().await.expect("head");
+    let mut late = append(
+        &StreamName::operation(op),
+        ExpectedVersion::Exact(1),
+        vec![step("create_namespace", 1)],
+    );
+    late.fence = Some(mine.lease());
+    assert!(matches!(
+        store.commit(late.clone()).await,
+        Err(Error::LeaseLost { .. })
+    ));
+    assert!(matches!(
+        store.renew_lease(mine.lease(), lease).await,
+        Err(Error::LeaseLost { .. })
+    ));
+    assert_eq!(store.head_position().await.expect("head"), head);
+    // w2 journals the same step under its lease.
+    late.fence = Some(stolen[0].lease());
+    late.run_update = Some(RunUpdate::Complete);
+    committed(store.commit(late).await.expect("w2 commit"));
+    let op_view = store.get_operation(op).await.expect("get").expect("op");
+    assert_eq!(op_view.steps[0].state, StepState::Running);
+    // A completed run cannot be completed again.
+    assert!(matches!(
+        store
+            .commit(Commit {
+                fence: Some(stolen[0].lease()),
+                run_update: Some(RunUpdate::Complete),
+                ..Commit::default()
+            })
+            .await,
+        Err(Error::LeaseLost { .. })
+    ));
+    assert_eq!(store.next_run_due().await.expect("due"), None);
+}
+
+async fn queue_reschedule_is_a_durable_timer(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let clock = ManualClock::new(Utc::now());
+    let store = db.open_with(db.config(), Arc::new(clock.clone())).await;
+    let vc = uid();
+    committed(store.commit(free_run(vc)).await.expect("enqueue"));
+    let run = store
+        .claim_runs("w1", Duration::seconds(5), 1)
+        .await
+        .expect("claim")
+        .remove(0);
+    let wake_at = clock.now() + Duration::seconds(60);
+    committed(
+        store
+            .commit(Commit {
+                fence: Some(run.lease()),
+                run_update: Some(RunUpdate::Reschedule { run_at: wake_at }),
+                ..Commit::default()
+            })
+            .await
+            .expect("reschedule"),
+    );
+    let stored = store.get_run(run.id).await.expect("get").expect("run");
+    assert_eq!(stored.status, RunStatus::Queued);
+    assert_eq!(stored.lease_owner, None);
+    assert_eq!(
+        store
+            .next_run_due()
+            .await
+            .expect("due")
+            .map(|t| t.timestamp_micros()),
+        Some(wake_at.timestamp_micros())
+    );
+    // A later run of the same vcluster waits behind it (one operation at a time).
+    committed(store.commit(free_run(vc)).await.expect("enqueue 2"));
+    clock.advance(Duration::seconds(59));
+    assert!(
+        store
+            .claim_runs("w2", Duration::seconds(5), 5)
+            .await
+            .expect("c")
+            .is_empty()
+    );
+    clock.advance(Duration::seconds(2));
+    let again = store
+        .claim_runs("w2", Duration::seconds(5), 5)
+        .await
+        .expect("c");
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].id, run.id);
+    assert_eq!(again[0].epoch, 2);
+}
+
+async fn concurrent_workers_complete_each_run_once_in_order(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.open().await;
+    const VCLUSTERS: usize = 12;
+    const PER_VC: usize = 8;
+    let vcs: Vec<VClusterId> = (0..VCLUSTERS).map(|_| uid()).collect();
+    let mut order: HashMap<VClusterId, Vec<RunId>> = HashMap::new();
+    for round in 0..PER_VC {
+        let mut c = Commit::default();
+        for vc in &vcs {
+            let id = RunId(Uuid::now_v7());
+            order.entry(*vc).or_default().push(id);
+            c.enqueue.push(NewRun {
+                id,
+                operation_id: opid(),
+                vcluster_uid: *vc,
+                run_at: None,
+                priority: 0,
+            });
+        }
+        let _ = round;
+        committed(store.commit(c).await.expect("enqueue"));
+    }
+    let log = Arc::new(tokio::sync::Mutex::new(Vec::<(VClusterId, RunId)>::new()));
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let store = store.clone();
+        let log = log.clone();
+        workers.push(tokio::spawn(async move {
+            let owner = format!("w{w}");
+            let mut idle = 0;
+            while idle < 50 {
+                let runs = store
+                    .claim_runs(&owner, Duration::seconds(30), 3)
+                    .await
+                    .expect("claim");
+                if runs.is_empty() {
+                    idle += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    continue;
+                }
+                idle = 0;
+                for r in runs {
+                    log.lock().await.push((r.vcluster_uid, r.id));
+                    store
+                        .commit(Commit {
+                            fence: Some(r.lease()),
+                            run_update: Some(RunUpdate::Complete),
+                            ..Commit::default()
+                        })
+                        .await
+                        .expect("complete");
+                }
+            }
+        }));
+    }
+    for w in workers {
+        w.await.expect("worker");
+    }
+    let log = log.lock().await.clone();
+    assert_eq!(log.len(), VCLUSTERS * PER_VC, "every run exactly once");
+    let unique: BTreeSet<_> = log.iter().map(|(_, r)| *r).collect();
+    assert_eq!(unique.len(), log.len(), "a run was claimed twice");
+    for vc in &vcs {
+        let seen: Vec<RunId> = log
+            .iter()
+            .filter(|(v, _)| v == vc)
+            .map(|(_, r)| *r)
+            .collect();
+        assert_eq!(&seen, &order[vc], "runs of one vcluster ran out of order");
+    }
+}
+
+async fn wakeups_fire_on_commit(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.open().await;
+    let mut events = store.watch_events();
+    let mut runs = store.watch_runs();
+    events.borrow_and_update();
+    runs.borrow_and_update();
+    committed(
+        store
+            .commit(create_commit(uid(), opid(), "team-a", None))
+            .await
+            .expect("c"),
+    );
+    tokio::time::timeout(std::time::Duration::from_secs(5), events.changed())
+        .await
+        .expect("events wake-up")
+        .expect("open");
+    assert_eq!(*events.borrow(), 2);
+    tokio::time::timeout(std::time::Duration::from_secs(5), runs.changed())
+        .await
+        .expect("runs wake-up")
+        .expect("open");
+    if backend == Backend::Postgres {
+        // Another process (here: another store on the same schema) hears it via NOTIFY.
+        let other = db.open().await;
+        let mut remote = other.watch_events();
+        remote.borrow_and_update();
+        // Give LISTEN time to be established.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        committed(store.commit(free_run(uid())).await.expect("run"));
+        committed(
+            store
+                .commit(append(
+                    &stream("test-x"),
+                    ExpectedVersion::Any,
+                    vec![step("a", 1)],
+                ))
+                .await
+                .expect("append"),
+        );
+        tokio::time::timeout(std::time::Duration::from_secs(5), remote.changed())
+            .await
+            .expect("NOTIFY wake-up")
+            .expect("open");
+        assert_eq!(*remote.borrow(), 3);
+    }
+}
+
+async fn migrate_is_idempotent(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.open().await;
+    store.migrate().await.expect("second migrate");
+    let again = db.open().await;
+    again.migrate().await.expect("third migrate");
+    committed(store.commit(free_run(uid())).await.expect("works"));
+}
