@@ -9,8 +9,9 @@
 //! 3. stream versions (optimistic concurrency, per-stream row lock);
 //! 4. projections, folded with the same pure functions a rebuild uses;
 //! 5. queue changes;
-//! 6. last, global positions: the head row lock is held only from here to COMMIT, so
-//!    positions are handed out in commit order and a tail never skips one.
+//! 6. last, global positions and the events themselves: the head row lock is held only
+//!    from here to COMMIT, so positions are handed out in commit order and a tail never
+//!    skips one.
 
 use crate::error::{Error, Result};
 use crate::model::{
@@ -87,20 +88,16 @@ pub(crate) trait TxOps: Send {
         update: RunUpdate,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<()>> + Send;
-    /// Reserves `count` positions; returns the last one. Takes the head row lock.
-    fn allocate_positions(&mut self, count: u64) -> impl Future<Output = Result<u64>> + Send;
-    fn insert_events(
+    /// The serialization point, run last: reserves positions for `rows` from the head
+    /// row (whose lock is then held until COMMIT), stamps them into `rows`, inserts the
+    /// events and tells other processes (PostgreSQL: NOTIFY). Returns the last position.
+    fn append_events(
         &mut self,
-        rows: &[EventRow],
+        rows: &mut [EventRow],
         recorded_at: DateTime<Utc>,
-    ) -> impl Future<Output = Result<()>> + Send;
-    /// Tells other processes, at commit, that events up to `last_position` (0: none) are
-    /// in and/or that runs may be claimable (PostgreSQL: NOTIFY; SQLite: nothing).
-    fn notify(
-        &mut self,
-        last_position: u64,
-        runs_changed: bool,
-    ) -> impl Future<Output = Result<()>> + Send;
+    ) -> impl Future<Output = Result<u64>> + Send;
+    /// Tells other processes, at commit, that runs may be claimable (PostgreSQL: NOTIFY).
+    fn notify_runs(&mut self) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// A commit checked and encoded before any transaction starts.
@@ -242,17 +239,13 @@ pub(crate) async fn run_commit<T: TxOps>(
     if let (Some(update), Some(lease)) = (commit.run_update, commit.fence) {
         tx.update_run(lease, update, now).await?;
     }
+    if runs_changed(commit) {
+        tx.notify_runs().await?;
+    }
     let (mut first_position, mut last_position) = (0, 0);
     if !rows.is_empty() {
-        last_position = tx.allocate_positions(rows.len() as u64).await?;
+        last_position = tx.append_events(&mut rows, now).await?;
         first_position = last_position + 1 - rows.len() as u64;
-        for (i, row) in rows.iter_mut().enumerate() {
-            row.position = first_position + i as u64;
-        }
-        tx.insert_events(&rows, now).await?;
-    }
-    if last_position > 0 || runs_changed(commit) {
-        tx.notify(last_position, runs_changed(commit)).await?;
     }
     Ok(Ok(CommitReceipt {
         first_position,

@@ -473,55 +473,55 @@ impl TxOps for PgTx {
         }
     }
 
-    async fn allocate_positions(&mut self, count: u64) -> Result<u64> {
-        let last: i64 = sqlx::query_scalar(
-            "UPDATE event_log_head SET last_position = last_position + $1 WHERE id = 1
-             RETURNING last_position",
-        )
-        .bind(to_i64(count)?)
-        .fetch_one(&mut *self.tx)
-        .await?;
-        Ok(to_u64(last))
-    }
-
-    async fn insert_events(&mut self, rows: &[EventRow], recorded_at: DateTime<Utc>) -> Result<()> {
-        let positions: Vec<i64> = rows.iter().map(|r| r.position as i64).collect();
+    async fn append_events(
+        &mut self,
+        rows: &mut [EventRow],
+        recorded_at: DateTime<Utc>,
+    ) -> Result<u64> {
+        // One round trip inside the critical section: take the head row lock, insert the
+        // events at the reserved positions, queue the NOTIFY. Only COMMIT follows.
+        let count = to_i64(rows.len() as u64)?;
         let streams: Vec<&str> = rows.iter().map(|r| r.stream.as_str()).collect();
         let versions: Vec<i64> = rows.iter().map(|r| r.version as i64).collect();
         let types: Vec<&str> = rows.iter().map(|r| r.event_type).collect();
         let data: Vec<&serde_json::Value> = rows.iter().map(|r| &r.data).collect();
         let metadata: Vec<&serde_json::Value> = rows.iter().map(|r| &r.metadata).collect();
-        sqlx::query(
-            "INSERT INTO events (position, stream, version, type, data, metadata, recorded_at)
-             SELECT p, s, v, t, d, m, $7 FROM UNNEST($1::int8[], $2::text[], $3::int8[],
-               $4::text[], $5::jsonb[], $6::jsonb[]) AS x(p, s, v, t, d, m)",
+        let last: i64 = sqlx::query_scalar(
+            "WITH head AS (
+               UPDATE event_log_head SET last_position = last_position + $1 WHERE id = 1
+               RETURNING last_position
+             ), ins AS (
+               INSERT INTO events (position, stream, version, type, data, metadata, recorded_at)
+               SELECT head.last_position - $1 + x.ord, x.s, x.v, x.t, x.d, x.m, $7
+               FROM head, UNNEST($2::text[], $3::int8[], $4::text[], $5::jsonb[], $6::jsonb[])
+                 WITH ORDINALITY AS x(s, v, t, d, m, ord)
+             )
+             SELECT head.last_position FROM head,
+               LATERAL (SELECT pg_notify($8, head.last_position::text)) AS n",
         )
-        .bind(positions)
+        .bind(count)
         .bind(streams)
         .bind(versions)
         .bind(types)
         .bind(data)
         .bind(metadata)
         .bind(recorded_at)
-        .execute(&mut *self.tx)
+        .bind(&self.channels.0)
+        .fetch_one(&mut *self.tx)
         .await?;
-        Ok(())
+        let last = to_u64(last);
+        let first = last + 1 - rows.len() as u64;
+        for (i, row) in rows.iter_mut().enumerate() {
+            row.position = first + i as u64;
+        }
+        Ok(last)
     }
 
-    async fn notify(&mut self, last_position: u64, runs_changed: bool) -> Result<()> {
-        if last_position > 0 {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(&self.channels.0)
-                .bind(last_position.to_string())
-                .execute(&mut *self.tx)
-                .await?;
-        }
-        if runs_changed {
-            sqlx::query("SELECT pg_notify($1, '')")
-                .bind(&self.channels.1)
-                .execute(&mut *self.tx)
-                .await?;
-        }
+    async fn notify_runs(&mut self) -> Result<()> {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(&self.channels.1)
+            .execute(&mut *self.tx)
+            .await?;
         Ok(())
     }
 }

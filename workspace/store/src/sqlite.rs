@@ -490,18 +490,23 @@ impl TxOps for SqliteTx {
         }
     }
 
-    async fn allocate_positions(&mut self, count: u64) -> Result<u64> {
+    async fn append_events(
+        &mut self,
+        rows: &mut [EventRow],
+        recorded_at: DateTime<Utc>,
+    ) -> Result<u64> {
         let last: i64 = sqlx::query_scalar(
             "UPDATE event_log_head SET last_position = last_position + ? WHERE id = 1
              RETURNING last_position",
         )
-        .bind(to_i64(count)?)
+        .bind(to_i64(rows.len() as u64)?)
         .fetch_one(&mut *self.tx)
         .await?;
-        Ok(to_u64(last))
-    }
-
-    async fn insert_events(&mut self, rows: &[EventRow], recorded_at: DateTime<Utc>) -> Result<()> {
+        let last = to_u64(last);
+        let first = last + 1 - rows.len() as u64;
+        for (i, row) in rows.iter_mut().enumerate() {
+            row.position = first + i as u64;
+        }
         // 7 parameters per row; SQLite allows 32766 per statement.
         for chunk in rows.chunks(1000) {
             let mut qb = sqlx::QueryBuilder::<Sqlite>::new(
@@ -518,10 +523,10 @@ impl TxOps for SqliteTx {
             });
             qb.build().execute(&mut *self.tx).await?;
         }
-        Ok(())
+        Ok(last)
     }
 
-    async fn notify(&mut self, _last_position: u64, _runs_changed: bool) -> Result<()> {
+    async fn notify_runs(&mut self) -> Result<()> {
         // Wake-ups are in-process, sent after COMMIT by `SqliteStore::commit`.
         Ok(())
     }
