@@ -1,0 +1,141 @@
+//! Black-box tests of the `ovc` binary as it exists today: migrate, dev, events tail.
+
+use ovc_store::{Commit, ExpectedVersion, NewEvent, StoreConfig, StreamAppend};
+use ovc_tests::ovc_bin;
+use ovc_types::event::{Event, StreamName};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn append_steps(names: &[&str]) -> Commit {
+    Commit {
+        appends: vec![StreamAppend {
+            stream: StreamName::new("test-cli").expect("stream"),
+            expected: ExpectedVersion::Any,
+            events: names
+                .iter()
+                .map(|n| {
+                    NewEvent::new(Event::StepStarted {
+                        step: n.to_string(),
+                        attempt: 1,
+                    })
+                })
+                .collect(),
+        }],
+        ..Commit::default()
+    }
+}
+
+#[test]
+fn migrate_creates_and_reuses_a_sqlite_database() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let url = format!("sqlite://{}", dir.path().join("a.db").display());
+    for _ in 0..2 {
+        let out = Command::new(ovc_bin())
+            .args(["migrate", "--database-url", &url])
+            .output()
+            .expect("run ovc");
+        assert!(out.status.success(), "{out:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("head at position 0"), "{stdout}");
+    }
+    assert!(dir.path().join("a.db").exists());
+}
+
+#[test]
+fn migrate_applies_to_postgres() {
+    let url = ovc_testkit::postgres_url();
+    let out = Command::new(ovc_bin())
+        .args(["migrate", "--database-url", &url])
+        .output()
+        .expect("run ovc");
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn bad_database_url_is_a_clear_error() {
+    let out = Command::new(ovc_bin())
+        .args(["migrate", "--database-url", "mysql://x"])
+        .output()
+        .expect("run ovc");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unsupported database url"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test]
+async fn events_tail_prints_the_log_in_order() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let store = ovc_store::open(&url, StoreConfig::default()).await.expect("open");
+    store.migrate().await.expect("migrate");
+    store
+        .commit(append_steps(&["first", "second", "third"]))
+        .await
+        .expect("append");
+    let out = Command::new(ovc_bin())
+        .args(["events", "tail", "--database-url", &url, "-o", "json"])
+        .output()
+        .expect("run ovc");
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    let steps: Vec<&str> = lines
+        .iter()
+        .map(|e| e["data"]["step"].as_str().expect("step"))
+        .collect();
+    assert_eq!(steps, ["first", "second", "third"]);
+    assert_eq!(lines[2]["position"], 3);
+    let after = Command::new(ovc_bin())
+        .args(["events", "tail", "--database-url", &url, "--after", "2", "-o", "json"])
+        .output()
+        .expect("run ovc");
+    assert_eq!(String::from_utf8_lossy(&after.stdout).lines().count(), 1);
+}
+
+#[tokio::test]
+async fn dev_follows_events_committed_by_another_process() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let mut child = Command::new(ovc_bin())
+        .args(["dev", "--data-dir"])
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn ovc dev");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_for = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(200))
+                && line.contains(needle)
+            {
+                return true;
+            }
+        }
+        false
+    };
+    assert!(wait_for("following the event log"), "ovc dev did not start");
+    let url = format!("sqlite://{}", data.join("ovc.db").display());
+    let store = ovc_store::open(&url, StoreConfig::default()).await.expect("open");
+    store
+        .commit(append_steps(&["from-another-process"]))
+        .await
+        .expect("append");
+    let seen = wait_for("from-another-process");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen, "ovc dev never printed the event");
+}
