@@ -68,7 +68,9 @@ fn bad_database_url_is_a_clear_error() {
 async fn events_tail_prints_the_log_in_order() {
     let dir = tempfile::tempdir().expect("tmp");
     let url = format!("sqlite://{}", dir.path().join("t.db").display());
-    let store = ovc_store::open(&url, StoreConfig::default()).await.expect("open");
+    let store = ovc_store::open(&url, StoreConfig::default())
+        .await
+        .expect("open");
     store.migrate().await.expect("migrate");
     store
         .commit(append_steps(&["first", "second", "third"]))
@@ -90,7 +92,16 @@ async fn events_tail_prints_the_log_in_order() {
     assert_eq!(steps, ["first", "second", "third"]);
     assert_eq!(lines[2]["position"], 3);
     let after = Command::new(ovc_bin())
-        .args(["events", "tail", "--database-url", &url, "--after", "2", "-o", "json"])
+        .args([
+            "events",
+            "tail",
+            "--database-url",
+            &url,
+            "--after",
+            "2",
+            "-o",
+            "json",
+        ])
         .output()
         .expect("run ovc");
     assert_eq!(String::from_utf8_lossy(&after.stdout).lines().count(), 1);
@@ -129,7 +140,9 @@ async fn dev_follows_events_committed_by_another_process() {
     };
     assert!(wait_for("following the event log"), "ovc dev did not start");
     let url = format!("sqlite://{}", data.join("ovc.db").display());
-    let store = ovc_store::open(&url, StoreConfig::default()).await.expect("open");
+    let store = ovc_store::open(&url, StoreConfig::default())
+        .await
+        .expect("open");
     store
         .commit(append_steps(&["from-another-process"]))
         .await
