@@ -1,0 +1,180 @@
+//! Host drivers: what the workflows do to the host cluster, behind one trait.
+//!
+//! [`HostDriver`] covers exactly the effects of docs/vcluster-mechanics.md: namespaces,
+//! the Helm release, the control plane's scale and readiness, workload pods, the quota,
+//! the kubeconfig, and the backing store's dump/load. Every method is an *ensure*: calling
+//! it twice has the effect of calling it once, and removals tolerate "already gone", so
+//! a step that ran but was not journaled can simply run again after a crash.
+//!
+//! Implementations: [`sim::SimHost`] (embedded default, tests, benchmarks; state in the
+//! store database, fault injection) and, in a later issue, `kube` (kube-rs + helm).
+
+pub mod sim;
+
+use async_trait::async_trait;
+use ovc_types::OperationId;
+use ovc_types::error::{Code, Status};
+use ovc_types::spec::{ControlPlaneSpec, QuotaSpec};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Who is calling: used for fault injection (sim), labels and tracing (kube).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallCtx {
+    /// The operation.
+    pub operation_id: OperationId,
+    /// The workflow's name, e.g. `suspend`.
+    pub workflow: String,
+    /// The step's name, e.g. `scale_to_zero`; `undo:<step>` while undoing.
+    pub step: String,
+}
+
+/// Identifies one vcluster on the host: its namespace and Helm release name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Target {
+    /// Host namespace (`ovc-<project>-<name>`).
+    pub namespace: String,
+    /// Helm release name (the vcluster's name).
+    pub release: String,
+}
+
+/// The values ovc renders into the vcluster chart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseValues {
+    /// Virtual Kubernetes version.
+    pub kubernetes_version: String,
+    /// Control-plane size.
+    pub control_plane: ControlPlaneSpec,
+    /// Namespace quota.
+    pub quota: QuotaSpec,
+    /// Labels of the vcluster.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Extra chart values.
+    pub helm_values: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The installed Helm release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseInfo {
+    /// Helm revision, from 1.
+    pub revision: u32,
+    /// The values of that revision.
+    pub values: ReleaseValues,
+}
+
+/// The control plane (StatefulSet) as the host sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlPlaneStatus {
+    /// `spec.replicas`.
+    pub replicas: u32,
+    /// Pods that exist (`status.replicas`).
+    pub pods: u32,
+    /// Pods ready.
+    pub ready: u32,
+    /// Annotated `loft.sh/paused=true`.
+    pub paused: bool,
+    /// `loft.sh/paused-replicas`, while paused.
+    pub paused_replicas: Option<u32>,
+}
+
+impl ControlPlaneStatus {
+    /// Every wanted replica exists and is ready (and there is at least one).
+    pub fn is_ready(&self) -> bool {
+        self.replicas > 0 && self.ready == self.replicas && self.pods == self.replicas
+    }
+}
+
+/// Why a driver call failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DriverError {
+    /// Worth retrying (host unreachable, conflict, timeout).
+    #[error("transient host error: {message}")]
+    Transient {
+        /// What happened.
+        message: String,
+        /// A hint for when to retry.
+        retry_after: Option<Duration>,
+    },
+    /// Retrying will not help (invalid values, missing prerequisite).
+    #[error("{0}")]
+    Permanent(Status),
+}
+
+impl DriverError {
+    /// A transient error without a retry hint.
+    pub fn transient(message: impl Into<String>) -> Self {
+        DriverError::Transient {
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A permanent error with `code`.
+    pub fn permanent(code: Code, message: impl Into<String>) -> Self {
+        DriverError::Permanent(Status::new(code, message))
+    }
+}
+
+impl From<DriverError> for Status {
+    fn from(e: DriverError) -> Self {
+        match e {
+            DriverError::Transient { message, .. } => {
+                Status::new(Code::Unavailable, message).with_reason("HOST_UNAVAILABLE")
+            }
+            DriverError::Permanent(status) => status,
+        }
+    }
+}
+
+/// Shorthand for driver results.
+pub type DriverResult<T> = Result<T, DriverError>;
+
+/// What ovc does to a host cluster. Every method is idempotent (an *ensure*).
+#[async_trait]
+pub trait HostDriver: Send + Sync + std::fmt::Debug {
+    /// Creates the namespace (labelled as ours) unless it exists.
+    async fn ensure_namespace(&self, ctx: &CallCtx, t: &Target) -> DriverResult<()>;
+    /// Deletes the namespace; `Ok(true)` once it is gone (404 counts as gone).
+    async fn delete_namespace(&self, ctx: &CallCtx, t: &Target) -> DriverResult<bool>;
+    /// True when the namespace exists.
+    async fn namespace_exists(&self, ctx: &CallCtx, t: &Target) -> DriverResult<bool>;
+    /// `helm upgrade --install` with `values`; returns the new revision.
+    async fn install_release(
+        &self,
+        ctx: &CallCtx,
+        t: &Target,
+        values: &ReleaseValues,
+    ) -> DriverResult<u32>;
+    /// The installed release, if any.
+    async fn release(&self, ctx: &CallCtx, t: &Target) -> DriverResult<Option<ReleaseInfo>>;
+    /// `helm uninstall` (no release: nothing to do) and the PVCs `data-NAME-*`.
+    async fn uninstall_release(&self, ctx: &CallCtx, t: &Target) -> DriverResult<()>;
+    /// The control plane's status (`None`: no release).
+    async fn control_plane(
+        &self,
+        ctx: &CallCtx,
+        t: &Target,
+    ) -> DriverResult<Option<ControlPlaneStatus>>;
+    /// Annotates paused (remembering the replicas) and scales to 0; already paused → no-op.
+    /// Returns the remembered replicas.
+    async fn pause_control_plane(&self, ctx: &CallCtx, t: &Target) -> DriverResult<u32>;
+    /// Scales back to the remembered replicas and removes the pause annotations; not
+    /// paused → no-op. Returns the replicas.
+    async fn resume_control_plane(&self, ctx: &CallCtx, t: &Target) -> DriverResult<u32>;
+    /// Names of the workload pods synced into the namespace.
+    async fn workload_pods(&self, ctx: &CallCtx, t: &Target) -> DriverResult<Vec<String>>;
+    /// Deletes every workload pod (404 ok); returns how many were deleted.
+    async fn evict_workload_pods(&self, ctx: &CallCtx, t: &Target) -> DriverResult<u32>;
+    /// Asks the syncer to recreate workloads after a resume.
+    async fn reconcile_workloads(&self, ctx: &CallCtx, t: &Target) -> DriverResult<()>;
+    /// The virtual cluster's kubeconfig (`None` until the control plane wrote it).
+    async fn kubeconfig(&self, ctx: &CallCtx, t: &Target) -> DriverResult<Option<String>>;
+    /// True when the virtual API answers (e.g. GET serviceaccounts/default).
+    async fn health_check(&self, ctx: &CallCtx, t: &Target) -> DriverResult<bool>;
+    /// The backing store's content (etcd snapshot / kine export). Needs a running control
+    /// plane.
+    async fn dump_backing_store(&self, ctx: &CallCtx, t: &Target) -> DriverResult<Vec<u8>>;
+    /// Replaces the backing store's content. Needs a paused control plane.
+    async fn load_backing_store(&self, ctx: &CallCtx, t: &Target, data: &[u8])
+    -> DriverResult<()>;
+}
