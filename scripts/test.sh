@@ -18,6 +18,9 @@ if [ -z "${DATABASE_URL:-}" ]; then
   export DATABASE_URL=postgres://postgres@127.0.0.1:5432/ovc_test
 fi
 
+# The black-box tests in tests/ run the built `ovc` binary.
+cargo build --workspace --bins
+
 if command -v cargo-nextest >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else
