@@ -1,7 +1,22 @@
-//! Helpers for the black-box tests in `tests/tests/`: finding and running the built
-//! `ovc` binary.
+//! Helpers for the integration tests in `tests/tests/`: finding the built `ovc` binary,
+//! and [`Harness`], a fresh store with an in-process worker on the simulated host.
 
+use ovc_driver::sim::{SimConfig, SimHost};
+use ovc_engine::accept::{CommandRequest, accept};
+use ovc_engine::executor::{Executor, RetryPolicy};
+use ovc_engine::services::Services;
+use ovc_engine::worker::{Worker, WorkerOptions, WorkerReport};
+use ovc_snapshots::{ArtifactStore, OpendalArtifacts};
+use ovc_store::{Backend, Store};
+use ovc_testkit::TestDb;
+use ovc_types::command::Command;
+use ovc_types::resource::{Operation, VCluster};
+use ovc_types::time::{RandomIds, SystemClock};
+use ovc_types::{OperationId, ProjectName, Status, VClusterName};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
 
 /// The `ovc` binary built for this test run (`target/<profile>/ovc`).
 pub fn ovc_bin() -> PathBuf {
@@ -14,9 +29,178 @@ pub fn ovc_bin() -> PathBuf {
     let bin = profile_dir.join(format!("ovc{}", std::env::consts::EXE_SUFFIX));
     assert!(
         bin.exists(),
-        "{} is missing: build it first (cargo build -p ovc-cli); cargo test --workspace and \
-         cargo nextest run --workspace build it for you",
+        "{} is missing: build it first (cargo build -p ovc-cli); scripts/test.sh does",
         bin.display()
     );
     bin
+}
+
+/// Options of a [`Harness`].
+#[derive(Debug, Clone, Default)]
+pub struct HarnessOptions {
+    /// The simulated host's behaviour (faults, latency).
+    pub sim: SimConfig,
+    /// Run every step twice (crash after effect, before journal).
+    pub repeat_steps: bool,
+}
+
+/// A fresh database, the simulated host on it, a snapshot directory, and one in-process
+/// worker.
+pub struct Harness {
+    /// The database (kept alive for the harness's lifetime).
+    pub db: TestDb,
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// The simulated host.
+    pub sim: Arc<SimHost>,
+    /// Snapshot storage.
+    pub artifacts: Arc<dyn ArtifactStore>,
+    _artifacts_dir: tempfile::TempDir,
+    shutdown: watch::Sender<bool>,
+    worker: Option<tokio::task::JoinHandle<WorkerReport>>,
+}
+
+/// The project every harness call uses.
+pub fn project() -> ProjectName {
+    "default".parse().expect("project")
+}
+
+/// A vcluster name.
+pub fn name(s: &str) -> VClusterName {
+    s.parse().expect("name")
+}
+
+/// A retry policy with tiny backoffs, so tests of retries run fast.
+pub fn fast_retries() -> RetryPolicy {
+    RetryPolicy {
+        in_process_retries: 1,
+        min_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(5),
+        min_durable_backoff: Duration::from_millis(5),
+        max_durable_backoff: Duration::from_millis(20),
+    }
+}
+
+impl Harness {
+    /// Starts a harness on `backend`.
+    pub async fn start(backend: Backend, options: HarnessOptions) -> Harness {
+        let db = TestDb::new(backend).await;
+        let store = db.open().await;
+        let schema = db.config().pg_schema;
+        let sim = Arc::new(
+            SimHost::connect(db.url(), schema.as_deref(), options.sim.clone())
+                .await
+                .expect("sim host"),
+        );
+        let dir = tempfile::tempdir().expect("artifacts dir");
+        let artifacts: Arc<dyn ArtifactStore> = Arc::new(
+            OpendalArtifacts::from_url(&dir.path().display().to_string()).expect("artifacts"),
+        );
+        let exec = Executor {
+            store: store.clone(),
+            registry: Arc::new(ovc_workflows::registry()),
+            driver: sim.clone(),
+            services: Arc::new(Services {
+                artifacts: artifacts.clone(),
+            }),
+            clock: Arc::new(SystemClock),
+            ids: Arc::new(RandomIds),
+            retry: fast_retries(),
+            owner: String::new(),
+            repeat_steps: options.repeat_steps,
+        };
+        let worker = Worker::new(
+            exec,
+            WorkerOptions {
+                owner: "test-worker".into(),
+                concurrency: 8,
+                lease: Duration::from_secs(5),
+                idle_poll: Duration::from_millis(20),
+                grace: Duration::from_secs(5),
+            },
+        );
+        let (tx, rx) = watch::channel(false);
+        let handle = tokio::spawn(worker.run(rx));
+        Harness {
+            db,
+            store,
+            sim,
+            artifacts,
+            _artifacts_dir: dir,
+            shutdown: tx,
+            worker: Some(handle),
+        }
+    }
+
+    /// Submits `command` on vcluster `vc`.
+    pub async fn submit(&self, vc: &str, command: Command) -> Result<OperationId, Status> {
+        accept(
+            self.store.as_ref(),
+            &ovc_workflows::registry(),
+            &RandomIds,
+            CommandRequest {
+                project: project(),
+                vcluster: name(vc),
+                command,
+                request_id: None,
+                actor: Some("test".into()),
+                traceparent: None,
+            },
+        )
+        .await
+        .map(|a| a.operation_id)
+    }
+
+    /// Waits until operation `id` is done (panics after 30 s).
+    pub async fn wait(&self, id: OperationId) -> Operation {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let op = self
+                .store
+                .get_operation(id)
+                .await
+                .expect("get operation")
+                .expect("operation exists");
+            if op.done {
+                return op;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "operation {id} not done after 30 s: {op:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Submits and waits.
+    pub async fn run(&self, vc: &str, command: Command) -> Operation {
+        let id = self
+            .submit(vc, command)
+            .await
+            .unwrap_or_else(|e| panic!("submit on {vc}: {e}"));
+        self.wait(id).await
+    }
+
+    /// The vcluster `vc` (live, else last deleted).
+    pub async fn vcluster(&self, vc: &str) -> Option<VCluster> {
+        self.store
+            .get_vcluster(&project(), &name(vc))
+            .await
+            .expect("get vcluster")
+    }
+
+    /// Stops the worker gracefully.
+    pub async fn stop(mut self) -> WorkerReport {
+        let _ = self.shutdown.send(true);
+        match self.worker.take() {
+            Some(h) => h.await.expect("worker task"),
+            None => WorkerReport::default(),
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
 }

@@ -1,9 +1,10 @@
 //! `ovc dev`: the all-in-one embedded setup on SQLite, no configuration needed.
 //!
-//! Today it creates the data directory, opens and migrates the SQLite store in it and
-//! follows the event log, printing every event as it is committed. The API server, the
-//! workers and the simulated host are added to this same command by the engine and API
-//! issues; the flags they need (`--http`, `--grpc`) are not offered before they work.
+//! It creates the data directory, opens and migrates the SQLite store in it, starts
+//! workflow workers on the simulated host (snapshots under `DATA_DIR/snapshots`), and
+//! follows the event log, printing every event as it is committed. The API server joins
+//! this command with its issue; the flags it needs (`--http`, `--grpc`) are not offered
+//! before they work.
 
 use crate::tail;
 use anyhow::Context;
@@ -42,8 +43,27 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     if args.check {
         return Ok(());
     }
+    let worker_args = crate::worker::WorkerArgs {
+        database_url: url.clone(),
+        pg_schema: None,
+        host: "sim".into(),
+        artifacts: args.data_dir.join("snapshots").display().to_string(),
+        concurrency: 16,
+        lease_ms: 5000,
+        name: None,
+    };
+    let worker = crate::worker::build(store.clone(), &worker_args).await?;
+    let worker = tokio::spawn(worker.run(crate::worker::shutdown_signal()));
+    println!(
+        "  workers    16 on the simulated host; snapshots in {}",
+        worker_args.artifacts
+    );
     println!("  following the event log; Ctrl-C to stop");
     println!("  (another terminal: ovc events tail --database-url {url})");
     println!();
-    tail::follow(store, 0, true, false).await
+    tail::follow(store, 0, true, false).await?;
+    if let Ok(report) = worker.await {
+        crate::worker::print_report(&report);
+    }
+    Ok(())
 }

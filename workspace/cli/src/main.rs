@@ -1,12 +1,14 @@
 //! `ovc`: the one binary of open-vcluster-api.
 //!
-//! Today it runs the embedded store (`ovc dev`), applies migrations (`ovc migrate`),
-//! follows the event log (`ovc events tail`) and measures the store (`ovc bench store`).
-//! The API server, workers and client commands join as their issues land.
+//! Today it runs the embedded store with workers on the simulated host (`ovc dev`),
+//! workers alone (`ovc worker`), migrations (`ovc migrate`), the event log
+//! (`ovc events tail`) and benchmarks (`ovc bench store`). The API server and the client
+//! commands join as their issue lands.
 
 mod bench;
 mod dev;
 mod tail;
+mod worker;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -26,6 +28,8 @@ struct Cli {
 enum Command {
     /// Run the embedded store on SQLite under --data-dir and follow its event log.
     Dev(dev::DevArgs),
+    /// Run workflow workers only (several processes may share one PostgreSQL).
+    Worker(worker::WorkerArgs),
     /// Apply database migrations (SQLite or PostgreSQL) and exit.
     Migrate {
         /// sqlite://PATH or postgres://USER@HOST/DB.
@@ -73,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Dev(args) => dev::run(args).await,
+        Command::Worker(args) => worker::run(args).await,
         Command::Migrate { database_url } => {
             let store = ovc_store::open(&database_url, StoreConfig::default())
                 .await

@@ -175,6 +175,5 @@ pub trait HostDriver: Send + Sync + std::fmt::Debug {
     /// plane.
     async fn dump_backing_store(&self, ctx: &CallCtx, t: &Target) -> DriverResult<Vec<u8>>;
     /// Replaces the backing store's content. Needs a paused control plane.
-    async fn load_backing_store(&self, ctx: &CallCtx, t: &Target, data: &[u8])
-    -> DriverResult<()>;
+    async fn load_backing_store(&self, ctx: &CallCtx, t: &Target, data: &[u8]) -> DriverResult<()>;
 }

@@ -1,1 +1,20 @@
-//! placeholder
+//! The durable workflow engine (DESIGN.md §5–6).
+//!
+//! A workflow ([`model::WorkflowDef`]) is an ordered list of steps with `run` and `undo`.
+//! The operation's event stream is its journal ([`journal::Journal`]); the pure planner
+//! ([`plan::plan`]) decides the next move from the journal alone; the executor
+//! ([`executor`]) performs it and journals the result in one fenced commit; the worker
+//! ([`worker`]) claims runs from the store's queue, renews their leases and runs
+//! executors, and shuts down gracefully.
+
+pub mod accept;
+pub mod executor;
+pub mod journal;
+pub mod model;
+pub mod plan;
+pub mod registry;
+pub mod services;
+pub mod worker;
+
+pub use model::{StepCtx, StepDef, StepError, StepOutput, StepResult, WorkflowDef};
+pub use registry::Registry;

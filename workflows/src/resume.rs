@@ -1,0 +1,72 @@
+//! ResumeVCluster (docs/vcluster-mechanics.md §3): scale the control plane back to the
+//! remembered replicas, wait until ready, health-check the virtual API, optionally ask
+//! for a workload reconcile. On success the vcluster is RUNNING.
+
+use crate::common::wait_ready;
+use futures::FutureExt;
+use ovc_engine::model::{Settlement, WorkflowDef};
+use ovc_engine::{StepCtx, StepDef, StepError, StepOutput, StepResult};
+use ovc_types::command::Command;
+use ovc_types::state::{OperationKind, VClusterState};
+
+/// The resume workflow.
+pub fn definition() -> WorkflowDef {
+    WorkflowDef {
+        kind: OperationKind::Resume,
+        name: "resume",
+        steps: vec![
+            StepDef::new("scale_up", |c| scale_up(c).boxed()).undo(|c| scale_down(c).boxed()),
+            StepDef::new("wait_ready", |c| wait_ready(c).boxed()),
+            StepDef::new("health_check", |c| health_check(c).boxed()),
+            StepDef::new("reconcile_workloads", |c| reconcile(c).boxed()).skip_if(|c| {
+                !matches!(
+                    c,
+                    Command::Resume {
+                        reconcile_workloads: true
+                    }
+                )
+            }),
+        ],
+        settle: |_| {
+            Ok(Settlement {
+                state: VClusterState::Running,
+                spec: None,
+                result: serde_json::Value::Null,
+            })
+        },
+    }
+}
+
+async fn scale_up(ctx: &StepCtx) -> StepResult {
+    let replicas = ctx
+        .driver
+        .resume_control_plane(&ctx.call, &ctx.target)
+        .await?;
+    Ok(StepOutput::output(
+        serde_json::json!({"replicas": replicas}),
+    ))
+}
+
+async fn scale_down(ctx: &StepCtx) -> StepResult {
+    ctx.driver
+        .pause_control_plane(&ctx.call, &ctx.target)
+        .await?;
+    Ok(StepOutput::done())
+}
+
+async fn health_check(ctx: &StepCtx) -> StepResult {
+    if ctx.driver.health_check(&ctx.call, &ctx.target).await? {
+        Ok(StepOutput::done())
+    } else {
+        Err(StepError::transient(
+            "the virtual API server does not answer yet",
+        ))
+    }
+}
+
+async fn reconcile(ctx: &StepCtx) -> StepResult {
+    ctx.driver
+        .reconcile_workloads(&ctx.call, &ctx.target)
+        .await?;
+    Ok(StepOutput::done())
+}

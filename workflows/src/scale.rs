@@ -1,0 +1,65 @@
+//! ScaleVCluster (docs/vcluster-mechanics.md §6): `helm upgrade` with the patched values
+//! (quota, control-plane resources, replicas 1 <-> 3; only the given fields change), then
+//! wait until the control plane is ready at its new size. Undo: upgrade back to the old
+//! values. On success the vcluster is RUNNING with the new spec.
+
+use crate::common::{values, wait_ready};
+use futures::FutureExt;
+use ovc_engine::model::{Settlement, WorkflowDef};
+use ovc_engine::{StepCtx, StepDef, StepError, StepOutput, StepResult};
+use ovc_types::command::Command;
+use ovc_types::error::Code;
+use ovc_types::spec::VClusterSpec;
+use ovc_types::state::{OperationKind, VClusterState};
+
+/// The scale workflow.
+pub fn definition() -> WorkflowDef {
+    WorkflowDef {
+        kind: OperationKind::Scale,
+        name: "scale",
+        steps: vec![
+            StepDef::new("upgrade_release", |c| upgrade(c).boxed()).undo(|c| downgrade(c).boxed()),
+            StepDef::new("wait_ready", |c| wait_ready(c).boxed()),
+        ],
+        settle: |ctx| {
+            let spec = new_spec(ctx)?;
+            Ok(Settlement {
+                state: VClusterState::Running,
+                spec: Some(spec.clone()),
+                result: serde_json::json!({"spec": spec}),
+            })
+        },
+    }
+}
+
+/// The spec after the patch. The vcluster's spec cannot change while it is SCALING (one
+/// operation at a time), so this is the same on every replay.
+fn new_spec(ctx: &StepCtx) -> Result<VClusterSpec, StepError> {
+    let Command::Scale { patch } = &ctx.command else {
+        return Err(StepError::permanent(
+            Code::Internal,
+            "scale step without a scale command",
+        ));
+    };
+    patch
+        .apply_to(ctx.spec()?)
+        .map_err(|e| StepError::Permanent(e.into()))
+}
+
+async fn upgrade(ctx: &StepCtx) -> StepResult {
+    let spec = new_spec(ctx)?;
+    let revision = ctx
+        .driver
+        .install_release(&ctx.call, &ctx.target, &values(&spec))
+        .await?;
+    Ok(StepOutput::output(
+        serde_json::json!({"revision": revision}),
+    ))
+}
+
+async fn downgrade(ctx: &StepCtx) -> StepResult {
+    ctx.driver
+        .install_release(&ctx.call, &ctx.target, &values(ctx.spec()?))
+        .await?;
+    Ok(StepOutput::done())
+}

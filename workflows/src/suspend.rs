@@ -1,0 +1,95 @@
+//! SuspendVCluster (docs/vcluster-mechanics.md §2): optional snapshot, optional workload
+//! eviction and wait, annotate + scale the control plane to 0, wait until its pods are
+//! gone. PVCs, secrets and services stay. On success the vcluster is SUSPENDED.
+
+use crate::common::{CHECK_IN, delete_own_snapshot, take_snapshot, wait_pods_gone};
+use futures::FutureExt;
+use ovc_engine::model::{Settlement, WorkflowDef};
+use ovc_engine::{StepCtx, StepDef, StepOutput, StepResult};
+use ovc_types::command::Command;
+use ovc_types::state::{OperationKind, VClusterState};
+
+/// The suspend workflow.
+pub fn definition() -> WorkflowDef {
+    WorkflowDef {
+        kind: OperationKind::Suspend,
+        name: "suspend",
+        steps: vec![
+            StepDef::new("snapshot", |c| {
+                take_snapshot(c, Some("taken by suspend".into())).boxed()
+            })
+            .undo(|c| delete_own_snapshot(c).boxed())
+            .skip_if(|c| !matches!(c, Command::Suspend { snapshot: true, .. })),
+            StepDef::new("evict_workloads", |c| evict_workloads(c).boxed())
+                .undo(|c| reconcile_workloads(c).boxed())
+                .skip_if(no_eviction),
+            StepDef::new("wait_workloads_gone", |c| wait_workloads_gone(c).boxed())
+                .skip_if(no_eviction),
+            StepDef::new("scale_to_zero", |c| scale_to_zero(c).boxed())
+                .undo(|c| scale_back(c).boxed()),
+            StepDef::new("wait_pods_gone", |c| wait_pods_gone(c).boxed()),
+        ],
+        settle: |_| {
+            Ok(Settlement {
+                state: VClusterState::Suspended,
+                spec: None,
+                result: serde_json::Value::Null,
+            })
+        },
+    }
+}
+
+fn no_eviction(c: &Command) -> bool {
+    !matches!(
+        c,
+        Command::Suspend {
+            evict_workloads: true,
+            ..
+        }
+    )
+}
+
+async fn evict_workloads(ctx: &StepCtx) -> StepResult {
+    let n = ctx
+        .driver
+        .evict_workload_pods(&ctx.call, &ctx.target)
+        .await?;
+    Ok(StepOutput::output(serde_json::json!({"evicted": n})))
+}
+
+async fn reconcile_workloads(ctx: &StepCtx) -> StepResult {
+    ctx.driver
+        .reconcile_workloads(&ctx.call, &ctx.target)
+        .await?;
+    Ok(StepOutput::done())
+}
+
+async fn wait_workloads_gone(ctx: &StepCtx) -> StepResult {
+    if ctx
+        .driver
+        .workload_pods(&ctx.call, &ctx.target)
+        .await?
+        .is_empty()
+    {
+        Ok(StepOutput::done())
+    } else {
+        Ok(StepOutput::pending(CHECK_IN))
+    }
+}
+
+async fn scale_to_zero(ctx: &StepCtx) -> StepResult {
+    let replicas = ctx
+        .driver
+        .pause_control_plane(&ctx.call, &ctx.target)
+        .await?;
+    Ok(StepOutput::output(
+        serde_json::json!({"paused_replicas": replicas}),
+    ))
+}
+
+async fn scale_back(ctx: &StepCtx) -> StepResult {
+    ctx.driver
+        .resume_control_plane(&ctx.call, &ctx.target)
+        .await?;
+    Ok(StepOutput::done())
+}

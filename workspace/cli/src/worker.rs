@@ -1,0 +1,131 @@
+//! `ovc worker`: runs workflows only. Several worker processes on one PostgreSQL share the
+//! work; each claims runs with a lease, so a killed worker's runs are taken over by the
+//! others within a lease period. SIGTERM/SIGINT stop it gracefully.
+
+use anyhow::Context;
+use clap::Args;
+use ovc_driver::sim::SimHost;
+use ovc_engine::executor::{Executor, RetryPolicy};
+use ovc_engine::services::Services;
+use ovc_engine::worker::{Worker, WorkerOptions, WorkerReport, default_owner};
+use ovc_snapshots::OpendalArtifacts;
+use ovc_store::{Store, StoreConfig};
+use ovc_types::time::{RandomIds, SystemClock};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Arguments of `ovc worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// sqlite://PATH or postgres://USER@HOST/DB.
+    #[arg(long, env = "OVC_DATABASE_URL")]
+    pub database_url: String,
+    /// PostgreSQL schema holding ovc's tables (default: the search path).
+    #[arg(long, env = "OVC_PG_SCHEMA")]
+    pub pg_schema: Option<String>,
+    /// The host driver. `sim` is the simulated host (knobs: OVC_SIM_LATENCY_MS,
+    /// OVC_SIM_READY_MS, OVC_SIM_FAULTS); the Kubernetes driver arrives later.
+    #[arg(long, value_parser = ["sim"], default_value = "sim")]
+    pub host: String,
+    /// Snapshot storage: a directory, file:///DIR or memory://.
+    #[arg(long, env = "OVC_ARTIFACTS", default_value = ".ovc/snapshots")]
+    pub artifacts: String,
+    /// Runs executed at once by this process.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Lease length in milliseconds (renewed every third of it).
+    #[arg(long, default_value_t = 5000)]
+    pub lease_ms: u64,
+    /// Worker name (lease owner); default `<host>-<pid>-<random>`.
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+/// Builds a worker on `store` from the arguments.
+pub async fn build(store: Arc<dyn Store>, args: &WorkerArgs) -> anyhow::Result<Worker> {
+    let sim = SimHost::connect_from_env(&args.database_url, args.pg_schema.as_deref())
+        .await
+        .context("connecting the simulated host")?;
+    let artifacts = OpendalArtifacts::from_url(&args.artifacts)
+        .with_context(|| format!("opening snapshot storage {}", args.artifacts))?;
+    let exec = Executor {
+        store,
+        registry: Arc::new(ovc_workflows::registry()),
+        driver: Arc::new(sim),
+        services: Arc::new(Services {
+            artifacts: Arc::new(artifacts),
+        }),
+        clock: Arc::new(SystemClock),
+        ids: Arc::new(RandomIds),
+        retry: RetryPolicy::default(),
+        owner: String::new(),
+        repeat_steps: false,
+    };
+    Ok(Worker::new(
+        exec,
+        WorkerOptions {
+            owner: args.name.clone().unwrap_or_else(default_owner),
+            concurrency: args.concurrency.max(1),
+            lease: Duration::from_millis(args.lease_ms.max(300)),
+            ..WorkerOptions::default()
+        },
+    ))
+}
+
+/// A receiver that turns true on SIGINT or SIGTERM.
+pub fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => {
+                        let _ = ctrl_c.await;
+                        let _ = tx.send(true);
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+/// Prints a worker's report.
+pub fn print_report(r: &WorkerReport) {
+    eprintln!(
+        "worker stopped: {} runs claimed, {} completed, {} rescheduled, {} released, {} lost",
+        r.claimed, r.completed, r.rescheduled, r.released, r.failed
+    );
+}
+
+/// Runs `ovc worker`.
+pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    let config = StoreConfig {
+        pg_schema: args.pg_schema.clone(),
+        ..StoreConfig::default()
+    };
+    let store = ovc_store::open(&args.database_url, config)
+        .await
+        .with_context(|| format!("cannot open {}", crate::redact(&args.database_url)))?;
+    let worker = build(store, &args).await?;
+    eprintln!(
+        "ovc worker started on {} (host: {}, concurrency {})",
+        crate::redact(&args.database_url),
+        args.host,
+        args.concurrency
+    );
+    let report = worker.run(shutdown_signal()).await;
+    print_report(&report);
+    Ok(())
+}

@@ -1,0 +1,748 @@
+//! The simulated host: a [`HostDriver`] whose "cluster" lives in the store database.
+//!
+//! # Why it exists
+//!
+//! `ovc dev` runs without a Kubernetes cluster, the engine's tests need a host whose
+//! failures they can script, and benchmarks need a host that costs a known amount per
+//! call. [`SimHost`] is that host. It is a product feature, not a mock: it follows
+//! docs/vcluster-mechanics.md (namespaces, Helm revisions, the paused annotations, the
+//! one-vcluster-per-namespace rule, readiness that takes time, the backing store that
+//! can only be dumped while running and loaded while stopped), so a workflow that is
+//! correct against the simulation does the right things in the right order on a real
+//! host.
+//!
+//! # State
+//!
+//! Everything is in the store database (tables of migration `0002_sim_host.sql`, see
+//! the `db` submodule), never in memory: a worker killed with `kill -9` finds the host
+//! as it left it, and several worker processes share one host. Every state change is
+//! one transaction (SQLite `BEGIN IMMEDIATE`; PostgreSQL locks the namespace row), so
+//! concurrent workers never lose an update and an ensure raced by two workers changes
+//! the state once.
+//!
+//! Every call that changes state adds 1 to the effect counter `"<method>:<namespace>"`
+//! (e.g. `install_release:ovc-default-team-a`) in the same transaction; a call that finds
+//! the desired state in place changes nothing and counts nothing. [`SimHost::effects`]
+//! reads the counters, so tests can assert "exactly once".
+//!
+//! Time is the wall clock ([`chrono::Utc::now`]): a control plane scaled at `t` has its
+//! pods and is ready at `t + ready_delay`.
+//!
+//! # Semantics in brief
+//!
+//! - Reads that have a natural "absent" answer do not fail on a missing release:
+//!   `release`/`control_plane`/`kubeconfig` → `None`, `workload_pods` → empty,
+//!   `health_check` → false. Removals tolerate absence: `uninstall_release` → `Ok`,
+//!   `evict_workload_pods` → `Ok(0)`, `delete_namespace` → `Ok(true)`.
+//! - Actions that need the release (`pause`, `resume`, `reconcile_workloads`,
+//!   `dump_backing_store`, `load_backing_store`) fail with a permanent `NOT_FOUND`
+//!   "release X not found in namespace Y".
+//! - `install_release` needs the namespace (permanent `FAILED_PRECONDITION`) and refuses
+//!   a second release in one namespace (mechanics §1 step 2). Upgrading a *paused*
+//!   release keeps it paused and records the new replica count in `paused_replicas`:
+//!   mechanics §6 says a plain `helm upgrade` would reset the StatefulSet from 0 to N
+//!   while `loft.sh/paused` stays, waking a suspended vcluster behind the engine's back,
+//!   so the driver contract is "an upgrade never unpauses" and the sim models exactly that.
+//! - `reconcile_workloads` recreates the workload pods only on a running control plane:
+//!   paused or scaled to 0 → permanent `FAILED_PRECONDITION`; scaled up but not ready
+//!   yet → transient (retry after the readiness wait).
+//!
+//! # Configuration
+//!
+//! | variable | default | meaning |
+//! | --- | --- | --- |
+//! | `OVC_SIM_LATENCY_MS` | `0` | slept at the start of every host call |
+//! | `OVC_SIM_READY_MS` | `0` | time from a scale (install, resume, replica change) until the pods exist and are ready |
+//! | `OVC_SIM_FAULTS` | none | `;`-separated fault rules `workflow/step:kind[:count]` |
+//!
+//! # Faults
+//!
+//! A rule names a workflow and a step of [`CallCtx`] (`*` for any step, undo steps
+//! included; an undo is the step `undo:<step>`, so `suspend/undo:scale_to_zero` names
+//! one), a kind and an optional count. Rules are checked at the start of every host call,
+//! after the latency and before any effect. Matching calls are counted per
+//! `(operation, workflow, step)` in `sim_fault_hits` (persisted: the count survives
+//! restarts and is shared by processes); the `n`-th call fails when a matching rule's
+//! count is at least `n` (default: transient 1, permanent and hang unlimited).
+//! `transient` returns [`DriverError::Transient`] ("injected transient fault at
+//! create/install_release (1 of 2)"), `permanent` a permanent `FAILED_PRECONDITION` with
+//! reason `INJECTED_FAULT`, `hang` never returns (the engine's step timeout must cancel
+//! the call).
+
+mod config;
+mod db;
+mod model;
+
+pub use config::{
+    ConfigError, FAULTS_ENV, FaultKind, FaultParseError, FaultRule, LATENCY_ENV, READY_ENV,
+    SimConfig,
+};
+pub use model::{
+    SimNamespace, SimRelease, SimState, WORKLOAD_PODS, initial_backing_store, render_kubeconfig,
+};
+
+use crate::{
+    CallCtx, ControlPlaneStatus, DriverError, DriverResult, HostDriver, ReleaseInfo, ReleaseValues,
+    Target,
+};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use db::{NAMESPACE, Pool, RELEASE, Tx};
+use ovc_types::error::{Code, Status};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Why the simulated host could not do its own work (as opposed to a simulated host
+/// error, which is a [`DriverError`]).
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// The database failed (unreachable, locked too long, missing tables: run the store's
+    /// migrations first).
+    #[error("sim host database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A stored document does not decode.
+    #[error("sim host state is corrupt ({what}): {message}")]
+    Corrupt {
+        /// Which object.
+        what: String,
+        /// The decoding error.
+        message: String,
+    },
+    /// Neither `sqlite:` nor `postgres:`.
+    #[error("unsupported database URL {0:?}: expected sqlite://PATH or postgres://...")]
+    UnsupportedUrl(String),
+    /// A PostgreSQL schema name that is not a plain identifier.
+    #[error("schema {0:?}: use lowercase letters, digits and '_' (not starting with a digit)")]
+    InvalidSchema(String),
+    /// The sim tables cannot be read: the store's migrations have not run on this
+    /// database (or schema).
+    #[error(
+        "the simulated host's tables are missing or unreadable (run the store migrations, \
+         e.g. `ovc migrate`, first): {0}"
+    )]
+    NotMigrated(#[source] Box<SimError>),
+    /// Bad `OVC_SIM_*` configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+impl From<SimError> for DriverError {
+    fn from(e: SimError) -> Self {
+        match e {
+            // Like an unreachable API server: worth retrying.
+            SimError::Database(_) => DriverError::transient(e.to_string()),
+            _ => DriverError::Permanent(Status::internal(e.to_string())),
+        }
+    }
+}
+
+/// The effect counter key of `method` in `namespace`: `"<method>:<namespace>"`.
+pub fn effect_key(method: &str, namespace: &str) -> String {
+    format!("{method}:{namespace}")
+}
+
+/// The simulated host. Cheap to clone (the pool is shared).
+#[derive(Debug, Clone)]
+pub struct SimHost {
+    pool: Pool,
+    config: Arc<SimConfig>,
+}
+
+/// What a state-changing call sees inside its transaction.
+struct Slot {
+    now: DateTime<Utc>,
+    namespace_exists: bool,
+    /// Other releases in the namespace.
+    others: Vec<String>,
+    /// The target release (settled at `now`); set to `None` to delete it.
+    release: Option<SimRelease>,
+}
+
+fn to_doc<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, SimError> {
+    serde_json::to_value(value).map_err(|e| SimError::Corrupt {
+        what: "document to store".into(),
+        message: e.to_string(),
+    })
+}
+
+fn from_doc<T: serde::de::DeserializeOwned>(
+    what: impl FnOnce() -> String,
+    doc: serde_json::Value,
+) -> Result<T, SimError> {
+    serde_json::from_value(doc).map_err(|e| SimError::Corrupt {
+        what: what(),
+        message: e.to_string(),
+    })
+}
+
+fn not_found(t: &Target) -> DriverError {
+    DriverError::permanent(
+        Code::NotFound,
+        format!(
+            "release {} not found in namespace {}",
+            t.release, t.namespace
+        ),
+    )
+}
+
+fn not_running(t: &Target) -> DriverError {
+    DriverError::permanent(
+        Code::FailedPrecondition,
+        format!(
+            "control plane of {} (namespace {}) is not running",
+            t.release, t.namespace
+        ),
+    )
+}
+
+fn check_namespace(t: &Target) -> DriverResult<()> {
+    if t.namespace.is_empty() {
+        return Err(DriverError::permanent(
+            Code::InvalidArgument,
+            "the target namespace is empty",
+        ));
+    }
+    Ok(())
+}
+
+fn check_target(t: &Target) -> DriverResult<()> {
+    check_namespace(t)?;
+    if t.release.is_empty() {
+        return Err(DriverError::permanent(
+            Code::InvalidArgument,
+            "the target release name is empty",
+        ));
+    }
+    Ok(())
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+impl SimHost {
+    /// Opens the simulated host on the store database at `database_url` (`sqlite://PATH`
+    /// or `postgres://...`; with `pg_schema`, the schema the store uses). The tables come
+    /// from the store's migrations: run them first ([`SimError::NotMigrated`] otherwise).
+    pub async fn connect(
+        database_url: &str,
+        pg_schema: Option<&str>,
+        config: SimConfig,
+    ) -> Result<SimHost, SimError> {
+        let pool = Pool::connect(database_url, pg_schema).await?;
+        if let Err(e) = pool.effects().await {
+            pool.close().await;
+            return Err(SimError::NotMigrated(Box::new(e)));
+        }
+        tracing::info!(
+            latency_ms = config.latency.as_millis() as u64,
+            ready_ms = config.ready_delay.as_millis() as u64,
+            faults = %config.faults.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(";"),
+            "sim host connected"
+        );
+        Ok(SimHost {
+            pool,
+            config: Arc::new(config),
+        })
+    }
+
+    /// [`SimHost::connect`] with [`SimConfig::from_env`].
+    pub async fn connect_from_env(
+        database_url: &str,
+        pg_schema: Option<&str>,
+    ) -> Result<SimHost, SimError> {
+        Self::connect(database_url, pg_schema, SimConfig::from_env()?).await
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SimConfig {
+        &self.config
+    }
+
+    /// Closes the database connections.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// The effect counters (`"<method>:<namespace>"` → how many state changes).
+    pub async fn effects(&self) -> Result<BTreeMap<String, u64>, SimError> {
+        Ok(self.pool.effects().await?.into_iter().collect())
+    }
+
+    /// Everything on the host, as of now.
+    pub async fn state(&self) -> Result<SimState, SimError> {
+        let namespaces = self
+            .pool
+            .list(NAMESPACE)
+            .await?
+            .into_iter()
+            .map(|row| from_doc(|| format!("namespace {}", row.namespace), row.doc))
+            .collect::<Result<Vec<SimNamespace>, _>>()?;
+        let now = Utc::now();
+        let releases = self
+            .pool
+            .list(RELEASE)
+            .await?
+            .into_iter()
+            .map(|row| {
+                let mut r: SimRelease = from_doc(
+                    || format!("release {}/{}", row.namespace, row.name),
+                    row.doc,
+                )?;
+                r.settle(now);
+                Ok(r)
+            })
+            .collect::<Result<Vec<SimRelease>, SimError>>()?;
+        Ok(SimState {
+            namespaces,
+            releases,
+        })
+    }
+
+    /// The release of `t`, as of now.
+    pub async fn release_state(&self, t: &Target) -> Result<Option<SimRelease>, SimError> {
+        let Some(doc) = self.pool.get(RELEASE, &t.namespace, &t.release).await? else {
+            return Ok(None);
+        };
+        let mut r: SimRelease = from_doc(|| format!("release {}/{}", t.namespace, t.release), doc)?;
+        r.settle(Utc::now());
+        Ok(Some(r))
+    }
+
+    /// Latency, then fault injection: the start of every host call.
+    async fn enter(&self, ctx: &CallCtx) -> DriverResult<()> {
+        if !self.config.latency.is_zero() {
+            tokio::time::sleep(self.config.latency).await;
+        }
+        let rules: Vec<&FaultRule> = self
+            .config
+            .faults
+            .iter()
+            .filter(|r| r.matches(&ctx.workflow, &ctx.step))
+            .collect();
+        if rules.is_empty() {
+            return Ok(());
+        }
+        let hit = self
+            .pool
+            .hit_fault(ctx.operation_id, &ctx.workflow, &ctx.step)
+            .await?;
+        let Some(rule) = rules.into_iter().find(|r| r.fires_on(hit)) else {
+            return Ok(());
+        };
+        let at = format!("{}/{}", ctx.workflow, ctx.step);
+        let which = match rule.times {
+            Some(times) => format!("{hit} of {times}"),
+            None => format!("hit {hit}"),
+        };
+        tracing::info!(operation_id = %ctx.operation_id, %at, %rule, hit, "sim host: injecting fault");
+        match rule.kind {
+            FaultKind::Transient => Err(DriverError::transient(format!(
+                "injected transient fault at {at} ({which})"
+            ))),
+            FaultKind::Permanent => Err(DriverError::Permanent(
+                Status::new(
+                    Code::FailedPrecondition,
+                    format!("injected permanent fault at {at} ({which})"),
+                )
+                .with_reason("INJECTED_FAULT"),
+            )),
+            FaultKind::Hang => {
+                let never: std::convert::Infallible = std::future::pending().await;
+                match never {}
+            }
+        }
+    }
+
+    /// The committed release of `t`, settled at the returned time.
+    async fn read(&self, t: &Target) -> DriverResult<(Option<SimRelease>, DateTime<Utc>)> {
+        check_target(t)?;
+        let release = self.release_state(t).await?;
+        Ok((release, Utc::now()))
+    }
+
+    /// The committed release of `t`, or `NOT_FOUND`.
+    async fn read_required(&self, t: &Target) -> DriverResult<(SimRelease, DateTime<Utc>)> {
+        match self.read(t).await? {
+            (Some(r), now) => Ok((r, now)),
+            (None, _) => Err(not_found(t)),
+        }
+    }
+
+    /// Runs `f` on the namespace and release of `t` in one transaction; when the release
+    /// changed, saves (or deletes) it and counts the effect `method`, else writes nothing.
+    async fn change<T>(
+        &self,
+        t: &Target,
+        method: &'static str,
+        f: impl FnOnce(&mut Slot) -> DriverResult<T>,
+    ) -> DriverResult<T> {
+        check_target(t)?;
+        let mut tx = self.pool.begin().await?;
+        match Self::change_in(&mut tx, t, method, f).await {
+            Ok((out, true)) => {
+                tx.commit().await?;
+                tracing::debug!(method, namespace = %t.namespace, release = %t.release, "sim host: changed");
+                Ok(out)
+            }
+            Ok((out, false)) => {
+                tx.rollback_quietly().await;
+                Ok(out)
+            }
+            Err(e) => {
+                tx.rollback_quietly().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn change_in<T>(
+        tx: &mut Tx,
+        t: &Target,
+        method: &'static str,
+        f: impl FnOnce(&mut Slot) -> DriverResult<T>,
+    ) -> DriverResult<(T, bool)> {
+        // Taken after the lock, so the clock never runs behind a committed change.
+        let namespace_exists = tx.lock(NAMESPACE, &t.namespace, "").await?.is_some();
+        let now = Utc::now();
+        let mut slot = Slot {
+            now,
+            namespace_exists,
+            others: Vec::new(),
+            release: None,
+        };
+        for row in tx.list_in(RELEASE, &t.namespace).await? {
+            if row.name == t.release {
+                let mut r: SimRelease = from_doc(
+                    || format!("release {}/{}", row.namespace, row.name),
+                    row.doc,
+                )?;
+                r.settle(now);
+                slot.release = Some(r);
+            } else {
+                slot.others.push(row.name);
+            }
+        }
+        let before = slot.release.clone();
+        let out = f(&mut slot)?;
+        if slot.release == before {
+            return Ok((out, false));
+        }
+        match &slot.release {
+            Some(r) => {
+                tx.put(RELEASE, &t.namespace, &t.release, &to_doc(r)?)
+                    .await?
+            }
+            None => {
+                tx.delete(RELEASE, &t.namespace, &t.release).await?;
+            }
+        }
+        tx.bump_effect(&effect_key(method, &t.namespace)).await?;
+        Ok((out, true))
+    }
+
+    /// Commits `tx` and counts `method` when `changed`, else rolls back.
+    async fn finish(&self, tx: Tx, changed: bool, method: &str, t: &Target) -> DriverResult<()> {
+        if !changed {
+            tx.rollback_quietly().await;
+            return Ok(());
+        }
+        tx.commit().await?;
+        tracing::debug!(method, namespace = %t.namespace, "sim host: changed");
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl HostDriver for SimHost {
+    async fn ensure_namespace(&self, ctx: &CallCtx, t: &Target) -> DriverResult<()> {
+        self.enter(ctx).await?;
+        check_namespace(t)?;
+        let doc = to_doc(&SimNamespace::new(&t.namespace, Utc::now()))?;
+        let mut tx = self.pool.begin().await?;
+        let changed = match tx.insert_if_absent(NAMESPACE, &t.namespace, "", &doc).await {
+            Ok(true) => tx
+                .bump_effect(&effect_key("ensure_namespace", &t.namespace))
+                .await
+                .map(|()| true),
+            other => other,
+        };
+        match changed {
+            Ok(changed) => self.finish(tx, changed, "ensure_namespace", t).await,
+            Err(e) => {
+                tx.rollback_quietly().await;
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn delete_namespace(&self, ctx: &CallCtx, t: &Target) -> DriverResult<bool> {
+        self.enter(ctx).await?;
+        check_namespace(t)?;
+        let mut tx = self.pool.begin().await?;
+        let deleted = async {
+            // Lock first: a concurrent install holding the lock commits its release
+            // before the DELETE below takes its snapshot, so nothing is left behind.
+            tx.lock(NAMESPACE, &t.namespace, "").await?;
+            let n = tx.delete_namespace(&t.namespace).await?;
+            if n > 0 {
+                tx.bump_effect(&effect_key("delete_namespace", &t.namespace))
+                    .await?;
+            }
+            Ok::<_, SimError>(n > 0)
+        }
+        .await;
+        match deleted {
+            Ok(changed) => self.finish(tx, changed, "delete_namespace", t).await?,
+            Err(e) => {
+                tx.rollback_quietly().await;
+                return Err(e.into());
+            }
+        }
+        Ok(true)
+    }
+
+    async fn namespace_exists(&self, ctx: &CallCtx, t: &Target) -> DriverResult<bool> {
+        self.enter(ctx).await?;
+        check_namespace(t)?;
+        Ok(self.pool.get(NAMESPACE, &t.namespace, "").await?.is_some())
+    }
+
+    async fn install_release(
+        &self,
+        ctx: &CallCtx,
+        t: &Target,
+        values: &ReleaseValues,
+    ) -> DriverResult<u32> {
+        self.enter(ctx).await?;
+        let want = values.control_plane.replicas;
+        if want == 0 {
+            return Err(DriverError::permanent(
+                Code::InvalidArgument,
+                "control_plane.replicas must be at least 1",
+            ));
+        }
+        let delay = self.config.ready_delay;
+        self.change(t, "install_release", |s| {
+            if !s.namespace_exists {
+                return Err(DriverError::permanent(
+                    Code::FailedPrecondition,
+                    format!("namespace {} does not exist", t.namespace),
+                ));
+            }
+            if let Some(other) = s.others.first() {
+                return Err(DriverError::permanent(
+                    Code::FailedPrecondition,
+                    format!(
+                        "namespace {} already holds the vcluster release {other} \
+                         (one vcluster per namespace)",
+                        t.namespace
+                    ),
+                ));
+            }
+            let now = s.now;
+            let Some(r) = s.release.as_mut() else {
+                s.release = Some(SimRelease::install(
+                    &t.namespace,
+                    &t.release,
+                    values,
+                    now,
+                    delay,
+                ));
+                return Ok(1);
+            };
+            if r.values == *values {
+                return Ok(r.revision);
+            }
+            r.revision = r.revision.saturating_add(1);
+            r.values = values.clone();
+            if r.paused {
+                // Mechanics §6: an upgrade must not wake a paused vcluster; it resumes
+                // with the new size.
+                r.paused_replicas = Some(want);
+            } else if r.replicas != want {
+                r.scale(want, now, delay);
+            }
+            r.updated_at = now;
+            Ok(r.revision)
+        })
+        .await
+    }
+
+    async fn release(&self, ctx: &CallCtx, t: &Target) -> DriverResult<Option<ReleaseInfo>> {
+        self.enter(ctx).await?;
+        Ok(self.read(t).await?.0.map(|r| r.info()))
+    }
+
+    async fn uninstall_release(&self, ctx: &CallCtx, t: &Target) -> DriverResult<()> {
+        self.enter(ctx).await?;
+        self.change(t, "uninstall_release", |s| {
+            // The release, its pods and the PVC data-NAME-0 (mechanics §7).
+            s.release = None;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn control_plane(
+        &self,
+        ctx: &CallCtx,
+        t: &Target,
+    ) -> DriverResult<Option<ControlPlaneStatus>> {
+        self.enter(ctx).await?;
+        let (release, now) = self.read(t).await?;
+        Ok(release.map(|r| r.control_plane(now)))
+    }
+
+    async fn pause_control_plane(&self, ctx: &CallCtx, t: &Target) -> DriverResult<u32> {
+        self.enter(ctx).await?;
+        let delay = self.config.ready_delay;
+        self.change(t, "pause_control_plane", |s| {
+            let now = s.now;
+            let r = s.release.as_mut().ok_or_else(|| not_found(t))?;
+            if r.paused {
+                return Ok(r.paused_replicas.filter(|n| *n > 0).unwrap_or(1));
+            }
+            // Mechanics §2: already at 0 (stopped from outside) → remember the
+            // configured size, so the pause never records 0.
+            let remember = if r.replicas == 0 {
+                r.values.control_plane.replicas.max(1)
+            } else {
+                r.replicas
+            };
+            r.scale(0, now, delay);
+            r.paused = true;
+            r.paused_replicas = Some(remember);
+            r.paused_at = Some(now);
+            r.updated_at = now;
+            Ok(remember)
+        })
+        .await
+    }
+
+    async fn resume_control_plane(&self, ctx: &CallCtx, t: &Target) -> DriverResult<u32> {
+        self.enter(ctx).await?;
+        let delay = self.config.ready_delay;
+        self.change(t, "resume_control_plane", |s| {
+            let now = s.now;
+            let r = s.release.as_mut().ok_or_else(|| not_found(t))?;
+            if !r.paused {
+                return Ok(r.replicas);
+            }
+            // Mechanics §3: bad or missing paused-replicas → 1.
+            let want = r.paused_replicas.filter(|n| *n > 0).unwrap_or(1);
+            r.scale(want, now, delay);
+            r.paused = false;
+            r.paused_replicas = None;
+            r.paused_at = None;
+            r.updated_at = now;
+            Ok(want)
+        })
+        .await
+    }
+
+    async fn workload_pods(&self, ctx: &CallCtx, t: &Target) -> DriverResult<Vec<String>> {
+        self.enter(ctx).await?;
+        Ok(self
+            .read(t)
+            .await?
+            .0
+            .map(|r| r.workload_pods)
+            .unwrap_or_default())
+    }
+
+    async fn evict_workload_pods(&self, ctx: &CallCtx, t: &Target) -> DriverResult<u32> {
+        self.enter(ctx).await?;
+        self.change(t, "evict_workload_pods", |s| {
+            let now = s.now;
+            let Some(r) = s.release.as_mut() else {
+                return Ok(0);
+            };
+            let n = count(r.workload_pods.len());
+            if n > 0 {
+                r.workload_pods.clear();
+                r.updated_at = now;
+            }
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn reconcile_workloads(&self, ctx: &CallCtx, t: &Target) -> DriverResult<()> {
+        self.enter(ctx).await?;
+        self.change(t, "reconcile_workloads", |s| {
+            let now = s.now;
+            let r = s.release.as_mut().ok_or_else(|| not_found(t))?;
+            if r.paused || r.replicas == 0 {
+                return Err(not_running(t));
+            }
+            if !r.is_running(now) {
+                return Err(DriverError::Transient {
+                    message: format!(
+                        "control plane of {} (namespace {}) is not ready yet",
+                        t.release, t.namespace
+                    ),
+                    retry_after: (r.settles_at - now).to_std().ok(),
+                });
+            }
+            let mut changed = false;
+            for pod in WORKLOAD_PODS {
+                if !r.workload_pods.iter().any(|p| p == pod) {
+                    r.workload_pods.push(pod.to_string());
+                    changed = true;
+                }
+            }
+            if changed {
+                r.workload_pods.sort();
+                r.updated_at = now;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn kubeconfig(&self, ctx: &CallCtx, t: &Target) -> DriverResult<Option<String>> {
+        self.enter(ctx).await?;
+        let (release, now) = self.read(t).await?;
+        Ok(release.and_then(|r| r.kubeconfig(now)))
+    }
+
+    async fn health_check(&self, ctx: &CallCtx, t: &Target) -> DriverResult<bool> {
+        self.enter(ctx).await?;
+        let (release, now) = self.read(t).await?;
+        Ok(release.is_some_and(|r| r.is_running(now)))
+    }
+
+    async fn dump_backing_store(&self, ctx: &CallCtx, t: &Target) -> DriverResult<Vec<u8>> {
+        self.enter(ctx).await?;
+        let (r, now) = self.read_required(t).await?;
+        if !r.is_running(now) {
+            return Err(not_running(t));
+        }
+        Ok(r.backing_store)
+    }
+
+    async fn load_backing_store(&self, ctx: &CallCtx, t: &Target, data: &[u8]) -> DriverResult<()> {
+        self.enter(ctx).await?;
+        self.change(t, "load_backing_store", |s| {
+            let now = s.now;
+            let r = s.release.as_mut().ok_or_else(|| not_found(t))?;
+            if !r.paused && r.replicas > 0 {
+                return Err(DriverError::permanent(
+                    Code::FailedPrecondition,
+                    format!(
+                        "control plane of {} (namespace {}) is running: pause it before \
+                         loading its backing store",
+                        t.release, t.namespace
+                    ),
+                ));
+            }
+            if r.backing_store != data {
+                r.backing_store = data.to_vec();
+                r.updated_at = now;
+            }
+            Ok(())
+        })
+        .await
+    }
+}

@@ -1,0 +1,626 @@
+//! The executor: runs one claimed run of an operation until it ends, waits durably, or
+//! loses its lease.
+//!
+//! Each move is decided by [`plan`] from the journal and then performed; its events are
+//! journaled with the next fenced commit (a step's `StepSucceeded` travels with the next
+//! step's `StepStarted`, and the last one with the operation's outcome, the vcluster's
+//! settlement and the run's completion), so a five-step workflow costs six commits.
+//! Every commit names the run's lease: a worker that lost its lease writes nothing.
+
+use crate::journal::{Journal, JournalError};
+use crate::model::{StepCtx, StepError, StepOutput, WorkflowDef};
+use crate::plan::{Next, plan};
+use crate::registry::Registry;
+use crate::services::Services;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use ovc_driver::{CallCtx, HostDriver, Target};
+use ovc_store::{Commit, ExpectedVersion, Lease, NewEvent, Run, RunUpdate, Store, StreamAppend};
+use ovc_types::error::{Code, Status};
+use ovc_types::event::{Event, EventMetadata, StreamName};
+use ovc_types::state::{OperationState, VClusterState};
+use ovc_types::time::{Clock, IdSource};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How transient failures are retried.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Retries inside one claim, with exponential backoff and jitter, before the run is
+    /// rescheduled durably.
+    pub in_process_retries: usize,
+    /// First in-process backoff.
+    pub min_backoff: Duration,
+    /// Largest in-process backoff.
+    pub max_backoff: Duration,
+    /// First durable backoff.
+    pub min_durable_backoff: Duration,
+    /// Largest durable backoff (`run_at` moves by up to this).
+    pub max_durable_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            in_process_retries: 2,
+            min_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_secs(2),
+            min_durable_backoff: Duration::from_millis(500),
+            max_durable_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn in_process_delay(&self, retry: usize) -> Duration {
+        ExponentialBuilder::default()
+            .with_min_delay(self.min_backoff)
+            .with_max_delay(self.max_backoff)
+            .with_jitter()
+            .with_max_times(retry + 1)
+            .build()
+            .nth(retry)
+            .unwrap_or(self.max_backoff)
+    }
+
+    fn durable_delay(&self, attempt: u32) -> Duration {
+        ExponentialBuilder::default()
+            .with_min_delay(self.min_durable_backoff)
+            .with_max_delay(self.max_durable_backoff)
+            .with_jitter()
+            .with_max_times(attempt as usize + 1)
+            .build()
+            .nth(attempt as usize)
+            .unwrap_or(self.max_durable_backoff)
+    }
+}
+
+/// How a run's execution ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunEnd {
+    /// The operation reached a terminal state; the run is done.
+    Completed(OperationState),
+    /// The run waits (pending step or durable retry) until this time.
+    Rescheduled(chrono::DateTime<chrono::Utc>),
+    /// Shutdown was requested; the lease was released for another worker.
+    Released,
+}
+
+/// Why an execution stopped without finishing its move.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The store failed (including `LeaseLost`: another worker owns the run now).
+    #[error(transparent)]
+    Store(#[from] ovc_store::Error),
+    /// The operation's stream is unusable and cannot even be marked stuck.
+    #[error("operation {0}: {1}")]
+    Unrecoverable(String, String),
+}
+
+/// Runs operations' workflows.
+#[derive(Debug, Clone)]
+pub struct Executor {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// The workflows.
+    pub registry: Arc<Registry>,
+    /// The host.
+    pub driver: Arc<dyn HostDriver>,
+    /// Other services.
+    pub services: Arc<Services>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// The id source.
+    pub ids: Arc<dyn IdSource>,
+    /// Retry policy.
+    pub retry: RetryPolicy,
+    /// This worker's name (the lease owner; `actor` in event metadata).
+    pub owner: String,
+    /// Test knob: run every step's action twice before journaling it, as a crash after
+    /// the effect and before the journal would (omicron's "repeat every node").
+    pub repeat_steps: bool,
+}
+
+/// Events waiting for the next commit.
+#[derive(Default)]
+struct Pending {
+    op: Vec<Event>,
+    extra: Vec<(StreamName, Event)>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.op.is_empty() && self.extra.is_empty()
+    }
+}
+
+struct Run1<'a> {
+    exec: &'a Executor,
+    run: &'a Run,
+    def: &'a WorkflowDef,
+    journal: Journal,
+    pending: Pending,
+    stream: StreamName,
+    vcluster: Option<ovc_types::resource::VCluster>,
+}
+
+impl Executor {
+    /// Executes `run` until it ends, is rescheduled, or `stop` turns true between steps.
+    pub async fn execute(
+        &self,
+        run: &Run,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<RunEnd, ExecError> {
+        let stream = StreamName::operation(run.operation_id);
+        let events = self.store.read_stream(&stream, 0, u32::MAX).await?;
+        let journal = match Journal::fold(&events) {
+            Ok(j) => j,
+            Err(e) => return self.unusable_journal(run, &stream, &events, e).await,
+        };
+        let Some(requested) = journal.requested.clone() else {
+            // An empty stream: nothing was ever requested for this run. Finish it so it
+            // does not block the vcluster's queue; the log says why.
+            tracing::error!(operation = %run.operation_id, "run for an operation with no events");
+            self.commit_raw(run.lease(), Pending::default(), Some(RunUpdate::Complete))
+                .await?;
+            return Ok(RunEnd::Completed(OperationState::Stuck));
+        };
+        let Some(def) = self.registry.get(requested.command.kind()) else {
+            let mut r = Run1 {
+                exec: self,
+                run,
+                def: &WorkflowDef {
+                    kind: requested.command.kind(),
+                    name: "unknown",
+                    steps: vec![],
+                    settle: |_| Err(StepError::permanent(Code::Internal, "no workflow")),
+                },
+                journal,
+                pending: Pending::default(),
+                stream,
+                vcluster: None,
+            };
+            let error = Status::internal(format!(
+                "no workflow is registered for {}",
+                requested.command.kind()
+            ));
+            return r.stuck(error).await;
+        };
+        let vcluster = self
+            .store
+            .get_vcluster_by_uid(requested.vcluster_uid)
+            .await?;
+        let mut r = Run1 {
+            exec: self,
+            run,
+            def,
+            journal,
+            pending: Pending::default(),
+            stream,
+            vcluster,
+        };
+        r.drive(stop).await
+    }
+
+    async fn unusable_journal(
+        &self,
+        run: &Run,
+        stream: &StreamName,
+        events: &[ovc_store::RecordedEvent],
+        error: JournalError,
+    ) -> Result<RunEnd, ExecError> {
+        tracing::error!(operation = %run.operation_id, %error, "operation journal is unusable");
+        let uid = events
+            .first()
+            .and_then(|e| e.decode().ok())
+            .and_then(|e| match e {
+                Event::OperationRequested { vcluster_uid, .. } => Some(vcluster_uid),
+                _ => None,
+            });
+        let status = Status::internal(error.to_string()).with_reason("CORRUPT_JOURNAL");
+        let mut pending = Pending::default();
+        pending.op.push(Event::OperationStuck {
+            error: status.clone(),
+        });
+        if let Some(uid) = uid {
+            pending.extra.push((
+                StreamName::vcluster(uid),
+                Event::VClusterFailed {
+                    operation_id: run.operation_id,
+                    error: status,
+                },
+            ));
+        }
+        let _ = stream;
+        match self
+            .commit_raw_to(run, pending, Some(RunUpdate::Complete))
+            .await
+        {
+            Ok(()) => Ok(RunEnd::Completed(OperationState::Stuck)),
+            Err(ovc_store::Error::Projection(p)) => {
+                // The projections refuse even the stuck marker; finish the run so the
+                // vcluster's queue moves, and leave the story in the log.
+                self.commit_raw(run.lease(), Pending::default(), Some(RunUpdate::Complete))
+                    .await?;
+                Err(ExecError::Unrecoverable(
+                    run.operation_id.to_string(),
+                    p.to_string(),
+                ))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn commit_raw_to(
+        &self,
+        run: &Run,
+        pending: Pending,
+        update: Option<RunUpdate>,
+    ) -> Result<(), ovc_store::Error> {
+        let stream = StreamName::operation(run.operation_id);
+        self.store
+            .commit(self.build_commit(run.lease(), &stream, pending, update, run))
+            .await
+            .map(|_| ())
+    }
+
+    async fn commit_raw(
+        &self,
+        lease: Lease,
+        pending: Pending,
+        update: Option<RunUpdate>,
+    ) -> Result<(), ovc_store::Error> {
+        let commit = Commit {
+            fence: Some(lease),
+            run_update: update,
+            appends: Vec::new(),
+            ..Commit::default()
+        };
+        if pending.is_empty() && update.is_none() {
+            return Ok(());
+        }
+        self.store.commit(commit).await.map(|_| ())
+    }
+
+    fn build_commit(
+        &self,
+        lease: Lease,
+        stream: &StreamName,
+        pending: Pending,
+        update: Option<RunUpdate>,
+        run: &Run,
+    ) -> Commit {
+        let meta = EventMetadata {
+            actor: Some(format!("worker:{}", self.owner)),
+            correlation_id: Some(run.operation_id),
+            ..EventMetadata::default()
+        };
+        let mut appends: Vec<StreamAppend> = Vec::new();
+        if !pending.op.is_empty() {
+            appends.push(StreamAppend {
+                stream: stream.clone(),
+                expected: ExpectedVersion::Any,
+                events: pending
+                    .op
+                    .into_iter()
+                    .map(|e| NewEvent::with_metadata(e, meta.clone()))
+                    .collect(),
+            });
+        }
+        for (s, e) in pending.extra {
+            let event = NewEvent::with_metadata(e, meta.clone());
+            match appends.iter_mut().find(|a| a.stream == s) {
+                Some(a) => a.events.push(event),
+                None => appends.push(StreamAppend {
+                    stream: s,
+                    expected: ExpectedVersion::Any,
+                    events: vec![event],
+                }),
+            }
+        }
+        Commit {
+            appends,
+            fence: Some(lease),
+            run_update: update,
+            ..Commit::default()
+        }
+    }
+}
+
+impl Run1<'_> {
+    fn push(&mut self, event: Event) {
+        // Fold into the local journal at once so planning sees it; if the commit later
+        // fails, this execution stops and the next claim re-reads the stored journal.
+        let next_version = self.journal.version + 1;
+        if let Err(e) = self
+            .journal
+            .apply(self.stream.as_str(), next_version, &event)
+        {
+            tracing::error!(error = %e, "engine produced an illegal event; this is a bug");
+        }
+        self.pending.op.push(event);
+    }
+
+    async fn flush(&mut self, update: Option<RunUpdate>) -> Result<(), ExecError> {
+        if self.pending.is_empty() && update.is_none() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let commit =
+            self.exec
+                .build_commit(self.run.lease(), &self.stream, pending, update, self.run);
+        self.exec.store.commit(commit).await?;
+        Ok(())
+    }
+
+    fn ctx(&self, step: &str) -> StepCtx {
+        let req = self
+            .journal
+            .requested
+            .as_ref()
+            .expect("execute() checked that the operation was requested");
+        StepCtx {
+            operation_id: self.run.operation_id,
+            command: req.command.clone(),
+            vcluster_uid: req.vcluster_uid,
+            vcluster_name: req.vcluster.clone(),
+            project: req.project.clone(),
+            vcluster: self.vcluster.clone(),
+            prior_state: req.prior_state,
+            outputs: self.journal.outputs(),
+            target: Target {
+                namespace: self
+                    .vcluster
+                    .as_ref()
+                    .map(|v| v.host_namespace.clone())
+                    .unwrap_or_else(|| {
+                        ovc_types::resource::host_namespace(&req.project, &req.vcluster)
+                    }),
+                release: req.vcluster.to_string(),
+            },
+            call: CallCtx {
+                operation_id: self.run.operation_id,
+                workflow: self.def.name.to_string(),
+                step: step.to_string(),
+            },
+            driver: self.exec.driver.clone() as Arc<dyn HostDriver>,
+            services: self.exec.services.clone(),
+            store: self.exec.store.clone(),
+            clock: self.exec.clock.clone(),
+            ids: self.exec.ids.clone() as Arc<dyn IdSource>,
+        }
+    }
+
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.exec.clock.now()
+    }
+
+    async fn reschedule(&mut self, after: Duration) -> Result<RunEnd, ExecError> {
+        let run_at = self.now()
+            + chrono::Duration::from_std(after).unwrap_or_else(|_| chrono::Duration::seconds(60));
+        self.flush(Some(RunUpdate::Reschedule { run_at })).await?;
+        Ok(RunEnd::Rescheduled(run_at))
+    }
+
+    async fn drive(&mut self, stop: &watch::Receiver<bool>) -> Result<RunEnd, ExecError> {
+        let mut in_process_retries = 0usize;
+        loop {
+            if *stop.borrow() {
+                self.flush(Some(RunUpdate::Reschedule { run_at: self.now() }))
+                    .await?;
+                return Ok(RunEnd::Released);
+            }
+            match plan(&self.journal, self.def) {
+                Next::Ended => {
+                    self.flush(Some(RunUpdate::Complete)).await?;
+                    return Ok(RunEnd::Completed(
+                        self.journal.terminal.unwrap_or(OperationState::Stuck),
+                    ));
+                }
+                Next::Skip { step } => self.push(Event::StepSkipped { step: step.into() }),
+                Next::Compensate { error } => {
+                    self.push(Event::CompensationStarted { error });
+                }
+                Next::Run {
+                    step,
+                    attempt,
+                    started,
+                } => {
+                    if !started {
+                        self.push(Event::StepStarted {
+                            step: step.into(),
+                            attempt,
+                        });
+                        self.flush(None).await?;
+                    }
+                    let Some(def) = self.def.step(step).cloned() else {
+                        return self
+                            .stuck(Status::internal(format!("no step {step}")))
+                            .await;
+                    };
+                    let ctx = self.ctx(step);
+                    if self.exec.repeat_steps
+                        && let Ok(Ok(StepOutput::Done { .. })) =
+                            tokio::time::timeout(def.timeout, (def.run)(&ctx)).await
+                    {
+                        tracing::debug!(step, "repeat_steps: running the step again");
+                    }
+                    let result = match tokio::time::timeout(def.timeout, (def.run)(&ctx)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(StepError::transient(format!(
+                            "step {step} timed out after {:?}",
+                            def.timeout
+                        ))),
+                    };
+                    match result {
+                        Ok(StepOutput::Done { output, events }) => {
+                            in_process_retries = 0;
+                            self.push(Event::StepSucceeded {
+                                step: step.into(),
+                                output,
+                            });
+                            self.pending.extra.extend(events);
+                        }
+                        Ok(StepOutput::Pending { check_in }) => {
+                            return self.reschedule(check_in).await;
+                        }
+                        Err(StepError::Permanent(status)) => {
+                            self.push(Event::StepFailed {
+                                step: step.into(),
+                                attempt,
+                                error: status.clone(),
+                                will_retry: false,
+                            });
+                            self.push(Event::CompensationStarted { error: status });
+                        }
+                        Err(e @ StepError::Transient { .. }) => {
+                            let status = e.status();
+                            let will_retry = attempt < def.max_attempts;
+                            self.push(Event::StepFailed {
+                                step: step.into(),
+                                attempt,
+                                error: status.clone(),
+                                will_retry,
+                            });
+                            if !will_retry {
+                                self.push(Event::CompensationStarted { error: status });
+                                continue;
+                            }
+                            let hint = match &e {
+                                StepError::Transient { retry_after, .. } => *retry_after,
+                                StepError::Permanent(_) => None,
+                            };
+                            if in_process_retries < self.exec.retry.in_process_retries {
+                                self.flush(None).await?;
+                                let delay = hint.unwrap_or_else(|| {
+                                    self.exec.retry.in_process_delay(in_process_retries)
+                                });
+                                in_process_retries += 1;
+                                tokio::time::sleep(delay).await;
+                            } else {
+                                let delay =
+                                    hint.unwrap_or_else(|| self.exec.retry.durable_delay(attempt));
+                                return self.reschedule(delay).await;
+                            }
+                        }
+                    }
+                }
+                Next::Undo { step } => {
+                    let Some(def) = self.def.step(step).cloned() else {
+                        return self
+                            .stuck(Status::internal(format!("no step {step}")))
+                            .await;
+                    };
+                    let Some(undo) = def.undo else {
+                        self.push(Event::StepCompensated { step: step.into() });
+                        continue;
+                    };
+                    self.flush(None).await?;
+                    let ctx = self.ctx(&format!("undo:{step}"));
+                    let result = match tokio::time::timeout(def.timeout, undo(&ctx)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(StepError::transient(format!(
+                            "undo of {step} timed out after {:?}",
+                            def.timeout
+                        ))),
+                    };
+                    match result {
+                        Ok(StepOutput::Done { events, .. }) => {
+                            in_process_retries = 0;
+                            self.push(Event::StepCompensated { step: step.into() });
+                            self.pending.extra.extend(events);
+                        }
+                        Ok(StepOutput::Pending { check_in }) => {
+                            return self.reschedule(check_in).await;
+                        }
+                        Err(StepError::Permanent(status)) => {
+                            self.push(Event::UndoFailed {
+                                step: step.into(),
+                                error: status,
+                            });
+                        }
+                        Err(StepError::Transient {
+                            message,
+                            retry_after,
+                        }) => {
+                            // Undo retries transient errors without limit (DESIGN.md §6).
+                            tracing::warn!(operation = %self.run.operation_id, step, %message, "undo failed transiently; retrying");
+                            if in_process_retries < self.exec.retry.in_process_retries {
+                                let delay = retry_after.unwrap_or_else(|| {
+                                    self.exec.retry.in_process_delay(in_process_retries)
+                                });
+                                in_process_retries += 1;
+                                tokio::time::sleep(delay).await;
+                            } else {
+                                let delay = retry_after.unwrap_or_else(|| {
+                                    self.exec.retry.durable_delay(self.run.attempts as u32)
+                                });
+                                return self.reschedule(delay).await;
+                            }
+                        }
+                    }
+                }
+                Next::Succeed => {
+                    let ctx = self.ctx("settle");
+                    match (self.def.settle)(&ctx) {
+                        Ok(s) => {
+                            self.push(Event::OperationSucceeded { result: s.result });
+                            self.settle_vcluster(Event::VClusterSettled {
+                                operation_id: self.run.operation_id,
+                                state: s.state,
+                                spec: s.spec,
+                            });
+                            self.flush(Some(RunUpdate::Complete)).await?;
+                            return Ok(RunEnd::Completed(OperationState::Succeeded));
+                        }
+                        Err(e) => self.push(Event::CompensationStarted { error: e.status() }),
+                    }
+                }
+                Next::Fail { error, cancelled } => {
+                    let prior = self
+                        .journal
+                        .requested
+                        .as_ref()
+                        .and_then(|r| r.prior_state)
+                        .unwrap_or(VClusterState::Deleted);
+                    let (event, state) = if cancelled {
+                        (
+                            Event::OperationCancelled { error },
+                            OperationState::Cancelled,
+                        )
+                    } else {
+                        (Event::OperationFailed { error }, OperationState::Failed)
+                    };
+                    self.push(event);
+                    self.settle_vcluster(Event::VClusterReverted {
+                        operation_id: self.run.operation_id,
+                        state: prior,
+                    });
+                    self.flush(Some(RunUpdate::Complete)).await?;
+                    return Ok(RunEnd::Completed(state));
+                }
+                Next::Stuck { error } => return self.stuck(error).await,
+            }
+        }
+    }
+
+    fn settle_vcluster(&mut self, event: Event) {
+        if let Some(req) = &self.journal.requested {
+            self.pending
+                .extra
+                .push((StreamName::vcluster(req.vcluster_uid), event));
+        }
+    }
+
+    async fn stuck(&mut self, error: Status) -> Result<RunEnd, ExecError> {
+        self.push(Event::OperationStuck {
+            error: error.clone(),
+        });
+        self.settle_vcluster(Event::VClusterFailed {
+            operation_id: self.run.operation_id,
+            error,
+        });
+        self.flush(Some(RunUpdate::Complete)).await?;
+        Ok(RunEnd::Completed(OperationState::Stuck))
+    }
+}

@@ -1,0 +1,297 @@
+//! The workflow model: a workflow is an ordered list of named steps, each with `run` and
+//! an optional `undo` (steno's action / undo action), plus what the vcluster becomes on
+//! success.
+//!
+//! Steps are plain async functions over a [`StepCtx`]; they return a [`StepOutput`]
+//! (done with an output, or pending with a check-in time for long waits) or a
+//! [`StepError`] whose kind chooses the path: transient → retry, permanent → compensate.
+//! Step names are persisted in events: never rename one, add a new one.
+
+use crate::services::Services;
+use futures::future::BoxFuture;
+use ovc_driver::{CallCtx, DriverError, HostDriver, Target};
+use ovc_types::command::Command;
+use ovc_types::error::{Code, Status};
+use ovc_types::event::{Event, StreamName};
+use ovc_types::resource::VCluster;
+use ovc_types::spec::VClusterSpec;
+use ovc_types::state::{OperationKind, VClusterState};
+use ovc_types::time::{Clock, IdSource};
+use ovc_types::{OperationId, ProjectName, VClusterId, VClusterName};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a step (or undo) achieved.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepOutput {
+    /// The effect is in place. `output` is journaled and readable by later steps and
+    /// undos; `events` are appended (to their streams) in the same commit.
+    Done {
+        /// Journaled output.
+        output: serde_json::Value,
+        /// Extra events, e.g. `SnapshotCompleted` on `snapshot-<id>`.
+        events: Vec<(StreamName, Event)>,
+    },
+    /// Not yet (e.g. pods still terminating): check again after `check_in`, without
+    /// holding a worker slot. The run is rescheduled durably.
+    Pending {
+        /// When to look again.
+        check_in: Duration,
+    },
+}
+
+impl StepOutput {
+    /// Done with no output.
+    pub fn done() -> Self {
+        StepOutput::Done {
+            output: serde_json::Value::Null,
+            events: Vec::new(),
+        }
+    }
+
+    /// Done with `output`.
+    pub fn output(output: serde_json::Value) -> Self {
+        StepOutput::Done {
+            output,
+            events: Vec::new(),
+        }
+    }
+
+    /// Pending; look again after `check_in`.
+    pub fn pending(check_in: Duration) -> Self {
+        StepOutput::Pending { check_in }
+    }
+}
+
+/// Why a step (or undo) failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StepError {
+    /// Worth retrying: in process with backoff, then durably.
+    #[error("{message}")]
+    Transient {
+        /// What happened.
+        message: String,
+        /// A hint for the next attempt.
+        retry_after: Option<Duration>,
+    },
+    /// Retrying will not help: compensate (or, in an undo, get stuck).
+    #[error("{0}")]
+    Permanent(Status),
+}
+
+impl StepError {
+    /// A transient error.
+    pub fn transient(message: impl Into<String>) -> Self {
+        StepError::Transient {
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A permanent error with `code`.
+    pub fn permanent(code: Code, message: impl Into<String>) -> Self {
+        StepError::Permanent(Status::new(code, message))
+    }
+
+    /// The status to journal.
+    pub fn status(&self) -> Status {
+        match self {
+            StepError::Transient { message, .. } => {
+                Status::new(Code::Unavailable, message.clone()).with_reason("TRANSIENT")
+            }
+            StepError::Permanent(s) => s.clone(),
+        }
+    }
+}
+
+impl From<DriverError> for StepError {
+    fn from(e: DriverError) -> Self {
+        match e {
+            DriverError::Transient {
+                message,
+                retry_after,
+            } => StepError::Transient {
+                message,
+                retry_after,
+            },
+            DriverError::Permanent(s) => StepError::Permanent(s),
+        }
+    }
+}
+
+/// A step's or undo's result.
+pub type StepResult = Result<StepOutput, StepError>;
+
+/// The signature of `run` and `undo`.
+pub type StepFn = for<'a> fn(&'a StepCtx) -> BoxFuture<'a, StepResult>;
+
+/// Decides from the command alone whether a step is skipped (pure, so planning stays
+/// deterministic).
+pub type SkipFn = fn(&Command) -> bool;
+
+/// One step of a workflow.
+#[derive(Clone)]
+pub struct StepDef {
+    /// Persisted name; never rename.
+    pub name: &'static str,
+    /// The action (an ensure).
+    pub run: StepFn,
+    /// The compensation (an ensure that tolerates "run never happened").
+    pub undo: Option<StepFn>,
+    /// Skipped when this returns true for the command.
+    pub skip_if: Option<SkipFn>,
+    /// Attempts before the step fails permanently.
+    pub max_attempts: u32,
+    /// One attempt's time limit; exceeding it is a transient failure.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for StepDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepDef")
+            .field("name", &self.name)
+            .field("undo", &self.undo.is_some())
+            .field("skip_if", &self.skip_if.is_some())
+            .field("max_attempts", &self.max_attempts)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// Default attempts per step.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+/// Default time limit of one attempt.
+pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl StepDef {
+    /// A step with default limits and no undo.
+    pub fn new(name: &'static str, run: StepFn) -> Self {
+        Self {
+            name,
+            run,
+            undo: None,
+            skip_if: None,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            timeout: DEFAULT_STEP_TIMEOUT,
+        }
+    }
+
+    /// With a compensation.
+    pub fn undo(mut self, undo: StepFn) -> Self {
+        self.undo = Some(undo);
+        self
+    }
+
+    /// Skipped when `skip_if(command)`.
+    pub fn skip_if(mut self, skip_if: SkipFn) -> Self {
+        self.skip_if = Some(skip_if);
+        self
+    }
+
+    /// With an attempt limit.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n.max(1);
+        self
+    }
+
+    /// With a per-attempt time limit.
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+}
+
+/// What the vcluster becomes when the workflow succeeds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settlement {
+    /// The stable state (RUNNING, SUSPENDED, DELETED).
+    pub state: VClusterState,
+    /// The new spec, when the workflow changed it.
+    pub spec: Option<VClusterSpec>,
+    /// The operation's `result`.
+    pub result: serde_json::Value,
+}
+
+/// Computes the settlement from the finished workflow's context.
+pub type SettleFn = fn(&StepCtx) -> Result<Settlement, StepError>;
+
+/// A workflow: its kind, its steps in order, and its settlement.
+#[derive(Debug, Clone)]
+pub struct WorkflowDef {
+    /// Which operations it runs.
+    pub kind: OperationKind,
+    /// Short name used in logs and fault rules, e.g. `suspend`.
+    pub name: &'static str,
+    /// The steps, in order.
+    pub steps: Vec<StepDef>,
+    /// The outcome on success.
+    pub settle: SettleFn,
+}
+
+impl WorkflowDef {
+    /// The step called `name`.
+    pub fn step(&self, name: &str) -> Option<&StepDef> {
+        self.steps.iter().find(|s| s.name == name)
+    }
+
+    /// The names of the steps that run for `command` (skipped ones excluded), in order.
+    pub fn planned_steps(&self, command: &Command) -> Vec<String> {
+        self.steps
+            .iter()
+            .filter(|s| !s.skip_if.is_some_and(|f| f(command)))
+            .map(|s| s.name.to_string())
+            .collect()
+    }
+}
+
+/// Everything a step may use. Built by the executor for each attempt.
+pub struct StepCtx {
+    /// The operation.
+    pub operation_id: OperationId,
+    /// Its parameters.
+    pub command: Command,
+    /// The vcluster's uid.
+    pub vcluster_uid: VClusterId,
+    /// The vcluster's name.
+    pub vcluster_name: VClusterName,
+    /// The project.
+    pub project: ProjectName,
+    /// The vcluster as it was when the run was claimed (`None` if it is gone).
+    pub vcluster: Option<VCluster>,
+    /// The stable state before the operation (`None`: it created the vcluster).
+    pub prior_state: Option<VClusterState>,
+    /// Outputs of the steps that succeeded so far, by step name.
+    pub outputs: BTreeMap<String, serde_json::Value>,
+    /// Where on the host.
+    pub target: Target,
+    /// Who is calling (for the driver).
+    pub call: CallCtx,
+    /// The host.
+    pub driver: Arc<dyn HostDriver>,
+    /// Other services (snapshot storage).
+    pub services: Arc<Services>,
+    /// The store, read-only use (e.g. a snapshot's record for a restore).
+    pub store: Arc<dyn ovc_store::Store>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// The id source.
+    pub ids: Arc<dyn IdSource>,
+}
+
+impl StepCtx {
+    /// The output of an earlier step, or Null.
+    pub fn output_of(&self, step: &str) -> &serde_json::Value {
+        self.outputs.get(step).unwrap_or(&serde_json::Value::Null)
+    }
+
+    /// The vcluster's current spec, or a permanent error if the vcluster is unknown.
+    pub fn spec(&self) -> Result<&VClusterSpec, StepError> {
+        self.vcluster.as_ref().map(|v| &v.spec).ok_or_else(|| {
+            StepError::permanent(
+                Code::NotFound,
+                format!("vcluster {} is not in the projections", self.vcluster_uid),
+            )
+        })
+    }
+}

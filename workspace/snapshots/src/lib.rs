@@ -1,0 +1,56 @@
+//! Snapshot artifacts (DESIGN.md §8): where they are stored and what they look like.
+//!
+//! A snapshot is a directory of objects under
+//! `snapshots/<project>/<vcluster>/<snapshot-id>/`: the backing-store data
+//! (`backing-store.bin`) and a `manifest.json` that names every file with its size and
+//! sha256. This crate keeps storage and format apart:
+//!
+//! - [`ArtifactStore`] (here) is the narrow storage interface the engine's steps use:
+//!   put, get, delete a prefix, name a key as a URL. [`key`] holds the rules every key
+//!   obeys, so a key can never climb out of the storage root.
+//! - [`OpendalArtifacts`] ([`opendal_store`]) implements it over Apache OpenDAL: a local
+//!   directory (`file:///abs/path` or a plain path) and `memory://` for tests. Object
+//!   stores (`s3://`, `gcs://`, `azblob://`) arrive in a later issue.
+//! - [`manifest`] is the artifact format (pure: encoding and checksums, no IO) and
+//!   [`artifact`] writes and reads whole snapshots through any [`ArtifactStore`],
+//!   writing the data before the manifest and verifying every checksum on read.
+
+pub mod artifact;
+pub mod key;
+pub mod manifest;
+pub mod opendal_store;
+
+pub use artifact::{SnapshotError, WrittenSnapshot, read_snapshot, write_snapshot};
+pub use manifest::{
+    BACKING_STORE_FILE, FORMAT_VERSION, MANIFEST_FILE, Manifest, ManifestFile, ManifestInput,
+    artifact_prefix,
+};
+pub use opendal_store::OpendalArtifacts;
+
+use async_trait::async_trait;
+use std::fmt::Debug;
+
+/// Why an artifact operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArtifactError {
+    /// Worth retrying (I/O, network).
+    #[error("artifact storage unavailable: {0}")]
+    Unavailable(String),
+    /// The key is malformed or the storage refuses it.
+    #[error("artifact storage refused: {0}")]
+    Refused(String),
+}
+
+/// Where snapshot artifacts live (`snapshots/<project>/<vcluster>/<snapshot-id>/...`).
+#[async_trait]
+pub trait ArtifactStore: Send + Sync + Debug {
+    /// Writes `bytes` at `key` (overwrites: uploads go to keys derived from ids, so a
+    /// repeat writes the same bytes).
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), ArtifactError>;
+    /// Reads `key` (`None`: absent).
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, ArtifactError>;
+    /// Deletes every object under `prefix` (absent: nothing to do).
+    async fn delete_prefix(&self, prefix: &str) -> Result<(), ArtifactError>;
+    /// A URL naming `key`, for `Snapshot.location`.
+    fn url(&self, key: &str) -> String;
+}

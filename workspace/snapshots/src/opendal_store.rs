@@ -1,0 +1,322 @@
+//! [`ArtifactStore`] over Apache OpenDAL, chosen by URL.
+//!
+//! OpenDAL gives one API over local directories and object stores, so adding `s3://`,
+//! `gcs://` or `azblob://` later is a new arm in [`OpendalArtifacts::from_url`], not a new
+//! implementation. Today: a local directory (`file:///abs/path` or a plain path) and
+//! `memory://` (a fresh, empty store per call, for tests). On a local directory every
+//! write goes to a temporary file under `<root>/.ovc-tmp/`, is synced, and is renamed
+//! into place, so a crash never leaves a half-written object under its real key.
+
+use crate::key::{check_key, check_prefix};
+use crate::{ArtifactError, ArtifactStore};
+use async_trait::async_trait;
+use opendal::{ErrorKind, Operator};
+use std::io;
+use std::path::Path;
+
+/// The directory, under the root of a local store, that holds files being written.
+pub const LOCAL_TMP_DIR: &str = ".ovc-tmp";
+
+/// Snapshot artifact storage through an [`opendal::Operator`].
+#[derive(Debug, Clone)]
+pub struct OpendalArtifacts {
+    op: Operator,
+    /// The URL of the root, ending with `/`; [`ArtifactStore::url`] appends the key.
+    root_url: String,
+}
+
+impl OpendalArtifacts {
+    /// Opens the storage named by `url`:
+    ///
+    /// - `file:///abs/path` (or `file://localhost/abs/path`; `%XX` escapes are decoded),
+    /// - a plain filesystem path, absolute or relative to the current directory,
+    /// - `memory://`: a new, empty in-memory store (for tests).
+    ///
+    /// A local directory is created if it does not exist. `s3://`, `gcs://`/`gs://` and
+    /// `azblob://` are refused: object stores arrive in a later issue. Any other scheme,
+    /// an empty URL, or a malformed `file:` URL is refused too.
+    pub fn from_url(url: &str) -> Result<Self, ArtifactError> {
+        if url.is_empty() {
+            return Err(ArtifactError::Refused(
+                "the artifact storage URL is empty (expected file:///abs/path, a path, or \
+                 memory://)"
+                    .to_string(),
+            ));
+        }
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return Self::local_dir(Path::new(url));
+        };
+        match scheme.to_ascii_lowercase().as_str() {
+            "file" => {
+                let path = if rest.starts_with('/') {
+                    rest
+                } else if let Some(path) = rest.strip_prefix("localhost") {
+                    path
+                } else {
+                    return Err(ArtifactError::Refused(format!(
+                        "artifact storage URL {url:?}: a file URL needs an absolute path \
+                         (file:///abs/path); hosts other than localhost are not supported"
+                    )));
+                };
+                if !path.starts_with('/') {
+                    return Err(ArtifactError::Refused(format!(
+                        "artifact storage URL {url:?}: a file URL needs an absolute path \
+                         (file:///abs/path)"
+                    )));
+                }
+                if path.contains(['?', '#']) {
+                    return Err(ArtifactError::Refused(format!(
+                        "artifact storage URL {url:?}: a file URL cannot have a query or \
+                         fragment"
+                    )));
+                }
+                let decoded = percent_decode(path).ok_or_else(|| {
+                    ArtifactError::Refused(format!(
+                        "artifact storage URL {url:?}: bad %-escape or not UTF-8"
+                    ))
+                })?;
+                Self::local_dir(Path::new(&decoded))
+            }
+            "memory" => {
+                if !rest.trim_start_matches('/').is_empty() {
+                    return Err(ArtifactError::Refused(format!(
+                        "artifact storage URL {url:?}: write memory:// (nothing after it)"
+                    )));
+                }
+                Self::memory()
+            }
+            "s3" | "gcs" | "gs" | "azblob" => Err(ArtifactError::Refused(format!(
+                "artifact storage URL {url:?}: {scheme}:// storage is not supported yet (object \
+                 stores arrive in a later issue); use a local directory (file:///abs/path)"
+            ))),
+            _ => Err(ArtifactError::Refused(format!(
+                "artifact storage URL {url:?}: unknown scheme {scheme:?} (supported: \
+                 file:///abs/path, a plain path, memory://)"
+            ))),
+        }
+    }
+
+    /// Opens the local directory `path` (created if missing), relative paths against the
+    /// current directory. [`ArtifactStore::url`] names keys as `file://<canonical root>/key`.
+    pub fn local_dir(path: &Path) -> Result<Self, ArtifactError> {
+        if path.as_os_str().is_empty() {
+            return Err(ArtifactError::Refused(
+                "the artifact directory path is empty".to_string(),
+            ));
+        }
+        let abs = std::path::absolute(path).map_err(|e| {
+            ArtifactError::Unavailable(format!("artifact directory {}: {e}", path.display()))
+        })?;
+        let root = utf8(&abs)?;
+        let tmp_dir = abs.join(LOCAL_TMP_DIR);
+        let tmp = utf8(&tmp_dir)?;
+        let builder = opendal::services::Fs::default()
+            .root(root)
+            .atomic_write_dir(tmp);
+        let op = Operator::new(builder).map_err(|e| map_err("open", root, e))?;
+        // The builder created the directory; name it by its canonical path.
+        let canonical = std::fs::canonicalize(&abs).map_err(|e| {
+            ArtifactError::Unavailable(format!("artifact directory {}: {e}", abs.display()))
+        })?;
+        let canonical = utf8(&canonical)?;
+        let mut root_url = format!("file://{}", percent_encode(canonical));
+        if !root_url.ends_with('/') {
+            root_url.push('/');
+        }
+        Ok(Self { op, root_url })
+    }
+
+    /// A new, empty in-memory store; [`ArtifactStore::url`] names keys as
+    /// `memory:///key`.
+    pub fn memory() -> Result<Self, ArtifactError> {
+        let op = Operator::new(opendal::services::Memory::default())
+            .map_err(|e| map_err("open", "memory://", e))?;
+        Ok(Self {
+            op,
+            root_url: "memory:///".to_string(),
+        })
+    }
+
+    /// The URL of the store's root, ending with `/`.
+    pub fn root_url(&self) -> &str {
+        &self.root_url
+    }
+}
+
+#[async_trait]
+impl ArtifactStore for OpendalArtifacts {
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), ArtifactError> {
+        check_key(key)?;
+        self.op
+            .write(key, bytes)
+            .await
+            .map(|_| ())
+            .map_err(|e| map_err("put", key, e))
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, ArtifactError> {
+        check_key(key)?;
+        match self.op.read(key).await {
+            Ok(buffer) => Ok(Some(buffer.to_vec())),
+            // A "directory", or a path through a file, is not an object: absent, as on an
+            // object store.
+            Err(e)
+                if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::IsADirectory)
+                    || matches!(
+                        io_kind(&e),
+                        Some(io::ErrorKind::IsADirectory | io::ErrorKind::NotADirectory)
+                    ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(map_err("get", key, e)),
+        }
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<(), ArtifactError> {
+        let dir = check_prefix(prefix)?;
+        match self.op.delete_with(&dir).recursive(true).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(map_err("delete", &dir, e)),
+        }
+    }
+
+    fn url(&self, key: &str) -> String {
+        format!("{}{}", self.root_url, percent_encode(key))
+    }
+}
+
+/// Maps an OpenDAL error: what retrying may fix (I/O, a full disk, rate limits,
+/// conflicts, anything OpenDAL marks temporary) is `Unavailable`; what it cannot (bad
+/// config, permissions, a directory or file in the way, a name the filesystem refuses, …)
+/// is `Refused`. OpenDAL marks most local I/O errors temporary, so the underlying
+/// `std::io::Error` is looked at first.
+fn map_err(action: &str, key: &str, e: opendal::Error) -> ArtifactError {
+    let message = format!("{action} {key}: {e}");
+    if matches!(
+        io_kind(&e),
+        Some(
+            io::ErrorKind::IsADirectory
+                | io::ErrorKind::NotADirectory
+                | io::ErrorKind::InvalidFilename
+                | io::ErrorKind::InvalidInput
+                | io::ErrorKind::ReadOnlyFilesystem
+                | io::ErrorKind::FileTooLarge
+                | io::ErrorKind::PermissionDenied
+        )
+    ) {
+        return ArtifactError::Refused(message);
+    }
+    if e.is_temporary() {
+        return ArtifactError::Unavailable(message);
+    }
+    match e.kind() {
+        ErrorKind::Unexpected | ErrorKind::RateLimited | ErrorKind::Conflict => {
+            ArtifactError::Unavailable(message)
+        }
+        _ => ArtifactError::Refused(message),
+    }
+}
+
+/// The kind of the `std::io::Error` behind `e`, if there is one.
+fn io_kind(e: &opendal::Error) -> Option<io::ErrorKind> {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<io::Error>() {
+            return Some(io.kind());
+        }
+        source = s.source();
+    }
+    None
+}
+
+fn utf8(path: &Path) -> Result<&str, ArtifactError> {
+    path.to_str().ok_or_else(|| {
+        ArtifactError::Refused(format!(
+            "artifact directory {} is not UTF-8",
+            path.display()
+        ))
+    })
+}
+
+/// Escapes everything but unreserved characters and `/` (RFC 3986), for URLs.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for byte in s.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~/".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// Decodes `%XX` escapes; `None` on a bad escape or a result that is not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_roundtrip() {
+        for s in ["/a b/c%d/ü", "/plain/path", "/x?y#z"] {
+            assert_eq!(percent_decode(&percent_encode(s)).as_deref(), Some(s));
+        }
+        assert_eq!(percent_encode("/a b"), "/a%20b");
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%FF"), None);
+    }
+
+    #[test]
+    fn temporary_and_io_errors_are_unavailable() {
+        let io = opendal::Error::new(ErrorKind::Unexpected, "disk on fire");
+        assert!(matches!(
+            map_err("put", "k", io),
+            ArtifactError::Unavailable(_)
+        ));
+        let denied = opendal::Error::new(ErrorKind::PermissionDenied, "no");
+        assert!(matches!(
+            map_err("put", "k", denied),
+            ArtifactError::Refused(_)
+        ));
+        let temp = opendal::Error::new(ErrorKind::PermissionDenied, "later").set_temporary();
+        assert!(matches!(
+            map_err("put", "k", temp),
+            ArtifactError::Unavailable(_)
+        ));
+        // OpenDAL marks these temporary; they are not.
+        for kind in [io::ErrorKind::IsADirectory, io::ErrorKind::NotADirectory] {
+            let e = opendal::Error::new(ErrorKind::Unexpected, "fs")
+                .set_temporary()
+                .set_source(io::Error::from(kind));
+            assert_eq!(io_kind(&e), Some(kind));
+            assert!(matches!(map_err("put", "k", e), ArtifactError::Refused(_)));
+        }
+        let full = opendal::Error::new(ErrorKind::Unexpected, "fs")
+            .set_temporary()
+            .set_source(io::Error::from(io::ErrorKind::StorageFull));
+        assert!(matches!(
+            map_err("put", "k", full),
+            ArtifactError::Unavailable(_)
+        ));
+    }
+}
