@@ -132,6 +132,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// lease expired (stolen). Each claim bumps the run's epoch.
     async fn claim_runs(&self, owner: &str, lease_for: Duration, max: u32) -> Result<Vec<Run>>;
 
+    /// Every claim of runs of `vcluster_uid` (all vclusters when `None`), oldest first.
+    async fn lease_history(&self, vcluster_uid: Option<VClusterId>) -> Result<Vec<LeaseRecord>>;
+
     /// A run by id.
     async fn get_run(&self, id: RunId) -> Result<Option<Run>>;
 

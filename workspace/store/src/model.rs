@@ -381,3 +381,33 @@ pub struct RebuildReport {
     /// snapshots written.
     pub snapshots: u64,
 }
+
+/// One claim of a run, from the `run_leases` audit table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LeaseRecord {
+    /// The run.
+    pub run_id: RunId,
+    /// The claim's fencing epoch.
+    pub epoch: i64,
+    /// The vcluster the run serializes on.
+    pub vcluster_uid: VClusterId,
+    /// The worker that claimed it.
+    pub owner: String,
+    /// When it was claimed.
+    pub claimed_at: DateTime<Utc>,
+    /// When the lease expires (moved by renewals).
+    pub lease_until: DateTime<Utc>,
+    /// When the holder completed or released the run (`None`: it never did, e.g. it
+    /// crashed, or it still holds it).
+    pub released_at: Option<DateTime<Utc>>,
+}
+
+impl LeaseRecord {
+    /// The end of the time this claim could act: its release, else its lease expiry.
+    pub fn held_until(&self) -> DateTime<Utc> {
+        match self.released_at {
+            Some(r) if r < self.lease_until => r,
+            _ => self.lease_until,
+        }
+    }
+}

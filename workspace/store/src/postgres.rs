@@ -464,6 +464,21 @@ impl TxOps for PgTx {
         };
         let n = q.execute(&mut *self.tx).await?.rows_affected();
         if n == 1 {
+            let history = match update {
+                RunUpdate::Renew { until } => sqlx::query(
+                    "UPDATE run_leases SET lease_until = $1 WHERE run_id = $2 AND epoch = $3",
+                )
+                .bind(micros(until)),
+                RunUpdate::Complete | RunUpdate::Reschedule { .. } => sqlx::query(
+                    "UPDATE run_leases SET released_at = $1 WHERE run_id = $2 AND epoch = $3",
+                )
+                .bind(now),
+            };
+            history
+                .bind(lease.run_id.as_uuid())
+                .bind(lease.epoch)
+                .execute(&mut *self.tx)
+                .await?;
             Ok(())
         } else {
             Err(Error::LeaseLost {
@@ -1061,11 +1076,16 @@ impl Store for PgStore {
                ORDER BY r.priority DESC, r.run_at, r.seq
                LIMIT $4
                FOR UPDATE OF r SKIP LOCKED)
-             UPDATE runs SET status = 'leased', lease_owner = $1, lease_until = $2,
-               epoch = runs.epoch + 1, attempts = runs.attempts + 1, updated_at = $3
-             FROM candidates WHERE runs.id = candidates.id
-             RETURNING runs.id, runs.operation_id, runs.vcluster_uid, runs.status, runs.run_at,
-               runs.attempts, runs.lease_owner, runs.lease_until, runs.epoch, runs.priority",
+             , claimed AS (
+               UPDATE runs SET status = 'leased', lease_owner = $1, lease_until = $2,
+                 epoch = runs.epoch + 1, attempts = runs.attempts + 1, updated_at = $3
+               FROM candidates WHERE runs.id = candidates.id
+               RETURNING runs.id, runs.operation_id, runs.vcluster_uid, runs.status, runs.run_at,
+                 runs.attempts, runs.lease_owner, runs.lease_until, runs.epoch, runs.priority)
+             , history AS (
+               INSERT INTO run_leases (run_id, epoch, vcluster_uid, owner, claimed_at, lease_until)
+               SELECT id, epoch, vcluster_uid, lease_owner, $3, lease_until FROM claimed)
+             SELECT * FROM claimed",
         )
         .bind(owner)
         .bind(until)
@@ -1084,6 +1104,30 @@ impl Store for PgStore {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    async fn lease_history(&self, vcluster_uid: Option<VClusterId>) -> Result<Vec<LeaseRecord>> {
+        let rows = sqlx::query(
+            "SELECT run_id, epoch, vcluster_uid, owner, claimed_at, lease_until, released_at
+             FROM run_leases WHERE ($1::uuid IS NULL OR vcluster_uid = $1)
+             ORDER BY claimed_at, run_id, epoch",
+        )
+        .bind(vcluster_uid.map(|v| v.as_uuid()))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(LeaseRecord {
+                    run_id: RunId(r.try_get("run_id")?),
+                    epoch: r.try_get("epoch")?,
+                    vcluster_uid: VClusterId(r.try_get("vcluster_uid")?),
+                    owner: r.try_get("owner")?,
+                    claimed_at: r.try_get("claimed_at")?,
+                    lease_until: r.try_get("lease_until")?,
+                    released_at: r.try_get("released_at")?,
+                })
+            })
+            .collect()
     }
 
     async fn get_run(&self, id: RunId) -> Result<Option<Run>> {

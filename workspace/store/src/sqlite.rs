@@ -481,6 +481,21 @@ impl TxOps for SqliteTx {
             .await?
             .rows_affected();
         if n == 1 {
+            let history = match update {
+                RunUpdate::Renew { until } => sqlx::query(
+                    "UPDATE run_leases SET lease_until = ? WHERE run_id = ? AND epoch = ?",
+                )
+                .bind(ts(micros(until))),
+                RunUpdate::Complete | RunUpdate::Reschedule { .. } => sqlx::query(
+                    "UPDATE run_leases SET released_at = ? WHERE run_id = ? AND epoch = ?",
+                )
+                .bind(ts(now)),
+            };
+            history
+                .bind(lease.run_id.to_string())
+                .bind(lease.epoch)
+                .execute(&mut *self.tx)
+                .await?;
             Ok(())
         } else {
             Err(Error::LeaseLost {
@@ -1032,8 +1047,51 @@ impl Store for SqliteStore {
             .bind(i64::from(max))
             .fetch_all(&mut *tx.tx)
             .await?;
+        let runs = rows.iter().map(run_from_row).collect::<Result<Vec<_>>>()?;
+        for run in &runs {
+            sqlx::query(
+                "INSERT INTO run_leases (run_id, epoch, vcluster_uid, owner, claimed_at, lease_until)
+                 VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(run.id.to_string())
+            .bind(run.epoch)
+            .bind(run.vcluster_uid.to_string())
+            .bind(owner)
+            .bind(ts(now))
+            .bind(ts(until))
+            .execute(&mut *tx.tx)
+            .await?;
+        }
         tx.tx.commit().await?;
-        rows.iter().map(run_from_row).collect()
+        Ok(runs)
+    }
+
+    async fn lease_history(&self, vcluster_uid: Option<VClusterId>) -> Result<Vec<LeaseRecord>> {
+        let rows = sqlx::query(
+            "SELECT run_id, epoch, vcluster_uid, owner, claimed_at, lease_until, released_at
+             FROM run_leases WHERE (?1 IS NULL OR vcluster_uid = ?1)
+             ORDER BY claimed_at, run_id, epoch",
+        )
+        .bind(vcluster_uid.map(|v| v.to_string()))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let released: Option<i64> = r.try_get("released_at")?;
+                Ok(LeaseRecord {
+                    run_id: RunId(parse_uuid("run_leases", r.try_get::<&str, _>("run_id")?)?),
+                    epoch: r.try_get("epoch")?,
+                    vcluster_uid: VClusterId(parse_uuid(
+                        "run_leases",
+                        r.try_get::<&str, _>("vcluster_uid")?,
+                    )?),
+                    owner: r.try_get("owner")?,
+                    claimed_at: from_ts("run_leases", r.try_get("claimed_at")?)?,
+                    lease_until: from_ts("run_leases", r.try_get("lease_until")?)?,
+                    released_at: released.map(|v| from_ts("run_leases", v)).transpose()?,
+                })
+            })
+            .collect()
     }
 
     async fn get_run(&self, id: RunId) -> Result<Option<Run>> {

@@ -1131,6 +1131,18 @@ async fn queue_lease_steal_and_fencing(backend: Backend) {
         Err(Error::LeaseLost { .. })
     ));
     assert_eq!(store.next_run_due().await.expect("due"), None);
+    // The audit trail: w1's claim (renewed, never released: it "crashed"), then w2's.
+    let history = store.lease_history(Some(vc)).await.expect("history");
+    assert_eq!(history.len(), 2, "{history:?}");
+    assert_eq!((history[0].owner.as_str(), history[0].epoch), ("w1", 1));
+    assert_eq!(history[0].released_at, None);
+    assert_eq!((history[1].owner.as_str(), history[1].epoch), ("w2", 2));
+    assert!(history[1].released_at.is_some());
+    assert!(
+        history[0].held_until() <= history[1].claimed_at,
+        "the steal overlapped the first lease: {history:?}"
+    );
+    assert!(history[0].lease_until > history[0].claimed_at + Duration::seconds(5), "renewal");
 }
 
 async fn queue_reschedule_is_a_durable_timer(backend: Backend) {

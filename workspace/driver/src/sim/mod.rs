@@ -52,7 +52,7 @@
 //! | variable | default | meaning |
 //! | --- | --- | --- |
 //! | `OVC_SIM_LATENCY_MS` | `0` | slept at the start of every host call |
-//! | `OVC_SIM_READY_MS` | `0` | time from a scale (install, resume, replica change) until the pods exist and are ready |
+//! | `OVC_SIM_READY_MS` | `0` | time from a scale until the pods exist and are ready |
 //! | `OVC_SIM_FAULTS` | none | `;`-separated fault rules `workflow/step:kind[:count]` |
 //!
 //! # Faults
@@ -335,7 +335,13 @@ impl SimHost {
             Some(times) => format!("{hit} of {times}"),
             None => format!("hit {hit}"),
         };
-        tracing::info!(operation_id = %ctx.operation_id, %at, %rule, hit, "sim host: injecting fault");
+        tracing::info!(
+            operation_id = %ctx.operation_id,
+            %at,
+            %rule,
+            hit,
+            "sim host: injecting fault"
+        );
         match rule.kind {
             FaultKind::Transient => Err(DriverError::transient(format!(
                 "injected transient fault at {at} ({which})"
@@ -382,7 +388,12 @@ impl SimHost {
         match Self::change_in(&mut tx, t, method, f).await {
             Ok((out, true)) => {
                 tx.commit().await?;
-                tracing::debug!(method, namespace = %t.namespace, release = %t.release, "sim host: changed");
+                tracing::debug!(
+                    method,
+                    namespace = %t.namespace,
+                    release = %t.release,
+                    "sim host: changed"
+                );
                 Ok(out)
             }
             Ok((out, false)) => {
