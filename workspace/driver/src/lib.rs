@@ -132,6 +132,12 @@ pub type DriverResult<T> = Result<T, DriverError>;
 /// What ovc does to a host cluster. Every method is idempotent (an *ensure*).
 #[async_trait]
 pub trait HostDriver: Send + Sync + std::fmt::Debug {
+    /// Called by the engine before every step attempt and undo attempt, before the step
+    /// touches anything. The real drivers do nothing; the simulated host injects its
+    /// faults here, so a step can be faulted even if it never calls the host.
+    async fn begin_step(&self, _ctx: &CallCtx) -> DriverResult<()> {
+        Ok(())
+    }
     /// Creates the namespace (labelled as ours) unless it exists.
     async fn ensure_namespace(&self, ctx: &CallCtx, t: &Target) -> DriverResult<()>;
     /// Deletes the namespace; `Ok(true)` once it is gone (404 counts as gone).

@@ -439,13 +439,17 @@ impl Run1<'_> {
                             .await;
                     };
                     let ctx = self.ctx(step);
+                    let run = async {
+                        ctx.driver.begin_step(&ctx.call).await?;
+                        (def.run)(&ctx).await
+                    };
                     if self.exec.repeat_steps
                         && let Ok(Ok(StepOutput::Done { .. })) =
                             tokio::time::timeout(def.timeout, (def.run)(&ctx)).await
                     {
                         tracing::debug!(step, "repeat_steps: running the step again");
                     }
-                    let result = match tokio::time::timeout(def.timeout, (def.run)(&ctx)).await {
+                    let result = match tokio::time::timeout(def.timeout, run).await {
                         Ok(r) => r,
                         Err(_) => Err(StepError::transient(format!(
                             "step {step} timed out after {:?}",
@@ -517,7 +521,11 @@ impl Run1<'_> {
                     };
                     self.flush(None).await?;
                     let ctx = self.ctx(&format!("undo:{step}"));
-                    let result = match tokio::time::timeout(def.timeout, undo(&ctx)).await {
+                    let run_undo = async {
+                        ctx.driver.begin_step(&ctx.call).await?;
+                        undo(&ctx).await
+                    };
+                    let result = match tokio::time::timeout(def.timeout, run_undo).await {
                         Ok(r) => r,
                         Err(_) => Err(StepError::transient(format!(
                             "undo of {step} timed out after {:?}",

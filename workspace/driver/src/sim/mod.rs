@@ -314,6 +314,11 @@ impl SimHost {
         if !self.config.latency.is_zero() {
             tokio::time::sleep(self.config.latency).await;
         }
+        self.inject_faults(ctx).await
+    }
+
+    /// Fires the fault rules matching `ctx`, counting the hit (see the module docs).
+    async fn inject_faults(&self, ctx: &CallCtx) -> DriverResult<()> {
         let rules: Vec<&FaultRule> = self
             .config
             .faults
@@ -466,6 +471,11 @@ impl SimHost {
 
 #[async_trait]
 impl HostDriver for SimHost {
+    async fn begin_step(&self, ctx: &CallCtx) -> DriverResult<()> {
+        // Steps that never call the host (verifying an artifact) can be faulted too.
+        self.inject_faults(ctx).await
+    }
+
     async fn ensure_namespace(&self, ctx: &CallCtx, t: &Target) -> DriverResult<()> {
         self.enter(ctx).await?;
         check_namespace(t)?;
