@@ -47,8 +47,11 @@ struct Workers {
 impl Workers {
     fn spawn(&mut self, slot: usize) -> Child {
         self.started += 1;
-        let log = std::fs::File::create(self.log_dir.join(format!("worker-{slot}-{}.log", self.started)))
-            .expect("log file");
+        let log = std::fs::File::create(
+            self.log_dir
+                .join(format!("worker-{slot}-{}.log", self.started)),
+        )
+        .expect("log file");
         let mut cmd = Process::new(ovc_bin());
         cmd.args([
             "worker",
@@ -121,7 +124,11 @@ impl Drop for Workers {
     }
 }
 
-async fn submit(store: &dyn Store, vc: &str, command: Command) -> Result<OperationId, ovc_types::Status> {
+async fn submit(
+    store: &dyn Store,
+    vc: &str,
+    command: Command,
+) -> Result<OperationId, ovc_types::Status> {
     accept(
         store,
         &ovc_workflows::registry(),
@@ -140,7 +147,13 @@ async fn submit(store: &dyn Store, vc: &str, command: Command) -> Result<Operati
 }
 
 /// A command that is valid for a vcluster in `state`, chosen at random.
-fn pick(rng: &mut Rng, state: Option<VClusterState>, replicas: u32, snapshot: Option<SnapshotId>, vc: &str) -> Option<Command> {
+fn pick(
+    rng: &mut Rng,
+    state: Option<VClusterState>,
+    replicas: u32,
+    snapshot: Option<SnapshotId>,
+    vc: &str,
+) -> Option<Command> {
     let scale = |r: u32| Command::Scale {
         patch: ScalePatch {
             control_plane: Some(ControlPlanePatch {
@@ -195,7 +208,13 @@ fn check_leases(history: &[LeaseRecord]) -> (usize, Vec<f64>) {
                 a.held_until() <= b.claimed_at,
                 "vcluster {vc}: claim {}@{} by {} overlaps the previous claim {}@{} by {} \
                  (held until {})",
-                b.run_id, b.epoch, b.owner, a.run_id, a.epoch, a.owner, a.held_until()
+                b.run_id,
+                b.epoch,
+                b.owner,
+                a.run_id,
+                a.epoch,
+                a.owner,
+                a.held_until()
             );
             if a.released_at.is_none() && a.run_id == b.run_id {
                 steals += 1;
@@ -206,7 +225,13 @@ fn check_leases(history: &[LeaseRecord]) -> (usize, Vec<f64>) {
     (steals, recoveries)
 }
 
-async fn crash_test(backend: Backend, workers: usize, min_duration: Duration, min_ops: usize, vclusters: usize) {
+async fn crash_test(
+    backend: Backend,
+    workers: usize,
+    min_duration: Duration,
+    min_ops: usize,
+    vclusters: usize,
+) {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -235,7 +260,10 @@ async fn crash_test(backend: Backend, workers: usize, min_duration: Duration, mi
     let mut next_kill = Instant::now() + Duration::from_millis(700 + rng.below(600));
     let mut kills = 0;
     while start.elapsed() < min_duration || accepted.len() < min_ops {
-        assert!(start.elapsed() < min_duration * 4, "could not submit {min_ops} operations");
+        assert!(
+            start.elapsed() < min_duration * 4,
+            "could not submit {min_ops} operations"
+        );
         if Instant::now() >= next_kill {
             let slot = rng.below(workers as u64) as usize;
             pool.kill_and_restart(slot);
@@ -243,8 +271,14 @@ async fn crash_test(backend: Backend, workers: usize, min_duration: Duration, mi
             next_kill = Instant::now() + Duration::from_millis(700 + rng.below(600));
         }
         let vc = &names[rng.below(names.len() as u64) as usize];
-        let current = store.get_vcluster(&project(), &name(vc)).await.expect("get");
-        let replicas = current.as_ref().map(|v| v.spec.control_plane.replicas).unwrap_or(1);
+        let current = store
+            .get_vcluster(&project(), &name(vc))
+            .await
+            .expect("get");
+        let replicas = current
+            .as_ref()
+            .map(|v| v.spec.control_plane.replicas)
+            .unwrap_or(1);
         // Snapshots become restorable once their operation succeeded.
         for (op, owner) in snapshot_ops.clone() {
             if let Some(o) = store.get_operation(op).await.expect("op")
@@ -256,11 +290,20 @@ async fn crash_test(backend: Backend, workers: usize, min_duration: Duration, mi
                 }
             }
         }
-        let Some(command) = pick(&mut rng, current.as_ref().map(|v| v.state), replicas, snapshots.get(vc).copied(), vc) else {
+        let Some(command) = pick(
+            &mut rng,
+            current.as_ref().map(|v| v.state),
+            replicas,
+            snapshots.get(vc).copied(),
+            vc,
+        ) else {
             tokio::time::sleep(Duration::from_millis(5)).await;
             continue;
         };
-        let is_snapshot = matches!(command, Command::Snapshot { .. } | Command::Suspend { snapshot: true, .. });
+        let is_snapshot = matches!(
+            command,
+            Command::Snapshot { .. } | Command::Suspend { snapshot: true, .. }
+        );
         let is_delete = matches!(command, Command::Delete {});
         match submit(store.as_ref(), vc, command).await {
             Ok(id) => {
@@ -273,7 +316,11 @@ async fn crash_test(backend: Backend, workers: usize, min_duration: Duration, mi
                 }
             }
             // Lost a race with a state change: a correct refusal, nothing was written.
-            Err(s) if matches!(s.code, Code::FailedPrecondition | Code::Aborted | Code::AlreadyExists) => {}
+            Err(s)
+                if matches!(
+                    s.code,
+                    Code::FailedPrecondition | Code::Aborted | Code::AlreadyExists
+                ) => {}
             Err(s) => panic!("submit failed: {s}"),
         }
         tokio::time::sleep(Duration::from_millis(20 + rng.below(30))).await;
@@ -288,11 +335,19 @@ async fn crash_test(backend: Backend, workers: usize, min_duration: Duration, mi
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut pending: HashSet<OperationId> = accepted.iter().copied().collect();
     while !pending.is_empty() {
-        assert!(Instant::now() < deadline, "{} operations never finished", pending.len());
+        assert!(
+            Instant::now() < deadline,
+            "{} operations never finished",
+            pending.len()
+        );
         for id in pending.clone() {
             let op = store.get_operation(id).await.expect("get").expect("op");
             if op.done {
-                assert_eq!(op.state, OperationState::Succeeded, "no faults were injected: {op:#?}");
+                assert_eq!(
+                    op.state,
+                    OperationState::Succeeded,
+                    "no faults were injected: {op:#?}"
+                );
                 pending.remove(&id);
             }
         }
@@ -327,13 +382,21 @@ async fn crash_test(backend: Backend, workers: usize, min_duration: Duration, mi
     }
 
     // The simulated host equals the projections.
-    let sim = ovc_driver::sim::SimHost::connect(db.url(), db.config().pg_schema.as_deref(), Default::default())
-        .await
-        .expect("sim");
+    let sim = ovc_driver::sim::SimHost::connect(
+        db.url(),
+        db.config().pg_schema.as_deref(),
+        Default::default(),
+    )
+    .await
+    .expect("sim");
     let state = sim.state().await.expect("sim state");
     let mut live_namespaces = HashSet::new();
     for vc in &names {
-        let Some(v) = store.get_vcluster(&project(), &name(vc)).await.expect("get") else {
+        let Some(v) = store
+            .get_vcluster(&project(), &name(vc))
+            .await
+            .expect("get")
+        else {
             continue;
         };
         let ns = host_namespace(&project(), &name(vc));
@@ -348,7 +411,10 @@ async fn crash_test(backend: Backend, workers: usize, min_duration: Duration, mi
             }
             VClusterState::Suspended => {
                 let r = release.unwrap_or_else(|| panic!("{vc} SUSPENDED without a release"));
-                assert!(r.paused && r.replicas == 0, "{vc} SUSPENDED but running on the host");
+                assert!(
+                    r.paused && r.replicas == 0,
+                    "{vc} SUSPENDED but running on the host"
+                );
                 live_namespaces.insert(ns);
             }
             VClusterState::Deleted => assert!(release.is_none(), "{vc} DELETED but installed"),
@@ -356,20 +422,31 @@ async fn crash_test(backend: Backend, workers: usize, min_duration: Duration, mi
         }
     }
     let on_host: HashSet<String> = state.namespaces.iter().map(|n| n.name.clone()).collect();
-    assert_eq!(on_host, live_namespaces, "namespaces on the host vs live vclusters");
+    assert_eq!(
+        on_host, live_namespaces,
+        "namespaces on the host vs live vclusters"
+    );
 
     // No two claims on one vcluster overlapped; kills did hit running operations.
     let history = store.lease_history(None).await.expect("history");
     let (steals, mut recoveries) = check_leases(&history);
     recoveries.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| recoveries.get(((recoveries.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0.0);
+    let pct = |p: f64| {
+        recoveries
+            .get(((recoveries.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
     eprintln!(
         "{} claims, {steals} leases stolen after kill -9; recovery (lease expiry -> next claim) p50 {:.3}s p99 {:.3}s",
         history.len(),
         pct(0.5),
         pct(0.99)
     );
-    assert!(kills >= (min_duration.as_secs() as usize) / 2, "too few kills: {kills}");
+    assert!(
+        kills >= (min_duration.as_secs() as usize) / 2,
+        "too few kills: {kills}"
+    );
     assert!(steals >= 1, "no kill ever interrupted a running operation");
     // Projections are what the events say.
     let live = store.dump_projections().await.expect("dump");

@@ -269,7 +269,6 @@ pub(crate) struct Projector {
     vclusters: HashMap<VClusterId, Option<VCluster>>,
     operations: HashMap<OperationId, Option<Operation>>,
     snapshots: HashMap<SnapshotId, Option<Snapshot>>,
-    dirty: usize,
     written: (u64, u64, u64),
 }
 
@@ -340,22 +339,19 @@ impl Projector {
         } else {
             return Ok(());
         }
-        self.dirty += 1;
         Ok(())
-    }
-
-    /// Events folded since the last flush.
-    pub(crate) fn pending(&self) -> usize {
-        self.dirty
     }
 
     /// Saves every entity touched and empties the cache.
     pub(crate) async fn flush<T: TxOps>(&mut self, tx: &mut T) -> Result<()> {
-        for (_, vc) in self.vclusters.drain() {
-            if let Some(vc) = vc {
-                tx.save_vcluster(&vc).await?;
-                self.written.0 += 1;
-            }
+        // Deleted incarnations first: a rebuild may replay a delete and the re-creation
+        // of the same name in one batch, and the live-name index must never see both
+        // live at once.
+        let mut vclusters: Vec<VCluster> = self.vclusters.drain().filter_map(|(_, v)| v).collect();
+        vclusters.sort_by_key(|v| v.state != ovc_types::VClusterState::Deleted);
+        for vc in vclusters {
+            tx.save_vcluster(&vc).await?;
+            self.written.0 += 1;
         }
         for (_, op) in self.operations.drain() {
             if let Some(op) = op {
@@ -369,7 +365,6 @@ impl Projector {
                 self.written.2 += 1;
             }
         }
-        self.dirty = 0;
         Ok(())
     }
 

@@ -1009,9 +1009,8 @@ impl Store for PgStore {
                 after = rec.position as i64;
                 events += 1;
             }
-            if projector.pending() >= 1000 {
-                projector.flush(&mut tx).await?;
-            }
+            // Save each batch, so memory stays bounded however long the log is.
+            projector.flush(&mut tx).await?;
         }
         projector.flush(&mut tx).await?;
         tx.tx.commit().await?;

@@ -972,9 +972,8 @@ impl Store for SqliteStore {
                 after = rec.position as i64;
                 events += 1;
             }
-            if projector.pending() >= 1000 {
-                projector.flush(&mut tx).await?;
-            }
+            // Save each batch, so memory stays bounded however long the log is.
+            projector.flush(&mut tx).await?;
         }
         projector.flush(&mut tx).await?;
         tx.tx.commit().await?;

@@ -909,6 +909,19 @@ async fn rebuild_projections_equals_live_tables(backend: Backend) {
                 .await
                 .expect("steps"),
         );
+        if i == 0 {
+            // Push vc-0's deletion into the next rebuild batch of 1000 events.
+            committed(
+                store
+                    .commit(append(
+                        &stream("test-filler"),
+                        ExpectedVersion::Any,
+                        (0..1000).map(|i| step("filler", i)).collect(),
+                    ))
+                    .await
+                    .expect("filler"),
+            );
+        }
         if i % 3 == 0 {
             committed(
                 store
@@ -926,10 +939,17 @@ async fn rebuild_projections_equals_live_tables(backend: Backend) {
             );
         }
     }
+    // vc-0 was deleted (in a later rebuild batch than its creation) and is created again.
+    committed(
+        store
+            .commit(create_commit(uid(), opid(), "vc-0", None))
+            .await
+            .expect("re-create vc-0"),
+    );
     let before = store.dump_projections().await.expect("dump");
-    assert_eq!(before.vclusters.len(), 12);
-    assert_eq!(before.operations.len(), 12);
-    assert_eq!(before.operation_steps.len(), 24);
+    assert_eq!(before.vclusters.len(), 13);
+    assert_eq!(before.operations.len(), 13);
+    assert_eq!(before.operation_steps.len(), 26);
     let report = store.rebuild_projections().await.expect("rebuild");
     assert_eq!(report.events, store.head_position().await.expect("head"));
     let after = store.dump_projections().await.expect("dump");
@@ -1142,7 +1162,10 @@ async fn queue_lease_steal_and_fencing(backend: Backend) {
         history[0].held_until() <= history[1].claimed_at,
         "the steal overlapped the first lease: {history:?}"
     );
-    assert!(history[0].lease_until > history[0].claimed_at + Duration::seconds(5), "renewal");
+    assert!(
+        history[0].lease_until > history[0].claimed_at + Duration::seconds(5),
+        "renewal"
+    );
 }
 
 async fn queue_reschedule_is_a_durable_timer(backend: Backend) {
