@@ -42,6 +42,8 @@ pub struct HarnessOptions {
     pub sim: SimConfig,
     /// Run every step twice (crash after effect, before journal).
     pub repeat_steps: bool,
+    /// Caps step time limits (for hang tests).
+    pub max_step_timeout: Option<Duration>,
 }
 
 /// A fresh database, the simulated host on it, a snapshot directory, and one in-process
@@ -108,6 +110,7 @@ impl Harness {
             retry: fast_retries(),
             owner: String::new(),
             repeat_steps: options.repeat_steps,
+            max_step_timeout: options.max_step_timeout,
         };
         let worker = Worker::new(
             exec,

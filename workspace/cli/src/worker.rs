@@ -61,6 +61,7 @@ pub async fn build(store: Arc<dyn Store>, args: &WorkerArgs) -> anyhow::Result<W
         retry: RetryPolicy::default(),
         owner: String::new(),
         repeat_steps: false,
+        max_step_timeout: None,
     };
     Ok(Worker::new(
         exec,

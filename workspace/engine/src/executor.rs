@@ -119,6 +119,8 @@ pub struct Executor {
     /// Test knob: run every step's action twice before journaling it, as a crash after
     /// the effect and before the journal would (omicron's "repeat every node").
     pub repeat_steps: bool,
+    /// Caps every step's (and undo's) time limit; `None` keeps the definitions' limits.
+    pub max_step_timeout: Option<Duration>,
 }
 
 /// Events waiting for the next commit.
@@ -145,6 +147,10 @@ struct Run1<'a> {
 }
 
 impl Executor {
+    fn cap(&self, timeout: Duration) -> Duration {
+        self.max_step_timeout.map_or(timeout, |m| m.min(timeout))
+    }
+
     /// Executes `run` until it ends, is rescheduled, or `stop` turns true between steps.
     pub async fn execute(
         &self,
@@ -433,11 +439,12 @@ impl Run1<'_> {
                         });
                         self.flush(None).await?;
                     }
-                    let Some(def) = self.def.step(step).cloned() else {
+                    let Some(mut def) = self.def.step(step).cloned() else {
                         return self
                             .stuck(Status::internal(format!("no step {step}")))
                             .await;
                     };
+                    def.timeout = self.exec.cap(def.timeout);
                     let ctx = self.ctx(step);
                     let run = async {
                         ctx.driver.begin_step(&ctx.call).await?;
@@ -510,11 +517,12 @@ impl Run1<'_> {
                     }
                 }
                 Next::Undo { step } => {
-                    let Some(def) = self.def.step(step).cloned() else {
+                    let Some(mut def) = self.def.step(step).cloned() else {
                         return self
                             .stuck(Status::internal(format!("no step {step}")))
                             .await;
                     };
+                    def.timeout = self.exec.cap(def.timeout);
                     let Some(undo) = def.undo else {
                         self.push(Event::StepCompensated { step: step.into() });
                         continue;

@@ -1,0 +1,297 @@
+//! Engine behaviour on the simulated host: cancellation, time limits, attempt limits,
+//! stuck compensation, durable waits, and refusals at accept time.
+
+use ovc_driver::sim::{FaultRule, SimConfig};
+use ovc_engine::accept::cancel;
+use ovc_store::{Backend, RunStatus};
+use ovc_tests::{Harness, HarnessOptions};
+use ovc_types::Code;
+use ovc_types::command::Command;
+use ovc_types::resource::host_namespace;
+use ovc_types::spec::{ControlPlanePatch, ScalePatch, VClusterSpec};
+use ovc_types::state::{OperationState, StepState, VClusterState};
+use std::time::Duration;
+
+async fn harness(rules: &str, ready_delay_ms: u64, max_step_timeout: Option<Duration>) -> Harness {
+    Harness::start(
+        Backend::Sqlite,
+        HarnessOptions {
+            sim: SimConfig {
+                faults: if rules.is_empty() {
+                    vec![]
+                } else {
+                    FaultRule::parse_list(rules).expect("rules")
+                },
+                ready_delay: Duration::from_millis(ready_delay_ms),
+                ..SimConfig::default()
+            },
+            repeat_steps: false,
+            max_step_timeout,
+        },
+    )
+    .await
+}
+
+fn create() -> Command {
+    Command::Create {
+        spec: VClusterSpec::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_compensates_a_running_operation() {
+    let h = harness("", 3000, None).await;
+    let id = h.submit("vc", create()).await.expect("submit");
+    // Wait until it is waiting for readiness (namespace and release are in place).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let op = h.store.get_operation(id).await.expect("get").expect("op");
+        if op
+            .steps
+            .iter()
+            .any(|s| s.name == "wait_ready" && s.state == StepState::Running)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never reached wait_ready: {op:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cancel(h.store.as_ref(), id, Some("test".into()))
+        .await
+        .expect("cancel");
+    let op = h.wait(id).await;
+    assert_eq!(op.state, OperationState::Cancelled, "{op:#?}");
+    assert_eq!(op.error.as_ref().map(|e| e.code), Some(Code::Cancelled));
+    assert_eq!(
+        h.vcluster("vc").await.map(|v| v.state),
+        Some(VClusterState::Deleted)
+    );
+    let state = h.sim.state().await.expect("state");
+    assert!(
+        state.namespaces.is_empty() && state.releases.is_empty(),
+        "{state:#?}"
+    );
+    // A finished operation cannot be cancelled.
+    let err = cancel(h.store.as_ref(), id, None).await.expect_err("done");
+    assert_eq!(err.code, Code::FailedPrecondition);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_step_times_out_then_compensates() {
+    let h = harness(
+        "suspend/scale_to_zero:hang",
+        0,
+        Some(Duration::from_millis(100)),
+    )
+    .await;
+    assert_eq!(h.run("vc", create()).await.state, OperationState::Succeeded);
+    let op = h
+        .run(
+            "vc",
+            Command::Suspend {
+                snapshot: false,
+                evict_workloads: false,
+            },
+        )
+        .await;
+    assert_eq!(op.state, OperationState::Failed, "{op:#?}");
+    let step = op
+        .steps
+        .iter()
+        .find(|s| s.name == "scale_to_zero")
+        .expect("step");
+    assert_eq!(step.attempts, 5, "the default attempt limit");
+    assert!(
+        step.error
+            .as_ref()
+            .is_some_and(|e| e.message.contains("timed out")),
+        "{step:#?}"
+    );
+    assert_eq!(
+        h.vcluster("vc").await.map(|v| v.state),
+        Some(VClusterState::Running)
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_beyond_the_limit_compensate() {
+    let h = harness("scale/upgrade_release:transient:100", 0, None).await;
+    assert_eq!(h.run("vc", create()).await.state, OperationState::Succeeded);
+    let before = h.vcluster("vc").await.expect("vc").spec;
+    let op = h
+        .run(
+            "vc",
+            Command::Scale {
+                patch: ScalePatch {
+                    control_plane: Some(ControlPlanePatch {
+                        replicas: Some(3),
+                        ..ControlPlanePatch::default()
+                    }),
+                    quota: None,
+                },
+            },
+        )
+        .await;
+    assert_eq!(op.state, OperationState::Failed, "{op:#?}");
+    assert_eq!(op.steps[0].attempts, 5);
+    let vc = h.vcluster("vc").await.expect("vc");
+    assert_eq!(vc.state, VClusterState::Running);
+    assert_eq!(vc.spec, before);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_undo_failure_leaves_the_operation_stuck_and_the_vcluster_failed() {
+    let h = harness(
+        "suspend/wait_pods_gone:permanent;suspend/undo:scale_to_zero:permanent",
+        0,
+        None,
+    )
+    .await;
+    assert_eq!(h.run("vc", create()).await.state, OperationState::Succeeded);
+    let op = h
+        .run(
+            "vc",
+            Command::Suspend {
+                snapshot: false,
+                evict_workloads: false,
+            },
+        )
+        .await;
+    assert_eq!(op.state, OperationState::Stuck, "{op:#?}");
+    let steps: Vec<(&str, StepState)> = op
+        .steps
+        .iter()
+        .map(|s| (s.name.as_str(), s.state))
+        .collect();
+    assert!(
+        steps.contains(&("scale_to_zero", StepState::Failed)),
+        "{steps:?}"
+    );
+    assert!(
+        steps.contains(&("wait_pods_gone", StepState::Failed)),
+        "{steps:?}"
+    );
+    assert_eq!(
+        h.vcluster("vc").await.map(|v| v.state),
+        Some(VClusterState::Failed)
+    );
+    // FAILED allows delete, which cleans up.
+    let del = h.run("vc", Command::Delete {}).await;
+    assert_eq!(del.state, OperationState::Succeeded, "{del:#?}");
+    assert_eq!(
+        h.vcluster("vc").await.map(|v| v.state),
+        Some(VClusterState::Deleted)
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_waits_are_durable_timers_not_held_slots() {
+    let h = harness("", 600, None).await;
+    let op = h.run("vc", create()).await;
+    assert_eq!(op.state, OperationState::Succeeded, "{op:#?}");
+    let runs = h.store.runs_of_operation(op.id).await.expect("runs");
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].status, RunStatus::Done);
+    assert!(
+        runs[0].attempts > 1,
+        "waiting for readiness should have released and re-claimed the run: {runs:?}"
+    );
+    let history = h
+        .store
+        .lease_history(Some(op.vcluster_uid))
+        .await
+        .expect("history");
+    assert!(
+        history.iter().all(|l| l.released_at.is_some()),
+        "{history:?}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_commands_write_nothing() {
+    let h = harness("", 0, None).await;
+    assert_eq!(h.run("vc", create()).await.state, OperationState::Succeeded);
+    let suspend = Command::Suspend {
+        snapshot: false,
+        evict_workloads: false,
+    };
+    assert_eq!(
+        h.run("vc", suspend.clone()).await.state,
+        OperationState::Succeeded
+    );
+    let head = h.store.head_position().await.expect("head");
+    let cases = [
+        ("vc", suspend.clone(), Code::FailedPrecondition),
+        (
+            "vc",
+            Command::Snapshot { description: None },
+            Code::FailedPrecondition,
+        ),
+        ("vc", create(), Code::AlreadyExists),
+        (
+            "nope",
+            Command::Resume {
+                reconcile_workloads: false,
+            },
+            Code::NotFound,
+        ),
+        (
+            "bad",
+            Command::Create {
+                spec: serde_json::from_value(serde_json::json!({"control_plane": {"replicas": 2}}))
+                    .expect("spec"),
+            },
+            Code::InvalidArgument,
+        ),
+    ];
+    for (vc, command, code) in cases {
+        let err = h.submit(vc, command.clone()).await.expect_err("refused");
+        assert_eq!(err.code, code, "{vc} {command:?}: {err}");
+    }
+    assert_eq!(
+        h.store.head_position().await.expect("head"),
+        head,
+        "a refusal wrote"
+    );
+    // Scaling a running vcluster with a patch that changes nothing is INVALID_ARGUMENT.
+    assert_eq!(
+        h.run(
+            "vc",
+            Command::Resume {
+                reconcile_workloads: false
+            }
+        )
+        .await
+        .state,
+        OperationState::Succeeded
+    );
+    let err = h
+        .submit(
+            "vc",
+            Command::Scale {
+                patch: ScalePatch::default(),
+            },
+        )
+        .await
+        .expect_err("empty patch");
+    assert_eq!(err.code, Code::InvalidArgument);
+    let ns = host_namespace(&ovc_tests::project(), &ovc_tests::name("bad"));
+    assert!(
+        !h.sim
+            .state()
+            .await
+            .expect("s")
+            .namespaces
+            .iter()
+            .any(|n| n.name == ns)
+    );
+    h.stop().await;
+}
