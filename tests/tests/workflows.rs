@@ -242,6 +242,7 @@ async fn harness(rules: &str, repeat_steps: bool) -> Harness {
                 ..SimConfig::default()
             },
             repeat_steps,
+            max_step_timeout: None,
         },
     )
     .await
