@@ -83,56 +83,84 @@ pub fn fast_retries() -> RetryPolicy {
     }
 }
 
+async fn spawn_worker(
+    db: &TestDb,
+    store: &Arc<dyn Store>,
+    artifacts: &Arc<dyn ArtifactStore>,
+    options: &HarnessOptions,
+) -> (
+    Arc<SimHost>,
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<WorkerReport>,
+) {
+    let schema = db.config().pg_schema;
+    let sim = Arc::new(
+        SimHost::connect(db.url(), schema.as_deref(), options.sim.clone())
+            .await
+            .expect("sim host"),
+    );
+    let exec = Executor {
+        store: store.clone(),
+        registry: Arc::new(ovc_workflows::registry()),
+        driver: sim.clone(),
+        services: Arc::new(Services {
+            artifacts: artifacts.clone(),
+        }),
+        clock: Arc::new(SystemClock),
+        ids: Arc::new(RandomIds),
+        retry: fast_retries(),
+        owner: String::new(),
+        repeat_steps: options.repeat_steps,
+        max_step_timeout: options.max_step_timeout,
+    };
+    let worker = Worker::new(
+        exec,
+        WorkerOptions {
+            owner: "test-worker".into(),
+            concurrency: 8,
+            lease: Duration::from_secs(5),
+            idle_poll: Duration::from_millis(20),
+            grace: Duration::from_secs(5),
+        },
+    );
+    let (tx, rx) = watch::channel(false);
+    let handle = tokio::spawn(worker.run(rx));
+    (sim, tx, handle)
+}
+
 impl Harness {
     /// Starts a harness on `backend`.
     pub async fn start(backend: Backend, options: HarnessOptions) -> Harness {
         let db = TestDb::new(backend).await;
         let store = db.open().await;
-        let schema = db.config().pg_schema;
-        let sim = Arc::new(
-            SimHost::connect(db.url(), schema.as_deref(), options.sim.clone())
-                .await
-                .expect("sim host"),
-        );
         let dir = tempfile::tempdir().expect("artifacts dir");
         let artifacts: Arc<dyn ArtifactStore> = Arc::new(
             OpendalArtifacts::from_url(&dir.path().display().to_string()).expect("artifacts"),
         );
-        let exec = Executor {
-            store: store.clone(),
-            registry: Arc::new(ovc_workflows::registry()),
-            driver: sim.clone(),
-            services: Arc::new(Services {
-                artifacts: artifacts.clone(),
-            }),
-            clock: Arc::new(SystemClock),
-            ids: Arc::new(RandomIds),
-            retry: fast_retries(),
-            owner: String::new(),
-            repeat_steps: options.repeat_steps,
-            max_step_timeout: options.max_step_timeout,
-        };
-        let worker = Worker::new(
-            exec,
-            WorkerOptions {
-                owner: "test-worker".into(),
-                concurrency: 8,
-                lease: Duration::from_secs(5),
-                idle_poll: Duration::from_millis(20),
-                grace: Duration::from_secs(5),
-            },
-        );
-        let (tx, rx) = watch::channel(false);
-        let handle = tokio::spawn(worker.run(rx));
+        let (sim, shutdown, handle) = spawn_worker(&db, &store, &artifacts, &options).await;
         Harness {
             db,
             store,
             sim,
             artifacts,
             _artifacts_dir: dir,
-            shutdown: tx,
+            shutdown,
             worker: Some(handle),
         }
+    }
+
+    /// Stops the worker and starts a new one with `options` on the same database (an
+    /// operator fixed the host, a deploy changed the config, ...).
+    pub async fn restart_worker(&mut self, options: HarnessOptions) {
+        let _ = self.shutdown.send(true);
+        if let Some(h) = self.worker.take() {
+            h.await.expect("worker task");
+        }
+        let (sim, shutdown, handle) =
+            spawn_worker(&self.db, &self.store, &self.artifacts, &options).await;
+        self.sim = sim;
+        self.shutdown = shutdown;
+        self.worker = Some(handle);
     }
 
     /// Submits `command` on vcluster `vc`.

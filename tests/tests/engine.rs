@@ -2,7 +2,7 @@
 //! stuck compensation, durable waits, and refusals at accept time.
 
 use ovc_driver::sim::{FaultRule, SimConfig};
-use ovc_engine::accept::cancel;
+use ovc_engine::accept::{cancel, retry};
 use ovc_store::{Backend, RunStatus};
 use ovc_tests::{Harness, HarnessOptions};
 use ovc_types::Code;
@@ -292,6 +292,121 @@ async fn refused_commands_write_nothing() {
             .namespaces
             .iter()
             .any(|n| n.name == ns)
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_of_a_failed_operation_runs_again_from_the_start() {
+    let mut h = harness("scale/upgrade_release:transient:100", 0, None).await;
+    assert_eq!(h.run("vc", create()).await.state, OperationState::Succeeded);
+    let scale = Command::Scale {
+        patch: ScalePatch {
+            control_plane: Some(ControlPlanePatch {
+                replicas: Some(3),
+                ..ControlPlanePatch::default()
+            }),
+            quota: None,
+        },
+    };
+    let failed = h.run("vc", scale).await;
+    assert_eq!(failed.state, OperationState::Failed);
+    // The host is fixed; an operator retries.
+    h.restart_worker(HarnessOptions::default()).await;
+    let registry = ovc_workflows::registry();
+    let ids = ovc_types::time::RandomIds;
+    let accepted = retry(
+        h.store.as_ref(),
+        &registry,
+        &ids,
+        failed.id,
+        Some("r1".into()),
+        None,
+    )
+    .await
+    .expect("retry");
+    let again = retry(
+        h.store.as_ref(),
+        &registry,
+        &ids,
+        failed.id,
+        Some("r1".into()),
+        None,
+    )
+    .await
+    .expect("same request");
+    assert_eq!(again.operation_id, accepted.operation_id);
+    assert!(again.duplicate);
+    let op = h.wait(accepted.operation_id).await;
+    assert_eq!(op.state, OperationState::Succeeded, "{op:#?}");
+    assert_eq!(op.retry_of, Some(failed.id));
+    assert_eq!(op.steps[0].attempts, 1, "ran from the start: {op:#?}");
+    let vc = h.vcluster("vc").await.expect("vc");
+    assert_eq!(vc.spec.control_plane.replicas, 3);
+    assert_eq!(vc.state, VClusterState::Running);
+    // Succeeded operations are not retried.
+    let err = retry(h.store.as_ref(), &registry, &ids, op.id, None, None)
+        .await
+        .expect_err("not retryable");
+    assert_eq!(err.code, Code::FailedPrecondition);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_of_a_stuck_operation_resumes_at_the_failed_step() {
+    let mut h = harness(
+        "suspend/wait_pods_gone:permanent;suspend/undo:scale_to_zero:permanent",
+        0,
+        None,
+    )
+    .await;
+    assert_eq!(h.run("vc", create()).await.state, OperationState::Succeeded);
+    let stuck = h
+        .run(
+            "vc",
+            Command::Suspend {
+                snapshot: false,
+                evict_workloads: false,
+            },
+        )
+        .await;
+    assert_eq!(stuck.state, OperationState::Stuck);
+    assert_eq!(
+        h.vcluster("vc").await.map(|v| v.state),
+        Some(VClusterState::Failed)
+    );
+    h.restart_worker(HarnessOptions::default()).await;
+    let accepted = retry(
+        h.store.as_ref(),
+        &ovc_workflows::registry(),
+        &ovc_types::time::RandomIds,
+        stuck.id,
+        None,
+        Some("operator".into()),
+    )
+    .await
+    .expect("retry");
+    let op = h.wait(accepted.operation_id).await;
+    assert_eq!(op.state, OperationState::Succeeded, "{op:#?}");
+    let scale = op
+        .steps
+        .iter()
+        .find(|s| s.name == "scale_to_zero")
+        .expect("step");
+    assert_eq!(
+        (scale.state, scale.attempts),
+        (StepState::Succeeded, 0),
+        "scale_to_zero is inherited, not run again"
+    );
+    let events = h
+        .store
+        .read_stream(&ovc_types::StreamName::operation(op.id), 0, 1000)
+        .await
+        .expect("events");
+    assert!(events.iter().any(|e| e.event_type == "StepInherited"));
+    assert_eq!(
+        h.vcluster("vc").await.map(|v| v.state),
+        Some(VClusterState::Suspended)
     );
     h.stop().await;
 }

@@ -8,6 +8,7 @@
 //! both running), `OperationRequested` to `operation-<id>`, the run, and the idempotency
 //! key. Nothing is written unless everything is valid.
 
+use crate::journal::{Journal, StepStatus};
 use crate::registry::Registry;
 use ovc_store::{
     Commit, CommitOutcome, ExpectedVersion, IdempotencyClaim, NewEvent, NewRun, Store, StreamAppend,
@@ -17,7 +18,7 @@ use ovc_types::error::{Code, Status};
 use ovc_types::event::{Event, EventMetadata, NewVCluster, StreamName};
 use ovc_types::resource::host_namespace;
 use ovc_types::spec::VClusterSpec;
-use ovc_types::state::{SnapshotState, VClusterState, transition};
+use ovc_types::state::{Call, OperationState, SnapshotState, VClusterState, transition};
 use ovc_types::time::IdSource;
 use ovc_types::{OperationId, ProjectName, RunId, SnapshotId, VClusterId, VClusterName};
 
@@ -295,4 +296,157 @@ pub async fn cancel(
         .await
         .map_err(store_status)?;
     Ok(())
+}
+
+/// Retries a FAILED or STUCK operation as a new operation with `retry_of` (API.md
+/// `POST /v1/operations/{id}/retry`). When the failed operation compensated nothing, the
+/// new one inherits every step whose effect is still in place and resumes at the failed
+/// step; otherwise it starts from the first step (every step is an ensure).
+pub async fn retry(
+    store: &dyn Store,
+    registry: &Registry,
+    ids: &dyn IdSource,
+    id: OperationId,
+    request_id: Option<String>,
+    actor: Option<String>,
+) -> Result<Accepted, Status> {
+    let old = store
+        .get_operation(id)
+        .await
+        .map_err(store_status)?
+        .ok_or_else(|| Status::not_found(format!("operation {id} not found")))?;
+    // The hash names the retried operation, so a retry never collides with its original.
+    let hash = format!(
+        "{}:retry:{id}",
+        request_hash(&old.project, &old.vcluster, &old.command)
+    );
+    if let Some(request_id) = &request_id
+        && let Some(found) = store
+            .find_idempotency_key(&old.project, request_id)
+            .await
+            .map_err(store_status)?
+    {
+        if found.request_hash == hash {
+            return Ok(Accepted {
+                operation_id: found.operation_id,
+                duplicate: true,
+            });
+        }
+        return Err(ovc_store::Error::RequestIdReused {
+            project: old.project.to_string(),
+            request_id: request_id.clone(),
+            operation_id: found.operation_id,
+        }
+        .into());
+    }
+    if !matches!(old.state, OperationState::Failed | OperationState::Stuck) {
+        return Err(Status::failed_precondition(format!(
+            "operation {id} is {}; only FAILED or STUCK operations can be retried",
+            old.state.as_str()
+        ))
+        .with_reason("NOT_RETRYABLE"));
+    }
+    let vc = store
+        .get_vcluster_by_uid(old.vcluster_uid)
+        .await
+        .map_err(store_status)?
+        .filter(|v| v.state != VClusterState::Deleted)
+        .ok_or_else(|| {
+            Status::not_found(format!(
+                "vcluster {}/{} no longer exists",
+                old.project, old.vcluster
+            ))
+        })?;
+    transition(Some(vc.state), Call::Retry(old.kind)).map_err(Status::from)?;
+    let def = registry
+        .get(old.kind)
+        .ok_or_else(|| Status::new(Code::Unavailable, format!("no workflow for {}", old.kind)))?;
+    let events = store
+        .read_stream(&StreamName::operation(id), 0, u32::MAX)
+        .await
+        .map_err(store_status)?;
+    let journal = Journal::fold(&events).map_err(|e| {
+        Status::failed_precondition(format!("operation {id} cannot be retried: {e}"))
+    })?;
+    let compensated_any = journal
+        .steps
+        .values()
+        .any(|r| r.status == StepStatus::Compensated);
+    let operation_id = OperationId(ids.new_uuid());
+    let metadata = EventMetadata {
+        request_id: request_id.clone(),
+        traceparent: None,
+        actor,
+        correlation_id: Some(operation_id),
+    };
+    let mut op_events = vec![Event::OperationRequested {
+        vcluster_uid: old.vcluster_uid,
+        vcluster: old.vcluster.clone(),
+        project: old.project.clone(),
+        command: old.command.clone(),
+        request_id: request_id.clone(),
+        retry_of: Some(id),
+        prior_state: Some(vc.state),
+        steps: def.planned_steps(&old.command),
+    }];
+    if !compensated_any {
+        for step in &def.steps {
+            let rec = journal.step(step.name);
+            if matches!(rec.status, StepStatus::Succeeded | StepStatus::UndoFailed) {
+                op_events.push(Event::StepInherited {
+                    step: step.name.to_string(),
+                    from_operation: id,
+                    output: rec.output.clone(),
+                });
+            }
+        }
+    }
+    let commit = Commit {
+        idempotency: request_id.as_ref().map(|r| IdempotencyClaim {
+            project: old.project.clone(),
+            request_id: r.clone(),
+            request_hash: hash,
+            operation_id,
+        }),
+        appends: vec![
+            StreamAppend {
+                stream: StreamName::vcluster(old.vcluster_uid),
+                expected: ExpectedVersion::Exact(vc.version),
+                events: vec![NewEvent::with_metadata(
+                    Event::RetryRequested {
+                        operation_id,
+                        retry_of: id,
+                        kind: old.kind,
+                    },
+                    metadata.clone(),
+                )],
+            },
+            StreamAppend {
+                stream: StreamName::operation(operation_id),
+                expected: ExpectedVersion::NoStream,
+                events: op_events
+                    .into_iter()
+                    .map(|e| NewEvent::with_metadata(e, metadata.clone()))
+                    .collect(),
+            },
+        ],
+        enqueue: vec![NewRun {
+            id: RunId(ids.new_uuid()),
+            operation_id,
+            vcluster_uid: old.vcluster_uid,
+            run_at: None,
+            priority: 0,
+        }],
+        ..Commit::default()
+    };
+    match store.commit(commit).await.map_err(store_status)? {
+        CommitOutcome::Committed(_) => Ok(Accepted {
+            operation_id,
+            duplicate: false,
+        }),
+        CommitOutcome::Duplicate { operation_id } => Ok(Accepted {
+            operation_id,
+            duplicate: true,
+        }),
+    }
 }

@@ -209,6 +209,14 @@ impl Journal {
                 };
                 r.last_error = Some(error.clone());
             }
+            Event::StepInherited { step, output, .. } => {
+                let r = self.steps.entry(step.clone()).or_default();
+                if r.status != StepStatus::NotStarted {
+                    return Err(illegal(format!("step {step} is {:?}", r.status)));
+                }
+                r.status = StepStatus::Succeeded;
+                r.output = output.clone();
+            }
             Event::StepSkipped { step } => {
                 let r = self.steps.entry(step.clone()).or_default();
                 if r.status != StepStatus::NotStarted {

@@ -260,6 +260,16 @@ pub enum Event {
         /// True when it will be retried; false when compensation follows.
         will_retry: bool,
     },
+    /// A retry took over a step whose effect the retried operation left in place.
+    StepInherited {
+        /// The step.
+        step: String,
+        /// The retried operation.
+        from_operation: OperationId,
+        /// The output it journaled there.
+        #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+        output: serde_json::Value,
+    },
     /// A step was not needed.
     StepSkipped {
         /// The step.
@@ -393,6 +403,7 @@ impl Event {
             Event::StepStarted { .. } => "StepStarted",
             Event::StepSucceeded { .. } => "StepSucceeded",
             Event::StepFailed { .. } => "StepFailed",
+            Event::StepInherited { .. } => "StepInherited",
             Event::StepSkipped { .. } => "StepSkipped",
             Event::CompensationStarted { .. } => "CompensationStarted",
             Event::StepCompensated { .. } => "StepCompensated",

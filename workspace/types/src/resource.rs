@@ -440,6 +440,11 @@ impl Operation {
                 s.state = StepState::Skipped;
                 s.finished_at = Some(at);
             }
+            Event::StepInherited { step, .. } => {
+                let s = op.step_mut(step);
+                s.state = StepState::Succeeded;
+                s.finished_at = Some(at);
+            }
             Event::CompensationStarted { error } => {
                 op.state = OperationState::Compensating;
                 op.error = Some(error.clone());
