@@ -23,6 +23,27 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// Runs a step future, turning a panic into a permanent failure: a step that panics
+/// would otherwise kill its run on every worker that claims it, forever.
+async fn guarded(
+    fut: impl std::future::Future<Output = crate::model::StepResult>,
+) -> crate::model::StepResult {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(r) => r,
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(StepError::Permanent(
+                Status::internal(format!("the step panicked: {msg}")).with_reason("STEP_PANICKED"),
+            ))
+        }
+    }
+}
+
 /// How transient failures are retried.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
@@ -446,10 +467,10 @@ impl Run1<'_> {
                     };
                     def.timeout = self.exec.cap(def.timeout);
                     let ctx = self.ctx(step);
-                    let run = async {
+                    let run = guarded(async {
                         ctx.driver.begin_step(&ctx.call).await?;
                         (def.run)(&ctx).await
-                    };
+                    });
                     if self.exec.repeat_steps
                         && let Ok(Ok(StepOutput::Done { .. })) =
                             tokio::time::timeout(def.timeout, (def.run)(&ctx)).await
@@ -529,10 +550,10 @@ impl Run1<'_> {
                     };
                     self.flush(None).await?;
                     let ctx = self.ctx(&format!("undo:{step}"));
-                    let run_undo = async {
+                    let run_undo = guarded(async {
                         ctx.driver.begin_step(&ctx.call).await?;
                         undo(&ctx).await
-                    };
+                    });
                     let result = match tokio::time::timeout(def.timeout, run_undo).await {
                         Ok(r) => r,
                         Err(_) => Err(StepError::transient(format!(
@@ -638,5 +659,37 @@ impl Run1<'_> {
         });
         self.flush(Some(RunUpdate::Complete)).await?;
         Ok(RunEnd::Completed(OperationState::Stuck))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_step_is_a_permanent_failure() {
+        let r = guarded(async { panic!("boom") }).await;
+        match r {
+            Err(StepError::Permanent(s)) => {
+                assert_eq!(s.reason(), Some("STEP_PANICKED"));
+                assert!(s.message.contains("boom"), "{}", s.message);
+            }
+            other => panic!("expected a permanent failure, got {other:?}"),
+        }
+        assert_eq!(
+            guarded(async { Ok(StepOutput::done()) }).await,
+            Ok(StepOutput::done())
+        );
+    }
+
+    #[test]
+    fn backoffs_grow_and_stay_capped() {
+        let p = RetryPolicy::default();
+        for retry in 0..10 {
+            assert!(p.in_process_delay(retry) <= p.max_backoff * 2);
+        }
+        for attempt in 0..20 {
+            assert!(p.durable_delay(attempt) <= p.max_durable_backoff * 2);
+        }
     }
 }

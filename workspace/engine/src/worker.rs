@@ -1,19 +1,44 @@
-//! The worker: claims due runs from the store's queue, runs an [`Executor`] for each
-//! (up to `concurrency` at once), renews their leases while they run, and shuts down
-//! gracefully — no new claims, running executors stop between steps and release their
-//! runs, anything still running after the grace period is abandoned to lease expiry.
+//! The worker: apalis 1.0 is the runtime (worker builder, tower layers for tracing,
+//! concurrency and panics, the monitor and its graceful shutdown) over **our** run queue,
+//! which implements apalis's `Backend` ([`RunQueue`]). Each task is one claimed run; the
+//! handler renews its lease while an [`Executor`] runs it, and every journal commit is
+//! fenced by the lease's epoch.
 //!
-//! Wake-ups: the store's run watch (LISTEN/NOTIFY on PostgreSQL, in-process on SQLite)
-//! plus a poll every `idle_poll` and at the next due `run_at`, so durable timers fire
-//! and other processes' commits are seen.
+//! Why our queue and not apalis-postgres/apalis-sqlite (DESIGN.md §5): their ack is
+//! asynchronous after the handler, step chaining is not transactional, recovery happens
+//! only inside live workers after minutes, and they cannot serialize runs per vcluster.
+//! Leases and fencing live in our table; apalis never acks or retries anything itself
+//! (the backend is `Ephemeral`, the handler never fails), so it cannot contradict them.
+//!
+//! Shutdown: no new claims; running executors stop at their next step boundary and
+//! release their runs; anything still running after the grace period is abandoned to
+//! lease expiry (another worker takes it over). Wake-ups: the store's run watch
+//! (LISTEN/NOTIFY on PostgreSQL, in-process on SQLite) plus a poll every `idle_poll` and
+//! at the next due `run_at`, so durable timers fire and other processes' commits are
+//! seen.
 
 use crate::executor::{ExecError, Executor, RunEnd};
+use apalis::layers::WorkerBuilderExt;
+use apalis_core::backend::finalize::Ephemeral;
+use apalis_core::backend::{Backend, BackendConfig};
+use apalis_core::error::BoxDynError;
+use apalis_core::layers::Identity;
+use apalis_core::monitor::Monitor;
+use apalis_core::task::Task;
+use apalis_core::task::builder::TaskBuilder;
+use apalis_core::task::data::Data;
+use apalis_core::task::task_id::{RandomId, TaskId};
+use apalis_core::worker::builder::WorkerBuilder;
+use apalis_core::worker::context::WorkerContext;
 use chrono::Utc;
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use ovc_store::{Run, Store};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 /// Worker settings.
 #[derive(Debug, Clone)]
@@ -69,13 +94,8 @@ pub struct WorkerReport {
     pub failed: u64,
 }
 
-/// A worker.
-#[derive(Debug, Clone)]
-pub struct Worker {
-    exec: Executor,
-    options: WorkerOptions,
-}
-
+/// Executes `run` while renewing its lease every third of `lease`; a lost lease stops
+/// the execution at once (its commits would be refused anyway).
 async fn execute_leased(
     exec: Executor,
     run: Run,
@@ -104,6 +124,203 @@ async fn execute_leased(
     }
 }
 
+/// Our run queue as an apalis backend: each poll claims (at most) one due run with a
+/// lease, and only when the worker has a free slot, so no run sits leased but unstarted.
+pub struct RunQueue {
+    store: Arc<dyn Store>,
+    owner: String,
+    lease: chrono::Duration,
+    idle_poll: Duration,
+    claiming: Option<BoxFuture<'static, ovc_store::Result<Vec<Run>>>>,
+    waiting: Option<BoxFuture<'static, ()>>,
+}
+
+impl std::fmt::Debug for RunQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunQueue")
+            .field("owner", &self.owner)
+            .finish()
+    }
+}
+
+impl RunQueue {
+    /// A backend claiming runs of `store` as `owner`.
+    pub fn new(store: Arc<dyn Store>, owner: String, lease: Duration, idle_poll: Duration) -> Self {
+        Self {
+            store,
+            owner,
+            lease: chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(5)),
+            idle_poll,
+            claiming: None,
+            waiting: None,
+        }
+    }
+
+    /// Sleeps until something may be claimable: a run wake-up, the next due time, or the
+    /// idle poll, whichever comes first.
+    fn wait(&self) -> BoxFuture<'static, ()> {
+        let store = self.store.clone();
+        let idle = self.idle_poll;
+        let mut wake = store.watch_runs();
+        wake.borrow_and_update();
+        async move {
+            let mut sleep = idle;
+            if let Ok(Some(due)) = store.next_run_due().await {
+                let until = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                if until > Duration::ZERO {
+                    sleep = sleep.min(until);
+                }
+            }
+            tokio::select! {
+                _ = wake.changed() => {}
+                () = tokio::time::sleep(sleep) => {}
+            }
+        }
+        .boxed()
+    }
+}
+
+impl Backend for RunQueue {
+    type Task = Task<Run>;
+    type Error = ovc_store::Error;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut Context<'_>,
+        _: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        worker: &WorkerContext,
+    ) -> Poll<Option<Result<Self::Task, Self::Error>>> {
+        loop {
+            if worker.is_shutting_down() {
+                return Poll::Ready(None);
+            }
+            if let Some(waiting) = self.waiting.as_mut() {
+                match waiting.poll_unpin(cx) {
+                    Poll::Ready(()) => self.waiting = None,
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            let claiming = self.claiming.get_or_insert_with(|| {
+                let store = self.store.clone();
+                let owner = self.owner.clone();
+                let lease = self.lease;
+                async move { store.claim_runs(&owner, lease, 1).await }.boxed()
+            });
+            let claimed = match claiming.poll_unpin(cx) {
+                Poll::Ready(r) => r,
+                Poll::Pending => return Poll::Pending,
+            };
+            self.claiming = None;
+            match claimed {
+                Ok(mut runs) => match runs.pop() {
+                    Some(run) => {
+                        // The task id names the claim: run and fencing epoch.
+                        let id = TaskId::String(format!("{}@{}", run.id, run.epoch));
+                        let task = TaskBuilder::new(run).task_id(id).build();
+                        return Poll::Ready(Some(Ok(task)));
+                    }
+                    None => self.waiting = Some(self.wait()),
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "claim failed; retrying in 1s");
+                    self.waiting = Some(tokio::time::sleep(Duration::from_secs(1)).boxed());
+                }
+            }
+        }
+    }
+
+    fn poll_close(
+        &mut self,
+        _: &mut Context<'_>,
+        _: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl BackendConfig for RunQueue {
+    type Args = Run;
+    type Id = RandomId;
+    type Kind = Ephemeral;
+    type Config = ();
+    type Layer = Identity;
+
+    fn config(&self) -> &Self::Config {
+        &()
+    }
+
+    fn middleware(&mut self, _: &mut WorkerContext) -> Self::Layer {
+        Identity::new()
+    }
+}
+
+/// A worker: apalis runtime, our queue, our executor.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    exec: Executor,
+    options: WorkerOptions,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    claimed: AtomicU64,
+    completed: AtomicU64,
+    rescheduled: AtomicU64,
+    released: AtomicU64,
+    failed: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+struct HandlerState {
+    exec: Executor,
+    lease: Duration,
+    counters: Arc<Counters>,
+}
+
+/// The apalis handler: one claimed run, executed under a renewed lease. It never fails
+/// from apalis's point of view; outcomes live in the journal.
+async fn handle(
+    run: Run,
+    state: Data<HandlerState>,
+    worker: WorkerContext,
+) -> Result<(), BoxDynError> {
+    state.counters.claimed.fetch_add(1, Ordering::Relaxed);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let watcher = tokio::spawn(async move {
+        loop {
+            if worker.is_shutting_down() {
+                let _ = stop_tx.send(true);
+                return;
+            }
+            if stop_tx.is_closed() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let operation = run.operation_id;
+    let res = execute_leased(state.exec.clone(), run, stop_rx, state.lease).await;
+    watcher.abort();
+    let c = &state.counters;
+    match res {
+        Ok(RunEnd::Completed(_)) => c.completed.fetch_add(1, Ordering::Relaxed),
+        Ok(RunEnd::Rescheduled(_)) => c.rescheduled.fetch_add(1, Ordering::Relaxed),
+        Ok(RunEnd::Released) => c.released.fetch_add(1, Ordering::Relaxed),
+        Err(e) => {
+            tracing::warn!(%operation, error = %e, "run stopped");
+            c.failed.fetch_add(1, Ordering::Relaxed)
+        }
+    };
+    Ok(())
+}
+
 impl Worker {
     /// A worker executing with `exec`.
     pub fn new(mut exec: Executor, options: WorkerOptions) -> Self {
@@ -118,88 +335,47 @@ impl Worker {
 
     /// Runs until `shutdown` becomes true, then stops gracefully.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> WorkerReport {
-        let store = self.exec.store.clone();
-        let opts = self.options.clone();
-        let chrono_lease =
-            chrono::Duration::from_std(opts.lease).unwrap_or(chrono::Duration::seconds(5));
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let mut runs_wake = store.watch_runs();
-        let mut tasks: JoinSet<Result<RunEnd, ExecError>> = JoinSet::new();
-        let mut report = WorkerReport::default();
-        let record =
-            |report: &mut WorkerReport, res: Result<Result<RunEnd, ExecError>, _>| match res {
-                Ok(Ok(RunEnd::Completed(_))) => report.completed += 1,
-                Ok(Ok(RunEnd::Rescheduled(_))) => report.rescheduled += 1,
-                Ok(Ok(RunEnd::Released)) => report.released += 1,
-                Ok(Err(e)) => {
-                    report.failed += 1;
-                    tracing::warn!(error = %e, "run stopped");
-                }
-                Err(e) => {
-                    report.failed += 1;
-                    tracing::error!(error = %e, "executor task panicked or was aborted");
-                }
-            };
-        loop {
-            if *shutdown.borrow() {
-                break;
-            }
-            runs_wake.borrow_and_update();
-            let free = opts.concurrency.saturating_sub(tasks.len());
-            let mut claimed_all = false;
-            if free > 0 {
-                match store
-                    .claim_runs(&opts.owner, chrono_lease, free as u32)
-                    .await
-                {
-                    Ok(runs) => {
-                        claimed_all = runs.len() == free;
-                        for run in runs {
-                            report.claimed += 1;
-                            tasks.spawn(execute_leased(
-                                self.exec.clone(),
-                                run,
-                                stop_rx.clone(),
-                                opts.lease,
-                            ));
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "claim failed; retrying"),
-                }
-            }
-            while let Some(res) = tasks.try_join_next() {
-                record(&mut report, res);
-            }
-            if claimed_all {
-                continue;
-            }
-            let mut sleep = opts.idle_poll;
-            if let Ok(Some(due)) = store.next_run_due().await {
-                let until = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-                if until > Duration::ZERO {
-                    sleep = sleep.min(until);
-                }
-            }
-            tokio::select! {
-                _ = runs_wake.changed() => {}
-                () = tokio::time::sleep(sleep) => {}
-                Some(res) = tasks.join_next(), if !tasks.is_empty() => record(&mut report, res),
-                _ = shutdown.changed() => {}
-            }
-        }
-        let _ = stop_tx.send(true);
-        let drain = async {
-            while let Some(res) = tasks.join_next().await {
-                record(&mut report, res);
-            }
+        let counters = Arc::new(Counters::default());
+        let state = HandlerState {
+            exec: self.exec.clone(),
+            lease: self.options.lease,
+            counters: counters.clone(),
         };
-        if tokio::time::timeout(opts.grace, drain).await.is_err() {
-            tracing::warn!(
-                running = tasks.len(),
-                "grace period over; abandoning running steps to lease expiry"
-            );
-            tasks.abort_all();
+        let opts = self.options.clone();
+        let store = self.exec.store.clone();
+        let monitor = Monitor::new()
+            .register(move |_restarts| {
+                WorkerBuilder::new(opts.owner.clone())
+                    .backend(RunQueue::new(
+                        store.clone(),
+                        opts.owner.clone(),
+                        opts.lease,
+                        opts.idle_poll,
+                    ))
+                    .enable_tracing()
+                    .catch_panic()
+                    .concurrency(opts.concurrency.max(1))
+                    .data(state.clone())
+                    .build(handle)
+            })
+            .shutdown_timeout(self.options.grace);
+        let signal = async move {
+            while !*shutdown.borrow_and_update() {
+                if shutdown.changed().await.is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        };
+        if let Err(e) = monitor.run_with_signal(signal).await {
+            tracing::error!(error = %e, "worker runtime stopped with an error");
         }
-        report
+        WorkerReport {
+            claimed: counters.claimed.load(Ordering::Relaxed),
+            completed: counters.completed.load(Ordering::Relaxed),
+            rescheduled: counters.rescheduled.load(Ordering::Relaxed),
+            released: counters.released.load(Ordering::Relaxed),
+            failed: counters.failed.load(Ordering::Relaxed),
+        }
     }
 }
