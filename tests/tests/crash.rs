@@ -66,7 +66,7 @@ impl Workers {
             "--name",
             &format!("w{slot}-{}", self.started),
         ])
-        .env("OVC_SIM_LATENCY_MS", "2")
+        .env("OVC_SIM_LATENCY_MS", "10")
         .env("OVC_SIM_READY_MS", "30")
         .env("OVC_LOG", "warn")
         .stdout(Stdio::null())
@@ -259,6 +259,7 @@ async fn crash_test(
     let start = Instant::now();
     let mut next_kill = Instant::now() + Duration::from_millis(700 + rng.below(600));
     let mut kills = 0;
+    let mut unavailable = 0;
     while start.elapsed() < min_duration || accepted.len() < min_ops {
         assert!(
             start.elapsed() < min_duration * 4,
@@ -315,6 +316,11 @@ async fn crash_test(
                     snapshots.remove(vc);
                 }
             }
+            // UNAVAILABLE is "safe to retry" (API.md): SQLite answers busy while a killed
+            // worker's half-written transaction is rolled back. A client retries.
+            Err(s) if s.code == Code::Unavailable => {
+                unavailable += 1;
+            }
             // Lost a race with a state change: a correct refusal, nothing was written.
             Err(s)
                 if matches!(
@@ -326,7 +332,8 @@ async fn crash_test(
         tokio::time::sleep(Duration::from_millis(20 + rng.below(30))).await;
     }
     eprintln!(
-        "load phase: {} operations accepted in {:.1}s, {kills} workers killed",
+        "load phase: {} operations accepted in {:.1}s, {kills} workers killed, \
+         {unavailable} submissions answered UNAVAILABLE",
         accepted.len(),
         start.elapsed().as_secs_f64()
     );
@@ -343,11 +350,83 @@ async fn crash_test(
         for id in pending.clone() {
             let op = store.get_operation(id).await.expect("get").expect("op");
             if op.done {
-                assert_eq!(
-                    op.state,
-                    OperationState::Succeeded,
-                    "no faults were injected: {op:#?}"
-                );
+                if op.state != OperationState::Succeeded {
+                    let events = store
+                        .read_stream(&ovc_types::StreamName::operation(id), 0, 1000)
+                        .await
+                        .expect("events");
+                    let story: Vec<String> = events
+                        .iter()
+                        .map(|e| {
+                            format!(
+                                "{} {} {} {}",
+                                e.recorded_at.format("%H:%M:%S%.3f"),
+                                e.metadata["actor"],
+                                e.event_type,
+                                e.data
+                            )
+                        })
+                        .collect();
+                    let history = store
+                        .list_operations(
+                            &ovc_store::OperationFilter {
+                                vcluster: Some(op.vcluster.to_string()),
+                                ..Default::default()
+                            },
+                            &ovc_store::PageRequest {
+                                after: None,
+                                limit: Some(1000),
+                            },
+                        )
+                        .await
+                        .expect("history");
+                    let earlier: Vec<String> = history
+                        .items
+                        .iter()
+                        .map(|o| {
+                            let steps: Vec<String> = o
+                                .steps
+                                .iter()
+                                .map(|s| format!("{}:{:?}:{}", s.name, s.state, s.attempts))
+                                .collect();
+                            format!(
+                                "{} {:?} {:?} [{}]",
+                                o.kind,
+                                o.state,
+                                o.command,
+                                steps.join(", ")
+                            )
+                        })
+                        .collect();
+                    eprintln!("operations on {}:\n{}", op.vcluster, earlier.join("\n"));
+                    let sim = ovc_driver::sim::SimHost::connect(
+                        db.url(),
+                        db.config().pg_schema.as_deref(),
+                        Default::default(),
+                    )
+                    .await
+                    .expect("sim");
+                    let t = ovc_driver::Target {
+                        namespace: host_namespace(&project(), &op.vcluster),
+                        release: op.vcluster.to_string(),
+                    };
+                    eprintln!("host: {:#?}", sim.release_state(&t).await.expect("release"));
+                    for l in store
+                        .lease_history(Some(op.vcluster_uid))
+                        .await
+                        .expect("leases")
+                    {
+                        eprintln!(
+                            "lease {} {} {} {} {:?}",
+                            l.run_id, l.epoch, l.owner, l.claimed_at, l.released_at
+                        );
+                    }
+                    panic!(
+                        "no faults were injected, yet {id} ended {:?}:\n{}",
+                        op.state,
+                        story.join("\n")
+                    );
+                }
                 pending.remove(&id);
             }
         }

@@ -4,6 +4,7 @@
 //! Every step is an *ensure* with its undo, following docs/vcluster-mechanics.md. Step
 //! names are persisted in events: never rename one, add a new one.
 
+pub mod bench;
 mod common;
 pub mod create;
 pub mod delete;
@@ -25,5 +26,12 @@ pub fn registry() -> Registry {
         .register(restore::definition())
         .register(scale::definition())
         .register(delete::definition());
+    r
+}
+
+/// The registry `ovc bench workflows` uses: the five-step bench workflow runs CREATE.
+pub fn bench_registry() -> Registry {
+    let mut r = Registry::new();
+    r.register(bench::definition());
     r
 }

@@ -51,6 +51,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         concurrency: 16,
         lease_ms: 5000,
         name: None,
+        workflows: "vcluster".into(),
     };
     let worker = crate::worker::build(store.clone(), &worker_args).await?;
     let worker = tokio::spawn(worker.run(crate::worker::shutdown_signal()));

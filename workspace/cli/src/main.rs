@@ -6,6 +6,7 @@
 //! commands join as their issue lands.
 
 mod bench;
+mod bench_workflows;
 mod dev;
 mod tail;
 mod worker;
@@ -58,6 +59,8 @@ enum EventsCommand {
 enum BenchCommand {
     /// Appends/s (1 and 8 writers), runs/s (enqueue+claim+complete), tail throughput.
     Store(bench::StoreBenchArgs),
+    /// Workflows/s, steps/s, pickup latency and kill -9 recovery with worker processes.
+    Workflows(bench_workflows::WorkflowBenchArgs),
 }
 
 /// Where `ovc dev` keeps its data unless told otherwise.
@@ -97,6 +100,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench {
             command: BenchCommand::Store(args),
         } => bench::run_store(args).await,
+        Command::Bench {
+            command: BenchCommand::Workflows(args),
+        } => bench_workflows::run(args).await,
     }
 }
 

@@ -40,6 +40,10 @@ pub struct WorkerArgs {
     /// Worker name (lease owner); default `<host>-<pid>-<random>`.
     #[arg(long)]
     pub name: Option<String>,
+    /// Which workflows to run: `vcluster` (the product) or `bench` (the five-step
+    /// benchmark workflow, for `ovc bench workflows`).
+    #[arg(long, value_parser = ["vcluster", "bench"], default_value = "vcluster", hide = true)]
+    pub workflows: String,
 }
 
 /// Builds a worker on `store` from the arguments.
@@ -51,7 +55,11 @@ pub async fn build(store: Arc<dyn Store>, args: &WorkerArgs) -> anyhow::Result<W
         .with_context(|| format!("opening snapshot storage {}", args.artifacts))?;
     let exec = Executor {
         store,
-        registry: Arc::new(ovc_workflows::registry()),
+        registry: Arc::new(if args.workflows == "bench" {
+            ovc_workflows::bench_registry()
+        } else {
+            ovc_workflows::registry()
+        }),
         driver: Arc::new(sim),
         services: Arc::new(Services {
             artifacts: Arc::new(artifacts),

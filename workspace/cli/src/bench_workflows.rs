@@ -1,0 +1,383 @@
+//! `ovc bench workflows`: the engine's throughput and latencies with real worker
+//! processes on the simulated host (0 ms latency), for SQLite and PostgreSQL and 1, 2 and
+//! 4 worker processes. The workload is the five-step bench workflow
+//! (`workflows/src/bench.rs`). Figures come from the events' commit timestamps:
+//!
+//! - workflows/s and steps/s: a burst of operations submitted by 8 concurrent clients,
+//!   from the first command's commit to the last operation's end;
+//! - pickup latency: command commit → first `StepStarted`, at a steady 100 operations/s;
+//! - recovery: a worker is killed with SIGKILL three times under load; lease expiry → the
+//!   next claim, and → the next `StepStarted` of that operation.
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use clap::Args;
+use ovc_engine::accept::{CommandRequest, accept};
+use ovc_store::{Store, StoreConfig};
+use ovc_types::command::Command;
+use ovc_types::event::StreamName;
+use ovc_types::spec::VClusterSpec;
+use ovc_types::time::RandomIds;
+use ovc_types::{OperationId, ProjectName};
+use std::process::{Child, Command as Process, Stdio};
+use std::time::{Duration, Instant};
+
+/// Arguments of `ovc bench workflows`.
+#[derive(Debug, Args)]
+pub struct WorkflowBenchArgs {
+    /// Which backends to measure.
+    #[arg(long, value_parser = ["sqlite", "postgres", "both"], default_value = "both")]
+    pub backend: String,
+    /// PostgreSQL database (a throwaway schema is created and dropped).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Worker process counts to measure, comma-separated.
+    #[arg(long, default_value = "1,2,4", value_delimiter = ',')]
+    pub workers: Vec<usize>,
+    /// Operations in the throughput burst.
+    #[arg(long, default_value_t = 2000)]
+    pub ops: usize,
+}
+
+struct Row {
+    label: String,
+    workflows_per_s: f64,
+    pickup: (f64, f64),
+    recovery: Option<(f64, f64, f64, f64, usize)>,
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(a: DateTime<Utc>, b: DateTime<Utc>) -> f64 {
+    (b - a).num_microseconds().unwrap_or(0) as f64 / 1000.0
+}
+
+struct Fleet {
+    children: Vec<Child>,
+    url: String,
+    schema: Option<String>,
+}
+
+impl Fleet {
+    fn spawn(&self, i: usize) -> anyhow::Result<Child> {
+        let mut cmd = Process::new(std::env::current_exe()?);
+        cmd.args([
+            "worker",
+            "--database-url",
+            &self.url,
+            "--workflows",
+            "bench",
+            "--artifacts",
+            "memory://",
+            "--concurrency",
+            "64",
+            "--lease-ms",
+            "1000",
+            "--name",
+            &format!("bench-w{i}-{}", uuid::Uuid::new_v4().simple()),
+        ])
+        .env("OVC_SIM_LATENCY_MS", "0")
+        .env_remove("OVC_SIM_FAULTS")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        if let Some(s) = &self.schema {
+            cmd.args(["--pg-schema", s]);
+        }
+        Ok(cmd.spawn()?)
+    }
+
+    fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+        let _ = self.children[i].kill();
+        let _ = self.children[i].wait();
+        self.children[i] = self.spawn(i)?;
+        Ok(())
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = Process::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+        }
+        for c in &mut self.children {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+async fn submit(store: &dyn Store, name: &str) -> anyhow::Result<OperationId> {
+    let accepted = accept(
+        store,
+        &ovc_workflows::bench_registry(),
+        &RandomIds,
+        CommandRequest {
+            project: ProjectName::default_project(),
+            vcluster: name.parse()?,
+            command: Command::Create {
+                spec: VClusterSpec::default(),
+            },
+            request_id: None,
+            actor: Some("bench".into()),
+            traceparent: None,
+        },
+    )
+    .await
+    .map_err(|s| anyhow::anyhow!("{s}"))?;
+    Ok(accepted.operation_id)
+}
+
+/// Waits until `ops` are done; returns (requested_at, first StepStarted, ended_at) each.
+async fn wait_all(
+    store: &dyn Store,
+    ops: &[OperationId],
+) -> anyhow::Result<Vec<(DateTime<Utc>, Option<DateTime<Utc>>, DateTime<Utc>)>> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut out = Vec::with_capacity(ops.len());
+    for id in ops {
+        loop {
+            let events = store
+                .read_stream(&StreamName::operation(*id), 0, 1000)
+                .await?;
+            if let Some(last) = events.last()
+                && matches!(
+                    last.event_type.as_str(),
+                    "OperationSucceeded"
+                        | "OperationFailed"
+                        | "OperationCancelled"
+                        | "OperationStuck"
+                )
+            {
+                anyhow::ensure!(
+                    last.event_type == "OperationSucceeded",
+                    "{id} ended {}",
+                    last.event_type
+                );
+                let started = events
+                    .iter()
+                    .find(|e| e.event_type == "StepStarted")
+                    .map(|e| e.recorded_at);
+                out.push((events[0].recorded_at, started, last.recorded_at));
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "operation {id} did not finish");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(out)
+}
+
+async fn measure(
+    label: String,
+    url: String,
+    config: StoreConfig,
+    workers: usize,
+    ops: usize,
+) -> anyhow::Result<Row> {
+    let store = ovc_store::open(&url, config.clone()).await?;
+    store.migrate().await?;
+    let mut fleet = Fleet {
+        children: Vec::new(),
+        url: url.clone(),
+        schema: config.pg_schema.clone(),
+    };
+    for i in 0..workers {
+        let child = fleet.spawn(i)?;
+        fleet.children.push(child);
+    }
+    // Warm up: every worker is up once this finishes.
+    let warm = submit(store.as_ref(), "warm-up").await?;
+    wait_all(store.as_ref(), &[warm]).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    eprintln!("{label}: burst of {ops} ...");
+    let mut tasks = Vec::new();
+    for c in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in (c..ops).step_by(8) {
+                ids.push(submit(store.as_ref(), &format!("burst-{i}")).await?);
+            }
+            anyhow::Ok(ids)
+        }));
+    }
+    let mut burst = Vec::new();
+    for t in tasks {
+        burst.extend(t.await??);
+    }
+    let times = wait_all(store.as_ref(), &burst).await?;
+    let first = times.iter().map(|t| t.0).min().context("no operations")?;
+    let last = times.iter().map(|t| t.2).max().context("no operations")?;
+    let workflows_per_s = ops as f64 / (ms(first, last) / 1000.0);
+
+    eprintln!("{label}: pickup at 100/s ...");
+    let mut steady = Vec::new();
+    let t0 = Instant::now();
+    for i in 0..300 {
+        let due = t0 + Duration::from_millis(10 * i as u64);
+        tokio::time::sleep_until(due.into()).await;
+        steady.push(submit(store.as_ref(), &format!("steady-{i}")).await?);
+    }
+    let mut pickups: Vec<f64> = wait_all(store.as_ref(), &steady)
+        .await?
+        .iter()
+        .filter_map(|(req, started, _)| started.map(|s| ms(*req, s)))
+        .collect();
+    let pickup = (pct(&mut pickups, 0.5), pct(&mut pickups, 0.99));
+
+    let mut recovery = None;
+    if workers >= 2 {
+        eprintln!("{label}: kill -9 under load ...");
+        let mut load = Vec::new();
+        let t0 = Instant::now();
+        let mut kills = 0;
+        for i in 0..600 {
+            let due = t0 + Duration::from_millis(10 * i as u64);
+            tokio::time::sleep_until(due.into()).await;
+            if i % 200 == 100 {
+                fleet.kill(0)?;
+                kills += 1;
+            }
+            load.push(submit(store.as_ref(), &format!("load-{i}")).await?);
+        }
+        wait_all(store.as_ref(), &load).await?;
+        let history = store.lease_history(None).await?;
+        let mut to_claim = Vec::new();
+        let mut to_step = Vec::new();
+        for (i, a) in history.iter().enumerate() {
+            if a.released_at.is_some() {
+                continue;
+            }
+            if let Some(b) = history[i + 1..]
+                .iter()
+                .find(|b| b.run_id == a.run_id && b.epoch > a.epoch)
+            {
+                to_claim.push(ms(a.lease_until, b.claimed_at));
+                if let Some(run) = store.get_run(a.run_id).await? {
+                    let events = store
+                        .read_stream(&StreamName::operation(run.operation_id), 0, 1000)
+                        .await?;
+                    if let Some(s) = events
+                        .iter()
+                        .find(|e| e.event_type == "StepStarted" && e.recorded_at >= b.claimed_at)
+                    {
+                        to_step.push(ms(a.lease_until, s.recorded_at));
+                    }
+                }
+            }
+        }
+        let steals = to_claim.len();
+        eprintln!("{label}: {kills} kills, {steals} runs taken over");
+        recovery = Some((
+            pct(&mut to_claim, 0.5),
+            pct(&mut to_claim, 0.99),
+            pct(&mut to_step, 0.5),
+            pct(&mut to_step, 0.99),
+            steals,
+        ));
+    }
+    drop(fleet);
+    Ok(Row {
+        label,
+        workflows_per_s,
+        pickup,
+        recovery,
+    })
+}
+
+async fn drop_schema(url: &str, schema: &str) {
+    use sqlx::Connection;
+    if let Ok(mut conn) = sqlx::PgConnection::connect(url).await {
+        let sql = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
+        let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await;
+    }
+}
+
+/// Runs `ovc bench workflows`.
+pub async fn run(args: WorkflowBenchArgs) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    for &n in &args.workers {
+        if args.backend != "postgres" {
+            let dir = tempfile::tempdir()?;
+            let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+            rows.push(
+                measure(
+                    format!("sqlite, {n} worker(s)"),
+                    url,
+                    StoreConfig::default(),
+                    n,
+                    args.ops,
+                )
+                .await?,
+            );
+        }
+        if args.backend != "sqlite" {
+            let url = args
+                .database_url
+                .clone()
+                .context("postgres needs --database-url or DATABASE_URL")?;
+            let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
+            let config = StoreConfig {
+                pg_schema: Some(schema.clone()),
+                ..StoreConfig::default()
+            };
+            let row = measure(
+                format!("postgres, {n} worker(s)"),
+                url.clone(),
+                config,
+                n,
+                args.ops,
+            )
+            .await;
+            drop_schema(&url, &schema).await;
+            rows.push(row?);
+        }
+    }
+    println!(
+        "{:<24} {:>12} {:>10} {:>18} {:>26} {:>26}",
+        "setup",
+        "workflows/s",
+        "steps/s",
+        "pickup p50/p99 ms",
+        "expiry->claim p50/p99 ms",
+        "expiry->step p50/p99 ms"
+    );
+    for r in rows {
+        let rec = match r.recovery {
+            Some((a, b, c, d, n)) => (format!("{a:.0}/{b:.0} (n={n})"), format!("{c:.0}/{d:.0}")),
+            None => ("-".into(), "-".into()),
+        };
+        println!(
+            "{:<24} {:>12.0} {:>10.0} {:>18} {:>26} {:>26}",
+            r.label,
+            r.workflows_per_s,
+            r.workflows_per_s * 5.0,
+            format!("{:.1}/{:.1}", r.pickup.0, r.pickup.1),
+            rec.0,
+            rec.1
+        );
+    }
+    println!();
+    println!(
+        "five-step bench workflow, sim host at 0 ms; lease 1 s (recovery = lease expiry to takeover)."
+    );
+    Ok(())
+}
