@@ -36,7 +36,8 @@ pub fn definition() -> WorkflowDef {
     }
 }
 
-async fn create_namespace(ctx: &StepCtx) -> StepResult {
+/// Ensures the namespace (also used by restore into a new vcluster).
+pub(crate) async fn create_namespace(ctx: &StepCtx) -> StepResult {
     ctx.driver.ensure_namespace(&ctx.call, &ctx.target).await?;
     Ok(StepOutput::output(
         serde_json::json!({"namespace": ctx.target.namespace}),
@@ -52,7 +53,8 @@ pub(crate) async fn delete_namespace(ctx: &StepCtx) -> StepResult {
     }
 }
 
-async fn install_release(ctx: &StepCtx) -> StepResult {
+/// Ensures the release with the vcluster's spec (also used by restore).
+pub(crate) async fn install_release(ctx: &StepCtx) -> StepResult {
     let revision = ctx
         .driver
         .install_release(&ctx.call, &ctx.target, &values(ctx.spec()?))

@@ -9,7 +9,7 @@
 //! RUNNING. The spec of an existing vcluster is kept: restore brings back data, not size.
 
 use crate::common::{CHECK_IN, load_artifact, wait_ready};
-use crate::create::{delete_namespace, uninstall_release};
+use crate::create::{self, delete_namespace, uninstall_release};
 use futures::FutureExt;
 use ovc_engine::model::{Settlement, WorkflowDef};
 use ovc_engine::{StepCtx, StepDef, StepError, StepOutput, StepResult};
@@ -25,10 +25,10 @@ pub fn definition() -> WorkflowDef {
         name: "restore",
         steps: vec![
             StepDef::new("verify_snapshot", |c| verify(c).boxed()),
-            StepDef::new("create_namespace", |c| create_namespace(c).boxed())
+            StepDef::new("create_namespace", |c| create::create_namespace(c).boxed())
                 .undo(|c| delete_namespace(c).boxed())
                 .skip_if(overwrites),
-            StepDef::new("install_release", |c| install(c).boxed())
+            StepDef::new("install_release", |c| create::install_release(c).boxed())
                 .undo(|c| uninstall_release(c).boxed())
                 .skip_if(overwrites),
             StepDef::new("safety_copy", |c| safety_copy(c).boxed()).skip_if(creates),
@@ -100,21 +100,6 @@ async fn verify(ctx: &StepCtx) -> StepResult {
     let data = artifact(ctx).await?;
     Ok(StepOutput::output(
         serde_json::json!({"verified_bytes": data.len()}),
-    ))
-}
-
-async fn create_namespace(ctx: &StepCtx) -> StepResult {
-    ctx.driver.ensure_namespace(&ctx.call, &ctx.target).await?;
-    Ok(StepOutput::done())
-}
-
-async fn install(ctx: &StepCtx) -> StepResult {
-    let revision = ctx
-        .driver
-        .install_release(&ctx.call, &ctx.target, &crate::common::values(ctx.spec()?))
-        .await?;
-    Ok(StepOutput::output(
-        serde_json::json!({"revision": revision}),
     ))
 }
 

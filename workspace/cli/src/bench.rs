@@ -156,16 +156,6 @@ async fn measure(label: String, store: Arc<dyn Store>, secs: u64) -> anyhow::Res
     })
 }
 
-async fn drop_schema(url: &str, schema: &str) {
-    use sqlx::Connection;
-    if let Ok(mut conn) = sqlx::PgConnection::connect(url).await {
-        let sql = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
-        let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .execute(&mut conn)
-            .await;
-    }
-}
-
 /// Runs `ovc bench store`.
 pub async fn run_store(args: StoreBenchArgs) -> anyhow::Result<()> {
     let mut results = Vec::new();
@@ -197,7 +187,7 @@ pub async fn run_store(args: StoreBenchArgs) -> anyhow::Result<()> {
         };
         let store = ovc_store::open(&url, config).await?;
         let outcome = measure("postgres".into(), store, args.seconds).await;
-        drop_schema(&url, &schema).await;
+        ovc_store::postgres::drop_schema(&url, &schema).await;
         results.push(outcome?);
     }
     println!(

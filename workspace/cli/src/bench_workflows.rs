@@ -301,16 +301,6 @@ async fn measure(
     })
 }
 
-async fn drop_schema(url: &str, schema: &str) {
-    use sqlx::Connection;
-    if let Ok(mut conn) = sqlx::PgConnection::connect(url).await {
-        let sql = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
-        let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .execute(&mut conn)
-            .await;
-    }
-}
-
 /// Runs `ovc bench workflows`.
 pub async fn run(args: WorkflowBenchArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
@@ -347,7 +337,7 @@ pub async fn run(args: WorkflowBenchArgs) -> anyhow::Result<()> {
                 args.ops,
             )
             .await;
-            drop_schema(&url, &schema).await;
+            ovc_store::postgres::drop_schema(&url, &schema).await;
             rows.push(row?);
         }
     }

@@ -50,6 +50,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         artifacts: args.data_dir.join("snapshots").display().to_string(),
         concurrency: 16,
         lease_ms: 5000,
+        idle_poll_ms: None,
         name: None,
         workflows: "vcluster".into(),
     };

@@ -37,6 +37,11 @@ pub struct WorkerArgs {
     /// Lease length in milliseconds (renewed every third of it).
     #[arg(long, default_value_t = 5000)]
     pub lease_ms: u64,
+    /// Longest idle wait between claim attempts, in milliseconds. PostgreSQL wakes idle
+    /// workers with NOTIFY; SQLite can only wake workers of the same process, so other
+    /// processes see new work when they poll (default: 50 on SQLite, 500 on PostgreSQL).
+    #[arg(long)]
+    pub idle_poll_ms: Option<u64>,
     /// Worker name (lease owner); default `<host>-<pid>-<random>`.
     #[arg(long)]
     pub name: Option<String>,
@@ -77,6 +82,13 @@ pub async fn build(store: Arc<dyn Store>, args: &WorkerArgs) -> anyhow::Result<W
             owner: args.name.clone().unwrap_or_else(default_owner),
             concurrency: args.concurrency.max(1),
             lease: Duration::from_millis(args.lease_ms.max(300)),
+            idle_poll: Duration::from_millis(args.idle_poll_ms.unwrap_or(
+                if args.database_url.starts_with("sqlite:") {
+                    50
+                } else {
+                    500
+                },
+            )),
             ..WorkerOptions::default()
         },
     ))

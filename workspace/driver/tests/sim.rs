@@ -15,28 +15,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    super::$name(ovc_store::Backend::Sqlite).await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    super::$name(ovc_store::Backend::Postgres).await
-                }
-            )*
-        }
-    };
-}
-
-both_backends!(
+ovc_testkit::both_backends!(
     lifecycle_from_namespace_to_delete,
     each_ensure_counts_its_effect_once,
     missing_prerequisites_are_permanent_errors,

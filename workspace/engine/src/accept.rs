@@ -60,6 +60,57 @@ fn store_status(e: ovc_store::Error) -> Status {
     }
 }
 
+/// The first operation of a repeated request (same key, same parameters), or
+/// `REQUEST_ID_REUSED` when the key was used with other parameters.
+async fn repeated(
+    store: &dyn Store,
+    project: &ProjectName,
+    request_id: Option<&str>,
+    hash: &str,
+) -> Result<Option<Accepted>, Status> {
+    let Some(request_id) = request_id else {
+        return Ok(None);
+    };
+    let Some(found) = store
+        .find_idempotency_key(project, request_id)
+        .await
+        .map_err(store_status)?
+    else {
+        return Ok(None);
+    };
+    if found.request_hash == hash {
+        return Ok(Some(Accepted {
+            operation_id: found.operation_id,
+            duplicate: true,
+        }));
+    }
+    Err(ovc_store::Error::RequestIdReused {
+        project: project.to_string(),
+        request_id: request_id.to_string(),
+        operation_id: found.operation_id,
+    }
+    .into())
+}
+
+/// Commits a new operation; a concurrent twin of the same request answers with the
+/// winner's operation.
+async fn commit_operation(
+    store: &dyn Store,
+    commit: Commit,
+    operation_id: OperationId,
+) -> Result<Accepted, Status> {
+    match store.commit(commit).await.map_err(store_status)? {
+        CommitOutcome::Committed(_) => Ok(Accepted {
+            operation_id,
+            duplicate: false,
+        }),
+        CommitOutcome::Duplicate { operation_id } => Ok(Accepted {
+            operation_id,
+            duplicate: true,
+        }),
+    }
+}
+
 /// Accepts `req`: validates it, and appends command, operation, run and key atomically.
 pub async fn accept(
     store: &dyn Store,
@@ -75,24 +126,8 @@ pub async fn accept(
         _ => req.vcluster.clone(),
     };
     let hash = request_hash(&req.project, &target_name, &req.command);
-    if let Some(request_id) = &req.request_id
-        && let Some(found) = store
-            .find_idempotency_key(&req.project, request_id)
-            .await
-            .map_err(store_status)?
-    {
-        if found.request_hash == hash {
-            return Ok(Accepted {
-                operation_id: found.operation_id,
-                duplicate: true,
-            });
-        }
-        return Err(ovc_store::Error::RequestIdReused {
-            project: req.project.to_string(),
-            request_id: request_id.clone(),
-            operation_id: found.operation_id,
-        }
-        .into());
+    if let Some(first) = repeated(store, &req.project, req.request_id.as_deref(), &hash).await? {
+        return Ok(first);
     }
     let current = store
         .get_vcluster(&req.project, &target_name)
@@ -232,16 +267,7 @@ pub async fn accept(
         }],
         ..Commit::default()
     };
-    match store.commit(commit).await.map_err(store_status)? {
-        CommitOutcome::Committed(_) => Ok(Accepted {
-            operation_id,
-            duplicate: false,
-        }),
-        CommitOutcome::Duplicate { operation_id } => Ok(Accepted {
-            operation_id,
-            duplicate: true,
-        }),
-    }
+    commit_operation(store, commit, operation_id).await
 }
 
 /// The spec stored with a READY snapshot of `project`.
@@ -320,24 +346,8 @@ pub async fn retry(
         "{}:retry:{id}",
         request_hash(&old.project, &old.vcluster, &old.command)
     );
-    if let Some(request_id) = &request_id
-        && let Some(found) = store
-            .find_idempotency_key(&old.project, request_id)
-            .await
-            .map_err(store_status)?
-    {
-        if found.request_hash == hash {
-            return Ok(Accepted {
-                operation_id: found.operation_id,
-                duplicate: true,
-            });
-        }
-        return Err(ovc_store::Error::RequestIdReused {
-            project: old.project.to_string(),
-            request_id: request_id.clone(),
-            operation_id: found.operation_id,
-        }
-        .into());
+    if let Some(first) = repeated(store, &old.project, request_id.as_deref(), &hash).await? {
+        return Ok(first);
     }
     if !matches!(old.state, OperationState::Failed | OperationState::Stuck) {
         return Err(Status::failed_precondition(format!(
@@ -439,14 +449,5 @@ pub async fn retry(
         }],
         ..Commit::default()
     };
-    match store.commit(commit).await.map_err(store_status)? {
-        CommitOutcome::Committed(_) => Ok(Accepted {
-            operation_id,
-            duplicate: false,
-        }),
-        CommitOutcome::Duplicate { operation_id } => Ok(Accepted {
-            operation_id,
-            duplicate: true,
-        }),
-    }
+    commit_operation(store, commit, operation_id).await
 }

@@ -541,6 +541,28 @@ impl TxOps for PgTx {
     }
 }
 
+/// Drops `schema` and everything in it (throwaway schemas of tests and benchmarks).
+/// Best effort: errors are logged, not returned.
+pub async fn drop_schema(url: &str, schema: &str) {
+    use sqlx::Connection;
+    let Ok(schema) = checked_schema(schema) else {
+        tracing::warn!(schema, "not dropping a schema with an unexpected name");
+        return;
+    };
+    match sqlx::PgConnection::connect(url).await {
+        Ok(mut conn) => {
+            let sql = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
+            if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&mut conn)
+                .await
+            {
+                tracing::warn!(schema, error = %e, "could not drop schema");
+            }
+        }
+        Err(e) => tracing::warn!(schema, error = %e, "could not connect to drop schema"),
+    }
+}
+
 /// A schema name we are willing to put into SQL: lowercase letters, digits, '_'.
 fn checked_schema(schema: &str) -> Result<&str> {
     let ok = !schema.is_empty()

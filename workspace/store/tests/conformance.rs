@@ -13,28 +13,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use uuid::Uuid;
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    super::$name(ovc_store::Backend::Sqlite).await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    super::$name(ovc_store::Backend::Postgres).await
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+ovc_testkit::both_backends!(
     append_read_and_expected_versions,
     read_all_pages_in_position_order,
     bad_input_is_a_typed_error_and_writes_nothing,

@@ -112,16 +112,32 @@ impl Drop for TestDb {
             else {
                 return;
             };
-            rt.block_on(async move {
-                use sqlx::Connection;
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
-                    let sql = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
-                        .execute(&mut conn)
-                        .await;
-                }
-            });
+            rt.block_on(ovc_store::postgres::drop_schema(&url, &schema));
         });
         let _ = handle.join();
     }
+}
+
+/// Declares each listed `async fn name(backend: Backend)` as two tests, `sqlite::name`
+/// and `postgres::name`: one conformance suite, both backends.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(ovc_store::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(ovc_store::Backend::Postgres).await
+                }
+            )*
+        }
+    };
 }
