@@ -21,6 +21,9 @@ pub struct DevArgs {
     /// Open, migrate, print the status and exit instead of following the log.
     #[arg(long)]
     pub check: bool,
+    /// Address of the REST API (loopback by default: `ovc dev` has no authentication).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http: std::net::SocketAddr,
 }
 
 /// Runs `ovc dev`.
@@ -56,6 +59,39 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     let worker = crate::worker::build(store.clone(), &worker_args).await?;
     let worker = tokio::spawn(worker.run(crate::worker::shutdown_signal()));
+    if !args.http.ip().is_loopback() {
+        anyhow::bail!(
+            "--http {} is not a loopback address: ovc dev has no authentication; use 127.0.0.1",
+            args.http
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(args.http)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (is another ovc dev running?)",
+                args.http
+            )
+        })?;
+    let http_addr = listener.local_addr().unwrap_or(args.http);
+    let app = ovc_api::router(ovc_api::AppState {
+        store: store.clone(),
+        registry: std::sync::Arc::new(ovc_workflows::registry()),
+        ids: std::sync::Arc::new(ovc_types::time::RandomIds),
+    });
+    let mut http_shutdown = crate::worker::shutdown_signal();
+    tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = http_shutdown.wait_for(|stop| *stop).await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+    println!("  REST API   http://{http_addr}");
+    println!(
+        "  try        curl -s -XPOST http://{http_addr}/v1/vclusters -d '{{\"name\":\"demo\"}}'"
+    );
     println!(
         "  workers    16 on the simulated host; snapshots in {}",
         worker_args.artifacts

@@ -1,0 +1,470 @@
+//! The REST API over a real store with an in-process worker on the simulated host:
+//! status codes and error bodies of API.md, idempotency, the lifecycle.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use ovc_store::Backend;
+use ovc_tests::{Harness, HarnessOptions};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use tower::ServiceExt;
+
+struct Api {
+    h: Harness,
+    app: axum::Router,
+}
+
+impl Api {
+    async fn start() -> Api {
+        let h = Harness::start(Backend::Sqlite, HarnessOptions::default()).await;
+        let app = ovc_api::router(ovc_api::AppState {
+            store: h.store.clone(),
+            registry: Arc::new(ovc_workflows::registry()),
+            ids: Arc::new(ovc_types::time::RandomIds),
+        });
+        Api { h, app }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        body: Option<Value>,
+        key: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(k) = key {
+            req = req.header("idempotency-key", k);
+        }
+        let body = match body {
+            Some(b) => Body::from(b.to_string()),
+            None => Body::empty(),
+        };
+        let res = self
+            .app
+            .clone()
+            .oneshot(req.body(body).expect("request"))
+            .await
+            .expect("call");
+        let status = res.status();
+        let bytes = res.into_body().collect().await.expect("body").to_bytes();
+        let v = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        (status, v)
+    }
+
+    async fn wait(&self, op: &Value) -> Value {
+        let id = op["id"].as_str().expect("operation id");
+        let (s, done) = self
+            .call(
+                "GET",
+                &format!("/v1/operations/{id}/wait?timeout=20s"),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{done}");
+        assert_eq!(done["done"], true, "{done}");
+        done
+    }
+}
+
+/// method, path, body, expected HTTP status, expected status name, text the message names.
+type ErrorCase = (
+    &'static str,
+    String,
+    Option<Value>,
+    StatusCode,
+    &'static str,
+    Option<&'static str>,
+);
+
+fn assert_error(status: StatusCode, body: &Value, want: StatusCode, name: &str) {
+    assert_eq!(status, want, "{body}");
+    assert_eq!(body["error"]["status"], name, "{body}");
+    assert_eq!(body["error"]["code"], want.as_u16(), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_over_rest() {
+    let api = Api::start().await;
+    let (s, op) = api
+        .call(
+            "POST",
+            "/v1/vclusters",
+            Some(json!({"name": "team-a", "spec": {"labels": {"env": "dev"}}})),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    assert_eq!(op["kind"], "CREATE");
+    assert_eq!(
+        op["name"],
+        format!("operations/{}", op["id"].as_str().expect("id"))
+    );
+    assert_eq!(api.wait(&op).await["state"], "SUCCEEDED");
+    let (s, vc) = api.call("GET", "/v1/vclusters/team-a", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(vc["state"], "RUNNING");
+    assert_eq!(vc["host_namespace"], "ovc-default-team-a");
+
+    let (s, op) = api
+        .call(
+            "POST",
+            "/v1/vclusters/team-a/suspend",
+            Some(json!({"snapshot": true})),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    assert_eq!(api.wait(&op).await["state"], "SUCCEEDED");
+    let (s, op) = api
+        .call("POST", "/v1/vclusters/team-a/resume", None, None)
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    assert_eq!(api.wait(&op).await["state"], "SUCCEEDED");
+    let (s, op) = api
+        .call(
+            "POST",
+            "/v1/vclusters/team-a/snapshots",
+            Some(json!({"description": "nightly"})),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    let snap = api.wait(&op).await;
+    let snapshot_id = snap["result"]["snapshot_id"]
+        .as_str()
+        .expect("snapshot id")
+        .to_string();
+    let (s, got) = api
+        .call("GET", &format!("/v1/snapshots/{snapshot_id}"), None, None)
+        .await;
+    assert_eq!(
+        (s, got["state"].clone()),
+        (StatusCode::OK, json!("READY")),
+        "{got}"
+    );
+    let (s, op) = api
+        .call(
+            "POST",
+            "/v1/vclusters/team-a/scale",
+            Some(json!({"control_plane": {"replicas": 3}})),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    api.wait(&op).await;
+    let (_, vc) = api.call("GET", "/v1/vclusters/team-a", None, None).await;
+    assert_eq!(vc["spec"]["control_plane"]["replicas"], 3);
+    let (s, op) = api
+        .call(
+            "POST",
+            &format!("/v1/snapshots/{snapshot_id}/restore"),
+            Some(json!({"target": {"new_name": "copy"}})),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    assert_eq!(api.wait(&op).await["state"], "SUCCEEDED");
+    let (s, op) = api
+        .call(
+            "POST",
+            &format!("/v1/snapshots/{snapshot_id}/restore"),
+            Some(json!({"target": {"existing": "team-a"}})),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    assert_eq!(api.wait(&op).await["state"], "SUCCEEDED");
+    for name in ["copy", "team-a"] {
+        let (s, op) = api
+            .call("DELETE", &format!("/v1/vclusters/{name}"), None, None)
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+        assert_eq!(api.wait(&op).await["state"], "SUCCEEDED");
+    }
+    let (s, list) = api.call("GET", "/v1/vclusters", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(list["vclusters"], json!([]));
+    let (s, page) = api
+        .call("GET", "/v1/events?after=0&limit=5", None, None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(page["events"].as_array().map(Vec::len), Some(5));
+    assert_eq!(page["next_after"], 5);
+    let (s, ops) = api
+        .call("GET", "/v1/operations?kind=DELETE", None, None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(ops["operations"].as_array().map(Vec::len), Some(2));
+    api.h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_over_rest() {
+    let api = Api::start().await;
+    let body = json!({"name": "team-a"});
+    let (s1, first) = api
+        .call("POST", "/v1/vclusters", Some(body.clone()), Some("k-1"))
+        .await;
+    assert_eq!(s1, StatusCode::ACCEPTED);
+    let (s2, again) = api
+        .call("POST", "/v1/vclusters", Some(body.clone()), Some("k-1"))
+        .await;
+    assert_eq!(s2, StatusCode::OK, "a repeat answers 200");
+    assert_eq!(again["id"], first["id"]);
+    let (s3, reused) = api
+        .call(
+            "POST",
+            "/v1/vclusters",
+            Some(json!({"name": "team-b"})),
+            Some("k-1"),
+        )
+        .await;
+    assert_error(s3, &reused, StatusCode::BAD_REQUEST, "INVALID_ARGUMENT");
+    assert_eq!(reused["error"]["details"][0]["reason"], "REQUEST_ID_REUSED");
+    let (s4, differ) = api
+        .call(
+            "POST",
+            "/v1/vclusters",
+            Some(json!({"name": "team-c", "request_id": "x"})),
+            Some("y"),
+        )
+        .await;
+    assert_error(s4, &differ, StatusCode::BAD_REQUEST, "INVALID_ARGUMENT");
+    // 20 concurrent identical requests: one operation.
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let app = api.app.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = Request::builder()
+                .method("POST")
+                .uri("/v1/vclusters")
+                .header("idempotency-key", "race")
+                .body(Body::from(json!({"name": "raced"}).to_string()))
+                .expect("req");
+            let res = app.oneshot(req).await.expect("call");
+            let status = res.status();
+            let bytes = res.into_body().collect().await.expect("body").to_bytes();
+            (
+                status,
+                serde_json::from_slice::<Value>(&bytes).expect("json")["id"].clone(),
+            )
+        }));
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    let mut accepted = 0;
+    for t in tasks {
+        let (s, id) = t.await.expect("task");
+        assert!(s == StatusCode::ACCEPTED || s == StatusCode::OK, "{s}");
+        if s == StatusCode::ACCEPTED {
+            accepted += 1;
+        }
+        ids.insert(id.to_string());
+    }
+    assert_eq!((ids.len(), accepted), (1, 1), "{ids:?}");
+    api.h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_have_the_status_of_api_md() {
+    let api = Api::start().await;
+    let (_, op) = api
+        .call(
+            "POST",
+            "/v1/vclusters",
+            Some(json!({"name": "team-a"})),
+            None,
+        )
+        .await;
+    api.wait(&op).await;
+    let head = api.h.store.head_position().await.expect("head");
+    let cases: Vec<ErrorCase> = vec![
+        (
+            "GET",
+            "/v1/vclusters/nope".into(),
+            None,
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            None,
+        ),
+        (
+            "POST",
+            "/v1/vclusters".into(),
+            Some(json!({"name": "team-a"})),
+            StatusCode::CONFLICT,
+            "ALREADY_EXISTS",
+            None,
+        ),
+        (
+            "POST",
+            "/v1/vclusters".into(),
+            Some(json!({"name": "Team_A"})),
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            Some("Team_A"),
+        ),
+        (
+            "POST",
+            "/v1/vclusters".into(),
+            Some(json!({"name": "x", "replicas": 3})),
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            Some("replicas"),
+        ),
+        (
+            "POST",
+            "/v1/vclusters".into(),
+            Some(json!({"name": "x", "spec": {"quota": {"memory": "8GB"}}})),
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            Some("8GB"),
+        ),
+        (
+            "POST",
+            "/v1/vclusters".into(),
+            Some(json!({"name": "x", "spec": {"control_plane": {"replicas": 2}}})),
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            Some("replicas"),
+        ),
+        (
+            "POST",
+            "/v1/vclusters/team-a/resume".into(),
+            None,
+            StatusCode::BAD_REQUEST,
+            "FAILED_PRECONDITION",
+            Some("RUNNING"),
+        ),
+        (
+            "POST",
+            "/v1/vclusters/team-a/scale".into(),
+            Some(json!({})),
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            Some("changes nothing"),
+        ),
+        (
+            "POST",
+            "/v1/vclusters/nope/suspend".into(),
+            None,
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            None,
+        ),
+        (
+            "GET",
+            "/v1/operations/not-a-uuid".into(),
+            None,
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            None,
+        ),
+        (
+            "GET",
+            format!("/v1/operations/{}", uuid::Uuid::nil()),
+            None,
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            None,
+        ),
+        (
+            "GET",
+            "/v1/vclusters?page_size=0".into(),
+            None,
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            Some("page_size"),
+        ),
+        (
+            "GET",
+            "/v1/vclusters?page_token=garbage".into(),
+            None,
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            Some("page token"),
+        ),
+        (
+            "GET",
+            "/v1/operations?state=WEIRD".into(),
+            None,
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            Some("WEIRD"),
+        ),
+        (
+            "GET",
+            format!("/v1/operations/{}/wait?timeout=forever", uuid::Uuid::nil()),
+            None,
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            Some("timeout"),
+        ),
+        (
+            "GET",
+            "/v1/nothing-here".into(),
+            None,
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            None,
+        ),
+        (
+            "POST",
+            format!("/v1/operations/{}/retry", op["id"].as_str().expect("id")),
+            None,
+            StatusCode::BAD_REQUEST,
+            "FAILED_PRECONDITION",
+            Some("SUCCEEDED"),
+        ),
+        (
+            "POST",
+            format!("/v1/operations/{}/cancel", op["id"].as_str().expect("id")),
+            None,
+            StatusCode::BAD_REQUEST,
+            "FAILED_PRECONDITION",
+            None,
+        ),
+    ];
+    for (method, uri, body, want, name, mentions) in cases {
+        let (s, b) = api.call(method, &uri, body.clone(), None).await;
+        assert_error(s, &b, want, name);
+        if let Some(m) = mentions {
+            assert!(
+                b["error"]["message"]
+                    .as_str()
+                    .is_some_and(|msg| msg.contains(m)),
+                "{method} {uri}: {b}"
+            );
+        }
+    }
+    // A malformed body is INVALID_ARGUMENT, not a 5xx.
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/vclusters")
+        .body(Body::from("{not json"))
+        .expect("req");
+    let res = api.app.clone().oneshot(req).await.expect("call");
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    // An oversized body is refused too.
+    let big = json!({"name": "big", "spec": {"helm_values": {"x": "y".repeat(300 * 1024)}}});
+    let (s, _) = api.call("POST", "/v1/vclusters", Some(big), None).await;
+    assert!(s.is_client_error(), "{s}");
+    assert_eq!(
+        api.h.store.head_position().await.expect("head"),
+        head,
+        "a refused request wrote"
+    );
+    api.h.stop().await;
+}

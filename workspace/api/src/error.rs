@@ -1,0 +1,55 @@
+//! `ApiError`: a [`Status`] rendered as API.md's error body,
+//! `{"error": {"code": 409, "status": "ALREADY_EXISTS", "message": "...", "details": [...]}}`,
+//! with the HTTP status of API.md's table.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use ovc_types::error::{Code, Status};
+
+/// An error answered to an API client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError(pub Status);
+
+impl From<Status> for ApiError {
+    fn from(s: Status) -> Self {
+        ApiError(s)
+    }
+}
+
+impl From<ovc_store::Error> for ApiError {
+    fn from(e: ovc_store::Error) -> Self {
+        if matches!(e.code(), Code::Internal) {
+            tracing::error!(error = %e, "store error");
+        }
+        ApiError(e.into())
+    }
+}
+
+impl ApiError {
+    /// INVALID_ARGUMENT with `reason`.
+    pub fn invalid(message: impl Into<String>, reason: &str) -> Self {
+        ApiError(Status::invalid_argument(message).with_reason(reason))
+    }
+
+    /// NOT_FOUND.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        ApiError(Status::not_found(message))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let s = self.0;
+        let http =
+            StatusCode::from_u16(s.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::json!({
+            "error": {
+                "code": s.code.http_status(),
+                "status": s.code.as_str(),
+                "message": s.message,
+                "details": s.details,
+            }
+        });
+        (http, axum::Json(body)).into_response()
+    }
+}

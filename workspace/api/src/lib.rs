@@ -1,0 +1,33 @@
+//! The REST API of API.md, first slice: vclusters, snapshots, operations (get, list,
+//! wait, cancel, retry) and the events feed as JSON pages, plus `/healthz` and `/readyz`.
+//! Every mutation goes through `ovc_engine::accept` (one commit: command event, operation,
+//! run, idempotency key) and answers 202 with the Operation, or 200 with the first
+//! operation when the `request_id` (body field or `Idempotency-Key` header) repeats.
+//!
+//! Not in this slice yet (issue "The API"): gRPC, the OpenAPI document, bearer tokens and
+//! projects isolation, SSE, rate limits, `/metrics`, the kubeconfig route.
+
+mod error;
+mod routes;
+
+pub use error::ApiError;
+pub use routes::router;
+
+use ovc_engine::Registry;
+use ovc_store::Store;
+use ovc_types::time::IdSource;
+use std::sync::Arc;
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// The workflows (for planned steps).
+    pub registry: Arc<Registry>,
+    /// The id source for new operations.
+    pub ids: Arc<dyn IdSource>,
+}
+
+/// The largest request body accepted, in bytes.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
