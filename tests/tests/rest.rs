@@ -468,3 +468,94 @@ async fn errors_have_the_status_of_api_md() {
     );
     api.h.stop().await;
 }
+
+/// Reads SSE frames from `uri` until `until` says stop (or 10 s pass); returns (id, type).
+async fn read_sse(
+    api: &Api,
+    uri: &str,
+    last_event_id: Option<u64>,
+    until: impl Fn(&[(u64, String)]) -> bool,
+) -> Vec<(u64, String)> {
+    let mut req = Request::builder()
+        .method("GET")
+        .uri(uri)
+        .header("accept", "text/event-stream");
+    if let Some(id) = last_event_id {
+        req = req.header("last-event-id", id.to_string());
+    }
+    let res = api
+        .app
+        .clone()
+        .oneshot(req.body(Body::empty()).expect("req"))
+        .await
+        .expect("call");
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut body = res.into_body();
+    let mut text = String::new();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !until(&seen) {
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .expect("SSE frames in time")
+            .expect("stream open")
+            .expect("frame");
+        if let Ok(data) = frame.into_data() {
+            text.push_str(&String::from_utf8_lossy(&data));
+        }
+        while let Some(end) = text.find("\n\n") {
+            let block: String = text.drain(..end + 2).collect();
+            let mut id = None;
+            let mut ty = String::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().parse::<u64>().ok();
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    ty = v.trim().to_string();
+                }
+            }
+            if let Some(id) = id {
+                seen.push((id, ty));
+            }
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_resumes_with_last_event_id_without_gaps_or_repeats() {
+    let api = Api::start().await;
+    let (_, op) = api
+        .call("POST", "/v1/vclusters", Some(json!({"name": "a"})), None)
+        .await;
+    api.wait(&op).await;
+    // First connection: take 4 events and disconnect.
+    let first = read_sse(&api, "/v1/events", None, |s| s.len() >= 4).await;
+    let last = first.last().expect("events").0;
+    // More happens while the client is away.
+    let (_, op2) = api
+        .call("POST", "/v1/vclusters", Some(json!({"name": "b"})), None)
+        .await;
+    api.wait(&op2).await;
+    let head = api.h.store.head_position().await.expect("head");
+    let second = read_sse(&api, "/v1/events", Some(last), |s| {
+        s.last().is_some_and(|e| e.0 >= head)
+    })
+    .await;
+    let ids: Vec<u64> = first.iter().chain(second.iter()).map(|e| e.0).collect();
+    assert_eq!(
+        ids,
+        (1..=head).collect::<Vec<_>>(),
+        "skipped or repeated across a reconnect"
+    );
+    assert_eq!(first[0].1, "CreateRequested");
+    // The per-operation feed carries only that operation's events.
+    let id = op2["id"].as_str().expect("id");
+    let own = read_sse(&api, &format!("/v1/operations/{id}/events"), None, |s| {
+        s.iter().any(|e| e.1 == "OperationSucceeded")
+    })
+    .await;
+    assert_eq!(own[0].1, "OperationRequested");
+    assert!(own.iter().all(|e| e.1 != "CreateRequested"), "{own:?}");
+    api.h.stop().await;
+}

@@ -1,11 +1,12 @@
 //! The REST API of API.md, first slice: vclusters, snapshots, operations (get, list,
-//! wait, cancel, retry) and the events feed as JSON pages, plus `/healthz` and `/readyz`.
+//! wait, cancel, retry) and the events feed (JSON pages, or live SSE resumable with
+//! `Last-Event-ID`), plus `/healthz` and `/readyz`.
 //! Every mutation goes through `ovc_engine::accept` (one commit: command event, operation,
 //! run, idempotency key) and answers 202 with the Operation, or 200 with the first
 //! operation when the `request_id` (body field or `Idempotency-Key` header) repeats.
 //!
 //! Not in this slice yet (issue "The API"): gRPC, the OpenAPI document, bearer tokens and
-//! projects isolation, SSE, rate limits, `/metrics`, the kubeconfig route.
+//! projects isolation, rate limits, `/metrics`, the kubeconfig route.
 
 mod error;
 mod routes;

@@ -611,10 +611,98 @@ fn limit(l: Option<u32>) -> ApiResult<u32> {
     }
 }
 
+fn wants_sse(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"))
+}
+
+/// Where a live stream starts: after `Last-Event-ID` (a reconnect) or `?after=`.
+fn resume_after(headers: &HeaderMap, after: Option<u64>) -> ApiResult<u64> {
+    match headers.get("last-event-id") {
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .ok_or_else(|| {
+                ApiError::invalid("Last-Event-ID must be an event position", "INVALID_CURSOR")
+            }),
+        None => Ok(after.unwrap_or(0)),
+    }
+}
+
+/// A live SSE feed of the events after `after` (only those of `stream`, if given): `id`
+/// is the position, `event` the type, `data` the Event JSON. It reads the log in
+/// position order, which never skips (see the store), so a client that reconnects with
+/// `Last-Event-ID` sees every event exactly once.
+fn live(state: AppState, after: u64, stream: Option<String>) -> Response {
+    use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+    struct Cursor {
+        state: AppState,
+        after: u64,
+        stream: Option<String>,
+        buffered: std::collections::VecDeque<ovc_store::RecordedEvent>,
+        wake: tokio::sync::watch::Receiver<u64>,
+    }
+    let wake = state.store.watch_events();
+    let cursor = Cursor {
+        state,
+        after,
+        stream,
+        buffered: Default::default(),
+        wake,
+    };
+    let feed = futures::stream::unfold(cursor, |mut c| async move {
+        loop {
+            if let Some(e) = c.buffered.pop_front() {
+                let data = serde_json::to_string(&e).unwrap_or_default();
+                let frame = SseEvent::default()
+                    .id(e.position.to_string())
+                    .event(e.event_type.clone())
+                    .data(data);
+                return Some((Ok::<_, std::convert::Infallible>(frame), c));
+            }
+            c.wake.borrow_and_update();
+            match c.state.store.read_all(c.after, 500).await {
+                Ok(batch) if !batch.is_empty() => {
+                    if let Some(last) = batch.last() {
+                        c.after = last.position;
+                    }
+                    let wanted = c.stream.clone();
+                    c.buffered.extend(
+                        batch
+                            .into_iter()
+                            .filter(|e| wanted.as_ref().is_none_or(|s| &e.stream == s)),
+                    );
+                }
+                Ok(_) => {
+                    tokio::select! {
+                        _ = c.wake.changed() => {}
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "event feed: store read failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
+    Sse::new(feed)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
 async fn events(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Query(q): Query<EventsQuery>,
 ) -> ApiResult<Response> {
+    if wants_sse(&headers) {
+        let after = resume_after(&headers, q.after)?;
+        return Ok(live(state, after, None));
+    }
     let after = q.after.unwrap_or(0);
     let events = state.store.read_all(after, limit(q.limit)?).await?;
     let next = events.last().map_or(after, |e| e.position);
@@ -624,13 +712,16 @@ async fn events(
 async fn operation_events(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     Query(q): Query<EventsQuery>,
 ) -> ApiResult<Response> {
     let op = find_operation(&state, &id).await?;
-    let all = state
-        .store
-        .read_stream(&StreamName::operation(op.id), 0, u32::MAX)
-        .await?;
+    let stream = StreamName::operation(op.id);
+    if wants_sse(&headers) {
+        let after = resume_after(&headers, q.after)?;
+        return Ok(live(state, after, Some(stream.as_str().to_string())));
+    }
+    let all = state.store.read_stream(&stream, 0, u32::MAX).await?;
     let after = q.after.unwrap_or(0);
     let events: Vec<_> = all
         .into_iter()
