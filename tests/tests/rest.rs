@@ -17,11 +17,16 @@ struct Api {
 
 impl Api {
     async fn start() -> Api {
+        Self::start_with(ovc_api::auth::AuthMode::None).await
+    }
+
+    async fn start_with(auth: ovc_api::auth::AuthMode) -> Api {
         let h = Harness::start(Backend::Sqlite, HarnessOptions::default()).await;
         let app = ovc_api::router(ovc_api::AppState {
             store: h.store.clone(),
             registry: Arc::new(ovc_workflows::registry()),
             ids: Arc::new(ovc_types::time::RandomIds),
+            auth,
         });
         Api { h, app }
     }
@@ -33,7 +38,21 @@ impl Api {
         body: Option<Value>,
         key: Option<&str>,
     ) -> (StatusCode, Value) {
+        self.call_as(None, method, uri, body, key).await
+    }
+
+    async fn call_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        uri: &str,
+        body: Option<Value>,
+        key: Option<&str>,
+    ) -> (StatusCode, Value) {
         let mut req = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
         if let Some(k) = key {
             req = req.header("idempotency-key", k);
         }
@@ -557,5 +576,145 @@ async fn sse_resumes_with_last_event_id_without_gaps_or_repeats() {
     .await;
     assert_eq!(own[0].1, "OperationRequested");
     assert!(own.iter().all(|e| e.1 != "CreateRequested"), "{own:?}");
+    api.h.stop().await;
+}
+
+async fn token(api: &Api, project: &str, role: ovc_store::Role) -> String {
+    let t = ovc_api::auth::new_token();
+    api.h
+        .store
+        .create_token(
+            &ovc_store::TokenRecord {
+                id: uuid::Uuid::now_v7(),
+                name: format!("{project}-{}", role.as_str()),
+                project: project.parse().expect("project"),
+                role,
+            },
+            &ovc_api::auth::token_sha256(&t),
+        )
+        .await
+        .expect("token");
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_never_see_or_touch_another_project() {
+    use ovc_store::Role;
+    let api = Api::start_with(ovc_api::auth::AuthMode::Token).await;
+    let alpha = token(&api, "alpha", Role::Operator).await;
+    let beta = token(&api, "beta", Role::Operator).await;
+    let viewer = token(&api, "beta", Role::Viewer).await;
+
+    let (s, b) = api.call("GET", "/v1/vclusters", None, None).await;
+    assert_error(s, &b, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+    let (s, b) = api
+        .call_as(Some("ovc_not-a-token"), "GET", "/v1/vclusters", None, None)
+        .await;
+    assert_error(s, &b, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+
+    let (s, op) = api
+        .call_as(
+            Some(&alpha),
+            "POST",
+            "/v1/vclusters",
+            Some(json!({"name": "x"})),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    assert_eq!(op["project"], "alpha", "a token acts in its own project");
+    let id = op["id"].as_str().expect("id").to_string();
+    let (s, done) = api
+        .call_as(
+            Some(&alpha),
+            "GET",
+            &format!("/v1/operations/{id}/wait?timeout=20s"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, done["state"].clone()),
+        (StatusCode::OK, json!("SUCCEEDED"))
+    );
+
+    // Across the boundary every route answers 404, never 403 or the resource.
+    let hidden: Vec<(&str, String, Option<Value>)> = vec![
+        ("GET", "/v1/vclusters/x".into(), None),
+        ("GET", "/v1/vclusters/x?project=alpha".into(), None),
+        ("POST", "/v1/vclusters/x/suspend".into(), None),
+        ("POST", "/v1/vclusters/x/suspend?project=alpha".into(), None),
+        ("POST", "/v1/vclusters/x/snapshots".into(), None),
+        (
+            "POST",
+            "/v1/vclusters/x/scale".into(),
+            Some(json!({"quota": {"pods": 60}})),
+        ),
+        ("DELETE", "/v1/vclusters/x?project=alpha".into(), None),
+        ("GET", format!("/v1/operations/{id}"), None),
+        ("GET", format!("/v1/operations/{id}/wait?timeout=1s"), None),
+        ("GET", format!("/v1/operations/{id}/events"), None),
+        ("POST", format!("/v1/operations/{id}/cancel"), None),
+        ("POST", format!("/v1/operations/{id}/retry"), None),
+        (
+            "POST",
+            "/v1/vclusters".into(),
+            Some(json!({"name": "y", "project": "alpha"})),
+        ),
+    ];
+    for (method, uri, body) in hidden {
+        let (s, b) = api.call_as(Some(&beta), method, &uri, body, None).await;
+        assert_error(s, &b, StatusCode::NOT_FOUND, "NOT_FOUND");
+    }
+    for uri in ["/v1/vclusters", "/v1/operations", "/v1/snapshots"] {
+        let (s, b) = api.call_as(Some(&beta), "GET", uri, None, None).await;
+        assert_eq!(s, StatusCode::OK);
+        let items = b
+            .as_object()
+            .and_then(|o| o.values().find_map(|v| v.as_array().cloned()));
+        assert_eq!(items, Some(vec![]), "{uri}: {b}");
+    }
+    let (_, feed) = api
+        .call_as(Some(&beta), "GET", "/v1/events", None, None)
+        .await;
+    assert_eq!(
+        feed["events"],
+        json!([]),
+        "beta sees alpha's events: {feed}"
+    );
+    let (_, feed) = api
+        .call_as(Some(&alpha), "GET", "/v1/events", None, None)
+        .await;
+    assert!(
+        feed["events"].as_array().is_some_and(|e| e.len() > 5),
+        "{feed}"
+    );
+
+    // The same name in another project is another vcluster.
+    let (s, op) = api
+        .call_as(
+            Some(&beta),
+            "POST",
+            "/v1/vclusters",
+            Some(json!({"name": "x"})),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    // A viewer reads but does not change.
+    let (s, b) = api
+        .call_as(
+            Some(&viewer),
+            "POST",
+            "/v1/vclusters",
+            Some(json!({"name": "z"})),
+            None,
+        )
+        .await;
+    assert_error(s, &b, StatusCode::FORBIDDEN, "PERMISSION_DENIED");
+    let (s, _) = api
+        .call_as(Some(&viewer), "GET", "/v1/vclusters/x", None, None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
     api.h.stop().await;
 }

@@ -5,9 +5,11 @@
 //! run, idempotency key) and answers 202 with the Operation, or 200 with the first
 //! operation when the `request_id` (body field or `Idempotency-Key` header) repeats.
 //!
-//! Not in this slice yet (issue "The API"): gRPC, the OpenAPI document, bearer tokens and
-//! projects isolation, rate limits, `/metrics`, the kubeconfig route.
+//! Bearer tokens scope every request to one project ([`auth`]). Not in this slice yet
+//! (issue "The API"): gRPC, the OpenAPI document, rate limits, `/metrics`, the
+//! kubeconfig route.
 
+pub mod auth;
 mod error;
 mod routes;
 
@@ -28,6 +30,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// The id source for new operations.
     pub ids: Arc<dyn IdSource>,
+    /// Whether requests need a bearer token.
+    pub auth: auth::AuthMode,
 }
 
 /// The largest request body accepted, in bytes.

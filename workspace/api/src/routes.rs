@@ -1,5 +1,6 @@
 //! The routes of API.md and their handlers.
 
+use crate::auth::Principal;
 use crate::{ApiError, AppState, MAX_BODY_BYTES};
 use axum::Router;
 use axum::body::Bytes;
@@ -152,19 +153,21 @@ struct CreateBody {
 
 async fn create(
     State(state): State<AppState>,
+    who: Principal,
     headers: HeaderMap,
     bytes: Bytes,
 ) -> ApiResult<Response> {
+    who.may_mutate()?;
     let b: CreateBody = body(&bytes)?;
     if b.name.is_empty() {
         return Err(ApiError::invalid("name is required", "INVALID_NAME"));
     }
     let req = CommandRequest {
-        project: project(b.project.as_deref())?,
+        project: who.project(b.project.as_deref())?,
         vcluster: vcluster_name(&b.name)?,
         command: Command::Create { spec: b.spec },
         request_id: request_id(&headers, b.request_id)?,
-        actor: None,
+        actor: who.name.clone(),
         traceparent: traceparent(&headers),
     };
     respond(&state, req).await
@@ -186,19 +189,21 @@ struct ProjectQuery {
 
 async fn command_on(
     state: &AppState,
+    who: &Principal,
     headers: &HeaderMap,
     q: &ProjectQuery,
     name: &str,
     command: Command,
     body_request_id: Option<String>,
 ) -> ApiResult<Response> {
+    who.may_mutate()?;
     let rid = request_id(headers, body_request_id.or(q.request_id.clone()))?;
     let req = CommandRequest {
-        project: project(q.project.as_deref())?,
+        project: who.project(q.project.as_deref())?,
         vcluster: vcluster_name(name)?,
         command,
         request_id: rid,
-        actor: None,
+        actor: who.name.clone(),
         traceparent: traceparent(headers),
     };
     respond(state, req).await
@@ -217,6 +222,7 @@ struct SuspendBody {
 
 async fn suspend(
     State(state): State<AppState>,
+    who: Principal,
     Path(name): Path<String>,
     Query(q): Query<ProjectQuery>,
     headers: HeaderMap,
@@ -227,7 +233,7 @@ async fn suspend(
         snapshot: b.snapshot,
         evict_workloads: b.evict_workloads,
     };
-    command_on(&state, &headers, &q, &name, command, b.request_id).await
+    command_on(&state, &who, &headers, &q, &name, command, b.request_id).await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -241,6 +247,7 @@ struct ResumeBody {
 
 async fn resume(
     State(state): State<AppState>,
+    who: Principal,
     Path(name): Path<String>,
     Query(q): Query<ProjectQuery>,
     headers: HeaderMap,
@@ -250,7 +257,7 @@ async fn resume(
     let command = Command::Resume {
         reconcile_workloads: b.reconcile_workloads,
     };
-    command_on(&state, &headers, &q, &name, command, b.request_id).await
+    command_on(&state, &who, &headers, &q, &name, command, b.request_id).await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -264,6 +271,7 @@ struct SnapshotBody {
 
 async fn snapshot(
     State(state): State<AppState>,
+    who: Principal,
     Path(name): Path<String>,
     Query(q): Query<ProjectQuery>,
     headers: HeaderMap,
@@ -279,7 +287,7 @@ async fn snapshot(
     let command = Command::Snapshot {
         description: b.description,
     };
-    command_on(&state, &headers, &q, &name, command, b.request_id).await
+    command_on(&state, &who, &headers, &q, &name, command, b.request_id).await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -295,6 +303,7 @@ struct ScaleBody {
 
 async fn scale(
     State(state): State<AppState>,
+    who: Principal,
     Path(name): Path<String>,
     Query(q): Query<ProjectQuery>,
     headers: HeaderMap,
@@ -307,16 +316,17 @@ async fn scale(
             quota: b.quota,
         },
     };
-    command_on(&state, &headers, &q, &name, command, b.request_id).await
+    command_on(&state, &who, &headers, &q, &name, command, b.request_id).await
 }
 
 async fn delete(
     State(state): State<AppState>,
+    who: Principal,
     Path(name): Path<String>,
     Query(q): Query<ProjectQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    command_on(&state, &headers, &q, &name, Command::Delete {}, None).await
+    command_on(&state, &who, &headers, &q, &name, Command::Delete {}, None).await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -330,6 +340,7 @@ struct RestoreBody {
 
 async fn restore(
     State(state): State<AppState>,
+    who: Principal,
     Path(id): Path<String>,
     Query(q): Query<ProjectQuery>,
     headers: HeaderMap,
@@ -352,7 +363,7 @@ async fn restore(
         snapshot_id,
         target,
     };
-    command_on(&state, &headers, &q, &name, command, b.request_id).await
+    command_on(&state, &who, &headers, &q, &name, command, b.request_id).await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -363,10 +374,11 @@ struct GetQuery {
 
 async fn get_vcluster(
     State(state): State<AppState>,
+    who: Principal,
     Path(name): Path<String>,
     Query(q): Query<GetQuery>,
 ) -> ApiResult<Response> {
-    let p = project(q.project.as_deref())?;
+    let p = who.project(q.project.as_deref())?;
     let n = vcluster_name(&name)?;
     let vc = state
         .store
@@ -387,6 +399,15 @@ struct ListQuery {
     page_token: Option<String>,
 }
 
+/// The project filter of a list: the token's project, or (auth off) the one asked for,
+/// or every project.
+fn list_project(who: &Principal, q: &ListQuery) -> ApiResult<Option<ProjectName>> {
+    match who.project {
+        Some(_) => who.project(q.project.as_deref()).map(Some),
+        None => q.project.as_deref().map(|p| project(Some(p))).transpose(),
+    }
+}
+
 fn page(q: &ListQuery) -> ApiResult<PageRequest> {
     if q.page_size.is_some_and(|s| s == 0 || s > 1000) {
         return Err(ApiError::invalid(
@@ -402,10 +423,11 @@ fn page(q: &ListQuery) -> ApiResult<PageRequest> {
 
 async fn list_vclusters(
     State(state): State<AppState>,
+    who: Principal,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Response> {
     let filter = VClusterFilter {
-        project: q.project.as_deref().map(|p| project(Some(p))).transpose()?,
+        project: list_project(&who, &q)?,
         state: q
             .state
             .as_deref()
@@ -426,10 +448,11 @@ async fn list_vclusters(
 
 async fn list_operations(
     State(state): State<AppState>,
+    who: Principal,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Response> {
     let filter = OperationFilter {
-        project: q.project.as_deref().map(|p| project(Some(p))).transpose()?,
+        project: list_project(&who, &q)?,
         vcluster: q.vcluster.clone(),
         state: q
             .state
@@ -459,10 +482,11 @@ async fn list_operations(
 
 async fn list_snapshots(
     State(state): State<AppState>,
+    who: Principal,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Response> {
     let filter = SnapshotFilter {
-        project: q.project.as_deref().map(|p| project(Some(p))).transpose()?,
+        project: list_project(&who, &q)?,
         vcluster: q.vcluster.clone(),
     };
     let p = state.store.list_snapshots(&filter, &page(&q)?).await?;
@@ -474,6 +498,7 @@ async fn list_snapshots(
 
 async fn get_snapshot(
     State(state): State<AppState>,
+    who: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let sid: SnapshotId = id
@@ -484,23 +509,27 @@ async fn get_snapshot(
         .get_snapshot(sid)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("snapshot {sid} not found")))?;
+    who.sees(&s.project, &format!("snapshot {sid}"))?;
     Ok(axum::Json(s).into_response())
 }
 
-async fn find_operation(state: &AppState, id: &str) -> ApiResult<Operation> {
+async fn find_operation(state: &AppState, who: &Principal, id: &str) -> ApiResult<Operation> {
     let id = operation_id(id)?;
-    state
+    let op = state
         .store
         .get_operation(id)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("operation {id} not found")))
+        .ok_or_else(|| ApiError::not_found(format!("operation {id} not found")))?;
+    who.sees(&op.project, &format!("operation {id}"))?;
+    Ok(op)
 }
 
 async fn get_operation(
     State(state): State<AppState>,
+    who: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    Ok(axum::Json(find_operation(&state, &id).await?).into_response())
+    Ok(axum::Json(find_operation(&state, &who, &id).await?).into_response())
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -536,6 +565,7 @@ fn parse_timeout(s: &str) -> ApiResult<Duration> {
 
 async fn wait_operation(
     State(state): State<AppState>,
+    who: Principal,
     Path(id): Path<String>,
     Query(q): Query<WaitQuery>,
 ) -> ApiResult<Response> {
@@ -544,7 +574,7 @@ async fn wait_operation(
     let mut wake = state.store.watch_events();
     loop {
         wake.borrow_and_update();
-        let op = find_operation(&state, &id).await?;
+        let op = find_operation(&state, &who, &id).await?;
         if op.done || tokio::time::Instant::now() >= deadline {
             return Ok(axum::Json(op).into_response());
         }
@@ -558,10 +588,12 @@ async fn wait_operation(
 
 async fn cancel_operation(
     State(state): State<AppState>,
+    who: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let oid = operation_id(&id)?;
-    cancel(state.store.as_ref(), oid, None).await?;
+    let oid = find_operation(&state, &who, &id).await?.id;
+    who.may_mutate()?;
+    cancel(state.store.as_ref(), oid, who.name.clone()).await?;
     operation_response(&state, oid, false).await
 }
 
@@ -574,12 +606,14 @@ struct RetryBody {
 
 async fn retry_operation(
     State(state): State<AppState>,
+    who: Principal,
     Path(id): Path<String>,
     headers: HeaderMap,
     bytes: Bytes,
 ) -> ApiResult<Response> {
     let b: RetryBody = body(&bytes)?;
-    let oid = operation_id(&id)?;
+    let oid = find_operation(&state, &who, &id).await?.id;
+    who.may_mutate()?;
     let rid = request_id(&headers, b.request_id)?;
     let accepted = retry(
         state.store.as_ref(),
@@ -587,7 +621,7 @@ async fn retry_operation(
         state.ids.as_ref(),
         oid,
         rid,
-        None,
+        who.name.clone(),
     )
     .await?;
     operation_response(&state, accepted.operation_id, accepted.duplicate).await
@@ -608,6 +642,41 @@ fn limit(l: Option<u32>) -> ApiResult<u32> {
             "limit must be between 1 and 1000",
             "INVALID_LIMIT",
         )),
+    }
+}
+
+/// Which events a live feed carries.
+enum Scope {
+    /// One stream.
+    Stream(String),
+    /// Every stream of this project (`None`: every stream).
+    Project(Option<ProjectName>),
+}
+
+/// Decides, per stream and with a cache, whether a caller of `project` may see it.
+struct ProjectFilter {
+    project: Option<ProjectName>,
+    seen: std::collections::HashMap<String, bool>,
+}
+
+impl ProjectFilter {
+    fn new(project: Option<ProjectName>) -> Self {
+        Self {
+            project,
+            seen: Default::default(),
+        }
+    }
+
+    async fn allows(&mut self, store: &dyn ovc_store::Store, stream: &str) -> ApiResult<bool> {
+        let Some(own) = &self.project else {
+            return Ok(true);
+        };
+        if let Some(v) = self.seen.get(stream) {
+            return Ok(*v);
+        }
+        let v = Principal::stream_project(store, stream).await?.as_ref() == Some(own);
+        self.seen.insert(stream.to_string(), v);
+        Ok(v)
     }
 }
 
@@ -636,20 +705,26 @@ fn resume_after(headers: &HeaderMap, after: Option<u64>) -> ApiResult<u64> {
 /// is the position, `event` the type, `data` the Event JSON. It reads the log in
 /// position order, which never skips (see the store), so a client that reconnects with
 /// `Last-Event-ID` sees every event exactly once.
-fn live(state: AppState, after: u64, stream: Option<String>) -> Response {
+fn live(state: AppState, after: u64, scope: Scope) -> Response {
     use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
     struct Cursor {
         state: AppState,
         after: u64,
-        stream: Option<String>,
+        scope: Scope,
+        filter: ProjectFilter,
         buffered: std::collections::VecDeque<ovc_store::RecordedEvent>,
         wake: tokio::sync::watch::Receiver<u64>,
     }
     let wake = state.store.watch_events();
+    let filter = ProjectFilter::new(match &scope {
+        Scope::Project(p) => p.clone(),
+        Scope::Stream(_) => None,
+    });
     let cursor = Cursor {
         state,
         after,
-        stream,
+        scope,
+        filter,
         buffered: Default::default(),
         wake,
     };
@@ -669,12 +744,19 @@ fn live(state: AppState, after: u64, stream: Option<String>) -> Response {
                     if let Some(last) = batch.last() {
                         c.after = last.position;
                     }
-                    let wanted = c.stream.clone();
-                    c.buffered.extend(
-                        batch
-                            .into_iter()
-                            .filter(|e| wanted.as_ref().is_none_or(|s| &e.stream == s)),
-                    );
+                    for e in batch {
+                        let keep = match &c.scope {
+                            Scope::Stream(s) => &e.stream == s,
+                            Scope::Project(_) => c
+                                .filter
+                                .allows(c.state.store.as_ref(), &e.stream)
+                                .await
+                                .unwrap_or(false),
+                        };
+                        if keep {
+                            c.buffered.push_back(e);
+                        }
+                    }
                 }
                 Ok(_) => {
                     tokio::select! {
@@ -696,30 +778,45 @@ fn live(state: AppState, after: u64, stream: Option<String>) -> Response {
 
 async fn events(
     State(state): State<AppState>,
+    who: Principal,
     headers: HeaderMap,
     Query(q): Query<EventsQuery>,
 ) -> ApiResult<Response> {
     if wants_sse(&headers) {
         let after = resume_after(&headers, q.after)?;
-        return Ok(live(state, after, None));
+        return Ok(live(state, after, Scope::Project(who.project.clone())));
     }
     let after = q.after.unwrap_or(0);
     let events = state.store.read_all(after, limit(q.limit)?).await?;
+    // The cursor moves past hidden events too, so paging never stalls.
     let next = events.last().map_or(after, |e| e.position);
+    let mut visible = ProjectFilter::new(who.project.clone());
+    let mut shown = Vec::with_capacity(events.len());
+    for e in events {
+        if visible.allows(state.store.as_ref(), &e.stream).await? {
+            shown.push(e);
+        }
+    }
+    let events = shown;
     Ok(axum::Json(serde_json::json!({"events": events, "next_after": next})).into_response())
 }
 
 async fn operation_events(
     State(state): State<AppState>,
+    who: Principal,
     Path(id): Path<String>,
     headers: HeaderMap,
     Query(q): Query<EventsQuery>,
 ) -> ApiResult<Response> {
-    let op = find_operation(&state, &id).await?;
+    let op = find_operation(&state, &who, &id).await?;
     let stream = StreamName::operation(op.id);
     if wants_sse(&headers) {
         let after = resume_after(&headers, q.after)?;
-        return Ok(live(state, after, Some(stream.as_str().to_string())));
+        return Ok(live(
+            state,
+            after,
+            Scope::Stream(stream.as_str().to_string()),
+        ));
     }
     let all = state.store.read_stream(&stream, 0, u32::MAX).await?;
     let after = q.after.unwrap_or(0);

@@ -78,6 +78,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         store: store.clone(),
         registry: std::sync::Arc::new(ovc_workflows::registry()),
         ids: std::sync::Arc::new(ovc_types::time::RandomIds),
+        auth: ovc_api::auth::AuthMode::None,
     });
     let mut http_shutdown = crate::worker::shutdown_signal();
     tokio::spawn(async move {

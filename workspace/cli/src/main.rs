@@ -8,6 +8,7 @@
 mod bench;
 mod bench_workflows;
 mod dev;
+mod serve;
 mod tail;
 mod worker;
 
@@ -31,6 +32,13 @@ enum Command {
     Dev(dev::DevArgs),
     /// Run workflow workers only (several processes may share one PostgreSQL).
     Worker(worker::WorkerArgs),
+    /// Serve the REST API only (bearer tokens required unless --auth none on loopback).
+    Serve(serve::ServeArgs),
+    /// API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Apply database migrations (SQLite or PostgreSQL) and exit.
     Migrate {
         /// sqlite://PATH or postgres://USER@HOST/DB.
@@ -47,6 +55,12 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token for one project and role; prints it once.
+    Create(serve::TokenCreateArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -81,6 +95,10 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Dev(args) => dev::run(args).await,
         Command::Worker(args) => worker::run(args).await,
+        Command::Serve(args) => serve::run(args).await,
+        Command::Token {
+            command: TokenCommand::Create(args),
+        } => serve::create_token(args).await,
         Command::Migrate { database_url } => {
             let store = ovc_store::open(&database_url, StoreConfig::default())
                 .await

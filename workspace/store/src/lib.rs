@@ -135,6 +135,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Every claim of runs of `vcluster_uid` (all vclusters when `None`), oldest first.
     async fn lease_history(&self, vcluster_uid: Option<VClusterId>) -> Result<Vec<LeaseRecord>>;
 
+    /// Stores a token: only `token_sha256` (hex) is kept.
+    async fn create_token(&self, token: &TokenRecord, token_sha256: &str) -> Result<()>;
+
+    /// The live (not revoked) token whose SHA-256 is `token_sha256`.
+    async fn find_token(&self, token_sha256: &str) -> Result<Option<TokenRecord>>;
+
     /// A run by id.
     async fn get_run(&self, id: RunId) -> Result<Option<Run>>;
 
@@ -218,4 +224,27 @@ pub(crate) fn parse_cursor(cursor: &str, n: usize) -> Result<Vec<String>> {
         )));
     }
     Ok(parts)
+}
+
+/// A token row → [`TokenRecord`], as a typed corruption error on bad data.
+pub(crate) fn token_from(
+    id: uuid::Uuid,
+    name: String,
+    project: &str,
+    role: &str,
+) -> Result<TokenRecord> {
+    Ok(TokenRecord {
+        id,
+        name,
+        project: project
+            .parse()
+            .map_err(|e: ovc_types::name::NameError| Error::Corrupt {
+                table: "api_tokens",
+                message: e.to_string(),
+            })?,
+        role: Role::parse(role).ok_or_else(|| Error::Corrupt {
+            table: "api_tokens",
+            message: format!("role {role:?}"),
+        })?,
+    })
 }

@@ -411,3 +411,49 @@ impl LeaseRecord {
         }
     }
 }
+
+/// What a bearer token may do (API.md: viewer, operator, admin).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read only.
+    Viewer,
+    /// Read and run operations.
+    Operator,
+    /// Everything, including deletes.
+    Admin,
+}
+
+impl Role {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "viewer" => Some(Role::Viewer),
+            "operator" => Some(Role::Operator),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// A stored API token (without the secret, which is never stored).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenRecord {
+    /// Its id.
+    pub id: uuid::Uuid,
+    /// A name for people (who or what uses it).
+    pub name: String,
+    /// The one project it may see and touch.
+    pub project: ProjectName,
+    /// What it may do there.
+    pub role: Role,
+}

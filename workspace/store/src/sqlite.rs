@@ -15,7 +15,7 @@ use crate::commit::{self, EventRow, Projector, TxOps};
 use crate::error::{Error, Result};
 use crate::model::*;
 use crate::wake::Wakeups;
-use crate::{Store, cursor, from_doc, micros, parse_cursor, to_doc};
+use crate::{Store, cursor, from_doc, micros, parse_cursor, to_doc, token_from};
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use ovc_types::event::StreamName;
@@ -1091,6 +1091,41 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn create_token(&self, token: &TokenRecord, token_sha256: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO api_tokens (id, name, project, role, token_sha256, created_at)
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(token.id.to_string())
+        .bind(&token.name)
+        .bind(token.project.as_str())
+        .bind(token.role.as_str())
+        .bind(token_sha256)
+        .bind(ts(self.now()))
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn find_token(&self, token_sha256: &str) -> Result<Option<TokenRecord>> {
+        let row = sqlx::query(
+            "SELECT id, name, project, role FROM api_tokens
+             WHERE token_sha256 = ? AND revoked_at IS NULL",
+        )
+        .bind(token_sha256)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(|r| {
+            token_from(
+                parse_uuid("api_tokens", r.try_get::<&str, _>("id")?)?,
+                r.try_get("name")?,
+                r.try_get::<&str, _>("project")?,
+                r.try_get::<&str, _>("role")?,
+            )
+        })
+        .transpose()
     }
 
     async fn get_run(&self, id: RunId) -> Result<Option<Run>> {

@@ -33,6 +33,7 @@ ovc_testkit::both_backends!(
     concurrent_workers_complete_each_run_once_in_order,
     wakeups_fire_on_commit,
     migrate_is_idempotent,
+    tokens_are_found_by_hash_only,
 );
 
 fn project() -> ProjectName {
@@ -1328,4 +1329,25 @@ async fn migrate_is_idempotent(backend: Backend) {
     let again = db.open().await;
     again.migrate().await.expect("third migrate");
     committed(store.commit(free_run(uid())).await.expect("works"));
+}
+
+async fn tokens_are_found_by_hash_only(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.open().await;
+    let record = TokenRecord {
+        id: Uuid::now_v7(),
+        name: "ci".into(),
+        project: project(),
+        role: Role::Viewer,
+    };
+    store.create_token(&record, "ab12").await.expect("create");
+    assert_eq!(
+        store.find_token("ab12").await.expect("find"),
+        Some(record.clone())
+    );
+    assert_eq!(store.find_token("ab13").await.expect("find"), None);
+    // The hash is unique: a second token with it is refused.
+    let mut other = record;
+    other.id = Uuid::now_v7();
+    assert!(store.create_token(&other, "ab12").await.is_err());
 }
