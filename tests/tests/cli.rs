@@ -152,3 +152,76 @@ async fn dev_follows_events_committed_by_another_process() {
     let _ = child.wait();
     assert!(seen, "ovc dev never printed the event");
 }
+
+/// Starts `ovc dev` on a free port; returns the child and the base URL.
+fn start_dev(data: &std::path::Path) -> (std::process::Child, String) {
+    let mut child = Command::new(ovc_bin())
+        .args(["dev", "--http", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn ovc dev");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200))
+            && let Some(url) = line.trim().strip_prefix("REST API")
+        {
+            // Keep draining stdout so the child never blocks on a full pipe.
+            std::thread::spawn(move || for _ in rx {});
+            return (child, url.trim().to_string());
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("ovc dev did not print its address");
+}
+
+fn ovc_client(server: &str, args: &[&str]) -> (i32, String) {
+    let out = Command::new(ovc_bin())
+        .args(args)
+        .args(["--server", server])
+        .output()
+        .expect("run ovc");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn client_commands_drive_ovc_dev_with_exit_codes_scripts_can_use() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (mut dev, server) = start_dev(&dir.path().join("data"));
+    let (code, out) = ovc_client(&server, &["vc", "create", "demo", "--wait", "-o", "json"]);
+    assert_eq!(code, 0, "{out}");
+    let op: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(op["state"], "SUCCEEDED");
+    let (code, out) = ovc_client(&server, &["vc", "get", "demo", "-o", "json"]);
+    assert_eq!(code, 0);
+    let vc: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(vc["state"], "RUNNING");
+    // Refused by the state machine: exit 3.
+    assert_eq!(ovc_client(&server, &["vc", "resume", "demo"]).0, 3);
+    assert_eq!(ovc_client(&server, &["vc", "get", "nope"]).0, 3);
+    let (code, out) = ovc_client(&server, &["vc", "suspend", "demo", "--snapshot", "--wait"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("SUCCEEDED"), "{out}");
+    let (code, out) = ovc_client(&server, &["ops", "list", "--kind", "SUSPEND", "-o", "json"]);
+    assert_eq!(code, 0);
+    let list: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(list["operations"].as_array().map(Vec::len), Some(1));
+    // Unreachable server: exit 4.
+    assert_eq!(ovc_client("http://127.0.0.1:1", &["vc", "list"]).0, 4);
+    let _ = dev.kill();
+    let _ = dev.wait();
+}

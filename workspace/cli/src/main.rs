@@ -7,6 +7,7 @@
 
 mod bench;
 mod bench_workflows;
+mod client;
 mod dev;
 mod serve;
 mod tail;
@@ -44,6 +45,20 @@ enum Command {
         /// sqlite://PATH or postgres://USER@HOST/DB.
         #[arg(long, env = "OVC_DATABASE_URL")]
         database_url: String,
+    },
+    /// vclusters on a running server (`--server`, `OVC_SERVER`).
+    Vc {
+        #[command(flatten)]
+        conn: client::Conn,
+        #[command(subcommand)]
+        command: client::VcCommand,
+    },
+    /// Operations on a running server.
+    Ops {
+        #[command(flatten)]
+        conn: client::Conn,
+        #[command(subcommand)]
+        command: client::OpsCommand,
     },
     /// Events of the log (the progress feed).
     Events {
@@ -95,6 +110,10 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Dev(args) => dev::run(args).await,
         Command::Worker(args) => worker::run(args).await,
+        Command::Vc { conn, command } => std::process::exit(client::vc(conn, command).await.code()),
+        Command::Ops { conn, command } => {
+            std::process::exit(client::ops(conn, command).await.code())
+        }
         Command::Serve(args) => serve::run(args).await,
         Command::Token {
             command: TokenCommand::Create(args),

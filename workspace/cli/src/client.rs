@@ -1,0 +1,603 @@
+//! The client commands (`ovc vc ...`, `ovc ops ...`): people and scripts driving a
+//! running server over its REST API.
+//!
+//! Output is for people by default, `-o json` prints the API's JSON for scripts. With
+//! `--wait`, a mutation shows each step as it finishes. Exit codes scripts can branch on:
+//! 0 done (or accepted), 1 the operation ended FAILED / CANCELLED / STUCK, 3 the API
+//! refused the request (4xx), 4 the server could not be reached or failed (5xx); clap
+//! uses 2 for usage errors. Plain `http://` only for now.
+
+use clap::{Args, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Where the server is and how to talk to it.
+#[derive(Debug, Args, Clone)]
+pub struct Conn {
+    /// Base URL of the ovc server.
+    #[arg(
+        long,
+        env = "OVC_SERVER",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub server: String,
+    /// Bearer token (see `ovc token create`).
+    #[arg(long, env = "OVC_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// Project (default: the token's, or `default`).
+    #[arg(long, global = true)]
+    pub project: Option<String>,
+    /// Output: `text` for people, `json` for scripts.
+    #[arg(long, short = 'o', value_parser = ["text", "json"], default_value = "text", global = true)]
+    pub output: String,
+}
+
+/// `ovc vc ...`.
+#[derive(Debug, Subcommand)]
+pub enum VcCommand {
+    /// Create a vcluster.
+    Create {
+        /// Its name.
+        name: String,
+        /// Control-plane replicas (1, or 3 for HA).
+        #[arg(long)]
+        replicas: Option<u32>,
+        /// A JSON file with the whole spec (API.md `spec`).
+        #[arg(long)]
+        spec_file: Option<std::path::PathBuf>,
+        /// Wait until the operation ends, showing its steps.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show a vcluster.
+    Get {
+        /// Its name.
+        name: String,
+    },
+    /// List vclusters.
+    List,
+    /// Suspend (scale the control plane to zero).
+    Suspend {
+        /// Its name.
+        name: String,
+        /// Take a snapshot first.
+        #[arg(long)]
+        snapshot: bool,
+        /// Evict workload pods first.
+        #[arg(long)]
+        evict_workloads: bool,
+        /// Wait until the operation ends.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Resume.
+    Resume {
+        /// Its name.
+        name: String,
+        /// Ask for a workload reconcile once ready.
+        #[arg(long)]
+        reconcile_workloads: bool,
+        /// Wait until the operation ends.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Take a snapshot.
+    Snapshot {
+        /// Its name.
+        name: String,
+        /// Free text kept with the snapshot.
+        #[arg(long)]
+        description: Option<String>,
+        /// Wait until the operation ends.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Change size: only the given values change.
+    Scale {
+        /// Its name.
+        name: String,
+        /// Control-plane replicas (1 or 3).
+        #[arg(long)]
+        replicas: Option<u32>,
+        /// Control-plane CPU request, e.g. 500m.
+        #[arg(long)]
+        cpu: Option<String>,
+        /// Control-plane memory request, e.g. 512Mi.
+        #[arg(long)]
+        memory: Option<String>,
+        /// Quota pods.
+        #[arg(long)]
+        quota_pods: Option<u32>,
+        /// Wait until the operation ends.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Delete.
+    Delete {
+        /// Its name.
+        name: String,
+        /// Wait until the operation ends.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+/// `ovc ops ...`.
+#[derive(Debug, Subcommand)]
+pub enum OpsCommand {
+    /// Show an operation.
+    Get {
+        /// Its id.
+        id: String,
+    },
+    /// List operations.
+    List {
+        /// Only this state.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only this kind.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only this vcluster.
+        #[arg(long)]
+        vcluster: Option<String>,
+    },
+    /// Wait until an operation ends, showing its steps.
+    Wait {
+        /// Its id.
+        id: String,
+    },
+    /// Ask to cancel an operation (it compensates).
+    Cancel {
+        /// Its id.
+        id: String,
+    },
+    /// Retry a FAILED or STUCK operation.
+    Retry {
+        /// Its id.
+        id: String,
+        /// Wait until the new operation ends.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+/// How a client command ended; `main` turns it into the exit code.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Done.
+    Ok,
+    /// The operation ended badly.
+    OperationFailed,
+    /// The API refused the request.
+    Refused,
+    /// Unreachable, or a server error.
+    Unavailable,
+}
+
+impl Outcome {
+    /// The process exit code.
+    pub fn code(&self) -> i32 {
+        match self {
+            Outcome::Ok => 0,
+            Outcome::OperationFailed => 1,
+            Outcome::Refused => 3,
+            Outcome::Unavailable => 4,
+        }
+    }
+}
+
+struct Client {
+    conn: Conn,
+}
+
+enum CallError {
+    Refused(Value),
+    Unavailable(String),
+}
+
+impl Client {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, CallError> {
+        let base = self.conn.server.trim_end_matches('/');
+        let rest = base.strip_prefix("http://").ok_or_else(|| {
+            CallError::Unavailable(format!("{base}: only http:// servers are supported"))
+        })?;
+        let authority = rest.split('/').next().unwrap_or(rest).to_string();
+        let stream = tokio::net::TcpStream::connect(&authority)
+            .await
+            .map_err(|e| CallError::Unavailable(format!("cannot reach {base}: {e}")))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| CallError::Unavailable(e.to_string()))?;
+        tokio::spawn(conn);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &authority)
+            .header("content-type", "application/json");
+        if let Some(t) = &self.conn.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let payload = body.map(|b| b.to_string()).unwrap_or_default();
+        let req = req
+            .body(Full::new(Bytes::from(payload)))
+            .map_err(|e| CallError::Unavailable(e.to_string()))?;
+        let res = sender
+            .send_request(req)
+            .await
+            .map_err(|e| CallError::Unavailable(e.to_string()))?;
+        let status = res.status();
+        let bytes = res
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| CallError::Unavailable(e.to_string()))?
+            .to_bytes();
+        let value: Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        if status.is_server_error() {
+            return Err(CallError::Unavailable(format!(
+                "server error {status}: {value}"
+            )));
+        }
+        if status.is_client_error() {
+            return Err(CallError::Refused(value));
+        }
+        Ok(value)
+    }
+
+    fn q(&self) -> String {
+        match &self.conn.project {
+            Some(p) => format!("?project={p}"),
+            None => String::new(),
+        }
+    }
+
+    fn print(&self, v: &Value, text: impl FnOnce(&Value) -> String) {
+        if self.conn.output == "json" {
+            println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        } else {
+            println!("{}", text(v));
+        }
+    }
+
+    /// Waits for operation `id`, printing each step as it changes (text mode).
+    async fn wait(&self, id: &str) -> Result<Value, CallError> {
+        let mut shown: HashMap<String, String> = HashMap::new();
+        let text = self.conn.output != "json";
+        loop {
+            let op = self
+                .call(
+                    Method::GET,
+                    &format!("/v1/operations/{id}/wait?timeout=2s"),
+                    None,
+                )
+                .await?;
+            if text {
+                for s in op["steps"].as_array().into_iter().flatten() {
+                    let name = s["name"].as_str().unwrap_or("?").to_string();
+                    let state = s["state"].as_str().unwrap_or("?").to_string();
+                    if state == "PENDING" || shown.get(&name) == Some(&state) {
+                        continue;
+                    }
+                    let mark = match state.as_str() {
+                        "SUCCEEDED" => "✓",
+                        "FAILED" => "✗",
+                        "COMPENSATED" => "↶",
+                        "SKIPPED" => "-",
+                        _ => "…",
+                    };
+                    let err = s["error"]["message"]
+                        .as_str()
+                        .map(|m| format!("  ({m})"))
+                        .unwrap_or_default();
+                    eprintln!("  {mark} {name} {}{err}", state.to_lowercase());
+                    shown.insert(name, state);
+                }
+            }
+            if op["done"] == json!(true) {
+                return Ok(op);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Prints an accepted operation, waits if asked, and says how it ended.
+    async fn finish(&self, op: Value, wait: bool) -> Result<Outcome, CallError> {
+        let id = op["id"].as_str().unwrap_or_default().to_string();
+        if !wait {
+            self.print(&op, |o| {
+                format!(
+                    "{} {} accepted: operation {} ({}); follow with: ovc ops wait {}",
+                    o["kind"].as_str().unwrap_or("?"),
+                    o["vcluster"].as_str().unwrap_or("?"),
+                    id,
+                    o["state"].as_str().unwrap_or("?"),
+                    id
+                )
+            });
+            return Ok(Outcome::Ok);
+        }
+        if self.conn.output != "json" {
+            eprintln!(
+                "{} {} (operation {id})",
+                op["kind"].as_str().unwrap_or("?"),
+                op["vcluster"].as_str().unwrap_or("?")
+            );
+        }
+        let done = self.wait(&id).await?;
+        self.print(&done, describe_operation);
+        Ok(if done["state"] == "SUCCEEDED" {
+            Outcome::Ok
+        } else {
+            Outcome::OperationFailed
+        })
+    }
+}
+
+fn describe_operation(o: &Value) -> String {
+    let mut s = format!(
+        "operation {} {} {}: {}",
+        o["id"].as_str().unwrap_or("?"),
+        o["kind"].as_str().unwrap_or("?"),
+        o["vcluster"].as_str().unwrap_or("?"),
+        o["state"].as_str().unwrap_or("?")
+    );
+    if let Some(m) = o["error"]["message"].as_str() {
+        s.push_str(&format!(" — {m}"));
+    }
+    s
+}
+
+fn describe_vcluster(v: &Value) -> String {
+    format!(
+        "{}/{}  {}  k8s {}  replicas {}  namespace {}",
+        v["project"].as_str().unwrap_or("?"),
+        v["name"].as_str().unwrap_or("?"),
+        v["state"].as_str().unwrap_or("?"),
+        v["spec"]["kubernetes_version"].as_str().unwrap_or("?"),
+        v["spec"]["control_plane"]["replicas"],
+        v["host_namespace"].as_str().unwrap_or("?")
+    )
+}
+
+fn report(e: CallError) -> Outcome {
+    match e {
+        CallError::Refused(v) => {
+            let status = v["error"]["status"].as_str().unwrap_or("ERROR");
+            let msg = v["error"]["message"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or(v.to_string());
+            eprintln!("error: {status}: {msg}");
+            Outcome::Refused
+        }
+        CallError::Unavailable(m) => {
+            eprintln!("error: {m}");
+            Outcome::Unavailable
+        }
+    }
+}
+
+/// Runs `ovc vc ...`.
+pub async fn vc(conn: Conn, cmd: VcCommand) -> Outcome {
+    let c = Client { conn };
+    let r = async {
+        let q = c.q();
+        let post = |path: String, body: Value| {
+            let c = &c;
+            async move { c.call(Method::POST, &path, Some(body)).await }
+        };
+        match cmd {
+            VcCommand::Create {
+                name,
+                replicas,
+                spec_file,
+                wait,
+            } => {
+                let mut spec: Value = match spec_file {
+                    Some(f) => {
+                        let text = std::fs::read_to_string(&f).map_err(|e| {
+                            CallError::Unavailable(format!("cannot read {}: {e}", f.display()))
+                        })?;
+                        serde_json::from_str(&text).map_err(|e| {
+                            CallError::Unavailable(format!("{}: not JSON: {e}", f.display()))
+                        })?
+                    }
+                    None => json!({}),
+                };
+                if let Some(r) = replicas {
+                    spec["control_plane"]["replicas"] = json!(r);
+                }
+                let mut body = json!({"name": name, "spec": spec});
+                if let Some(p) = &c.conn.project {
+                    body["project"] = json!(p);
+                }
+                let op = post("/v1/vclusters".into(), body).await?;
+                c.finish(op, wait).await
+            }
+            VcCommand::Get { name } => {
+                let v = c
+                    .call(Method::GET, &format!("/v1/vclusters/{name}{q}"), None)
+                    .await?;
+                c.print(&v, describe_vcluster);
+                Ok(Outcome::Ok)
+            }
+            VcCommand::List => {
+                let v = c
+                    .call(Method::GET, &format!("/v1/vclusters{q}"), None)
+                    .await?;
+                c.print(&v, |v| {
+                    let rows: Vec<String> = v["vclusters"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(describe_vcluster)
+                        .collect();
+                    if rows.is_empty() {
+                        "no vclusters".into()
+                    } else {
+                        rows.join("\n")
+                    }
+                });
+                Ok(Outcome::Ok)
+            }
+            VcCommand::Suspend {
+                name,
+                snapshot,
+                evict_workloads,
+                wait,
+            } => {
+                let body = json!({"snapshot": snapshot, "evict_workloads": evict_workloads});
+                let op = post(format!("/v1/vclusters/{name}/suspend{q}"), body).await?;
+                c.finish(op, wait).await
+            }
+            VcCommand::Resume {
+                name,
+                reconcile_workloads,
+                wait,
+            } => {
+                let body = json!({"reconcile_workloads": reconcile_workloads});
+                let op = post(format!("/v1/vclusters/{name}/resume{q}"), body).await?;
+                c.finish(op, wait).await
+            }
+            VcCommand::Snapshot {
+                name,
+                description,
+                wait,
+            } => {
+                let op = post(
+                    format!("/v1/vclusters/{name}/snapshots{q}"),
+                    json!({"description": description}),
+                )
+                .await?;
+                c.finish(op, wait).await
+            }
+            VcCommand::Scale {
+                name,
+                replicas,
+                cpu,
+                memory,
+                quota_pods,
+                wait,
+            } => {
+                let mut body = json!({});
+                if replicas.is_some() || cpu.is_some() || memory.is_some() {
+                    body["control_plane"] = json!({});
+                    if let Some(r) = replicas {
+                        body["control_plane"]["replicas"] = json!(r);
+                    }
+                    if let Some(v) = cpu {
+                        body["control_plane"]["cpu"] = json!(v);
+                    }
+                    if let Some(v) = memory {
+                        body["control_plane"]["memory"] = json!(v);
+                    }
+                }
+                if let Some(p) = quota_pods {
+                    body["quota"] = json!({"pods": p});
+                }
+                let op = post(format!("/v1/vclusters/{name}/scale{q}"), body).await?;
+                c.finish(op, wait).await
+            }
+            VcCommand::Delete { name, wait } => {
+                let op = c
+                    .call(Method::DELETE, &format!("/v1/vclusters/{name}{q}"), None)
+                    .await?;
+                c.finish(op, wait).await
+            }
+        }
+    }
+    .await;
+    r.unwrap_or_else(report)
+}
+
+/// Runs `ovc ops ...`.
+pub async fn ops(conn: Conn, cmd: OpsCommand) -> Outcome {
+    let c = Client { conn };
+    let r = async {
+        match cmd {
+            OpsCommand::Get { id } => {
+                let v = c
+                    .call(Method::GET, &format!("/v1/operations/{id}"), None)
+                    .await?;
+                c.print(&v, describe_operation);
+                Ok(Outcome::Ok)
+            }
+            OpsCommand::List {
+                state,
+                kind,
+                vcluster,
+            } => {
+                let mut params = Vec::new();
+                for (k, v) in [("state", state), ("kind", kind), ("vcluster", vcluster)] {
+                    if let Some(v) = v {
+                        params.push(format!("{k}={v}"));
+                    }
+                }
+                if let Some(p) = &c.conn.project {
+                    params.push(format!("project={p}"));
+                }
+                let q = if params.is_empty() {
+                    String::new()
+                } else {
+                    format!("?{}", params.join("&"))
+                };
+                let v = c
+                    .call(Method::GET, &format!("/v1/operations{q}"), None)
+                    .await?;
+                c.print(&v, |v| {
+                    let rows: Vec<String> = v["operations"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(describe_operation)
+                        .collect();
+                    if rows.is_empty() {
+                        "no operations".into()
+                    } else {
+                        rows.join("\n")
+                    }
+                });
+                Ok(Outcome::Ok)
+            }
+            OpsCommand::Wait { id } => {
+                let done = c.wait(&id).await?;
+                c.print(&done, describe_operation);
+                Ok(if done["state"] == "SUCCEEDED" {
+                    Outcome::Ok
+                } else {
+                    Outcome::OperationFailed
+                })
+            }
+            OpsCommand::Cancel { id } => {
+                let v = c
+                    .call(Method::POST, &format!("/v1/operations/{id}/cancel"), None)
+                    .await?;
+                c.print(&v, |o| {
+                    format!("cancellation requested: {}", describe_operation(o))
+                });
+                Ok(Outcome::Ok)
+            }
+            OpsCommand::Retry { id, wait } => {
+                let op = c
+                    .call(Method::POST, &format!("/v1/operations/{id}/retry"), None)
+                    .await?;
+                c.finish(op, wait).await
+            }
+        }
+    }
+    .await;
+    r.unwrap_or_else(report)
+}
