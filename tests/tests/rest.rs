@@ -27,6 +27,7 @@ impl Api {
             registry: Arc::new(ovc_workflows::registry()),
             ids: Arc::new(ovc_types::time::RandomIds),
             auth,
+            http: Default::default(),
         });
         Api { h, app }
     }
@@ -228,6 +229,21 @@ async fn lifecycle_over_rest() {
         .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(ops["operations"].as_array().map(Vec::len), Some(2));
+    let (s, metrics) = api.call("GET", "/metrics", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let text = metrics.as_str().expect("text");
+    for line in [
+        "ovc_operations{kind=\"CREATE\",state=\"SUCCEEDED\"} 1",
+        "ovc_operations{kind=\"RESTORE\",state=\"SUCCEEDED\"} 2",
+        "ovc_operations{kind=\"DELETE\",state=\"SUCCEEDED\"} 2",
+        "ovc_runs{status=\"queued\"} 0",
+        "ovc_http_requests_total{method=\"DELETE\",status=\"202\"} 2",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in:\n{text}"
+        );
+    }
     api.h.stop().await;
 }
 

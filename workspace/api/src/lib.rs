@@ -6,11 +6,12 @@
 //! operation when the `request_id` (body field or `Idempotency-Key` header) repeats.
 //!
 //! Bearer tokens scope every request to one project ([`auth`]). Not in this slice yet
-//! (issue "The API"): gRPC, the OpenAPI document, rate limits, `/metrics`, the
-//! kubeconfig route.
+//! (issue "The API"): gRPC, the OpenAPI document, rate limits, step-duration metrics,
+//! the kubeconfig route.
 
 pub mod auth;
 mod error;
+pub mod metrics;
 mod routes;
 
 pub use error::ApiError;
@@ -32,6 +33,8 @@ pub struct AppState {
     pub ids: Arc<dyn IdSource>,
     /// Whether requests need a bearer token.
     pub auth: auth::AuthMode,
+    /// Request counters for `/metrics`.
+    pub http: Arc<metrics::HttpMetrics>,
 }
 
 /// The largest request body accepted, in bytes.

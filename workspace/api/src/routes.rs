@@ -25,6 +25,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(crate::metrics::render))
         .route("/v1/vclusters", post(create).get(list_vclusters))
         .route("/v1/vclusters/{name}", get(get_vcluster).delete(delete))
         .route("/v1/vclusters/{name}/suspend", post(suspend))
@@ -45,6 +46,10 @@ pub fn router(state: AppState) -> Router {
             ApiError::not_found("no such route; see API.md for the routes of /v1")
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::count_requests,
+        ))
         .with_state(state)
 }
 

@@ -79,6 +79,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         registry: std::sync::Arc::new(ovc_workflows::registry()),
         ids: std::sync::Arc::new(ovc_types::time::RandomIds),
         auth: ovc_api::auth::AuthMode::None,
+        http: Default::default(),
     });
     let mut http_shutdown = crate::worker::shutdown_signal();
     tokio::spawn(async move {

@@ -54,6 +54,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         registry: Arc::new(ovc_workflows::registry()),
         ids: Arc::new(ovc_types::time::RandomIds),
         auth,
+        http: Default::default(),
     });
     eprintln!("ovc serve: REST API on http://{addr} (auth: {})", args.auth);
     let mut stop = crate::worker::shutdown_signal();

@@ -141,6 +141,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The live (not revoked) token whose SHA-256 is `token_sha256`.
     async fn find_token(&self, token_sha256: &str) -> Result<Option<TokenRecord>>;
 
+    /// Queue depth, lease steals, operations by kind and state, head position.
+    async fn stats(&self) -> Result<StoreStats>;
+
     /// A run by id.
     async fn get_run(&self, id: RunId) -> Result<Option<Run>>;
 

@@ -457,3 +457,18 @@ pub struct TokenRecord {
     /// What it may do there.
     pub role: Role,
 }
+
+/// Figures for `/metrics`, read from the tables in one go.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StoreStats {
+    /// Runs waiting for their `run_at`.
+    pub runs_queued: u64,
+    /// Runs held by a worker.
+    pub runs_leased: u64,
+    /// Claims taken over after their lease expired (the holder died or stalled).
+    pub lease_steals: u64,
+    /// Operations by (kind, state).
+    pub operations: Vec<(String, String, u64)>,
+    /// The event log's head position.
+    pub head_position: u64,
+}

@@ -1186,6 +1186,37 @@ impl Store for PgStore {
         .transpose()
     }
 
+    async fn stats(&self) -> Result<StoreStats> {
+        let (queued, leased): (i64, i64) = sqlx::query_as(
+            "SELECT COALESCE(SUM(CASE WHEN status = 'queued' THEN 1 ELSE 0 END), 0),
+                    COALESCE(SUM(CASE WHEN status = 'leased' THEN 1 ELSE 0 END), 0)
+             FROM runs WHERE status <> 'done'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let steals: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM run_leases a WHERE a.released_at IS NULL AND EXISTS
+               (SELECT 1 FROM run_leases b WHERE b.run_id = a.run_id AND b.epoch > a.epoch)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT kind, state, COUNT(*) FROM operations GROUP BY kind, state ORDER BY kind, state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(StoreStats {
+            runs_queued: to_u64(queued),
+            runs_leased: to_u64(leased),
+            lease_steals: to_u64(steals),
+            operations: rows
+                .into_iter()
+                .map(|(k, s, n)| (k, s, to_u64(n)))
+                .collect(),
+            head_position: self.head_position().await?,
+        })
+    }
+
     async fn get_run(&self, id: RunId) -> Result<Option<Run>> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"
