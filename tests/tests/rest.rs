@@ -279,9 +279,9 @@ async fn idempotency_over_rest() {
         )
         .await;
     assert_error(s4, &differ, StatusCode::BAD_REQUEST, "INVALID_ARGUMENT");
-    // 20 concurrent identical requests: one operation.
+    // 50 concurrent identical requests: one operation.
     let mut tasks = Vec::new();
-    for _ in 0..20 {
+    for _ in 0..50 {
         let app = api.app.clone();
         tasks.push(tokio::spawn(async move {
             let req = Request::builder()

@@ -112,7 +112,39 @@ async fn commit_operation(
 }
 
 /// Accepts `req`: validates it, and appends command, operation, run and key atomically.
+///
+/// A refusal is checked against the idempotency key once more: a twin of this request
+/// may have committed between our first look and our state check (the twin's vcluster
+/// now exists, or is busy with the twin's operation), and then the answer is the twin's
+/// operation, not an error.
 pub async fn accept(
+    store: &dyn Store,
+    registry: &Registry,
+    ids: &dyn IdSource,
+    req: CommandRequest,
+) -> Result<Accepted, Status> {
+    let project = req.project.clone();
+    let request_id = req.request_id.clone();
+    let target_name = match &req.command {
+        Command::Restore {
+            target: RestoreTarget::NewName(n) | RestoreTarget::Existing(n),
+            ..
+        } => n.clone(),
+        _ => req.vcluster.clone(),
+    };
+    let hash = request_hash(&project, &target_name, &req.command);
+    match accept_once(store, registry, ids, req).await {
+        Err(refusal) if request_id.is_some() => {
+            match repeated(store, &project, request_id.as_deref(), &hash).await? {
+                Some(first) => Ok(first),
+                None => Err(refusal),
+            }
+        }
+        r => r,
+    }
+}
+
+async fn accept_once(
     store: &dyn Store,
     registry: &Registry,
     ids: &dyn IdSource,
@@ -329,6 +361,34 @@ pub async fn cancel(
 /// new one inherits every step whose effect is still in place and resumes at the failed
 /// step; otherwise it starts from the first step (every step is an ensure).
 pub async fn retry(
+    store: &dyn Store,
+    registry: &Registry,
+    ids: &dyn IdSource,
+    id: OperationId,
+    request_id: Option<String>,
+    actor: Option<String>,
+) -> Result<Accepted, Status> {
+    let first_try = retry_once(store, registry, ids, id, request_id.clone(), actor).await;
+    match (first_try, &request_id) {
+        (Err(refusal), Some(rid)) => {
+            // A twin of this retry may have won between our checks (see `accept`).
+            let Some(old) = store.get_operation(id).await.map_err(store_status)? else {
+                return Err(refusal);
+            };
+            let hash = format!(
+                "{}:retry:{id}",
+                request_hash(&old.project, &old.vcluster, &old.command)
+            );
+            match repeated(store, &old.project, Some(rid), &hash).await? {
+                Some(first) => Ok(first),
+                None => Err(refusal),
+            }
+        }
+        (r, _) => r,
+    }
+}
+
+async fn retry_once(
     store: &dyn Store,
     registry: &Registry,
     ids: &dyn IdSource,
