@@ -155,9 +155,15 @@ async fn dev_follows_events_committed_by_another_process() {
 
 /// Starts `ovc dev` on a free port; returns the child and the base URL.
 fn start_dev(data: &std::path::Path) -> (std::process::Child, String) {
+    start_dev_with(data, &[])
+}
+
+/// [`start_dev`] with extra environment (e.g. sim faults).
+fn start_dev_with(data: &std::path::Path, env: &[(&str, &str)]) -> (std::process::Child, String) {
     let mut child = Command::new(ovc_bin())
         .args(["dev", "--http", "127.0.0.1:0", "--data-dir"])
         .arg(data)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -222,6 +228,76 @@ fn client_commands_drive_ovc_dev_with_exit_codes_scripts_can_use() {
     assert_eq!(list["operations"].as_array().map(Vec::len), Some(1));
     // Unreachable server: exit 4.
     assert_eq!(ovc_client("http://127.0.0.1:1", &["vc", "list"]).0, 4);
+    let _ = dev.kill();
+    let _ = dev.wait();
+}
+
+#[test]
+fn snapshot_commands_and_bulk_retry() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (mut dev, server) = start_dev_with(
+        &dir.path().join("data"),
+        &[("OVC_SIM_FAULTS", "scale/upgrade_release:permanent")],
+    );
+    assert_eq!(
+        ovc_client(&server, &["vc", "create", "demo", "--wait"]).0,
+        0
+    );
+    let (code, out) = ovc_client(&server, &["vc", "snapshot", "demo", "--wait", "-o", "json"]);
+    assert_eq!(code, 0, "{out}");
+    let op: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let snapshot_id = op["result"]["snapshot_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let (code, out) = ovc_client(&server, &["snapshot", "list", "-o", "json"]);
+    assert_eq!(code, 0);
+    let list: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(list["snapshots"][0]["id"], snapshot_id.as_str());
+    let (code, out) = ovc_client(
+        &server,
+        &[
+            "snapshot",
+            "restore",
+            &snapshot_id,
+            "--new",
+            "copy",
+            "--wait",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(ovc_client(&server, &["vc", "get", "copy"]).0, 0);
+    // A scale that fails (injected permanent fault): exit 1.
+    assert_eq!(
+        ovc_client(
+            &server,
+            &["vc", "scale", "demo", "--replicas", "3", "--wait"]
+        )
+        .0,
+        1
+    );
+    // Nothing SUSPEND failed: the bulk retry has nothing to do.
+    assert_eq!(
+        ovc_client(
+            &server,
+            &["ops", "retry", "--state", "FAILED", "--kind", "SUSPEND"]
+        )
+        .0,
+        0
+    );
+    // The failed SCALE is found and retried (and fails again: the fault is still there).
+    let (code, _) = ovc_client(
+        &server,
+        &[
+            "ops", "retry", "--state", "FAILED", "--kind", "SCALE", "--since", "1h", "--wait",
+        ],
+    );
+    assert_eq!(code, 1);
+    let (_, out) = ovc_client(&server, &["ops", "list", "--kind", "SCALE", "-o", "json"]);
+    let ops: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let ops = ops["operations"].as_array().expect("ops");
+    assert_eq!(ops.len(), 2, "{ops:?}");
+    assert_eq!(ops[1]["retry_of"], ops[0]["id"]);
     let _ = dev.kill();
     let _ = dev.wait();
 }

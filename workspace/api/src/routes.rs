@@ -402,6 +402,8 @@ struct ListQuery {
     vcluster: Option<String>,
     page_size: Option<u32>,
     page_token: Option<String>,
+    /// RFC 3339 time: only operations created at or after it.
+    since: Option<String>,
 }
 
 /// The project filter of a list: the token's project, or (auth off) the one asked for,
@@ -476,7 +478,20 @@ async fn list_operations(
                     .ok_or_else(|| ApiError::invalid(format!("unknown kind {k:?}"), "INVALID_KIND"))
             })
             .transpose()?,
-        since: None,
+        since: q
+            .since
+            .as_deref()
+            .map(|t| {
+                chrono::DateTime::parse_from_rfc3339(t)
+                    .map(|d| d.with_timezone(&chrono::Utc))
+                    .map_err(|e| {
+                        ApiError::invalid(
+                            format!("since {t:?} is not an RFC 3339 time: {e}"),
+                            "INVALID_SINCE",
+                        )
+                    })
+            })
+            .transpose()?,
     };
     let p = state.store.list_operations(&filter, &page(&q)?).await?;
     Ok(

@@ -158,14 +158,71 @@ pub enum OpsCommand {
         /// Its id.
         id: String,
     },
-    /// Retry a FAILED or STUCK operation.
+    /// Retry a FAILED or STUCK operation, or in bulk every operation matching
+    /// `--state/--kind/--since` (e.g. `ovc ops retry --state FAILED --kind SUSPEND --since 1h`).
     Retry {
-        /// Its id.
-        id: String,
-        /// Wait until the new operation ends.
+        /// Its id (omit for a bulk retry).
+        id: Option<String>,
+        /// Bulk: only operations in this state (FAILED or STUCK).
+        #[arg(long)]
+        state: Option<String>,
+        /// Bulk: only this kind.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Bulk: only operations created within this long ago: 30m, 1h, 2d.
+        #[arg(long)]
+        since: Option<String>,
+        /// Wait until the new operation(s) end.
         #[arg(long)]
         wait: bool,
     },
+}
+
+/// `ovc snapshot ...`.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// List snapshots.
+    List {
+        /// Only snapshots of this vcluster.
+        #[arg(long)]
+        vcluster: Option<String>,
+    },
+    /// Show a snapshot.
+    Get {
+        /// Its id.
+        id: String,
+    },
+    /// Restore a snapshot into a new vcluster (`--new NAME`) or over one (`--existing NAME`).
+    Restore {
+        /// Its id.
+        id: String,
+        /// Restore into a new vcluster with this name.
+        #[arg(
+            long,
+            conflicts_with = "existing",
+            required_unless_present = "existing"
+        )]
+        new: Option<String>,
+        /// Restore over this existing vcluster.
+        #[arg(long)]
+        existing: Option<String>,
+        /// Wait until the operation ends.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+/// `30m`, `1h`, `2d` → a duration.
+fn parse_age(s: &str) -> Option<chrono::Duration> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit())?);
+    let n: i64 = n.parse().ok()?;
+    match unit {
+        "s" => Some(chrono::Duration::seconds(n)),
+        "m" => Some(chrono::Duration::minutes(n)),
+        "h" => Some(chrono::Duration::hours(n)),
+        "d" => Some(chrono::Duration::days(n)),
+        _ => None,
+    }
 }
 
 /// How a client command ended; `main` turns it into the exit code.
@@ -590,9 +647,154 @@ pub async fn ops(conn: Conn, cmd: OpsCommand) -> Outcome {
                 });
                 Ok(Outcome::Ok)
             }
-            OpsCommand::Retry { id, wait } => {
+            OpsCommand::Retry {
+                id: Some(id), wait, ..
+            } => {
                 let op = c
                     .call(Method::POST, &format!("/v1/operations/{id}/retry"), None)
+                    .await?;
+                c.finish(op, wait).await
+            }
+            OpsCommand::Retry {
+                id: None,
+                state,
+                kind,
+                since,
+                wait,
+            } => {
+                let mut params = vec![format!("state={}", state.as_deref().unwrap_or("FAILED"))];
+                if let Some(k) = kind {
+                    params.push(format!("kind={k}"));
+                }
+                if let Some(s) = since {
+                    let age = parse_age(&s).ok_or_else(|| {
+                        CallError::Refused(json!({"error": {"status": "INVALID_ARGUMENT",
+                            "message": format!("--since {s:?}: use e.g. 30m, 1h, 2d")}}))
+                    })?;
+                    let t = (chrono::Utc::now() - age)
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                    params.push(format!("since={t}"));
+                }
+                if let Some(p) = &c.conn.project {
+                    params.push(format!("project={p}"));
+                }
+                params.push("page_size=1000".into());
+                let list = c
+                    .call(
+                        Method::GET,
+                        &format!("/v1/operations?{}", params.join("&")),
+                        None,
+                    )
+                    .await?;
+                let ids: Vec<String> = list["operations"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|o| o["id"].as_str().map(str::to_string))
+                    .collect();
+                if ids.is_empty() {
+                    eprintln!("no operations match");
+                    return Ok(Outcome::Ok);
+                }
+                let mut outcome = Outcome::Ok;
+                for id in ids {
+                    // One retry per failed operation; a refusal (e.g. the vcluster moved on)
+                    // is reported and the others still go.
+                    match c
+                        .call(Method::POST, &format!("/v1/operations/{id}/retry"), None)
+                        .await
+                    {
+                        Ok(op) => {
+                            if !matches!(c.finish(op, wait).await?, Outcome::Ok) {
+                                outcome = Outcome::OperationFailed;
+                            }
+                        }
+                        Err(e) => {
+                            eprintln!("operation {id}:");
+                            outcome = report(e);
+                        }
+                    }
+                }
+                Ok(outcome)
+            }
+        }
+    }
+    .await;
+    r.unwrap_or_else(report)
+}
+
+/// Runs `ovc snapshot ...`.
+pub async fn snapshot(conn: Conn, cmd: SnapshotCommand) -> Outcome {
+    let c = Client { conn };
+    let describe = |v: &Value| {
+        format!(
+            "{}  {}/{}  {}  {} bytes  {}",
+            v["id"].as_str().unwrap_or("?"),
+            v["project"].as_str().unwrap_or("?"),
+            v["vcluster"].as_str().unwrap_or("?"),
+            v["state"].as_str().unwrap_or("?"),
+            v["size_bytes"],
+            v["description"].as_str().unwrap_or("")
+        )
+    };
+    let r = async {
+        match cmd {
+            SnapshotCommand::List { vcluster } => {
+                let mut params = Vec::new();
+                if let Some(v) = vcluster {
+                    params.push(format!("vcluster={v}"));
+                }
+                if let Some(p) = &c.conn.project {
+                    params.push(format!("project={p}"));
+                }
+                let q = if params.is_empty() {
+                    String::new()
+                } else {
+                    format!("?{}", params.join("&"))
+                };
+                let v = c
+                    .call(Method::GET, &format!("/v1/snapshots{q}"), None)
+                    .await?;
+                c.print(&v, |v| {
+                    let rows: Vec<String> = v["snapshots"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(describe)
+                        .collect();
+                    if rows.is_empty() {
+                        "no snapshots".into()
+                    } else {
+                        rows.join("\n")
+                    }
+                });
+                Ok(Outcome::Ok)
+            }
+            SnapshotCommand::Get { id } => {
+                let v = c
+                    .call(Method::GET, &format!("/v1/snapshots/{id}"), None)
+                    .await?;
+                c.print(&v, describe);
+                Ok(Outcome::Ok)
+            }
+            SnapshotCommand::Restore {
+                id,
+                new,
+                existing,
+                wait,
+            } => {
+                let target = match (new, existing) {
+                    (Some(n), _) => json!({"new_name": n}),
+                    (None, Some(e)) => json!({"existing": e}),
+                    (None, None) => json!(null),
+                };
+                let q = c.q();
+                let op = c
+                    .call(
+                        Method::POST,
+                        &format!("/v1/snapshots/{id}/restore{q}"),
+                        Some(json!({"target": target})),
+                    )
                     .await?;
                 c.finish(op, wait).await
             }

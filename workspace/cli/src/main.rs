@@ -60,6 +60,13 @@ enum Command {
         #[command(subcommand)]
         command: client::OpsCommand,
     },
+    /// Snapshots on a running server.
+    Snapshot {
+        #[command(flatten)]
+        conn: client::Conn,
+        #[command(subcommand)]
+        command: client::SnapshotCommand,
+    },
     /// Events of the log (the progress feed).
     Events {
         #[command(subcommand)]
@@ -113,6 +120,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Vc { conn, command } => std::process::exit(client::vc(conn, command).await.code()),
         Command::Ops { conn, command } => {
             std::process::exit(client::ops(conn, command).await.code())
+        }
+        Command::Snapshot { conn, command } => {
+            std::process::exit(client::snapshot(conn, command).await.code())
         }
         Command::Serve(args) => serve::run(args).await,
         Command::Token {
