@@ -415,6 +415,23 @@ fn list_project(who: &Principal, q: &ListQuery) -> ApiResult<Option<ProjectName>
     }
 }
 
+/// Parses an optional enum query value (`state=`, `kind=`) with its wire-name parser.
+fn wire<T>(
+    value: Option<&str>,
+    parse: fn(&str) -> Option<T>,
+    what: &str,
+    reason: &str,
+) -> ApiResult<Option<T>> {
+    value
+        .map(|v| parse(v).ok_or_else(|| ApiError::invalid(format!("unknown {what} {v:?}"), reason)))
+        .transpose()
+}
+
+/// A page of `items` under `key`, with the next page's token.
+fn page_response<T: serde::Serialize>(key: &str, page: ovc_store::Page<T>) -> Response {
+    axum::Json(serde_json::json!({ key: page.items, "next_page_token": page.next })).into_response()
+}
+
 fn page(q: &ListQuery) -> ApiResult<PageRequest> {
     if q.page_size.is_some_and(|s| s == 0 || s > 1000) {
         return Err(ApiError::invalid(
@@ -435,22 +452,16 @@ async fn list_vclusters(
 ) -> ApiResult<Response> {
     let filter = VClusterFilter {
         project: list_project(&who, &q)?,
-        state: q
-            .state
-            .as_deref()
-            .map(|s| {
-                VClusterState::parse(s).ok_or_else(|| {
-                    ApiError::invalid(format!("unknown state {s:?}"), "INVALID_STATE")
-                })
-            })
-            .transpose()?,
+        state: wire(
+            q.state.as_deref(),
+            VClusterState::parse,
+            "state",
+            "INVALID_STATE",
+        )?,
         include_deleted: q.state.as_deref() == Some("DELETED"),
     };
     let p = state.store.list_vclusters(&filter, &page(&q)?).await?;
-    Ok(
-        axum::Json(serde_json::json!({"vclusters": p.items, "next_page_token": p.next}))
-            .into_response(),
-    )
+    Ok(page_response("vclusters", p))
 }
 
 async fn list_operations(
@@ -461,23 +472,18 @@ async fn list_operations(
     let filter = OperationFilter {
         project: list_project(&who, &q)?,
         vcluster: q.vcluster.clone(),
-        state: q
-            .state
-            .as_deref()
-            .map(|s| {
-                OperationState::parse(s).ok_or_else(|| {
-                    ApiError::invalid(format!("unknown state {s:?}"), "INVALID_STATE")
-                })
-            })
-            .transpose()?,
-        kind: q
-            .kind
-            .as_deref()
-            .map(|k| {
-                OperationKind::parse(k)
-                    .ok_or_else(|| ApiError::invalid(format!("unknown kind {k:?}"), "INVALID_KIND"))
-            })
-            .transpose()?,
+        state: wire(
+            q.state.as_deref(),
+            OperationState::parse,
+            "state",
+            "INVALID_STATE",
+        )?,
+        kind: wire(
+            q.kind.as_deref(),
+            OperationKind::parse,
+            "kind",
+            "INVALID_KIND",
+        )?,
         since: q
             .since
             .as_deref()
@@ -494,10 +500,7 @@ async fn list_operations(
             .transpose()?,
     };
     let p = state.store.list_operations(&filter, &page(&q)?).await?;
-    Ok(
-        axum::Json(serde_json::json!({"operations": p.items, "next_page_token": p.next}))
-            .into_response(),
-    )
+    Ok(page_response("operations", p))
 }
 
 async fn list_snapshots(
@@ -510,10 +513,7 @@ async fn list_snapshots(
         vcluster: q.vcluster.clone(),
     };
     let p = state.store.list_snapshots(&filter, &page(&q)?).await?;
-    Ok(
-        axum::Json(serde_json::json!({"snapshots": p.items, "next_page_token": p.next}))
-            .into_response(),
-    )
+    Ok(page_response("snapshots", p))
 }
 
 async fn get_snapshot(

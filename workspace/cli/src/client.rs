@@ -403,6 +403,46 @@ impl Client {
     }
 }
 
+/// `?k=v&...` from the given pairs (absent values left out), or nothing.
+fn query(params: &[(&str, Option<&str>)]) -> String {
+    let parts: Vec<String> = params
+        .iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k}={v}")))
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
+}
+
+/// One line per item of the array `key`, or `empty` when there is none.
+fn rows(v: &Value, key: &str, describe: fn(&Value) -> String, empty: &str) -> String {
+    let lines: Vec<String> = v[key]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(describe)
+        .collect();
+    if lines.is_empty() {
+        empty.to_string()
+    } else {
+        lines.join("\n")
+    }
+}
+
+fn describe_snapshot(v: &Value) -> String {
+    format!(
+        "{}  {}/{}  {}  {} bytes  {}",
+        v["id"].as_str().unwrap_or("?"),
+        v["project"].as_str().unwrap_or("?"),
+        v["vcluster"].as_str().unwrap_or("?"),
+        v["state"].as_str().unwrap_or("?"),
+        v["size_bytes"],
+        v["description"].as_str().unwrap_or("")
+    )
+}
+
 fn describe_operation(o: &Value) -> String {
     let mut s = format!(
         "operation {} {} {}: {}",
@@ -496,17 +536,7 @@ pub async fn vc(conn: Conn, cmd: VcCommand) -> Outcome {
                     .call(Method::GET, &format!("/v1/vclusters{q}"), None)
                     .await?;
                 c.print(&v, |v| {
-                    let rows: Vec<String> = v["vclusters"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(describe_vcluster)
-                        .collect();
-                    if rows.is_empty() {
-                        "no vclusters".into()
-                    } else {
-                        rows.join("\n")
-                    }
+                    rows(v, "vclusters", describe_vcluster, "no vclusters")
                 });
                 Ok(Outcome::Ok)
             }
@@ -597,35 +627,17 @@ pub async fn ops(conn: Conn, cmd: OpsCommand) -> Outcome {
                 kind,
                 vcluster,
             } => {
-                let mut params = Vec::new();
-                for (k, v) in [("state", state), ("kind", kind), ("vcluster", vcluster)] {
-                    if let Some(v) = v {
-                        params.push(format!("{k}={v}"));
-                    }
-                }
-                if let Some(p) = &c.conn.project {
-                    params.push(format!("project={p}"));
-                }
-                let q = if params.is_empty() {
-                    String::new()
-                } else {
-                    format!("?{}", params.join("&"))
-                };
+                let q = query(&[
+                    ("state", state.as_deref()),
+                    ("kind", kind.as_deref()),
+                    ("vcluster", vcluster.as_deref()),
+                    ("project", c.conn.project.as_deref()),
+                ]);
                 let v = c
                     .call(Method::GET, &format!("/v1/operations{q}"), None)
                     .await?;
                 c.print(&v, |v| {
-                    let rows: Vec<String> = v["operations"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(describe_operation)
-                        .collect();
-                    if rows.is_empty() {
-                        "no operations".into()
-                    } else {
-                        rows.join("\n")
-                    }
+                    rows(v, "operations", describe_operation, "no operations")
                 });
                 Ok(Outcome::Ok)
             }
@@ -726,47 +738,18 @@ pub async fn ops(conn: Conn, cmd: OpsCommand) -> Outcome {
 /// Runs `ovc snapshot ...`.
 pub async fn snapshot(conn: Conn, cmd: SnapshotCommand) -> Outcome {
     let c = Client { conn };
-    let describe = |v: &Value| {
-        format!(
-            "{}  {}/{}  {}  {} bytes  {}",
-            v["id"].as_str().unwrap_or("?"),
-            v["project"].as_str().unwrap_or("?"),
-            v["vcluster"].as_str().unwrap_or("?"),
-            v["state"].as_str().unwrap_or("?"),
-            v["size_bytes"],
-            v["description"].as_str().unwrap_or("")
-        )
-    };
     let r = async {
         match cmd {
             SnapshotCommand::List { vcluster } => {
-                let mut params = Vec::new();
-                if let Some(v) = vcluster {
-                    params.push(format!("vcluster={v}"));
-                }
-                if let Some(p) = &c.conn.project {
-                    params.push(format!("project={p}"));
-                }
-                let q = if params.is_empty() {
-                    String::new()
-                } else {
-                    format!("?{}", params.join("&"))
-                };
+                let q = query(&[
+                    ("vcluster", vcluster.as_deref()),
+                    ("project", c.conn.project.as_deref()),
+                ]);
                 let v = c
                     .call(Method::GET, &format!("/v1/snapshots{q}"), None)
                     .await?;
                 c.print(&v, |v| {
-                    let rows: Vec<String> = v["snapshots"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(describe)
-                        .collect();
-                    if rows.is_empty() {
-                        "no snapshots".into()
-                    } else {
-                        rows.join("\n")
-                    }
+                    rows(v, "snapshots", describe_snapshot, "no snapshots")
                 });
                 Ok(Outcome::Ok)
             }
@@ -774,7 +757,7 @@ pub async fn snapshot(conn: Conn, cmd: SnapshotCommand) -> Outcome {
                 let v = c
                     .call(Method::GET, &format!("/v1/snapshots/{id}"), None)
                     .await?;
-                c.print(&v, describe);
+                c.print(&v, describe_snapshot);
                 Ok(Outcome::Ok)
             }
             SnapshotCommand::Restore {
