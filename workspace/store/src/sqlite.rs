@@ -108,6 +108,18 @@ fn run_from_row(row: &SqliteRow) -> Result<Run> {
     })
 }
 
+/// The `(created_at micros, id)` cursor of a time-ordered page.
+fn time_cursor(page: &PageRequest) -> Result<(Option<i64>, Option<String>)> {
+    let Some(c) = page.after.as_deref() else {
+        return Ok((None, None));
+    };
+    let parts = parse_cursor(c, 2)?;
+    let micros = parts[0].parse::<i64>().map_err(|_| {
+        Error::InvalidInput(format!("page token {c:?} is not one this server issued"))
+    })?;
+    Ok((Some(micros), Some(parts[1].clone())))
+}
+
 const RUN_COLUMNS: &str = "id, operation_id, vcluster_uid, status, run_at, attempts, lease_owner, lease_until, epoch, priority";
 
 /// An open write transaction.
@@ -828,23 +840,7 @@ impl Store for SqliteStore {
         filter: &OperationFilter,
         page: &PageRequest,
     ) -> Result<Page<Operation>> {
-        let after = page
-            .after
-            .as_deref()
-            .map(|c| parse_cursor(c, 2))
-            .transpose()?;
-        let (at, aid) = match &after {
-            Some(p) => (
-                Some(p[0].parse::<i64>().map_err(|_| {
-                    Error::InvalidInput(format!(
-                        "page token {:?} is not one this server issued",
-                        page.after
-                    ))
-                })?),
-                Some(p[1].clone()),
-            ),
-            None => (None, None),
-        };
+        let (at, aid) = time_cursor(page)?;
         let limit = page.limit();
         let rows: Vec<String> = sqlx::query_scalar(
             "SELECT doc FROM operations
@@ -892,23 +888,7 @@ impl Store for SqliteStore {
         filter: &SnapshotFilter,
         page: &PageRequest,
     ) -> Result<Page<Snapshot>> {
-        let after = page
-            .after
-            .as_deref()
-            .map(|c| parse_cursor(c, 2))
-            .transpose()?;
-        let (at, aid) = match &after {
-            Some(p) => (
-                Some(p[0].parse::<i64>().map_err(|_| {
-                    Error::InvalidInput(format!(
-                        "page token {:?} is not one this server issued",
-                        page.after
-                    ))
-                })?),
-                Some(p[1].clone()),
-            ),
-            None => (None, None),
-        };
+        let (at, aid) = time_cursor(page)?;
         let limit = page.limit();
         let rows: Vec<String> = sqlx::query_scalar(
             "SELECT doc FROM snapshots
