@@ -13,6 +13,7 @@ pub mod auth;
 mod error;
 pub mod metrics;
 mod routes;
+pub mod service;
 
 pub use error::ApiError;
 pub use routes::router;

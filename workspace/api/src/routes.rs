@@ -1,6 +1,11 @@
-//! The routes of API.md and their handlers.
+//! The REST transport: API.md's routes, decoding JSON bodies, query strings and headers
+//! into the calls of [`crate::service`] and encoding the answers as JSON or SSE.
 
 use crate::auth::Principal;
+use crate::service::{
+    EventPage, ListRequest, Scope, Submit, Submitted, check_description, parse_timeout,
+    restore_target_name, snapshot_id,
+};
 use crate::{ApiError, AppState, MAX_BODY_BYTES};
 use axum::Router;
 use axum::body::Bytes;
@@ -8,17 +13,10 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use ovc_engine::accept::{CommandRequest, accept, cancel, retry};
-use ovc_store::{OperationFilter, PageRequest, SnapshotFilter, VClusterFilter};
 use ovc_types::command::{Command, RestoreTarget};
-use ovc_types::event::StreamName;
-use ovc_types::resource::Operation;
 use ovc_types::spec::{ControlPlanePatch, QuotaPatch, ScalePatch, VClusterSpec};
-use ovc_types::state::{OperationKind, OperationState, VClusterState};
-use ovc_types::{OperationId, ProjectName, SnapshotId, VClusterName};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use std::time::Duration;
 
 /// The API's router over `state`.
 pub fn router(state: AppState) -> Router {
@@ -65,29 +63,6 @@ fn body<T: DeserializeOwned + Default>(bytes: &Bytes) -> ApiResult<T> {
         .map_err(|e| ApiError::invalid(format!("request body: {e}"), "INVALID_BODY"))
 }
 
-fn project(p: Option<&str>) -> ApiResult<ProjectName> {
-    match p {
-        None | Some("") => Ok(ProjectName::default_project()),
-        Some(p) => p
-            .parse()
-            .map_err(|e: ovc_types::name::NameError| ApiError(e.into())),
-    }
-}
-
-fn vcluster_name(n: &str) -> ApiResult<VClusterName> {
-    n.parse()
-        .map_err(|e: ovc_types::name::NameError| ApiError(e.into()))
-}
-
-fn operation_id(s: &str) -> ApiResult<OperationId> {
-    s.parse().map_err(|_| {
-        ApiError::invalid(
-            format!("{s:?} is not an operation id (a UUID)"),
-            "INVALID_ID",
-        )
-    })
-}
-
 /// The request id from the body and/or the `Idempotency-Key` header.
 fn request_id(headers: &HeaderMap, in_body: Option<String>) -> ApiResult<Option<String>> {
     let header = match headers.get("idempotency-key") {
@@ -109,37 +84,25 @@ fn request_id(headers: &HeaderMap, in_body: Option<String>) -> ApiResult<Option<
     }
 }
 
-async fn respond(state: &AppState, req: CommandRequest) -> ApiResult<Response> {
-    let accepted = accept(
-        state.store.as_ref(),
-        &state.registry,
-        state.ids.as_ref(),
-        req,
-    )
-    .await?;
-    operation_response(state, accepted.operation_id, accepted.duplicate).await
+fn traceparent(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
-async fn operation_response(
-    state: &AppState,
-    id: OperationId,
-    duplicate: bool,
-) -> ApiResult<Response> {
-    let op = state
-        .store
-        .get_operation(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("operation {id} not found")))?;
-    let code = if duplicate {
+/// 202 with the new operation, or 200 with the first one for a repeated request.
+fn submitted(s: Submitted) -> Response {
+    let code = if s.duplicate {
         StatusCode::OK
     } else {
         StatusCode::ACCEPTED
     };
-    Ok((code, axum::Json(op)).into_response())
+    (code, axum::Json(s.operation)).into_response()
 }
 
 async fn readyz(State(state): State<AppState>) -> ApiResult<&'static str> {
-    state.store.head_position().await?;
+    state.ready().await?;
     Ok("ready")
 }
 
@@ -164,25 +127,14 @@ async fn create(
 ) -> ApiResult<Response> {
     who.may_mutate()?;
     let b: CreateBody = body(&bytes)?;
-    if b.name.is_empty() {
-        return Err(ApiError::invalid("name is required", "INVALID_NAME"));
-    }
-    let req = CommandRequest {
-        project: who.project(b.project.as_deref())?,
-        vcluster: vcluster_name(&b.name)?,
+    let s = Submit {
+        project: b.project,
+        vcluster: b.name,
         command: Command::Create { spec: b.spec },
         request_id: request_id(&headers, b.request_id)?,
-        actor: who.name.clone(),
         traceparent: traceparent(&headers),
     };
-    respond(&state, req).await
-}
-
-fn traceparent(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
+    Ok(submitted(state.submit(&who, s).await?))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -196,22 +148,19 @@ async fn command_on(
     state: &AppState,
     who: &Principal,
     headers: &HeaderMap,
-    q: &ProjectQuery,
-    name: &str,
+    q: ProjectQuery,
+    name: String,
     command: Command,
     body_request_id: Option<String>,
 ) -> ApiResult<Response> {
-    who.may_mutate()?;
-    let rid = request_id(headers, body_request_id.or(q.request_id.clone()))?;
-    let req = CommandRequest {
-        project: who.project(q.project.as_deref())?,
-        vcluster: vcluster_name(name)?,
+    let s = Submit {
+        project: q.project,
+        vcluster: name,
         command,
-        request_id: rid,
-        actor: who.name.clone(),
+        request_id: request_id(headers, body_request_id.or(q.request_id))?,
         traceparent: traceparent(headers),
     };
-    respond(state, req).await
+    Ok(submitted(state.submit(who, s).await?))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -238,7 +187,7 @@ async fn suspend(
         snapshot: b.snapshot,
         evict_workloads: b.evict_workloads,
     };
-    command_on(&state, &who, &headers, &q, &name, command, b.request_id).await
+    command_on(&state, &who, &headers, q, name, command, b.request_id).await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -262,7 +211,7 @@ async fn resume(
     let command = Command::Resume {
         reconcile_workloads: b.reconcile_workloads,
     };
-    command_on(&state, &who, &headers, &q, &name, command, b.request_id).await
+    command_on(&state, &who, &headers, q, name, command, b.request_id).await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -283,16 +232,11 @@ async fn snapshot(
     bytes: Bytes,
 ) -> ApiResult<Response> {
     let b: SnapshotBody = body(&bytes)?;
-    if b.description.as_ref().is_some_and(|d| d.len() > 1024) {
-        return Err(ApiError::invalid(
-            "description is longer than 1024 bytes",
-            "INVALID_DESCRIPTION",
-        ));
-    }
+    check_description(b.description.as_deref())?;
     let command = Command::Snapshot {
         description: b.description,
     };
-    command_on(&state, &who, &headers, &q, &name, command, b.request_id).await
+    command_on(&state, &who, &headers, q, name, command, b.request_id).await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -321,7 +265,7 @@ async fn scale(
             quota: b.quota,
         },
     };
-    command_on(&state, &who, &headers, &q, &name, command, b.request_id).await
+    command_on(&state, &who, &headers, q, name, command, b.request_id).await
 }
 
 async fn delete(
@@ -331,7 +275,7 @@ async fn delete(
     Query(q): Query<ProjectQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    command_on(&state, &who, &headers, &q, &name, Command::Delete {}, None).await
+    command_on(&state, &who, &headers, q, name, Command::Delete {}, None).await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -352,23 +296,19 @@ async fn restore(
     bytes: Bytes,
 ) -> ApiResult<Response> {
     let b: RestoreBody = body(&bytes)?;
-    let snapshot_id: SnapshotId = id
-        .parse()
-        .map_err(|_| ApiError::invalid(format!("{id:?} is not a snapshot id"), "INVALID_ID"))?;
+    let snapshot_id = snapshot_id(&id)?;
     let target = b.target.ok_or_else(|| {
         ApiError::invalid(
             "target is required: {\"new_name\": NAME} or {\"existing\": NAME}",
             "INVALID_TARGET",
         )
     })?;
-    let name = match &target {
-        RestoreTarget::NewName(n) | RestoreTarget::Existing(n) => n.to_string(),
-    };
+    let name = restore_target_name(&target);
     let command = Command::Restore {
         snapshot_id,
         target,
     };
-    command_on(&state, &who, &headers, &q, &name, command, b.request_id).await
+    command_on(&state, &who, &headers, q, name, command, b.request_id).await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -383,13 +323,9 @@ async fn get_vcluster(
     Path(name): Path<String>,
     Query(q): Query<GetQuery>,
 ) -> ApiResult<Response> {
-    let p = who.project(q.project.as_deref())?;
-    let n = vcluster_name(&name)?;
     let vc = state
-        .store
-        .get_vcluster(&p, &n)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("vcluster {p}/{n} not found")))?;
+        .get_vcluster(&who, q.project.as_deref(), &name)
+        .await?;
     Ok(axum::Json(vc).into_response())
 }
 
@@ -406,25 +342,24 @@ struct ListQuery {
     since: Option<String>,
 }
 
-/// The project filter of a list: the token's project, or (auth off) the one asked for,
-/// or every project.
-fn list_project(who: &Principal, q: &ListQuery) -> ApiResult<Option<ProjectName>> {
-    match who.project {
-        Some(_) => who.project(q.project.as_deref()).map(Some),
-        None => q.project.as_deref().map(|p| project(Some(p))).transpose(),
+impl ListQuery {
+    fn into_request(self) -> ApiResult<ListRequest> {
+        if self.page_size == Some(0) {
+            return Err(ApiError::invalid(
+                "page_size must be between 1 and 1000",
+                "INVALID_PAGE_SIZE",
+            ));
+        }
+        Ok(ListRequest {
+            project: self.project,
+            state: self.state,
+            kind: self.kind,
+            vcluster: self.vcluster,
+            page_size: self.page_size,
+            page_token: self.page_token,
+            since: self.since,
+        })
     }
-}
-
-/// Parses an optional enum query value (`state=`, `kind=`) with its wire-name parser.
-fn wire<T>(
-    value: Option<&str>,
-    parse: fn(&str) -> Option<T>,
-    what: &str,
-    reason: &str,
-) -> ApiResult<Option<T>> {
-    value
-        .map(|v| parse(v).ok_or_else(|| ApiError::invalid(format!("unknown {what} {v:?}"), reason)))
-        .transpose()
 }
 
 /// A page of `items` under `key`, with the next page's token.
@@ -432,35 +367,12 @@ fn page_response<T: serde::Serialize>(key: &str, page: ovc_store::Page<T>) -> Re
     axum::Json(serde_json::json!({ key: page.items, "next_page_token": page.next })).into_response()
 }
 
-fn page(q: &ListQuery) -> ApiResult<PageRequest> {
-    if q.page_size.is_some_and(|s| s == 0 || s > 1000) {
-        return Err(ApiError::invalid(
-            "page_size must be between 1 and 1000",
-            "INVALID_PAGE_SIZE",
-        ));
-    }
-    Ok(PageRequest {
-        after: q.page_token.clone().filter(|t| !t.is_empty()),
-        limit: q.page_size,
-    })
-}
-
 async fn list_vclusters(
     State(state): State<AppState>,
     who: Principal,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Response> {
-    let filter = VClusterFilter {
-        project: list_project(&who, &q)?,
-        state: wire(
-            q.state.as_deref(),
-            VClusterState::parse,
-            "state",
-            "INVALID_STATE",
-        )?,
-        include_deleted: q.state.as_deref() == Some("DELETED"),
-    };
-    let p = state.store.list_vclusters(&filter, &page(&q)?).await?;
+    let p = state.list_vclusters(&who, &q.into_request()?).await?;
     Ok(page_response("vclusters", p))
 }
 
@@ -469,37 +381,7 @@ async fn list_operations(
     who: Principal,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Response> {
-    let filter = OperationFilter {
-        project: list_project(&who, &q)?,
-        vcluster: q.vcluster.clone(),
-        state: wire(
-            q.state.as_deref(),
-            OperationState::parse,
-            "state",
-            "INVALID_STATE",
-        )?,
-        kind: wire(
-            q.kind.as_deref(),
-            OperationKind::parse,
-            "kind",
-            "INVALID_KIND",
-        )?,
-        since: q
-            .since
-            .as_deref()
-            .map(|t| {
-                chrono::DateTime::parse_from_rfc3339(t)
-                    .map(|d| d.with_timezone(&chrono::Utc))
-                    .map_err(|e| {
-                        ApiError::invalid(
-                            format!("since {t:?} is not an RFC 3339 time: {e}"),
-                            "INVALID_SINCE",
-                        )
-                    })
-            })
-            .transpose()?,
-    };
-    let p = state.store.list_operations(&filter, &page(&q)?).await?;
+    let p = state.list_operations(&who, &q.into_request()?).await?;
     Ok(page_response("operations", p))
 }
 
@@ -508,11 +390,7 @@ async fn list_snapshots(
     who: Principal,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Response> {
-    let filter = SnapshotFilter {
-        project: list_project(&who, &q)?,
-        vcluster: q.vcluster.clone(),
-    };
-    let p = state.store.list_snapshots(&filter, &page(&q)?).await?;
+    let p = state.list_snapshots(&who, &q.into_request()?).await?;
     Ok(page_response("snapshots", p))
 }
 
@@ -521,27 +399,7 @@ async fn get_snapshot(
     who: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let sid: SnapshotId = id
-        .parse()
-        .map_err(|_| ApiError::invalid(format!("{id:?} is not a snapshot id"), "INVALID_ID"))?;
-    let s = state
-        .store
-        .get_snapshot(sid)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("snapshot {sid} not found")))?;
-    who.sees(&s.project, &format!("snapshot {sid}"))?;
-    Ok(axum::Json(s).into_response())
-}
-
-async fn find_operation(state: &AppState, who: &Principal, id: &str) -> ApiResult<Operation> {
-    let id = operation_id(id)?;
-    let op = state
-        .store
-        .get_operation(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("operation {id} not found")))?;
-    who.sees(&op.project, &format!("operation {id}"))?;
-    Ok(op)
+    Ok(axum::Json(state.get_snapshot(&who, &id).await?).into_response())
 }
 
 async fn get_operation(
@@ -549,38 +407,13 @@ async fn get_operation(
     who: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    Ok(axum::Json(find_operation(&state, &who, &id).await?).into_response())
+    Ok(axum::Json(state.get_operation(&who, &id).await?).into_response())
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WaitQuery {
     timeout: Option<String>,
-}
-
-/// `30s`, `500ms`, `2m` or plain seconds.
-fn parse_timeout(s: &str) -> ApiResult<Duration> {
-    let bad = || {
-        ApiError::invalid(
-            format!("timeout {s:?}: use e.g. 30s, 500ms or 2m (at most 60s)"),
-            "INVALID_TIMEOUT",
-        )
-    };
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        _ => return Err(bad()),
-    };
-    if d > Duration::from_secs(60) {
-        return Err(bad());
-    }
-    Ok(d)
 }
 
 async fn wait_operation(
@@ -590,20 +423,7 @@ async fn wait_operation(
     Query(q): Query<WaitQuery>,
 ) -> ApiResult<Response> {
     let timeout = parse_timeout(q.timeout.as_deref().unwrap_or("30s"))?;
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut wake = state.store.watch_events();
-    loop {
-        wake.borrow_and_update();
-        let op = find_operation(&state, &who, &id).await?;
-        if op.done || tokio::time::Instant::now() >= deadline {
-            return Ok(axum::Json(op).into_response());
-        }
-        tokio::select! {
-            _ = wake.changed() => {}
-            () = tokio::time::sleep(Duration::from_millis(200)) => {}
-            () = tokio::time::sleep_until(deadline) => {}
-        }
-    }
+    Ok(axum::Json(state.wait_operation(&who, &id, timeout).await?).into_response())
 }
 
 async fn cancel_operation(
@@ -611,10 +431,8 @@ async fn cancel_operation(
     who: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let oid = find_operation(&state, &who, &id).await?.id;
-    who.may_mutate()?;
-    cancel(state.store.as_ref(), oid, who.name.clone()).await?;
-    operation_response(&state, oid, false).await
+    let op = state.cancel_operation(&who, &id).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(op)).into_response())
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -632,19 +450,8 @@ async fn retry_operation(
     bytes: Bytes,
 ) -> ApiResult<Response> {
     let b: RetryBody = body(&bytes)?;
-    let oid = find_operation(&state, &who, &id).await?.id;
-    who.may_mutate()?;
     let rid = request_id(&headers, b.request_id)?;
-    let accepted = retry(
-        state.store.as_ref(),
-        &state.registry,
-        state.ids.as_ref(),
-        oid,
-        rid,
-        who.name.clone(),
-    )
-    .await?;
-    operation_response(&state, accepted.operation_id, accepted.duplicate).await
+    Ok(submitted(state.retry_operation(&who, &id, rid).await?))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -652,52 +459,6 @@ async fn retry_operation(
 struct EventsQuery {
     after: Option<u64>,
     limit: Option<u32>,
-}
-
-fn limit(l: Option<u32>) -> ApiResult<u32> {
-    match l {
-        None => Ok(100),
-        Some(n) if (1..=1000).contains(&n) => Ok(n),
-        Some(_) => Err(ApiError::invalid(
-            "limit must be between 1 and 1000",
-            "INVALID_LIMIT",
-        )),
-    }
-}
-
-/// Which events a live feed carries.
-enum Scope {
-    /// One stream.
-    Stream(String),
-    /// Every stream of this project (`None`: every stream).
-    Project(Option<ProjectName>),
-}
-
-/// Decides, per stream and with a cache, whether a caller of `project` may see it.
-struct ProjectFilter {
-    project: Option<ProjectName>,
-    seen: std::collections::HashMap<String, bool>,
-}
-
-impl ProjectFilter {
-    fn new(project: Option<ProjectName>) -> Self {
-        Self {
-            project,
-            seen: Default::default(),
-        }
-    }
-
-    async fn allows(&mut self, store: &dyn ovc_store::Store, stream: &str) -> ApiResult<bool> {
-        let Some(own) = &self.project else {
-            return Ok(true);
-        };
-        if let Some(v) = self.seen.get(stream) {
-            return Ok(*v);
-        }
-        let v = Principal::stream_project(store, stream).await?.as_ref() == Some(own);
-        self.seen.insert(stream.to_string(), v);
-        Ok(v)
-    }
 }
 
 fn wants_sse(headers: &HeaderMap) -> bool {
@@ -721,79 +482,27 @@ fn resume_after(headers: &HeaderMap, after: Option<u64>) -> ApiResult<u64> {
     }
 }
 
-/// A live SSE feed of the events after `after` (only those of `stream`, if given): `id`
-/// is the position, `event` the type, `data` the Event JSON. It reads the log in
-/// position order, which never skips (see the store), so a client that reconnects with
-/// `Last-Event-ID` sees every event exactly once.
-fn live(state: AppState, after: u64, scope: Scope) -> Response {
+/// A live SSE feed (see [`AppState::follow`]): `id` is the position, `event` the type,
+/// `data` the Event JSON.
+fn live(state: &AppState, after: u64, scope: Scope) -> Response {
     use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-    struct Cursor {
-        state: AppState,
-        after: u64,
-        scope: Scope,
-        filter: ProjectFilter,
-        buffered: std::collections::VecDeque<ovc_store::RecordedEvent>,
-        wake: tokio::sync::watch::Receiver<u64>,
-    }
-    let wake = state.store.watch_events();
-    let filter = ProjectFilter::new(match &scope {
-        Scope::Project(p) => p.clone(),
-        Scope::Stream(_) => None,
-    });
-    let cursor = Cursor {
-        state,
-        after,
-        scope,
-        filter,
-        buffered: Default::default(),
-        wake,
-    };
-    let feed = futures::stream::unfold(cursor, |mut c| async move {
-        loop {
-            if let Some(e) = c.buffered.pop_front() {
-                let data = serde_json::to_string(&e).unwrap_or_default();
-                let frame = SseEvent::default()
-                    .id(e.position.to_string())
-                    .event(e.event_type.clone())
-                    .data(data);
-                return Some((Ok::<_, std::convert::Infallible>(frame), c));
-            }
-            c.wake.borrow_and_update();
-            match c.state.store.read_all(c.after, 500).await {
-                Ok(batch) if !batch.is_empty() => {
-                    if let Some(last) = batch.last() {
-                        c.after = last.position;
-                    }
-                    for e in batch {
-                        let keep = match &c.scope {
-                            Scope::Stream(s) => &e.stream == s,
-                            Scope::Project(_) => c
-                                .filter
-                                .allows(c.state.store.as_ref(), &e.stream)
-                                .await
-                                .unwrap_or(false),
-                        };
-                        if keep {
-                            c.buffered.push_back(e);
-                        }
-                    }
-                }
-                Ok(_) => {
-                    tokio::select! {
-                        _ = c.wake.changed() => {}
-                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "event feed: store read failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        }
+    use futures::StreamExt;
+    let feed = state.follow(after, scope).map(|e| {
+        let data = serde_json::to_string(&e).unwrap_or_default();
+        Ok::<_, std::convert::Infallible>(
+            SseEvent::default()
+                .id(e.position.to_string())
+                .event(e.event_type.clone())
+                .data(data),
+        )
     });
     Sse::new(feed)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+fn event_page(p: EventPage) -> Response {
+    axum::Json(serde_json::json!({"events": p.events, "next_after": p.next_after})).into_response()
 }
 
 async fn events(
@@ -804,21 +513,12 @@ async fn events(
 ) -> ApiResult<Response> {
     if wants_sse(&headers) {
         let after = resume_after(&headers, q.after)?;
-        return Ok(live(state, after, Scope::Project(who.project.clone())));
+        return Ok(live(&state, after, state.all_events_scope(&who)));
     }
-    let after = q.after.unwrap_or(0);
-    let events = state.store.read_all(after, limit(q.limit)?).await?;
-    // The cursor moves past hidden events too, so paging never stalls.
-    let next = events.last().map_or(after, |e| e.position);
-    let mut visible = ProjectFilter::new(who.project.clone());
-    let mut shown = Vec::with_capacity(events.len());
-    for e in events {
-        if visible.allows(state.store.as_ref(), &e.stream).await? {
-            shown.push(e);
-        }
-    }
-    let events = shown;
-    Ok(axum::Json(serde_json::json!({"events": events, "next_after": next})).into_response())
+    let p = state
+        .read_events(&who, q.after.unwrap_or(0), q.limit)
+        .await?;
+    Ok(event_page(p))
 }
 
 async fn operation_events(
@@ -828,23 +528,13 @@ async fn operation_events(
     headers: HeaderMap,
     Query(q): Query<EventsQuery>,
 ) -> ApiResult<Response> {
-    let op = find_operation(&state, &who, &id).await?;
-    let stream = StreamName::operation(op.id);
     if wants_sse(&headers) {
+        let scope = state.operation_scope(&who, &id).await?;
         let after = resume_after(&headers, q.after)?;
-        return Ok(live(
-            state,
-            after,
-            Scope::Stream(stream.as_str().to_string()),
-        ));
+        return Ok(live(&state, after, scope));
     }
-    let all = state.store.read_stream(&stream, 0, u32::MAX).await?;
-    let after = q.after.unwrap_or(0);
-    let events: Vec<_> = all
-        .into_iter()
-        .filter(|e| e.position > after)
-        .take(limit(q.limit)? as usize)
-        .collect();
-    let next = events.last().map_or(after, |e| e.position);
-    Ok(axum::Json(serde_json::json!({"events": events, "next_after": next})).into_response())
+    let p = state
+        .read_operation_events(&who, &id, q.after.unwrap_or(0), q.limit)
+        .await?;
+    Ok(event_page(p))
 }

@@ -1,0 +1,634 @@
+//! The service layer: API.md's calls implemented once, over the engine's
+//! accept/cancel/retry and the store's projections, and shared by both transports.
+//! REST ([`crate::routes`]) and gRPC ([`crate::grpc`]) only decode their wire shapes into
+//! these calls and encode the answers; names, ids, enum values, page sizes and time-outs
+//! are validated here, so both transports refuse bad input with the same status and
+//! message.
+
+use crate::auth::Principal;
+use crate::{ApiError, AppState};
+use futures::Stream;
+use ovc_engine::accept::{CommandRequest, accept, cancel, retry};
+use ovc_store::{
+    OperationFilter, Page, PageRequest, RecordedEvent, SnapshotFilter, Store, VClusterFilter,
+};
+use ovc_types::command::{Command, RestoreTarget};
+use ovc_types::event::StreamName;
+use ovc_types::resource::{Operation, Snapshot, VCluster};
+use ovc_types::state::{OperationKind, OperationState, VClusterState};
+use ovc_types::{OperationId, ProjectName, SnapshotId, VClusterName};
+use std::time::Duration;
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The largest page any list or event read returns.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+/// The longest a `wait` call blocks.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// A mutation as either transport submits it: the target, the command and the
+/// idempotency key, all still unvalidated.
+#[derive(Debug, Clone)]
+pub struct Submit {
+    /// The project asked for (`None` or empty: the token's, or `default`).
+    pub project: Option<String>,
+    /// The vcluster's name (for restore: the target's name).
+    pub vcluster: String,
+    /// What to do.
+    pub command: Command,
+    /// The client's idempotency key.
+    pub request_id: Option<String>,
+    /// W3C traceparent of the request, kept in the events' metadata.
+    pub traceparent: Option<String>,
+}
+
+/// An accepted mutation: the operation, and whether the request repeated an earlier one
+/// (REST answers 200 instead of 202).
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    /// The operation (the first one, for a repeat).
+    pub operation: Operation,
+    /// True when nothing new was started.
+    pub duplicate: bool,
+}
+
+/// The filters of the three list calls, still unvalidated.
+#[derive(Debug, Clone, Default)]
+pub struct ListRequest {
+    /// Only this project (with a token: must be the token's).
+    pub project: Option<String>,
+    /// Only this state (wire name).
+    pub state: Option<String>,
+    /// Only this kind (operations; wire name).
+    pub kind: Option<String>,
+    /// Only this vcluster name (operations, snapshots).
+    pub vcluster: Option<String>,
+    /// Page size, 1..=1000 (default 100).
+    pub page_size: Option<u32>,
+    /// The previous page's `next_page_token`.
+    pub page_token: Option<String>,
+    /// RFC 3339 time: only operations created at or after it.
+    pub since: Option<String>,
+}
+
+/// A page of events and the cursor of the next read.
+#[derive(Debug, Clone)]
+pub struct EventPage {
+    /// The events the caller may see, in position order.
+    pub events: Vec<RecordedEvent>,
+    /// Pass as `after` to read on (moves past hidden events too, so paging never stalls).
+    pub next_after: u64,
+}
+
+/// Parses a project name; empty or absent is `default`.
+pub fn project(p: Option<&str>) -> ApiResult<ProjectName> {
+    match p {
+        None | Some("") => Ok(ProjectName::default_project()),
+        Some(p) => p
+            .parse()
+            .map_err(|e: ovc_types::name::NameError| ApiError(e.into())),
+    }
+}
+
+/// Parses a vcluster name.
+pub fn vcluster_name(n: &str) -> ApiResult<VClusterName> {
+    if n.is_empty() {
+        return Err(ApiError::invalid("name is required", "INVALID_NAME"));
+    }
+    n.parse()
+        .map_err(|e: ovc_types::name::NameError| ApiError(e.into()))
+}
+
+/// Parses an operation id (a UUID).
+pub fn operation_id(s: &str) -> ApiResult<OperationId> {
+    s.parse().map_err(|_| {
+        ApiError::invalid(
+            format!("{s:?} is not an operation id (a UUID)"),
+            "INVALID_ID",
+        )
+    })
+}
+
+/// Parses a snapshot id (a UUID).
+pub fn snapshot_id(s: &str) -> ApiResult<SnapshotId> {
+    s.parse()
+        .map_err(|_| ApiError::invalid(format!("{s:?} is not a snapshot id"), "INVALID_ID"))
+}
+
+/// Parses a time-out: `30s`, `500ms`, `2m` or plain seconds, at most [`MAX_WAIT`].
+pub fn parse_timeout(s: &str) -> ApiResult<Duration> {
+    let bad = || {
+        ApiError::invalid(
+            format!("timeout {s:?}: use e.g. 30s, 500ms or 2m (at most 60s)"),
+            "INVALID_TIMEOUT",
+        )
+    };
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        _ => return Err(bad()),
+    };
+    if d > MAX_WAIT {
+        return Err(bad());
+    }
+    Ok(d)
+}
+
+/// The event-read limit: 1..=1000, default 100.
+pub fn event_limit(l: Option<u32>) -> ApiResult<u32> {
+    match l {
+        None => Ok(100),
+        Some(n) if (1..=MAX_PAGE_SIZE).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::invalid(
+            "limit must be between 1 and 1000",
+            "INVALID_LIMIT",
+        )),
+    }
+}
+
+/// Checks a snapshot description (at most 1 KiB).
+pub fn check_description(d: Option<&str>) -> ApiResult<()> {
+    if d.is_some_and(|d| d.len() > 1024) {
+        return Err(ApiError::invalid(
+            "description is longer than 1024 bytes",
+            "INVALID_DESCRIPTION",
+        ));
+    }
+    Ok(())
+}
+
+/// The vcluster a restore lands on.
+pub fn restore_target_name(target: &RestoreTarget) -> String {
+    match target {
+        RestoreTarget::NewName(n) | RestoreTarget::Existing(n) => n.to_string(),
+    }
+}
+
+/// Parses an optional enum value (`state=`, `kind=`) with its wire-name parser.
+fn wire<T>(
+    value: Option<&str>,
+    parse: fn(&str) -> Option<T>,
+    what: &str,
+    reason: &str,
+) -> ApiResult<Option<T>> {
+    value
+        .filter(|v| !v.is_empty())
+        .map(|v| parse(v).ok_or_else(|| ApiError::invalid(format!("unknown {what} {v:?}"), reason)))
+        .transpose()
+}
+
+fn page(q: &ListRequest) -> ApiResult<PageRequest> {
+    if q.page_size.is_some_and(|s| s > MAX_PAGE_SIZE) {
+        return Err(ApiError::invalid(
+            "page_size must be between 1 and 1000",
+            "INVALID_PAGE_SIZE",
+        ));
+    }
+    Ok(PageRequest {
+        after: q.page_token.clone().filter(|t| !t.is_empty()),
+        // 0 is "the default", as gRPC's absent integer is 0.
+        limit: q.page_size.filter(|s| *s > 0),
+    })
+}
+
+/// The project filter of a list: the token's project, or (auth off) the one asked for,
+/// or every project.
+fn list_project(who: &Principal, q: &ListRequest) -> ApiResult<Option<ProjectName>> {
+    match who.project {
+        Some(_) => who.project(q.project.as_deref()).map(Some),
+        None => q
+            .project
+            .as_deref()
+            .filter(|p| !p.is_empty())
+            .map(|p| project(Some(p)))
+            .transpose(),
+    }
+}
+
+impl AppState {
+    /// Accepts a mutation: one commit of command event, operation, run and idempotency
+    /// key (see `ovc_engine::accept`).
+    pub async fn submit(&self, who: &Principal, s: Submit) -> ApiResult<Submitted> {
+        who.may_mutate()?;
+        let req = CommandRequest {
+            project: who.project(s.project.as_deref())?,
+            vcluster: vcluster_name(&s.vcluster)?,
+            command: s.command,
+            request_id: s.request_id.filter(|r| !r.is_empty()),
+            actor: who.name.clone(),
+            traceparent: s.traceparent,
+        };
+        let accepted = accept(self.store.as_ref(), &self.registry, self.ids.as_ref(), req).await?;
+        Ok(Submitted {
+            operation: self.load_operation(accepted.operation_id).await?,
+            duplicate: accepted.duplicate,
+        })
+    }
+
+    async fn load_operation(&self, id: OperationId) -> ApiResult<Operation> {
+        self.store
+            .get_operation(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("operation {id} not found")))
+    }
+
+    /// One vcluster.
+    pub async fn get_vcluster(
+        &self,
+        who: &Principal,
+        project: Option<&str>,
+        name: &str,
+    ) -> ApiResult<VCluster> {
+        let p = who.project(project)?;
+        let n = vcluster_name(name)?;
+        self.store
+            .get_vcluster(&p, &n)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("vcluster {p}/{n} not found")))
+    }
+
+    /// A page of vclusters.
+    pub async fn list_vclusters(
+        &self,
+        who: &Principal,
+        q: &ListRequest,
+    ) -> ApiResult<Page<VCluster>> {
+        let filter = VClusterFilter {
+            project: list_project(who, q)?,
+            state: wire(
+                q.state.as_deref(),
+                VClusterState::parse,
+                "state",
+                "INVALID_STATE",
+            )?,
+            include_deleted: q.state.as_deref() == Some("DELETED"),
+        };
+        Ok(self.store.list_vclusters(&filter, &page(q)?).await?)
+    }
+
+    /// A page of operations.
+    pub async fn list_operations(
+        &self,
+        who: &Principal,
+        q: &ListRequest,
+    ) -> ApiResult<Page<Operation>> {
+        let filter = OperationFilter {
+            project: list_project(who, q)?,
+            vcluster: q.vcluster.clone().filter(|v| !v.is_empty()),
+            state: wire(
+                q.state.as_deref(),
+                OperationState::parse,
+                "state",
+                "INVALID_STATE",
+            )?,
+            kind: wire(
+                q.kind.as_deref(),
+                OperationKind::parse,
+                "kind",
+                "INVALID_KIND",
+            )?,
+            since: q
+                .since
+                .as_deref()
+                .filter(|t| !t.is_empty())
+                .map(|t| {
+                    chrono::DateTime::parse_from_rfc3339(t)
+                        .map(|d| d.with_timezone(&chrono::Utc))
+                        .map_err(|e| {
+                            ApiError::invalid(
+                                format!("since {t:?} is not an RFC 3339 time: {e}"),
+                                "INVALID_SINCE",
+                            )
+                        })
+                })
+                .transpose()?,
+        };
+        Ok(self.store.list_operations(&filter, &page(q)?).await?)
+    }
+
+    /// A page of snapshots.
+    pub async fn list_snapshots(
+        &self,
+        who: &Principal,
+        q: &ListRequest,
+    ) -> ApiResult<Page<Snapshot>> {
+        let filter = SnapshotFilter {
+            project: list_project(who, q)?,
+            vcluster: q.vcluster.clone().filter(|v| !v.is_empty()),
+        };
+        Ok(self.store.list_snapshots(&filter, &page(q)?).await?)
+    }
+
+    /// One snapshot.
+    pub async fn get_snapshot(&self, who: &Principal, id: &str) -> ApiResult<Snapshot> {
+        let sid = snapshot_id(id)?;
+        let s = self
+            .store
+            .get_snapshot(sid)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("snapshot {sid} not found")))?;
+        who.sees(&s.project, &format!("snapshot {sid}"))?;
+        Ok(s)
+    }
+
+    /// One operation (NOT_FOUND across projects).
+    pub async fn get_operation(&self, who: &Principal, id: &str) -> ApiResult<Operation> {
+        let id = operation_id(id)?;
+        let op = self
+            .store
+            .get_operation(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("operation {id} not found")))?;
+        who.sees(&op.project, &format!("operation {id}"))?;
+        Ok(op)
+    }
+
+    /// The operation once it is done, or as it is when `timeout` passes.
+    pub async fn wait_operation(
+        &self,
+        who: &Principal,
+        id: &str,
+        timeout: Duration,
+    ) -> ApiResult<Operation> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut wake = self.store.watch_events();
+        loop {
+            wake.borrow_and_update();
+            let op = self.get_operation(who, id).await?;
+            if op.done || tokio::time::Instant::now() >= deadline {
+                return Ok(op);
+            }
+            tokio::select! {
+                _ = wake.changed() => {}
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                () = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    /// The operation now and after each change, ending with the first done version.
+    pub async fn watch_operation(
+        &self,
+        who: &Principal,
+        id: &str,
+    ) -> ApiResult<impl Stream<Item = ApiResult<Operation>> + Send + 'static> {
+        let first = self.get_operation(who, id).await?;
+        let state = self.clone();
+        let who = who.clone();
+        let wake = self.store.watch_events();
+        struct Watch {
+            state: AppState,
+            who: Principal,
+            id: String,
+            last: Option<Operation>,
+            first: Option<Operation>,
+            wake: tokio::sync::watch::Receiver<u64>,
+        }
+        let w = Watch {
+            state,
+            who,
+            id: id.to_string(),
+            last: None,
+            first: Some(first),
+            wake,
+        };
+        Ok(futures::stream::unfold(w, |mut w| async move {
+            if let Some(op) = w.first.take() {
+                w.last = Some(op.clone());
+                return Some((Ok(op), w));
+            }
+            if w.last.as_ref().is_some_and(|o| o.done) {
+                return None;
+            }
+            loop {
+                w.wake.borrow_and_update();
+                match w.state.get_operation(&w.who, &w.id).await {
+                    Ok(op) if Some(&op) != w.last.as_ref() => {
+                        w.last = Some(op.clone());
+                        return Some((Ok(op), w));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        // Reported once; the next poll ends the stream.
+                        w.last = w.last.take().map(|mut o| {
+                            o.done = true;
+                            o
+                        });
+                        return Some((Err(e), w));
+                    }
+                }
+                tokio::select! {
+                    _ = w.wake.changed() => {}
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+        }))
+    }
+
+    /// Requests cancellation of an operation (compensates what it did).
+    pub async fn cancel_operation(&self, who: &Principal, id: &str) -> ApiResult<Operation> {
+        let oid = self.get_operation(who, id).await?.id;
+        who.may_mutate()?;
+        cancel(self.store.as_ref(), oid, who.name.clone()).await?;
+        self.load_operation(oid).await
+    }
+
+    /// Re-runs a FAILED operation as a new one with `retry_of`.
+    pub async fn retry_operation(
+        &self,
+        who: &Principal,
+        id: &str,
+        request_id: Option<String>,
+    ) -> ApiResult<Submitted> {
+        let oid = self.get_operation(who, id).await?.id;
+        who.may_mutate()?;
+        let accepted = retry(
+            self.store.as_ref(),
+            &self.registry,
+            self.ids.as_ref(),
+            oid,
+            request_id.filter(|r| !r.is_empty()),
+            who.name.clone(),
+        )
+        .await?;
+        Ok(Submitted {
+            operation: self.load_operation(accepted.operation_id).await?,
+            duplicate: accepted.duplicate,
+        })
+    }
+
+    /// A page of the event log after `after`, filtered to what `who` may see.
+    pub async fn read_events(
+        &self,
+        who: &Principal,
+        after: u64,
+        limit: Option<u32>,
+    ) -> ApiResult<EventPage> {
+        let events = self.store.read_all(after, event_limit(limit)?).await?;
+        let next_after = events.last().map_or(after, |e| e.position);
+        let mut visible = ProjectFilter::new(who.project.clone());
+        let mut shown = Vec::with_capacity(events.len());
+        for e in events {
+            if visible.allows(self.store.as_ref(), &e.stream).await? {
+                shown.push(e);
+            }
+        }
+        Ok(EventPage {
+            events: shown,
+            next_after,
+        })
+    }
+
+    /// A page of one operation's events after position `after`.
+    pub async fn read_operation_events(
+        &self,
+        who: &Principal,
+        id: &str,
+        after: u64,
+        limit: Option<u32>,
+    ) -> ApiResult<EventPage> {
+        let op = self.get_operation(who, id).await?;
+        let limit = event_limit(limit)?;
+        let all = self
+            .store
+            .read_stream(&StreamName::operation(op.id), 0, u32::MAX)
+            .await?;
+        let events: Vec<_> = all
+            .into_iter()
+            .filter(|e| e.position > after)
+            .take(limit as usize)
+            .collect();
+        let next_after = events.last().map_or(after, |e| e.position);
+        Ok(EventPage { events, next_after })
+    }
+
+    /// The scope of a live feed of every event `who` may see.
+    pub fn all_events_scope(&self, who: &Principal) -> Scope {
+        Scope::Project(who.project.clone())
+    }
+
+    /// The scope of a live feed of one operation's events.
+    pub async fn operation_scope(&self, who: &Principal, id: &str) -> ApiResult<Scope> {
+        let op = self.get_operation(who, id).await?;
+        Ok(Scope::Stream(
+            StreamName::operation(op.id).as_str().to_string(),
+        ))
+    }
+
+    /// The events after `after` in `scope`, live: it reads the log in position order,
+    /// which never skips (see the store), so a client that resumes after the last
+    /// position it saw receives every event exactly once. It never ends by itself.
+    pub fn follow(
+        &self,
+        after: u64,
+        scope: Scope,
+    ) -> impl Stream<Item = RecordedEvent> + Send + 'static {
+        struct Cursor {
+            state: AppState,
+            after: u64,
+            scope: Scope,
+            filter: ProjectFilter,
+            buffered: std::collections::VecDeque<RecordedEvent>,
+            wake: tokio::sync::watch::Receiver<u64>,
+        }
+        let filter = ProjectFilter::new(match &scope {
+            Scope::Project(p) => p.clone(),
+            Scope::Stream(_) => None,
+        });
+        let cursor = Cursor {
+            wake: self.store.watch_events(),
+            state: self.clone(),
+            after,
+            scope,
+            filter,
+            buffered: Default::default(),
+        };
+        futures::stream::unfold(cursor, |mut c| async move {
+            loop {
+                if let Some(e) = c.buffered.pop_front() {
+                    return Some((e, c));
+                }
+                c.wake.borrow_and_update();
+                match c.state.store.read_all(c.after, 500).await {
+                    Ok(batch) if !batch.is_empty() => {
+                        if let Some(last) = batch.last() {
+                            c.after = last.position;
+                        }
+                        for e in batch {
+                            let keep = match &c.scope {
+                                Scope::Stream(s) => &e.stream == s,
+                                Scope::Project(_) => c
+                                    .filter
+                                    .allows(c.state.store.as_ref(), &e.stream)
+                                    .await
+                                    .unwrap_or(false),
+                            };
+                            if keep {
+                                c.buffered.push_back(e);
+                            }
+                        }
+                    }
+                    Ok(_) => {
+                        tokio::select! {
+                            _ = c.wake.changed() => {}
+                            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "event feed: store read failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        })
+    }
+
+    /// Readiness: the store answers.
+    pub async fn ready(&self) -> ApiResult<()> {
+        self.store.head_position().await?;
+        Ok(())
+    }
+}
+
+/// Which events a live feed carries.
+#[derive(Debug, Clone)]
+pub enum Scope {
+    /// One stream.
+    Stream(String),
+    /// Every stream of this project (`None`: every stream).
+    Project(Option<ProjectName>),
+}
+
+/// Decides, per stream and with a cache, whether a caller of `project` may see it.
+struct ProjectFilter {
+    project: Option<ProjectName>,
+    seen: std::collections::HashMap<String, bool>,
+}
+
+impl ProjectFilter {
+    fn new(project: Option<ProjectName>) -> Self {
+        Self {
+            project,
+            seen: Default::default(),
+        }
+    }
+
+    async fn allows(&mut self, store: &dyn Store, stream: &str) -> ApiResult<bool> {
+        let Some(own) = &self.project else {
+            return Ok(true);
+        };
+        if let Some(v) = self.seen.get(stream) {
+            return Ok(*v);
+        }
+        let v = Principal::stream_project(store, stream).await?.as_ref() == Some(own);
+        self.seen.insert(stream.to_string(), v);
+        Ok(v)
+    }
+}
