@@ -22,13 +22,11 @@ impl Api {
 
     async fn start_with(auth: ovc_api::auth::AuthMode) -> Api {
         let h = Harness::start(Backend::Sqlite, HarnessOptions::default()).await;
-        let app = ovc_api::router(ovc_api::AppState {
-            store: h.store.clone(),
-            registry: Arc::new(ovc_workflows::registry()),
-            ids: Arc::new(ovc_types::time::RandomIds),
+        let app = ovc_api::router(ovc_api::AppState::new(
+            h.store.clone(),
+            Arc::new(ovc_workflows::registry()),
             auth,
-            http: Default::default(),
-        });
+        ));
         Api { h, app }
     }
 

@@ -55,6 +55,21 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .map(|v| v.to_str().unwrap_or("\u{fffd}"));
+        Principal::authenticate(state, header).await
+    }
+}
+
+impl Principal {
+    /// The caller of a request with this `Authorization` value (REST header or gRPC
+    /// metadata): the one entry point of both transports.
+    pub async fn authenticate(
+        state: &AppState,
+        authorization: Option<&str>,
+    ) -> Result<Principal, ApiError> {
         if state.auth == AuthMode::None {
             return Ok(Principal {
                 project: None,
@@ -62,14 +77,10 @@ impl FromRequestParts<AppState> for Principal {
                 name: None,
             });
         }
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
+        let header = authorization
             .ok_or_else(|| unauthenticated("missing Authorization: Bearer <token>"))?;
         let token = header
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .strip_prefix("Bearer ")
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| unauthenticated("Authorization must be: Bearer <token>"))?;
@@ -84,9 +95,7 @@ impl FromRequestParts<AppState> for Principal {
             name: Some(record.name),
         })
     }
-}
 
-impl Principal {
     /// The project a request acts in: the token's, or (auth off) the one named, or
     /// `default`. Naming another project than the token's is NOT_FOUND.
     pub fn project(&self, requested: Option<&str>) -> Result<ProjectName, ApiError> {

@@ -38,5 +38,19 @@ pub struct AppState {
     pub http: Arc<metrics::HttpMetrics>,
 }
 
+impl AppState {
+    /// The state of an API over `store` running `registry`'s workflows, with random
+    /// operation ids and fresh metrics.
+    pub fn new(store: Arc<dyn Store>, registry: Arc<Registry>, auth: auth::AuthMode) -> Self {
+        AppState {
+            store,
+            registry,
+            ids: Arc::new(ovc_types::time::RandomIds),
+            auth,
+            http: Default::default(),
+        }
+    }
+}
+
 /// The largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;

@@ -74,13 +74,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             )
         })?;
     let http_addr = listener.local_addr().unwrap_or(args.http);
-    let app = ovc_api::router(ovc_api::AppState {
-        store: store.clone(),
-        registry: std::sync::Arc::new(ovc_workflows::registry()),
-        ids: std::sync::Arc::new(ovc_types::time::RandomIds),
-        auth: ovc_api::auth::AuthMode::None,
-        http: Default::default(),
-    });
+    let app = ovc_api::router(ovc_api::AppState::new(
+        store.clone(),
+        std::sync::Arc::new(ovc_workflows::registry()),
+        ovc_api::auth::AuthMode::None,
+    ));
     let mut http_shutdown = crate::worker::shutdown_signal();
     tokio::spawn(async move {
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {

@@ -49,13 +49,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.http))?;
     let addr = listener.local_addr().unwrap_or(args.http);
-    let app = ovc_api::router(ovc_api::AppState {
+    let app = ovc_api::router(ovc_api::AppState::new(
         store,
-        registry: Arc::new(ovc_workflows::registry()),
-        ids: Arc::new(ovc_types::time::RandomIds),
+        Arc::new(ovc_workflows::registry()),
         auth,
-        http: Default::default(),
-    });
+    ));
     eprintln!("ovc serve: REST API on http://{addr} (auth: {})", args.auth);
     let mut stop = crate::worker::shutdown_signal();
     axum::serve(listener, app)
