@@ -26,3 +26,6 @@ if command -v cargo-nextest >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast "$@"
 fi
+
+# Schemathesis against /openapi.json of a running `ovc dev` (no 5xx, no schema violation).
+bash scripts/schemathesis.sh

@@ -732,3 +732,52 @@ async fn tokens_never_see_or_touch_another_project() {
     assert_eq!(s, StatusCode::OK);
     api.h.stop().await;
 }
+
+/// `/openapi.json` documents every route of API.md's table, each with the error body of
+/// API.md on its 4xx answers, and an oversized or malformed query is the JSON error too.
+#[tokio::test]
+async fn openapi_documents_every_route_and_errors_are_json() {
+    let api = Api::start().await;
+    let (s, doc) = api.call("GET", "/openapi.json", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let routes = [
+        ("post", "/v1/vclusters"),
+        ("get", "/v1/vclusters"),
+        ("get", "/v1/vclusters/{name}"),
+        ("delete", "/v1/vclusters/{name}"),
+        ("post", "/v1/vclusters/{name}/suspend"),
+        ("post", "/v1/vclusters/{name}/resume"),
+        ("post", "/v1/vclusters/{name}/snapshots"),
+        ("post", "/v1/vclusters/{name}/scale"),
+        ("get", "/v1/snapshots"),
+        ("get", "/v1/snapshots/{id}"),
+        ("post", "/v1/snapshots/{id}/restore"),
+        ("get", "/v1/operations"),
+        ("get", "/v1/operations/{id}"),
+        ("get", "/v1/operations/{id}/wait"),
+        ("post", "/v1/operations/{id}/cancel"),
+        ("post", "/v1/operations/{id}/retry"),
+        ("get", "/v1/events"),
+        ("get", "/v1/operations/{id}/events"),
+    ];
+    for (method, path) in routes {
+        let op = &doc["paths"][path][method];
+        assert!(op.is_object(), "{method} {path} is not documented");
+        assert_eq!(
+            op["responses"]["400"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/ErrorBody",
+            "{method} {path}"
+        );
+    }
+    // Query and path rejections use API.md's error body, not axum's plain text.
+    for uri in [
+        "/v1/events?after=-1",
+        "/v1/vclusters?page_size=banana",
+        "/v1/operations?unknown=1",
+    ] {
+        let (s, body) = api.call("GET", uri, None, None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{uri}");
+        assert_eq!(body["error"]["status"], "INVALID_ARGUMENT", "{uri}: {body}");
+    }
+    api.h.stop().await;
+}

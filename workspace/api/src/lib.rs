@@ -11,7 +11,9 @@
 
 pub mod auth;
 mod error;
+mod extract;
 pub mod metrics;
+mod openapi;
 mod routes;
 pub mod service;
 

@@ -2,6 +2,8 @@
 //! into the calls of [`crate::service`] and encoding the answers as JSON or SSE.
 
 use crate::auth::Principal;
+use crate::extract::{ApiBody, ApiPath, ApiQuery};
+use crate::openapi::{EventList, OperationList, SnapshotList, VClusterList};
 use crate::service::{
     EventPage, ListRequest, Scope, Submit, Submitted, check_description, parse_timeout,
     restore_target_name, snapshot_id,
@@ -9,12 +11,15 @@ use crate::service::{
 use crate::{ApiError, AppState, MAX_BODY_BYTES};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ovc_types::command::{Command, RestoreTarget};
+use ovc_types::resource::{Operation, Snapshot, VCluster};
 use ovc_types::spec::{ControlPlanePatch, QuotaPatch, ScalePatch, VClusterSpec};
+#[allow(unused_imports)] // named only in the OpenAPI annotations
+use ovc_types::{OperationId, SnapshotId, VClusterName};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
@@ -24,6 +29,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(crate::metrics::render))
+        .route("/openapi.json", get(crate::openapi::serve))
         .route("/v1/vclusters", post(create).get(list_vclusters))
         .route("/v1/vclusters/{name}", get(get_vcluster).delete(delete))
         .route("/v1/vclusters/{name}/suspend", post(suspend))
@@ -101,14 +107,15 @@ fn submitted(s: Submitted) -> Response {
     (code, axum::Json(s.operation)).into_response()
 }
 
-async fn readyz(State(state): State<AppState>) -> ApiResult<&'static str> {
+#[utoipa::path(get, path = "/readyz", tag = "health", summary = "Readiness: the store is reachable", responses((status = 200, description = "ready", content_type = "text/plain", body = String)))]
+pub(crate) async fn readyz(State(state): State<AppState>) -> ApiResult<&'static str> {
     state.ready().await?;
     Ok("ready")
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateBody {
+pub(crate) struct CreateBody {
     #[serde(default)]
     name: String,
     #[serde(default)]
@@ -119,11 +126,18 @@ struct CreateBody {
     request_id: Option<String>,
 }
 
-async fn create(
+#[utoipa::path(post, path = "/v1/vclusters", tag = "vclusters", summary = "Create a vcluster",
+    request_body(content = CreateBody, description = "JSON; an empty body means all defaults"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "The request id (instead of the body's request_id)")),
+    responses(
+        (status = 202, description = "Accepted: the new operation", body = Operation),
+        (status = 200, description = "A repeated request_id: the first operation; nothing new started", body = Operation),
+    ))]
+pub(crate) async fn create(
     State(state): State<AppState>,
     who: Principal,
     headers: HeaderMap,
-    bytes: Bytes,
+    ApiBody(bytes): ApiBody,
 ) -> ApiResult<Response> {
     who.may_mutate()?;
     let b: CreateBody = body(&bytes)?;
@@ -137,9 +151,10 @@ async fn create(
     Ok(submitted(state.submit(&who, s).await?))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct ProjectQuery {
+pub(crate) struct ProjectQuery {
     project: Option<String>,
     request_id: Option<String>,
 }
@@ -163,9 +178,9 @@ async fn command_on(
     Ok(submitted(state.submit(who, s).await?))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SuspendBody {
+pub(crate) struct SuspendBody {
     #[serde(default)]
     snapshot: bool,
     #[serde(default)]
@@ -174,13 +189,20 @@ struct SuspendBody {
     request_id: Option<String>,
 }
 
-async fn suspend(
+#[utoipa::path(post, path = "/v1/vclusters/{name}/suspend", tag = "vclusters", summary = "Suspend: optionally snapshot and evict, then scale to zero",
+    request_body(content = SuspendBody, description = "JSON; an empty body means all defaults"),
+    params(("name" = VClusterName, Path, description = "The vcluster's name", example = "team-a"), ProjectQuery, ("Idempotency-Key" = Option<String>, Header, description = "The request id (instead of the body's request_id)")),
+    responses(
+        (status = 202, description = "Accepted: the new operation", body = Operation),
+        (status = 200, description = "A repeated request_id: the first operation; nothing new started", body = Operation),
+    ))]
+pub(crate) async fn suspend(
     State(state): State<AppState>,
     who: Principal,
-    Path(name): Path<String>,
-    Query(q): Query<ProjectQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ProjectQuery>,
     headers: HeaderMap,
-    bytes: Bytes,
+    ApiBody(bytes): ApiBody,
 ) -> ApiResult<Response> {
     let b: SuspendBody = body(&bytes)?;
     let command = Command::Suspend {
@@ -190,22 +212,29 @@ async fn suspend(
     command_on(&state, &who, &headers, q, name, command, b.request_id).await
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ResumeBody {
+pub(crate) struct ResumeBody {
     #[serde(default)]
     reconcile_workloads: bool,
     #[serde(default)]
     request_id: Option<String>,
 }
 
-async fn resume(
+#[utoipa::path(post, path = "/v1/vclusters/{name}/resume", tag = "vclusters", summary = "Resume a suspended vcluster",
+    request_body(content = ResumeBody, description = "JSON; an empty body means all defaults"),
+    params(("name" = VClusterName, Path, description = "The vcluster's name", example = "team-a"), ProjectQuery, ("Idempotency-Key" = Option<String>, Header, description = "The request id (instead of the body's request_id)")),
+    responses(
+        (status = 202, description = "Accepted: the new operation", body = Operation),
+        (status = 200, description = "A repeated request_id: the first operation; nothing new started", body = Operation),
+    ))]
+pub(crate) async fn resume(
     State(state): State<AppState>,
     who: Principal,
-    Path(name): Path<String>,
-    Query(q): Query<ProjectQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ProjectQuery>,
     headers: HeaderMap,
-    bytes: Bytes,
+    ApiBody(bytes): ApiBody,
 ) -> ApiResult<Response> {
     let b: ResumeBody = body(&bytes)?;
     let command = Command::Resume {
@@ -214,22 +243,29 @@ async fn resume(
     command_on(&state, &who, &headers, q, name, command, b.request_id).await
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SnapshotBody {
+pub(crate) struct SnapshotBody {
     #[serde(default)]
     description: Option<String>,
     #[serde(default)]
     request_id: Option<String>,
 }
 
-async fn snapshot(
+#[utoipa::path(post, path = "/v1/vclusters/{name}/snapshots", tag = "vclusters", summary = "Snapshot a running vcluster (the result is the snapshot)",
+    request_body(content = SnapshotBody, description = "JSON; an empty body means all defaults"),
+    params(("name" = VClusterName, Path, description = "The vcluster's name", example = "team-a"), ProjectQuery, ("Idempotency-Key" = Option<String>, Header, description = "The request id (instead of the body's request_id)")),
+    responses(
+        (status = 202, description = "Accepted: the new operation", body = Operation),
+        (status = 200, description = "A repeated request_id: the first operation; nothing new started", body = Operation),
+    ))]
+pub(crate) async fn snapshot(
     State(state): State<AppState>,
     who: Principal,
-    Path(name): Path<String>,
-    Query(q): Query<ProjectQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ProjectQuery>,
     headers: HeaderMap,
-    bytes: Bytes,
+    ApiBody(bytes): ApiBody,
 ) -> ApiResult<Response> {
     let b: SnapshotBody = body(&bytes)?;
     check_description(b.description.as_deref())?;
@@ -239,9 +275,9 @@ async fn snapshot(
     command_on(&state, &who, &headers, q, name, command, b.request_id).await
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ScaleBody {
+pub(crate) struct ScaleBody {
     #[serde(default)]
     control_plane: Option<ControlPlanePatch>,
     #[serde(default)]
@@ -250,13 +286,20 @@ struct ScaleBody {
     request_id: Option<String>,
 }
 
-async fn scale(
+#[utoipa::path(post, path = "/v1/vclusters/{name}/scale", tag = "vclusters", summary = "Change the control plane or quota (only the given fields)",
+    request_body(content = ScaleBody, description = "JSON; an empty body means all defaults"),
+    params(("name" = VClusterName, Path, description = "The vcluster's name", example = "team-a"), ProjectQuery, ("Idempotency-Key" = Option<String>, Header, description = "The request id (instead of the body's request_id)")),
+    responses(
+        (status = 202, description = "Accepted: the new operation", body = Operation),
+        (status = 200, description = "A repeated request_id: the first operation; nothing new started", body = Operation),
+    ))]
+pub(crate) async fn scale(
     State(state): State<AppState>,
     who: Principal,
-    Path(name): Path<String>,
-    Query(q): Query<ProjectQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ProjectQuery>,
     headers: HeaderMap,
-    bytes: Bytes,
+    ApiBody(bytes): ApiBody,
 ) -> ApiResult<Response> {
     let b: ScaleBody = body(&bytes)?;
     let command = Command::Scale {
@@ -268,32 +311,45 @@ async fn scale(
     command_on(&state, &who, &headers, q, name, command, b.request_id).await
 }
 
-async fn delete(
+#[utoipa::path(delete, path = "/v1/vclusters/{name}", tag = "vclusters", summary = "Delete a vcluster",
+    params(("name" = VClusterName, Path, description = "The vcluster's name", example = "team-a"), ProjectQuery, ("Idempotency-Key" = Option<String>, Header, description = "The request id (instead of the body's request_id)")),
+    responses(
+        (status = 202, description = "Accepted: the new operation", body = Operation),
+        (status = 200, description = "A repeated request_id: the first operation", body = Operation),
+    ))]
+pub(crate) async fn delete(
     State(state): State<AppState>,
     who: Principal,
-    Path(name): Path<String>,
-    Query(q): Query<ProjectQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ProjectQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     command_on(&state, &who, &headers, q, name, Command::Delete {}, None).await
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RestoreBody {
+pub(crate) struct RestoreBody {
     #[serde(default)]
     target: Option<RestoreTarget>,
     #[serde(default)]
     request_id: Option<String>,
 }
 
-async fn restore(
+#[utoipa::path(post, path = "/v1/snapshots/{id}/restore", tag = "snapshots", summary = "Restore a snapshot as a new vcluster or over an existing one",
+    request_body(content = RestoreBody, description = "JSON; an empty body means all defaults"),
+    params(("id" = SnapshotId, Path, description = "The snapshot's id"), ProjectQuery, ("Idempotency-Key" = Option<String>, Header, description = "The request id (instead of the body's request_id)")),
+    responses(
+        (status = 202, description = "Accepted: the new operation", body = Operation),
+        (status = 200, description = "A repeated request_id: the first operation; nothing new started", body = Operation),
+    ))]
+pub(crate) async fn restore(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<String>,
-    Query(q): Query<ProjectQuery>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ProjectQuery>,
     headers: HeaderMap,
-    bytes: Bytes,
+    ApiBody(bytes): ApiBody,
 ) -> ApiResult<Response> {
     let b: RestoreBody = body(&bytes)?;
     let snapshot_id = snapshot_id(&id)?;
@@ -311,17 +367,19 @@ async fn restore(
     command_on(&state, &who, &headers, q, name, command, b.request_id).await
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct GetQuery {
+pub(crate) struct GetQuery {
     project: Option<String>,
 }
 
-async fn get_vcluster(
+#[utoipa::path(get, path = "/v1/vclusters/{name}", tag = "vclusters", summary = "Get a vcluster", params(("name" = VClusterName, Path, description = "The vcluster's name", example = "team-a"), GetQuery), responses((status = 200, description = "The vcluster", body = VCluster)))]
+pub(crate) async fn get_vcluster(
     State(state): State<AppState>,
     who: Principal,
-    Path(name): Path<String>,
-    Query(q): Query<GetQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<GetQuery>,
 ) -> ApiResult<Response> {
     let vc = state
         .get_vcluster(&who, q.project.as_deref(), &name)
@@ -329,9 +387,10 @@ async fn get_vcluster(
     Ok(axum::Json(vc).into_response())
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
+pub(crate) struct ListQuery {
     project: Option<String>,
     state: Option<String>,
     kind: Option<String>,
@@ -362,101 +421,124 @@ impl ListQuery {
     }
 }
 
-/// A page of `items` under `key`, with the next page's token.
-fn page_response<T: serde::Serialize>(key: &str, page: ovc_store::Page<T>) -> Response {
-    axum::Json(serde_json::json!({ key: page.items, "next_page_token": page.next })).into_response()
-}
-
-async fn list_vclusters(
+#[utoipa::path(get, path = "/v1/vclusters", tag = "vclusters", summary = "List vclusters", params(ListQuery), responses((status = 200, description = "A page of vclusters", body = VClusterList)))]
+pub(crate) async fn list_vclusters(
     State(state): State<AppState>,
     who: Principal,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Response> {
     let p = state.list_vclusters(&who, &q.into_request()?).await?;
-    Ok(page_response("vclusters", p))
+    Ok(axum::Json(VClusterList {
+        vclusters: p.items,
+        next_page_token: p.next,
+    })
+    .into_response())
 }
 
-async fn list_operations(
+#[utoipa::path(get, path = "/v1/operations", tag = "operations", summary = "List operations, newest first", params(ListQuery), responses((status = 200, description = "A page of operations", body = OperationList)))]
+pub(crate) async fn list_operations(
     State(state): State<AppState>,
     who: Principal,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Response> {
     let p = state.list_operations(&who, &q.into_request()?).await?;
-    Ok(page_response("operations", p))
+    Ok(axum::Json(OperationList {
+        operations: p.items,
+        next_page_token: p.next,
+    })
+    .into_response())
 }
 
-async fn list_snapshots(
+#[utoipa::path(get, path = "/v1/snapshots", tag = "snapshots", summary = "List snapshots", params(ListQuery), responses((status = 200, description = "A page of snapshots", body = SnapshotList)))]
+pub(crate) async fn list_snapshots(
     State(state): State<AppState>,
     who: Principal,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Response> {
     let p = state.list_snapshots(&who, &q.into_request()?).await?;
-    Ok(page_response("snapshots", p))
+    Ok(axum::Json(SnapshotList {
+        snapshots: p.items,
+        next_page_token: p.next,
+    })
+    .into_response())
 }
 
-async fn get_snapshot(
+#[utoipa::path(get, path = "/v1/snapshots/{id}", tag = "snapshots", summary = "Get a snapshot", params(("id" = SnapshotId, Path, description = "The snapshot's id")), responses((status = 200, description = "The snapshot", body = Snapshot)))]
+pub(crate) async fn get_snapshot(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Response> {
     Ok(axum::Json(state.get_snapshot(&who, &id).await?).into_response())
 }
 
-async fn get_operation(
+#[utoipa::path(get, path = "/v1/operations/{id}", tag = "operations", summary = "Get an operation", params(("id" = OperationId, Path, description = "The operation's id")), responses((status = 200, description = "The operation", body = Operation)))]
+pub(crate) async fn get_operation(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Response> {
     Ok(axum::Json(state.get_operation(&who, &id).await?).into_response())
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct WaitQuery {
+pub(crate) struct WaitQuery {
     timeout: Option<String>,
 }
 
-async fn wait_operation(
+#[utoipa::path(get, path = "/v1/operations/{id}/wait", tag = "operations", summary = "Block until the operation is done or the time-out passes", params(("id" = OperationId, Path, description = "The operation's id"), WaitQuery), responses((status = 200, description = "The operation (done, or as it is at the time-out)", body = Operation)))]
+pub(crate) async fn wait_operation(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<String>,
-    Query(q): Query<WaitQuery>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<WaitQuery>,
 ) -> ApiResult<Response> {
     let timeout = parse_timeout(q.timeout.as_deref().unwrap_or("30s"))?;
     Ok(axum::Json(state.wait_operation(&who, &id, timeout).await?).into_response())
 }
 
-async fn cancel_operation(
+#[utoipa::path(post, path = "/v1/operations/{id}/cancel", tag = "operations", summary = "Request cancellation (what was done is compensated)", params(("id" = OperationId, Path, description = "The operation's id")), responses((status = 202, description = "Cancellation requested", body = Operation)))]
+pub(crate) async fn cancel_operation(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Response> {
     let op = state.cancel_operation(&who, &id).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(op)).into_response())
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RetryBody {
+pub(crate) struct RetryBody {
     #[serde(default)]
     request_id: Option<String>,
 }
 
-async fn retry_operation(
+#[utoipa::path(post, path = "/v1/operations/{id}/retry", tag = "operations", summary = "Re-run a FAILED operation as a new one with retry_of",
+    request_body(content = RetryBody, description = "JSON; an empty body means all defaults"),
+    params(("id" = OperationId, Path, description = "The operation's id"), ("Idempotency-Key" = Option<String>, Header, description = "The request id (instead of the body's request_id)")),
+    responses(
+        (status = 202, description = "Accepted: the new operation", body = Operation),
+        (status = 200, description = "A repeated request_id: the first operation; nothing new started", body = Operation),
+    ))]
+pub(crate) async fn retry_operation(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
-    bytes: Bytes,
+    ApiBody(bytes): ApiBody,
 ) -> ApiResult<Response> {
     let b: RetryBody = body(&bytes)?;
     let rid = request_id(&headers, b.request_id)?;
     Ok(submitted(state.retry_operation(&who, &id, rid).await?))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct EventsQuery {
+pub(crate) struct EventsQuery {
     after: Option<u64>,
     limit: Option<u32>,
 }
@@ -505,11 +587,12 @@ fn event_page(p: EventPage) -> Response {
     axum::Json(serde_json::json!({"events": p.events, "next_after": p.next_after})).into_response()
 }
 
-async fn events(
+#[utoipa::path(get, path = "/v1/events", tag = "events", summary = "Read the event log by position; with Accept: text/event-stream, follow it live (SSE, id = position, resumable with Last-Event-ID)", params(EventsQuery), responses((status = 200, description = "A page of events", body = EventList)))]
+pub(crate) async fn events(
     State(state): State<AppState>,
     who: Principal,
     headers: HeaderMap,
-    Query(q): Query<EventsQuery>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> ApiResult<Response> {
     if wants_sse(&headers) {
         let after = resume_after(&headers, q.after)?;
@@ -521,12 +604,13 @@ async fn events(
     Ok(event_page(p))
 }
 
-async fn operation_events(
+#[utoipa::path(get, path = "/v1/operations/{id}/events", tag = "events", summary = "The events of one operation (JSON page, or live SSE as /v1/events)", params(("id" = OperationId, Path, description = "The operation's id"), EventsQuery), responses((status = 200, description = "A page of events", body = EventList)))]
+pub(crate) async fn operation_events(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
-    Query(q): Query<EventsQuery>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> ApiResult<Response> {
     if wants_sse(&headers) {
         let scope = state.operation_scope(&who, &id).await?;

@@ -79,15 +79,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         std::sync::Arc::new(ovc_workflows::registry()),
         ovc_api::auth::AuthMode::None,
     ));
-    let mut http_shutdown = crate::worker::shutdown_signal();
-    tokio::spawn(async move {
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = http_shutdown.wait_for(|stop| *stop).await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "HTTP server stopped");
-        }
-    });
+    let http_shutdown = crate::worker::shutdown_signal();
+    let http = tokio::spawn(crate::serve::serve_http(listener, app, http_shutdown));
     println!("  REST API   http://{http_addr}");
     println!(
         "  try        curl -s -XPOST http://{http_addr}/v1/vclusters -d '{{\"name\":\"demo\"}}'"
@@ -99,9 +92,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  following the event log; Ctrl-C to stop");
     println!("  (another terminal: ovc events tail --database-url {url})");
     println!();
-    tail::follow(store, 0, true, false).await?;
+    tail::follow(store, 0, true, false, crate::worker::shutdown_signal()).await?;
     if let Ok(report) = worker.await {
         crate::worker::print_report(&report);
+    }
+    if let Ok(Err(e)) = http.await {
+        tracing::error!(error = %e, "HTTP server stopped");
     }
     Ok(())
 }

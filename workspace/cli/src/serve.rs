@@ -55,14 +55,36 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         auth,
     ));
     eprintln!("ovc serve: REST API on http://{addr} (auth: {})", args.auth);
-    let mut stop = crate::worker::shutdown_signal();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await
-        .context("HTTP server")?;
-    Ok(())
+    let stop = crate::worker::shutdown_signal();
+    serve_http(listener, app, stop).await
+}
+
+/// How long a stopping server waits for open requests before it closes them. Live event
+/// feeds (SSE) never end by themselves; clients resume them with `Last-Event-ID`.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves `app` until `stop` turns true, then lets open requests finish for at most
+/// [`SHUTDOWN_GRACE`].
+pub async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut graceful = stop.clone();
+    let mut deadline = stop;
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = graceful.wait_for(|s| *s).await;
+    });
+    tokio::select! {
+        r = server => r.context("HTTP server"),
+        () = async move {
+            let _ = deadline.wait_for(|s| *s).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::info!("HTTP server: closed the connections still open after the grace period");
+            Ok(())
+        }
+    }
 }
 
 /// Arguments of `ovc token create`.

@@ -42,12 +42,14 @@ pub fn format_event(e: &RecordedEvent) -> String {
     )
 }
 
-/// Prints events after `after` until the log is drained (or forever with `follow`).
+/// Prints events after `after` until the log is drained (or, with `follow`, until `stop`
+/// turns true: Ctrl-C or SIGTERM).
 pub async fn follow(
     store: Arc<dyn Store>,
     mut after: u64,
     follow: bool,
     json: bool,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut wake = store.watch_events();
     loop {
@@ -69,7 +71,7 @@ pub async fn follow(
         tokio::select! {
             _ = wake.changed() => {}
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = stop.wait_for(|s| *s) => return Ok(()),
         }
     }
 }
@@ -79,5 +81,6 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     let store = ovc_store::open(&args.database_url, StoreConfig::default())
         .await
         .with_context(|| format!("cannot open {}", crate::redact(&args.database_url)))?;
-    follow(store, args.after, args.follow, args.output == "json").await
+    let stop = crate::worker::shutdown_signal();
+    follow(store, args.after, args.follow, args.output == "json", stop).await
 }

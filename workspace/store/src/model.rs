@@ -201,7 +201,7 @@ pub enum CommitOutcome {
 }
 
 /// An event as stored (API.md `Event`). `data` is the raw JSON, with `"v"`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct RecordedEvent {
     /// Global position, strictly increasing, gapless.
     pub position: u64,

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 /// A canonical error code (google.rpc.Code), with the HTTP mapping of API.md.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Code {
     /// The operation was cancelled by its caller.
@@ -118,7 +118,7 @@ impl fmt::Display for Code {
 }
 
 /// One entry of `error.details`: a stable machine-readable reason plus context.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// A stable UPPER_SNAKE reason, e.g. `REQUEST_ID_REUSED`.
     pub reason: String,
@@ -128,7 +128,7 @@ pub struct ErrorDetail {
 }
 
 /// An error as API.md and AIP-193 define it; also what failed steps record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Status {
     /// The canonical code.
     pub code: Code,

@@ -14,6 +14,7 @@ pub mod ids;
 pub mod name;
 pub mod quantity;
 pub mod resource;
+pub mod schema;
 pub mod spec;
 pub mod state;
 pub mod time;

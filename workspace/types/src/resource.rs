@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// A vcluster as API.md shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VCluster {
     /// Its name, unique among live vclusters of the project.
     pub name: VClusterName,
@@ -47,7 +47,7 @@ pub struct VCluster {
 }
 
 /// One step of an operation as API.md shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OperationStep {
     /// The persisted step name.
     pub name: String,
@@ -64,7 +64,7 @@ pub struct OperationStep {
 }
 
 /// A long-running operation as API.md shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Operation {
     /// Its id.
     pub id: OperationId,
@@ -107,7 +107,7 @@ pub struct Operation {
 }
 
 /// A snapshot as API.md shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Snapshot {
     /// Its id.
     pub id: SnapshotId,

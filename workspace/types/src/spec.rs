@@ -22,7 +22,9 @@ pub const MAX_KUBERNETES_MINOR: u32 = 37;
 
 /// The Kubernetes distribution of the virtual control plane. vcluster removed k3s in
 /// v0.33 and k0s in v0.26 (docs/vcluster-mechanics.md §1), so `k8s` is the only one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Distro {
     /// Upstream Kubernetes.
@@ -31,11 +33,12 @@ pub enum Distro {
 }
 
 /// The virtual control plane's size.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ControlPlaneSpec {
     /// 1, or 3 for high availability.
     #[serde(default = "default_replicas")]
+    #[schema(minimum = 1, maximum = 3, example = 1)]
     pub replicas: u32,
     /// CPU request per replica.
     #[serde(default = "default_cp_cpu")]
@@ -46,7 +49,7 @@ pub struct ControlPlaneSpec {
 }
 
 /// The host-side ResourceQuota of the vcluster's namespace.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaSpec {
     /// `requests.cpu`.
@@ -57,6 +60,7 @@ pub struct QuotaSpec {
     pub memory: Quantity,
     /// `count/pods` (control-plane pods count too).
     #[serde(default = "default_quota_pods")]
+    #[schema(minimum = 1, maximum = 10000, example = 50)]
     pub pods: u32,
     /// `requests.storage`.
     #[serde(default = "default_quota_storage")]
@@ -64,11 +68,12 @@ pub struct QuotaSpec {
 }
 
 /// The desired shape of a vcluster (API.md `VCluster.spec`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VClusterSpec {
     /// `major.minor` (or `major.minor.patch`) of the virtual Kubernetes.
     #[serde(default = "default_kubernetes_version")]
+    #[schema(pattern = "^1[.][0-9]{1,2}([.][0-9]{1,3})?$", example = "1.31")]
     pub kubernetes_version: String,
     /// The distribution.
     #[serde(default)]
@@ -84,6 +89,7 @@ pub struct VClusterSpec {
     pub labels: BTreeMap<String, String>,
     /// Extra values merged into the vcluster chart's values.
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub helm_values: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -298,7 +304,7 @@ impl QuotaSpec {
 }
 
 /// Changes to the control plane; absent fields stay as they are.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ControlPlanePatch {
     /// New replica count (1 or 3).
@@ -313,7 +319,7 @@ pub struct ControlPlanePatch {
 }
 
 /// Changes to the quota; absent fields stay as they are.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaPatch {
     /// New `requests.cpu`.
@@ -331,7 +337,7 @@ pub struct QuotaPatch {
 }
 
 /// The body of ScaleVCluster: only the given fields change.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScalePatch {
     /// Control-plane changes.
