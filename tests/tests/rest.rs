@@ -21,12 +21,19 @@ impl Api {
     }
 
     async fn start_with(auth: ovc_api::auth::AuthMode) -> Api {
+        Self::start_state(auth, |s| s).await
+    }
+
+    async fn start_state(
+        auth: ovc_api::auth::AuthMode,
+        tune: impl FnOnce(ovc_api::AppState) -> ovc_api::AppState,
+    ) -> Api {
         let h = Harness::start(Backend::Sqlite, HarnessOptions::default()).await;
-        let app = ovc_api::router(ovc_api::AppState::new(
+        let app = ovc_api::router(tune(ovc_api::AppState::new(
             h.store.clone(),
             Arc::new(ovc_workflows::registry()),
             auth,
-        ));
+        )));
         Api { h, app }
     }
 
@@ -779,5 +786,50 @@ async fn openapi_documents_every_route_and_errors_are_json() {
         assert_eq!(s, StatusCode::BAD_REQUEST, "{uri}");
         assert_eq!(body["error"]["status"], "INVALID_ARGUMENT", "{uri}: {body}");
     }
+    api.h.stop().await;
+}
+
+/// A token over its rate limit gets 429 RESOURCE_EXHAUSTED with `Retry-After`; another
+/// token is not affected, and the refused request wrote nothing.
+#[tokio::test]
+async fn rate_limit_is_per_token_with_retry_after() {
+    use ovc_store::Role;
+    let api = Api::start_state(ovc_api::auth::AuthMode::Token, |s| {
+        s.with_rate_limit(0.2, 2)
+    })
+    .await;
+    let a = token(&api, "alpha", Role::Operator).await;
+    let b = token(&api, "alpha", Role::Operator).await;
+    for _ in 0..2 {
+        let (s, _) = api
+            .call_as(Some(&a), "GET", "/v1/vclusters", None, None)
+            .await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let head = api.h.store.head_position().await.expect("head");
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/vclusters")
+        .header("authorization", format!("Bearer {a}"))
+        .body(Body::from(json!({"name": "limited"}).to_string()))
+        .expect("req");
+    let res = api.app.clone().oneshot(req).await.expect("call");
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = res.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!((1..=5).contains(&retry_after), "{retry_after}");
+    let bytes = res.into_body().collect().await.expect("body").to_bytes();
+    let body: Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!(body["error"]["status"], "RESOURCE_EXHAUSTED");
+    assert_eq!(body["error"]["details"][0]["reason"], "RATE_LIMITED");
+    assert_eq!(api.h.store.head_position().await.expect("head"), head);
+    // Another token of the same project has its own bucket.
+    let (s, _) = api
+        .call_as(Some(&b), "GET", "/v1/vclusters", None, None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
     api.h.stop().await;
 }

@@ -89,6 +89,7 @@ impl Principal {
             .find_token(&token_sha256(token))
             .await?
             .ok_or_else(|| unauthenticated("unknown or revoked token"))?;
+        state.limits.check(&record.id.to_string())?;
         Ok(Principal {
             project: Some(record.project),
             role: record.role,

@@ -50,6 +50,14 @@ impl IntoResponse for ApiError {
                 "details": s.details,
             }
         });
-        (http, axum::Json(body)).into_response()
+        let mut res = (http, axum::Json(body)).into_response();
+        let retry_after = s
+            .details
+            .iter()
+            .find_map(|d| d.metadata.get(crate::limits::RETRY_AFTER_KEY));
+        if let Some(v) = retry_after.and_then(|v| axum::http::HeaderValue::from_str(v).ok()) {
+            res.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+        }
+        res
     }
 }

@@ -12,6 +12,7 @@
 pub mod auth;
 mod error;
 mod extract;
+pub mod limits;
 pub mod metrics;
 mod openapi;
 mod routes;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub auth: auth::AuthMode,
     /// Request counters for `/metrics`.
     pub http: Arc<metrics::HttpMetrics>,
+    /// Per-token rate limits.
+    pub limits: Arc<limits::RateLimiter>,
 }
 
 impl AppState {
@@ -50,7 +53,15 @@ impl AppState {
             ids: Arc::new(ovc_types::time::RandomIds),
             auth,
             http: Default::default(),
+            limits: Default::default(),
         }
+    }
+
+    /// The same, with a per-token rate limit of `rate` requests per second in bursts of
+    /// up to `burst` (`rate` 0: unlimited).
+    pub fn with_rate_limit(mut self, rate: f64, burst: u32) -> Self {
+        self.limits = Arc::new(limits::RateLimiter::per_second(rate, burst));
+        self
     }
 }
 

@@ -23,6 +23,12 @@ pub struct ServeArgs {
     /// `token` (bearer tokens, see `ovc token create`) or `none` (loopback only).
     #[arg(long, value_parser = ["token", "none"], default_value = "token")]
     pub auth: String,
+    /// Requests per second allowed per token (0: unlimited); over it: 429 + Retry-After.
+    #[arg(long, env = "OVC_RATE_LIMIT", default_value_t = 100.0)]
+    pub rate_limit: f64,
+    /// Requests a token may make at once before the rate applies.
+    #[arg(long, env = "OVC_RATE_BURST", default_value_t = 200)]
+    pub rate_burst: u32,
 }
 
 /// Runs `ovc serve`.
@@ -49,11 +55,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.http))?;
     let addr = listener.local_addr().unwrap_or(args.http);
-    let app = ovc_api::router(ovc_api::AppState::new(
-        store,
-        Arc::new(ovc_workflows::registry()),
-        auth,
-    ));
+    let app = ovc_api::router(
+        ovc_api::AppState::new(store, Arc::new(ovc_workflows::registry()), auth)
+            .with_rate_limit(args.rate_limit, args.rate_burst),
+    );
     eprintln!("ovc serve: REST API on http://{addr} (auth: {})", args.auth);
     let stop = crate::worker::shutdown_signal();
     serve_http(listener, app, stop).await
