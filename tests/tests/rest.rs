@@ -833,3 +833,55 @@ async fn rate_limit_is_per_token_with_retry_after() {
     assert_eq!(s, StatusCode::OK);
     api.h.stop().await;
 }
+
+/// `/metrics` has a step-duration histogram per (kind, step, outcome), fed by the event
+/// log: after one create, every step of the create has one observation.
+#[tokio::test]
+async fn metrics_histogram_step_durations_from_the_log() {
+    let api = Api::start().await;
+    let (_, op) = api
+        .call("POST", "/v1/vclusters", Some(json!({"name": "m"})), None)
+        .await;
+    let done = api.wait(&op).await;
+    assert_eq!(done["state"], "SUCCEEDED");
+    let steps: Vec<String> = done["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["name"].as_str().expect("name").to_string())
+        .collect();
+    assert!(!steps.is_empty());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let req = Request::builder()
+            .uri("/metrics")
+            .body(Body::empty())
+            .expect("req");
+        let res = api.app.clone().oneshot(req).await.expect("call");
+        assert_eq!(res.status(), StatusCode::OK);
+        let text = String::from_utf8(
+            res.into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes()
+                .to_vec(),
+        )
+        .expect("utf-8");
+        let all = steps.iter().all(|s| {
+            text.contains(&format!(
+                "ovc_step_duration_seconds_count{{kind=\"CREATE\",step=\"{s}\",outcome=\"succeeded\"}} 1"
+            ))
+        });
+        if all {
+            assert!(text.contains("# TYPE ovc_step_duration_seconds histogram"));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "steps {steps:?} not all in /metrics:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    api.h.stop().await;
+}

@@ -41,6 +41,8 @@ pub struct AppState {
     pub http: Arc<metrics::HttpMetrics>,
     /// Per-token rate limits.
     pub limits: Arc<limits::RateLimiter>,
+    /// Step-duration histograms for `/metrics`.
+    pub steps: Arc<metrics::StepDurations>,
 }
 
 impl AppState {
@@ -54,6 +56,7 @@ impl AppState {
             auth,
             http: Default::default(),
             limits: Default::default(),
+            steps: Default::default(),
         }
     }
 

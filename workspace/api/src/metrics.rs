@@ -1,12 +1,19 @@
 //! `/metrics` in Prometheus text format: HTTP requests by method and status (counted by
-//! a middleware), and from the store: operations by kind and state, queue depth, lease
-//! steals, the event log's head. Step-duration histograms are not here yet.
+//! a middleware); from the store: operations by kind and state, queue depth, lease
+//! steals, the event log's head; and step-duration histograms, read from the event log.
+//!
+//! Steps run in worker processes, possibly on other machines, so the API does not time
+//! them itself: [`follow_step_durations`] tails the log and
+//! observes each attempt from its `StepStarted` to the `StepSucceeded` or `StepFailed` of
+//! the same step in the same operation, using the commit times. It starts a little
+//! before the head ([`STEP_METRICS_REPLAY`]) so that steps in flight are timed too. Every API replica thus
+//! reports the steps of the whole deployment since it started.
 
 use crate::{ApiError, AppState};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::Mutex;
 
@@ -20,6 +27,148 @@ impl HttpMetrics {
     fn count(&self, method: &str, status: u16) {
         let mut m = self.requests.lock().unwrap_or_else(|e| e.into_inner());
         *m.entry((method.to_string(), status)).or_default() += 1;
+    }
+}
+
+/// Upper bounds (seconds) of the step-duration histogram buckets.
+pub const STEP_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+/// Step-attempt durations by (operation kind, step, outcome), from the event log.
+#[derive(Debug, Default)]
+pub struct StepDurations {
+    inner: Mutex<StepState>,
+}
+
+#[derive(Debug, Default)]
+struct StepState {
+    /// Operation stream → its kind.
+    kinds: HashMap<String, String>,
+    /// (operation stream, step) → when the current attempt started.
+    open: HashMap<(String, String), chrono::DateTime<chrono::Utc>>,
+    /// (kind, step, outcome) → histogram.
+    histograms: BTreeMap<(String, String, &'static str), Histogram>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    /// Count per bucket of [`STEP_BUCKETS`] (not cumulative), then the overflow.
+    counts: [u64; STEP_BUCKETS.len() + 1],
+    sum: f64,
+    count: u64,
+}
+
+impl StepDurations {
+    /// Folds one event of the log in.
+    pub fn observe(&self, e: &ovc_store::RecordedEvent) {
+        if !e.stream.starts_with("operation-") {
+            return;
+        }
+        let step = || {
+            e.data
+                .get("step")
+                .and_then(|s| s.as_str())
+                .map(str::to_string)
+        };
+        let mut st = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match e.event_type.as_str() {
+            "OperationRequested" => {
+                let kind = e.data["command"]["kind"].as_str().unwrap_or("UNKNOWN");
+                st.kinds.insert(e.stream.clone(), kind.to_string());
+            }
+            "StepStarted" => {
+                if let Some(step) = step() {
+                    st.open.insert((e.stream.clone(), step), e.recorded_at);
+                }
+            }
+            "StepSucceeded" | "StepFailed" => {
+                let Some(step) = step() else { return };
+                let Some(started) = st.open.remove(&(e.stream.clone(), step.clone())) else {
+                    return;
+                };
+                let kind = st
+                    .kinds
+                    .get(&e.stream)
+                    .cloned()
+                    .unwrap_or_else(|| "UNKNOWN".to_string());
+                let outcome = if e.event_type == "StepSucceeded" {
+                    "succeeded"
+                } else {
+                    "failed"
+                };
+                let secs = (e.recorded_at - started).num_microseconds().unwrap_or(0) as f64 / 1e6;
+                let h = st.histograms.entry((kind, step, outcome)).or_default();
+                let i = STEP_BUCKETS
+                    .iter()
+                    .position(|b| secs <= *b)
+                    .unwrap_or(STEP_BUCKETS.len());
+                h.counts[i] += 1;
+                h.sum += secs.max(0.0);
+                h.count += 1;
+            }
+            "OperationSucceeded" | "OperationFailed" | "OperationCancelled" | "OperationStuck" => {
+                st.kinds.remove(&e.stream);
+                st.open.retain(|(stream, _), _| stream != &e.stream);
+            }
+            _ => {}
+        }
+    }
+
+    fn render(&self, out: &mut String) {
+        let st = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(
+            out,
+            "# HELP ovc_step_duration_seconds Step attempts, from StepStarted to StepSucceeded or StepFailed."
+        );
+        let _ = writeln!(out, "# TYPE ovc_step_duration_seconds histogram");
+        for ((kind, step, outcome), h) in &st.histograms {
+            let labels = format!("kind=\"{kind}\",step=\"{step}\",outcome=\"{outcome}\"");
+            let mut cumulative = 0;
+            for (i, le) in STEP_BUCKETS.iter().enumerate() {
+                cumulative += h.counts[i];
+                let _ = writeln!(
+                    out,
+                    "ovc_step_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "ovc_step_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(out, "ovc_step_duration_seconds_sum{{{labels}}} {}", h.sum);
+            let _ = writeln!(
+                out,
+                "ovc_step_duration_seconds_count{{{labels}}} {}",
+                h.count
+            );
+        }
+    }
+}
+
+/// How many events before the head [`follow_step_durations`] starts from, so steps in
+/// flight at start-up are timed too.
+pub const STEP_METRICS_REPLAY: u64 = 10_000;
+
+/// Tails the event log, from [`STEP_METRICS_REPLAY`] events before its head, into
+/// `state.steps`, for as long as the process runs (started by [`crate::router`]).
+pub async fn follow_step_durations(state: AppState) {
+    use futures::StreamExt;
+    let head = loop {
+        match state.store.head_position().await {
+            Ok(h) => break h,
+            Err(e) => {
+                tracing::warn!(error = %e, "step metrics: store unreachable; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    };
+    let from = head.saturating_sub(STEP_METRICS_REPLAY);
+    let feed = state.follow(from, crate::service::Scope::Project(None));
+    futures::pin_mut!(feed);
+    while let Some(e) = feed.next().await {
+        state.steps.observe(&e);
     }
 }
 
@@ -77,5 +226,6 @@ pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError>
     );
     let _ = writeln!(out, "# TYPE ovc_events_head_position gauge");
     let _ = writeln!(out, "ovc_events_head_position {}", stats.head_position);
+    state.steps.render(&mut out);
     Ok(([("content-type", "text/plain; version=0.0.4")], out).into_response())
 }

@@ -25,6 +25,9 @@ use serde::de::DeserializeOwned;
 
 /// The API's router over `state`.
 pub fn router(state: AppState) -> Router {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(crate::metrics::follow_step_durations(state.clone()));
+    }
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
