@@ -301,3 +301,67 @@ fn snapshot_commands_and_bulk_retry() {
     let _ = dev.kill();
     let _ = dev.wait();
 }
+
+/// `ovc ops watch` follows a running operation's events to the end (exit 0 on success,
+/// 1 on failure); `ovc vc kubeconfig` reads the host live; `ovc events tail` over HTTP
+/// prints the same log as reading the store directly.
+#[test]
+fn watch_kubeconfig_and_events_tail_over_http() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let (mut dev, server) = start_dev_with(
+        &data,
+        &[
+            ("OVC_SIM_READY_MS", "1500"),
+            ("OVC_SIM_FAULTS", "suspend/scale_to_zero:permanent"),
+        ],
+    );
+    let (code, out) = ovc_client(&server, &["vc", "create", "demo", "-o", "json"]);
+    assert_eq!(code, 0, "{out}");
+    let op: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let id = op["id"].as_str().expect("id").to_string();
+    // Not ready yet: no kubeconfig, a refusal (exit 3).
+    assert_eq!(ovc_client(&server, &["vc", "kubeconfig", "demo"]).0, 3);
+    let (code, out) = ovc_client(&server, &["ops", "watch", &id, "-o", "json"]);
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let types: Vec<&str> = lines.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(types.first(), Some(&"OperationRequested"), "{types:?}");
+    assert!(types.contains(&"StepStarted"), "{types:?}");
+    assert!(types.contains(&"OperationSucceeded"), "{types:?}");
+    let positions: Vec<u64> = lines
+        .iter()
+        .filter_map(|e| e["position"].as_u64())
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+    let (code, out) = ovc_client(&server, &["vc", "kubeconfig", "demo"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("kind: Config"), "{out}");
+    // A failing operation watched to its end: exit 1.
+    let (_, out) = ovc_client(&server, &["vc", "suspend", "demo", "-o", "json"]);
+    let op: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let (code, _) = ovc_client(&server, &["ops", "watch", op["id"].as_str().expect("id")]);
+    assert_eq!(code, 1);
+    // The log over HTTP equals the log read from the store.
+    let (code, over_http) = ovc_client(&server, &["events", "tail", "-o", "json"]);
+    assert_eq!(code, 0);
+    let url = format!("sqlite://{}", data.join("ovc.db").display());
+    let direct = Command::new(ovc_bin())
+        .args(["events", "tail", "--database-url", &url, "-o", "json"])
+        .output()
+        .expect("tail");
+    let direct = String::from_utf8_lossy(&direct.stdout).into_owned();
+    let ids = |s: &str| -> Vec<u64> {
+        s.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|e| e["position"].as_u64())
+            .collect()
+    };
+    assert!(!ids(&over_http).is_empty());
+    assert_eq!(ids(&over_http), ids(&direct));
+    let _ = dev.kill();
+    let _ = dev.wait();
+}

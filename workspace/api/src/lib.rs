@@ -43,6 +43,9 @@ pub struct AppState {
     pub limits: Arc<limits::RateLimiter>,
     /// Step-duration histograms for `/metrics`.
     pub steps: Arc<metrics::StepDurations>,
+    /// The host driver, for reads that go live to the host (the kubeconfig); `None`:
+    /// those answer UNAVAILABLE.
+    pub host: Option<Arc<dyn ovc_driver::HostDriver>>,
 }
 
 impl AppState {
@@ -57,7 +60,14 @@ impl AppState {
             http: Default::default(),
             limits: Default::default(),
             steps: Default::default(),
+            host: None,
         }
+    }
+
+    /// The same, reading live host state (the kubeconfig) through `host`.
+    pub fn with_host(mut self, host: Arc<dyn ovc_driver::HostDriver>) -> Self {
+        self.host = Some(host);
+        self
     }
 
     /// The same, with a per-token rate limit of `rate` requests per second in bursts of

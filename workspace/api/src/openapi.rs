@@ -156,6 +156,7 @@ impl Modify for ErrorResponses {
         crate::routes::create,
         crate::routes::list_vclusters,
         crate::routes::get_vcluster,
+        crate::routes::kubeconfig,
         crate::routes::delete,
         crate::routes::suspend,
         crate::routes::resume,

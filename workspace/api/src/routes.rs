@@ -39,6 +39,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/vclusters/{name}/resume", post(resume))
         .route("/v1/vclusters/{name}/snapshots", post(snapshot))
         .route("/v1/vclusters/{name}/scale", post(scale))
+        .route("/v1/vclusters/{name}/kubeconfig", get(kubeconfig))
         .route("/v1/snapshots", get(list_snapshots))
         .route("/v1/snapshots/{id}", get(get_snapshot))
         .route("/v1/snapshots/{id}/restore", post(restore))
@@ -388,6 +389,24 @@ pub(crate) async fn get_vcluster(
         .get_vcluster(&who, q.project.as_deref(), &name)
         .await?;
     Ok(axum::Json(vc).into_response())
+}
+
+/// `GET /v1/vclusters/{name}/kubeconfig`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct KubeconfigBody {
+    /// The kubeconfig (YAML), read live from the host.
+    kubeconfig: String,
+}
+
+#[utoipa::path(get, path = "/v1/vclusters/{name}/kubeconfig", tag = "vclusters", summary = "The vcluster's kubeconfig, read live from the host (never stored in events)", params(("name" = VClusterName, Path, description = "The vcluster's name", example = "team-a"), GetQuery), responses((status = 200, description = "The kubeconfig", body = KubeconfigBody)))]
+pub(crate) async fn kubeconfig(
+    State(state): State<AppState>,
+    who: Principal,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<GetQuery>,
+) -> ApiResult<Response> {
+    let kubeconfig = state.kubeconfig(&who, q.project.as_deref(), &name).await?;
+    Ok(axum::Json(KubeconfigBody { kubeconfig }).into_response())
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]

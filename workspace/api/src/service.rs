@@ -254,6 +254,54 @@ impl AppState {
             .ok_or_else(|| ApiError::not_found(format!("vcluster {p}/{n} not found")))
     }
 
+    /// The vcluster's kubeconfig, read live from the host (never stored in events).
+    pub async fn kubeconfig(
+        &self,
+        who: &Principal,
+        project: Option<&str>,
+        name: &str,
+    ) -> ApiResult<String> {
+        let vc = self.get_vcluster(who, project, name).await?;
+        if vc.state == VClusterState::Deleted {
+            return Err(ApiError::not_found(format!(
+                "vcluster {}/{} not found",
+                vc.project, vc.name
+            )));
+        }
+        let host = self.host.as_ref().ok_or_else(|| {
+            ApiError(
+                ovc_types::error::Status::new(
+                    ovc_types::error::Code::Unavailable,
+                    "this API server has no host driver configured",
+                )
+                .with_reason("NO_HOST_DRIVER"),
+            )
+        })?;
+        let ctx = ovc_driver::CallCtx {
+            operation_id: OperationId(uuid::Uuid::nil()),
+            workflow: "api".into(),
+            step: "kubeconfig".into(),
+        };
+        let target = ovc_driver::Target {
+            namespace: vc.host_namespace.clone(),
+            release: vc.name.to_string(),
+        };
+        match host.kubeconfig(&ctx, &target).await {
+            Ok(Some(k)) => Ok(k),
+            Ok(None) => Err(ApiError(
+                ovc_types::error::Status::failed_precondition(format!(
+                    "vcluster {}/{} has no kubeconfig yet (it is {}): its control plane has \
+                     not been ready",
+                    vc.project,
+                    vc.name,
+                    vc.state.as_str()
+                ))
+                .with_reason("NO_KUBECONFIG"),
+            )),
+            Err(e) => Err(ApiError(e.into())),
+        }
+    }
+
     /// A page of vclusters.
     pub async fn list_vclusters(
         &self,

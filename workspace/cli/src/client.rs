@@ -126,6 +126,12 @@ pub enum VcCommand {
         #[arg(long)]
         wait: bool,
     },
+    /// Print the kubeconfig (read live from the host); e.g.
+    /// `ovc vc kubeconfig team-a > team-a.yaml && kubectl --kubeconfig team-a.yaml get ns`.
+    Kubeconfig {
+        /// Its name.
+        name: String,
+    },
 }
 
 /// `ovc ops ...`.
@@ -150,6 +156,12 @@ pub enum OpsCommand {
     },
     /// Wait until an operation ends, showing its steps.
     Wait {
+        /// Its id.
+        id: String,
+    },
+    /// Follow an operation's events live (each step attempt, retry, compensation) until
+    /// it ends; the exit code says how it ended.
+    Watch {
         /// Its id.
         id: String,
     },
@@ -314,6 +326,159 @@ impl Client {
         Ok(value)
     }
 
+    /// Follows the SSE feed at `path` from position `after`, calling `each` with every
+    /// event (as its JSON) until it returns false. A dropped connection is resumed with
+    /// `Last-Event-ID`, so no event is missed or repeated.
+    async fn follow_sse(
+        &self,
+        path: &str,
+        mut after: u64,
+        mut each: impl FnMut(&Value) -> bool,
+    ) -> Result<(), CallError> {
+        let base = self.conn.server.trim_end_matches('/').to_string();
+        let mut failures = 0u32;
+        loop {
+            let res = self.open_sse(path, after).await;
+            let mut body = match res {
+                Ok(b) => {
+                    failures = 0;
+                    b
+                }
+                Err(CallError::Unavailable(m)) if failures < 5 => {
+                    failures += 1;
+                    eprintln!("  (feed from {base} interrupted: {m}; reconnecting)");
+                    tokio::time::sleep(Duration::from_millis(500 * u64::from(failures))).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let mut buf = String::new();
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame else { break };
+                let Some(data) = frame.data_ref() else {
+                    continue;
+                };
+                buf.push_str(&String::from_utf8_lossy(data));
+                while let Some(end) = buf.find("\n\n") {
+                    let block: String = buf.drain(..end + 2).collect();
+                    let mut data = String::new();
+                    for line in block.lines() {
+                        if let Some(d) = line.strip_prefix("data:") {
+                            data.push_str(d.trim_start());
+                        }
+                    }
+                    if data.is_empty() {
+                        continue; // a keep-alive comment
+                    }
+                    let Ok(event) = serde_json::from_str::<Value>(&data) else {
+                        continue;
+                    };
+                    if let Some(p) = event["position"].as_u64() {
+                        after = p;
+                    }
+                    if !each(&event) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    async fn open_sse(&self, path: &str, after: u64) -> Result<hyper::body::Incoming, CallError> {
+        let base = self.conn.server.trim_end_matches('/');
+        let rest = base.strip_prefix("http://").ok_or_else(|| {
+            CallError::Unavailable(format!("{base}: only http:// servers are supported"))
+        })?;
+        let authority = rest.split('/').next().unwrap_or(rest).to_string();
+        let stream = tokio::net::TcpStream::connect(&authority)
+            .await
+            .map_err(|e| CallError::Unavailable(format!("cannot reach {base}: {e}")))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| CallError::Unavailable(e.to_string()))?;
+        tokio::spawn(conn);
+        let mut req = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header("host", &authority)
+            .header("accept", "text/event-stream")
+            .header("last-event-id", after.to_string());
+        if let Some(t) = &self.conn.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| CallError::Unavailable(e.to_string()))?;
+        let res = sender
+            .send_request(req)
+            .await
+            .map_err(|e| CallError::Unavailable(e.to_string()))?;
+        let status = res.status();
+        if status.is_success() {
+            return Ok(res.into_body());
+        }
+        let bytes = res
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| CallError::Unavailable(e.to_string()))?
+            .to_bytes();
+        let value: Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        if status.is_client_error() {
+            Err(CallError::Refused(value))
+        } else {
+            Err(CallError::Unavailable(format!(
+                "server error {status}: {value}"
+            )))
+        }
+    }
+
+    /// `ovc ops watch`: prints the operation's events as they are committed until it ends.
+    async fn watch(&self, id: &str) -> Result<Outcome, CallError> {
+        let op = self
+            .call(Method::GET, &format!("/v1/operations/{id}"), None)
+            .await?;
+        if self.conn.output != "json" {
+            eprintln!(
+                "{} {} (operation {id}), {}",
+                op["kind"].as_str().unwrap_or("?"),
+                op["vcluster"].as_str().unwrap_or("?"),
+                op["state"].as_str().unwrap_or("?")
+            );
+        }
+        let json = self.conn.output == "json";
+        let terminal = [
+            "OperationSucceeded",
+            "OperationFailed",
+            "OperationCancelled",
+            "OperationStuck",
+        ];
+        let mut ended = op["done"] == json!(true);
+        if !ended {
+            self.follow_sse(&format!("/v1/operations/{id}/events"), 0, |e| {
+                if json {
+                    println!("{e}");
+                } else {
+                    eprintln!("  {}", describe_event(e));
+                }
+                let t = e["type"].as_str().unwrap_or_default();
+                ended = terminal.contains(&t);
+                !ended
+            })
+            .await?;
+        }
+        let done = self
+            .call(Method::GET, &format!("/v1/operations/{id}"), None)
+            .await?;
+        self.print(&done, describe_operation);
+        Ok(if done["state"] == "SUCCEEDED" {
+            Outcome::Ok
+        } else {
+            Outcome::OperationFailed
+        })
+    }
+
     fn q(&self) -> String {
         match &self.conn.project {
             Some(p) => format!("?project={p}"),
@@ -441,6 +606,27 @@ fn describe_snapshot(v: &Value) -> String {
         v["size_bytes"],
         v["description"].as_str().unwrap_or("")
     )
+}
+
+/// One event as a progress line: time, type, and the step, attempt and error if any.
+fn describe_event(e: &Value) -> String {
+    let time = e["recorded_at"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.format("%H:%M:%S%.3f").to_string())
+        .unwrap_or_default();
+    let d = &e["data"];
+    let mut s = format!("{time}  {:<20}", e["type"].as_str().unwrap_or("?"));
+    if let Some(step) = d["step"].as_str() {
+        s.push_str(&format!(" {step}"));
+    }
+    if let Some(a) = d["attempt"].as_u64() {
+        s.push_str(&format!(" (attempt {a})"));
+    }
+    if let Some(m) = d["error"]["message"].as_str() {
+        s.push_str(&format!(" — {m}"));
+    }
+    s
 }
 
 fn describe_operation(o: &Value) -> String {
@@ -604,6 +790,71 @@ pub async fn vc(conn: Conn, cmd: VcCommand) -> Outcome {
                     .await?;
                 c.finish(op, wait).await
             }
+            VcCommand::Kubeconfig { name } => {
+                let v = c
+                    .call(
+                        Method::GET,
+                        &format!("/v1/vclusters/{name}/kubeconfig{q}"),
+                        None,
+                    )
+                    .await?;
+                if c.conn.output == "json" {
+                    c.print(&v, |_| String::new());
+                } else {
+                    print!("{}", v["kubeconfig"].as_str().unwrap_or_default());
+                }
+                Ok(Outcome::Ok)
+            }
+        }
+    }
+    .await;
+    r.unwrap_or_else(report)
+}
+
+/// `ovc events tail` against a server: a page at a time, or with `follow` the live SSE
+/// feed (resumed across reconnects), printing each event with `line`.
+pub async fn tail_events(
+    conn: Conn,
+    after: u64,
+    follow: bool,
+    line: fn(&Value) -> String,
+) -> Outcome {
+    let c = Client { conn };
+    let json = c.conn.output == "json";
+    let show = |e: &Value| {
+        if json {
+            println!("{e}");
+        } else {
+            println!("{}", line(e));
+        }
+    };
+    let r = async {
+        if follow {
+            c.follow_sse("/v1/events", after, |e| {
+                show(e);
+                true
+            })
+            .await?;
+            return Ok(Outcome::Ok);
+        }
+        let mut after = after;
+        loop {
+            let page = c
+                .call(
+                    Method::GET,
+                    &format!("/v1/events?after={after}&limit=1000"),
+                    None,
+                )
+                .await?;
+            let events = page["events"].as_array().cloned().unwrap_or_default();
+            for e in &events {
+                show(e);
+            }
+            let next = page["next_after"].as_u64().unwrap_or(after);
+            if next == after {
+                return Ok(Outcome::Ok);
+            }
+            after = next;
         }
     }
     .await;
@@ -615,6 +866,7 @@ pub async fn ops(conn: Conn, cmd: OpsCommand) -> Outcome {
     let c = Client { conn };
     let r = async {
         match cmd {
+            OpsCommand::Watch { id } => c.watch(&id).await,
             OpsCommand::Get { id } => {
                 let v = c
                     .call(Method::GET, &format!("/v1/operations/{id}"), None)

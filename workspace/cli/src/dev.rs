@@ -74,11 +74,19 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             )
         })?;
     let http_addr = listener.local_addr().unwrap_or(args.http);
-    let app = ovc_api::router(ovc_api::AppState::new(
-        store.clone(),
-        std::sync::Arc::new(ovc_workflows::registry()),
-        ovc_api::auth::AuthMode::None,
-    ));
+    let host = std::sync::Arc::new(
+        ovc_driver::sim::SimHost::connect_from_env(&url, None)
+            .await
+            .context("connecting the simulated host")?,
+    );
+    let app = ovc_api::router(
+        ovc_api::AppState::new(
+            store.clone(),
+            std::sync::Arc::new(ovc_workflows::registry()),
+            ovc_api::auth::AuthMode::None,
+        )
+        .with_host(host),
+    );
     let http_shutdown = crate::worker::shutdown_signal();
     let http = tokio::spawn(crate::serve::serve_http(listener, app, http_shutdown));
     println!("  REST API   http://{http_addr}");

@@ -143,7 +143,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Events {
             command: EventsCommand::Tail(args),
-        } => tail::run(args).await,
+        } => std::process::exit(tail::run(args).await?),
         Command::Bench {
             command: BenchCommand::Store(args),
         } => bench::run_store(args).await,

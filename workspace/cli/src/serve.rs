@@ -51,13 +51,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let store = ovc_store::open(&args.database_url, config)
         .await
         .with_context(|| format!("cannot open {}", crate::redact(&args.database_url)))?;
+    // The kubeconfig route reads the host live, through the same driver as the workers.
+    let host = Arc::new(
+        ovc_driver::sim::SimHost::connect_from_env(&args.database_url, args.pg_schema.as_deref())
+            .await
+            .context("connecting the simulated host")?,
+    );
     let listener = tokio::net::TcpListener::bind(args.http)
         .await
         .with_context(|| format!("cannot listen on {}", args.http))?;
     let addr = listener.local_addr().unwrap_or(args.http);
     let app = ovc_api::router(
         ovc_api::AppState::new(store, Arc::new(ovc_workflows::registry()), auth)
-            .with_rate_limit(args.rate_limit, args.rate_burst),
+            .with_rate_limit(args.rate_limit, args.rate_burst)
+            .with_host(host),
     );
     eprintln!("ovc serve: REST API on http://{addr} (auth: {})", args.auth);
     let stop = crate::worker::shutdown_signal();
