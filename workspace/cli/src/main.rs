@@ -6,6 +6,7 @@
 //! commands join as their issue lands.
 
 mod bench;
+mod bench_api;
 mod bench_workflows;
 mod client;
 mod dev;
@@ -97,6 +98,8 @@ enum BenchCommand {
     Store(bench::StoreBenchArgs),
     /// Workflows/s, steps/s, pickup latency and kill -9 recovery with worker processes.
     Workflows(bench_workflows::WorkflowBenchArgs),
+    /// REST accept latency at fixed request rates, and create -> RUNNING time.
+    Api(bench_api::ApiBenchArgs),
 }
 
 /// Where `ovc dev` keeps its data unless told otherwise.
@@ -150,6 +153,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench {
             command: BenchCommand::Workflows(args),
         } => bench_workflows::run(args).await,
+        Command::Bench {
+            command: BenchCommand::Api(args),
+        } => bench_api::run(args).await,
     }
 }
 
