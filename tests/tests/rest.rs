@@ -28,7 +28,15 @@ impl Api {
         auth: ovc_api::auth::AuthMode,
         tune: impl FnOnce(ovc_api::AppState) -> ovc_api::AppState,
     ) -> Api {
-        let h = Harness::start(Backend::Sqlite, HarnessOptions::default()).await;
+        Self::start_on(Backend::Sqlite, auth, tune).await
+    }
+
+    async fn start_on(
+        backend: Backend,
+        auth: ovc_api::auth::AuthMode,
+        tune: impl FnOnce(ovc_api::AppState) -> ovc_api::AppState,
+    ) -> Api {
+        let h = Harness::start(backend, HarnessOptions::default()).await;
         let app = ovc_api::router(tune(ovc_api::AppState::new(
             h.store.clone(),
             Arc::new(ovc_workflows::registry()),
@@ -883,5 +891,113 @@ async fn metrics_histogram_step_durations_from_the_log() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    api.h.stop().await;
+}
+
+/// Different commands racing on one vcluster: exactly one is accepted; each loser gets
+/// FAILED_PRECONDITION (it read the state after the winner committed) or ABORTED (it
+/// read the same version as the winner and lost the commit), never a 5xx or a second
+/// operation. ABORTED must show up within the rounds (PostgreSQL runs accepts in
+/// parallel).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_commands_one_wins_others_failed_precondition_or_aborted() {
+    let api = Api::start_on(Backend::Postgres, ovc_api::auth::AuthMode::None, |s| s).await;
+    let (_, op) = api
+        .call("POST", "/v1/vclusters", Some(json!({"name": "race"})), None)
+        .await;
+    assert_eq!(api.wait(&op).await["state"], "SUCCEEDED");
+    let mut aborted = 0;
+    for round in 0..40 {
+        let mut tasks = Vec::new();
+        for i in 0..12 {
+            let app = api.app.clone();
+            let (uri, body) = if i % 2 == 0 {
+                (
+                    "/v1/vclusters/race/suspend",
+                    json!({"request_id": format!("s-{round}-{i}")}),
+                )
+            } else {
+                (
+                    "/v1/vclusters/race/scale",
+                    json!({"quota": {"pods": 100 + round * 20 + i}, "request_id": format!("c-{round}-{i}")}),
+                )
+            };
+            tasks.push(tokio::spawn(async move {
+                let req = Request::builder()
+                    .method("POST")
+                    .uri(uri)
+                    .body(Body::from(body.to_string()))
+                    .expect("req");
+                let res = app.oneshot(req).await.expect("call");
+                let status = res.status();
+                let bytes = res.into_body().collect().await.expect("body").to_bytes();
+                (
+                    status,
+                    serde_json::from_slice::<Value>(&bytes).expect("json"),
+                )
+            }));
+        }
+        let mut winners = Vec::new();
+        for t in tasks {
+            let (status, body) = t.await.expect("task");
+            match status {
+                StatusCode::ACCEPTED => winners.push(body),
+                StatusCode::BAD_REQUEST => {
+                    assert_eq!(body["error"]["status"], "FAILED_PRECONDITION", "{body}")
+                }
+                StatusCode::CONFLICT => {
+                    assert_eq!(body["error"]["status"], "ABORTED", "{body}");
+                    aborted += 1;
+                }
+                other => panic!("unexpected {other}: {body}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
+        let done = api.wait(&winners[0]).await;
+        assert_eq!(done["state"], "SUCCEEDED", "{done}");
+        if done["kind"] == "SUSPEND" {
+            let (_, op) = api
+                .call("POST", "/v1/vclusters/race/resume", None, None)
+                .await;
+            assert_eq!(api.wait(&op).await["state"], "SUCCEEDED");
+        }
+        if aborted > 0 && round >= 4 {
+            break;
+        }
+    }
+    assert!(aborted > 0, "no request lost a commit race in 40 rounds");
+    // One operation per round plus the create and the resumes: nothing ran twice.
+    let (_, list) = api
+        .call(
+            "GET",
+            "/v1/operations?vcluster=race&page_size=1000",
+            None,
+            None,
+        )
+        .await;
+    for op in list["operations"].as_array().expect("ops") {
+        assert_eq!(op["state"], "SUCCEEDED", "{op}");
+    }
+    api.h.stop().await;
+}
+
+/// The kubeconfig is read live from the host: an API without a host driver answers 503
+/// UNAVAILABLE (safe to retry), never a 500.
+#[tokio::test]
+async fn kubeconfig_without_a_host_is_unavailable() {
+    let api = Api::start().await;
+    let (_, op) = api
+        .call("POST", "/v1/vclusters", Some(json!({"name": "k"})), None)
+        .await;
+    assert_eq!(api.wait(&op).await["state"], "SUCCEEDED");
+    let (s, body) = api
+        .call("GET", "/v1/vclusters/k/kubeconfig", None, None)
+        .await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["status"], "UNAVAILABLE");
+    let (s, body) = api
+        .call("GET", "/v1/vclusters/nope/kubeconfig", None, None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{body}");
     api.h.stop().await;
 }
