@@ -1,6 +1,8 @@
 //! Helpers for the integration tests in `tests/tests/`: finding the built `ovc` binary,
 //! and [`Harness`], a fresh store with an in-process worker on the simulated host.
 
+pub mod dev;
+
 use ovc_driver::sim::{SimConfig, SimHost};
 use ovc_engine::accept::{CommandRequest, accept};
 use ovc_engine::executor::{Executor, RetryPolicy};
