@@ -184,11 +184,12 @@ mod tests {
             ],
             settle: |_| {
                 Ok(crate::model::Settlement {
-                    state: VClusterState::Suspended,
+                    state: Some(VClusterState::Suspended),
                     spec: None,
                     result: serde_json::Value::Null,
                 })
             },
+            revert: None,
         }
     }
 
