@@ -4,7 +4,7 @@
 pub mod dev;
 
 use ovc_driver::sim::{SimConfig, SimHost};
-use ovc_engine::accept::{CommandRequest, accept};
+use ovc_engine::accept::{Accepted, CommandRequest, accept};
 use ovc_engine::executor::{Executor, RetryPolicy};
 use ovc_engine::services::Services;
 use ovc_engine::worker::{Worker, WorkerOptions, WorkerReport};
@@ -167,6 +167,18 @@ impl Harness {
 
     /// Submits `command` on vcluster `vc`.
     pub async fn submit(&self, vc: &str, command: Command) -> Result<OperationId, Status> {
+        self.submit_with(vc, command, None)
+            .await
+            .map(|a| a.operation_id)
+    }
+
+    /// Submits `command` on vcluster `vc` with an idempotency key.
+    pub async fn submit_with(
+        &self,
+        vc: &str,
+        command: Command,
+        request_id: Option<&str>,
+    ) -> Result<Accepted, Status> {
         accept(
             self.store.as_ref(),
             &ovc_workflows::registry(),
@@ -175,13 +187,12 @@ impl Harness {
                 project: project(),
                 vcluster: name(vc),
                 command,
-                request_id: None,
+                request_id: request_id.map(str::to_string),
                 actor: Some("test".into()),
                 traceparent: None,
             },
         )
         .await
-        .map(|a| a.operation_id)
     }
 
     /// Waits until operation `id` is done (panics after 30 s).

@@ -4,6 +4,9 @@
 //! - transient failures (fewer than the attempt limit) at each step end succeeded;
 //! - every step run twice (a crash after the effect, before the journal) ends in the same
 //!   state with the same effects as a normal run.
+//!
+//! DELETE_SNAPSHOT is one of the cases: its "target" is the snapshot's vcluster, whose
+//! state it must leave as it was (RUNNING) whatever happens.
 
 use ovc_driver::Target;
 use ovc_driver::sim::{FaultRule, SimConfig, SimRelease};
@@ -26,9 +29,10 @@ enum Case {
     RestoreNew,
     Scale,
     Delete,
+    DeleteSnapshot,
 }
 
-const ALL: [Case; 8] = [
+const ALL: [Case; 9] = [
     Case::Create,
     Case::Suspend,
     Case::Resume,
@@ -37,6 +41,7 @@ const ALL: [Case; 8] = [
     Case::RestoreNew,
     Case::Scale,
     Case::Delete,
+    Case::DeleteSnapshot,
 ];
 
 impl Case {
@@ -49,6 +54,7 @@ impl Case {
             Case::RestoreOver | Case::RestoreNew => "restore",
             Case::Scale => "scale",
             Case::Delete => "delete",
+            Case::DeleteSnapshot => "delete_snapshot",
         }
     }
 
@@ -102,6 +108,7 @@ impl Case {
             ],
             Case::Scale => &["upgrade_release", "wait_ready"],
             Case::Delete => &["uninstall_release", "delete_namespace"],
+            Case::DeleteSnapshot => &["delete_artifacts"],
         }
     }
 
@@ -135,7 +142,10 @@ impl Case {
             assert_eq!(op.state, OperationState::Succeeded, "setup create: {op:#?}");
         }
         let mut snapshot = None;
-        if matches!(self, Case::RestoreOver | Case::RestoreNew) {
+        if matches!(
+            self,
+            Case::RestoreOver | Case::RestoreNew | Case::DeleteSnapshot
+        ) {
             let op = h.run("vc", Command::Snapshot { description: None }).await;
             assert_eq!(
                 op.state,
@@ -192,6 +202,9 @@ impl Case {
                 },
             },
             Case::Delete => Command::Delete {},
+            Case::DeleteSnapshot => Command::DeleteSnapshot {
+                snapshot_id: snapshot.expect("snapshot"),
+            },
         }
     }
 }
@@ -295,6 +308,15 @@ async fn a_permanent_failure_at_each_step_compensates_to_the_prior_state() {
             assert_eq!(vc.active_operation, None, "{ctx}");
             let after = host_view(&h, case.target()).await;
             assert_eq!(after, before, "{ctx}: the host was not put back");
+            if case == Case::DeleteSnapshot {
+                // The delete never touched the artifact: the snapshot is READY again.
+                let id = match &op.command {
+                    Command::DeleteSnapshot { snapshot_id } => *snapshot_id,
+                    other => panic!("{other:?}"),
+                };
+                let snap = h.store.get_snapshot(id).await.expect("get").expect("row");
+                assert_eq!(snap.state, SnapshotState::Ready, "{ctx}");
+            }
             if case == Case::Suspend && i > 0 {
                 // The snapshot taken by the first step was undone too.
                 let snap = h
@@ -309,7 +331,7 @@ async fn a_permanent_failure_at_each_step_compensates_to_the_prior_state() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 32);
+    assert_eq!(checked, 33);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -460,6 +482,13 @@ async fn full_lifecycle_on_postgres() {
             Some(VClusterState::Deleted)
         );
     }
+    // Snapshots outlive their vcluster; deleting one of a DELETED vcluster works.
+    let op = h
+        .run("vc", Command::DeleteSnapshot { snapshot_id: snap })
+        .await;
+    assert_eq!(op.state, OperationState::Succeeded, "{op:#?}");
+    let deleted = h.store.get_snapshot(snap).await.expect("get").expect("row");
+    assert_eq!(deleted.state, SnapshotState::Deleted);
     let state = h.sim.state().await.expect("state");
     assert!(state.namespaces.is_empty(), "{state:#?}");
     assert!(state.releases.is_empty(), "{state:#?}");

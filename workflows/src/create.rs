@@ -23,7 +23,7 @@ pub fn definition() -> WorkflowDef {
         ],
         settle: |ctx| {
             Ok(Settlement {
-                state: VClusterState::Running,
+                state: Some(VClusterState::Running),
                 spec: None,
                 result: serde_json::json!({
                     "name": ctx.vcluster_name,
@@ -33,6 +33,7 @@ pub fn definition() -> WorkflowDef {
                 }),
             })
         },
+        revert: None,
     }
 }
 

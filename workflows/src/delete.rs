@@ -24,11 +24,12 @@ pub fn definition() -> WorkflowDef {
         ],
         settle: |_| {
             Ok(Settlement {
-                state: VClusterState::Deleted,
+                state: Some(VClusterState::Deleted),
                 spec: None,
                 result: serde_json::Value::Null,
             })
         },
+        revert: None,
     }
 }
 

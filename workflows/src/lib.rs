@@ -1,4 +1,4 @@
-//! The seven workflows, one file each. A newcomer who wants to change what "suspend"
+//! The eight workflows, one file each. A newcomer who wants to change what "suspend"
 //! does opens `workflows/src/suspend.rs` and nothing else.
 //!
 //! Every step is an *ensure* with its undo, following docs/vcluster-mechanics.md. Step
@@ -8,6 +8,7 @@ pub mod bench;
 mod common;
 pub mod create;
 pub mod delete;
+pub mod delete_snapshot;
 pub mod restore;
 pub mod resume;
 pub mod scale;
@@ -25,7 +26,8 @@ pub fn registry() -> Registry {
         .register(snapshot::definition())
         .register(restore::definition())
         .register(scale::definition())
-        .register(delete::definition());
+        .register(delete::definition())
+        .register(delete_snapshot::definition());
     r
 }
 

@@ -29,11 +29,12 @@ pub fn definition() -> WorkflowDef {
         ],
         settle: |_| {
             Ok(Settlement {
-                state: VClusterState::Running,
+                state: Some(VClusterState::Running),
                 spec: None,
                 result: serde_json::Value::Null,
             })
         },
+        revert: None,
     }
 }
 

@@ -24,11 +24,12 @@ pub fn definition() -> WorkflowDef {
         settle: |ctx| {
             let spec = new_spec(ctx)?;
             Ok(Settlement {
-                state: VClusterState::Running,
+                state: Some(VClusterState::Running),
                 spec: Some(spec.clone()),
                 result: serde_json::json!({"spec": spec}),
             })
         },
+        revert: None,
     }
 }
 

@@ -23,11 +23,12 @@ pub fn definition() -> WorkflowDef {
         ],
         settle: |ctx| {
             Ok(Settlement {
-                state: VClusterState::Running,
+                state: Some(VClusterState::Running),
                 spec: None,
                 result: ctx.output_of("upload_snapshot").clone(),
             })
         },
+        revert: None,
     }
 }
 

@@ -31,11 +31,12 @@ pub fn definition() -> WorkflowDef {
         ],
         settle: |_| {
             Ok(Settlement {
-                state: VClusterState::Suspended,
+                state: Some(VClusterState::Suspended),
                 spec: None,
                 result: serde_json::Value::Null,
             })
         },
+        revert: None,
     }
 }
 

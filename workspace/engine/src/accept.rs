@@ -7,18 +7,30 @@
 //! version = the version read, so a concurrent command loses with ABORTED rather than
 //! both running), `OperationRequested` to `operation-<id>`, the run, and the idempotency
 //! key. Nothing is written unless everything is valid.
+//!
+//! `DeleteSnapshot` is the one command outside the vcluster's state machine: it is
+//! checked against its snapshot (READY or FAILED, not used by an unfinished restore),
+//! appends `SnapshotDeleteRequested` to `snapshot-<id>` instead of a vcluster command, and
+//! is recorded under the snapshot's project and vcluster name (see
+//! [`accept_delete_snapshot`]). A restore's accept appends `SnapshotRestoreRequested` to
+//! the same stream, both with the version they read, so of a racing delete and restore
+//! one loses with ABORTED.
 
 use crate::journal::{Journal, StepStatus};
 use crate::registry::Registry;
 use ovc_store::{
-    Commit, CommitOutcome, ExpectedVersion, IdempotencyClaim, NewEvent, NewRun, Store, StreamAppend,
+    Commit, CommitOutcome, ExpectedVersion, IdempotencyClaim, NewEvent, NewRun, OperationFilter,
+    PageRequest, Store, StreamAppend,
 };
 use ovc_types::command::{Command, RestoreTarget, request_hash};
 use ovc_types::error::{Code, Status};
 use ovc_types::event::{Event, EventMetadata, NewVCluster, StreamName};
+use ovc_types::resource::Snapshot;
 use ovc_types::resource::host_namespace;
 use ovc_types::spec::VClusterSpec;
-use ovc_types::state::{Call, OperationState, SnapshotState, VClusterState, transition};
+use ovc_types::state::{
+    Call, OperationKind, OperationState, SnapshotState, VClusterState, transition,
+};
 use ovc_types::time::IdSource;
 use ovc_types::{OperationId, ProjectName, RunId, SnapshotId, VClusterId, VClusterName};
 
@@ -27,8 +39,8 @@ use ovc_types::{OperationId, ProjectName, RunId, SnapshotId, VClusterId, VCluste
 pub struct CommandRequest {
     /// The project.
     pub project: ProjectName,
-    /// The vcluster it targets (for restore: the snapshot's vcluster is irrelevant; this
-    /// is ignored and the target's name is used).
+    /// The vcluster it targets. Ignored for restore (the target's name is used) and for
+    /// `DeleteSnapshot` (the snapshot's own vcluster name is used; any name will do).
     pub vcluster: VClusterName,
     /// What to do.
     pub command: Command,
@@ -51,9 +63,16 @@ pub struct Accepted {
 
 fn store_status(e: ovc_store::Error) -> Status {
     match e {
-        ovc_store::Error::WrongExpectedVersion { .. } => Status::new(
+        ovc_store::Error::WrongExpectedVersion { stream, .. } => Status::new(
             Code::Aborted,
-            "the vcluster changed while the request was processed; retry",
+            format!(
+                "{} changed while the request was processed; retry",
+                if stream.starts_with("snapshot-") {
+                    "the snapshot"
+                } else {
+                    "the vcluster"
+                }
+            ),
         )
         .with_reason("CONCURRENT_MODIFICATION"),
         other => other.into(),
@@ -113,6 +132,12 @@ async fn commit_operation(
 
 /// Accepts `req`: validates it, and appends command, operation, run and key atomically.
 ///
+/// This is the one entry point for every command, `DeleteSnapshot` included
+/// (`DELETE /v1/snapshots/{id}`): a snapshot of another project is NOT_FOUND, one that is
+/// not READY or FAILED is FAILED_PRECONDITION (reasons `SNAPSHOT_NOT_READY`,
+/// `SNAPSHOT_DELETING`, `SNAPSHOT_DELETED`), one an unfinished RESTORE uses is
+/// FAILED_PRECONDITION (`SNAPSHOT_IN_USE`), a lost race with a restore is ABORTED.
+///
 /// A refusal is checked against the idempotency key once more: a twin of this request
 /// may have committed between our first look and our state check (the twin's vcluster
 /// now exists, or is busy with the twin's operation), and then the answer is the twin's
@@ -125,15 +150,9 @@ pub async fn accept(
 ) -> Result<Accepted, Status> {
     let project = req.project.clone();
     let request_id = req.request_id.clone();
-    let target_name = match &req.command {
-        Command::Restore {
-            target: RestoreTarget::NewName(n) | RestoreTarget::Existing(n),
-            ..
-        } => n.clone(),
-        _ => req.vcluster.clone(),
-    };
+    let target_name = target_of(store, &req).await?;
     let hash = request_hash(&project, &target_name, &req.command);
-    match accept_once(store, registry, ids, req).await {
+    match accept_once(store, registry, ids, req, target_name, hash.clone()).await {
         Err(refusal) if request_id.is_some() => {
             match repeated(store, &project, request_id.as_deref(), &hash).await? {
                 Some(first) => Ok(first),
@@ -144,29 +163,53 @@ pub async fn accept(
     }
 }
 
+/// The vcluster name an operation is recorded (and its request hashed) under: a
+/// restore's target, a snapshot deletion's snapshot's vcluster, else the request's.
+async fn target_of(store: &dyn Store, req: &CommandRequest) -> Result<VClusterName, Status> {
+    Ok(match &req.command {
+        Command::Restore {
+            target: RestoreTarget::NewName(n) | RestoreTarget::Existing(n),
+            ..
+        } => n.clone(),
+        Command::DeleteSnapshot { snapshot_id } => {
+            visible_snapshot(store, &req.project, *snapshot_id)
+                .await?
+                .vcluster
+        }
+        _ => req.vcluster.clone(),
+    })
+}
+
 async fn accept_once(
     store: &dyn Store,
     registry: &Registry,
     ids: &dyn IdSource,
     req: CommandRequest,
+    target_name: VClusterName,
+    hash: String,
 ) -> Result<Accepted, Status> {
-    let target_name = match &req.command {
-        Command::Restore {
-            target: RestoreTarget::NewName(n) | RestoreTarget::Existing(n),
-            ..
-        } => n.clone(),
-        _ => req.vcluster.clone(),
-    };
-    let hash = request_hash(&req.project, &target_name, &req.command);
     if let Some(first) = repeated(store, &req.project, req.request_id.as_deref(), &hash).await? {
         return Ok(first);
     }
+    let call = match (&req.command, req.command.call()) {
+        (_, Some(call)) => call,
+        (Command::DeleteSnapshot { snapshot_id }, None) => {
+            return accept_delete_snapshot(store, registry, ids, &req, *snapshot_id, hash, None)
+                .await;
+        }
+        (command, None) => {
+            return Err(Status::internal(format!(
+                "{} has no vcluster call",
+                command.kind()
+            )));
+        }
+    };
     let current = store
         .get_vcluster(&req.project, &target_name)
         .await
         .map_err(store_status)?
         .filter(|v| v.state != VClusterState::Deleted);
-    transition(current.as_ref().map(|v| v.state), req.command.call()).map_err(|e| {
+    transition(current.as_ref().map(|v| v.state), call).map_err(|e| {
         let mut s: Status = e.into();
         s.message = format!("vcluster {}/{}: {}", req.project, target_name, s.message);
         s
@@ -178,6 +221,8 @@ async fn accept_once(
         )
     })?;
     let operation_id = OperationId(ids.new_uuid());
+    // A restore also appends to its snapshot's stream (see the module doc).
+    let mut snapshot_use = None;
     let (uid, expected, command_event) = match (&req.command, &current) {
         (Command::Create { spec }, None) => {
             spec.validate().map_err(Status::from)?;
@@ -200,7 +245,8 @@ async fn accept_once(
             },
             None,
         ) => {
-            let spec = restorable_spec(store, &req.project, *snapshot_id).await?;
+            let (spec, version) = restorable_spec(store, &req.project, *snapshot_id).await?;
+            snapshot_use = Some((*snapshot_id, version));
             (
                 VClusterId(ids.new_uuid()),
                 ExpectedVersion::NoStream,
@@ -225,7 +271,8 @@ async fn accept_once(
                     snapshot_id: SnapshotId(operation_id.as_uuid()),
                 },
                 Command::Restore { snapshot_id, .. } => {
-                    restorable_spec(store, &req.project, *snapshot_id).await?;
+                    let (_, version) = restorable_spec(store, &req.project, *snapshot_id).await?;
+                    snapshot_use = Some((*snapshot_id, version));
                     Event::RestoreRequested {
                         operation_id,
                         snapshot_id: *snapshot_id,
@@ -237,6 +284,11 @@ async fn accept_once(
                     Event::ScaleRequested { operation_id }
                 }
                 Command::Delete {} => Event::DeleteRequested { operation_id },
+                Command::DeleteSnapshot { .. } => {
+                    return Err(Status::internal(
+                        "a snapshot deletion has no vcluster event",
+                    ));
+                }
                 Command::Create { .. } => {
                     return Err(Status::new(
                         Code::AlreadyExists,
@@ -259,7 +311,7 @@ async fn accept_once(
         actor: req.actor.clone(),
         correlation_id: Some(operation_id),
     };
-    let commit = Commit {
+    let mut commit = Commit {
         idempotency: req.request_id.as_ref().map(|r| IdempotencyClaim {
             project: req.project.clone(),
             request_id: r.clone(),
@@ -286,7 +338,7 @@ async fn accept_once(
                         prior_state: current.as_ref().map(|v| v.state),
                         steps: def.planned_steps(&req.command),
                     },
-                    metadata,
+                    metadata.clone(),
                 )],
             },
         ],
@@ -299,29 +351,220 @@ async fn accept_once(
         }],
         ..Commit::default()
     };
+    if let Some((id, version)) = snapshot_use {
+        commit
+            .appends
+            .push(snapshot_restore_append(id, version, operation_id, metadata));
+    }
     commit_operation(store, commit, operation_id).await
 }
 
-/// The spec stored with a READY snapshot of `project`.
-async fn restorable_spec(
+/// `SnapshotRestoreRequested` on `snapshot-<id>`, expecting the version the READY check
+/// read: a concurrent delete's accept then loses (or makes this one lose) with ABORTED.
+fn snapshot_restore_append(
+    id: SnapshotId,
+    version: u64,
+    operation_id: OperationId,
+    metadata: EventMetadata,
+) -> StreamAppend {
+    StreamAppend {
+        stream: StreamName::snapshot(id),
+        expected: ExpectedVersion::Exact(version),
+        events: vec![NewEvent::with_metadata(
+            Event::SnapshotRestoreRequested { operation_id },
+            metadata,
+        )],
+    }
+}
+
+/// The snapshot `id` if it belongs to `project` (another project's is NOT_FOUND, as an
+/// unknown one).
+async fn visible_snapshot(
     store: &dyn Store,
     project: &ProjectName,
     id: SnapshotId,
-) -> Result<VClusterSpec, Status> {
-    let snap = store
+) -> Result<Snapshot, Status> {
+    store
         .get_snapshot(id)
         .await
         .map_err(store_status)?
         .filter(|s| &s.project == project)
-        .ok_or_else(|| Status::not_found(format!("snapshot {id} not found")))?;
+        .ok_or_else(|| {
+            Status::not_found(format!("snapshot {id} not found")).with_reason("SNAPSHOT_NOT_FOUND")
+        })
+}
+
+/// The spec stored with a READY snapshot of `project`, and the snapshot stream's version.
+async fn restorable_spec(
+    store: &dyn Store,
+    project: &ProjectName,
+    id: SnapshotId,
+) -> Result<(VClusterSpec, u64), Status> {
+    let snap = visible_snapshot(store, project, id).await?;
     if snap.state != SnapshotState::Ready {
         return Err(Status::failed_precondition(format!(
             "snapshot {id} is {}; only READY snapshots can be restored",
             snap.state.as_str()
-        )));
+        ))
+        .with_reason("SNAPSHOT_NOT_READY"));
     }
-    serde_json::from_value(snap.metadata["spec"].clone())
-        .map_err(|e| Status::failed_precondition(format!("snapshot {id} has no usable spec: {e}")))
+    let spec = serde_json::from_value(snap.metadata["spec"].clone()).map_err(|e| {
+        Status::failed_precondition(format!("snapshot {id} has no usable spec: {e}"))
+    })?;
+    Ok((spec, snap.version))
+}
+
+/// The first unfinished RESTORE of `snap` (it reads the artifact, so the artifact must
+/// stay). Restores are project-scoped, so only the snapshot's project is searched, by
+/// the `(project, state, kind)` index.
+async fn pending_restore(
+    store: &dyn Store,
+    snap: &Snapshot,
+) -> Result<Option<OperationId>, Status> {
+    for state in [
+        OperationState::Pending,
+        OperationState::Running,
+        OperationState::Compensating,
+    ] {
+        let filter = OperationFilter {
+            project: Some(snap.project.clone()),
+            state: Some(state),
+            kind: Some(OperationKind::Restore),
+            ..OperationFilter::default()
+        };
+        let mut page = PageRequest {
+            after: None,
+            limit: Some(1000),
+        };
+        loop {
+            let found = store
+                .list_operations(&filter, &page)
+                .await
+                .map_err(store_status)?;
+            if let Some(op) = found.items.iter().find(|op| {
+                matches!(op.command, Command::Restore { snapshot_id, .. } if snapshot_id == snap.id)
+            }) {
+                return Ok(Some(op.id));
+            }
+            match found.next {
+                Some(next) => page.after = Some(next),
+                None => break,
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Accepts a `DeleteSnapshot` of `snapshot_id` (or, with `retry_of`, a retry of a failed
+/// one). Refusals: NOT_FOUND (unknown, or another project's), FAILED_PRECONDITION when the
+/// snapshot is CREATING (`SNAPSHOT_NOT_READY`), DELETING (`SNAPSHOT_DELETING`, naming the
+/// deleting operation), DELETED (`SNAPSHOT_DELETED`), or used by an unfinished RESTORE
+/// (`SNAPSHOT_IN_USE`, naming it); ABORTED when a restore or delete of it committed
+/// meanwhile. The operation is recorded under the snapshot's project, vcluster name and
+/// uid, and waits in that vcluster's run queue (whatever the vcluster's state, DELETED
+/// included); the vcluster's stream is not touched.
+async fn accept_delete_snapshot(
+    store: &dyn Store,
+    registry: &Registry,
+    ids: &dyn IdSource,
+    req: &CommandRequest,
+    snapshot_id: SnapshotId,
+    hash: String,
+    retry_of: Option<OperationId>,
+) -> Result<Accepted, Status> {
+    let snap = visible_snapshot(store, &req.project, snapshot_id).await?;
+    let by = |op: Option<OperationId>| op.map(|o| format!(" by operation {o}")).unwrap_or_default();
+    match snap.state {
+        SnapshotState::Ready | SnapshotState::Failed => {}
+        SnapshotState::Creating => {
+            return Err(Status::failed_precondition(format!(
+                "snapshot {snapshot_id} is still being written (CREATING{}); wait for it to end",
+                by(Some(snap.operation_id))
+            ))
+            .with_reason("SNAPSHOT_NOT_READY"));
+        }
+        SnapshotState::Deleting => {
+            let mut s = Status::failed_precondition(format!(
+                "snapshot {snapshot_id} is already being deleted{}",
+                by(snap.deleted_by)
+            ))
+            .with_reason("SNAPSHOT_DELETING");
+            if let Some(op) = snap.deleted_by {
+                s = s.with_metadata("operation_id", op.to_string());
+            }
+            return Err(s);
+        }
+        SnapshotState::Deleted => {
+            return Err(Status::failed_precondition(format!(
+                "snapshot {snapshot_id} is already deleted"
+            ))
+            .with_reason("SNAPSHOT_DELETED"));
+        }
+    }
+    if let Some(user) = pending_restore(store, &snap).await? {
+        return Err(Status::failed_precondition(format!(
+            "snapshot {snapshot_id} is in use by operation {user} (RESTORE); wait for it to end or cancel it"
+        ))
+        .with_reason("SNAPSHOT_IN_USE")
+        .with_metadata("operation_id", user.to_string()));
+    }
+    let def = registry.get(OperationKind::DeleteSnapshot).ok_or_else(|| {
+        Status::new(
+            Code::Unavailable,
+            "no workflow for DELETE_SNAPSHOT in this build",
+        )
+    })?;
+    let operation_id = OperationId(ids.new_uuid());
+    let metadata = EventMetadata {
+        request_id: req.request_id.clone(),
+        traceparent: req.traceparent.clone(),
+        actor: req.actor.clone(),
+        correlation_id: Some(operation_id),
+    };
+    let commit = Commit {
+        idempotency: req.request_id.as_ref().map(|r| IdempotencyClaim {
+            project: req.project.clone(),
+            request_id: r.clone(),
+            request_hash: hash,
+            operation_id,
+        }),
+        appends: vec![
+            StreamAppend {
+                stream: StreamName::snapshot(snapshot_id),
+                expected: ExpectedVersion::Exact(snap.version),
+                events: vec![NewEvent::with_metadata(
+                    Event::SnapshotDeleteRequested { operation_id },
+                    metadata.clone(),
+                )],
+            },
+            StreamAppend {
+                stream: StreamName::operation(operation_id),
+                expected: ExpectedVersion::NoStream,
+                events: vec![NewEvent::with_metadata(
+                    Event::OperationRequested {
+                        vcluster_uid: snap.vcluster_uid,
+                        vcluster: snap.vcluster.clone(),
+                        project: snap.project.clone(),
+                        command: req.command.clone(),
+                        request_id: req.request_id.clone(),
+                        retry_of,
+                        prior_state: None,
+                        steps: def.planned_steps(&req.command),
+                    },
+                    metadata,
+                )],
+            },
+        ],
+        enqueue: vec![NewRun {
+            id: RunId(ids.new_uuid()),
+            operation_id,
+            vcluster_uid: snap.vcluster_uid,
+            run_at: None,
+            priority: 0,
+        }],
+        ..Commit::default()
+    };
+    commit_operation(store, commit, operation_id).await
 }
 
 /// Asks to cancel operation `id`: appends `CancelRequested`; the executor compensates at
@@ -416,6 +659,28 @@ async fn retry_once(
         ))
         .with_reason("NOT_RETRYABLE"));
     }
+    if let Command::DeleteSnapshot { snapshot_id } = &old.command {
+        // Checked against the snapshot, like the original; it starts from the first step.
+        let req = CommandRequest {
+            project: old.project.clone(),
+            vcluster: old.vcluster.clone(),
+            command: old.command.clone(),
+            request_id,
+            actor,
+            traceparent: None,
+        };
+        return accept_delete_snapshot(store, registry, ids, &req, *snapshot_id, hash, Some(id))
+            .await;
+    }
+    // A retried restore reads its snapshot again: it must still be READY, and it is
+    // marked used as at accept.
+    let snapshot_use = match &old.command {
+        Command::Restore { snapshot_id, .. } => {
+            let (_, version) = restorable_spec(store, &old.project, *snapshot_id).await?;
+            Some((*snapshot_id, version))
+        }
+        _ => None,
+    };
     let vc = store
         .get_vcluster_by_uid(old.vcluster_uid)
         .await
@@ -471,7 +736,7 @@ async fn retry_once(
             }
         }
     }
-    let commit = Commit {
+    let mut commit = Commit {
         idempotency: request_id.as_ref().map(|r| IdempotencyClaim {
             project: old.project.clone(),
             request_id: r.clone(),
@@ -509,5 +774,13 @@ async fn retry_once(
         }],
         ..Commit::default()
     };
+    if let Some((sid, version)) = snapshot_use {
+        commit.appends.push(snapshot_restore_append(
+            sid,
+            version,
+            operation_id,
+            metadata,
+        ));
+    }
     commit_operation(store, commit, operation_id).await
 }

@@ -201,6 +201,7 @@ impl Executor {
                     name: "unknown",
                     steps: vec![],
                     settle: |_| Err(StepError::permanent(Code::Internal, "no workflow")),
+                    revert: None,
                 },
                 journal,
                 pending: Pending::default(),
@@ -241,7 +242,12 @@ impl Executor {
             .first()
             .and_then(|e| e.decode().ok())
             .and_then(|e| match e {
-                Event::OperationRequested { vcluster_uid, .. } => Some(vcluster_uid),
+                // Only operations that own the vcluster's state may fail it.
+                Event::OperationRequested {
+                    vcluster_uid,
+                    command,
+                    ..
+                } if command.kind().changes_vcluster_state() => Some(vcluster_uid),
                 _ => None,
             });
         let status = Status::internal(error.to_string()).with_reason("CORRUPT_JOURNAL");
@@ -602,11 +608,13 @@ impl Run1<'_> {
                     match (self.def.settle)(&ctx) {
                         Ok(s) => {
                             self.push(Event::OperationSucceeded { result: s.result });
-                            self.settle_vcluster(Event::VClusterSettled {
-                                operation_id: self.run.operation_id,
-                                state: s.state,
-                                spec: s.spec,
-                            });
+                            if let Some(state) = s.state {
+                                self.settle_vcluster(Event::VClusterSettled {
+                                    operation_id: self.run.operation_id,
+                                    state,
+                                    spec: s.spec,
+                                });
+                            }
                             self.flush(Some(RunUpdate::Complete)).await?;
                             return Ok(RunEnd::Completed(OperationState::Succeeded));
                         }
@@ -614,6 +622,46 @@ impl Run1<'_> {
                     }
                 }
                 Next::Fail { error, cancelled } => {
+                    if let Some(revert) = self.def.revert {
+                        self.flush(None).await?;
+                        let ctx = self.ctx("revert");
+                        let limit = self.exec.cap(crate::model::DEFAULT_STEP_TIMEOUT);
+                        let result = match tokio::time::timeout(limit, guarded(revert(&ctx))).await
+                        {
+                            Ok(r) => r,
+                            Err(_) => Err(StepError::transient(format!(
+                                "revert timed out after {limit:?}"
+                            ))),
+                        };
+                        match result {
+                            Ok(StepOutput::Done { events, .. }) => {
+                                self.pending.extra.extend(events);
+                            }
+                            Ok(StepOutput::Pending { check_in }) => {
+                                return self.reschedule(check_in).await;
+                            }
+                            Err(StepError::Permanent(status)) => return self.stuck(status).await,
+                            Err(StepError::Transient {
+                                message,
+                                retry_after,
+                            }) => {
+                                // Like an undo: retried without limit.
+                                tracing::warn!(operation = %self.run.operation_id, %message, "revert failed transiently; retrying");
+                                if in_process_retries < self.exec.retry.in_process_retries {
+                                    let delay = retry_after.unwrap_or_else(|| {
+                                        self.exec.retry.in_process_delay(in_process_retries)
+                                    });
+                                    in_process_retries += 1;
+                                    tokio::time::sleep(delay).await;
+                                    continue;
+                                }
+                                let delay = retry_after.unwrap_or_else(|| {
+                                    self.exec.retry.durable_delay(self.run.attempts as u32)
+                                });
+                                return self.reschedule(delay).await;
+                            }
+                        }
+                    }
                     let prior = self
                         .journal
                         .requested
@@ -641,8 +689,13 @@ impl Run1<'_> {
         }
     }
 
+    /// Queues a vcluster outcome (settled, reverted, failed) for the next commit, only
+    /// for operations whose kind owns the vcluster's state: a DELETE_SNAPSHOT leaves the
+    /// vcluster (possibly DELETED, possibly busy with its own operation) alone.
     fn settle_vcluster(&mut self, event: Event) {
-        if let Some(req) = &self.journal.requested {
+        if let Some(req) = &self.journal.requested
+            && req.command.kind().changes_vcluster_state()
+        {
             self.pending
                 .extra
                 .push((StreamName::vcluster(req.vcluster_uid), event));

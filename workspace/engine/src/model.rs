@@ -205,8 +205,10 @@ impl StepDef {
 /// What the vcluster becomes when the workflow succeeds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settlement {
-    /// The stable state (RUNNING, SUSPENDED, DELETED).
-    pub state: VClusterState,
+    /// The stable state (RUNNING, SUSPENDED, DELETED); `None` for workflows whose kind
+    /// leaves the vcluster's state alone (DELETE_SNAPSHOT): nothing is appended to the
+    /// vcluster's stream.
+    pub state: Option<VClusterState>,
     /// The new spec, when the workflow changed it.
     pub spec: Option<VClusterSpec>,
     /// The operation's `result`.
@@ -227,6 +229,13 @@ pub struct WorkflowDef {
     pub steps: Vec<StepDef>,
     /// The outcome on success.
     pub settle: SettleFn,
+    /// Runs once compensation is over and the operation is about to end FAILED or
+    /// CANCELLED; the events it returns are journaled with that outcome. For workflows
+    /// whose subject is not the vcluster (DELETE_SNAPSHOT puts its snapshot back to
+    /// READY or FAILED), where the engine's own `VClusterReverted` does not apply. It
+    /// must be an idempotent read-and-decide: a transient error retries it (like an
+    /// undo), a permanent one makes the operation STUCK. Most workflows have none.
+    pub revert: Option<StepFn>,
 }
 
 impl WorkflowDef {

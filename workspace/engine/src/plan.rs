@@ -184,11 +184,12 @@ mod tests {
             ],
             settle: |_| {
                 Ok(crate::model::Settlement {
-                    state: VClusterState::Suspended,
+                    state: Some(VClusterState::Suspended),
                     spec: None,
                     result: serde_json::Value::Null,
                 })
             },
+            revert: None,
         }
     }
 
@@ -496,6 +497,108 @@ mod tests {
                 .is_err(),
             "before request"
         );
+    }
+
+    /// A one-step workflow whose subject is a snapshot (DELETE_SNAPSHOT): with nothing to
+    /// undo, a failure or a cancellation goes straight to `Fail`, where the executor
+    /// runs the workflow's revert.
+    #[test]
+    fn nothing_to_undo_fails_at_once() {
+        let d = WorkflowDef {
+            kind: OperationKind::DeleteSnapshot,
+            name: "delete_snapshot",
+            steps: vec![StepDef::new("delete_artifacts", noop).max_attempts(2)],
+            settle: |_| {
+                Ok(crate::model::Settlement {
+                    state: None,
+                    spec: None,
+                    result: serde_json::Value::Null,
+                })
+            },
+            revert: Some(noop),
+        };
+        let mut base = Journal::default();
+        base.apply(
+            "operation-y",
+            1,
+            &Event::OperationRequested {
+                vcluster_uid: VClusterId(uuid::Uuid::nil()),
+                vcluster: "a".parse::<VClusterName>().expect("name"),
+                project: "default".parse().expect("project"),
+                command: Command::DeleteSnapshot {
+                    snapshot_id: ovc_types::SnapshotId(uuid::Uuid::nil()),
+                },
+                request_id: None,
+                retry_of: None,
+                prior_state: None,
+                steps: vec!["delete_artifacts".into()],
+            },
+        )
+        .expect("requested");
+        let boom = Status::new(Code::Unavailable, "boom");
+        let cases: Vec<(&str, Vec<Event>, Next)> = vec![
+            (
+                "fresh runs the step",
+                vec![],
+                Next::Run {
+                    step: "delete_artifacts",
+                    attempt: 1,
+                    started: false,
+                },
+            ),
+            (
+                "attempts exhausted compensates",
+                vec![
+                    started("delete_artifacts", 1),
+                    failed("delete_artifacts", 1, true),
+                    started("delete_artifacts", 2),
+                    failed("delete_artifacts", 2, true),
+                ],
+                Next::Compensate {
+                    error: boom.clone(),
+                },
+            ),
+            (
+                "compensation with nothing succeeded fails",
+                vec![
+                    started("delete_artifacts", 1),
+                    failed("delete_artifacts", 1, false),
+                    Event::CompensationStarted {
+                        error: boom.clone(),
+                    },
+                ],
+                Next::Fail {
+                    error: boom,
+                    cancelled: false,
+                },
+            ),
+            (
+                "cancelled before the step ran",
+                vec![
+                    Event::CancelRequested { actor: None },
+                    Event::CompensationStarted {
+                        error: cancelled_status(),
+                    },
+                ],
+                Next::Fail {
+                    error: cancelled_status(),
+                    cancelled: true,
+                },
+            ),
+            (
+                "the step done: succeed",
+                vec![started("delete_artifacts", 1), ok("delete_artifacts")],
+                Next::Succeed,
+            ),
+        ];
+        for (name, events, want) in cases {
+            let mut j = base.clone();
+            for (i, e) in events.iter().enumerate() {
+                j.apply("operation-y", i as u64 + 2, e)
+                    .expect("legal event");
+            }
+            assert_eq!(plan(&j, &d), want, "{name}");
+        }
     }
 
     #[test]

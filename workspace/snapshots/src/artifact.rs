@@ -176,6 +176,17 @@ pub async fn read_snapshot(
     Ok((manifest, data))
 }
 
+/// Deletes the snapshot under `prefix`: the manifest first, so a snapshot that is only
+/// partly deleted (a crash, a failing storage) never reads as complete, then everything
+/// else under the prefix (data, leftovers of interrupted writes). Idempotent: absent
+/// objects are fine, so a repeat after a crash finishes the job.
+pub async fn delete_snapshot(store: &dyn ArtifactStore, prefix: &str) -> Result<(), SnapshotError> {
+    let dir = check_prefix(prefix)?;
+    store.delete(&format!("{dir}{MANIFEST_FILE}")).await?;
+    store.delete_prefix(&dir).await?;
+    Ok(())
+}
+
 /// Checks `data` against the manifest's record of it.
 fn verify(file: &ManifestFile, data: &[u8]) -> Result<(), SnapshotError> {
     let actual = data.len() as u64;

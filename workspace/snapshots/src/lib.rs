@@ -6,21 +6,24 @@
 //! sha256. This crate keeps storage and format apart:
 //!
 //! - [`ArtifactStore`] (here) is the narrow storage interface the engine's steps use:
-//!   put, get, delete a prefix, name a key as a URL. [`key`] holds the rules every key
+//!   put, get, delete a key or a prefix, name a key as a URL. [`key`] holds the rules every key
 //!   obeys, so a key can never climb out of the storage root.
 //! - [`OpendalArtifacts`] ([`opendal_store`]) implements it over Apache OpenDAL: a local
 //!   directory (`file:///abs/path` or a plain path) and `memory://` for tests. Object
 //!   stores (`s3://`, `gcs://`, `azblob://`) arrive in a later issue.
 //! - [`manifest`] is the artifact format (pure: encoding and checksums, no IO) and
 //!   [`artifact`] writes and reads whole snapshots through any [`ArtifactStore`],
-//!   writing the data before the manifest and verifying every checksum on read.
+//!   writing the data before the manifest, verifying every checksum on read, and
+//!   deleting the manifest before the data.
 
 pub mod artifact;
 pub mod key;
 pub mod manifest;
 pub mod opendal_store;
 
-pub use artifact::{SnapshotError, WrittenSnapshot, read_snapshot, write_snapshot};
+pub use artifact::{
+    SnapshotError, WrittenSnapshot, delete_snapshot, read_snapshot, write_snapshot,
+};
 pub use manifest::{
     BACKING_STORE_FILE, FORMAT_VERSION, MANIFEST_FILE, Manifest, ManifestFile, ManifestInput,
     artifact_prefix,
@@ -49,6 +52,8 @@ pub trait ArtifactStore: Send + Sync + Debug {
     async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), ArtifactError>;
     /// Reads `key` (`None`: absent).
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, ArtifactError>;
+    /// Deletes the object at `key` (absent: nothing to do).
+    async fn delete(&self, key: &str) -> Result<(), ArtifactError>;
     /// Deletes every object under `prefix` (absent: nothing to do).
     async fn delete_prefix(&self, prefix: &str) -> Result<(), ArtifactError>;
     /// A URL naming `key`, for `Snapshot.location`.

@@ -173,6 +173,15 @@ impl ArtifactStore for OpendalArtifacts {
         }
     }
 
+    async fn delete(&self, key: &str) -> Result<(), ArtifactError> {
+        check_key(key)?;
+        match self.op.delete(key).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(map_err("delete", key, e)),
+        }
+    }
+
     async fn delete_prefix(&self, prefix: &str) -> Result<(), ArtifactError> {
         let dir = check_prefix(prefix)?;
         match self.op.delete_with(&dir).recursive(true).await {

@@ -4,7 +4,8 @@
 use ovc_snapshots::manifest::sha256_hex;
 use ovc_snapshots::{
     ArtifactError, ArtifactStore, BACKING_STORE_FILE, FORMAT_VERSION, MANIFEST_FILE, Manifest,
-    ManifestInput, OpendalArtifacts, SnapshotError, artifact_prefix, read_snapshot, write_snapshot,
+    ManifestInput, OpendalArtifacts, SnapshotError, artifact_prefix, delete_snapshot,
+    read_snapshot, write_snapshot,
 };
 use serde_json::json;
 use std::sync::Arc;
@@ -427,4 +428,42 @@ async fn the_files_on_disk_are_the_documented_layout() {
     std::fs::write(root.join(BACKING_STORE_FILE), &damaged).unwrap();
     let e = read_snapshot(&store, &prefix()).await.unwrap_err();
     assert!(matches!(e, SnapshotError::ChecksumMismatch { .. }), "{e}");
+}
+
+#[tokio::test]
+async fn delete_removes_the_manifest_first_and_can_be_repeated() {
+    for (name, store, _dir) in stores() {
+        write_snapshot(store.as_ref(), &prefix(), input(), &data())
+            .await
+            .unwrap();
+        let other = artifact_prefix("team-a", "dev", "another");
+        write_snapshot(store.as_ref(), &other, input(), b"keep")
+            .await
+            .unwrap();
+        // A crash right after the first delete: no manifest, so it reads as incomplete.
+        store
+            .delete(&format!("{}{MANIFEST_FILE}", prefix()))
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                read_snapshot(store.as_ref(), &prefix()).await,
+                Err(SnapshotError::MissingManifest { .. })
+            ),
+            "{name}"
+        );
+        delete_snapshot(store.as_ref(), &prefix()).await.unwrap();
+        delete_snapshot(store.as_ref(), &prefix()).await.unwrap();
+        for file in [MANIFEST_FILE, BACKING_STORE_FILE] {
+            assert_eq!(
+                store.get(&format!("{}{file}", prefix())).await,
+                Ok(None),
+                "{name} {file}"
+            );
+        }
+        assert!(
+            read_snapshot(store.as_ref(), &other).await.is_ok(),
+            "{name}"
+        );
+    }
 }

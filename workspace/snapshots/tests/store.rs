@@ -1,5 +1,5 @@
 //! `OpendalArtifacts` on a real temporary directory and on `memory://`: put, get,
-//! delete_prefix, url, key validation, URL parsing.
+//! delete, delete_prefix, url, key validation, URL parsing.
 
 use ovc_snapshots::{ArtifactError, ArtifactStore, OpendalArtifacts};
 use std::path::Path;
@@ -43,6 +43,20 @@ async fn put_get_overwrite_and_absent() {
             Ok(None),
             "{name}"
         );
+    }
+}
+
+#[tokio::test]
+async fn delete_removes_one_object_and_tolerates_absence() {
+    for (name, store, _dir) in stores() {
+        store.put("a/b/1", b"1".to_vec()).await.unwrap();
+        store.put("a/b/2", b"2".to_vec()).await.unwrap();
+        store.delete("a/b/1").await.unwrap();
+        assert_eq!(store.get("a/b/1").await, Ok(None), "{name}");
+        assert_eq!(store.get("a/b/2").await, Ok(Some(b"2".to_vec())), "{name}");
+        store.delete("a/b/1").await.unwrap();
+        store.delete("never/was").await.unwrap();
+        refused(store.delete("../escape").await);
     }
 }
 

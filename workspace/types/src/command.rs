@@ -63,6 +63,13 @@ pub enum Command {
     },
     /// DeleteVCluster.
     Delete {},
+    /// DeleteSnapshot (`DELETE /v1/snapshots/{id}`): deletes the snapshot's artifact. It
+    /// targets the snapshot, not a vcluster: the operation carries the snapshot's project
+    /// and vcluster name, and the vcluster's state is neither checked nor changed.
+    DeleteSnapshot {
+        /// The snapshot to delete.
+        snapshot_id: SnapshotId,
+    },
 }
 
 impl Command {
@@ -76,12 +83,15 @@ impl Command {
             Command::Restore { .. } => OperationKind::Restore,
             Command::Scale { .. } => OperationKind::Scale,
             Command::Delete {} => OperationKind::Delete,
+            Command::DeleteSnapshot { .. } => OperationKind::DeleteSnapshot,
         }
     }
 
-    /// The state-machine call this command is.
-    pub fn call(&self) -> Call {
-        match self {
+    /// The vcluster state-machine call this command is; `None` for commands that do not
+    /// go through the vcluster's state machine (DeleteSnapshot is checked against its
+    /// snapshot instead).
+    pub fn call(&self) -> Option<Call> {
+        Some(match self {
             Command::Create { .. } => Call::Create,
             Command::Suspend { .. } => Call::Suspend,
             Command::Resume { .. } => Call::Resume,
@@ -96,7 +106,8 @@ impl Command {
             } => Call::RestoreOverwrite,
             Command::Scale { .. } => Call::Scale,
             Command::Delete {} => Call::Delete,
-        }
+            Command::DeleteSnapshot { .. } => return None,
+        })
     }
 }
 
@@ -158,6 +169,9 @@ mod tests {
                 patch: ScalePatch::default(),
             },
             Command::Delete {},
+            Command::DeleteSnapshot {
+                snapshot_id: SnapshotId(uuid::Uuid::from_u128(5)),
+            },
         ];
         for c in cmds {
             let v = serde_json::to_value(&c).expect("ser");
@@ -211,8 +225,14 @@ mod tests {
             snapshot_id: id,
             target: RestoreTarget::Existing("x".parse().expect("name")),
         };
-        assert_eq!(new.call(), Call::RestoreNew);
-        assert_eq!(over.call(), Call::RestoreOverwrite);
+        assert_eq!(new.call(), Some(Call::RestoreNew));
+        assert_eq!(over.call(), Some(Call::RestoreOverwrite));
+        let del = Command::DeleteSnapshot { snapshot_id: id };
+        assert_eq!(del.call(), None);
+        assert_eq!(
+            serde_json::to_value(&del).expect("ser"),
+            json!({"kind": "DELETE_SNAPSHOT", "snapshot_id": id})
+        );
         assert_eq!(
             serde_json::to_value(&new).expect("ser")["target"],
             json!({"new_name": "x"})

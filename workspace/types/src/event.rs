@@ -11,7 +11,7 @@ use crate::error::Status;
 use crate::ids::{OperationId, SnapshotId, VClusterId};
 use crate::name::{ProjectName, VClusterName};
 use crate::spec::VClusterSpec;
-use crate::state::{OperationKind, VClusterState};
+use crate::state::{OperationKind, SnapshotState, VClusterState};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -352,6 +352,29 @@ pub enum Event {
     },
     /// The artifact was deleted.
     SnapshotDeleted {},
+    /// A DELETE_SNAPSHOT operation was accepted (written by accept, with the snapshot
+    /// stream's expected version): the snapshot is DELETING and can no longer be
+    /// restored.
+    SnapshotDeleteRequested {
+        /// The deleting operation.
+        operation_id: OperationId,
+    },
+    /// A RESTORE from this snapshot was accepted. It changes no field but the stream's
+    /// version, so a concurrent delete's accept (which expects the version it read)
+    /// loses with ABORTED instead of deleting the artifact under the restore.
+    SnapshotRestoreRequested {
+        /// The restoring operation.
+        operation_id: OperationId,
+    },
+    /// A DELETE_SNAPSHOT operation failed or was cancelled; the snapshot is `state` again:
+    /// READY when its artifact still verifies against the manifest and the recorded
+    /// sha256, else FAILED (some objects may be gone; delete it again).
+    SnapshotDeleteFailed {
+        /// READY or FAILED.
+        state: SnapshotState,
+        /// Why the delete failed.
+        error: Status,
+    },
 }
 
 /// Why stored bytes could not be turned back into an [`Event`].
@@ -417,6 +440,9 @@ impl Event {
             Event::SnapshotCompleted { .. } => "SnapshotCompleted",
             Event::SnapshotFailed { .. } => "SnapshotFailed",
             Event::SnapshotDeleted {} => "SnapshotDeleted",
+            Event::SnapshotDeleteRequested { .. } => "SnapshotDeleteRequested",
+            Event::SnapshotRestoreRequested { .. } => "SnapshotRestoreRequested",
+            Event::SnapshotDeleteFailed { .. } => "SnapshotDeleteFailed",
         }
     }
 
@@ -459,7 +485,7 @@ impl Event {
         })
     }
 
-    /// The operation an event on a vcluster stream refers to, if any.
+    /// The operation an event on a vcluster or snapshot stream refers to, if any.
     pub fn operation_id(&self) -> Option<OperationId> {
         match self {
             Event::CreateRequested { operation_id, .. }
@@ -473,7 +499,9 @@ impl Event {
             | Event::VClusterSettled { operation_id, .. }
             | Event::VClusterReverted { operation_id, .. }
             | Event::VClusterFailed { operation_id, .. }
-            | Event::SnapshotStarted { operation_id, .. } => Some(*operation_id),
+            | Event::SnapshotStarted { operation_id, .. }
+            | Event::SnapshotDeleteRequested { operation_id }
+            | Event::SnapshotRestoreRequested { operation_id } => Some(*operation_id),
             _ => None,
         }
     }
@@ -514,6 +542,12 @@ mod tests {
                 result: json!(null),
             },
             Event::SnapshotDeleted {},
+            Event::SnapshotDeleteRequested { operation_id: op },
+            Event::SnapshotRestoreRequested { operation_id: op },
+            Event::SnapshotDeleteFailed {
+                state: SnapshotState::Failed,
+                error: Status::new(Code::FailedPrecondition, "storage refused"),
+            },
         ]
     }
 

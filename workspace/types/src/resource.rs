@@ -131,8 +131,12 @@ pub struct Snapshot {
     pub description: Option<String>,
     /// The operation that wrote it.
     pub operation_id: OperationId,
-    /// Why it failed.
+    /// Why it failed (or why a delete left it FAILED).
     pub error: Option<Status>,
+    /// The DELETE_SNAPSHOT operation deleting (or that deleted) it; cleared when such an
+    /// operation fails and the snapshot is READY or FAILED again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_by: Option<OperationId>,
     /// The version of its event stream.
     pub version: u64,
     /// When it was started.
@@ -167,6 +171,17 @@ pub enum ProjectionError {
         stream: String,
         /// The event.
         event_type: &'static str,
+    },
+    /// The event is not allowed in the entity's current state (e.g. a restore or a
+    /// delete of a snapshot that is not READY).
+    #[error("{event_type} on {stream}: not allowed in state {state}")]
+    InvalidState {
+        /// The stream.
+        stream: String,
+        /// The event.
+        event_type: &'static str,
+        /// The entity's state (wire name).
+        state: &'static str,
     },
     /// The operation already ended.
     #[error("{event_type} on {stream}: the operation already ended ({state:?})")]
@@ -205,6 +220,14 @@ fn exists(stream: &str, event: &Event) -> ProjectionError {
     ProjectionError::AlreadyExists {
         stream: stream.to_string(),
         event_type: event.event_type(),
+    }
+}
+
+fn invalid(stream: &str, event: &Event, state: SnapshotState) -> ProjectionError {
+    ProjectionError::InvalidState {
+        stream: stream.to_string(),
+        event_type: event.event_type(),
+        state: state.as_str(),
     }
 }
 
@@ -300,7 +323,12 @@ impl VCluster {
             }
             Event::RetryRequested {
                 operation_id, kind, ..
-            } => begin(current, *operation_id, kind.in_progress_state())?,
+            } => {
+                let state = kind
+                    .in_progress_state()
+                    .ok_or_else(|| wrong(stream, event))?;
+                begin(current, *operation_id, state)?
+            }
             Event::VClusterSettled {
                 operation_id,
                 state,
@@ -538,6 +566,7 @@ impl Snapshot {
                     description: description.clone(),
                     operation_id: *operation_id,
                     error: None,
+                    deleted_by: None,
                     version,
                     created_at: at,
                     updated_at: at,
@@ -566,6 +595,32 @@ impl Snapshot {
             Event::SnapshotDeleted {} => {
                 let mut s = current.ok_or_else(|| missing(stream, event))?;
                 s.state = SnapshotState::Deleted;
+                s
+            }
+            Event::SnapshotDeleteRequested { operation_id } => {
+                let mut s = current.ok_or_else(|| missing(stream, event))?;
+                if !s.state.is_deletable() {
+                    return Err(invalid(stream, event, s.state));
+                }
+                s.state = SnapshotState::Deleting;
+                s.deleted_by = Some(*operation_id);
+                s
+            }
+            Event::SnapshotRestoreRequested { .. } => {
+                let s = current.ok_or_else(|| missing(stream, event))?;
+                if s.state != SnapshotState::Ready {
+                    return Err(invalid(stream, event, s.state));
+                }
+                s
+            }
+            Event::SnapshotDeleteFailed { state, error } => {
+                let mut s = current.ok_or_else(|| missing(stream, event))?;
+                if s.state != SnapshotState::Deleting || !state.is_deletable() {
+                    return Err(invalid(stream, event, s.state));
+                }
+                s.state = *state;
+                s.error = (*state == SnapshotState::Failed).then(|| error.clone());
+                s.deleted_by = None;
                 s
             }
             _ => return Err(wrong(stream, event)),
@@ -690,6 +745,94 @@ mod tests {
             Operation::apply(Some(op), op_id(), "o", 7, t(10), &late),
             Err(ProjectionError::AfterTerminal { .. })
         ));
+    }
+
+    #[test]
+    fn snapshot_deletion_folds_and_checks_the_state() {
+        let id = SnapshotId(uuid::Uuid::from_u128(3));
+        let del = OperationId(uuid::Uuid::from_u128(4));
+        let fold = |s: Option<Snapshot>, v: u64, e: &Event| {
+            Snapshot::apply(s, id, "snap", v, t(v as i64), e)
+        };
+        let started = Event::SnapshotStarted {
+            operation_id: op_id(),
+            vcluster_uid: VClusterId(uuid::Uuid::from_u128(9)),
+            vcluster: "team-a".parse().expect("name"),
+            project: "default".parse().expect("project"),
+            description: None,
+        };
+        let creating = fold(None, 1, &started).expect("started");
+        let delete = Event::SnapshotDeleteRequested { operation_id: del };
+        let restore = Event::SnapshotRestoreRequested { operation_id: del };
+        assert!(matches!(
+            fold(Some(creating.clone()), 2, &delete),
+            Err(ProjectionError::InvalidState {
+                state: "CREATING",
+                ..
+            })
+        ));
+        assert!(fold(Some(creating.clone()), 2, &restore).is_err());
+        let ready = fold(
+            Some(creating),
+            2,
+            &Event::SnapshotCompleted {
+                size_bytes: 3,
+                sha256: "ab".into(),
+                location: "file:///x/".into(),
+                metadata: serde_json::json!({}),
+            },
+        )
+        .expect("completed");
+        let used = fold(Some(ready), 3, &restore).expect("restore requested");
+        assert_eq!(used.state, SnapshotState::Ready);
+        assert_eq!(used.version, 3);
+        let deleting = fold(Some(used), 4, &delete).expect("delete requested");
+        assert_eq!(deleting.state, SnapshotState::Deleting);
+        assert_eq!(deleting.deleted_by, Some(del));
+        assert!(fold(Some(deleting.clone()), 5, &restore).is_err());
+        assert!(fold(Some(deleting.clone()), 5, &delete).is_err());
+        let error = Status::new(Code::FailedPrecondition, "refused");
+        let back = fold(
+            Some(deleting.clone()),
+            5,
+            &Event::SnapshotDeleteFailed {
+                state: SnapshotState::Ready,
+                error: error.clone(),
+            },
+        )
+        .expect("back to ready");
+        assert_eq!(
+            (back.state, back.deleted_by, back.error),
+            (SnapshotState::Ready, None, None)
+        );
+        let failed = fold(
+            Some(deleting.clone()),
+            5,
+            &Event::SnapshotDeleteFailed {
+                state: SnapshotState::Failed,
+                error: error.clone(),
+            },
+        )
+        .expect("failed");
+        assert_eq!(failed.state, SnapshotState::Failed);
+        assert_eq!(failed.error, Some(error.clone()));
+        // A FAILED snapshot may be deleted again; a delete cannot "fail" into DELETED.
+        assert!(fold(Some(failed), 6, &delete).is_ok());
+        assert!(
+            fold(
+                Some(deleting.clone()),
+                5,
+                &Event::SnapshotDeleteFailed {
+                    state: SnapshotState::Deleted,
+                    error,
+                },
+            )
+            .is_err()
+        );
+        let gone = fold(Some(deleting), 5, &Event::SnapshotDeleted {}).expect("deleted");
+        assert_eq!(gone.state, SnapshotState::Deleted);
+        assert_eq!(gone.deleted_by, Some(del));
+        assert!(fold(Some(gone), 6, &delete).is_err());
     }
 
     #[test]

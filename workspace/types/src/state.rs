@@ -114,11 +114,13 @@ pub enum OperationKind {
     Scale,
     /// DeleteVCluster.
     Delete,
+    /// DeleteSnapshot: deletes a snapshot's artifact; the vcluster's state is left alone.
+    DeleteSnapshot,
 }
 
 impl OperationKind {
     /// Every kind.
-    pub const ALL: [OperationKind; 7] = [
+    pub const ALL: [OperationKind; 8] = [
         OperationKind::Create,
         OperationKind::Suspend,
         OperationKind::Resume,
@@ -126,6 +128,7 @@ impl OperationKind {
         OperationKind::Restore,
         OperationKind::Scale,
         OperationKind::Delete,
+        OperationKind::DeleteSnapshot,
     ];
 
     /// The wire name, e.g. `SUSPEND`.
@@ -138,6 +141,7 @@ impl OperationKind {
             OperationKind::Restore => "RESTORE",
             OperationKind::Scale => "SCALE",
             OperationKind::Delete => "DELETE",
+            OperationKind::DeleteSnapshot => "DELETE_SNAPSHOT",
         }
     }
 
@@ -146,17 +150,26 @@ impl OperationKind {
         Self::ALL.into_iter().find(|v| v.as_str() == s)
     }
 
-    /// The state a vcluster is in while an operation of this kind runs.
-    pub fn in_progress_state(self) -> VClusterState {
+    /// The state a vcluster is in while an operation of this kind runs; `None` for kinds
+    /// that leave the vcluster's state alone (DELETE_SNAPSHOT: a snapshot outlives its
+    /// vcluster, and deleting it neither needs nor changes a vcluster state).
+    pub fn in_progress_state(self) -> Option<VClusterState> {
         match self {
-            OperationKind::Create => VClusterState::Creating,
-            OperationKind::Suspend => VClusterState::Suspending,
-            OperationKind::Resume => VClusterState::Resuming,
-            OperationKind::Snapshot => VClusterState::Snapshotting,
-            OperationKind::Restore => VClusterState::Restoring,
-            OperationKind::Scale => VClusterState::Scaling,
-            OperationKind::Delete => VClusterState::Deleting,
+            OperationKind::Create => Some(VClusterState::Creating),
+            OperationKind::Suspend => Some(VClusterState::Suspending),
+            OperationKind::Resume => Some(VClusterState::Resuming),
+            OperationKind::Snapshot => Some(VClusterState::Snapshotting),
+            OperationKind::Restore => Some(VClusterState::Restoring),
+            OperationKind::Scale => Some(VClusterState::Scaling),
+            OperationKind::Delete => Some(VClusterState::Deleting),
+            OperationKind::DeleteSnapshot => None,
         }
+    }
+
+    /// True when operations of this kind move the vcluster to a transitional state and
+    /// settle, revert or fail it at their end (every kind but DELETE_SNAPSHOT).
+    pub fn changes_vcluster_state(self) -> bool {
+        self.in_progress_state().is_some()
     }
 }
 
@@ -271,6 +284,15 @@ pub enum TransitionError {
         /// What the caller can do instead, starting with "; ".
         hint: &'static str,
     },
+    /// The call starts an operation that does not go through the vcluster's state
+    /// machine (a retry of DELETE_SNAPSHOT, which is checked against its snapshot).
+    #[error("{verb} of a {kind} operation does not depend on the vcluster's state")]
+    NotAVClusterCall {
+        /// The call's verb.
+        verb: &'static str,
+        /// The operation kind.
+        kind: OperationKind,
+    },
 }
 
 impl TransitionError {
@@ -279,9 +301,9 @@ impl TransitionError {
         match self {
             TransitionError::NotFound => Code::NotFound,
             TransitionError::AlreadyExists { .. } => Code::AlreadyExists,
-            TransitionError::InProgress { .. } | TransitionError::NotAllowed { .. } => {
-                Code::FailedPrecondition
-            }
+            TransitionError::InProgress { .. }
+            | TransitionError::NotAllowed { .. }
+            | TransitionError::NotAVClusterCall { .. } => Code::FailedPrecondition,
         }
     }
 }
@@ -292,7 +314,9 @@ impl From<TransitionError> for Status {
             TransitionError::NotFound => "VCLUSTER_NOT_FOUND",
             TransitionError::AlreadyExists { .. } => "VCLUSTER_EXISTS",
             TransitionError::InProgress { .. } => "OPERATION_IN_PROGRESS",
-            TransitionError::NotAllowed { .. } => "INVALID_TRANSITION",
+            TransitionError::NotAllowed { .. } | TransitionError::NotAVClusterCall { .. } => {
+                "INVALID_TRANSITION"
+            }
         };
         Status::new(e.code(), e.to_string()).with_reason(reason)
     }
@@ -309,10 +333,16 @@ pub fn transition(
 ) -> Result<VClusterState, TransitionError> {
     use Call as C;
     use VClusterState as S;
+    let Some(busy) = call.kind().in_progress_state() else {
+        return Err(TransitionError::NotAVClusterCall {
+            verb: call.verb(),
+            kind: call.kind(),
+        });
+    };
     let current = match current {
         None | Some(S::Deleted) => {
             return match call {
-                C::Create | C::RestoreNew => Ok(call.kind().in_progress_state()),
+                C::Create | C::RestoreNew => Ok(busy),
                 _ => Err(TransitionError::NotFound),
             };
         }
@@ -347,13 +377,19 @@ pub fn transition(
                 OperationKind::Restore => C::RestoreOverwrite,
                 OperationKind::Scale => C::Scale,
                 OperationKind::Delete => C::Delete,
+                OperationKind::DeleteSnapshot => {
+                    return Err(TransitionError::NotAVClusterCall {
+                        verb: call.verb(),
+                        kind,
+                    });
+                }
             };
             return transition(Some(current), same);
         }
         _ => false,
     };
     if allowed {
-        return Ok(call.kind().in_progress_state());
+        return Ok(busy);
     }
     let hint = match (current, call) {
         (S::Suspended, C::Scale | C::Snapshot) => "; resume it first",
@@ -488,19 +524,43 @@ pub enum SnapshotState {
     Ready,
     /// Could not be written.
     Failed,
+    /// A DELETE_SNAPSHOT operation was accepted and has not ended: the artifact may be
+    /// partly gone, so it can no longer be restored (an addition to API.md's states).
+    Deleting,
     /// The artifact was deleted.
     Deleted,
 }
 
 impl SnapshotState {
+    /// Every state.
+    pub const ALL: [SnapshotState; 5] = [
+        SnapshotState::Creating,
+        SnapshotState::Ready,
+        SnapshotState::Failed,
+        SnapshotState::Deleting,
+        SnapshotState::Deleted,
+    ];
+
     /// The wire name.
     pub fn as_str(self) -> &'static str {
         match self {
             SnapshotState::Creating => "CREATING",
             SnapshotState::Ready => "READY",
             SnapshotState::Failed => "FAILED",
+            SnapshotState::Deleting => "DELETING",
             SnapshotState::Deleted => "DELETED",
         }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// True when a DELETE_SNAPSHOT may start: READY, or FAILED (a failed write or a
+    /// failed earlier delete leaves objects behind that only a delete removes).
+    pub fn is_deletable(self) -> bool {
+        matches!(self, SnapshotState::Ready | SnapshotState::Failed)
     }
 }
 
@@ -558,7 +618,7 @@ mod tests {
                     "{state:?} x {call:?} gave {got:?}"
                 );
                 if let Ok(next) = got {
-                    assert_eq!(next, call.kind().in_progress_state());
+                    assert_eq!(Some(next), call.kind().in_progress_state());
                     assert!(next.is_transitional());
                 }
                 checked += 1;
@@ -637,6 +697,43 @@ mod tests {
                 .code(),
             Code::NotFound
         );
+    }
+
+    #[test]
+    fn a_retried_snapshot_deletion_never_goes_through_the_vcluster_table() {
+        let mut states: Vec<Option<S>> = vec![None];
+        states.extend(S::ALL.into_iter().map(Some));
+        for state in states {
+            let err = transition(state, C::Retry(OperationKind::DeleteSnapshot))
+                .expect_err("not a vcluster call");
+            assert!(
+                matches!(err, TransitionError::NotAVClusterCall { .. }),
+                "{state:?}: {err:?}"
+            );
+            assert_eq!(err.code(), Code::FailedPrecondition);
+        }
+        assert!(!OperationKind::DeleteSnapshot.changes_vcluster_state());
+        assert!(
+            OperationKind::ALL
+                .into_iter()
+                .filter(|k| *k != OperationKind::DeleteSnapshot)
+                .all(OperationKind::changes_vcluster_state)
+        );
+    }
+
+    #[test]
+    fn only_ready_and_failed_snapshots_are_deletable() {
+        for s in SnapshotState::ALL {
+            assert_eq!(SnapshotState::parse(s.as_str()), Some(s));
+            assert_eq!(serde_json::to_value(s).expect("ser"), s.as_str());
+            assert_eq!(
+                s.is_deletable(),
+                matches!(s, SnapshotState::Ready | SnapshotState::Failed),
+                "{s:?}"
+            );
+        }
+        assert_eq!(SnapshotState::Deleting.as_str(), "DELETING");
+        assert_eq!(OperationKind::DeleteSnapshot.as_str(), "DELETE_SNAPSHOT");
     }
 
     #[test]
