@@ -181,6 +181,34 @@ fn lifecycle_of_api_md_over_rest() {
         "ALREADY_EXISTS",
     );
 
+    // Delete the snapshot: its own operation; team-a stays RUNNING.
+    let op = accepted(
+        &dev,
+        "DELETE",
+        &format!("/v1/snapshots/{snapshot}"),
+        Value::Null,
+    );
+    assert_eq!(op["kind"], "DELETE_SNAPSHOT");
+    assert_eq!(state(&dev, "team-a"), "RUNNING");
+    let (_, snap) = dev.call("GET", &format!("/v1/snapshots/{snapshot}"), None);
+    assert_eq!(snap["state"], "DELETED", "{snap}");
+    refused(
+        &dev,
+        "POST",
+        &format!("/v1/snapshots/{snapshot}/restore"),
+        json!({"target": {"new_name": "team-c"}}),
+        400,
+        "FAILED_PRECONDITION",
+    );
+    refused(
+        &dev,
+        "DELETE",
+        &format!("/v1/snapshots/{snapshot}"),
+        Value::Null,
+        400,
+        "FAILED_PRECONDITION",
+    );
+
     accepted(&dev, "DELETE", "/v1/vclusters/team-a", Value::Null);
     assert_eq!(state(&dev, "team-a"), "DELETED");
     // A deleted vcluster takes no calls; its name is free again.

@@ -766,6 +766,8 @@ async fn openapi_documents_every_route_and_errors_are_json() {
         ("post", "/v1/vclusters/{name}/scale"),
         ("get", "/v1/snapshots"),
         ("get", "/v1/snapshots/{id}"),
+        ("delete", "/v1/snapshots/{id}"),
+        ("get", "/v1/vclusters/{name}/kubeconfig"),
         ("post", "/v1/snapshots/{id}/restore"),
         ("get", "/v1/operations"),
         ("get", "/v1/operations/{id}"),

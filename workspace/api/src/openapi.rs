@@ -164,6 +164,7 @@ impl Modify for ErrorResponses {
         crate::routes::scale,
         crate::routes::list_snapshots,
         crate::routes::get_snapshot,
+        crate::routes::delete_snapshot,
         crate::routes::restore,
         crate::routes::list_operations,
         crate::routes::get_operation,

@@ -41,7 +41,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/vclusters/{name}/scale", post(scale))
         .route("/v1/vclusters/{name}/kubeconfig", get(kubeconfig))
         .route("/v1/snapshots", get(list_snapshots))
-        .route("/v1/snapshots/{id}", get(get_snapshot))
+        .route(
+            "/v1/snapshots/{id}",
+            get(get_snapshot).delete(delete_snapshot),
+        )
         .route("/v1/snapshots/{id}/restore", post(restore))
         .route("/v1/operations", get(list_operations))
         .route("/v1/operations/{id}", get(get_operation))
@@ -501,6 +504,35 @@ pub(crate) async fn get_operation(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Response> {
     Ok(axum::Json(state.get_operation(&who, &id).await?).into_response())
+}
+
+/// `?request_id=` of a DELETE.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RequestIdQuery {
+    request_id: Option<String>,
+}
+
+#[utoipa::path(delete, path = "/v1/snapshots/{id}", tag = "snapshots", summary = "Delete a snapshot's artifact (an operation of kind DELETE_SNAPSHOT; the vcluster is not touched)",
+    params(("id" = SnapshotId, Path, description = "The snapshot's id"), RequestIdQuery, ("Idempotency-Key" = Option<String>, Header, description = "The request id")),
+    responses(
+        (status = 202, description = "Accepted: the new operation", body = Operation),
+        (status = 200, description = "A repeated request_id: the first operation", body = Operation),
+    ))]
+pub(crate) async fn delete_snapshot(
+    State(state): State<AppState>,
+    who: Principal,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<RequestIdQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let rid = request_id(&headers, q.request_id)?;
+    Ok(submitted(
+        state
+            .delete_snapshot(&who, &id, rid, traceparent(&headers))
+            .await?,
+    ))
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]

@@ -386,6 +386,31 @@ impl AppState {
         Ok(s)
     }
 
+    /// Deletes a snapshot's artifact, as an operation (`DELETE_SNAPSHOT`) queued behind
+    /// the snapshot's vcluster; the vcluster itself is not touched.
+    pub async fn delete_snapshot(
+        &self,
+        who: &Principal,
+        id: &str,
+        request_id: Option<String>,
+        traceparent: Option<String>,
+    ) -> ApiResult<Submitted> {
+        let snapshot = self.get_snapshot(who, id).await?;
+        self.submit(
+            who,
+            Submit {
+                project: Some(snapshot.project.to_string()),
+                vcluster: snapshot.vcluster.to_string(),
+                command: Command::DeleteSnapshot {
+                    snapshot_id: snapshot.id,
+                },
+                request_id,
+                traceparent,
+            },
+        )
+        .await
+    }
+
     /// One operation (NOT_FOUND across projects).
     pub async fn get_operation(&self, who: &Principal, id: &str) -> ApiResult<Operation> {
         let id = operation_id(id)?;

@@ -204,6 +204,14 @@ pub enum SnapshotCommand {
         /// Its id.
         id: String,
     },
+    /// Delete a snapshot's artifact (the vcluster is not touched).
+    Delete {
+        /// Its id.
+        id: String,
+        /// Wait until the operation ends.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Restore a snapshot into a new vcluster (`--new NAME`) or over one (`--existing NAME`).
     Restore {
         /// Its id.
@@ -1011,6 +1019,12 @@ pub async fn snapshot(conn: Conn, cmd: SnapshotCommand) -> Outcome {
                     .await?;
                 c.print(&v, describe_snapshot);
                 Ok(Outcome::Ok)
+            }
+            SnapshotCommand::Delete { id, wait } => {
+                let op = c
+                    .call(Method::DELETE, &format!("/v1/snapshots/{id}"), None)
+                    .await?;
+                c.finish(op, wait).await
             }
             SnapshotCommand::Restore {
                 id,
