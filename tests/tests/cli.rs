@@ -1,6 +1,7 @@
 //! Black-box tests of the `ovc` binary as it exists today: migrate, dev, events tail.
 
 use ovc_store::{Commit, ExpectedVersion, NewEvent, StoreConfig, StreamAppend};
+use ovc_tests::dev::DevServer;
 use ovc_tests::ovc_bin;
 use ovc_types::event::{Event, StreamName};
 use std::io::{BufRead, BufReader};
@@ -153,43 +154,12 @@ async fn dev_follows_events_committed_by_another_process() {
     assert!(seen, "ovc dev never printed the event");
 }
 
-/// Starts `ovc dev` on a free port; returns the child and the base URL.
-fn start_dev(data: &std::path::Path) -> (std::process::Child, String) {
-    start_dev_with(data, &[])
-}
-
-/// [`start_dev`] with extra environment (e.g. sim faults).
-fn start_dev_with(data: &std::path::Path, env: &[(&str, &str)]) -> (std::process::Child, String) {
-    let mut child = Command::new(ovc_bin())
-        .args(["dev", "--http", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn ovc dev");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200))
-            && let Some(url) = line.trim().strip_prefix("REST API")
-        {
-            // Keep draining stdout so the child never blocks on a full pipe.
-            std::thread::spawn(move || for _ in rx {});
-            return (child, url.trim().to_string());
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("ovc dev did not print its address");
+/// Starts `ovc dev` on a free port with extra environment (e.g. sim faults); returns
+/// the server (killed on drop) and its base URL.
+fn start_dev_with(data: &std::path::Path, env: &[(&str, &str)]) -> (DevServer, String) {
+    let dev = DevServer::start(data, &[], env);
+    let url = dev.http.clone();
+    (dev, url)
 }
 
 fn ovc_client(server: &str, args: &[&str]) -> (i32, String) {
@@ -207,7 +177,7 @@ fn ovc_client(server: &str, args: &[&str]) -> (i32, String) {
 #[test]
 fn client_commands_drive_ovc_dev_with_exit_codes_scripts_can_use() {
     let dir = tempfile::tempdir().expect("tmp");
-    let (mut dev, server) = start_dev(&dir.path().join("data"));
+    let (_dev, server) = start_dev_with(&dir.path().join("data"), &[]);
     let (code, out) = ovc_client(&server, &["vc", "create", "demo", "--wait", "-o", "json"]);
     assert_eq!(code, 0, "{out}");
     let op: serde_json::Value = serde_json::from_str(&out).expect("json");
@@ -228,14 +198,12 @@ fn client_commands_drive_ovc_dev_with_exit_codes_scripts_can_use() {
     assert_eq!(list["operations"].as_array().map(Vec::len), Some(1));
     // Unreachable server: exit 4.
     assert_eq!(ovc_client("http://127.0.0.1:1", &["vc", "list"]).0, 4);
-    let _ = dev.kill();
-    let _ = dev.wait();
 }
 
 #[test]
 fn snapshot_commands_and_bulk_retry() {
     let dir = tempfile::tempdir().expect("tmp");
-    let (mut dev, server) = start_dev_with(
+    let (_dev, server) = start_dev_with(
         &dir.path().join("data"),
         &[("OVC_SIM_FAULTS", "scale/upgrade_release:permanent")],
     );
@@ -298,8 +266,6 @@ fn snapshot_commands_and_bulk_retry() {
     let ops = ops["operations"].as_array().expect("ops");
     assert_eq!(ops.len(), 2, "{ops:?}");
     assert_eq!(ops[1]["retry_of"], ops[0]["id"]);
-    let _ = dev.kill();
-    let _ = dev.wait();
 }
 
 /// `ovc ops watch` follows a running operation's events to the end (exit 0 on success,
@@ -309,7 +275,7 @@ fn snapshot_commands_and_bulk_retry() {
 fn watch_kubeconfig_and_events_tail_over_http() {
     let dir = tempfile::tempdir().expect("tmp");
     let data = dir.path().join("data");
-    let (mut dev, server) = start_dev_with(
+    let (_dev, server) = start_dev_with(
         &data,
         &[
             ("OVC_SIM_READY_MS", "1500"),
@@ -362,6 +328,4 @@ fn watch_kubeconfig_and_events_tail_over_http() {
     };
     assert!(!ids(&over_http).is_empty());
     assert_eq!(ids(&over_http), ids(&direct));
-    let _ = dev.kill();
-    let _ = dev.wait();
 }
