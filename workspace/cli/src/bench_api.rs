@@ -11,6 +11,7 @@
 //! - create → RUNNING: sequential `POST /v1/vclusters` then `GET .../wait`, with an
 //!   in-process worker on the simulated host at 0 ms latency, measured by the client.
 
+use crate::bench_workflows::pct;
 use crate::worker::WorkerArgs;
 use anyhow::Context;
 use clap::Args;
@@ -76,14 +77,6 @@ impl Pool {
             .push(sender);
         Ok((status, bytes))
     }
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
 /// A worker running in this process until `stop` is sent.

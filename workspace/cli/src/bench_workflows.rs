@@ -46,7 +46,8 @@ struct Row {
     recovery: Option<(f64, f64, f64, f64, usize)>,
 }
 
-fn pct(v: &mut [f64], p: f64) -> f64 {
+/// The `p` quantile (0..=1) of `v` (sorted in place); NaN when empty.
+pub(crate) fn pct(v: &mut [f64], p: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }

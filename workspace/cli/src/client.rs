@@ -10,6 +10,7 @@
 use clap::{Args, Subcommand};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
@@ -286,26 +287,8 @@ impl Client {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value, CallError> {
-        let base = self.conn.server.trim_end_matches('/');
-        let rest = base.strip_prefix("http://").ok_or_else(|| {
-            CallError::Unavailable(format!("{base}: only http:// servers are supported"))
-        })?;
-        let authority = rest.split('/').next().unwrap_or(rest).to_string();
-        let stream = tokio::net::TcpStream::connect(&authority)
-            .await
-            .map_err(|e| CallError::Unavailable(format!("cannot reach {base}: {e}")))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| CallError::Unavailable(e.to_string()))?;
-        tokio::spawn(conn);
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", &authority)
-            .header("content-type", "application/json");
-        if let Some(t) = &self.conn.token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
+        let (mut sender, req) = self.connect(method, path).await?;
+        let req = req.header("content-type", "application/json");
         let payload = body.map(|b| b.to_string()).unwrap_or_default();
         let req = req
             .body(Full::new(Bytes::from(payload)))
@@ -314,24 +297,36 @@ impl Client {
             .send_request(req)
             .await
             .map_err(|e| CallError::Unavailable(e.to_string()))?;
-        let status = res.status();
-        let bytes = res
-            .into_body()
-            .collect()
+        json_answer(res).await
+    }
+
+    /// A connection to the server and a request to `path` on it, with the host and the
+    /// bearer token set.
+    async fn connect(
+        &self,
+        method: Method,
+        path: &str,
+    ) -> Result<(SendRequest<Full<Bytes>>, hyper::http::request::Builder), CallError> {
+        let base = self.conn.server.trim_end_matches('/');
+        let rest = base.strip_prefix("http://").ok_or_else(|| {
+            CallError::Unavailable(format!("{base}: only http:// servers are supported"))
+        })?;
+        let authority = rest.split('/').next().unwrap_or(rest).to_string();
+        let stream = tokio::net::TcpStream::connect(&authority)
             .await
-            .map_err(|e| CallError::Unavailable(e.to_string()))?
-            .to_bytes();
-        let value: Value = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        if status.is_server_error() {
-            return Err(CallError::Unavailable(format!(
-                "server error {status}: {value}"
-            )));
+            .map_err(|e| CallError::Unavailable(format!("cannot reach {base}: {e}")))?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| CallError::Unavailable(e.to_string()))?;
+        tokio::spawn(conn);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &authority);
+        if let Some(t) = &self.conn.token {
+            req = req.header("authorization", format!("Bearer {t}"));
         }
-        if status.is_client_error() {
-            return Err(CallError::Refused(value));
-        }
-        Ok(value)
+        Ok((sender, req))
     }
 
     /// Follows the SSE feed at `path` from position `after`, calling `each` with every
@@ -393,27 +388,10 @@ impl Client {
     }
 
     async fn open_sse(&self, path: &str, after: u64) -> Result<hyper::body::Incoming, CallError> {
-        let base = self.conn.server.trim_end_matches('/');
-        let rest = base.strip_prefix("http://").ok_or_else(|| {
-            CallError::Unavailable(format!("{base}: only http:// servers are supported"))
-        })?;
-        let authority = rest.split('/').next().unwrap_or(rest).to_string();
-        let stream = tokio::net::TcpStream::connect(&authority)
-            .await
-            .map_err(|e| CallError::Unavailable(format!("cannot reach {base}: {e}")))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| CallError::Unavailable(e.to_string()))?;
-        tokio::spawn(conn);
-        let mut req = Request::builder()
-            .method(Method::GET)
-            .uri(path)
-            .header("host", &authority)
+        let (mut sender, req) = self.connect(Method::GET, path).await?;
+        let req = req
             .header("accept", "text/event-stream")
             .header("last-event-id", after.to_string());
-        if let Some(t) = &self.conn.token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
         let req = req
             .body(Full::new(Bytes::new()))
             .map_err(|e| CallError::Unavailable(e.to_string()))?;
@@ -425,21 +403,10 @@ impl Client {
         if status.is_success() {
             return Ok(res.into_body());
         }
-        let bytes = res
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| CallError::Unavailable(e.to_string()))?
-            .to_bytes();
-        let value: Value = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        if status.is_client_error() {
-            Err(CallError::Refused(value))
-        } else {
-            Err(CallError::Unavailable(format!(
-                "server error {status}: {value}"
-            )))
-        }
+        let value = json_answer(res).await?;
+        Err(CallError::Unavailable(format!(
+            "unexpected {status} for a live feed: {value}"
+        )))
     }
 
     /// `ovc ops watch`: prints the operation's events as they are committed until it ends.
@@ -574,6 +541,28 @@ impl Client {
             Outcome::OperationFailed
         })
     }
+}
+
+/// A response's JSON (or its text as a JSON string); 4xx is `Refused`, 5xx `Unavailable`.
+async fn json_answer(res: hyper::Response<hyper::body::Incoming>) -> Result<Value, CallError> {
+    let status = res.status();
+    let bytes = res
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| CallError::Unavailable(e.to_string()))?
+        .to_bytes();
+    let value: Value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    if status.is_server_error() {
+        return Err(CallError::Unavailable(format!(
+            "server error {status}: {value}"
+        )));
+    }
+    if status.is_client_error() {
+        return Err(CallError::Refused(value));
+    }
+    Ok(value)
 }
 
 /// `?k=v&...` from the given pairs (absent values left out), or nothing.
