@@ -1003,3 +1003,62 @@ async fn kubeconfig_without_a_host_is_unavailable() {
     assert_eq!(s, StatusCode::NOT_FOUND, "{body}");
     api.h.stop().await;
 }
+
+/// `GET /v1/vclusters?label=k=v` filters on the spec's labels, on both backends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_filters_by_label_on_both_backends() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let api = Api::start_on(backend, ovc_api::auth::AuthMode::None, |s| s).await;
+        for (name, env) in [("a", "dev"), ("b", "prod"), ("c", "dev")] {
+            let (s, op) = api
+                .call(
+                    "POST",
+                    "/v1/vclusters",
+                    Some(json!({"name": name, "spec": {"labels": {"env": env, "team": name}}})),
+                    None,
+                )
+                .await;
+            assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+        }
+        let names = |v: &Value| -> Vec<String> {
+            v["vclusters"]
+                .as_array()
+                .expect("list")
+                .iter()
+                .map(|x| x["name"].as_str().expect("name").to_string())
+                .collect()
+        };
+        let (s, v) = api
+            .call("GET", "/v1/vclusters?label=env=dev", None, None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(names(&v), ["a", "c"], "{backend:?}");
+        // Paging keeps the filter.
+        let (_, p1) = api
+            .call("GET", "/v1/vclusters?label=env=dev&page_size=1", None, None)
+            .await;
+        assert_eq!(names(&p1), ["a"]);
+        let token = p1["next_page_token"].as_str().expect("token");
+        let (_, p2) = api
+            .call(
+                "GET",
+                &format!("/v1/vclusters?label=env=dev&page_size=1&page_token={token}"),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(names(&p2), ["c"]);
+        let (_, v) = api
+            .call("GET", "/v1/vclusters?label=team=b", None, None)
+            .await;
+        assert_eq!(names(&v), ["b"]);
+        let (_, v) = api
+            .call("GET", "/v1/vclusters?label=env=qa", None, None)
+            .await;
+        assert!(names(&v).is_empty());
+        let (s, v) = api.call("GET", "/v1/vclusters?label=env", None, None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert_eq!(v["error"]["details"][0]["reason"], "INVALID_LABEL");
+        api.h.stop().await;
+    }
+}

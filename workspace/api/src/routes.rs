@@ -424,6 +424,8 @@ pub(crate) struct ListQuery {
     page_token: Option<String>,
     /// RFC 3339 time: only operations created at or after it.
     since: Option<String>,
+    /// `key=value`: only vclusters with this label.
+    label: Option<String>,
 }
 
 impl ListQuery {
@@ -442,6 +444,7 @@ impl ListQuery {
             page_size: self.page_size,
             page_token: self.page_token,
             since: self.since,
+            label: self.label,
         })
     }
 }

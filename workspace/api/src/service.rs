@@ -70,6 +70,8 @@ pub struct ListRequest {
     pub page_token: Option<String>,
     /// RFC 3339 time: only operations created at or after it.
     pub since: Option<String>,
+    /// `key=value`: only vclusters with this label.
+    pub label: Option<String>,
 }
 
 /// A page of events and the cursor of the next read.
@@ -317,6 +319,22 @@ impl AppState {
                 "INVALID_STATE",
             )?,
             include_deleted: q.state.as_deref() == Some("DELETED"),
+            label: q
+                .label
+                .as_deref()
+                .filter(|l| !l.is_empty())
+                .map(|l| {
+                    l.split_once('=')
+                        .filter(|(k, _)| !k.is_empty())
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .ok_or_else(|| {
+                            ApiError::invalid(
+                                format!("label {l:?}: use key=value, e.g. env=dev"),
+                                "INVALID_LABEL",
+                            )
+                        })
+                })
+                .transpose()?,
         };
         Ok(self.store.list_vclusters(&filter, &page(q)?).await?)
     }

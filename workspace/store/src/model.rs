@@ -329,6 +329,8 @@ pub struct VClusterFilter {
     pub state: Option<ovc_types::VClusterState>,
     /// Include DELETED vclusters (off by default).
     pub include_deleted: bool,
+    /// Only vclusters whose `spec.labels` has this key with this value.
+    pub label: Option<(String, String)>,
 }
 
 /// Filters for listing operations.

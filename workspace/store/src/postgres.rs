@@ -870,6 +870,7 @@ impl Store for PgStore {
              WHERE ($1::text IS NULL OR project = $1) AND ($2::text IS NULL OR state = $2)
                AND ($3 OR state <> 'DELETED')
                AND ($4::text IS NULL OR (project, name, uid) > ($4, $5::text, $6::uuid))
+               AND ($8::text IS NULL OR doc -> 'spec' -> 'labels' ->> $8 = $9::text)
              ORDER BY project, name, uid LIMIT $7",
         )
         .bind(filter.project.as_ref().map(|p| p.as_str().to_string()))
@@ -879,6 +880,8 @@ impl Store for PgStore {
         .bind(an)
         .bind(au)
         .bind(limit + 1)
+        .bind(filter.label.as_ref().map(|l| l.0.clone()))
+        .bind(filter.label.as_ref().map(|l| l.1.clone()))
         .fetch_all(&self.pool)
         .await?;
         let mut items = rows

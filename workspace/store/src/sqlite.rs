@@ -798,6 +798,8 @@ impl Store for SqliteStore {
              WHERE (?1 IS NULL OR project = ?1) AND (?2 IS NULL OR state = ?2)
                AND (?3 = 1 OR state <> 'DELETED')
                AND (?4 IS NULL OR (project, name, uid) > (?4, ?5, ?6))
+               AND (?8 IS NULL OR EXISTS (SELECT 1 FROM json_each(doc, '$.spec.labels')
+                                          WHERE key = ?8 AND value = ?9))
              ORDER BY project, name, uid LIMIT ?7",
         )
         .bind(filter.project.as_ref().map(|p| p.as_str().to_string()))
@@ -807,6 +809,8 @@ impl Store for SqliteStore {
         .bind(an)
         .bind(au)
         .bind(limit + 1)
+        .bind(filter.label.as_ref().map(|l| l.0.clone()))
+        .bind(filter.label.as_ref().map(|l| l.1.clone()))
         .fetch_all(&self.reader)
         .await?;
         let mut items = rows
