@@ -5,12 +5,16 @@
 //! run, idempotency key) and answers 202 with the Operation, or 200 with the first
 //! operation when the `request_id` (body field or `Idempotency-Key` header) repeats.
 //!
+//! The same calls are served over gRPC ([`grpc`], package `ovc.v1`) from the same
+//! service layer ([`service`]).
+//!
 //! Bearer tokens scope every request to one project ([`auth`]). Not in this slice yet
-//! (issue "The API"): gRPC, the OpenAPI document, rate limits, step-duration metrics,
+//! (issue "The API"): the OpenAPI document, rate limits, step-duration metrics,
 //! the kubeconfig route.
 
 pub mod auth;
 mod error;
+pub mod grpc;
 pub mod metrics;
 mod routes;
 pub mod service;
