@@ -112,7 +112,14 @@ async fn dev_follows_events_committed_by_another_process() {
     let dir = tempfile::tempdir().expect("tmp");
     let data = dir.path().join("data");
     let mut child = Command::new(ovc_bin())
-        .args(["dev", "--http", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "dev",
+            "--http",
+            "127.0.0.1:0",
+            "--grpc",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(&data)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -161,7 +168,14 @@ fn start_dev(data: &std::path::Path) -> (std::process::Child, String) {
 /// [`start_dev`] with extra environment (e.g. sim faults).
 fn start_dev_with(data: &std::path::Path, env: &[(&str, &str)]) -> (std::process::Child, String) {
     let mut child = Command::new(ovc_bin())
-        .args(["dev", "--http", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "dev",
+            "--http",
+            "127.0.0.1:0",
+            "--grpc",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(data)
         .envs(env.iter().copied())
         .stdout(Stdio::piped())

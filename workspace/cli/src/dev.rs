@@ -2,9 +2,8 @@
 //!
 //! It creates the data directory, opens and migrates the SQLite store in it, starts
 //! workflow workers on the simulated host (snapshots under `DATA_DIR/snapshots`), and
-//! follows the event log, printing every event as it is committed. The API server joins
-//! this command with its issue; the flags it needs (`--http`, `--grpc`) are not offered
-//! before they work.
+//! follows the event log, printing every event as it is committed. It serves the REST
+//! API (`--http`) and the gRPC API (`--grpc`), both on loopback only (no authentication).
 
 use crate::tail;
 use anyhow::Context;
@@ -24,6 +23,9 @@ pub struct DevArgs {
     /// Address of the REST API (loopback by default: `ovc dev` has no authentication).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http: std::net::SocketAddr,
+    /// Address of the gRPC API (loopback only, like `--http`).
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub grpc: std::net::SocketAddr,
 }
 
 /// Runs `ovc dev`.
@@ -59,11 +61,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     let worker = crate::worker::build(store.clone(), &worker_args).await?;
     let worker = tokio::spawn(worker.run(crate::worker::shutdown_signal()));
-    if !args.http.ip().is_loopback() {
-        anyhow::bail!(
-            "--http {} is not a loopback address: ovc dev has no authentication; use 127.0.0.1",
-            args.http
-        );
+    for (flag, addr) in [("--http", args.http), ("--grpc", args.grpc)] {
+        if !addr.ip().is_loopback() {
+            anyhow::bail!(
+                "{flag} {addr} is not a loopback address: ovc dev has no authentication; use 127.0.0.1"
+            );
+        }
     }
     let listener = tokio::net::TcpListener::bind(args.http)
         .await
@@ -74,11 +77,22 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             )
         })?;
     let http_addr = listener.local_addr().unwrap_or(args.http);
-    let app = ovc_api::router(ovc_api::AppState::new(
+    let grpc_listener = tokio::net::TcpListener::bind(args.grpc)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (is another ovc dev running?)",
+                args.grpc
+            )
+        })?;
+    let grpc_addr = grpc_listener.local_addr().unwrap_or(args.grpc);
+    let state = ovc_api::AppState::new(
         store.clone(),
         std::sync::Arc::new(ovc_workflows::registry()),
         ovc_api::auth::AuthMode::None,
-    ));
+    );
+    let grpc_routes = ovc_api::grpc::grpc_router(state.clone()).context("gRPC services")?;
+    let app = ovc_api::router(state);
     let mut http_shutdown = crate::worker::shutdown_signal();
     tokio::spawn(async move {
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -88,10 +102,21 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             tracing::error!(error = %e, "HTTP server stopped");
         }
     });
+    let mut grpc_shutdown = crate::worker::shutdown_signal();
+    tokio::spawn(async move {
+        let stop = async move {
+            let _ = grpc_shutdown.wait_for(|stop| *stop).await;
+        };
+        if let Err(e) = ovc_api::grpc::serve(grpc_listener, grpc_routes, stop).await {
+            tracing::error!(error = %e, "gRPC server stopped");
+        }
+    });
     println!("  REST API   http://{http_addr}");
+    println!("  gRPC API   {grpc_addr}");
     println!(
         "  try        curl -s -XPOST http://{http_addr}/v1/vclusters -d '{{\"name\":\"demo\"}}'"
     );
+    println!("  try        grpcurl -plaintext {grpc_addr} list");
     println!(
         "  workers    16 on the simulated host; snapshots in {}",
         worker_args.artifacts

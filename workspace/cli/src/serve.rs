@@ -1,12 +1,13 @@
-//! `ovc serve`: the REST API only (run workers with `ovc worker`), and `ovc token create`.
-//! `serve` requires bearer tokens unless it listens on a loopback address and is told
-//! `--auth none`.
+//! `ovc serve`: the REST and gRPC APIs only (run workers with `ovc worker`), and
+//! `ovc token create`. `serve` requires bearer tokens unless both APIs listen on loopback
+//! addresses and it is told `--auth none`.
 
 use anyhow::Context;
 use clap::Args;
 use ovc_api::auth::{AuthMode, new_token, token_sha256};
 use ovc_store::{Role, StoreConfig, TokenRecord};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Arguments of `ovc serve`.
 #[derive(Debug, Args)]
@@ -20,20 +21,28 @@ pub struct ServeArgs {
     /// Address of the REST API.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http: std::net::SocketAddr,
+    /// Address of the gRPC API (same auth rules as `--http`).
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub grpc: std::net::SocketAddr,
     /// `token` (bearer tokens, see `ovc token create`) or `none` (loopback only).
     #[arg(long, value_parser = ["token", "none"], default_value = "token")]
     pub auth: String,
 }
 
+/// How long `serve` lets calls in flight (e.g. live event streams, which never end by
+/// themselves) finish after the shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// Runs `ovc serve`.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let auth = if args.auth == "none" {
-        anyhow::ensure!(
-            args.http.ip().is_loopback(),
-            "--auth none is only allowed on a loopback address (got {}); create tokens with \
-             `ovc token create` and use --auth token",
-            args.http
-        );
+        for (flag, addr) in [("--http", args.http), ("--grpc", args.grpc)] {
+            anyhow::ensure!(
+                addr.ip().is_loopback(),
+                "--auth none is only allowed on loopback addresses (got {flag} {addr}); create \
+                 tokens with `ovc token create` and use --auth token"
+            );
+        }
         AuthMode::None
     } else {
         AuthMode::Token
@@ -49,19 +58,40 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.http))?;
     let addr = listener.local_addr().unwrap_or(args.http);
-    let app = ovc_api::router(ovc_api::AppState::new(
-        store,
-        Arc::new(ovc_workflows::registry()),
-        auth,
-    ));
-    eprintln!("ovc serve: REST API on http://{addr} (auth: {})", args.auth);
-    let mut stop = crate::worker::shutdown_signal();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
+    let grpc_listener = tokio::net::TcpListener::bind(args.grpc)
         .await
-        .context("HTTP server")?;
+        .with_context(|| format!("cannot listen on {}", args.grpc))?;
+    let grpc_addr = grpc_listener.local_addr().unwrap_or(args.grpc);
+    let state = ovc_api::AppState::new(store, Arc::new(ovc_workflows::registry()), auth);
+    let grpc_routes = ovc_api::grpc::grpc_router(state.clone()).context("gRPC services")?;
+    let app = ovc_api::router(state);
+    eprintln!("ovc serve: REST API on http://{addr} (auth: {})", args.auth);
+    eprintln!("ovc serve: gRPC API on {grpc_addr} (auth: {})", args.auth);
+    let stop = crate::worker::shutdown_signal();
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let rest = async {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stopped(stop.clone()))
+            .await
+            .context("HTTP server")
+    };
+    let grpc = async {
+        ovc_api::grpc::serve(grpc_listener, grpc_routes, stopped(stop.clone()))
+            .await
+            .context("gRPC server")
+    };
+    let grace = async {
+        stopped(stop.clone()).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        r = async { tokio::try_join!(rest, grpc) } => { r?; }
+        () = grace => {
+            eprintln!("ovc serve: calls still open {SHUTDOWN_GRACE:?} after the signal; stopping");
+        }
+    }
     Ok(())
 }
 
