@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// `ovc dev` on free ports; killed on drop.
+/// `ovc dev` on free ports (REST and gRPC); killed on drop.
 pub struct DevServer {
     /// The child process.
     pub child: Child,
@@ -24,7 +24,14 @@ impl DevServer {
     /// and waits until it prints its address.
     pub fn start(data: &Path, args: &[&str], env: &[(&str, &str)]) -> DevServer {
         let mut child = Command::new(ovc_bin())
-            .args(["dev", "--http", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "dev",
+                "--http",
+                "127.0.0.1:0",
+                "--grpc",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(data)
             .args(args)
             .envs(env.iter().copied())

@@ -113,7 +113,14 @@ async fn dev_follows_events_committed_by_another_process() {
     let dir = tempfile::tempdir().expect("tmp");
     let data = dir.path().join("data");
     let mut child = Command::new(ovc_bin())
-        .args(["dev", "--http", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "dev",
+            "--http",
+            "127.0.0.1:0",
+            "--grpc",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(&data)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -1,17 +1,17 @@
-//! The REST API of API.md, first slice: vclusters, snapshots, operations (get, list,
-//! wait, cancel, retry) and the events feed (JSON pages, or live SSE resumable with
-//! `Last-Event-ID`), plus `/healthz` and `/readyz`.
+//! The API of API.md, one service layer ([`service`]) under two transports: REST/JSON
+//! (axum; OpenAPI document at `/openapi.json`; live events over SSE resumable with
+//! `Last-Event-ID`) and gRPC ([`grpc`], package `ovc.v1`, reflection on).
 //! Every mutation goes through `ovc_engine::accept` (one commit: command event, operation,
 //! run, idempotency key) and answers 202 with the Operation, or 200 with the first
-//! operation when the `request_id` (body field or `Idempotency-Key` header) repeats.
-//!
-//! Bearer tokens scope every request to one project ([`auth`]). Not in this slice yet
-//! (issue "The API"): gRPC, the OpenAPI document, rate limits, step-duration metrics,
-//! the kubeconfig route.
+//! operation when the `request_id` (body field, `Idempotency-Key` header or gRPC field)
+//! repeats. Bearer tokens scope every request to one project ([`auth`]) and are rate
+//! limited ([`limits`]); `/metrics` has request counts, operation and queue gauges and
+//! step-duration histograms ([`metrics`]).
 
 pub mod auth;
 mod error;
 mod extract;
+pub mod grpc;
 pub mod limits;
 pub mod metrics;
 mod openapi;

@@ -2,9 +2,8 @@
 //!
 //! It creates the data directory, opens and migrates the SQLite store in it, starts
 //! workflow workers on the simulated host (snapshots under `DATA_DIR/snapshots`), and
-//! follows the event log, printing every event as it is committed. The API server joins
-//! this command with its issue; the flags it needs (`--http`, `--grpc`) are not offered
-//! before they work.
+//! follows the event log, printing every event as it is committed. It serves the REST
+//! API (`--http`) and the gRPC API (`--grpc`), both on loopback only (no authentication).
 
 use crate::tail;
 use anyhow::Context;
@@ -24,6 +23,9 @@ pub struct DevArgs {
     /// Address of the REST API (loopback by default: `ovc dev` has no authentication).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http: std::net::SocketAddr,
+    /// Address of the gRPC API (loopback only, like `--http`).
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub grpc: std::net::SocketAddr,
 }
 
 /// Runs `ovc dev`.
@@ -59,11 +61,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     let worker = crate::worker::build(store.clone(), &worker_args).await?;
     let worker = tokio::spawn(worker.run(crate::worker::shutdown_signal()));
-    if !args.http.ip().is_loopback() {
-        anyhow::bail!(
-            "--http {} is not a loopback address: ovc dev has no authentication; use 127.0.0.1",
-            args.http
-        );
+    for (flag, addr) in [("--http", args.http), ("--grpc", args.grpc)] {
+        if !addr.ip().is_loopback() {
+            anyhow::bail!(
+                "{flag} {addr} is not a loopback address: ovc dev has no authentication; use 127.0.0.1"
+            );
+        }
     }
     let listener = tokio::net::TcpListener::bind(args.http)
         .await
@@ -74,25 +77,42 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             )
         })?;
     let http_addr = listener.local_addr().unwrap_or(args.http);
+    let grpc_listener = tokio::net::TcpListener::bind(args.grpc)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (is another ovc dev running?)",
+                args.grpc
+            )
+        })?;
+    let grpc_addr = grpc_listener.local_addr().unwrap_or(args.grpc);
+    // The kubeconfig route reads the host live, through the same driver as the workers.
     let host = std::sync::Arc::new(
         ovc_driver::sim::SimHost::connect_from_env(&url, None)
             .await
             .context("connecting the simulated host")?,
     );
-    let app = ovc_api::router(
-        ovc_api::AppState::new(
-            store.clone(),
-            std::sync::Arc::new(ovc_workflows::registry()),
-            ovc_api::auth::AuthMode::None,
+    let state = ovc_api::AppState::new(
+        store.clone(),
+        std::sync::Arc::new(ovc_workflows::registry()),
+        ovc_api::auth::AuthMode::None,
+    )
+    .with_host(host);
+    let grpc_routes = ovc_api::grpc::grpc_router(state.clone()).context("gRPC services")?;
+    let app = ovc_api::router(state);
+    let stop = crate::worker::shutdown_signal();
+    let http = tokio::spawn(async move {
+        tokio::try_join!(
+            crate::serve::serve_http(listener, app, stop.clone()),
+            crate::serve::serve_grpc(grpc_listener, grpc_routes, stop)
         )
-        .with_host(host),
-    );
-    let http_shutdown = crate::worker::shutdown_signal();
-    let http = tokio::spawn(crate::serve::serve_http(listener, app, http_shutdown));
+    });
     println!("  REST API   http://{http_addr}");
+    println!("  gRPC API   {grpc_addr}");
     println!(
         "  try        curl -s -XPOST http://{http_addr}/v1/vclusters -d '{{\"name\":\"demo\"}}'"
     );
+    println!("  try        grpcurl -plaintext {grpc_addr} list");
     println!(
         "  workers    16 on the simulated host; snapshots in {}",
         worker_args.artifacts
@@ -105,7 +125,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         crate::worker::print_report(&report);
     }
     if let Ok(Err(e)) = http.await {
-        tracing::error!(error = %e, "HTTP server stopped");
+        tracing::error!(error = %e, "API server stopped");
     }
     Ok(())
 }

@@ -34,7 +34,7 @@ enum Command {
     Dev(dev::DevArgs),
     /// Run workflow workers only (several processes may share one PostgreSQL).
     Worker(worker::WorkerArgs),
-    /// Serve the REST API only (bearer tokens required unless --auth none on loopback).
+    /// Serve the REST and gRPC APIs only (bearer tokens required unless --auth none on loopback).
     Serve(serve::ServeArgs),
     /// API tokens.
     Token {

@@ -1,12 +1,13 @@
-//! `ovc serve`: the REST API only (run workers with `ovc worker`), and `ovc token create`.
-//! `serve` requires bearer tokens unless it listens on a loopback address and is told
-//! `--auth none`.
+//! `ovc serve`: the REST and gRPC APIs only (run workers with `ovc worker`), and
+//! `ovc token create`. `serve` requires bearer tokens unless both APIs listen on loopback
+//! addresses and it is told `--auth none`.
 
 use anyhow::Context;
 use clap::Args;
 use ovc_api::auth::{AuthMode, new_token, token_sha256};
 use ovc_store::{Role, StoreConfig, TokenRecord};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Arguments of `ovc serve`.
 #[derive(Debug, Args)]
@@ -20,6 +21,9 @@ pub struct ServeArgs {
     /// Address of the REST API.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http: std::net::SocketAddr,
+    /// Address of the gRPC API (same auth rules as `--http`).
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub grpc: std::net::SocketAddr,
     /// `token` (bearer tokens, see `ovc token create`) or `none` (loopback only).
     #[arg(long, value_parser = ["token", "none"], default_value = "token")]
     pub auth: String,
@@ -34,12 +38,13 @@ pub struct ServeArgs {
 /// Runs `ovc serve`.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let auth = if args.auth == "none" {
-        anyhow::ensure!(
-            args.http.ip().is_loopback(),
-            "--auth none is only allowed on a loopback address (got {}); create tokens with \
-             `ovc token create` and use --auth token",
-            args.http
-        );
+        for (flag, addr) in [("--http", args.http), ("--grpc", args.grpc)] {
+            anyhow::ensure!(
+                addr.ip().is_loopback(),
+                "--auth none is only allowed on loopback addresses (got {flag} {addr}); create \
+                 tokens with `ovc token create` and use --auth token"
+            );
+        }
         AuthMode::None
     } else {
         AuthMode::Token
@@ -61,19 +66,34 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.http))?;
     let addr = listener.local_addr().unwrap_or(args.http);
-    let app = ovc_api::router(
-        ovc_api::AppState::new(store, Arc::new(ovc_workflows::registry()), auth)
-            .with_rate_limit(args.rate_limit, args.rate_burst)
-            .with_host(host),
-    );
+    let grpc_listener = tokio::net::TcpListener::bind(args.grpc)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.grpc))?;
+    let grpc_addr = grpc_listener.local_addr().unwrap_or(args.grpc);
+    let state = ovc_api::AppState::new(store, Arc::new(ovc_workflows::registry()), auth)
+        .with_rate_limit(args.rate_limit, args.rate_burst)
+        .with_host(host);
+    let grpc_routes = ovc_api::grpc::grpc_router(state.clone()).context("gRPC services")?;
+    let app = ovc_api::router(state);
     eprintln!("ovc serve: REST API on http://{addr} (auth: {})", args.auth);
+    eprintln!("ovc serve: gRPC API on {grpc_addr} (auth: {})", args.auth);
     let stop = crate::worker::shutdown_signal();
-    serve_http(listener, app, stop).await
+    tokio::try_join!(
+        serve_http(listener, app, stop.clone()),
+        serve_grpc(grpc_listener, grpc_routes, stop)
+    )?;
+    Ok(())
 }
 
 /// How long a stopping server waits for open requests before it closes them. Live event
-/// feeds (SSE) never end by themselves; clients resume them with `Last-Event-ID`.
-pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+/// feeds (SSE, `StreamEvents`, `WatchOperation`) never end by themselves; clients resume
+/// them by position.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Waits until `stop` turns true.
+async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
 
 /// Serves `app` until `stop` turns true, then lets open requests finish for at most
 /// [`SHUTDOWN_GRACE`].
@@ -82,18 +102,34 @@ pub async fn serve_http(
     app: axum::Router,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let mut graceful = stop.clone();
-    let mut deadline = stop;
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = graceful.wait_for(|s| *s).await;
-    });
+    let server = axum::serve(listener, app).with_graceful_shutdown(stopped(stop.clone()));
     tokio::select! {
         r = server => r.context("HTTP server"),
         () = async move {
-            let _ = deadline.wait_for(|s| *s).await;
+            stopped(stop).await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         } => {
             tracing::info!("HTTP server: closed the connections still open after the grace period");
+            Ok(())
+        }
+    }
+}
+
+/// Serves the gRPC `routes` until `stop` turns true, then lets open calls finish for at
+/// most [`SHUTDOWN_GRACE`].
+pub async fn serve_grpc(
+    listener: tokio::net::TcpListener,
+    routes: ovc_api::grpc::Routes,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let server = ovc_api::grpc::serve(listener, routes, stopped(stop.clone()));
+    tokio::select! {
+        r = server => r.context("gRPC server"),
+        () = async move {
+            stopped(stop).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::info!("gRPC server: closed the calls still open after the grace period");
             Ok(())
         }
     }
