@@ -1,6 +1,7 @@
 //! `ovc dev`: the all-in-one embedded setup on SQLite, no configuration needed.
 //!
-//! It creates the data directory, opens and migrates the SQLite store in it, starts
+//! It creates the data directory, opens and migrates the SQLite store in it (or the
+//! database of `--database-url`, e.g. a PostgreSQL to try the production backend), starts
 //! workflow workers on the simulated host (snapshots under `DATA_DIR/snapshots`), and
 //! follows the event log, printing every event as it is committed. It serves the REST
 //! API (`--http`) and the gRPC API (`--grpc`), both on loopback only (no authentication).
@@ -14,9 +15,12 @@ use std::path::PathBuf;
 /// Arguments of `ovc dev`.
 #[derive(Debug, Args)]
 pub struct DevArgs {
-    /// Directory for the SQLite database (and, later, snapshots).
+    /// Directory for the SQLite database and the snapshots.
     #[arg(long, env = "OVC_DATA_DIR", default_value_os_t = crate::default_data_dir())]
     pub data_dir: PathBuf,
+    /// Use this database instead of DATA_DIR/ovc.db (sqlite://PATH or postgres://...).
+    #[arg(long, env = "OVC_DATABASE_URL")]
+    pub database_url: Option<String>,
     /// Open, migrate, print the status and exit instead of following the log.
     #[arg(long)]
     pub check: bool,
@@ -32,18 +36,24 @@ pub struct DevArgs {
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
-    let db = args.data_dir.join("ovc.db");
-    let url = format!("sqlite://{}", db.display());
+    let url = match &args.database_url {
+        Some(u) => u.clone(),
+        None => format!("sqlite://{}", args.data_dir.join("ovc.db").display()),
+    };
     let store = ovc_store::open(&url, StoreConfig::default())
         .await
-        .with_context(|| format!("cannot open {url}"))?;
+        .with_context(|| format!("cannot open {}", crate::redact(&url)))?;
     store
         .migrate()
         .await
         .context("migrating the embedded store")?;
     let head = store.head_position().await?;
     println!("ovc dev: embedded store ready");
-    println!("  database   {url} (SQLite, WAL, synchronous=FULL)");
+    let kind = match store.backend() {
+        ovc_store::Backend::Sqlite => "SQLite, WAL, synchronous=FULL",
+        ovc_store::Backend::Postgres => "PostgreSQL",
+    };
+    println!("  database   {} ({kind})", crate::redact(&url));
     println!("  event log  {head} events");
     if args.check {
         return Ok(());
@@ -118,7 +128,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         worker_args.artifacts
     );
     println!("  following the event log; Ctrl-C to stop");
-    println!("  (another terminal: ovc events tail --database-url {url})");
+    println!("  (another terminal: ovc events tail --follow --server http://{http_addr})");
     println!();
     tail::follow(store, 0, true, false, crate::worker::shutdown_signal()).await?;
     if let Ok(report) = worker.await {
