@@ -1062,3 +1062,48 @@ async fn list_filters_by_label_on_both_backends() {
         api.h.stop().await;
     }
 }
+
+/// `/readyz` is 503 UNAVAILABLE until every migration of this build is applied, then 200.
+#[tokio::test]
+async fn readyz_waits_for_migrations() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let url = format!("sqlite://{}", dir.path().join("fresh.db").display());
+    let store = ovc_store::open(&url, ovc_store::StoreConfig::default())
+        .await
+        .expect("open");
+    let app = ovc_api::router(ovc_api::AppState::new(
+        store.clone(),
+        Arc::new(ovc_workflows::registry()),
+        ovc_api::auth::AuthMode::None,
+    ));
+    let get = |app: axum::Router| async move {
+        let req = Request::builder()
+            .uri("/readyz")
+            .body(Body::empty())
+            .expect("req");
+        let res = app.oneshot(req).await.expect("call");
+        let status = res.status();
+        let bytes = res.into_body().collect().await.expect("body").to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    };
+    let (s, body) = get(app.clone()).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("ovc migrate"), "{body}");
+    assert!(
+        !store
+            .pending_migrations()
+            .await
+            .expect("pending")
+            .is_empty()
+    );
+    store.migrate().await.expect("migrate");
+    assert!(
+        store
+            .pending_migrations()
+            .await
+            .expect("pending")
+            .is_empty()
+    );
+    let (s, body) = get(app).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+}

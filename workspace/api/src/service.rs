@@ -681,9 +681,29 @@ impl AppState {
         })
     }
 
-    /// Readiness: the store answers.
+    /// Readiness: the store answers and its schema is current (all migrations of this
+    /// build applied); UNAVAILABLE otherwise.
     pub async fn ready(&self) -> ApiResult<()> {
-        self.store.head_position().await?;
+        let unavailable = |m: String| {
+            ApiError(
+                ovc_types::error::Status::new(ovc_types::error::Code::Unavailable, m)
+                    .with_reason("NOT_READY"),
+            )
+        };
+        let pending = self
+            .store
+            .pending_migrations()
+            .await
+            .map_err(|e| unavailable(format!("store unreachable: {e}")))?;
+        if !pending.is_empty() {
+            return Err(unavailable(format!(
+                "the database lacks migrations {pending:?}: run `ovc migrate`"
+            )));
+        }
+        self.store
+            .head_position()
+            .await
+            .map_err(|e| unavailable(format!("store unreachable: {e}")))?;
         Ok(())
     }
 }

@@ -45,6 +45,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Applies pending migrations (in the store's own `ovc_migrations` table).
     async fn migrate(&self) -> Result<()>;
 
+    /// The versions of the migrations this build has that the database has not applied
+    /// (all of them when it was never migrated); empty when the schema is current.
+    async fn pending_migrations(&self) -> Result<Vec<i64>>;
+
     /// Performs one atomic commit (see [`Commit`]).
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome>;
 

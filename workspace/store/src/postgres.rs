@@ -716,6 +716,25 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn pending_migrations(&self) -> Result<Vec<i64>> {
+        let migrator = sqlx::migrate!("../../migrations/postgres");
+        let applied: Vec<i64> =
+            match sqlx::query_scalar("SELECT version FROM ovc_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await
+            {
+                Ok(v) => v,
+                // No migrations table: never migrated.
+                Err(sqlx::Error::Database(_)) => Vec::new(),
+                Err(e) => return Err(e.into()),
+            };
+        Ok(migrator
+            .iter()
+            .map(|m| m.version)
+            .filter(|v| !applied.contains(v))
+            .collect())
+    }
+
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
         let prepared = commit::prepare(&commit, &self.config)?;
         let now = self.now();

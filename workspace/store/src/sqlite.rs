@@ -639,6 +639,25 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn pending_migrations(&self) -> Result<Vec<i64>> {
+        let migrator = sqlx::migrate!("../../migrations/sqlite");
+        let applied: Vec<i64> =
+            match sqlx::query_scalar("SELECT version FROM ovc_migrations WHERE success")
+                .fetch_all(&self.reader)
+                .await
+            {
+                Ok(v) => v,
+                // No migrations table: never migrated.
+                Err(sqlx::Error::Database(_)) => Vec::new(),
+                Err(e) => return Err(e.into()),
+            };
+        Ok(migrator
+            .iter()
+            .map(|m| m.version)
+            .filter(|v| !applied.contains(v))
+            .collect())
+    }
+
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
         let prepared = commit::prepare(&commit, &self.config)?;
         let now = self.now();
