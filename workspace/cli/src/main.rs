@@ -30,7 +30,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the embedded store on SQLite under --data-dir and follow its event log.
+    /// All in one: REST + gRPC APIs, workers and the simulated host on SQLite under --data-dir; follows the event log.
     Dev(dev::DevArgs),
     /// Run workflow workers only (several processes may share one PostgreSQL).
     Worker(worker::WorkerArgs),
