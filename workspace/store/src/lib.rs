@@ -255,3 +255,21 @@ pub(crate) fn token_from(
         })?,
     })
 }
+
+/// The migrations of `migrator` not among `applied` (the versions read from
+/// `ovc_migrations`; a database error there means the table does not exist yet).
+fn pending_of(
+    migrator: &sqlx::migrate::Migrator,
+    applied: std::result::Result<Vec<i64>, sqlx::Error>,
+) -> Result<Vec<i64>> {
+    let applied = match applied {
+        Ok(v) => v,
+        Err(sqlx::Error::Database(_)) => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(migrator
+        .iter()
+        .map(|m| m.version)
+        .filter(|v| !applied.contains(v))
+        .collect())
+}

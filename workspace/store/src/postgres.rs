@@ -717,22 +717,10 @@ impl Store for PgStore {
     }
 
     async fn pending_migrations(&self) -> Result<Vec<i64>> {
-        let migrator = sqlx::migrate!("../../migrations/postgres");
-        let applied: Vec<i64> =
-            match sqlx::query_scalar("SELECT version FROM ovc_migrations WHERE success")
-                .fetch_all(&self.pool)
-                .await
-            {
-                Ok(v) => v,
-                // No migrations table: never migrated.
-                Err(sqlx::Error::Database(_)) => Vec::new(),
-                Err(e) => return Err(e.into()),
-            };
-        Ok(migrator
-            .iter()
-            .map(|m| m.version)
-            .filter(|v| !applied.contains(v))
-            .collect())
+        let applied = sqlx::query_scalar("SELECT version FROM ovc_migrations WHERE success")
+            .fetch_all(&self.pool)
+            .await;
+        crate::pending_of(&sqlx::migrate!("../../migrations/postgres"), applied)
     }
 
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {

@@ -640,22 +640,10 @@ impl Store for SqliteStore {
     }
 
     async fn pending_migrations(&self) -> Result<Vec<i64>> {
-        let migrator = sqlx::migrate!("../../migrations/sqlite");
-        let applied: Vec<i64> =
-            match sqlx::query_scalar("SELECT version FROM ovc_migrations WHERE success")
-                .fetch_all(&self.reader)
-                .await
-            {
-                Ok(v) => v,
-                // No migrations table: never migrated.
-                Err(sqlx::Error::Database(_)) => Vec::new(),
-                Err(e) => return Err(e.into()),
-            };
-        Ok(migrator
-            .iter()
-            .map(|m| m.version)
-            .filter(|v| !applied.contains(v))
-            .collect())
+        let applied = sqlx::query_scalar("SELECT version FROM ovc_migrations WHERE success")
+            .fetch_all(&self.reader)
+            .await;
+        crate::pending_of(&sqlx::migrate!("../../migrations/sqlite"), applied)
     }
 
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
