@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v st >/dev/null 2>&1; then
+if ! st --version 2>/dev/null | grep -qi schemathesis; then
   echo "installing schemathesis ..."
   python3 -m pip install --quiet --disable-pip-version-check 'schemathesis>=4,<5'
 fi
