@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! st --version 2>/dev/null | grep -qi schemathesis; then
+# Run as a module of the python3 it is installed for (no reliance on an `st` on PATH).
+if ! python3 -m schemathesis.cli --version >/dev/null 2>&1; then
   echo "installing schemathesis ..."
   python3 -m pip install --quiet --disable-pip-version-check 'schemathesis>=4,<5'
 fi
@@ -26,7 +27,7 @@ base="http://127.0.0.1:$port"
 # The path examples name team-a: give them something to find.
 OVC_SERVER="$base" target/debug/ovc vc create team-a --wait >/dev/null
 
-st run "$base/openapi.json" \
+python3 -m schemathesis.cli run "$base/openapi.json" \
   --checks not_a_server_error,response_schema_conformance,content_type_conformance,status_code_conformance \
   --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-50}" \
   --generation-deterministic \
