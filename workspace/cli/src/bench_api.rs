@@ -244,6 +244,10 @@ pub async fn run(args: ApiBenchArgs) -> anyhow::Result<()> {
 async fn measure(args: &ApiBenchArgs, url: &str, schema: Option<String>) -> anyhow::Result<()> {
     let config = StoreConfig {
         pg_schema: schema.clone(),
+        pg_max_connections: std::env::var("OVC_PG_MAX_CONNECTIONS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(StoreConfig::default().pg_max_connections),
         ..StoreConfig::default()
     };
     let store = ovc_store::open(url, config)
