@@ -178,6 +178,9 @@ fn pick(
                 snapshot_id: snapshot?,
                 target: RestoreTarget::Existing(name(vc)),
             },
+            18 if snapshot.is_some() => Command::DeleteSnapshot {
+                snapshot_id: snapshot?,
+            },
             _ => Command::Delete {},
         }),
         Some(VClusterState::Suspended) => Some(match rng.below(10) {
@@ -305,7 +308,9 @@ async fn crash_test(
             command,
             Command::Snapshot { .. } | Command::Suspend { snapshot: true, .. }
         );
-        let is_delete = matches!(command, Command::Delete {});
+        // After a delete of the vcluster or of its snapshot, no restore picks that
+        // snapshot again.
+        let is_delete = matches!(command, Command::Delete {} | Command::DeleteSnapshot { .. });
         match submit(store.as_ref(), vc, command).await {
             Ok(id) => {
                 accepted.push(id);
@@ -433,6 +438,26 @@ async fn crash_test(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     pool.stop_all();
+
+    // Every kind of operation ran under the kills (and succeeded, checked above).
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    for id in &accepted {
+        let op = store.get_operation(*id).await.expect("get").expect("op");
+        *kinds.entry(op.kind.as_str().to_string()).or_default() += 1;
+    }
+    eprintln!("operations by kind: {kinds:?}");
+    for kind in [
+        "CREATE",
+        "SUSPEND",
+        "RESUME",
+        "SNAPSHOT",
+        "RESTORE",
+        "SCALE",
+        "DELETE",
+        "DELETE_SNAPSHOT",
+    ] {
+        assert!(kinds.contains_key(kind), "no {kind} ran: {kinds:?}");
+    }
 
     // Streams are gapless, positions too, and no step succeeded twice.
     let mut versions: HashMap<String, u64> = HashMap::new();
