@@ -465,6 +465,26 @@ async fn lifecycle_over_grpc() {
         ]
     );
     assert!(ops.operations.iter().all(|o| o.state == "SUCCEEDED"));
+
+    // The calls are counted in /metrics by method and code.
+    let mut conn = std::net::TcpStream::connect(&server.rest).expect("connect REST");
+    write!(
+        conn,
+        "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        server.rest
+    )
+    .expect("write");
+    let mut metrics = String::new();
+    conn.read_to_string(&mut metrics).expect("read");
+    let created = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                "ovc_grpc_requests_total{method=\"/ovc.v1.VClusterService/CreateVCluster\",code=\"0\"}",
+            )
+        })
+        .unwrap_or_else(|| panic!("no CreateVCluster count in:\n{metrics}"));
+    assert!(created.ends_with(" 1"), "{created}");
 }
 
 /// `GET path` on the REST API: the status line's code and the JSON body.

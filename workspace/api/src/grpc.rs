@@ -99,14 +99,21 @@ pub struct GrpcApi {
 /// EventService) plus the gRPC reflection v1 service, ready for
 /// `tonic::transport::Server::add_routes` (or [`serve`]).
 pub fn grpc_router(state: AppState) -> Result<Routes, tonic_reflection::server::Error> {
-    let api = GrpcApi { state };
+    let api = GrpcApi {
+        state: state.clone(),
+    };
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    Ok(Routes::new(VClusterServiceServer::new(api.clone()))
+    let routes = Routes::new(VClusterServiceServer::new(api.clone()))
         .add_service(OperationServiceServer::new(api.clone()))
         .add_service(EventServiceServer::new(api))
-        .add_service(reflection))
+        .add_service(reflection)
+        .prepare();
+    // Counted in `/metrics` as ovc_grpc_requests_total.
+    Ok(Routes::from(routes.into_axum_router().layer(
+        axum::middleware::from_fn_with_state(state, crate::metrics::count_grpc_calls),
+    )))
 }
 
 /// Serves `routes` over HTTP/2 on `listener` until `shutdown` resolves, then finishes

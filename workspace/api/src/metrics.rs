@@ -17,10 +17,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::Mutex;
 
-/// Request counters, by (method, status code).
+/// Request counters: REST by (method, status code), gRPC by (method path, gRPC code).
 #[derive(Debug, Default)]
 pub struct HttpMetrics {
     requests: Mutex<BTreeMap<(String, u16), u64>>,
+    grpc: Mutex<BTreeMap<(String, String), u64>>,
 }
 
 impl HttpMetrics {
@@ -28,6 +29,27 @@ impl HttpMetrics {
         let mut m = self.requests.lock().unwrap_or_else(|e| e.into_inner());
         *m.entry((method.to_string(), status)).or_default() += 1;
     }
+
+    fn count_grpc(&self, method: &str, code: &str) {
+        let mut m = self.grpc.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry((method.to_string(), code.to_string())).or_default() += 1;
+    }
+}
+
+/// The middleware that counts every gRPC call by method and gRPC status code. An error
+/// answered before any message carries `grpc-status` in its headers; otherwise the call
+/// is counted as `0` (OK) when its response starts (a stream's later failure is not seen).
+pub async fn count_grpc_calls(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let method = req.uri().path().to_string();
+    let res = next.run(req).await;
+    let code = res
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("0")
+        .to_string();
+    state.http.count_grpc(&method, &code);
+    res
 }
 
 /// Upper bounds (seconds) of the step-duration histogram buckets.
@@ -199,6 +221,20 @@ pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError>
             let _ = writeln!(
                 out,
                 "ovc_http_requests_total{{method=\"{method}\",status=\"{status}\"}} {n}"
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP ovc_grpc_requests_total gRPC calls by method and gRPC status code."
+    );
+    let _ = writeln!(out, "# TYPE ovc_grpc_requests_total counter");
+    {
+        let m = state.http.grpc.lock().unwrap_or_else(|e| e.into_inner());
+        for ((method, code), n) in m.iter() {
+            let _ = writeln!(
+                out,
+                "ovc_grpc_requests_total{{method=\"{method}\",code=\"{code}\"}} {n}"
             );
         }
     }
