@@ -119,6 +119,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     });
     println!("  REST API   http://{http_addr}");
     println!("  gRPC API   {grpc_addr}");
+    println!("  OpenAPI    http://{http_addr}/openapi.json   metrics: http://{http_addr}/metrics");
+    println!("  try        ovc vc create demo --server http://{http_addr} --wait");
     println!(
         "  try        curl -s -XPOST http://{http_addr}/v1/vclusters -d '{{\"name\":\"demo\"}}'"
     );
