@@ -35,6 +35,11 @@ impl ApiError {
     pub fn not_found(message: impl Into<String>) -> Self {
         ApiError(Status::not_found(message))
     }
+
+    /// UNAVAILABLE (503, safe to retry) with `reason`.
+    pub fn unavailable(message: impl Into<String>, reason: &str) -> Self {
+        ApiError(Status::new(Code::Unavailable, message).with_reason(reason))
+    }
 }
 
 impl IntoResponse for ApiError {

@@ -271,12 +271,9 @@ impl AppState {
             )));
         }
         let host = self.host.as_ref().ok_or_else(|| {
-            ApiError(
-                ovc_types::error::Status::new(
-                    ovc_types::error::Code::Unavailable,
-                    "this API server has no host driver configured",
-                )
-                .with_reason("NO_HOST_DRIVER"),
+            ApiError::unavailable(
+                "this API server has no host driver configured",
+                "NO_HOST_DRIVER",
             )
         })?;
         let ctx = ovc_driver::CallCtx {
@@ -681,29 +678,19 @@ impl AppState {
         })
     }
 
-    /// Readiness: the store answers and its schema is current (all migrations of this
-    /// build applied); UNAVAILABLE otherwise.
+    /// Readiness: the store answers (the migrations query reaches it) and its schema is
+    /// current (all migrations of this build applied); UNAVAILABLE otherwise.
     pub async fn ready(&self) -> ApiResult<()> {
-        let unavailable = |m: String| {
-            ApiError(
-                ovc_types::error::Status::new(ovc_types::error::Code::Unavailable, m)
-                    .with_reason("NOT_READY"),
-            )
-        };
-        let pending = self
-            .store
-            .pending_migrations()
-            .await
-            .map_err(|e| unavailable(format!("store unreachable: {e}")))?;
+        let pending =
+            self.store.pending_migrations().await.map_err(|e| {
+                ApiError::unavailable(format!("store unreachable: {e}"), "NOT_READY")
+            })?;
         if !pending.is_empty() {
-            return Err(unavailable(format!(
-                "the database lacks migrations {pending:?}: run `ovc migrate`"
-            )));
+            return Err(ApiError::unavailable(
+                format!("the database lacks migrations {pending:?}: run `ovc migrate`"),
+                "NOT_READY",
+            ));
         }
-        self.store
-            .head_position()
-            .await
-            .map_err(|e| unavailable(format!("store unreachable: {e}")))?;
         Ok(())
     }
 }
