@@ -9,19 +9,21 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// `ovc dev` on free ports (REST and gRPC); killed on drop.
+/// An `ovc dev` or `ovc serve` process on free ports (REST and gRPC); killed on drop.
 pub struct DevServer {
     /// The child process.
     pub child: Child,
     /// `http://127.0.0.1:PORT` of its REST API.
     pub http: String,
-    /// Every line it printed before the address, for diagnostics.
+    /// `http://127.0.0.1:PORT` of its gRPC API.
+    pub grpc: String,
+    /// Every line it printed up to its addresses, for diagnostics.
     pub banner: Vec<String>,
 }
 
 impl DevServer {
-    /// Starts `ovc dev --http 127.0.0.1:0 --data-dir DATA` with `args` and `env` added,
-    /// and waits until it prints its address.
+    /// Starts `ovc dev --http 127.0.0.1:0 --grpc 127.0.0.1:0 --data-dir DATA` with `args`
+    /// and `env` added, and waits until it prints its addresses (on stdout).
     pub fn start(data: &Path, args: &[&str], env: &[(&str, &str)]) -> DevServer {
         let mut child = Command::new(ovc_bin())
             .args([
@@ -39,34 +41,83 @@ impl DevServer {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn ovc dev");
-        let stdout = child.stdout.take().expect("stdout");
+        let out = child.stdout.take().expect("stdout");
+        let lines = BufReader::new(out).lines().map_while(Result::ok);
+        Self::addresses(child, lines, "REST API", "gRPC API")
+    }
+
+    /// Starts `ovc serve --http 127.0.0.1:0 --grpc 127.0.0.1:0` with `args` (e.g.
+    /// `--database-url`, `--auth`), and waits until it prints its addresses (on stderr).
+    pub fn serve(args: &[&str]) -> DevServer {
+        let mut child = Command::new(ovc_bin())
+            .arg("serve")
+            .args(args)
+            .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ovc serve");
+        let err = child.stderr.take().expect("stderr");
+        let lines = BufReader::new(err).lines().map_while(Result::ok);
+        Self::addresses(
+            child,
+            lines,
+            "ovc serve: REST API on",
+            "ovc serve: gRPC API on",
+        )
+    }
+
+    /// Reads `lines` until both addresses are printed (after `rest_prefix` and
+    /// `grpc_prefix`), then keeps draining them so the child never blocks on a full pipe.
+    fn addresses(
+        mut child: Child,
+        lines: impl Iterator<Item = String> + Send + 'static,
+        rest_prefix: &str,
+        grpc_prefix: &str,
+    ) -> DevServer {
         let (tx, rx) = std::sync::mpsc::channel::<String>();
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            for line in lines {
                 if tx.send(line).is_err() {
                     break;
                 }
             }
         });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut banner = Vec::new();
-        while Instant::now() < deadline {
-            if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
-                banner.push(line.clone());
-                if let Some(url) = line.trim().strip_prefix("REST API") {
-                    // Keep draining stdout so the child never blocks on a full pipe.
-                    std::thread::spawn(move || for _ in rx {});
-                    return DevServer {
-                        child,
-                        http: url.trim().to_string(),
-                        banner,
-                    };
-                }
+        let first_word = |s: &str| s.split_whitespace().next().unwrap_or_default().to_string();
+        let (mut rest, mut grpc, mut banner) = (None, None, Vec::new());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline && (rest.is_none() || grpc.is_none()) {
+            let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
+                continue;
+            };
+            banner.push(line.clone());
+            let line = line.trim();
+            if let Some(r) = line.strip_prefix(rest_prefix) {
+                rest = Some(first_word(r.trim().trim_start_matches("http://")));
+            }
+            if let Some(g) = line.strip_prefix(grpc_prefix) {
+                grpc = Some(first_word(g));
             }
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("ovc dev did not print its address: {banner:?}");
+        std::thread::spawn(move || for _ in rx {});
+        match (rest, grpc) {
+            (Some(rest), Some(grpc)) => DevServer {
+                child,
+                http: format!("http://{rest}"),
+                grpc: format!("http://{grpc}"),
+                banner,
+            },
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the server did not print its addresses: {banner:?}");
+            }
+        }
+    }
+
+    /// `127.0.0.1:PORT` of the REST API.
+    pub fn rest_addr(&self) -> &str {
+        self.http.trim_start_matches("http://")
     }
 
     /// A request to this server.

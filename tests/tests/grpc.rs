@@ -8,108 +8,26 @@ use ovc_api::grpc::proto;
 use ovc_api::grpc::proto::event_service_client::EventServiceClient;
 use ovc_api::grpc::proto::operation_service_client::OperationServiceClient;
 use ovc_api::grpc::proto::v_cluster_service_client::VClusterServiceClient;
+use ovc_tests::dev::DevServer;
 use ovc_tests::ovc_bin;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::io::{Read, Write};
+use std::process::Command;
+use std::time::Duration;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 use tonic_types::StatusExt;
 
-/// A running `ovc` server process, killed on drop.
-struct Server {
-    child: Child,
-    /// `http://127.0.0.1:PORT` of the gRPC API.
-    grpc: String,
-    /// `127.0.0.1:PORT` of the REST API.
-    rest: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Reads `lines` until both addresses are printed (after `rest_prefix` and
-/// `grpc_prefix`), then keeps draining so the child never blocks on a full pipe.
-fn addresses(
-    mut child: Child,
-    lines: impl Iterator<Item = String> + Send + 'static,
-    rest_prefix: &'static str,
-    grpc_prefix: &'static str,
-) -> Server {
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in lines {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let (mut rest, mut grpc) = (None, None);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline && (rest.is_none() || grpc.is_none()) {
-        let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
-            continue;
-        };
-        let line = line.trim().to_string();
-        if let Some(r) = line.strip_prefix(rest_prefix) {
-            let r = r.trim().trim_start_matches("http://");
-            rest = Some(r.split_whitespace().next().unwrap_or(r).to_string());
-        }
-        if let Some(g) = line.strip_prefix(grpc_prefix) {
-            grpc = Some(g.split_whitespace().next().unwrap_or(g).to_string());
-        }
-    }
-    std::thread::spawn(move || for _ in rx {});
-    match (rest, grpc) {
-        (Some(rest), Some(grpc)) => Server {
-            child,
-            grpc: format!("http://{grpc}"),
-            rest,
-        },
-        _ => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the server did not print its addresses");
-        }
-    }
-}
+/// A running `ovc dev` or `ovc serve`, killed on drop.
+type Server = DevServer;
 
 /// `ovc dev` on free ports, with its own data directory.
 fn start_dev(data: &std::path::Path) -> Server {
-    let mut child = Command::new(ovc_bin())
-        .args(["dev", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn ovc dev");
-    let out = child.stdout.take().expect("stdout");
-    let lines = BufReader::new(out).lines().map_while(Result::ok);
-    addresses(child, lines, "REST API", "gRPC API")
+    DevServer::start(data, &[], &[])
 }
 
 /// `ovc serve --auth token` on free ports over the SQLite database `url`.
 fn start_serve(url: &str) -> Server {
-    let mut child = Command::new(ovc_bin())
-        .args(["serve", "--database-url", url, "--auth", "token"])
-        .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ovc serve");
-    let err = child.stderr.take().expect("stderr");
-    let lines = BufReader::new(err).lines().map_while(Result::ok);
-    addresses(
-        child,
-        lines,
-        "ovc serve: REST API on",
-        "ovc serve: gRPC API on",
-    )
+    DevServer::serve(&["--database-url", url, "--auth", "token"])
 }
 
 async fn channel(server: &Server) -> Channel {
@@ -467,11 +385,11 @@ async fn lifecycle_over_grpc() {
     assert!(ops.operations.iter().all(|o| o.state == "SUCCEEDED"));
 
     // The calls are counted in /metrics by method and code.
-    let mut conn = std::net::TcpStream::connect(&server.rest).expect("connect REST");
+    let mut conn = std::net::TcpStream::connect(server.rest_addr()).expect("connect REST");
     write!(
         conn,
         "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-        server.rest
+        server.rest_addr()
     )
     .expect("write");
     let mut metrics = String::new();
@@ -532,7 +450,7 @@ async fn errors_have_the_codes_and_messages_of_rest() {
         .await,
         Code::NotFound,
     );
-    let (http, body) = rest_get(&server.rest, "/v1/vclusters/nope");
+    let (http, body) = rest_get(server.rest_addr(), "/v1/vclusters/nope");
     assert_eq!(http, 404);
     assert_eq!(body["error"]["message"], s.message(), "{body}");
     expect_code(
@@ -562,7 +480,7 @@ async fn errors_have_the_codes_and_messages_of_rest() {
         Code::InvalidArgument,
     );
     assert_eq!(reason(&s), "INVALID_NAME");
-    let (http, body) = rest_get(&server.rest, "/v1/vclusters/Bad_Name");
+    let (http, body) = rest_get(server.rest_addr(), "/v1/vclusters/Bad_Name");
     assert_eq!(http, 400);
     assert_eq!(body["error"]["message"], s.message(), "{body}");
     for (spec, needle) in [
