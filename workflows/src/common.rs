@@ -21,6 +21,7 @@ pub fn values(spec: &VClusterSpec) -> ReleaseValues {
         quota: spec.quota.clone(),
         labels: spec.labels.clone(),
         helm_values: spec.helm_values.clone(),
+        chart_version: None,
     }
 }
 

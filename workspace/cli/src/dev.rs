@@ -30,6 +30,9 @@ pub struct DevArgs {
     /// Address of the gRPC API (loopback only, like `--http`).
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub grpc: std::net::SocketAddr,
+    /// The host driver: `sim` (simulated) or `kube` (the cluster of KUBECONFIG).
+    #[arg(long, env = "OVC_HOST", value_parser = crate::worker::HOSTS, default_value = "sim")]
+    pub host: String,
 }
 
 /// Runs `ovc dev`.
@@ -61,7 +64,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let worker_args = crate::worker::WorkerArgs {
         database_url: url.clone(),
         pg_schema: None,
-        host: "sim".into(),
+        host: args.host.clone(),
         artifacts: args.data_dir.join("snapshots").display().to_string(),
         concurrency: 16,
         lease_ms: 5000,
@@ -69,7 +72,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         name: None,
         workflows: "vcluster".into(),
     };
-    let worker = crate::worker::build(store.clone(), &worker_args).await?;
+    // One driver for the workers and the kubeconfig route.
+    let host = crate::worker::host_driver(&args.host, &url, None).await?;
+    let worker = crate::worker::build_with(store.clone(), &worker_args, host.clone()).await?;
     let worker = tokio::spawn(worker.run(crate::worker::shutdown_signal()));
     for (flag, addr) in [("--http", args.http), ("--grpc", args.grpc)] {
         if !addr.ip().is_loopback() {
@@ -96,12 +101,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             )
         })?;
     let grpc_addr = grpc_listener.local_addr().unwrap_or(args.grpc);
-    // The kubeconfig route reads the host live, through the same driver as the workers.
-    let host = std::sync::Arc::new(
-        ovc_driver::sim::SimHost::connect_from_env(&url, None)
-            .await
-            .context("connecting the simulated host")?,
-    );
     let state = ovc_api::AppState::new(
         store.clone(),
         std::sync::Arc::new(ovc_workflows::registry()),
@@ -126,7 +125,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     );
     println!("  try        grpcurl -plaintext {grpc_addr} list");
     println!(
-        "  workers    16 on the simulated host; snapshots in {}",
+        "  workers    16 on the {} host; snapshots in {}",
+        if args.host == "kube" { "kube (KUBECONFIG)" } else { "simulated" },
         worker_args.artifacts
     );
     println!("  following the event log; Ctrl-C to stop");

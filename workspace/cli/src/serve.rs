@@ -24,6 +24,9 @@ pub struct ServeArgs {
     /// Address of the gRPC API (same auth rules as `--http`).
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub grpc: std::net::SocketAddr,
+    /// The host the kubeconfig route reads: `sim` or `kube` (the cluster of KUBECONFIG).
+    #[arg(long, env = "OVC_HOST", value_parser = crate::worker::HOSTS, default_value = "sim")]
+    pub host: String,
     /// `token` (bearer tokens, see `ovc token create`) or `none` (loopback only).
     #[arg(long, value_parser = ["token", "none"], default_value = "token")]
     pub auth: String,
@@ -57,11 +60,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot open {}", crate::redact(&args.database_url)))?;
     // The kubeconfig route reads the host live, through the same driver as the workers.
-    let host = Arc::new(
-        ovc_driver::sim::SimHost::connect_from_env(&args.database_url, args.pg_schema.as_deref())
-            .await
-            .context("connecting the simulated host")?,
-    );
+    let host =
+        crate::worker::host_driver(&args.host, &args.database_url, args.pg_schema.as_deref())
+            .await?;
     let listener = tokio::net::TcpListener::bind(args.http)
         .await
         .with_context(|| format!("cannot listen on {}", args.http))?;

@@ -4,6 +4,8 @@
 
 use anyhow::Context;
 use clap::Args;
+use ovc_driver::HostDriver;
+use ovc_driver::kube::KubeHost;
 use ovc_driver::sim::SimHost;
 use ovc_engine::executor::{Executor, RetryPolicy};
 use ovc_engine::services::Services;
@@ -25,8 +27,10 @@ pub struct WorkerArgs {
     #[arg(long, env = "OVC_PG_SCHEMA")]
     pub pg_schema: Option<String>,
     /// The host driver. `sim` is the simulated host (knobs: OVC_SIM_LATENCY_MS,
-    /// OVC_SIM_READY_MS, OVC_SIM_FAULTS); the Kubernetes driver arrives later.
-    #[arg(long, value_parser = ["sim"], default_value = "sim")]
+    /// OVC_SIM_READY_MS, OVC_SIM_FAULTS); `kube` is a real cluster from KUBECONFIG (or
+    /// the in-cluster service account), with helm (OVC_HELM, OVC_KUBE_CHART,
+    /// OVC_KUBE_CHART_VERSION, OVC_KUBE_VCLUSTER_SERVER).
+    #[arg(long, env = "OVC_HOST", value_parser = HOSTS, default_value = "sim")]
     pub host: String,
     /// Snapshot storage: a directory, file:///DIR or memory://.
     #[arg(long, env = "OVC_ARTIFACTS", default_value = ".ovc/snapshots")]
@@ -51,11 +55,47 @@ pub struct WorkerArgs {
     pub workflows: String,
 }
 
+/// The values of `--host`.
+pub const HOSTS: [&str; 2] = ["sim", "kube"];
+
+/// The host driver named by `--host`: the simulated host on the store's database, or
+/// the kube driver, checked at start (the API server answers, helm is usable) so a
+/// process without a usable kubeconfig exits at once with a message naming KUBECONFIG.
+pub async fn host_driver(
+    host: &str,
+    database_url: &str,
+    pg_schema: Option<&str>,
+) -> anyhow::Result<Arc<dyn HostDriver>> {
+    match host {
+        "kube" => {
+            let kube = KubeHost::from_env().await.context("--host kube")?;
+            kube.check().await.map_err(|e| {
+                anyhow::anyhow!(
+                    "--host kube: the host cluster of KUBECONFIG is not usable: {e}"
+                )
+            })?;
+            Ok(Arc::new(kube))
+        }
+        _ => Ok(Arc::new(
+            SimHost::connect_from_env(database_url, pg_schema)
+                .await
+                .context("connecting the simulated host")?,
+        )),
+    }
+}
+
 /// Builds a worker on `store` from the arguments.
 pub async fn build(store: Arc<dyn Store>, args: &WorkerArgs) -> anyhow::Result<Worker> {
-    let sim = SimHost::connect_from_env(&args.database_url, args.pg_schema.as_deref())
-        .await
-        .context("connecting the simulated host")?;
+    let driver = host_driver(&args.host, &args.database_url, args.pg_schema.as_deref()).await?;
+    build_with(store, args, driver).await
+}
+
+/// Builds a worker on `store` with `driver`.
+pub async fn build_with(
+    store: Arc<dyn Store>,
+    args: &WorkerArgs,
+    driver: Arc<dyn HostDriver>,
+) -> anyhow::Result<Worker> {
     let artifacts = OpendalArtifacts::from_url(&args.artifacts)
         .with_context(|| format!("opening snapshot storage {}", args.artifacts))?;
     let exec = Executor {
@@ -65,7 +105,7 @@ pub async fn build(store: Arc<dyn Store>, args: &WorkerArgs) -> anyhow::Result<W
         } else {
             ovc_workflows::registry()
         }),
-        driver: Arc::new(sim),
+        driver,
         services: Arc::new(Services {
             artifacts: Arc::new(artifacts),
         }),

@@ -7,8 +7,13 @@
 //! a step that ran but was not journaled can simply run again after a crash.
 //!
 //! Implementations: [`sim::SimHost`] (embedded default, tests, benchmarks; state in the
-//! store database, fault injection) and, in a later issue, `kube` (kube-rs + helm).
+//! store database, fault injection) and [`kube::KubeHost`] (a real cluster: kube-rs +
+//! the helm binary). The `conformance` feature adds [`conformance`], the behaviours every
+//! driver must have, and `kube::fake`, a fake Kubernetes API server to run them on.
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
+pub mod kube;
 pub mod sim;
 
 use async_trait::async_trait;
@@ -51,6 +56,43 @@ pub struct ReleaseValues {
     pub labels: std::collections::BTreeMap<String, String>,
     /// Extra chart values.
     pub helm_values: serde_json::Map<String, serde_json::Value>,
+    /// The chart (= vcluster) version; `None`: the driver's configured default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chart_version: Option<String>,
+}
+
+/// Helm's status of a release (`helm status`'s `info.status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReleaseStatus {
+    /// Installed and current.
+    Deployed,
+    /// An install did not finish.
+    PendingInstall,
+    /// An upgrade did not finish.
+    PendingUpgrade,
+    /// A rollback did not finish.
+    PendingRollback,
+    /// The last install or upgrade failed.
+    Failed,
+    /// Being uninstalled.
+    Uninstalling,
+}
+
+impl ReleaseStatus {
+    /// From helm's status (`superseded`/`uninstalled`/`unknown` never describe the
+    /// current revision of an installed release; they read as `failed`).
+    pub fn from_helm(s: kube::HelmStatus) -> Self {
+        use kube::HelmStatus as H;
+        match s {
+            H::Deployed => ReleaseStatus::Deployed,
+            H::PendingInstall => ReleaseStatus::PendingInstall,
+            H::PendingUpgrade => ReleaseStatus::PendingUpgrade,
+            H::PendingRollback => ReleaseStatus::PendingRollback,
+            H::Uninstalling => ReleaseStatus::Uninstalling,
+            H::Failed | H::Superseded | H::Uninstalled | H::Unknown => ReleaseStatus::Failed,
+        }
+    }
 }
 
 /// The installed Helm release.
@@ -60,6 +102,10 @@ pub struct ReleaseInfo {
     pub revision: u32,
     /// The values of that revision.
     pub values: ReleaseValues,
+    /// Helm's status of that revision.
+    pub status: ReleaseStatus,
+    /// The chart version of that revision.
+    pub chart_version: String,
 }
 
 /// The control plane (StatefulSet) as the host sees it.

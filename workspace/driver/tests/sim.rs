@@ -19,7 +19,7 @@ ovc_testkit::both_backends!(
     lifecycle_from_namespace_to_delete,
     each_ensure_counts_its_effect_once,
     missing_prerequisites_are_permanent_errors,
-    upgrading_a_paused_release_keeps_it_paused,
+    upgrading_a_paused_release_is_refused,
     state_survives_a_new_host_on_the_same_database,
     transient_fault_fails_count_times_per_operation_across_reconnects,
     permanent_fault_fails_every_call_without_effects,
@@ -86,6 +86,7 @@ fn values(replicas: u32) -> ReleaseValues {
         quota: Default::default(),
         labels: BTreeMap::from([("team".into(), "a".into())]),
         helm_values: Default::default(),
+        chart_version: None,
     }
 }
 
@@ -408,7 +409,7 @@ async fn missing_prerequisites_are_permanent_errors(backend: Backend) {
     );
 }
 
-async fn upgrading_a_paused_release_keeps_it_paused(backend: Backend) {
+async fn upgrading_a_paused_release_is_refused(backend: Backend) {
     let db = fresh_db(backend).await;
     let host = connect(&db, SimConfig::default()).await;
     let t = target("sleepy");
@@ -416,7 +417,16 @@ async fn upgrading_a_paused_release_keeps_it_paused(backend: Backend) {
     let c = ctx("scale", "upgrade_release");
 
     assert_eq!(host.pause_control_plane(&c, &t).await, Ok(1));
-    assert_eq!(host.install_release(&c, &t, &values(3)).await, Ok(2));
+    let refused = host.install_release(&c, &t, &values(3)).await;
+    assert!(
+        matches!(&refused, Err(DriverError::Permanent(s)) if s.reason() == Some("CONTROL_PLANE_PAUSED")),
+        "an upgrade of a paused vcluster must be refused (mechanics §6), got {refused:?}"
+    );
+    assert_eq!(
+        host.install_release(&c, &t, &values(1)).await,
+        Ok(1),
+        "the same values are a no-op, also while paused"
+    );
     let cp = host
         .control_plane(&c, &t)
         .await
@@ -424,16 +434,10 @@ async fn upgrading_a_paused_release_keeps_it_paused(backend: Backend) {
         .expect("cp exists");
     assert_eq!(
         (cp.replicas, cp.pods, cp.paused, cp.paused_replicas),
-        (0, 0, true, Some(3)),
-        "an upgrade must not wake a paused vcluster (mechanics §6)"
+        (0, 0, true, Some(1)),
+        "nothing changed"
     );
-    assert_eq!(host.resume_control_plane(&c, &t).await, Ok(3));
-    let cp = host
-        .control_plane(&c, &t)
-        .await
-        .expect("cp")
-        .expect("cp exists");
-    assert_eq!((cp.replicas, cp.pods, cp.ready), (3, 3, 3));
+    assert_eq!(host.resume_control_plane(&c, &t).await, Ok(1));
 }
 
 async fn state_survives_a_new_host_on_the_same_database(backend: Backend) {

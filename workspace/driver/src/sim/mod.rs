@@ -575,13 +575,23 @@ impl HostDriver for SimHost {
             if r.values == *values {
                 return Ok(r.revision);
             }
+            if r.paused {
+                // Mechanics §6: a helm upgrade would reset the replicas 0→N while
+                // `loft.sh/paused` stays; the real driver refuses, so does the simulation.
+                return Err(DriverError::Permanent(
+                    Status::new(
+                        Code::FailedPrecondition,
+                        format!(
+                            "vcluster {} is paused: ovc never upgrades a paused vcluster (resume it first)",
+                            t.release
+                        ),
+                    )
+                    .with_reason("CONTROL_PLANE_PAUSED"),
+                ));
+            }
             r.revision = r.revision.saturating_add(1);
             r.values = values.clone();
-            if r.paused {
-                // Mechanics §6: an upgrade must not wake a paused vcluster; it resumes
-                // with the new size.
-                r.paused_replicas = Some(want);
-            } else if r.replicas != want {
+            if r.replicas != want {
                 r.scale(want, now, delay);
             }
             r.updated_at = now;

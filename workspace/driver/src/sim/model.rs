@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+
+/// The chart version the simulated host reports when the values name none.
+pub const SIM_CHART_VERSION: &str = "0.29.1-sim";
+
 /// The workload pods a fresh vcluster runs (what the syncer syncs to the host).
 pub const WORKLOAD_PODS: [&str; 3] = ["workload-0", "workload-1", "workload-2"];
 
@@ -133,6 +137,12 @@ impl SimRelease {
         ReleaseInfo {
             revision: self.revision,
             values: self.values.clone(),
+            status: crate::ReleaseStatus::Deployed,
+            chart_version: self
+                .values
+                .chart_version
+                .clone()
+                .unwrap_or_else(|| SIM_CHART_VERSION.to_owned()),
         }
     }
 
@@ -275,6 +285,7 @@ mod tests {
                 quota: Default::default(),
                 labels: Default::default(),
                 helm_values: Default::default(),
+                chart_version: None,
             },
             Utc::now(),
             Duration::ZERO,
