@@ -353,14 +353,42 @@ fn host_kube_without_a_usable_kubeconfig_exits_at_start_naming_kubeconfig() {
     let data = dir.path().join("dev");
     let data = data.display().to_string();
     let runs: Vec<(Vec<&str>, &std::path::Path)> = vec![
-        (vec!["worker", "--database-url", &url, "--host", "kube"], &missing),
-        (vec!["worker", "--database-url", &url, "--host", "kube"], &unreachable),
         (
-            vec!["serve", "--database-url", &url, "--host", "kube", "--auth", "none", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"],
+            vec!["worker", "--database-url", &url, "--host", "kube"],
             &missing,
         ),
         (
-            vec!["dev", "--data-dir", &data, "--host", "kube", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"],
+            vec!["worker", "--database-url", &url, "--host", "kube"],
+            &unreachable,
+        ),
+        (
+            vec![
+                "serve",
+                "--database-url",
+                &url,
+                "--host",
+                "kube",
+                "--auth",
+                "none",
+                "--http",
+                "127.0.0.1:0",
+                "--grpc",
+                "127.0.0.1:0",
+            ],
+            &missing,
+        ),
+        (
+            vec![
+                "dev",
+                "--data-dir",
+                &data,
+                "--host",
+                "kube",
+                "--http",
+                "127.0.0.1:0",
+                "--grpc",
+                "127.0.0.1:0",
+            ],
             &missing,
         ),
     ];

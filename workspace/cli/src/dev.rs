@@ -126,7 +126,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  try        grpcurl -plaintext {grpc_addr} list");
     println!(
         "  workers    16 on the {} host; snapshots in {}",
-        if args.host == "kube" { "kube (KUBECONFIG)" } else { "simulated" },
+        if args.host == "kube" {
+            "kube (KUBECONFIG)"
+        } else {
+            "simulated"
+        },
         worker_args.artifacts
     );
     println!("  following the event log; Ctrl-C to stop");

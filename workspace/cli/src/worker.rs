@@ -70,9 +70,7 @@ pub async fn host_driver(
         "kube" => {
             let kube = KubeHost::from_env().await.context("--host kube")?;
             kube.check().await.map_err(|e| {
-                anyhow::anyhow!(
-                    "--host kube: the host cluster of KUBECONFIG is not usable: {e}"
-                )
+                anyhow::anyhow!("--host kube: the host cluster of KUBECONFIG is not usable: {e}")
             })?;
             Ok(Arc::new(kube))
         }

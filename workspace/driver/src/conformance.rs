@@ -78,8 +78,13 @@ where
 
 async fn create(host: &dyn ConformanceHost, t: &Target, v: &ReleaseValues) -> u32 {
     let d = host.driver();
-    d.ensure_namespace(&ctx("create_namespace"), t).await.expect("ensure_namespace");
-    let rev = d.install_release(&ctx("install_release"), t, v).await.expect("install_release");
+    d.ensure_namespace(&ctx("create_namespace"), t)
+        .await
+        .expect("ensure_namespace");
+    let rev = d
+        .install_release(&ctx("install_release"), t, v)
+        .await
+        .expect("install_release");
     until(host, "control plane ready after install", || async {
         d.control_plane(&ctx("wait_ready"), t)
             .await
@@ -92,9 +97,13 @@ async fn create(host: &dyn ConformanceHost, t: &Target, v: &ReleaseValues) -> u3
 
 async fn destroy(host: &dyn ConformanceHost, t: &Target) {
     let d = host.driver();
-    d.uninstall_release(&ctx("uninstall_release"), t).await.expect("uninstall");
+    d.uninstall_release(&ctx("uninstall_release"), t)
+        .await
+        .expect("uninstall");
     until(host, "namespace gone", || async {
-        d.delete_namespace(&ctx("delete_namespace"), t).await.expect("delete_namespace")
+        d.delete_namespace(&ctx("delete_namespace"), t)
+            .await
+            .expect("delete_namespace")
     })
     .await;
 }
@@ -105,39 +114,79 @@ pub async fn each_call_repeated_is_harmless(host: &dyn ConformanceHost) {
     let t = host.target("repeat");
     let c = ctx("repeat");
     d.ensure_namespace(&c, &t).await.expect("ensure_namespace");
-    d.ensure_namespace(&c, &t).await.expect("ensure_namespace again");
+    d.ensure_namespace(&c, &t)
+        .await
+        .expect("ensure_namespace again");
     let v = values(1);
     let rev = d.install_release(&c, &t, &v).await.expect("install");
-    assert_eq!(d.install_release(&c, &t, &v).await, Ok(rev), "the same values again: no new revision");
+    assert_eq!(
+        d.install_release(&c, &t, &v).await,
+        Ok(rev),
+        "the same values again: no new revision"
+    );
     host.settle().await;
-    let info = d.release(&c, &t).await.expect("release").expect("installed");
+    let info = d
+        .release(&c, &t)
+        .await
+        .expect("release")
+        .expect("installed");
     assert_eq!(info.revision, rev);
     assert_eq!(info.status, crate::ReleaseStatus::Deployed);
-    assert!(!info.chart_version.is_empty(), "the chart version is reported");
+    assert!(
+        !info.chart_version.is_empty(),
+        "the chart version is reported"
+    );
     assert_eq!(
-        (info.values.control_plane.clone(), info.values.quota.clone(), info.values.labels.clone()),
+        (
+            info.values.control_plane.clone(),
+            info.values.quota.clone(),
+            info.values.labels.clone()
+        ),
         (v.control_plane.clone(), v.quota.clone(), v.labels.clone()),
         "the release reads back the values it was installed with"
     );
     until(host, "ready", || async {
-        d.control_plane(&c, &t).await.expect("cp").is_some_and(|c| c.is_ready())
+        d.control_plane(&c, &t)
+            .await
+            .expect("cp")
+            .is_some_and(|c| c.is_ready())
     })
     .await;
     assert_eq!(d.pause_control_plane(&c, &t).await, Ok(1));
-    assert_eq!(d.pause_control_plane(&c, &t).await, Ok(1), "a second pause keeps paused-replicas");
+    assert_eq!(
+        d.pause_control_plane(&c, &t).await,
+        Ok(1),
+        "a second pause keeps paused-replicas"
+    );
     host.settle().await;
-    assert_eq!(d.pause_control_plane(&c, &t).await, Ok(1), "also after the pods are gone");
+    assert_eq!(
+        d.pause_control_plane(&c, &t).await,
+        Ok(1),
+        "also after the pods are gone"
+    );
     assert_eq!(d.evict_workload_pods(&c, &t).await.map(|_| ()), Ok(()));
-    assert_eq!(d.evict_workload_pods(&c, &t).await, Ok(0), "a second eviction finds nothing");
+    assert_eq!(
+        d.evict_workload_pods(&c, &t).await,
+        Ok(0),
+        "a second eviction finds nothing"
+    );
     assert_eq!(d.resume_control_plane(&c, &t).await, Ok(1));
-    assert_eq!(d.resume_control_plane(&c, &t).await, Ok(1), "a second resume is a no-op");
+    assert_eq!(
+        d.resume_control_plane(&c, &t).await,
+        Ok(1),
+        "a second resume is a no-op"
+    );
     d.uninstall_release(&c, &t).await.expect("uninstall");
     d.uninstall_release(&c, &t).await.expect("uninstall again");
     until(host, "namespace gone", || async {
         d.delete_namespace(&c, &t).await.expect("delete_namespace")
     })
     .await;
-    assert_eq!(d.delete_namespace(&c, &t).await, Ok(true), "deleting a gone namespace again");
+    assert_eq!(
+        d.delete_namespace(&c, &t).await,
+        Ok(true),
+        "deleting a gone namespace again"
+    );
 }
 
 /// Removals and reads tolerate "already gone" (never created, here).
@@ -159,7 +208,10 @@ pub async fn removals_tolerate_already_gone(host: &dyn ConformanceHost) {
         Some(Code::NotFound),
         "pausing a missing release is NOT_FOUND"
     );
-    assert_eq!(permanent_code(&d.resume_control_plane(&c, &t).await), Some(Code::NotFound));
+    assert_eq!(
+        permanent_code(&d.resume_control_plane(&c, &t).await),
+        Some(Code::NotFound)
+    );
 }
 
 /// Pause then resume brings back the replicas the control plane had.
@@ -170,17 +222,33 @@ pub async fn pause_resume_round_trips_the_replicas(host: &dyn ConformanceHost) {
     create(host, &t, &values(3)).await;
     assert_eq!(d.pause_control_plane(&c, &t).await, Ok(3));
     let cp = d.control_plane(&c, &t).await.expect("cp").expect("exists");
-    assert_eq!((cp.replicas, cp.paused, cp.paused_replicas), (0, true, Some(3)));
+    assert_eq!(
+        (cp.replicas, cp.paused, cp.paused_replicas),
+        (0, true, Some(3))
+    );
     until(host, "pods gone after pause", || async {
-        d.control_plane(&c, &t).await.expect("cp").is_some_and(|c| c.pods == 0)
+        d.control_plane(&c, &t)
+            .await
+            .expect("cp")
+            .is_some_and(|c| c.pods == 0)
     })
     .await;
-    assert_eq!(d.health_check(&c, &t).await, Ok(false), "a paused vcluster is not healthy");
+    assert_eq!(
+        d.health_check(&c, &t).await,
+        Ok(false),
+        "a paused vcluster is not healthy"
+    );
     assert_eq!(d.resume_control_plane(&c, &t).await, Ok(3));
     let cp = d.control_plane(&c, &t).await.expect("cp").expect("exists");
-    assert_eq!((cp.replicas, cp.paused, cp.paused_replicas), (3, false, None));
+    assert_eq!(
+        (cp.replicas, cp.paused, cp.paused_replicas),
+        (3, false, None)
+    );
     until(host, "ready after resume", || async {
-        d.control_plane(&c, &t).await.expect("cp").is_some_and(|c| c.is_ready() && c.ready == 3)
+        d.control_plane(&c, &t)
+            .await
+            .expect("cp")
+            .is_some_and(|c| c.is_ready() && c.ready == 3)
     })
     .await;
     destroy(host, &t).await;
@@ -194,11 +262,23 @@ pub async fn a_paused_control_plane_refuses_an_upgrade(host: &dyn ConformanceHos
     let rev = create(host, &t, &values(1)).await;
     d.pause_control_plane(&c, &t).await.expect("pause");
     let r = d.install_release(&c, &t, &values(3)).await;
-    assert_eq!(permanent_code(&r), Some(Code::FailedPrecondition), "upgrade while paused: {r:?}");
-    assert_eq!(d.install_release(&c, &t, &values(1)).await, Ok(rev), "same values: no-op");
+    assert_eq!(
+        permanent_code(&r),
+        Some(Code::FailedPrecondition),
+        "upgrade while paused: {r:?}"
+    );
+    assert_eq!(
+        d.install_release(&c, &t, &values(1)).await,
+        Ok(rev),
+        "same values: no-op"
+    );
     host.settle().await;
     let cp = d.control_plane(&c, &t).await.expect("cp").expect("exists");
-    assert_eq!((cp.replicas, cp.paused), (0, true), "still paused after the refused upgrade");
+    assert_eq!(
+        (cp.replicas, cp.paused),
+        (0, true),
+        "still paused after the refused upgrade"
+    );
     d.resume_control_plane(&c, &t).await.expect("resume");
     destroy(host, &t).await;
 }
@@ -210,14 +290,30 @@ pub async fn readiness_is_false_until_true(host: &dyn ConformanceHost) {
     let t = host.target("ready");
     let c = ctx("wait_ready");
     d.ensure_namespace(&c, &t).await.expect("ns");
-    d.install_release(&c, &t, &values(1)).await.expect("install");
+    d.install_release(&c, &t, &values(1))
+        .await
+        .expect("install");
     let cp = d.control_plane(&c, &t).await.expect("cp");
-    assert!(!cp.is_some_and(|c| c.is_ready()), "ready at once after the install: {cp:?}");
+    assert!(
+        !cp.is_some_and(|c| c.is_ready()),
+        "ready at once after the install: {cp:?}"
+    );
     assert_eq!(d.health_check(&c, &t).await, Ok(false));
-    until(host, "healthy", || async { d.health_check(&c, &t).await == Ok(true) }).await;
-    assert!(d.control_plane(&c, &t).await.expect("cp").is_some_and(|c| c.is_ready()));
+    until(host, "healthy", || async {
+        d.health_check(&c, &t).await == Ok(true)
+    })
+    .await;
+    assert!(
+        d.control_plane(&c, &t)
+            .await
+            .expect("cp")
+            .is_some_and(|c| c.is_ready())
+    );
     let kubeconfig = d.kubeconfig(&c, &t).await.expect("kubeconfig");
-    assert!(kubeconfig.is_some_and(|k| k.contains("server:")), "a kubeconfig with a server");
+    assert!(
+        kubeconfig.is_some_and(|k| k.contains("server:")),
+        "a kubeconfig with a server"
+    );
     destroy(host, &t).await;
 }
 
@@ -229,10 +325,22 @@ pub async fn ownership_is_respected(host: &dyn ConformanceHost) {
     let foreign = host.target("foreign");
     if host.create_foreign_namespace(&foreign).await {
         let r = d.ensure_namespace(&c, &foreign).await;
-        assert_eq!(permanent_code(&r), Some(Code::FailedPrecondition), "a foreign namespace: {r:?}");
-        assert_eq!(d.delete_namespace(&c, &foreign).await, Ok(true), "not ours: left alone");
+        assert_eq!(
+            permanent_code(&r),
+            Some(Code::FailedPrecondition),
+            "a foreign namespace: {r:?}"
+        );
+        assert_eq!(
+            d.delete_namespace(&c, &foreign).await,
+            Ok(true),
+            "not ours: left alone"
+        );
         host.settle().await;
-        assert_eq!(d.namespace_exists(&c, &foreign).await, Ok(true), "a foreign namespace is never deleted");
+        assert_eq!(
+            d.namespace_exists(&c, &foreign).await,
+            Ok(true),
+            "a foreign namespace is never deleted"
+        );
     } else {
         eprintln!("conformance: this host cannot plant a foreign namespace; that part is skipped");
     }
@@ -243,7 +351,11 @@ pub async fn ownership_is_respected(host: &dyn ConformanceHost) {
         release: format!("{}-2", t.release),
     };
     let r = d.install_release(&c, &second, &values(1)).await;
-    assert_eq!(permanent_code(&r), Some(Code::FailedPrecondition), "a second vcluster in one namespace: {r:?}");
+    assert_eq!(
+        permanent_code(&r),
+        Some(Code::FailedPrecondition),
+        "a second vcluster in one namespace: {r:?}"
+    );
     destroy(host, &t).await;
 }
 

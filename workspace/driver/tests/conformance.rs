@@ -5,8 +5,8 @@
 
 use async_trait::async_trait;
 use ovc_driver::conformance::{ConformanceHost, run_all};
-use ovc_driver::kube::fake::{FakeCluster, install_stand_in_helm};
 use ovc_driver::kube::KubeHost;
+use ovc_driver::kube::fake::{FakeCluster, install_stand_in_helm};
 use ovc_driver::sim::{SimConfig, SimHost};
 use ovc_driver::{HostDriver, Target};
 use ovc_store::Backend;
@@ -119,9 +119,12 @@ impl ConformanceHost for Real {
     async fn create_foreign_namespace(&self, t: &Target) -> bool {
         use k8s_openapi::api::core::v1::Namespace;
         let api: kube::Api<Namespace> = kube::Api::all(self.client.clone());
-        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": t.namespace}}))
-            .expect("namespace");
-        api.create(&Default::default(), &ns).await.expect("create the foreign namespace");
+        let ns: Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": t.namespace}}))
+                .expect("namespace");
+        api.create(&Default::default(), &ns)
+            .await
+            .expect("create the foreign namespace");
         true
     }
     fn patience(&self) -> u32 {
@@ -147,13 +150,24 @@ async fn conformance_of_the_kube_driver_on_a_real_cluster() {
         return;
     }
     let host = KubeHost::from_env().await.expect("KUBECONFIG");
-    host.check().await.expect("the cluster answers and helm works");
+    host.check()
+        .await
+        .expect("the cluster answers and helm works");
     let client = kube::Client::try_default().await.expect("client");
-    let prefix = format!("ovc-conf-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
-    let real = Real { host, client: client.clone(), prefix };
+    let prefix = format!(
+        "ovc-conf-{}",
+        &uuid::Uuid::now_v7().simple().to_string()[20..]
+    );
+    let real = Real {
+        host,
+        client: client.clone(),
+        prefix,
+    };
     run_all(&real).await;
     // The foreign namespace is not ovc's to delete: the test removes it.
     use k8s_openapi::api::core::v1::Namespace;
     let api: kube::Api<Namespace> = kube::Api::all(client);
-    let _ = api.delete(&real.target("foreign").namespace, &Default::default()).await;
+    let _ = api
+        .delete(&real.target("foreign").namespace, &Default::default())
+        .await;
 }

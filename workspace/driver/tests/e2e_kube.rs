@@ -40,14 +40,18 @@ async fn ready(host: &KubeHost, t: &Target) {
 }
 
 async fn snapshot(host: &KubeHost, t: &Target, url: &str, options: &serde_json::Value) {
-    host.request_snapshot(t, url, options).await.expect("request snapshot");
-    wait("snapshot completed", Duration::from_secs(600), async || {
-        match host.snapshot_phase(t, url).await.expect("phase") {
+    host.request_snapshot(t, url, options)
+        .await
+        .expect("request snapshot");
+    wait(
+        "snapshot completed",
+        Duration::from_secs(600),
+        async || match host.snapshot_phase(t, url).await.expect("phase") {
             Some(SnapshotPhase::Completed) => true,
             Some(SnapshotPhase::Failed(m)) => panic!("snapshot failed: {m}"),
             _ => false,
-        }
-    })
+        },
+    )
     .await;
 }
 
@@ -60,17 +64,25 @@ async fn restore(host: &KubeHost, t: &Target, url: &str, options: &serde_json::V
 }
 
 async fn delete(host: &KubeHost, t: &Target) {
-    host.uninstall_release(&ctx("uninstall_release"), t).await.expect("uninstall");
+    host.uninstall_release(&ctx("uninstall_release"), t)
+        .await
+        .expect("uninstall");
     wait("namespace gone", Duration::from_secs(300), async || {
-        host.delete_namespace(&ctx("delete_namespace"), t).await.expect("delete ns")
+        host.delete_namespace(&ctx("delete_namespace"), t)
+            .await
+            .expect("delete ns")
     })
     .await;
 }
 
 #[tokio::test]
 async fn lifecycle_on_a_real_cluster() {
-    if std::env::var("OVC_E2E_KUBE").as_deref() != Ok("1") || std::env::var_os("KUBECONFIG").is_none() {
-        eprintln!("skipped: set KUBECONFIG and OVC_E2E_KUBE=1 to run the lifecycle on a real cluster");
+    if std::env::var("OVC_E2E_KUBE").as_deref() != Ok("1")
+        || std::env::var_os("KUBECONFIG").is_none()
+    {
+        eprintln!(
+            "skipped: set KUBECONFIG and OVC_E2E_KUBE=1 to run the lifecycle on a real cluster"
+        );
         return;
     }
     let base = std::env::var("OVC_E2E_SNAPSHOT_URL").expect(
@@ -81,14 +93,21 @@ async fn lifecycle_on_a_real_cluster() {
     )
     .expect("OVC_E2E_SNAPSHOT_OPTIONS is JSON");
     let host = KubeHost::from_env().await.expect("KUBECONFIG");
-    host.check().await.expect("the cluster answers and helm works");
+    host.check()
+        .await
+        .expect("the cluster answers and helm works");
     let run = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
-    let t = Target { namespace: format!("ovc-e2e-{run}"), release: "e2e".into() };
+    let t = Target {
+        namespace: format!("ovc-e2e-{run}"),
+        release: "e2e".into(),
+    };
     let c = ctx("e2e");
 
     // Create.
     host.ensure_namespace(&c, &t).await.expect("namespace");
-    host.install_release(&c, &t, &values(1)).await.expect("install");
+    host.install_release(&c, &t, &values(1))
+        .await
+        .expect("install");
     ready(&host, &t).await;
     assert!(host.kubeconfig(&c, &t).await.expect("kubeconfig").is_some());
 
@@ -98,7 +117,10 @@ async fn lifecycle_on_a_real_cluster() {
     host.evict_workload_pods(&c, &t).await.expect("evict");
     assert_eq!(host.pause_control_plane(&c, &t).await.expect("pause"), 1);
     wait("pods gone", Duration::from_secs(180), async || {
-        host.control_plane(&c, &t).await.expect("cp").is_some_and(|cp| cp.pods == 0)
+        host.control_plane(&c, &t)
+            .await
+            .expect("cp")
+            .is_some_and(|cp| cp.pods == 0)
     })
     .await;
 
@@ -113,15 +135,23 @@ async fn lifecycle_on_a_real_cluster() {
     // Scale (the quota: HA needs more than the default sqlite backing store).
     let mut bigger = values(1);
     bigger.quota.pods += 10;
-    assert_eq!(host.install_release(&c, &t, &bigger).await.expect("scale"), 2);
+    assert_eq!(
+        host.install_release(&c, &t, &bigger).await.expect("scale"),
+        2
+    );
     ready(&host, &t).await;
 
     // Restore over the existing vcluster, then as a new one.
     restore(&host, &t, &second, &options, false).await;
-    let t2 = Target { namespace: format!("ovc-e2e-{run}-new"), release: "e2e-new".into() };
+    let t2 = Target {
+        namespace: format!("ovc-e2e-{run}-new"),
+        release: "e2e-new".into(),
+    };
     host.ensure_namespace(&c, &t2).await.expect("namespace 2");
     host.block_new_control_plane(&t2).await.expect("quota");
-    host.install_release(&c, &t2, &values(1)).await.expect("install 2");
+    host.install_release(&c, &t2, &values(1))
+        .await
+        .expect("install 2");
     restore(&host, &t2, &second, &options, true).await;
 
     // Delete both.

@@ -79,7 +79,10 @@ fn clear(e: &Env) {
 
 /// Namespace, release, and the controllers until the control plane is ready.
 async fn running(e: &Env, replicas: u32) {
-    e.host.ensure_namespace(&ctx("create_namespace"), &t()).await.expect("ns");
+    e.host
+        .ensure_namespace(&ctx("create_namespace"), &t())
+        .await
+        .expect("ns");
     e.host
         .install_release(&ctx("install_release"), &t(), &values(replicas))
         .await
@@ -101,7 +104,10 @@ fn permanent(r: Result<impl std::fmt::Debug, DriverError>) -> ovc_types::error::
 #[tokio::test]
 async fn create_namespace_posts_it_labelled_and_annotated_once() {
     let e = env();
-    e.host.ensure_namespace(&ctx("create_namespace"), &t()).await.expect("ensure");
+    e.host
+        .ensure_namespace(&ctx("create_namespace"), &t())
+        .await
+        .expect("ensure");
     let reqs = e.fake.requests();
     assert_eq!(
         lines(&reqs),
@@ -109,25 +115,48 @@ async fn create_namespace_posts_it_labelled_and_annotated_once() {
     );
     let body = reqs[1].body.clone().expect("body");
     assert_eq!(body["metadata"]["name"], "ovc-p-demo");
-    assert_eq!(body["metadata"]["labels"]["app.kubernetes.io/managed-by"], "ovc");
-    assert_eq!(body["metadata"]["annotations"]["vcluster.loft.sh/created"], "true");
+    assert_eq!(
+        body["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "ovc"
+    );
+    assert_eq!(
+        body["metadata"]["annotations"]["vcluster.loft.sh/created"],
+        "true"
+    );
 
     clear(&e);
-    e.host.ensure_namespace(&ctx("create_namespace"), &t()).await.expect("again");
-    assert_eq!(lines(&e.fake.requests()), vec![format!("GET {NS}/ovc-p-demo")], "a repeat only reads");
+    e.host
+        .ensure_namespace(&ctx("create_namespace"), &t())
+        .await
+        .expect("again");
+    assert_eq!(
+        lines(&e.fake.requests()),
+        vec![format!("GET {NS}/ovc-p-demo")],
+        "a repeat only reads"
+    );
 }
 
 #[tokio::test]
 async fn create_namespace_refuses_a_foreign_one_and_waits_out_a_terminating_one() {
     let e = env();
-    e.fake.insert(NS, json!({"metadata": {"name": "ovc-p-demo"}}));
+    e.fake
+        .insert(NS, json!({"metadata": {"name": "ovc-p-demo"}}));
     let s = permanent(e.host.ensure_namespace(&ctx("c"), &t()).await);
-    assert_eq!((s.code, s.reason()), (Code::FailedPrecondition, Some("NAMESPACE_NOT_OURS")));
-    assert!(e.fake.writes().is_empty(), "nothing written to a foreign namespace");
+    assert_eq!(
+        (s.code, s.reason()),
+        (Code::FailedPrecondition, Some("NAMESPACE_NOT_OURS"))
+    );
+    assert!(
+        e.fake.writes().is_empty(),
+        "nothing written to a foreign namespace"
+    );
 
     e.fake.patch(NS, "ovc-p-demo", &json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": "ovc"}, "deletionTimestamp": "2026-01-01T00:00:00Z"}}));
     match e.host.ensure_namespace(&ctx("c"), &t()).await {
-        Err(DriverError::Transient { retry_after, message }) => {
+        Err(DriverError::Transient {
+            retry_after,
+            message,
+        }) => {
             assert_eq!(retry_after, Some(Duration::from_secs(2)));
             assert!(message.contains("terminating"), "{message}");
         }
@@ -140,13 +169,17 @@ async fn create_namespace_verifies_a_409_is_ours() {
     let e = env();
     // Someone creates it between our GET and our POST.
     e.fake.fail_next("POST", NS, 409, "AlreadyExists", None);
-    e.fake.insert(NS, json!({"metadata": {"name": "ovc-p-demo-x"}}));
+    e.fake
+        .insert(NS, json!({"metadata": {"name": "ovc-p-demo-x"}}));
     e.fake.insert(
         NS,
         json!({"metadata": {"name": "ovc-p-demo", "labels": {"app.kubernetes.io/managed-by": "ovc"}}}),
     );
     // The GET finds it already: ours, fine, no POST.
-    e.host.ensure_namespace(&ctx("c"), &t()).await.expect("ours");
+    e.host
+        .ensure_namespace(&ctx("c"), &t())
+        .await
+        .expect("ours");
     let e2 = env();
     e2.fake.fail_next("POST", NS, 409, "AlreadyExists", None);
     let s = permanent(e2.host.ensure_namespace(&ctx("c"), &t()).await);
@@ -154,7 +187,11 @@ async fn create_namespace_verifies_a_409_is_ours() {
     assert_eq!(s.code, Code::FailedPrecondition);
     assert_eq!(
         lines(&e2.fake.requests()),
-        vec![format!("GET {NS}/ovc-p-demo"), format!("POST {NS}"), format!("GET {NS}/ovc-p-demo")]
+        vec![
+            format!("GET {NS}/ovc-p-demo"),
+            format!("POST {NS}"),
+            format!("GET {NS}/ovc-p-demo")
+        ]
     );
 }
 
@@ -171,11 +208,26 @@ async fn install_runs_helm_upgrade_install_with_the_rendered_values_once() {
     assert_eq!(rev, 1);
     let calls = helm_calls(&e.dir);
     assert_eq!(calls[0], vec!["version", "--short"]);
-    assert_eq!(calls[1], vec!["status", "demo", "-n", "ovc-p-demo", "-o", "json"]);
+    assert_eq!(
+        calls[1],
+        vec!["status", "demo", "-n", "ovc-p-demo", "-o", "json"]
+    );
     let up = &calls[2];
     assert_eq!(
         up[..11].to_vec(),
-        vec!["upgrade", "--install", "demo", "vcluster", "--repo", "https://charts.loft.sh", "--version", "0.29.1", "-n", "ovc-p-demo", "-f"]
+        vec![
+            "upgrade",
+            "--install",
+            "demo",
+            "vcluster",
+            "--repo",
+            "https://charts.loft.sh",
+            "--version",
+            "0.29.1",
+            "-n",
+            "ovc-p-demo",
+            "-f"
+        ]
     );
     assert!(up[11].ends_with("values.yaml"));
     assert_eq!(calls[3][0], "status");
@@ -185,7 +237,8 @@ async fn install_runs_helm_upgrade_install_with_the_rendered_values_once() {
         vec![
             format!("GET {NS}/ovc-p-demo"),
             format!("GET {STS}?labelSelector=app=vcluster"),
-            "GET /apis/apps/v1/namespaces/ovc-p-demo/deployments?labelSelector=app=vcluster".to_string(),
+            "GET /apis/apps/v1/namespaces/ovc-p-demo/deployments?labelSelector=app=vcluster"
+                .to_string(),
         ],
         "the namespace exists and holds no other vcluster"
     );
@@ -195,13 +248,28 @@ async fn install_runs_helm_upgrade_install_with_the_rendered_values_once() {
     )
     .expect("json");
     let config = &rel["config"];
-    assert_eq!(config["controlPlane"]["statefulSet"]["highAvailability"]["replicas"], 1);
-    assert_eq!(config["exportKubeConfig"]["server"], "https://demo.ovc-p-demo:443");
+    assert_eq!(
+        config["controlPlane"]["statefulSet"]["highAvailability"]["replicas"],
+        1
+    );
+    assert_eq!(
+        config["exportKubeConfig"]["server"],
+        "https://demo.ovc-p-demo:443"
+    );
     assert_eq!(config["policies"]["resourceQuota"]["enabled"], true);
 
     clear(&e);
-    assert_eq!(e.host.install_release(&ctx("install_release"), &t(), &values(1)).await, Ok(1));
-    assert_eq!(helm_verbs(&e), vec!["status"], "a repeat reads the release and stops");
+    assert_eq!(
+        e.host
+            .install_release(&ctx("install_release"), &t(), &values(1))
+            .await,
+        Ok(1)
+    );
+    assert_eq!(
+        helm_verbs(&e),
+        vec!["status"],
+        "a repeat reads the release and stops"
+    );
     assert!(e.fake.writes().is_empty());
 }
 
@@ -214,14 +282,20 @@ async fn install_refuses_a_second_vcluster_and_a_missing_namespace() {
     e.fake.insert(STS, json!({"metadata": {"name": "other", "labels": {"app": "vcluster", "release": "other"}}, "spec": {"replicas": 1, "selector": {}, "template": {}, "serviceName": "x"}}));
     let s = permanent(e.host.install_release(&ctx("i"), &t(), &values(1)).await);
     assert_eq!(s.reason(), Some("NAMESPACE_TAKEN"));
-    assert!(!helm_verbs(&e).contains(&"upgrade".to_string()), "helm never ran an upgrade");
+    assert!(
+        !helm_verbs(&e).contains(&"upgrade".to_string()),
+        "helm never ran an upgrade"
+    );
 }
 
 #[tokio::test]
 async fn readiness_needs_pods_the_kubeconfig_secret_and_the_virtual_api() {
     let e = env();
     e.host.ensure_namespace(&ctx("c"), &t()).await.expect("ns");
-    e.host.install_release(&ctx("i"), &t(), &values(1)).await.expect("install");
+    e.host
+        .install_release(&ctx("i"), &t(), &values(1))
+        .await
+        .expect("install");
     let r = e.host.readiness(&t()).await.expect("readiness");
     assert!(!r.control_plane && !r.kubeconfig && !r.virtual_api, "{r:?}");
     assert_eq!(e.host.kubeconfig(&ctx("k"), &t()).await, Ok(None));
@@ -232,10 +306,21 @@ async fn readiness_needs_pods_the_kubeconfig_secret_and_the_virtual_api() {
     let reqs = e.fake.requests();
     let probe: Vec<&RecordedRequest> = reqs.iter().filter(|r| r.virtual_api).collect();
     assert_eq!(probe.len(), 1);
-    assert_eq!(probe[0].line(), "GET /api/v1/namespaces/default/serviceaccounts/default");
-    assert!(reqs.iter().any(|r| r.line() == format!("GET {SECRETS}/vc-demo")));
+    assert_eq!(
+        probe[0].line(),
+        "GET /api/v1/namespaces/default/serviceaccounts/default"
+    );
+    assert!(
+        reqs.iter()
+            .any(|r| r.line() == format!("GET {SECRETS}/vc-demo"))
+    );
     // The kubeconfig points at the configured server, keeps the credentials.
-    let k = e.host.kubeconfig(&ctx("k"), &t()).await.expect("kc").expect("some");
+    let k = e
+        .host
+        .kubeconfig(&ctx("k"), &t())
+        .await
+        .expect("kc")
+        .expect("some");
     assert!(k.contains("https://demo.ovc-p-demo:443"), "{k}");
     assert!(!k.contains("localhost:8443"), "{k}");
     assert!(k.contains("secret-token-of-demo"), "{k}");
@@ -247,25 +332,52 @@ async fn readiness_needs_pods_the_kubeconfig_secret_and_the_virtual_api() {
 async fn pause_is_one_merge_patch_with_vclusters_annotations() {
     let e = env();
     running(&e, 1).await;
-    assert_eq!(e.host.pause_control_plane(&ctx("scale_to_zero"), &t()).await, Ok(1));
+    assert_eq!(
+        e.host
+            .pause_control_plane(&ctx("scale_to_zero"), &t())
+            .await,
+        Ok(1)
+    );
     let writes = e.fake.writes();
     assert_eq!(lines(&writes), vec![format!("PATCH {STS}/demo")]);
-    assert_eq!(writes[0].content_type.as_deref(), Some("application/merge-patch+json"));
+    assert_eq!(
+        writes[0].content_type.as_deref(),
+        Some("application/merge-patch+json")
+    );
     let body = writes[0].body.clone().expect("body");
-    let date = body["metadata"]["annotations"]["loft.sh/paused-date"].as_str().expect("date").to_owned();
+    let date = body["metadata"]["annotations"]["loft.sh/paused-date"]
+        .as_str()
+        .expect("date")
+        .to_owned();
     assert_eq!(
         body,
         json!({"metadata": {"annotations": {"loft.sh/paused": "true", "loft.sh/paused-replicas": "1", "loft.sh/paused-date": date}}, "spec": {"replicas": 0}})
     );
-    assert!(chrono::DateTime::parse_from_rfc3339(&date).is_ok() && date.ends_with('Z') && date.len() == 24, "{date}");
     assert!(
-        e.fake.requests().iter().any(|r| r.line() == format!("GET {STS}?labelSelector=app=vcluster,release=demo")),
+        chrono::DateTime::parse_from_rfc3339(&date).is_ok()
+            && date.ends_with('Z')
+            && date.len() == 24,
+        "{date}"
+    );
+    assert!(
+        e.fake
+            .requests()
+            .iter()
+            .any(|r| r.line() == format!("GET {STS}?labelSelector=app=vcluster,release=demo")),
         "discovery by app=vcluster,release=NAME"
     );
     clear(&e);
     e.fake.settle();
-    assert_eq!(e.host.pause_control_plane(&ctx("scale_to_zero"), &t()).await, Ok(1));
-    assert!(e.fake.writes().is_empty(), "already paused: nothing written");
+    assert_eq!(
+        e.host
+            .pause_control_plane(&ctx("scale_to_zero"), &t())
+            .await,
+        Ok(1)
+    );
+    assert!(
+        e.fake.writes().is_empty(),
+        "already paused: nothing written"
+    );
 }
 
 #[tokio::test]
@@ -273,8 +385,17 @@ async fn pause_of_a_control_plane_at_zero_remembers_the_configured_replicas() {
     let e = env();
     running(&e, 3).await;
     e.fake.patch(STS, "demo", &json!({"spec": {"replicas": 0}}));
-    assert_eq!(e.host.pause_control_plane(&ctx("p"), &t()).await, Ok(3), "from vc-config-demo");
-    assert!(e.fake.requests().iter().any(|r| r.line() == format!("GET {SECRETS}/vc-config-demo")));
+    assert_eq!(
+        e.host.pause_control_plane(&ctx("p"), &t()).await,
+        Ok(3),
+        "from vc-config-demo"
+    );
+    assert!(
+        e.fake
+            .requests()
+            .iter()
+            .any(|r| r.line() == format!("GET {SECRETS}/vc-config-demo"))
+    );
 }
 
 #[tokio::test]
@@ -295,13 +416,23 @@ async fn evicting_workloads_deletes_the_managed_pods_by_label() {
             format!("DELETE {PODS}/web-1-x-default-x-demo"),
         ]
     );
-    assert!(e.fake.requests().iter().any(|r| r.line() == format!("GET {PODS}?labelSelector=vcluster.loft.sh/managed-by=demo")));
+    assert!(
+        e.fake
+            .requests()
+            .iter()
+            .any(|r| r.line()
+                == format!("GET {PODS}?labelSelector=vcluster.loft.sh/managed-by=demo"))
+    );
     clear(&e);
     assert_eq!(e.host.evict_workload_pods(&c, &t()).await, Ok(0));
     assert!(e.fake.writes().is_empty());
     // A pod that vanished between LIST and DELETE is fine.
-    e.fake.insert(PODS, json!({"metadata": {"name": "late", "labels": {"vcluster.loft.sh/managed-by": "demo"}}}));
-    e.fake.fail_next("DELETE", "/pods/late", 404, "NotFound", None);
+    e.fake.insert(
+        PODS,
+        json!({"metadata": {"name": "late", "labels": {"vcluster.loft.sh/managed-by": "demo"}}}),
+    );
+    e.fake
+        .fail_next("DELETE", "/pods/late", 404, "NotFound", None);
     assert_eq!(e.host.evict_workload_pods(&c, &t()).await, Ok(0));
 }
 
@@ -309,21 +440,39 @@ async fn evicting_workloads_deletes_the_managed_pods_by_label() {
 async fn resume_removes_the_annotations_and_restores_the_replicas() {
     let e = env();
     running(&e, 3).await;
-    e.host.pause_control_plane(&ctx("p"), &t()).await.expect("pause");
+    e.host
+        .pause_control_plane(&ctx("p"), &t())
+        .await
+        .expect("pause");
     e.fake.settle();
     clear(&e);
-    assert_eq!(e.host.resume_control_plane(&ctx("scale_up"), &t()).await, Ok(3));
+    assert_eq!(
+        e.host.resume_control_plane(&ctx("scale_up"), &t()).await,
+        Ok(3)
+    );
     let writes = e.fake.writes();
     assert_eq!(lines(&writes), vec![format!("PATCH {STS}/demo")]);
-    assert_eq!(writes[0].content_type.as_deref(), Some("application/merge-patch+json"));
+    assert_eq!(
+        writes[0].content_type.as_deref(),
+        Some("application/merge-patch+json")
+    );
     assert_eq!(
         writes[0].body,
-        Some(json!({"metadata": {"annotations": {"loft.sh/paused": null, "loft.sh/restoring": null, "loft.sh/paused-replicas": null, "loft.sh/paused-date": null}}, "spec": {"replicas": 3}}))
+        Some(
+            json!({"metadata": {"annotations": {"loft.sh/paused": null, "loft.sh/restoring": null, "loft.sh/paused-replicas": null, "loft.sh/paused-date": null}}, "spec": {"replicas": 3}})
+        )
     );
     let sts = e.fake.object(STS, "demo").expect("sts");
-    assert!(sts["metadata"]["annotations"].get("loft.sh/paused").is_none());
+    assert!(
+        sts["metadata"]["annotations"]
+            .get("loft.sh/paused")
+            .is_none()
+    );
     clear(&e);
-    assert_eq!(e.host.resume_control_plane(&ctx("scale_up"), &t()).await, Ok(3));
+    assert_eq!(
+        e.host.resume_control_plane(&ctx("scale_up"), &t()).await,
+        Ok(3)
+    );
     assert!(e.fake.writes().is_empty(), "not paused: no-op");
 }
 
@@ -341,8 +490,15 @@ async fn resume_refuses_a_control_plane_scaled_down_outside_ovc() {
 async fn sleep_mode_is_left_to_the_platform() {
     let e = env();
     running(&e, 1).await;
-    e.fake.patch(STS, "demo", &json!({"metadata": {"labels": {"loft.sh/sleep-mode": "true"}}}));
-    assert_eq!(permanent(e.host.pause_control_plane(&ctx("p"), &t()).await).reason(), Some("SLEEP_MODE"));
+    e.fake.patch(
+        STS,
+        "demo",
+        &json!({"metadata": {"labels": {"loft.sh/sleep-mode": "true"}}}),
+    );
+    assert_eq!(
+        permanent(e.host.pause_control_plane(&ctx("p"), &t()).await).reason(),
+        Some("SLEEP_MODE")
+    );
     assert!(e.fake.writes().is_empty());
 }
 
@@ -356,12 +512,29 @@ async fn a_deployment_control_plane_and_a_deployed_etcd_are_paused_in_order() {
     clear(&e);
     assert_eq!(e.host.pause_control_plane(&ctx("p"), &t()).await, Ok(2));
     let w = e.fake.writes();
-    assert_eq!(lines(&w), vec![format!("PATCH {dep}/demo"), format!("PATCH {STS}/demo-etcd")], "control plane first");
-    assert_eq!(w[1].body.as_ref().unwrap()["metadata"]["annotations"]["loft.sh/paused-replicas"], "3");
+    assert_eq!(
+        lines(&w),
+        vec![
+            format!("PATCH {dep}/demo"),
+            format!("PATCH {STS}/demo-etcd")
+        ],
+        "control plane first"
+    );
+    assert_eq!(
+        w[1].body.as_ref().unwrap()["metadata"]["annotations"]["loft.sh/paused-replicas"],
+        "3"
+    );
     clear(&e);
     assert_eq!(e.host.resume_control_plane(&ctx("r"), &t()).await, Ok(2));
     let w = e.fake.writes();
-    assert_eq!(lines(&w), vec![format!("PATCH {STS}/demo-etcd"), format!("PATCH {dep}/demo")], "etcd first");
+    assert_eq!(
+        lines(&w),
+        vec![
+            format!("PATCH {STS}/demo-etcd"),
+            format!("PATCH {dep}/demo")
+        ],
+        "etcd first"
+    );
     assert_eq!(w[0].body.as_ref().unwrap()["spec"]["replicas"], 3);
 }
 
@@ -371,18 +544,42 @@ async fn a_deployment_control_plane_and_a_deployed_etcd_are_paused_in_order() {
 async fn scale_upgrades_through_helm_and_never_while_paused() {
     let e = env();
     running(&e, 1).await;
-    assert_eq!(e.host.install_release(&ctx("upgrade_release"), &t(), &values(3)).await, Ok(2));
+    assert_eq!(
+        e.host
+            .install_release(&ctx("upgrade_release"), &t(), &values(3))
+            .await,
+        Ok(2)
+    );
     assert_eq!(helm_verbs(&e), vec!["status", "upgrade", "status"]);
-    assert!(e.fake.writes().is_empty(), "sizes go through helm values, never a direct patch");
+    assert!(
+        e.fake.writes().is_empty(),
+        "sizes go through helm values, never a direct patch"
+    );
     e.fake.settle();
-    let info = e.host.release(&ctx("r"), &t()).await.expect("release").expect("some");
+    let info = e
+        .host
+        .release(&ctx("r"), &t())
+        .await
+        .expect("release")
+        .expect("some");
     assert_eq!((info.revision, info.values.control_plane.replicas), (2, 3));
     assert_eq!(info.chart_version, "0.29.1");
-    e.host.pause_control_plane(&ctx("p"), &t()).await.expect("pause");
+    e.host
+        .pause_control_plane(&ctx("p"), &t())
+        .await
+        .expect("pause");
     clear(&e);
-    let s = permanent(e.host.install_release(&ctx("upgrade_release"), &t(), &values(1)).await);
+    let s = permanent(
+        e.host
+            .install_release(&ctx("upgrade_release"), &t(), &values(1))
+            .await,
+    );
     assert_eq!(s.reason(), Some("CONTROL_PLANE_PAUSED"));
-    assert_eq!(helm_verbs(&e), vec!["status"], "no helm upgrade of a paused vcluster");
+    assert_eq!(
+        helm_verbs(&e),
+        vec!["status"],
+        "no helm upgrade of a paused vcluster"
+    );
 }
 
 // ---- helm recovery and errors ----
@@ -392,9 +589,16 @@ async fn a_release_stuck_in_pending_install_is_uninstalled_then_installed() {
     let e = env();
     running(&e, 1).await;
     set_helm_status(&e.dir, "ovc-p-demo", "demo", "pending-install").expect("status");
-    let rev = e.host.install_release(&ctx("install_release"), &t(), &values(1)).await.expect("install");
+    let rev = e
+        .host
+        .install_release(&ctx("install_release"), &t(), &values(1))
+        .await
+        .expect("install");
     assert_eq!(rev, 1, "a fresh install");
-    assert_eq!(helm_verbs(&e), vec!["status", "uninstall", "status", "upgrade", "status"]);
+    assert_eq!(
+        helm_verbs(&e),
+        vec!["status", "uninstall", "status", "upgrade", "status"]
+    );
 }
 
 #[tokio::test]
@@ -402,52 +606,110 @@ async fn a_release_stuck_in_pending_upgrade_is_rolled_back() {
     let e = env();
     running(&e, 1).await;
     set_helm_status(&e.dir, "ovc-p-demo", "demo", "pending-upgrade").expect("status");
-    assert_eq!(e.host.install_release(&ctx("install_release"), &t(), &values(1)).await, Ok(1));
-    assert_eq!(helm_verbs(&e), vec!["status", "rollback", "status"], "rolled back to the same values: nothing more");
+    assert_eq!(
+        e.host
+            .install_release(&ctx("install_release"), &t(), &values(1))
+            .await,
+        Ok(1)
+    );
+    assert_eq!(
+        helm_verbs(&e),
+        vec!["status", "rollback", "status"],
+        "rolled back to the same values: nothing more"
+    );
     set_helm_status(&e.dir, "ovc-p-demo", "demo", "pending-rollback").expect("status");
     clear(&e);
-    assert_eq!(e.host.install_release(&ctx("install_release"), &t(), &values(3)).await, Ok(2));
-    assert_eq!(helm_verbs(&e), vec!["status", "rollback", "status", "upgrade", "status"]);
+    assert_eq!(
+        e.host
+            .install_release(&ctx("install_release"), &t(), &values(3))
+            .await,
+        Ok(2)
+    );
+    assert_eq!(
+        helm_verbs(&e),
+        vec!["status", "rollback", "status", "upgrade", "status"]
+    );
 }
 
 #[tokio::test]
 async fn a_missing_or_old_helm_is_a_clear_permanent_error() {
     let e = env();
-    let missing = ovc_driver::kube::fake::FakeCluster::new(&e.dir).driver(std::path::Path::new("/nonexistent/helm"));
+    let missing = ovc_driver::kube::fake::FakeCluster::new(&e.dir)
+        .driver(std::path::Path::new("/nonexistent/helm"));
     e.host.ensure_namespace(&ctx("c"), &t()).await.expect("ns");
     let s = permanent(missing.install_release(&ctx("i"), &t(), &values(1)).await);
-    assert!(s.message.contains("helm not found") && s.message.contains("OVC_HELM"), "{}", s.message);
+    assert!(
+        s.message.contains("helm not found") && s.message.contains("OVC_HELM"),
+        "{}",
+        s.message
+    );
     std::fs::write(e.dir.join("version"), "v2.17.0+ga690bad\n").expect("version");
     let old = e.fake.driver(&e.dir.join("helm"));
     let s = permanent(old.install_release(&ctx("i"), &t(), &values(1)).await);
-    assert!(s.message.contains("v2.17.0") && s.message.contains("Helm v3"), "{}", s.message);
+    assert!(
+        s.message.contains("v2.17.0") && s.message.contains("Helm v3"),
+        "{}",
+        s.message
+    );
 }
 
 #[tokio::test]
 async fn api_errors_map_to_transient_or_permanent() {
     let e = env();
     let c = ctx("x");
-    e.fake.fail_next("GET", "/namespaces/ovc-p-demo", 429, "TooManyRequests", Some(7));
+    e.fake.fail_next(
+        "GET",
+        "/namespaces/ovc-p-demo",
+        429,
+        "TooManyRequests",
+        Some(7),
+    );
     match e.host.namespace_exists(&c, &t()).await {
-        Err(DriverError::Transient { retry_after, .. }) => assert_eq!(retry_after, Some(Duration::from_secs(7))),
+        Err(DriverError::Transient { retry_after, .. }) => {
+            assert_eq!(retry_after, Some(Duration::from_secs(7)))
+        }
         other => panic!("429 is transient with Retry-After: {other:?}"),
     }
-    e.fake.fail_next("GET", "/namespaces/ovc-p-demo", 503, "ServiceUnavailable", None);
-    assert!(matches!(e.host.namespace_exists(&c, &t()).await, Err(DriverError::Transient { .. })));
-    e.fake.fail_next("GET", "/namespaces/ovc-p-demo", 403, "Forbidden", None);
+    e.fake.fail_next(
+        "GET",
+        "/namespaces/ovc-p-demo",
+        503,
+        "ServiceUnavailable",
+        None,
+    );
+    assert!(matches!(
+        e.host.namespace_exists(&c, &t()).await,
+        Err(DriverError::Transient { .. })
+    ));
+    e.fake
+        .fail_next("GET", "/namespaces/ovc-p-demo", 403, "Forbidden", None);
     let s = permanent(e.host.namespace_exists(&c, &t()).await);
     assert_eq!(s.code, Code::FailedPrecondition);
-    assert!(s.message.contains("injected by the test"), "the server's message: {}", s.message);
+    assert!(
+        s.message.contains("injected by the test"),
+        "the server's message: {}",
+        s.message
+    );
     e.fake.fail_next("POST", NS, 422, "Invalid", None);
-    assert_eq!(permanent(e.host.ensure_namespace(&c, &t()).await).code, Code::InvalidArgument);
+    assert_eq!(
+        permanent(e.host.ensure_namespace(&c, &t()).await).code,
+        Code::InvalidArgument
+    );
     // 404 on a removal is success.
     assert_eq!(e.host.delete_namespace(&c, &t()).await, Ok(true));
     // Connection refused: transient.
     let config = kube::Config::new("http://127.0.0.1:9".parse().expect("uri"));
     let client = kube::Client::try_from(config).expect("client");
     let unreachable = KubeHost::new(client, Default::default());
-    assert!(matches!(unreachable.namespace_exists(&c, &t()).await, Err(DriverError::Transient { .. })));
-    let mapped: DriverError = KubeError::Timeout { what: "GET x".into(), after: Duration::from_secs(1) }.into();
+    assert!(matches!(
+        unreachable.namespace_exists(&c, &t()).await,
+        Err(DriverError::Transient { .. })
+    ));
+    let mapped: DriverError = KubeError::Timeout {
+        what: "GET x".into(),
+        after: Duration::from_secs(1),
+    }
+    .into();
     assert!(matches!(mapped, DriverError::Transient { .. }));
 }
 
@@ -462,9 +724,15 @@ async fn snapshot_posts_a_secret_and_a_configmap_and_polls_the_phase() {
     let e = env();
     running(&e, 1).await;
     let url = "s3://b/snapshots/p/demo/op-1";
-    assert_eq!(e.host.request_snapshot(&t(), url, &options()).await, Ok(SnapshotPhase::Pending));
+    assert_eq!(
+        e.host.request_snapshot(&t(), url, &options()).await,
+        Ok(SnapshotPhase::Pending)
+    );
     let w = e.fake.writes();
-    assert_eq!(lines(&w), vec![format!("POST {SECRETS}"), format!("POST {CMS}")]);
+    assert_eq!(
+        lines(&w),
+        vec![format!("POST {SECRETS}"), format!("POST {CMS}")]
+    );
     let labels = json!({"vcluster.loft.sh/snapshot-request": "", "vcluster.loft.sh/vcluster-name": "demo", "vcluster.loft.sh/vcluster-namespace": "ovc-p-demo"});
     let secret = w[0].body.clone().expect("secret");
     assert_eq!(secret["metadata"]["generateName"], "demo-snapshot-request-");
@@ -473,42 +741,91 @@ async fn snapshot_posts_a_secret_and_a_configmap_and_polls_the_phase() {
     let opts = base64::engine::general_purpose::STANDARD
         .decode(secret["data"]["snapshotOptions"].as_str().expect("b64"))
         .expect("decode");
-    assert_eq!(serde_json::from_slice::<Value>(&opts).expect("json"), options());
+    assert_eq!(
+        serde_json::from_slice::<Value>(&opts).expect("json"),
+        options()
+    );
     let cm = w[1].body.clone().expect("cm");
-    assert_eq!(cm["metadata"]["name"], "demo-snapshot-request-00001", "named after the Secret");
+    assert_eq!(
+        cm["metadata"]["name"], "demo-snapshot-request-00001",
+        "named after the Secret"
+    );
     assert_eq!(cm["metadata"]["labels"], labels);
-    let req: Value = serde_json::from_str(cm["data"]["snapshotRequest"].as_str().expect("s")).expect("json");
+    let req: Value =
+        serde_json::from_str(cm["data"]["snapshotRequest"].as_str().expect("s")).expect("json");
     assert_eq!(req["spec"], json!({"url": url}));
     assert_eq!(req["status"], json!({}));
     assert_eq!(req["metadata"]["name"], "demo-snapshot-request-00001");
     for r in e.fake.requests() {
-        assert!(!r.line().contains("s3cr3t"), "credentials never in a path or query");
+        assert!(
+            !r.line().contains("s3cr3t"),
+            "credentials never in a path or query"
+        );
     }
     clear(&e);
-    assert_eq!(e.host.request_snapshot(&t(), url, &options()).await, Ok(SnapshotPhase::Pending));
-    assert!(e.fake.writes().is_empty(), "the same URL again: the request is found, not repeated");
+    assert_eq!(
+        e.host.request_snapshot(&t(), url, &options()).await,
+        Ok(SnapshotPhase::Pending)
+    );
+    assert!(
+        e.fake.writes().is_empty(),
+        "the same URL again: the request is found, not repeated"
+    );
     assert!(e.fake.requests().iter().any(|r| r.line() == format!("GET {CMS}?labelSelector=vcluster.loft.sh/snapshot-request,vcluster.loft.sh/vcluster-name=demo")));
     e.fake.settle();
-    assert_eq!(e.host.snapshot_phase(&t(), url).await, Ok(Some(SnapshotPhase::Completed)));
+    assert_eq!(
+        e.host.snapshot_phase(&t(), url).await,
+        Ok(Some(SnapshotPhase::Completed))
+    );
     assert_eq!(e.host.snapshot_phase(&t(), "s3://b/other").await, Ok(None));
     // Undo: the request goes (finalizer kept while the vcluster runs; its controller removes it).
-    e.host.delete_snapshot_request(&t(), url).await.expect("delete request");
-    e.host.delete_snapshot_request(&t(), url).await.expect("again");
+    e.host
+        .delete_snapshot_request(&t(), url)
+        .await
+        .expect("delete request");
+    e.host
+        .delete_snapshot_request(&t(), url)
+        .await
+        .expect("again");
 }
 
 #[tokio::test]
 async fn snapshot_refuses_a_paused_control_plane_and_a_deployed_etcd() {
     let e = env();
     running(&e, 1).await;
-    e.host.pause_control_plane(&ctx("p"), &t()).await.expect("pause");
+    e.host
+        .pause_control_plane(&ctx("p"), &t())
+        .await
+        .expect("pause");
     clear(&e);
     let r = e.host.request_snapshot(&t(), "s3://b/k", &options()).await;
-    assert!(matches!(&r, Err(KubeError::Refused { reason: "CONTROL_PLANE_PAUSED", .. })), "{r:?}");
-    e.host.resume_control_plane(&ctx("r"), &t()).await.expect("resume");
+    assert!(
+        matches!(
+            &r,
+            Err(KubeError::Refused {
+                reason: "CONTROL_PLANE_PAUSED",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    e.host
+        .resume_control_plane(&ctx("r"), &t())
+        .await
+        .expect("resume");
     e.fake.insert(STS, json!({"metadata": {"name": "demo-etcd", "labels": {"app": "vcluster-etcd", "release": "demo"}}, "spec": {"replicas": 1, "selector": {}, "template": {}, "serviceName": "x"}}));
     clear(&e);
     let r = e.host.request_snapshot(&t(), "s3://b/k", &options()).await;
-    assert!(matches!(&r, Err(KubeError::Refused { reason: "SNAPSHOT_UNSUPPORTED", .. })), "{r:?}");
+    assert!(
+        matches!(
+            &r,
+            Err(KubeError::Refused {
+                reason: "SNAPSHOT_UNSUPPORTED",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
     assert!(e.fake.writes().is_empty());
 }
 
@@ -522,22 +839,38 @@ async fn restore_pauses_runs_the_restore_pod_and_resumes() {
     e.fake.settle();
     clear(&e);
     let url = "s3://b/snapshots/p/demo/snap-1";
-    assert_eq!(e.host.restore(&t(), url, &options(), false).await, Ok(RestoreProgress::Running));
+    assert_eq!(
+        e.host.restore(&t(), url, &options(), false).await,
+        Ok(RestoreProgress::Running)
+    );
     let w = e.fake.writes();
     let l = lines(&w);
     assert_eq!(l[0], format!("PATCH {STS}/demo"));
-    assert_eq!(w[0].body.as_ref().unwrap()["metadata"]["annotations"]["loft.sh/restoring"], "true");
+    assert_eq!(
+        w[0].body.as_ref().unwrap()["metadata"]["annotations"]["loft.sh/restoring"],
+        "true"
+    );
     assert_eq!(w[0].body.as_ref().unwrap()["spec"]["replicas"], 0);
     assert_eq!(l[1], format!("DELETE {PODS}/web-0-x-default-x-demo"));
     assert_eq!(
         l[2..4].to_vec(),
-        vec![format!("DELETE {PVCS}/data-demo-1"), format!("DELETE {PVCS}/data-demo-2")],
+        vec![
+            format!("DELETE {PVCS}/data-demo-1"),
+            format!("DELETE {PVCS}/data-demo-2")
+        ],
         "HA: every PVC not ending -0"
     );
-    assert_eq!(l[4], "DELETE /api/v1/namespaces/ovc-p-demo/resourcequotas/vcluster-restore");
+    assert_eq!(
+        l[4],
+        "DELETE /api/v1/namespaces/ovc-p-demo/resourcequotas/vcluster-restore"
+    );
     assert!(l[5].starts_with(&format!("POST {SECRETS}")));
     let secret = w[5].body.clone().unwrap();
-    let id = secret["metadata"]["name"].as_str().unwrap().trim_start_matches("vcluster-snapshot-options-").to_owned();
+    let id = secret["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("vcluster-snapshot-options-")
+        .to_owned();
     assert_eq!(l[6], format!("POST {PODS}"));
     let pod = w[6].body.clone().unwrap();
     assert_eq!(pod["metadata"]["name"], format!("vcluster-snapshot-{id}"));
@@ -548,15 +881,33 @@ async fn restore_pauses_runs_the_restore_pod_and_resumes() {
     assert_eq!(c["name"], "snapshot");
     assert_eq!(c["image"], "ghcr.io/loft-sh/vcluster-pro:0.29.1");
     assert_eq!(c["command"], json!(["/vcluster", "restore"]));
-    assert!(c["env"].as_array().unwrap().contains(&json!({"name": "POD_NAME", "value": "demo-0"})));
-    assert!(pod["spec"]["volumes"].as_array().unwrap().contains(&json!({"name": "data", "persistentVolumeClaim": {"claimName": "data-demo-0"}})));
+    assert!(
+        c["env"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "POD_NAME", "value": "demo-0"}))
+    );
+    assert!(
+        pod["spec"]["volumes"].as_array().unwrap().contains(
+            &json!({"name": "data", "persistentVolumeClaim": {"claimName": "data-demo-0"}})
+        )
+    );
     assert_eq!(l.len(), 7);
     clear(&e);
-    assert_eq!(e.host.restore(&t(), url, &options(), false).await, Ok(RestoreProgress::Running));
-    assert!(e.fake.writes().is_empty(), "a running restore pod is only looked at");
+    assert_eq!(
+        e.host.restore(&t(), url, &options(), false).await,
+        Ok(RestoreProgress::Running)
+    );
+    assert!(
+        e.fake.writes().is_empty(),
+        "a running restore pod is only looked at"
+    );
     e.fake.settle();
     clear(&e);
-    assert_eq!(e.host.restore(&t(), url, &options(), false).await, Ok(RestoreProgress::Done));
+    assert_eq!(
+        e.host.restore(&t(), url, &options(), false).await,
+        Ok(RestoreProgress::Done)
+    );
     let l = lines(&e.fake.writes());
     assert_eq!(
         l,
@@ -568,7 +919,11 @@ async fn restore_pauses_runs_the_restore_pod_and_resumes() {
     );
     let sts = e.fake.object(STS, "demo").unwrap();
     assert_eq!(sts["spec"]["replicas"], 3);
-    assert!(sts["metadata"]["annotations"].get("loft.sh/restoring").is_none());
+    assert!(
+        sts["metadata"]["annotations"]
+            .get("loft.sh/restoring")
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -578,10 +933,22 @@ async fn restore_into_a_new_vcluster_blocks_its_pods_with_a_quota_first() {
     clear(&e);
     e.host.block_new_control_plane(&t()).await.expect("quota");
     let w = e.fake.writes();
-    assert_eq!(lines(&w), vec!["POST /api/v1/namespaces/ovc-p-demo/resourcequotas".to_string()]);
-    assert_eq!(w[0].body.as_ref().unwrap()["metadata"]["name"], "vcluster-restore");
-    assert_eq!(w[0].body.as_ref().unwrap()["spec"], json!({"hard": {"pods": "0"}}));
-    e.host.block_new_control_plane(&t()).await.expect("a repeat: 409 is fine");
+    assert_eq!(
+        lines(&w),
+        vec!["POST /api/v1/namespaces/ovc-p-demo/resourcequotas".to_string()]
+    );
+    assert_eq!(
+        w[0].body.as_ref().unwrap()["metadata"]["name"],
+        "vcluster-restore"
+    );
+    assert_eq!(
+        w[0].body.as_ref().unwrap()["spec"],
+        json!({"hard": {"pods": "0"}})
+    );
+    e.host
+        .block_new_control_plane(&t())
+        .await
+        .expect("a repeat: 409 is fine");
 }
 
 #[tokio::test]
@@ -589,10 +956,22 @@ async fn a_failed_restore_pod_resumes_and_fails_permanently() {
     let e = env();
     running(&e, 1).await;
     e.fake.fail_restores();
-    assert_eq!(e.host.restore(&t(), "s3://b/k", &options(), true).await, Ok(RestoreProgress::Running));
+    assert_eq!(
+        e.host.restore(&t(), "s3://b/k", &options(), true).await,
+        Ok(RestoreProgress::Running)
+    );
     e.fake.settle();
     let r = e.host.restore(&t(), "s3://b/k", &options(), true).await;
-    assert!(matches!(&r, Err(KubeError::Refused { reason: "RESTORE_FAILED", .. })), "{r:?}");
+    assert!(
+        matches!(
+            &r,
+            Err(KubeError::Refused {
+                reason: "RESTORE_FAILED",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
     let sts = e.fake.object(STS, "demo").unwrap();
     assert_eq!(sts["spec"]["replicas"], 1, "resumed even on failure");
 }
@@ -603,10 +982,15 @@ async fn a_failed_restore_pod_resumes_and_fails_permanently() {
 async fn delete_uninstalls_cleans_pvcs_and_request_finalizers_and_the_namespace() {
     let e = env();
     running(&e, 1).await;
-    e.host.request_snapshot(&t(), "s3://b/k", &options()).await.expect("snapshot");
+    e.host
+        .request_snapshot(&t(), "s3://b/k", &options())
+        .await
+        .expect("snapshot");
     e.fake.settle();
-    e.fake.insert(PVCS, json!({"metadata": {"name": "data-demo-etcd-0"}}));
-    e.fake.insert(PVCS, json!({"metadata": {"name": "keep-me"}}));
+    e.fake
+        .insert(PVCS, json!({"metadata": {"name": "data-demo-etcd-0"}}));
+    e.fake
+        .insert(PVCS, json!({"metadata": {"name": "keep-me"}}));
     clear(&e);
     let c = ctx("uninstall_release");
     e.host.uninstall_release(&c, &t()).await.expect("uninstall");
@@ -622,7 +1006,10 @@ async fn delete_uninstalls_cleans_pvcs_and_request_finalizers_and_the_namespace(
         ]
     );
     assert_eq!(w[2].body, Some(json!({"metadata": {"finalizers": []}})));
-    assert_eq!(w[2].content_type.as_deref(), Some("application/merge-patch+json"));
+    assert_eq!(
+        w[2].content_type.as_deref(),
+        Some("application/merge-patch+json")
+    );
     assert!(e.fake.object(PVCS, "keep-me").is_some());
     clear(&e);
     e.host.uninstall_release(&c, &t()).await.expect("again");
@@ -630,11 +1017,21 @@ async fn delete_uninstalls_cleans_pvcs_and_request_finalizers_and_the_namespace(
     e.fake.settle();
     clear(&e);
     let c = ctx("delete_namespace");
-    assert_eq!(e.host.delete_namespace(&c, &t()).await, Ok(false), "terminating");
-    assert_eq!(lines(&e.fake.writes()), vec![format!("DELETE {NS}/ovc-p-demo")]);
+    assert_eq!(
+        e.host.delete_namespace(&c, &t()).await,
+        Ok(false),
+        "terminating"
+    );
+    assert_eq!(
+        lines(&e.fake.writes()),
+        vec![format!("DELETE {NS}/ovc-p-demo")]
+    );
     clear(&e);
     assert_eq!(e.host.delete_namespace(&c, &t()).await, Ok(false));
-    assert!(e.fake.writes().is_empty(), "terminating: waited, not deleted again");
+    assert!(
+        e.fake.writes().is_empty(),
+        "terminating: waited, not deleted again"
+    );
     e.fake.settle();
     assert_eq!(e.host.delete_namespace(&c, &t()).await, Ok(true));
 }
@@ -644,7 +1041,10 @@ async fn delete_leaves_a_namespace_ovc_did_not_create() {
     let e = env();
     e.fake.insert(NS, json!({"metadata": {"name": "ovc-p-demo", "labels": {"app.kubernetes.io/managed-by": "ovc"}}}));
     assert_eq!(e.host.delete_namespace(&ctx("d"), &t()).await, Ok(true));
-    assert!(e.fake.writes().is_empty(), "no vcluster.loft.sh/created annotation: never deleted");
+    assert!(
+        e.fake.writes().is_empty(),
+        "no vcluster.loft.sh/created annotation: never deleted"
+    );
 }
 
 #[tokio::test]

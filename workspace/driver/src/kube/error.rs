@@ -142,9 +142,11 @@ impl From<KubeError> for DriverError {
             },
             // An optimistic-concurrency conflict (not AlreadyExists): the next attempt
             // reads the new version.
-            KubeError::Api { code: 409, ref reason, .. } if reason == "Conflict" => {
-                DriverError::transient(text)
-            }
+            KubeError::Api {
+                code: 409,
+                ref reason,
+                ..
+            } if reason == "Conflict" => DriverError::transient(text),
             KubeError::Api { code, .. } => {
                 let status_code = match code {
                     400 | 422 => Code::InvalidArgument,

@@ -88,7 +88,9 @@ pub struct FakeCluster {
 
 impl std::fmt::Debug for FakeCluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FakeCluster").field("helm_dir", &self.helm_dir).finish_non_exhaustive()
+        f.debug_struct("FakeCluster")
+            .field("helm_dir", &self.helm_dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -208,8 +210,16 @@ fn split_path(path: &str) -> Option<(String, Option<String>, String)> {
     let base = segs[..prefix].join("/");
     match rest {
         [res] => Some((format!("/{base}/{res}"), None, (*res).to_owned())),
-        ["namespaces", name] => Some((format!("/{base}/namespaces"), Some((*name).to_owned()), "namespaces".into())),
-        ["namespaces", ns, res] => Some((format!("/{base}/namespaces/{ns}/{res}"), None, (*res).to_owned())),
+        ["namespaces", name] => Some((
+            format!("/{base}/namespaces"),
+            Some((*name).to_owned()),
+            "namespaces".into(),
+        )),
+        ["namespaces", ns, res] => Some((
+            format!("/{base}/namespaces/{ns}/{res}"),
+            None,
+            (*res).to_owned(),
+        )),
         ["namespaces", ns, res, name] => Some((
             format!("/{base}/namespaces/{ns}/{res}"),
             Some((*name).to_owned()),
@@ -238,7 +248,11 @@ impl State {
         obj["apiVersion"] = json!(api_version);
         obj["kind"] = json!(kind);
         obj["metadata"]["name"] = json!(name);
-        if let Some(ns) = collection.split("/namespaces/").nth(1).and_then(|r| r.split('/').next()) {
+        if let Some(ns) = collection
+            .split("/namespaces/")
+            .nth(1)
+            .and_then(|r| r.split('/').next())
+        {
             obj["metadata"]["namespace"] = json!(ns);
         }
         if obj["metadata"].get("uid").is_none() {
@@ -246,7 +260,8 @@ impl State {
             obj["metadata"]["creationTimestamp"] = json!("2026-01-02T03:04:05Z");
         }
         obj["metadata"]["resourceVersion"] = json!(self.next_rv());
-        self.objects.insert((collection.to_owned(), name.to_owned()), obj);
+        self.objects
+            .insert((collection.to_owned(), name.to_owned()), obj);
     }
 
     fn get(&self, collection: &str, name: &str) -> Option<&Value> {
@@ -270,19 +285,40 @@ impl State {
             .position(|f| f.method == req.method && req.path.contains(&f.path_contains))
         {
             let f = self.faults.remove(i);
-            return (f.code, status(f.code, &f.reason, "injected by the test", f.retry_after), f.retry_after);
+            return (
+                f.code,
+                status(f.code, &f.reason, "injected by the test", f.retry_after),
+                f.retry_after,
+            );
         }
         if req.virtual_api {
             return self.handle_virtual(req);
         }
         if req.path == "/version" {
-            return (200, json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-fake"}), None);
+            return (
+                200,
+                json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-fake"}),
+                None,
+            );
         }
         let Some((collection, name, resource)) = split_path(&req.path) else {
-            return (404, status(404, "NotFound", &format!("no route {}", req.path), None), None);
+            return (
+                404,
+                status(404, "NotFound", &format!("no route {}", req.path), None),
+                None,
+            );
         };
         let not_found = |n: &str| {
-            (404, status(404, "NotFound", &format!("{resource} \"{n}\" not found"), None), None)
+            (
+                404,
+                status(
+                    404,
+                    "NotFound",
+                    &format!("{resource} \"{n}\" not found"),
+                    None,
+                ),
+                None,
+            )
         };
         match (req.method.as_str(), name) {
             ("GET", Some(n)) => match self.get(&collection, &n) {
@@ -295,20 +331,40 @@ impl State {
                     .objects
                     .iter()
                     .filter(|((c, _), o)| {
-                        *c == collection && selector_matches(&sel, o["metadata"].get("labels").unwrap_or(&Value::Null))
+                        *c == collection
+                            && selector_matches(
+                                &sel,
+                                o["metadata"].get("labels").unwrap_or(&Value::Null),
+                            )
                     })
                     .map(|(_, o)| o.clone())
                     .collect();
                 let (api_version, kind) = kind_of(&resource);
                 let rv = self.resource_version.to_string();
-                (200, json!({"apiVersion": api_version, "kind": format!("{kind}List"), "metadata": {"resourceVersion": rv}, "items": items}), None)
+                (
+                    200,
+                    json!({"apiVersion": api_version, "kind": format!("{kind}List"), "metadata": {"resourceVersion": rv}, "items": items}),
+                    None,
+                )
             }
             ("POST", None) => {
                 let mut obj = req.body.clone().unwrap_or(json!({}));
-                if let Some(ns) = collection.split("/namespaces/").nth(1).and_then(|r| r.split('/').next())
+                if let Some(ns) = collection
+                    .split("/namespaces/")
+                    .nth(1)
+                    .and_then(|r| r.split('/').next())
                     && !self.namespace_live(ns)
                 {
-                    return (404, status(404, "NotFound", &format!("namespaces \"{ns}\" not found"), None), None);
+                    return (
+                        404,
+                        status(
+                            404,
+                            "NotFound",
+                            &format!("namespaces \"{ns}\" not found"),
+                            None,
+                        ),
+                        None,
+                    );
                 }
                 let name = match obj["metadata"].get("name").and_then(Value::as_str) {
                     Some(n) => n.to_owned(),
@@ -317,21 +373,40 @@ impl State {
                             self.generated += 1;
                             format!("{g}{:05}", self.generated)
                         }
-                        None => return (422, status(422, "Invalid", "name or generateName is required", None), None),
+                        None => {
+                            return (
+                                422,
+                                status(422, "Invalid", "name or generateName is required", None),
+                                None,
+                            );
+                        }
                     },
                 };
                 if self.get(&collection, &name).is_some() {
-                    return (409, status(409, "AlreadyExists", &format!("{resource} \"{name}\" already exists"), None), None);
+                    return (
+                        409,
+                        status(
+                            409,
+                            "AlreadyExists",
+                            &format!("{resource} \"{name}\" already exists"),
+                            None,
+                        ),
+                        None,
+                    );
                 }
                 if let Some(m) = obj["metadata"].as_object_mut() {
                     m.remove("generateName");
                 }
                 if resource == "secrets"
-                    && let Some(sd) = obj.get("stringData").cloned().and_then(|v| v.as_object().cloned())
+                    && let Some(sd) = obj
+                        .get("stringData")
+                        .cloned()
+                        .and_then(|v| v.as_object().cloned())
                 {
                     use base64::Engine;
                     for (k, v) in sd {
-                        let enc = base64::engine::general_purpose::STANDARD.encode(v.as_str().unwrap_or(""));
+                        let enc = base64::engine::general_purpose::STANDARD
+                            .encode(v.as_str().unwrap_or(""));
                         obj["data"][k] = json!(enc);
                     }
                     obj.as_object_mut().map(|o| o.remove("stringData"));
@@ -340,29 +415,55 @@ impl State {
                     obj["status"] = json!({"phase": "Active"});
                 }
                 self.put(&collection, &name, obj, &resource);
-                (201, self.get(&collection, &name).cloned().unwrap_or_default(), None)
+                (
+                    201,
+                    self.get(&collection, &name).cloned().unwrap_or_default(),
+                    None,
+                )
             }
             ("PATCH", Some(n)) => {
                 if req.content_type.as_deref() != Some("application/merge-patch+json") {
-                    return (415, status(415, "UnsupportedMediaType", "the fake server only takes merge patches", None), None);
+                    return (
+                        415,
+                        status(
+                            415,
+                            "UnsupportedMediaType",
+                            "the fake server only takes merge patches",
+                            None,
+                        ),
+                        None,
+                    );
                 }
                 let Some(mut obj) = self.get(&collection, &n).cloned() else {
                     return not_found(&n);
                 };
                 apply_merge_patch(&mut obj, req.body.as_ref().unwrap_or(&Value::Null));
-                let finalizers_left = obj["metadata"].get("finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
-                if obj["metadata"].get("deletionTimestamp").is_some() && !finalizers_left && resource != "namespaces" {
+                let finalizers_left = obj["metadata"]
+                    .get("finalizers")
+                    .and_then(Value::as_array)
+                    .is_some_and(|f| !f.is_empty());
+                if obj["metadata"].get("deletionTimestamp").is_some()
+                    && !finalizers_left
+                    && resource != "namespaces"
+                {
                     self.objects.remove(&(collection.clone(), n.clone()));
                     return (200, obj, None);
                 }
                 self.put(&collection, &n, obj, &resource);
-                (200, self.get(&collection, &n).cloned().unwrap_or_default(), None)
+                (
+                    200,
+                    self.get(&collection, &n).cloned().unwrap_or_default(),
+                    None,
+                )
             }
             ("DELETE", Some(n)) => {
                 let Some(mut obj) = self.get(&collection, &n).cloned() else {
                     return not_found(&n);
                 };
-                let has_finalizers = obj["metadata"].get("finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+                let has_finalizers = obj["metadata"]
+                    .get("finalizers")
+                    .and_then(Value::as_array)
+                    .is_some_and(|f| !f.is_empty());
                 if resource == "namespaces" || has_finalizers {
                     obj["metadata"]["deletionTimestamp"] = json!("2026-01-02T03:04:05Z");
                     if resource == "namespaces" {
@@ -374,7 +475,16 @@ impl State {
                 self.objects.remove(&(collection, n));
                 (200, obj, None)
             }
-            _ => (405, status(405, "MethodNotAllowed", "not supported by the fake server", None), None),
+            _ => (
+                405,
+                status(
+                    405,
+                    "MethodNotAllowed",
+                    "not supported by the fake server",
+                    None,
+                ),
+                None,
+            ),
         }
     }
 
@@ -382,11 +492,23 @@ impl State {
         let server = req.query.get("__server").cloned().unwrap_or_default();
         if req.method == "GET" && req.path == "/api/v1/namespaces/default/serviceaccounts/default" {
             if self.virtual_ready.contains(&server) {
-                return (200, json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": "default"}}), None);
+                return (
+                    200,
+                    json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": "default"}}),
+                    None,
+                );
             }
-            return (503, status(503, "ServiceUnavailable", "virtual API not up", None), None);
+            return (
+                503,
+                status(503, "ServiceUnavailable", "virtual API not up", None),
+                None,
+            );
         }
-        (404, status(404, "NotFound", "not served by the fake virtual API", None), None)
+        (
+            404,
+            status(404, "NotFound", "not served by the fake virtual API", None),
+            None,
+        )
     }
 }
 
@@ -406,7 +528,10 @@ impl FakeCluster {
         http::Request<kube::client::Body>,
         Response = http::Response<Full<Bytes>>,
         Error = std::convert::Infallible,
-        Future = futures::future::BoxFuture<'static, Result<http::Response<Full<Bytes>>, std::convert::Infallible>>,
+        Future = futures::future::BoxFuture<
+            'static,
+            Result<http::Response<Full<Bytes>>, std::convert::Infallible>,
+        >,
     > + Clone
     + use<> {
         let state = self.state.clone();
@@ -415,7 +540,11 @@ impl FakeCluster {
             let virtual_server = virtual_server.clone();
             let fut: futures::future::BoxFuture<'static, _> = Box::pin(async move {
                 let (parts, body) = req.into_parts();
-                let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                let bytes = body
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
                 let mut query = decode_query(parts.uri.query().unwrap_or(""));
                 if let Some(s) = &virtual_server {
                     query.insert("__server".into(), s.clone());
@@ -429,7 +558,8 @@ impl FakeCluster {
                         .get(http::header::CONTENT_TYPE)
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_owned),
-                    body: (!bytes.is_empty()).then(|| serde_json::from_slice(&bytes).unwrap_or(Value::Null)),
+                    body: (!bytes.is_empty())
+                        .then(|| serde_json::from_slice(&bytes).unwrap_or(Value::Null)),
                     virtual_api: virtual_server.is_some(),
                 };
                 let (code, body, retry_after) = {
@@ -504,25 +634,42 @@ impl FakeCluster {
 
     /// The requests that change something (not GET).
     pub fn writes(&self) -> Vec<RecordedRequest> {
-        self.requests().into_iter().filter(|r| !r.is_read()).collect()
+        self.requests()
+            .into_iter()
+            .filter(|r| !r.is_read())
+            .collect()
     }
 
     /// The object at `collection`/`name`.
     pub fn object(&self, collection: &str, name: &str) -> Option<Value> {
-        self.state.lock().expect("fake state").get(collection, name).cloned()
+        self.state
+            .lock()
+            .expect("fake state")
+            .get(collection, name)
+            .cloned()
     }
 
     /// Names in `collection`.
     pub fn names(&self, collection: &str) -> Vec<String> {
         let st = self.state.lock().expect("fake state");
-        st.objects.keys().filter(|(c, _)| c == collection).map(|(_, n)| n.clone()).collect()
+        st.objects
+            .keys()
+            .filter(|(c, _)| c == collection)
+            .map(|(_, n)| n.clone())
+            .collect()
     }
 
     /// Stores `obj` (its `metadata.name`) in `collection`, as another client would.
     pub fn insert(&self, collection: &str, obj: Value) {
-        let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         let resource = collection.rsplit('/').next().unwrap_or_default().to_owned();
-        self.state.lock().expect("fake state").put(collection, &name, obj, &resource);
+        self.state
+            .lock()
+            .expect("fake state")
+            .put(collection, &name, obj, &resource);
     }
 
     /// Merge-patches a stored object, as another client would.
@@ -536,7 +683,14 @@ impl FakeCluster {
     }
 
     /// The next request with `method` whose path contains `path_contains` answers `code`.
-    pub fn fail_next(&self, method: &str, path_contains: &str, code: u16, reason: &str, retry_after: Option<u32>) {
+    pub fn fail_next(
+        &self,
+        method: &str,
+        path_contains: &str,
+        code: u16,
+        reason: &str,
+        retry_after: Option<u32>,
+    ) {
         self.state.lock().expect("fake state").faults.push(Fault {
             method: method.into(),
             path_contains: path_contains.into(),
@@ -570,7 +724,9 @@ impl FakeCluster {
         let terminating: Vec<String> = st
             .objects
             .iter()
-            .filter(|((c, _), o)| c == "/api/v1/namespaces" && o["metadata"].get("deletionTimestamp").is_some())
+            .filter(|((c, _), o)| {
+                c == "/api/v1/namespaces" && o["metadata"].get("deletionTimestamp").is_some()
+            })
             .map(|((_, n), _)| n.clone())
             .collect();
         for ns in terminating {
@@ -611,7 +767,12 @@ impl FakeCluster {
             st.put(&sts_coll, name, sts, "statefulsets");
             let cfg = json!({"metadata": {"name": format!("vc-config-{name}"), "labels": {"app": "vcluster"}},
                              "data": {"config.yaml": b64(&serde_saphyr::to_string(&config).unwrap_or_default())}});
-            st.put(&coll(ns, "v1", "secrets"), &format!("vc-config-{name}"), cfg, "secrets");
+            st.put(
+                &coll(ns, "v1", "secrets"),
+                &format!("vc-config-{name}"),
+                cfg,
+                "secrets",
+            );
             if values::deploys_etcd(config.as_object().unwrap_or(&Default::default())) {
                 let etcd = json!({"metadata": {"labels": {"app": "vcluster-etcd", "release": name}},
                                   "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "vcluster-etcd"}}, "template": {}},
@@ -620,7 +781,12 @@ impl FakeCluster {
             }
         }
         // Uninstalled releases: the chart's objects go (PVCs are Retain: they stay).
-        let gone: Vec<String> = st.rendered.keys().filter(|k| !live.contains(*k)).cloned().collect();
+        let gone: Vec<String> = st
+            .rendered
+            .keys()
+            .filter(|k| !live.contains(*k))
+            .cloned()
+            .collect();
         for key in gone {
             st.rendered.remove(&key);
             let (ns, name) = key.split_once('/').expect("ns/name");
@@ -647,11 +813,23 @@ impl FakeCluster {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         for ((c, name), mut sts) in sets {
-            let ns = c.split("/namespaces/").nth(1).and_then(|r| r.split('/').next()).unwrap_or_default().to_owned();
+            let ns = c
+                .split("/namespaces/")
+                .nth(1)
+                .and_then(|r| r.split('/').next())
+                .unwrap_or_default()
+                .to_owned();
             let want = sts["spec"]["replicas"].as_u64().unwrap_or(1);
-            let release = sts["metadata"]["labels"]["release"].as_str().unwrap_or(&name).to_owned();
-            let app = sts["metadata"]["labels"]["app"].as_str().unwrap_or_default().to_owned();
-            sts["status"] = json!({"replicas": want, "readyReplicas": want, "currentReplicas": want});
+            let release = sts["metadata"]["labels"]["release"]
+                .as_str()
+                .unwrap_or(&name)
+                .to_owned();
+            let app = sts["metadata"]["labels"]["app"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            sts["status"] =
+                json!({"replicas": want, "readyReplicas": want, "currentReplicas": want});
             st.put(&c, &name, sts, "statefulsets");
             let pods = coll(&ns, "v1", "pods");
             for i in 0..3u64 {
@@ -665,7 +843,12 @@ impl FakeCluster {
                     let pvc = format!("data-{name}-{i}");
                     let pvcs = coll(&ns, "v1", "persistentvolumeclaims");
                     if st.get(&pvcs, &pvc).is_none() {
-                        st.put(&pvcs, &pvc, json!({"metadata": {"labels": {"app": app, "release": release}}}), "persistentvolumeclaims");
+                        st.put(
+                            &pvcs,
+                            &pvc,
+                            json!({"metadata": {"labels": {"app": app, "release": release}}}),
+                            "persistentvolumeclaims",
+                        );
                     }
                 } else {
                     st.objects.remove(&(pods.clone(), pod));
@@ -682,8 +865,16 @@ impl FakeCluster {
                 );
                 let secret = json!({"metadata": {"labels": {"app": "vcluster", "vcluster-name": release}},
                                     "data": {"config": b64(&kubeconfig), "token": b64("secret-token")}});
-                if st.get(&coll(&ns, "v1", "secrets"), &format!("vc-{release}")).is_none() {
-                    st.put(&coll(&ns, "v1", "secrets"), &format!("vc-{release}"), secret, "secrets");
+                if st
+                    .get(&coll(&ns, "v1", "secrets"), &format!("vc-{release}"))
+                    .is_none()
+                {
+                    st.put(
+                        &coll(&ns, "v1", "secrets"),
+                        &format!("vc-{release}"),
+                        secret,
+                        "secrets",
+                    );
                 }
                 st.virtual_ready.insert(server);
                 let n = st.workloads.get(&wl_key).copied().unwrap_or(0);
@@ -703,11 +894,19 @@ impl FakeCluster {
         let cms: Vec<((String, String), Value)> = st
             .objects
             .iter()
-            .filter(|((c, _), o)| c.ends_with("/configmaps") && o["metadata"]["labels"].get(crate::kube::SNAPSHOT_REQUEST).is_some())
+            .filter(|((c, _), o)| {
+                c.ends_with("/configmaps")
+                    && o["metadata"]["labels"]
+                        .get(crate::kube::SNAPSHOT_REQUEST)
+                        .is_some()
+            })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         for ((c, name), mut cm) in cms {
-            let raw = cm["data"]["snapshotRequest"].as_str().unwrap_or("{}").to_owned();
+            let raw = cm["data"]["snapshotRequest"]
+                .as_str()
+                .unwrap_or("{}")
+                .to_owned();
             let mut req: Value = serde_json::from_str(&raw).unwrap_or(json!({}));
             if req["status"].get("phase").is_some() {
                 continue;
@@ -724,7 +923,9 @@ impl FakeCluster {
         let restore_pods: Vec<((String, String), Value)> = st
             .objects
             .iter()
-            .filter(|((c, _), o)| c.ends_with("/pods") && o["metadata"]["labels"]["app"] == json!("vcluster-snapshot"))
+            .filter(|((c, _), o)| {
+                c.ends_with("/pods") && o["metadata"]["labels"]["app"] == json!("vcluster-snapshot")
+            })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         for ((c, name), mut pod) in restore_pods {
@@ -762,7 +963,10 @@ fn read_helm_releases(dir: &Path) -> Vec<(String, String, Value)> {
             };
             out.push((
                 ns.file_name().to_string_lossy().into_owned(),
-                p.file_stem().unwrap_or_default().to_string_lossy().into_owned(),
+                p.file_stem()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
                 v,
             ));
         }
@@ -833,9 +1037,18 @@ pub fn helm_calls(dir: &Path) -> Vec<Vec<String>> {
 
 /// Sets the stored status of a stand-in helm release (e.g. `pending-upgrade`), as an
 /// interrupted helm would leave it.
-pub fn set_helm_status(dir: &Path, namespace: &str, name: &str, status: &str) -> std::io::Result<()> {
-    let rel = dir.join("releases").join(namespace).join(format!("{name}.json"));
-    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&rel)?).map_err(std::io::Error::other)?;
+pub fn set_helm_status(
+    dir: &Path,
+    namespace: &str,
+    name: &str,
+    status: &str,
+) -> std::io::Result<()> {
+    let rel = dir
+        .join("releases")
+        .join(namespace)
+        .join(format!("{name}.json"));
+    let mut v: Value =
+        serde_json::from_str(&std::fs::read_to_string(&rel)?).map_err(std::io::Error::other)?;
     v["info"]["status"] = json!(status);
     std::fs::write(&rel, v.to_string())
 }

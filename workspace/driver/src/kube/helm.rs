@@ -47,7 +47,9 @@ impl ChartSource {
         if s.starts_with("https://") || s.starts_with("http://") {
             let (repo, chart) = s.split_once('#').unwrap_or((s, "vcluster"));
             if chart.is_empty() {
-                return Err(KubeError::Config(format!("chart {s:?}: empty chart name after '#'")));
+                return Err(KubeError::Config(format!(
+                    "chart {s:?}: empty chart name after '#'"
+                )));
             }
             return Ok(ChartSource::Repo {
                 repo: repo.into(),
@@ -429,11 +431,20 @@ impl Helm {
         };
         match rel.info.status {
             HelmStatus::PendingInstall => {
-                tracing::warn!(namespace, name, "helm release stuck in pending-install: uninstalling");
+                tracing::warn!(
+                    namespace,
+                    name,
+                    "helm release stuck in pending-install: uninstalling"
+                );
                 self.uninstall(namespace, name).await?;
             }
             HelmStatus::PendingUpgrade | HelmStatus::PendingRollback => {
-                tracing::warn!(namespace, name, status = rel.info.status.as_str(), "helm release stuck: rolling back");
+                tracing::warn!(
+                    namespace,
+                    name,
+                    status = rel.info.status.as_str(),
+                    "helm release stuck: rolling back"
+                );
                 self.rollback(namespace, name).await?;
             }
             HelmStatus::Uninstalling => {
@@ -450,4 +461,71 @@ impl Helm {
 
 fn strings(s: &[&str]) -> Vec<String> {
     s.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn helm(chart: ChartSource) -> Helm {
+        Helm::new(HelmConfig {
+            chart,
+            ..HelmConfig::default()
+        })
+    }
+
+    #[test]
+    fn chart_settings_parse_into_repo_oci_or_local_path() {
+        assert_eq!(
+            ChartSource::parse("https://mirror.example/charts#vc"),
+            Ok(ChartSource::Repo {
+                repo: "https://mirror.example/charts".into(),
+                chart: "vc".into()
+            })
+        );
+        assert_eq!(
+            ChartSource::parse("https://charts.loft.sh"),
+            Ok(ChartSource::loft())
+        );
+        assert_eq!(
+            ChartSource::parse("oci://registry.local/charts/vcluster"),
+            Ok(ChartSource::Oci(
+                "oci://registry.local/charts/vcluster".into()
+            ))
+        );
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().display().to_string();
+        assert_eq!(
+            ChartSource::parse(&path),
+            Ok(ChartSource::Local(dir.path().to_owned()))
+        );
+        assert!(ChartSource::parse("/no/such/chart").is_err());
+        assert!(ChartSource::parse("https://x#").is_err());
+        assert!(ChartSource::parse(" ").is_err());
+    }
+
+    #[test]
+    fn upgrade_arguments_name_the_chart_as_helm_expects() {
+        let oci = helm(ChartSource::Oci("oci://r/vcluster".into()));
+        assert_eq!(
+            oci.upgrade_args("ns", "demo", "0.30.0", "/v.yaml"),
+            vec![
+                "upgrade",
+                "--install",
+                "demo",
+                "oci://r/vcluster",
+                "--version",
+                "0.30.0",
+                "-n",
+                "ns",
+                "-f",
+                "/v.yaml"
+            ]
+        );
+        let local = helm(ChartSource::Local("/charts/vcluster".into()));
+        assert_eq!(
+            local.upgrade_args("ns", "demo", "0.30.0", "/v.yaml")[3],
+            "/charts/vcluster"
+        );
+    }
 }

@@ -33,8 +33,8 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Namespace, PersistentVolumeClaim, Pod, ResourceQuota, Secret, Service,
     ServiceAccount,
 };
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use ovc_types::error::Code;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -242,7 +242,9 @@ pub struct KubeHost {
 
 impl std::fmt::Debug for KubeHost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KubeHost").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("KubeHost")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -285,7 +287,9 @@ impl KubeHost {
             ))
         })?;
         let client = Client::try_from(kube).map_err(|e| {
-            KubeError::Config(format!("the kubeconfig of KUBECONFIG does not make a client: {e}"))
+            KubeError::Config(format!(
+                "the kubeconfig of KUBECONFIG does not make a client: {e}"
+            ))
         })?;
         Ok(KubeHost::new(client, config))
     }
@@ -303,7 +307,8 @@ impl KubeHost {
 
     /// Checks at start-up that the API server answers and helm is usable.
     pub async fn check(&self) -> KubeResult<()> {
-        self.call("GET /version", self.client.apiserver_version()).await?;
+        self.call("GET /version", self.client.apiserver_version())
+            .await?;
         self.helm.check_version().await?;
         Ok(())
     }
@@ -329,7 +334,10 @@ impl KubeHost {
         K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
     {
         match self
-            .call(format!("DELETE {kind}/{name}"), api.delete(name, &DeleteParams::default()))
+            .call(
+                format!("DELETE {kind}/{name}"),
+                api.delete(name, &DeleteParams::default()),
+            )
             .await
         {
             Ok(_) => Ok(true),
@@ -363,7 +371,10 @@ impl KubeHost {
         }
         let api: Api<Service> = self.ns_api(&t.namespace);
         let svc = self
-            .call(format!("GET services/{}", t.release), api.get_opt(&t.release))
+            .call(
+                format!("GET services/{}", t.release),
+                api.get_opt(&t.release),
+            )
             .await?;
         let ip = svc
             .and_then(|s| s.spec)
@@ -426,7 +437,10 @@ impl KubeHost {
     ) -> KubeResult<()> {
         if ns.metadata.deletion_timestamp.is_some() {
             return Err(KubeError::NotYet {
-                message: format!("namespace {} is terminating; waiting until it is gone", t.namespace),
+                message: format!(
+                    "namespace {} is terminating; waiting until it is gone",
+                    t.namespace
+                ),
                 retry_after: Duration::from_secs(2),
             });
         }
@@ -447,7 +461,10 @@ impl KubeHost {
     pub async fn namespace_exists_now(&self, t: &Target) -> KubeResult<bool> {
         let api: Api<Namespace> = Api::all(self.client.clone());
         Ok(self
-            .call(format!("GET namespaces/{}", t.namespace), api.get_opt(&t.namespace))
+            .call(
+                format!("GET namespaces/{}", t.namespace),
+                api.get_opt(&t.namespace),
+            )
             .await?
             .is_some())
     }
@@ -460,7 +477,9 @@ impl KubeHost {
         let Some(ns) = self.call(&what, api.get_opt(&t.namespace)).await? else {
             return Ok(true);
         };
-        let created = annotations(&ns.metadata).get(CREATED).is_some_and(|v| v == "true");
+        let created = annotations(&ns.metadata)
+            .get(CREATED)
+            .is_some_and(|v| v == "true");
         if !created || !Self::is_ours(&ns, &BTreeMap::new()) {
             tracing::info!(namespace = %t.namespace, "namespace not created by ovc: left in place");
             return Ok(true);
@@ -519,7 +538,9 @@ impl KubeHost {
         let current = self.helm.recover_pending(&t.namespace, &t.release).await?;
         if let Some(rel) = &current {
             let same = Value::Object(rel.config.clone()) == rendered
-                && rel.chart_version() == version
+                // A local chart has its own version; `--version` does not pick it.
+                && (matches!(self.config.helm.chart, ChartSource::Local(_))
+                    || rel.chart_version() == version)
                 && rel.info.status == HelmStatus::Deployed;
             if same {
                 return Ok(rel.version);
@@ -562,7 +583,10 @@ impl KubeHost {
             Some(rel) => Ok(rel.version),
             None => Err(KubeError::Helm {
                 transient: true,
-                message: format!("helm upgrade of {} finished but helm status finds no release", t.release),
+                message: format!(
+                    "helm upgrade of {} finished but helm status finds no release",
+                    t.release
+                ),
             }),
         }
     }
@@ -576,7 +600,10 @@ impl KubeHost {
             return Err(KubeError::refused(
                 Code::FailedPrecondition,
                 "RELEASE_NOT_OURS",
-                format!("helm release {} in {} was not installed by ovc", t.release, t.namespace),
+                format!(
+                    "helm release {} in {} was not installed by ovc",
+                    t.release, t.namespace
+                ),
             ));
         };
         values.chart_version = Some(rel.chart_version().to_owned());
@@ -595,12 +622,19 @@ impl KubeHost {
         self.helm.uninstall(&t.namespace, &t.release).await?;
         let pvcs: Api<PersistentVolumeClaim> = self.ns_api(&t.namespace);
         let prefix = format!("data-{}-", t.release);
-        match self.call("LIST persistentvolumeclaims", pvcs.list(&ListParams::default())).await {
+        match self
+            .call(
+                "LIST persistentvolumeclaims",
+                pvcs.list(&ListParams::default()),
+            )
+            .await
+        {
             Ok(list) => {
                 for pvc in list.items {
                     let name = pvc.metadata.name.unwrap_or_default();
                     if name.starts_with(&prefix) {
-                        self.delete_ok(&pvcs, "persistentvolumeclaims", &name).await?;
+                        self.delete_ok(&pvcs, "persistentvolumeclaims", &name)
+                            .await?;
                     }
                 }
             }
@@ -610,17 +644,27 @@ impl KubeHost {
         }
         let cms: Api<ConfigMap> = self.ns_api(&t.namespace);
         let selector = format!("{SNAPSHOT_REQUEST},{SNAPSHOT_VCLUSTER_NAME}={}", t.release);
-        for cm in self.call("LIST configmaps", cms.list(&list_labels(&selector))).await?.items {
+        for cm in self
+            .call("LIST configmaps", cms.list(&list_labels(&selector)))
+            .await?
+            .items
+        {
             let name = cm.metadata.name.clone().unwrap_or_default();
             let ours: Vec<String> = cm.metadata.finalizers.clone().unwrap_or_default();
-            if ours.iter().any(|f| REQUEST_FINALIZERS.contains(&f.as_str())) {
+            if ours
+                .iter()
+                .any(|f| REQUEST_FINALIZERS.contains(&f.as_str()))
+            {
                 let keep: Vec<String> = ours
                     .into_iter()
                     .filter(|f| !REQUEST_FINALIZERS.contains(&f.as_str()))
                     .collect();
                 let body = json!({"metadata": {"finalizers": keep}});
                 match self
-                    .call(format!("PATCH configmaps/{name}"), cms.patch(&name, &merge_patch(), &Patch::Merge(&body)))
+                    .call(
+                        format!("PATCH configmaps/{name}"),
+                        cms.patch(&name, &merge_patch(), &Patch::Merge(&body)),
+                    )
                     .await
                 {
                     Ok(_) => {}
@@ -675,7 +719,13 @@ impl KubeHost {
             Some(s) => Self::workload_from_sts(s),
             None => {
                 let dep: Api<Deployment> = self.ns_api(&t.namespace);
-                match self.call("LIST deployments", dep.list(&lp)).await?.items.into_iter().next() {
+                match self
+                    .call("LIST deployments", dep.list(&lp))
+                    .await?
+                    .items
+                    .into_iter()
+                    .next()
+                {
                     Some(d) => Self::workload_from_deploy(d),
                     None => return Ok(None),
                 }
@@ -697,13 +747,19 @@ impl KubeHost {
         match w.kind {
             WorkloadKind::StatefulSet => {
                 let api: Api<StatefulSet> = self.ns_api(ns);
-                self.call(format!("PATCH statefulsets/{}", w.name), api.patch(&w.name, &merge_patch(), &patch))
-                    .await?;
+                self.call(
+                    format!("PATCH statefulsets/{}", w.name),
+                    api.patch(&w.name, &merge_patch(), &patch),
+                )
+                .await?;
             }
             WorkloadKind::Deployment => {
                 let api: Api<Deployment> = self.ns_api(ns);
-                self.call(format!("PATCH deployments/{}", w.name), api.patch(&w.name, &merge_patch(), &patch))
-                    .await?;
+                self.call(
+                    format!("PATCH deployments/{}", w.name),
+                    api.patch(&w.name, &merge_patch(), &patch),
+                )
+                .await?;
             }
         }
         Ok(())
@@ -714,7 +770,10 @@ impl KubeHost {
     async fn configured_replicas(&self, t: &Target) -> KubeResult<u32> {
         let api: Api<Secret> = self.ns_api(&t.namespace);
         let name = format!("vc-config-{}", t.release);
-        let Some(secret) = self.call(format!("GET secrets/{name}"), api.get_opt(&name)).await? else {
+        let Some(secret) = self
+            .call(format!("GET secrets/{name}"), api.get_opt(&name))
+            .await?
+        else {
             return Ok(1);
         };
         let Some(bytes) = secret.data.and_then(|d| d.get("config.yaml").cloned()) else {
@@ -752,7 +811,8 @@ impl KubeHost {
         } else {
             self.configured_replicas(t).await?
         };
-        self.patch_workload(&t.namespace, w, &Self::pause_body(r, restoring)).await?;
+        self.patch_workload(&t.namespace, w, &Self::pause_body(r, restoring))
+            .await?;
         Ok(r)
     }
 
@@ -760,7 +820,10 @@ impl KubeHost {
         KubeError::refused(
             Code::NotFound,
             "RELEASE_NOT_FOUND",
-            format!("release {} not found in namespace {}", t.release, t.namespace),
+            format!(
+                "release {} not found in namespace {}",
+                t.release, t.namespace
+            ),
         )
     }
 
@@ -808,12 +871,14 @@ impl KubeHost {
         Self::refuse_sleep_mode(t, &cp)?;
         if let Some(etcd) = cp.etcd.as_ref().filter(|e| e.paused()) {
             let r = etcd.paused_replicas().filter(|r| *r > 0).unwrap_or(1);
-            self.patch_workload(&t.namespace, etcd, &Self::resume_body(r)).await?;
+            self.patch_workload(&t.namespace, etcd, &Self::resume_body(r))
+                .await?;
         }
         let w = &cp.workload;
         if w.paused() || w.annotations.contains_key(RESTORING) {
             let r = w.paused_replicas().filter(|r| *r > 0).unwrap_or(1);
-            self.patch_workload(&t.namespace, w, &Self::resume_body(r)).await?;
+            self.patch_workload(&t.namespace, w, &Self::resume_body(r))
+                .await?;
             return Ok(r);
         }
         if w.replicas == 0 {
@@ -843,7 +908,11 @@ impl KubeHost {
                 pods: w.pods,
                 ready: w.ready,
                 paused: w.paused(),
-                paused_replicas: if w.paused() { w.paused_replicas() } else { None },
+                paused_replicas: if w.paused() {
+                    w.paused_replicas()
+                } else {
+                    None
+                },
             }
         }))
     }
@@ -855,7 +924,11 @@ impl KubeHost {
         let api: Api<Pod> = self.ns_api(&t.namespace);
         let lp = list_labels(&format!("{MANAGED_BY}={}", t.release));
         match self.call("LIST pods", api.list(&lp)).await {
-            Ok(l) => Ok(l.items.into_iter().filter_map(|p| p.metadata.name).collect()),
+            Ok(l) => Ok(l
+                .items
+                .into_iter()
+                .filter_map(|p| p.metadata.name)
+                .collect()),
             Err(e) if e.is_not_found() => Ok(Vec::new()),
             Err(e) => Err(e),
         }
@@ -881,16 +954,26 @@ impl KubeHost {
     pub async fn read_kubeconfig(&self, t: &Target) -> KubeResult<Option<String>> {
         let api: Api<Secret> = self.ns_api(&t.namespace);
         let name = format!("vc-{}", t.release);
-        let secret = match self.call(format!("GET secrets/{name}"), api.get_opt(&name)).await {
+        let secret = match self
+            .call(format!("GET secrets/{name}"), api.get_opt(&name))
+            .await
+        {
             Ok(s) => s,
             Err(e) if e.is_not_found() => None,
             Err(e) => return Err(e),
         };
-        let Some(config) = secret.and_then(|s| s.data).and_then(|d| d.get("config").cloned()) else {
+        let Some(config) = secret
+            .and_then(|s| s.data)
+            .and_then(|d| d.get("config").cloned())
+        else {
             return Ok(None);
         };
         let text = String::from_utf8(config.0).map_err(|_| {
-            KubeError::refused(Code::FailedPrecondition, "BAD_KUBECONFIG", format!("secret {name}: config is not UTF-8"))
+            KubeError::refused(
+                Code::FailedPrecondition,
+                "BAD_KUBECONFIG",
+                format!("secret {name}: config is not UTF-8"),
+            )
         })?;
         match self.server_for(t).await? {
             Some(server) => rewrite_server(&text, &server).map(Some),
@@ -905,7 +988,10 @@ impl KubeHost {
         };
         let client = (self.virtual_api)(kubeconfig).await?;
         let api: Api<ServiceAccount> = Api::namespaced(client, "default");
-        match self.call("GET (virtual) serviceaccounts/default", api.get("default")).await {
+        match self
+            .call("GET (virtual) serviceaccounts/default", api.get("default"))
+            .await
+        {
             Ok(_) => Ok(true),
             Err(e) => {
                 tracing::debug!(error = %e, release = %t.release, "virtual API not answering yet");
@@ -941,14 +1027,20 @@ impl KubeHost {
             return Err(KubeError::refused(
                 Code::FailedPrecondition,
                 "SNAPSHOT_UNSUPPORTED",
-                format!("vcluster {} uses a deployed etcd, which vcluster cannot snapshot", t.release),
+                format!(
+                    "vcluster {} uses a deployed etcd, which vcluster cannot snapshot",
+                    t.release
+                ),
             ));
         }
         if cp.workload.paused() || cp.workload.replicas == 0 {
             return Err(KubeError::refused(
                 Code::FailedPrecondition,
                 "CONTROL_PLANE_PAUSED",
-                format!("vcluster {} is paused: a snapshot needs a running control plane", t.release),
+                format!(
+                    "vcluster {} is paused: a snapshot needs a running control plane",
+                    t.release
+                ),
             ));
         }
         Ok(())
@@ -957,8 +1049,13 @@ impl KubeHost {
     async fn find_request(&self, t: &Target, url: &str) -> KubeResult<Option<ConfigMap>> {
         let api: Api<ConfigMap> = self.ns_api(&t.namespace);
         let selector = format!("{SNAPSHOT_REQUEST},{SNAPSHOT_VCLUSTER_NAME}={}", t.release);
-        let list = self.call("LIST configmaps", api.list(&list_labels(&selector))).await?;
-        Ok(list.items.into_iter().find(|cm| request_url(cm).as_deref() == Some(url)))
+        let list = self
+            .call("LIST configmaps", api.list(&list_labels(&selector)))
+            .await?;
+        Ok(list
+            .items
+            .into_iter()
+            .find(|cm| request_url(cm).as_deref() == Some(url)))
     }
 
     fn request_labels(t: &Target) -> BTreeMap<String, String> {
@@ -1002,7 +1099,10 @@ impl KubeHost {
             ..Secret::default()
         };
         let created = self
-            .call("POST secrets", secrets.create(&PostParams::default(), &secret))
+            .call(
+                "POST secrets",
+                secrets.create(&PostParams::default(), &secret),
+            )
             .await?;
         let name = created.metadata.name.unwrap_or_default();
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
@@ -1021,7 +1121,10 @@ impl KubeHost {
             ..ConfigMap::default()
         };
         let cms: Api<ConfigMap> = self.ns_api(&t.namespace);
-        match self.call("POST configmaps", cms.create(&PostParams::default(), &cm)).await {
+        match self
+            .call("POST configmaps", cms.create(&PostParams::default(), &cm))
+            .await
+        {
             Ok(_) => Ok(SnapshotPhase::Pending),
             Err(e) => {
                 // No request without its ConfigMap: remove the Secret again.
@@ -1033,7 +1136,10 @@ impl KubeHost {
 
     /// The phase of the request for `url` (`None`: no such request).
     pub async fn snapshot_phase(&self, t: &Target, url: &str) -> KubeResult<Option<SnapshotPhase>> {
-        Ok(self.find_request(t, url).await?.map(|cm| request_phase(&cm)))
+        Ok(self
+            .find_request(t, url)
+            .await?
+            .map(|cm| request_phase(&cm)))
     }
 
     /// Removes the request for `url` (the undo of a snapshot): finalizers stripped when
@@ -1044,10 +1150,19 @@ impl KubeHost {
         };
         let name = cm.metadata.name.clone().unwrap_or_default();
         let cms: Api<ConfigMap> = self.ns_api(&t.namespace);
-        if self.discover(t).await?.is_none() && cm.metadata.finalizers.as_ref().is_some_and(|f| !f.is_empty()) {
+        if self.discover(t).await?.is_none()
+            && cm
+                .metadata
+                .finalizers
+                .as_ref()
+                .is_some_and(|f| !f.is_empty())
+        {
             let body = json!({"metadata": {"finalizers": null}});
-            self.call(format!("PATCH configmaps/{name}"), cms.patch(&name, &merge_patch(), &Patch::Merge(&body)))
-                .await?;
+            self.call(
+                format!("PATCH configmaps/{name}"),
+                cms.patch(&name, &merge_patch(), &Patch::Merge(&body)),
+            )
+            .await?;
         }
         self.delete_ok(&cms, "configmaps", &name).await?;
         let secrets: Api<Secret> = self.ns_api(&t.namespace);
@@ -1067,7 +1182,13 @@ impl KubeHost {
             "spec": {"hard": {"pods": "0"}},
         }))
         .map_err(|e| KubeError::Config(e.to_string()))?;
-        match self.call("POST resourcequotas", api.create(&PostParams::default(), &quota)).await {
+        match self
+            .call(
+                "POST resourcequotas",
+                api.create(&PostParams::default(), &quota),
+            )
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) if e.is_already_exists() => Ok(()),
             Err(e) => Err(e),
@@ -1090,8 +1211,15 @@ impl KubeHost {
         let pod_name = format!("vcluster-snapshot-{id}");
         let secret_name = format!("vcluster-snapshot-options-{id}");
         let pods: Api<Pod> = self.ns_api(&t.namespace);
-        if let Some(pod) = self.call(format!("GET pods/{pod_name}"), pods.get_opt(&pod_name)).await? {
-            let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+        if let Some(pod) = self
+            .call(format!("GET pods/{pod_name}"), pods.get_opt(&pod_name))
+            .await?
+        {
+            let phase = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.clone())
+                .unwrap_or_default();
             return match phase.as_str() {
                 "Succeeded" => {
                     self.finish_restore(t, &pod_name, &secret_name).await?;
@@ -1102,7 +1230,9 @@ impl KubeHost {
                     Err(KubeError::refused(
                         Code::FailedPrecondition,
                         "RESTORE_FAILED",
-                        format!("the restore pod {pod_name} failed; the vcluster was resumed with its previous data"),
+                        format!(
+                            "the restore pod {pod_name} failed; the vcluster was resumed with its previous data"
+                        ),
                     ))
                 }
                 _ => Ok(RestoreProgress::Running),
@@ -1112,14 +1242,20 @@ impl KubeHost {
         self.delete_workload_pods(t).await?;
         let pvcs: Api<PersistentVolumeClaim> = self.ns_api(&t.namespace);
         let lp = list_labels(&format!("app=vcluster,release={}", t.release));
-        for pvc in self.call("LIST persistentvolumeclaims", pvcs.list(&lp)).await?.items {
+        for pvc in self
+            .call("LIST persistentvolumeclaims", pvcs.list(&lp))
+            .await?
+            .items
+        {
             let name = pvc.metadata.name.unwrap_or_default();
             if !name.ends_with("-0") {
-                self.delete_ok(&pvcs, "persistentvolumeclaims", &name).await?;
+                self.delete_ok(&pvcs, "persistentvolumeclaims", &name)
+                    .await?;
             }
         }
         let quotas: Api<ResourceQuota> = self.ns_api(&t.namespace);
-        self.delete_ok(&quotas, "resourcequotas", "vcluster-restore").await?;
+        self.delete_ok(&quotas, "resourcequotas", "vcluster-restore")
+            .await?;
         let template = self.control_plane_template(t).await?;
         let secrets: Api<Secret> = self.ns_api(&t.namespace);
         let secret = Secret {
@@ -1137,13 +1273,22 @@ impl KubeHost {
             ),
             ..Secret::default()
         };
-        match self.call("POST secrets", secrets.create(&PostParams::default(), &secret)).await {
+        match self
+            .call(
+                "POST secrets",
+                secrets.create(&PostParams::default(), &secret),
+            )
+            .await
+        {
             Ok(_) => {}
             Err(e) if e.is_already_exists() => {}
             Err(e) => return Err(e),
         }
         let pod = restore_pod(t, &pod_name, &secret_name, url, &template, new_vcluster)?;
-        match self.call("POST pods", pods.create(&PostParams::default(), &pod)).await {
+        match self
+            .call("POST pods", pods.create(&PostParams::default(), &pod))
+            .await
+        {
             Ok(_) => Ok(RestoreProgress::Running),
             Err(e) if e.is_already_exists() => Ok(RestoreProgress::Running),
             Err(e) => Err(e),
@@ -1162,7 +1307,10 @@ impl KubeHost {
     async fn control_plane_template(&self, t: &Target) -> KubeResult<Value> {
         let sts: Api<StatefulSet> = self.ns_api(&t.namespace);
         let Some(s) = self
-            .call(format!("GET statefulsets/{}", t.release), sts.get_opt(&t.release))
+            .call(
+                format!("GET statefulsets/{}", t.release),
+                sts.get_opt(&t.release),
+            )
             .await?
         else {
             return Err(KubeError::refused(
@@ -1194,7 +1342,11 @@ fn request_phase(cm: &ConfigMap) -> SnapshotPhase {
         .and_then(|d| d.get("snapshotRequest"))
         .and_then(|raw| serde_json::from_str(raw).ok())
         .unwrap_or(Value::Null);
-    match v.pointer("/status/phase").and_then(Value::as_str).unwrap_or("") {
+    match v
+        .pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+    {
         "" => SnapshotPhase::Pending,
         "Completed" => SnapshotPhase::Completed,
         "Canceled" => SnapshotPhase::Canceled,
@@ -1211,7 +1363,8 @@ fn request_phase(cm: &ConfigMap) -> SnapshotPhase {
 /// `VCLUSTER_STORAGE_OPTIONS`: base64 of the JSON storage options.
 pub fn storage_options_env(options: &Value) -> String {
     use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(options).unwrap_or_default())
+    base64::engine::general_purpose::STANDARD
+        .encode(serde_json::to_vec(options).unwrap_or_default())
 }
 
 fn short_hash(s: &str) -> String {
@@ -1240,7 +1393,11 @@ fn restore_pod(
     let syncer = spec
         .get("containers")
         .and_then(Value::as_array)
-        .and_then(|cs| cs.iter().find(|c| c.get("name") == Some(&json!("syncer"))).or(cs.first()))
+        .and_then(|cs| {
+            cs.iter()
+                .find(|c| c.get("name") == Some(&json!("syncer")))
+                .or(cs.first())
+        })
         .cloned()
         .ok_or_else(|| {
             KubeError::refused(
@@ -1309,7 +1466,11 @@ fn strip_nulls(v: Value) -> Value {
 /// Rewrites every cluster's `server` in `kubeconfig` to `server`.
 pub fn rewrite_server(kubeconfig: &str, server: &str) -> KubeResult<String> {
     let mut k: Value = serde_saphyr::from_str(kubeconfig).map_err(|e| {
-        KubeError::refused(Code::FailedPrecondition, "BAD_KUBECONFIG", format!("the vcluster's kubeconfig does not parse: {e}"))
+        KubeError::refused(
+            Code::FailedPrecondition,
+            "BAD_KUBECONFIG",
+            format!("the vcluster's kubeconfig does not parse: {e}"),
+        )
     })?;
     if let Some(clusters) = k.get_mut("clusters").and_then(Value::as_array_mut) {
         for c in clusters {
@@ -1318,16 +1479,19 @@ pub fn rewrite_server(kubeconfig: &str, server: &str) -> KubeResult<String> {
             }
         }
     }
-    serde_saphyr::to_string(&k).map_err(|e| KubeError::Config(format!("kubeconfig does not encode: {e}")))
+    serde_saphyr::to_string(&k)
+        .map_err(|e| KubeError::Config(format!("kubeconfig does not encode: {e}")))
 }
 
 async fn default_virtual_api(kubeconfig: String) -> KubeResult<Client> {
     let kc = kube::config::Kubeconfig::from_yaml(&kubeconfig)
         .map_err(|e| KubeError::Config(format!("the vcluster's kubeconfig: {e}")))?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-        .await
-        .map_err(|e| KubeError::Config(format!("the vcluster's kubeconfig: {e}")))?;
-    Client::try_from(config).map_err(|e| KubeError::Config(format!("the vcluster's kubeconfig: {e}")))
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await
+            .map_err(|e| KubeError::Config(format!("the vcluster's kubeconfig: {e}")))?;
+    Client::try_from(config)
+        .map_err(|e| KubeError::Config(format!("the vcluster's kubeconfig: {e}")))
 }
 
 /// The trait, adapted to the inherent methods above.
@@ -1390,12 +1554,18 @@ impl HostDriver for KubeHost {
     async fn reconcile_workloads(&self, _ctx: &CallCtx, t: &Target) -> DriverResult<()> {
         // The syncer recreates owned pods by itself once it runs (mechanics §2); the
         // step only has to find it running.
-        let cp = self.control_plane_status(t).await?.ok_or_else(|| Self::not_found(t))?;
+        let cp = self
+            .control_plane_status(t)
+            .await?
+            .ok_or_else(|| Self::not_found(t))?;
         if cp.paused || cp.replicas == 0 {
             return Err(KubeError::refused(
                 Code::FailedPrecondition,
                 "CONTROL_PLANE_PAUSED",
-                format!("vcluster {} is not running: workloads cannot be reconciled", t.release),
+                format!(
+                    "vcluster {} is not running: workloads cannot be reconciled",
+                    t.release
+                ),
             )
             .into());
         }
@@ -1429,7 +1599,12 @@ impl HostDriver for KubeHost {
         .into())
     }
 
-    async fn load_backing_store(&self, _ctx: &CallCtx, t: &Target, _data: &[u8]) -> DriverResult<()> {
+    async fn load_backing_store(
+        &self,
+        _ctx: &CallCtx,
+        t: &Target,
+        _data: &[u8],
+    ) -> DriverResult<()> {
         Err(KubeError::refused(
             Code::FailedPrecondition,
             "SNAPSHOT_BY_LOCATION",

@@ -142,13 +142,34 @@ mod tests {
     fn rendered_values_carry_the_spec_and_read_back() {
         let v = values();
         let out = render(&v, Some("https://demo.ovc-p-demo:443")).unwrap();
-        assert_eq!(out.pointer("/controlPlane/statefulSet/highAvailability/replicas"), Some(&json!(1)));
-        assert_eq!(out.pointer("/policies/resourceQuota/quota/count~1pods"), Some(&json!(v.quota.pods)));
-        assert_eq!(out.pointer("/policies/limitRange/enabled"), Some(&json!(true)));
-        assert_eq!(out.pointer("/sync/toHost/ingresses/enabled"), Some(&json!(true)));
-        assert_eq!(out.pointer("/controlPlane/proxy/extraSANs/0"), Some(&json!("demo.ovc-p-demo")));
-        assert_eq!(out.pointer("/exportKubeConfig/server"), Some(&json!("https://demo.ovc-p-demo:443")));
-        assert_eq!(out.pointer("/controlPlane/statefulSet/labels/team"), Some(&json!("a")));
+        assert_eq!(
+            out.pointer("/controlPlane/statefulSet/highAvailability/replicas"),
+            Some(&json!(1))
+        );
+        assert_eq!(
+            out.pointer("/policies/resourceQuota/quota/count~1pods"),
+            Some(&json!(v.quota.pods))
+        );
+        assert_eq!(
+            out.pointer("/policies/limitRange/enabled"),
+            Some(&json!(true))
+        );
+        assert_eq!(
+            out.pointer("/sync/toHost/ingresses/enabled"),
+            Some(&json!(true))
+        );
+        assert_eq!(
+            out.pointer("/controlPlane/proxy/extraSANs/0"),
+            Some(&json!("demo.ovc-p-demo"))
+        );
+        assert_eq!(
+            out.pointer("/exportKubeConfig/server"),
+            Some(&json!("https://demo.ovc-p-demo:443"))
+        );
+        assert_eq!(
+            out.pointer("/controlPlane/statefulSet/labels/team"),
+            Some(&json!("a"))
+        );
         assert_eq!(parse(out.as_object().unwrap()), Some(v));
     }
 

@@ -7,7 +7,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-
 /// The chart version the simulated host reports when the values name none.
 pub const SIM_CHART_VERSION: &str = "0.29.1-sim";
 
