@@ -121,6 +121,12 @@ fn status(code: u16, reason: &str, message: &str, retry_after: Option<u32>) -> V
     s
 }
 
+/// An HTTP response of the fake server.
+type FakeResponse = http::Response<Full<Bytes>>;
+/// What the fake server's service returns.
+type FakeFuture =
+    futures::future::BoxFuture<'static, Result<FakeResponse, std::convert::Infallible>>;
+
 /// The answer of the fake server.
 type Answer = (u16, Value, Option<u32>);
 
@@ -201,9 +207,9 @@ fn percent_decode(s: &str) -> String {
 /// Splits an API path into (collection, name, resource).
 fn split_path(path: &str) -> Option<(String, Option<String>, String)> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let prefix = match segs.first()? {
-        &"api" => 2,
-        &"apis" => 3,
+    let prefix = match *segs.first()? {
+        "api" => 2,
+        "apis" => 3,
         _ => return None,
     };
     let rest = segs.get(prefix..)?;
@@ -526,12 +532,9 @@ impl FakeCluster {
         virtual_server: Option<String>,
     ) -> impl tower::Service<
         http::Request<kube::client::Body>,
-        Response = http::Response<Full<Bytes>>,
+        Response = FakeResponse,
         Error = std::convert::Infallible,
-        Future = futures::future::BoxFuture<
-            'static,
-            Result<http::Response<Full<Bytes>>, std::convert::Infallible>,
-        >,
+        Future = FakeFuture,
     > + Clone
     + use<> {
         let state = self.state.clone();
