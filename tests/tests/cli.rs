@@ -336,3 +336,49 @@ fn watch_kubeconfig_and_events_tail_over_http() {
     assert!(!ids(&over_http).is_empty());
     assert_eq!(ids(&over_http), ids(&direct));
 }
+
+/// The database password never appears in what `ovc` prints: errors (an unreachable or
+/// unsupported URL, with the password in the userinfo or the query) and `--help`, which
+/// shows the values of environment variables unless told not to.
+#[test]
+fn database_passwords_are_redacted_everywhere_they_are_printed() {
+    const SECRET: &str = "S3cretPassw0rd";
+    for url in [
+        format!("postgres://ovc:{SECRET}@127.0.0.1:1/ovc"),
+        format!("postgres://127.0.0.1:1/ovc?user=ovc&password={SECRET}"),
+        format!("mysql://ovc:{SECRET}@127.0.0.1/ovc"),
+    ] {
+        for args in [
+            vec!["migrate", "--database-url", url.as_str()],
+            vec!["worker", "--database-url", url.as_str()],
+            vec!["serve", "--database-url", url.as_str(), "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"],
+            vec!["events", "tail", "--database-url", url.as_str()],
+        ] {
+            let out = Command::new(ovc_bin())
+                .args(&args)
+                .env("OVC_LOG", "debug")
+                .output()
+                .expect("run ovc");
+            let printed = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(!out.status.success(), "{args:?}: {printed}");
+            assert!(!printed.contains(SECRET), "{args:?} printed the password: {printed}");
+            assert!(printed.contains("***"), "{args:?}: the URL is shown redacted: {printed}");
+        }
+    }
+    // --help shows environment values: not this one.
+    for cmd in [vec!["serve", "--help"], vec!["migrate", "--help"], vec!["dev", "--help"]] {
+        let out = Command::new(ovc_bin())
+            .args(&cmd)
+            .env("OVC_DATABASE_URL", format!("postgres://ovc:{SECRET}@db/ovc"))
+            .env("DATABASE_URL", format!("postgres://ovc:{SECRET}@db/ovc"))
+            .output()
+            .expect("run ovc");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("OVC_DATABASE_URL"), "{cmd:?}: {help}");
+        assert!(!help.contains(SECRET), "{cmd:?} printed the password: {help}");
+    }
+}

@@ -15,7 +15,7 @@ use ovc_store::{
 use ovc_types::command::{Command, RestoreTarget};
 use ovc_types::event::StreamName;
 use ovc_types::resource::{Operation, Snapshot, VCluster};
-use ovc_types::state::{OperationKind, OperationState, VClusterState};
+use ovc_types::state::{OperationKind, OperationState, SnapshotState, VClusterState};
 use ovc_types::{OperationId, ProjectName, SnapshotId, VClusterName};
 use std::time::Duration;
 
@@ -202,6 +202,18 @@ fn page(q: &ListRequest) -> ApiResult<PageRequest> {
 
 /// The project filter of a list: the token's project, or (auth off) the one asked for,
 /// or every project.
+/// A filter a list does not support is refused, never ignored (a client would read an
+/// unfiltered list as the filtered one).
+fn unsupported_filters(list: &str, given: &[(&str, bool)]) -> ApiResult<()> {
+    match given.iter().find(|(_, set)| *set) {
+        Some((name, _)) => Err(ApiError::invalid(
+            format!("{name} is not a filter of the {list} list"),
+            "UNSUPPORTED_FILTER",
+        )),
+        None => Ok(()),
+    }
+}
+
 fn list_project(who: &Principal, q: &ListRequest) -> ApiResult<Option<ProjectName>> {
     match who.project {
         Some(_) => who.project(q.project.as_deref()).map(Some),
@@ -307,6 +319,14 @@ impl AppState {
         who: &Principal,
         q: &ListRequest,
     ) -> ApiResult<Page<VCluster>> {
+        unsupported_filters(
+            "vclusters",
+            &[
+                ("kind", q.kind.is_some()),
+                ("vcluster", q.vcluster.is_some()),
+                ("since", q.since.is_some()),
+            ],
+        )?;
         let filter = VClusterFilter {
             project: list_project(who, q)?,
             state: wire(
@@ -342,6 +362,7 @@ impl AppState {
         who: &Principal,
         q: &ListRequest,
     ) -> ApiResult<Page<Operation>> {
+        unsupported_filters("operations", &[("label", q.label.is_some())])?;
         let filter = OperationFilter {
             project: list_project(who, q)?,
             vcluster: q.vcluster.clone().filter(|v| !v.is_empty()),
@@ -382,9 +403,23 @@ impl AppState {
         who: &Principal,
         q: &ListRequest,
     ) -> ApiResult<Page<Snapshot>> {
+        unsupported_filters(
+            "snapshots",
+            &[
+                ("kind", q.kind.is_some()),
+                ("since", q.since.is_some()),
+                ("label", q.label.is_some()),
+            ],
+        )?;
         let filter = SnapshotFilter {
             project: list_project(who, q)?,
             vcluster: q.vcluster.clone().filter(|v| !v.is_empty()),
+            state: wire(
+                q.state.as_deref(),
+                SnapshotState::parse,
+                "state",
+                "INVALID_STATE",
+            )?,
         };
         Ok(self.store.list_snapshots(&filter, &page(q)?).await?)
     }

@@ -19,7 +19,7 @@ pub struct DevArgs {
     #[arg(long, env = "OVC_DATA_DIR", default_value_os_t = crate::default_data_dir())]
     pub data_dir: PathBuf,
     /// Use this database instead of DATA_DIR/ovc.db (sqlite://PATH or postgres://...).
-    #[arg(long, env = "OVC_DATABASE_URL")]
+    #[arg(long, env = "OVC_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Open, migrate, print the status and exit instead of following the log.
     #[arg(long)]
@@ -114,7 +114,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let http = tokio::spawn(async move {
         tokio::try_join!(
             crate::serve::serve_http(listener, app, stop.clone()),
-            crate::serve::serve_grpc(grpc_listener, grpc_routes, stop)
+            crate::serve::serve_grpc(grpc_listener, grpc_routes, None, stop)
         )
     });
     println!("  REST API   http://{http_addr}");

@@ -13,7 +13,7 @@ use std::time::Duration;
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// sqlite://PATH or postgres://USER@HOST/DB.
-    #[arg(long, env = "OVC_DATABASE_URL")]
+    #[arg(long, env = "OVC_DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
     /// PostgreSQL schema holding ovc's tables.
     #[arg(long, env = "OVC_PG_SCHEMA")]
@@ -33,6 +33,13 @@ pub struct ServeArgs {
     /// Requests a token may make at once before the rate applies.
     #[arg(long, env = "OVC_RATE_BURST", default_value_t = 200)]
     pub rate_burst: u32,
+    /// PEM certificate chain: serve both APIs over TLS (https://, gRPC over TLS); needs
+    /// --tls-key.
+    #[arg(long, env = "OVC_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "OVC_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 /// Runs `ovc serve`.
@@ -75,13 +82,40 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_host(host);
     let grpc_routes = ovc_api::grpc::grpc_router(state.clone()).context("gRPC services")?;
     let app = ovc_api::router(state);
-    eprintln!("ovc serve: REST API on http://{addr} (auth: {})", args.auth);
-    eprintln!("ovc serve: gRPC API on {grpc_addr} (auth: {})", args.auth);
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+        _ => None,
+    };
+    let (scheme, grpc_tls) = match tls {
+        Some(_) => ("https", " over TLS"),
+        None => ("http", ""),
+    };
+    eprintln!("ovc serve: REST API on {scheme}://{addr} (auth: {})", args.auth);
+    eprintln!(
+        "ovc serve: gRPC API on {grpc_addr}{grpc_tls} (auth: {})",
+        args.auth
+    );
     let stop = crate::worker::shutdown_signal();
-    tokio::try_join!(
-        serve_http(listener, app, stop.clone()),
-        serve_grpc(grpc_listener, grpc_routes, stop)
-    )?;
+    match tls {
+        Some((cert, key)) => {
+            let config = crate::tls::server_config(cert, key)?;
+            let grpc_identity = tonic::transport::Identity::from_pem(
+                std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?,
+                std::fs::read(key).with_context(|| format!("reading {}", key.display()))?,
+            );
+            let listener = crate::tls::TlsListener::new(listener, config);
+            tokio::try_join!(
+                serve_http(listener, app, stop.clone()),
+                serve_grpc(grpc_listener, grpc_routes, Some(grpc_identity), stop)
+            )?;
+        }
+        None => {
+            tokio::try_join!(
+                serve_http(listener, app, stop.clone()),
+                serve_grpc(grpc_listener, grpc_routes, None, stop)
+            )?;
+        }
+    }
     Ok(())
 }
 
@@ -97,11 +131,15 @@ async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
 
 /// Serves `app` until `stop` turns true, then lets open requests finish for at most
 /// [`SHUTDOWN_GRACE`].
-pub async fn serve_http(
-    listener: tokio::net::TcpListener,
+pub async fn serve_http<L>(
+    listener: L,
     app: axum::Router,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let server = axum::serve(listener, app).with_graceful_shutdown(stopped(stop.clone()));
     tokio::select! {
         r = server => r.context("HTTP server"),
@@ -120,9 +158,10 @@ pub async fn serve_http(
 pub async fn serve_grpc(
     listener: tokio::net::TcpListener,
     routes: ovc_api::grpc::Routes,
+    tls: Option<tonic::transport::Identity>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let server = ovc_api::grpc::serve(listener, routes, stopped(stop.clone()));
+    let server = ovc_api::grpc::serve_with_tls(listener, routes, tls, stopped(stop.clone()));
     tokio::select! {
         r = server => r.context("gRPC server"),
         () = async move {
@@ -139,7 +178,7 @@ pub async fn serve_grpc(
 #[derive(Debug, Args)]
 pub struct TokenCreateArgs {
     /// sqlite://PATH or postgres://USER@HOST/DB.
-    #[arg(long, env = "OVC_DATABASE_URL")]
+    #[arg(long, env = "OVC_DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
     /// PostgreSQL schema holding ovc's tables.
     #[arg(long, env = "OVC_PG_SCHEMA")]

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
     /// sqlite://PATH or postgres://USER@HOST/DB.
-    #[arg(long, env = "OVC_DATABASE_URL")]
+    #[arg(long, env = "OVC_DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
     /// PostgreSQL schema holding ovc's tables (default: the search path).
     #[arg(long, env = "OVC_PG_SCHEMA")]

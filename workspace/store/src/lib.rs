@@ -14,6 +14,7 @@
 mod commit;
 pub mod error;
 pub mod model;
+pub mod page_token;
 pub mod postgres;
 pub mod sqlite;
 mod wake;
@@ -191,8 +192,42 @@ pub async fn open_with_clock(
             postgres::PgStore::connect(url, config, clock).await?,
         ))
     } else {
-        Err(Error::UnsupportedUrl(url.to_string()))
+        Err(Error::UnsupportedUrl(redact_url(url)))
     }
+}
+
+/// `url` with its password replaced by `***`, for printing: the userinfo's password
+/// (`postgres://user:PASSWORD@host/db`, also when it holds a raw `@`) and any query
+/// parameter whose name contains `password` (`?password=`, `?sslpassword=`).
+pub fn redact_url(url: &str) -> String {
+    let (head, query) = match url.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match (head.find("://"), head.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &head[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _password)) => {
+                    format!("{}{user}:***{}", &head[..scheme + 3], &head[at..])
+                }
+                None => head.to_string(),
+            }
+        }
+        _ => head.to_string(),
+    };
+    if let Some(query) = query {
+        out.push('?');
+        let params: Vec<String> = query
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if k.to_ascii_lowercase().contains("password") => format!("{k}=***"),
+                _ => p.to_string(),
+            })
+            .collect();
+        out.push_str(&params.join("&"));
+    }
+    out
 }
 
 /// Truncates to microseconds, the precision both databases keep, so what is written
@@ -217,20 +252,14 @@ pub(crate) fn to_doc<T: serde::Serialize>(value: &T) -> serde_json::Value {
     serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
 }
 
-/// The page cursor of the n-th key parts, joined with '|'.
-pub(crate) fn cursor(parts: &[&str]) -> String {
-    parts.join("|")
-}
-
-/// Splits a page cursor into `n` parts, or explains why it is bad.
-pub(crate) fn parse_cursor(cursor: &str, n: usize) -> Result<Vec<String>> {
-    let parts: Vec<String> = cursor.split('|').map(str::to_string).collect();
-    if parts.len() != n {
-        return Err(Error::InvalidInput(format!(
-            "page token {cursor:?} is not one this server issued"
-        )));
+/// The page token after vcluster `v`.
+pub(crate) fn vcluster_token(v: &VCluster) -> String {
+    page_token::VClusterKey {
+        project: v.project.clone(),
+        name: v.name.clone(),
+        uid: v.uid.as_uuid(),
     }
-    Ok(parts)
+    .print()
 }
 
 /// A token row → [`TokenRecord`], as a typed corruption error on bad data.

@@ -355,6 +355,8 @@ pub struct SnapshotFilter {
     pub project: Option<ProjectName>,
     /// Only snapshots of vclusters of this name.
     pub vcluster: Option<String>,
+    /// Only snapshots in this state.
+    pub state: Option<ovc_types::SnapshotState>,
 }
 
 /// Every projection row, in a canonical order, as JSON text; two equal dumps mean two

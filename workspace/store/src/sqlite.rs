@@ -15,7 +15,8 @@ use crate::commit::{self, EventRow, Projector, TxOps};
 use crate::error::{Error, Result};
 use crate::model::*;
 use crate::wake::Wakeups;
-use crate::{Store, cursor, from_doc, micros, parse_cursor, to_doc, token_from};
+use crate::page_token::{TimeKey, VClusterKey};
+use crate::{Store, from_doc, micros, to_doc, token_from, vcluster_token};
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use ovc_types::event::StreamName;
@@ -113,11 +114,8 @@ fn time_cursor(page: &PageRequest) -> Result<(Option<i64>, Option<String>)> {
     let Some(c) = page.after.as_deref() else {
         return Ok((None, None));
     };
-    let parts = parse_cursor(c, 2)?;
-    let micros = parts[0].parse::<i64>().map_err(|_| {
-        Error::InvalidInput(format!("page token {c:?} is not one this server issued"))
-    })?;
-    Ok((Some(micros), Some(parts[1].clone())))
+    let key = TimeKey::parse(c)?;
+    Ok((Some(key.at_micros), Some(key.id.to_string())))
 }
 
 const RUN_COLUMNS: &str = "id, operation_id, vcluster_uid, status, run_at, attempts, lease_owner, lease_until, epoch, priority";
@@ -790,13 +788,13 @@ impl Store for SqliteStore {
         filter: &VClusterFilter,
         page: &PageRequest,
     ) -> Result<Page<VCluster>> {
-        let after = page
-            .after
-            .as_deref()
-            .map(|c| parse_cursor(c, 3))
-            .transpose()?;
+        let after = page.after.as_deref().map(VClusterKey::parse).transpose()?;
         let (ap, an, au) = match &after {
-            Some(p) => (Some(p[0].clone()), Some(p[1].clone()), Some(p[2].clone())),
+            Some(k) => (
+                Some(k.project.as_str().to_string()),
+                Some(k.name.as_str().to_string()),
+                Some(k.uid.to_string()),
+            ),
             None => (None, None, None),
         };
         let limit = page.limit();
@@ -828,7 +826,7 @@ impl Store for SqliteStore {
             items.truncate(limit as usize);
             items
                 .last()
-                .map(|v| cursor(&[v.project.as_str(), v.name.as_str(), &v.uid.to_string()]))
+                .map(vcluster_token)
         } else {
             None
         };
@@ -858,8 +856,8 @@ impl Store for SqliteStore {
              WHERE (?1 IS NULL OR project = ?1) AND (?2 IS NULL OR vcluster = ?2)
                AND (?3 IS NULL OR state = ?3) AND (?4 IS NULL OR kind = ?4)
                AND (?5 IS NULL OR created_at >= ?5)
-               AND (?6 IS NULL OR (created_at, id) > (?6, ?7))
-             ORDER BY created_at, id LIMIT ?8",
+               AND (?6 IS NULL OR (created_at, id) < (?6, ?7))
+             ORDER BY created_at DESC, id DESC LIMIT ?8",
         )
         .bind(filter.project.as_ref().map(|p| p.as_str().to_string()))
         .bind(filter.vcluster.clone())
@@ -878,7 +876,7 @@ impl Store for SqliteStore {
         let next = if rows.len() as i64 > limit {
             items
                 .last()
-                .map(|o| cursor(&[&ts(o.created_at).to_string(), &o.id.to_string()]))
+                .map(|o| TimeKey::new(o.created_at, o.id.as_uuid()).print())
         } else {
             None
         };
@@ -905,6 +903,7 @@ impl Store for SqliteStore {
             "SELECT doc FROM snapshots
              WHERE (?1 IS NULL OR project = ?1) AND (?2 IS NULL OR vcluster = ?2)
                AND (?3 IS NULL OR (created_at, id) > (?3, ?4))
+               AND (?6 IS NULL OR state = ?6)
              ORDER BY created_at, id LIMIT ?5",
         )
         .bind(filter.project.as_ref().map(|p| p.as_str().to_string()))
@@ -912,6 +911,7 @@ impl Store for SqliteStore {
         .bind(at)
         .bind(aid)
         .bind(limit + 1)
+        .bind(filter.state.map(|s| s.as_str()))
         .fetch_all(&self.reader)
         .await?;
         let mut items = rows
@@ -922,7 +922,7 @@ impl Store for SqliteStore {
             items.truncate(limit as usize);
             items
                 .last()
-                .map(|s| cursor(&[&ts(s.created_at).to_string(), &s.id.to_string()]))
+                .map(|s| TimeKey::new(s.created_at, s.id.as_uuid()).print())
         } else {
             None
         };

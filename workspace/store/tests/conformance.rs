@@ -34,6 +34,8 @@ ovc_testkit::both_backends!(
     wakeups_fire_on_commit,
     migrate_is_idempotent,
     tokens_are_found_by_hash_only,
+    operations_list_newest_first_and_pages_stay_stable_under_commits,
+    page_tokens_are_refused_alike_on_both_backends,
 );
 
 fn project() -> ProjectName {
@@ -730,7 +732,23 @@ async fn projections_follow_the_events(backend: Backend) {
         )
         .await
         .expect("list");
-    assert_eq!(list.items, vec![snap]);
+    assert_eq!(list.items, vec![snap.clone()]);
+    for (state, expected) in [
+        (SnapshotState::Ready, vec![snap]),
+        (SnapshotState::Failed, vec![]),
+    ] {
+        let list = store
+            .list_snapshots(
+                &SnapshotFilter {
+                    state: Some(state),
+                    ..SnapshotFilter::default()
+                },
+                &PageRequest::default(),
+            )
+            .await
+            .expect("list by state");
+        assert_eq!(list.items, expected, "snapshots in state {state:?}");
+    }
 }
 
 async fn live_names_are_unique_and_freed_by_delete(backend: Backend) {
@@ -1350,4 +1368,153 @@ async fn tokens_are_found_by_hash_only(backend: Backend) {
     let mut other = record;
     other.id = Uuid::now_v7();
     assert!(store.create_token(&other, "ab12").await.is_err());
+}
+
+/// `GET /v1/operations` is newest first, and its keyset page tokens (created_at, id) do
+/// not move when operations are committed between two pages.
+async fn operations_list_newest_first_and_pages_stay_stable_under_commits(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.open().await;
+    let mut original = Vec::new();
+    for i in 0..10 {
+        let op = opid();
+        committed(
+            store
+                .commit(create_commit(uid(), op, &format!("old-{i}"), None))
+                .await
+                .expect("create"),
+        );
+        original.push(op);
+    }
+    let list = |after: Option<String>| {
+        let store = store.clone();
+        async move {
+            store
+                .list_operations(
+                    &OperationFilter::default(),
+                    &PageRequest {
+                        after,
+                        limit: Some(4),
+                    },
+                )
+                .await
+                .expect("list")
+        }
+    };
+    let first = list(None).await;
+    let newest: Vec<OperationId> = original.iter().rev().take(4).copied().collect();
+    assert_eq!(
+        first.items.iter().map(|o| o.id).collect::<Vec<_>>(),
+        newest,
+        "the first page holds the four newest operations, newest first"
+    );
+    // Operations committed while the client pages.
+    let mut added = Vec::new();
+    for i in 0..5 {
+        let op = opid();
+        committed(
+            store
+                .commit(create_commit(uid(), op, &format!("new-{i}"), None))
+                .await
+                .expect("create"),
+        );
+        added.push(op);
+    }
+    let mut seen: Vec<OperationId> = first.items.iter().map(|o| o.id).collect();
+    let mut times: Vec<_> = first.items.iter().map(|o| (o.created_at, o.id)).collect();
+    let mut next = first.next;
+    while let Some(token) = next {
+        let page = list(Some(token)).await;
+        seen.extend(page.items.iter().map(|o| o.id));
+        times.extend(page.items.iter().map(|o| (o.created_at, o.id)));
+        next = page.next;
+    }
+    let expected: Vec<OperationId> = original.iter().rev().copied().collect();
+    assert_eq!(
+        seen, expected,
+        "paging on sees the original set once each, in order, none of the new ones"
+    );
+    assert!(
+        times.windows(2).all(|w| w[0] > w[1]),
+        "strictly newest first: {times:?}"
+    );
+    let fresh = list(None).await;
+    let newest: Vec<OperationId> = added.iter().rev().take(4).copied().collect();
+    assert_eq!(fresh.items.iter().map(|o| o.id).collect::<Vec<_>>(), newest);
+}
+
+/// A page token is parsed strictly and alike on both backends: only what the server
+/// printed is accepted.
+async fn page_tokens_are_refused_alike_on_both_backends(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.open().await;
+    for i in 0..3 {
+        committed(
+            store
+                .commit(create_commit(uid(), opid(), &format!("vc-{i}"), None))
+                .await
+                .expect("create"),
+        );
+    }
+    let page = |after: &str| PageRequest {
+        after: Some(after.to_string()),
+        limit: Some(1),
+    };
+    let first = store
+        .list_operations(&OperationFilter::default(), &PageRequest { after: None, limit: Some(1) })
+        .await
+        .expect("list");
+    let token = first.next.expect("a next page");
+    assert!(
+        store
+            .list_operations(&OperationFilter::default(), &page(&token))
+            .await
+            .is_ok()
+    );
+    let (at, id) = token.split_once('|').expect("two parts");
+    let bad = [
+        format!("{at}|{}", id.to_uppercase()),
+        format!("+{at}|{id}"),
+        format!("{at}|not-a-uuid"),
+        format!("{at}|{id}|extra"),
+        format!("{}|{id}", i64::MAX),
+        String::from("|"),
+    ];
+    for t in &bad {
+        assert!(
+            matches!(
+                store.list_operations(&OperationFilter::default(), &page(t)).await,
+                Err(Error::InvalidInput(_))
+            ),
+            "operation token {t:?}"
+        );
+        assert!(
+            matches!(
+                store.list_snapshots(&SnapshotFilter::default(), &page(t)).await,
+                Err(Error::InvalidInput(_))
+            ),
+            "snapshot token {t:?}"
+        );
+    }
+    let vcs = store
+        .list_vclusters(&VClusterFilter::default(), &PageRequest { after: None, limit: Some(1) })
+        .await
+        .expect("list");
+    let token = vcs.next.expect("a next page");
+    assert!(store.list_vclusters(&VClusterFilter::default(), &page(&token)).await.is_ok());
+    let parts: Vec<&str> = token.split('|').collect();
+    for t in [
+        format!("Default|{}|{}", parts[1], parts[2]),
+        format!("{}|-bad-|{}", parts[0], parts[2]),
+        format!("{}|{}|{}", parts[0], parts[1], parts[2].to_uppercase()),
+        format!("{}|{}", parts[0], parts[1]),
+    ] {
+        assert!(
+            matches!(
+                store.list_vclusters(&VClusterFilter::default(), &page(&t)).await,
+                Err(Error::InvalidInput(_))
+            ),
+            "vcluster token {t:?}"
+        );
+    }
 }
