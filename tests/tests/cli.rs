@@ -351,7 +351,15 @@ fn database_passwords_are_redacted_everywhere_they_are_printed() {
         for args in [
             vec!["migrate", "--database-url", url.as_str()],
             vec!["worker", "--database-url", url.as_str()],
-            vec!["serve", "--database-url", url.as_str(), "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"],
+            vec![
+                "serve",
+                "--database-url",
+                url.as_str(),
+                "--http",
+                "127.0.0.1:0",
+                "--grpc",
+                "127.0.0.1:0",
+            ],
             vec!["events", "tail", "--database-url", url.as_str()],
         ] {
             let out = Command::new(ovc_bin())
@@ -365,20 +373,36 @@ fn database_passwords_are_redacted_everywhere_they_are_printed() {
                 String::from_utf8_lossy(&out.stderr)
             );
             assert!(!out.status.success(), "{args:?}: {printed}");
-            assert!(!printed.contains(SECRET), "{args:?} printed the password: {printed}");
-            assert!(printed.contains("***"), "{args:?}: the URL is shown redacted: {printed}");
+            assert!(
+                !printed.contains(SECRET),
+                "{args:?} printed the password: {printed}"
+            );
+            assert!(
+                printed.contains("***"),
+                "{args:?}: the URL is shown redacted: {printed}"
+            );
         }
     }
     // --help shows environment values: not this one.
-    for cmd in [vec!["serve", "--help"], vec!["migrate", "--help"], vec!["dev", "--help"]] {
+    for cmd in [
+        vec!["serve", "--help"],
+        vec!["migrate", "--help"],
+        vec!["dev", "--help"],
+    ] {
         let out = Command::new(ovc_bin())
             .args(&cmd)
-            .env("OVC_DATABASE_URL", format!("postgres://ovc:{SECRET}@db/ovc"))
+            .env(
+                "OVC_DATABASE_URL",
+                format!("postgres://ovc:{SECRET}@db/ovc"),
+            )
             .env("DATABASE_URL", format!("postgres://ovc:{SECRET}@db/ovc"))
             .output()
             .expect("run ovc");
         let help = String::from_utf8_lossy(&out.stdout);
         assert!(help.contains("OVC_DATABASE_URL"), "{cmd:?}: {help}");
-        assert!(!help.contains(SECRET), "{cmd:?} printed the password: {help}");
+        assert!(
+            !help.contains(SECRET),
+            "{cmd:?} printed the password: {help}"
+        );
     }
 }

@@ -1008,7 +1008,8 @@ async fn malformed_protobuf_is_invalid_argument() {
         "/ovc.v1.OperationService/GetOperation",
     ] {
         grpc.ready().await.expect("ready");
-        let codec = ovc_api::grpc::codec::ApiCodec::<prost_types::Duration, proto::VCluster>::default();
+        let codec =
+            ovc_api::grpc::codec::ApiCodec::<prost_types::Duration, proto::VCluster>::default();
         let err = grpc
             .unary(
                 Request::new(prost_types::Duration {
@@ -1026,18 +1027,16 @@ async fn malformed_protobuf_is_invalid_argument() {
     }
     // The API still answers well-formed calls.
     let mut c = clients(&server).await;
-    let list = c
-        .vc
-        .list_snapshots(proto::ListSnapshotsRequest {
+    let list =
+        c.vc.list_snapshots(proto::ListSnapshotsRequest {
             state: "READY".into(),
             ..Default::default()
         })
         .await
         .expect("list snapshots by state");
     assert!(list.into_inner().snapshots.is_empty());
-    let err = c
-        .vc
-        .list_snapshots(proto::ListSnapshotsRequest {
+    let err =
+        c.vc.list_snapshots(proto::ListSnapshotsRequest {
             state: "WEIRD".into(),
             ..Default::default()
         })

@@ -1145,14 +1145,23 @@ async fn list_routes_refuse_filters_they_do_not_support_on_both_backends() {
             assert_eq!(s, StatusCode::BAD_REQUEST, "{uri}: {v}");
             assert_eq!(v["error"]["status"], "INVALID_ARGUMENT", "{uri}: {v}");
             let msg = v["error"]["message"].as_str().unwrap_or_default();
-            assert!(msg.contains(param), "{uri}: the message names {param}: {msg}");
+            assert!(
+                msg.contains(param),
+                "{uri}: the message names {param}: {msg}"
+            );
         }
         let count = |v: &Value| v["snapshots"].as_array().map(Vec::len);
-        let (s, v) = api.call("GET", "/v1/snapshots?state=READY", None, None).await;
+        let (s, v) = api
+            .call("GET", "/v1/snapshots?state=READY", None, None)
+            .await;
         assert_eq!((s, count(&v)), (StatusCode::OK, Some(1)), "{v}");
-        let (_, v) = api.call("GET", "/v1/snapshots?state=FAILED", None, None).await;
+        let (_, v) = api
+            .call("GET", "/v1/snapshots?state=FAILED", None, None)
+            .await;
         assert_eq!(count(&v), Some(0), "{v}");
-        let (s, v) = api.call("GET", "/v1/snapshots?state=WEIRD", None, None).await;
+        let (s, v) = api
+            .call("GET", "/v1/snapshots?state=WEIRD", None, None)
+            .await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
 
         // Newest first, and page 2 does not move when operations land in between.
@@ -1167,8 +1176,11 @@ async fn list_routes_refuse_filters_they_do_not_support_on_both_backends() {
         let (_, all) = api.call("GET", "/v1/operations", None, None).await;
         let all = ids(&all);
         assert_eq!(all.len(), 4, "{all:?}");
-        assert_eq!(&all[1..], [&created[2], &created[1], &created[0]], "newest first");
-        let (_, p1) = api.call("GET", "/v1/operations?page_size=2", None, None).await;
+        let created_newest_first: Vec<String> = created.iter().rev().cloned().collect();
+        assert_eq!(all[1..], created_newest_first[..], "newest first");
+        let (_, p1) = api
+            .call("GET", "/v1/operations?page_size=2", None, None)
+            .await;
         let token = p1["next_page_token"].as_str().expect("token").to_string();
         let (s, op) = api
             .call("POST", "/v1/vclusters", Some(json!({"name": "d"})), None)

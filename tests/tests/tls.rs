@@ -22,9 +22,8 @@ fn certificates(dir: &Path, ca_name: &str) -> (PathBuf, PathBuf, PathBuf) {
     let ca_cert = ca.self_signed(&ca_key).expect("CA cert");
     let issuer = Issuer::new(ca, ca_key);
     let key = KeyPair::generate().expect("server key");
-    let mut params =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .expect("server params");
+    let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .expect("server params");
     params
         .distinguished_name
         .push(DnType::CommonName, "localhost");
@@ -77,14 +76,28 @@ fn serve_over_tls_and_the_client_trusts_only_the_given_ca() {
         "{:?}",
         server.banner
     );
-    let port = server.rest_addr().rsplit(':').next().expect("port").to_string();
+    let port = server
+        .rest_addr()
+        .rsplit(':')
+        .next()
+        .expect("port")
+        .to_string();
     let ca = ca.to_str().expect("path");
     for url in [
         format!("https://127.0.0.1:{port}"),
         format!("https://localhost:{port}"),
     ] {
         let (code, out, err) = run(
-            &["vc", "list", "-o", "json", "--server", &url, "--ca-cert", ca],
+            &[
+                "vc",
+                "list",
+                "-o",
+                "json",
+                "--server",
+                &url,
+                "--ca-cert",
+                ca,
+            ],
             &[],
         );
         assert_eq!(code, 0, "{url}: {err}");
@@ -117,7 +130,14 @@ fn serve_over_tls_and_the_client_trusts_only_the_given_ca() {
     assert!(err.contains("TLS handshake"), "{err}");
     // --ca-cert cannot be honoured over http://: an error, not ignored.
     let (code, _, err) = run(
-        &["vc", "list", "--server", "http://127.0.0.1:1", "--ca-cert", ca],
+        &[
+            "vc",
+            "list",
+            "--server",
+            "http://127.0.0.1:1",
+            "--ca-cert",
+            ca,
+        ],
         &[],
     );
     assert_eq!(code, 4, "{err}");
@@ -126,7 +146,14 @@ fn serve_over_tls_and_the_client_trusts_only_the_given_ca() {
     let junk = dir.path().join("junk.pem");
     std::fs::write(&junk, "not a certificate").expect("write");
     let (code, _, err) = run(
-        &["vc", "list", "--server", &url, "--ca-cert", junk.to_str().expect("path")],
+        &[
+            "vc",
+            "list",
+            "--server",
+            &url,
+            "--ca-cert",
+            junk.to_str().expect("path"),
+        ],
         &[],
     );
     assert_eq!(code, 4, "{err}");
@@ -329,7 +356,10 @@ fn postgres_urls_with_sslmode_require_and_verify_full_work() {
     let ca = pg.ca.to_str().expect("path").to_string();
     let (code, out) = migrate(&pg.url("127.0.0.1", "sslmode=require"));
     assert_eq!(code, 0, "sslmode=require: {out}");
-    let (code, out) = migrate(&pg.url("localhost", &format!("sslmode=verify-full&sslrootcert={ca}")));
+    let (code, out) = migrate(&pg.url(
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={ca}"),
+    ));
     assert_eq!(code, 0, "sslmode=verify-full with the CA: {out}");
     let (code, out) = migrate(&pg.url("127.0.0.1", &format!("sslmode=verify-ca&sslrootcert={ca}")));
     assert_eq!(code, 0, "sslmode=verify-ca with the CA: {out}");

@@ -136,8 +136,7 @@ pub async fn serve_with_tls(
 ) -> Result<(), tonic::transport::Error> {
     let mut server = tonic::transport::Server::builder();
     if let Some(identity) = identity {
-        server =
-            server.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+        server = server.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
     }
     server
         .add_routes(routes)

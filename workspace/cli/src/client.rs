@@ -331,11 +331,14 @@ impl Client {
             format!("{authority}:{}", if https { 443 } else { 80 })
         };
         let tls = if https {
-            let config = crate::tls::client_config(conn.ca_cert.as_deref())
-                .map_err(|e| format!("{e:#}"))?;
+            let config =
+                crate::tls::client_config(conn.ca_cert.as_deref()).map_err(|e| format!("{e:#}"))?;
             let name = rustls::pki_types::ServerName::try_from(host.to_string())
                 .map_err(|e| format!("{base}: {host:?} is not a host name for TLS: {e}"))?;
-            Some((tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)), name))
+            Some((
+                tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
+                name,
+            ))
         } else {
             if let Some(ca) = &conn.ca_cert {
                 return Err(format!(

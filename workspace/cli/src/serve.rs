@@ -90,7 +90,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(_) => ("https", " over TLS"),
         None => ("http", ""),
     };
-    eprintln!("ovc serve: REST API on {scheme}://{addr} (auth: {})", args.auth);
+    eprintln!(
+        "ovc serve: REST API on {scheme}://{addr} (auth: {})",
+        args.auth
+    );
     eprintln!(
         "ovc serve: gRPC API on {grpc_addr}{grpc_tls} (auth: {})",
         args.auth

@@ -103,6 +103,9 @@ impl TlsListener {
                         continue;
                     }
                 };
+                if tx.is_closed() {
+                    return;
+                }
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
@@ -114,9 +117,6 @@ impl TlsListener {
                         Err(_) => tracing::debug!("TLS handshake with {peer} timed out"),
                     }
                 });
-                if tx.is_closed() {
-                    return;
-                }
             }
         });
         TlsListener { local, ready }

@@ -14,9 +14,9 @@
 use crate::commit::{self, EventRow, Projector, TxOps};
 use crate::error::{Error, Result};
 use crate::model::*;
+use crate::page_token::{TimeKey, VClusterKey};
 use crate::sqlite::operation_doc;
 use crate::wake::Wakeups;
-use crate::page_token::{TimeKey, VClusterKey};
 use crate::{Store, from_doc, micros, to_doc, token_from, vcluster_token};
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
@@ -894,9 +894,7 @@ impl Store for PgStore {
             .collect::<Result<Vec<_>>>()?;
         let next = if items.len() as i64 > limit {
             items.truncate(limit as usize);
-            items
-                .last()
-                .map(vcluster_token)
+            items.last().map(vcluster_token)
         } else {
             None
         };

@@ -1461,7 +1461,13 @@ async fn page_tokens_are_refused_alike_on_both_backends(backend: Backend) {
         limit: Some(1),
     };
     let first = store
-        .list_operations(&OperationFilter::default(), &PageRequest { after: None, limit: Some(1) })
+        .list_operations(
+            &OperationFilter::default(),
+            &PageRequest {
+                after: None,
+                limit: Some(1),
+            },
+        )
         .await
         .expect("list");
     let token = first.next.expect("a next page");
@@ -1483,25 +1489,40 @@ async fn page_tokens_are_refused_alike_on_both_backends(backend: Backend) {
     for t in &bad {
         assert!(
             matches!(
-                store.list_operations(&OperationFilter::default(), &page(t)).await,
+                store
+                    .list_operations(&OperationFilter::default(), &page(t))
+                    .await,
                 Err(Error::InvalidInput(_))
             ),
             "operation token {t:?}"
         );
         assert!(
             matches!(
-                store.list_snapshots(&SnapshotFilter::default(), &page(t)).await,
+                store
+                    .list_snapshots(&SnapshotFilter::default(), &page(t))
+                    .await,
                 Err(Error::InvalidInput(_))
             ),
             "snapshot token {t:?}"
         );
     }
     let vcs = store
-        .list_vclusters(&VClusterFilter::default(), &PageRequest { after: None, limit: Some(1) })
+        .list_vclusters(
+            &VClusterFilter::default(),
+            &PageRequest {
+                after: None,
+                limit: Some(1),
+            },
+        )
         .await
         .expect("list");
     let token = vcs.next.expect("a next page");
-    assert!(store.list_vclusters(&VClusterFilter::default(), &page(&token)).await.is_ok());
+    assert!(
+        store
+            .list_vclusters(&VClusterFilter::default(), &page(&token))
+            .await
+            .is_ok()
+    );
     let parts: Vec<&str> = token.split('|').collect();
     for t in [
         format!("Default|{}|{}", parts[1], parts[2]),
@@ -1511,7 +1532,9 @@ async fn page_tokens_are_refused_alike_on_both_backends(backend: Backend) {
     ] {
         assert!(
             matches!(
-                store.list_vclusters(&VClusterFilter::default(), &page(&t)).await,
+                store
+                    .list_vclusters(&VClusterFilter::default(), &page(&t))
+                    .await,
                 Err(Error::InvalidInput(_))
             ),
             "vcluster token {t:?}"

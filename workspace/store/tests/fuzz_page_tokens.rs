@@ -9,7 +9,8 @@ use proptest::prelude::*;
 use uuid::Uuid;
 
 /// Microseconds chrono can represent (about ±262,000 years).
-const MICROS_RANGE: std::ops::RangeInclusive<i64> = -8_210_298_412_800_000_000..=8_210_266_876_799_999_999;
+const MICROS_RANGE: std::ops::RangeInclusive<i64> =
+    -8_210_298_412_800_000_000..=8_210_266_876_799_999_999;
 
 fn token_like() -> impl Strategy<Value = String> {
     prop_oneof![

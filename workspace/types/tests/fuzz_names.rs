@@ -12,11 +12,7 @@ fn is_dns_label(s: &str, max: usize) -> bool {
     let b = s.as_bytes();
     let inner = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-';
     let edge = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-    !b.is_empty()
-        && b.len() <= max
-        && b.iter().all(inner)
-        && edge(&b[0])
-        && edge(&b[b.len() - 1])
+    !b.is_empty() && b.len() <= max && b.iter().all(inner) && edge(&b[0]) && edge(&b[b.len() - 1])
 }
 
 /// `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`, at most 63.
