@@ -42,8 +42,8 @@ fn certificates(dir: &Path, ca_name: &str) -> (PathBuf, PathBuf, PathBuf) {
 fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new(ovc_bin())
         .args(args)
-        .envs(env.iter().copied())
         .env_remove("OVC_CA_CERT")
+        .envs(env.iter().copied())
         .output()
         .expect("run ovc");
     (
