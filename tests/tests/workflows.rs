@@ -13,7 +13,7 @@ use ovc_driver::sim::{FaultRule, SimConfig, SimRelease};
 use ovc_store::Backend;
 use ovc_tests::{Harness, HarnessOptions};
 use ovc_types::command::{Command, RestoreTarget};
-use ovc_types::resource::{Operation, host_namespace};
+use ovc_types::resource::Operation;
 use ovc_types::spec::{ControlPlanePatch, ScalePatch, VClusterSpec};
 use ovc_types::state::{OperationState, StepState, VClusterState};
 use ovc_types::{SnapshotId, SnapshotState};
@@ -209,11 +209,12 @@ impl Case {
     }
 }
 
-fn target_of(vc: &str) -> Target {
-    Target {
-        namespace: host_namespace(&"default".parse().expect("p"), &vc.parse().expect("n")),
+/// Where `vc` lives on the host, as its projection records it (`None`: never created).
+async fn target_of(h: &Harness, vc: &str) -> Option<Target> {
+    h.vcluster(vc).await.map(|v| Target {
+        namespace: v.host_namespace,
         release: vc.to_string(),
-    }
+    })
 }
 
 /// What of a release must be back after compensation (timestamps and the Helm revision
@@ -232,7 +233,9 @@ fn observable(r: Option<SimRelease>) -> Option<serde_json::Value> {
 }
 
 async fn host_view(h: &Harness, vc: &str) -> (bool, Option<serde_json::Value>) {
-    let t = target_of(vc);
+    let Some(t) = target_of(h, vc).await else {
+        return (false, None);
+    };
     let state = h.sim.state().await.expect("sim state");
     let ns = state.namespaces.iter().any(|n| n.name == t.namespace);
     (
@@ -255,7 +258,7 @@ async fn harness(rules: &str, repeat_steps: bool) -> Harness {
                 ..SimConfig::default()
             },
             repeat_steps,
-            max_step_timeout: None,
+            ..HarnessOptions::default()
         },
     )
     .await
