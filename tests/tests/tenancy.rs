@@ -312,6 +312,7 @@ async fn an_undo_deletes_only_what_its_operation_created(backend: Backend) {
             .expect("namespace")
     );
     let v = submit_with_uid_2(&h, "default", "vc", create()).await;
+    assert_eq!(v.host_namespace, ns);
     let op = h
         .store
         .get_operation(v.last_operation.expect("ended"))
