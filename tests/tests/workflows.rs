@@ -227,7 +227,7 @@ fn observable(r: Option<SimRelease>) -> Option<serde_json::Value> {
             "paused": r.paused,
             "paused_replicas": r.paused_replicas,
             "workload_pods": r.workload_pods,
-            "backing_store": r.backing_store,
+            "backing_store": without_uid(&String::from_utf8_lossy(&r.backing_store)),
         })
     })
 }
@@ -359,8 +359,36 @@ async fn transient_failures_below_the_limit_end_succeeded() {
 }
 
 /// Effects on the host, with the operation-specific parts (ids) removed.
+/// The effect counters, with the uid part of namespace names (`ovc-<name>-<uid hex>`)
+/// blanked: two harnesses give the same vcluster different uids.
 async fn effects(h: &Harness) -> BTreeMap<String, u64> {
-    h.sim.effects().await.expect("effects")
+    h.sim
+        .effects()
+        .await
+        .expect("effects")
+        .into_iter()
+        .map(|(k, n)| (without_uid(&k), n))
+        .collect()
+}
+
+/// `s` with every `-<32 lowercase hex>` (the uid in a host namespace) replaced by `-<uid>`.
+fn without_uid(s: &str) -> String {
+    let is_hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('-') {
+        let (head, tail) = rest.split_at(i + 1);
+        out.push_str(head);
+        let run = tail.chars().take_while(|c| is_hex(*c)).count();
+        if run == 32 {
+            out.push_str("<uid>");
+            rest = &tail[32..];
+        } else {
+            rest = tail;
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

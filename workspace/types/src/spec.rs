@@ -535,7 +535,7 @@ mod tests {
                 "10Ti",
             ),
             (
-                json!({"quota": {"storage": "1e30"}}),
+                json!({"quota": {"storage": "1e15"}}),
                 "quota.storage",
                 "10Ti",
             ),
