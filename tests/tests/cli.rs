@@ -272,7 +272,8 @@ fn snapshot_commands_and_bulk_retry() {
     let ops: serde_json::Value = serde_json::from_str(&out).expect("json");
     let ops = ops["operations"].as_array().expect("ops");
     assert_eq!(ops.len(), 2, "{ops:?}");
-    assert_eq!(ops[1]["retry_of"], ops[0]["id"]);
+    // Newest first: the retry, then the operation it retried.
+    assert_eq!(ops[0]["retry_of"], ops[1]["id"]);
 }
 
 /// `ovc ops watch` follows a running operation's events to the end (exit 0 on success,

@@ -368,18 +368,19 @@ async fn lifecycle_over_grpc() {
         .await
         .expect("list operations")
         .into_inner();
+    // Newest first, as REST.
     let kinds: Vec<&str> = ops.operations.iter().map(|o| o.kind.as_str()).collect();
     assert_eq!(
         kinds,
         [
-            "CREATE",
-            "SUSPEND",
-            "RESUME",
-            "SNAPSHOT",
-            "SCALE",
-            "RESTORE",
+            "DELETE",
             "DELETE_SNAPSHOT",
-            "DELETE"
+            "RESTORE",
+            "SCALE",
+            "SNAPSHOT",
+            "RESUME",
+            "SUSPEND",
+            "CREATE"
         ]
     );
     assert!(ops.operations.iter().all(|o| o.state == "SUCCEEDED"));
