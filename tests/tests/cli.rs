@@ -368,7 +368,15 @@ fn tokens_default_to_viewer_list_without_secrets_expire_and_revoke() {
     assert!(err.contains("(viewer, never expires)"), "{err}");
     let (ok, admin, err) = ovc_token(
         &url,
-        &["create", "--project", "alpha", "--role", "admin", "--expires-in", "30d"],
+        &[
+            "create",
+            "--project",
+            "alpha",
+            "--role",
+            "admin",
+            "--expires-in",
+            "30d",
+        ],
     );
     assert!(ok, "{err}");
     for bad in ["0s", "30", "30x", "-1d", "99999999999999999d"] {
@@ -396,7 +404,10 @@ fn tokens_default_to_viewer_list_without_secrets_expire_and_revoke() {
     for secret in [&viewer, &admin] {
         let hash = ovc_api::auth::token_sha256(secret);
         for listing in [&json, &table] {
-            assert!(!listing.contains(secret.as_str()) && !listing.contains(&hash), "{listing}");
+            assert!(
+                !listing.contains(secret.as_str()) && !listing.contains(&hash),
+                "{listing}"
+            );
         }
     }
     let (ok, table, _) = ovc_token(&url, &["list", "--project", "beta"]);
@@ -458,17 +469,33 @@ fn ovc_dev_refuses_browser_attacks() {
         )
     };
     assert_eq!(
-        raw_status(&addr, &post(&addr, "content-type: text/plain\r\norigin: https://evil.example\r\n")),
+        raw_status(
+            &addr,
+            &post(
+                &addr,
+                "content-type: text/plain\r\norigin: https://evil.example\r\n"
+            )
+        ),
         403
     );
-    assert_eq!(raw_status(&addr, &post(&addr, "content-type: text/plain\r\n")), 415);
     assert_eq!(
-        raw_status(&addr, &post("evil.example:8080", "content-type: application/json\r\n")),
+        raw_status(&addr, &post(&addr, "content-type: text/plain\r\n")),
+        415
+    );
+    assert_eq!(
+        raw_status(
+            &addr,
+            &post("evil.example:8080", "content-type: application/json\r\n")
+        ),
         403
     );
-    let get = format!("GET /v1/vclusters HTTP/1.1\r\nhost: rebound.example\r\nconnection: close\r\n\r\n");
+    let get = "GET /v1/vclusters HTTP/1.1\r\nhost: rebound.example\r\nconnection: close\r\n\r\n";
     assert_eq!(raw_status(&addr, &get), 403);
     let (status, list) = dev.call("GET", "/v1/vclusters", None);
     assert_eq!(status, 200);
-    assert_eq!(list["vclusters"], serde_json::json!([]), "nothing was created");
+    assert_eq!(
+        list["vclusters"],
+        serde_json::json!([]),
+        "nothing was created"
+    );
 }

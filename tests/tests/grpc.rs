@@ -811,7 +811,10 @@ async fn tokens_scope_grpc_calls_to_their_project_and_role() {
         "authorization",
         format!("bearer {beta}").parse().expect("metadata value"),
     );
-    let list = c.vc.list_v_clusters(lower).await.expect("lower-case bearer");
+    let list =
+        c.vc.list_v_clusters(lower)
+            .await
+            .expect("lower-case bearer");
     assert_eq!(list.into_inner().vclusters.len(), 1);
 }
 

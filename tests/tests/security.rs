@@ -40,12 +40,9 @@ impl Api {
             },
         )
         .await;
-        let state = ovc_api::AppState::new(
-            h.store.clone(),
-            Arc::new(ovc_workflows::registry()),
-            auth,
-        )
-        .with_host(h.sim.clone());
+        let state =
+            ovc_api::AppState::new(h.store.clone(), Arc::new(ovc_workflows::registry()), auth)
+                .with_host(h.sim.clone());
         let app = ovc_api::router(state.clone());
         Api { h, state, app }
     }
@@ -166,14 +163,25 @@ async fn kubeconfigs_need_operator_and_every_read_is_audited(backend: Backend) {
     let uri = "/v1/vclusters/k/kubeconfig";
 
     // A viewer reads the vcluster but not its kubeconfig (a full-control credential).
-    let (s, vc) = api.call(Some(&viewer), "GET", "/v1/vclusters/k", None).await;
+    let (s, vc) = api
+        .call(Some(&viewer), "GET", "/v1/vclusters/k", None)
+        .await;
     assert_eq!(s, StatusCode::OK, "{vc}");
     let (s, b) = api.call(Some(&viewer), "GET", uri, None).await;
-    assert_error(s, &b, StatusCode::FORBIDDEN, "PERMISSION_DENIED", "ROLE_VIEWER");
+    assert_error(
+        s,
+        &b,
+        StatusCode::FORBIDDEN,
+        "PERMISSION_DENIED",
+        "ROLE_VIEWER",
+    );
     // Another project's token sees nothing at all.
     let (s, b) = api.call(Some(&beta), "GET", uri, None).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
-    assert!(api.audit("alpha").await.is_empty(), "refused reads are not reads");
+    assert!(
+        api.audit("alpha").await.is_empty(),
+        "refused reads are not reads"
+    );
 
     // An operator reads it, twice: two audit events, who and which, never the content.
     let mut kubeconfig = String::new();
@@ -195,7 +203,10 @@ async fn kubeconfigs_need_operator_and_every_read_is_audited(backend: Backend) {
         assert_eq!(e.metadata["actor"], "alpha-operator");
         let stored = format!("{} {:?}", e.data, e.metadata);
         for line in kubeconfig.lines().filter(|l| l.trim().len() > 12) {
-            assert!(!stored.contains(line.trim()), "kubeconfig content in {stored}");
+            assert!(
+                !stored.contains(line.trim()),
+                "kubeconfig content in {stored}"
+            );
         }
     }
     // The project's own tokens see the trail in the event feed; other projects do not.
@@ -263,7 +274,13 @@ async fn deletes_need_admin(backend: Backend) {
     let (s, b) = api
         .call(Some(&operator), "DELETE", "/v1/vclusters/d", None)
         .await;
-    assert_error(s, &b, StatusCode::FORBIDDEN, "PERMISSION_DENIED", "ROLE_NOT_ADMIN");
+    assert_error(
+        s,
+        &b,
+        StatusCode::FORBIDDEN,
+        "PERMISSION_DENIED",
+        "ROLE_NOT_ADMIN",
+    );
     let (s, b) = api
         .call(
             Some(&operator),
@@ -272,7 +289,13 @@ async fn deletes_need_admin(backend: Backend) {
             None,
         )
         .await;
-    assert_error(s, &b, StatusCode::FORBIDDEN, "PERMISSION_DENIED", "ROLE_NOT_ADMIN");
+    assert_error(
+        s,
+        &b,
+        StatusCode::FORBIDDEN,
+        "PERMISSION_DENIED",
+        "ROLE_NOT_ADMIN",
+    );
     assert_eq!(api.h.store.head_position().await.expect("head"), head);
 
     // An admin may; the first delete fails (injected), and retrying it is a delete too.
@@ -282,9 +305,18 @@ async fn deletes_need_admin(backend: Backend) {
     assert_eq!(s, StatusCode::ACCEPTED, "{del}");
     let failed = api.wait(Some(&admin), &del).await;
     assert_eq!(failed["state"], "FAILED", "{failed}");
-    let retry = format!("/v1/operations/{}/retry", failed["id"].as_str().expect("id"));
+    let retry = format!(
+        "/v1/operations/{}/retry",
+        failed["id"].as_str().expect("id")
+    );
     let (s, b) = api.call(Some(&operator), "POST", &retry, None).await;
-    assert_error(s, &b, StatusCode::FORBIDDEN, "PERMISSION_DENIED", "ROLE_NOT_ADMIN");
+    assert_error(
+        s,
+        &b,
+        StatusCode::FORBIDDEN,
+        "PERMISSION_DENIED",
+        "ROLE_NOT_ADMIN",
+    );
     let (s, op) = api.call(Some(&admin), "POST", &retry, None).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{op}");
     // (The fault fires in every delete operation, so the retry fails again.)
@@ -332,20 +364,42 @@ async fn revoked_and_expired_tokens_are_unauthenticated(backend: Backend) {
         assert_eq!(s, StatusCode::OK, "{scheme}: {b}");
     }
     let (s, b) = api.send(get(format!("Basic {live}"))).await;
-    assert_error(s, &b, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "UNAUTHENTICATED");
+    assert_error(
+        s,
+        &b,
+        StatusCode::UNAUTHORIZED,
+        "UNAUTHENTICATED",
+        "UNAUTHENTICATED",
+    );
     let (s, b) = api.call(Some(&later), "GET", "/v1/vclusters", None).await;
     assert_eq!(s, StatusCode::OK, "not yet expired: {b}");
     let (s, b) = api.call(Some(&expired), "GET", "/v1/vclusters", None).await;
-    assert_error(s, &b, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "UNAUTHENTICATED");
+    assert_error(
+        s,
+        &b,
+        StatusCode::UNAUTHORIZED,
+        "UNAUTHENTICATED",
+        "UNAUTHENTICATED",
+    );
     assert!(
-        b["error"]["message"].as_str().is_some_and(|m| m.contains("expired")),
+        b["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("expired")),
         "{b}"
     );
     api.h.store.revoke_token(live_id).await.expect("revoke");
     let (s, b) = api.call(Some(&live), "GET", "/v1/vclusters", None).await;
-    assert_error(s, &b, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "UNAUTHENTICATED");
+    assert_error(
+        s,
+        &b,
+        StatusCode::UNAUTHORIZED,
+        "UNAUTHENTICATED",
+        "UNAUTHENTICATED",
+    );
     assert!(
-        b["error"]["message"].as_str().is_some_and(|m| m.contains("revoked")),
+        b["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("revoked")),
         "{b}"
     );
     api.h.stop().await;
@@ -409,7 +463,11 @@ async fn json_bodies_need_application_json(backend: Backend) {
         assert_eq!(s, StatusCode::ACCEPTED, "{b}");
         api.wait(token.as_deref(), &b).await;
         let (s, b) = api.send(post("/v1/vclusters/ok/snapshots", None, "")).await;
-        assert_eq!(s, StatusCode::ACCEPTED, "an empty body is the defaults: {b}");
+        assert_eq!(
+            s,
+            StatusCode::ACCEPTED,
+            "an empty body is the defaults: {b}"
+        );
         api.h.stop().await;
     }
 }
@@ -426,17 +484,32 @@ fn with_headers(uri: &str, headers: &[(&str, &str)]) -> Request<Body> {
 #[tokio::test]
 async fn without_auth_only_loopback_hosts_and_origins_are_answered() {
     let api = Api::start(Backend::Sqlite, AuthMode::None, SimConfig::default()).await;
-    for host in ["127.0.0.1:8080", "localhost:8080", "[::1]:8080", "127.0.0.2"] {
+    for host in [
+        "127.0.0.1:8080",
+        "localhost:8080",
+        "[::1]:8080",
+        "127.0.0.2",
+    ] {
         let (s, b) = api
             .send(with_headers("/v1/vclusters", &[("host", host)]))
             .await;
         assert_eq!(s, StatusCode::OK, "{host}: {b}");
     }
     // DNS rebinding: the attacker's name resolves to 127.0.0.1.
-    for host in ["evil.example", "evil.example:8080", "127.0.0.1.evil.example:8080"] {
+    for host in [
+        "evil.example",
+        "evil.example:8080",
+        "127.0.0.1.evil.example:8080",
+    ] {
         for uri in ["/v1/vclusters", "/healthz", "/v1/nope"] {
             let (s, b) = api.send(with_headers(uri, &[("host", host)])).await;
-            assert_error(s, &b, StatusCode::FORBIDDEN, "PERMISSION_DENIED", "FOREIGN_HOST");
+            assert_error(
+                s,
+                &b,
+                StatusCode::FORBIDDEN,
+                "PERMISSION_DENIED",
+                "FOREIGN_HOST",
+            );
         }
     }
     let (s, b) = api
@@ -445,18 +518,40 @@ async fn without_auth_only_loopback_hosts_and_origins_are_answered() {
             &[("host", "127.0.0.1")],
         ))
         .await;
-    assert_error(s, &b, StatusCode::FORBIDDEN, "PERMISSION_DENIED", "FOREIGN_HOST");
+    assert_error(
+        s,
+        &b,
+        StatusCode::FORBIDDEN,
+        "PERMISSION_DENIED",
+        "FOREIGN_HOST",
+    );
     // A page of another site, or an opaque origin.
-    for origin in ["https://evil.example", "null", "http://127.0.0.1.evil.example"] {
-        let mut req = with_headers("/v1/vclusters", &[("host", "127.0.0.1:8080"), ("origin", origin)]);
+    for origin in [
+        "https://evil.example",
+        "null",
+        "http://127.0.0.1.evil.example",
+    ] {
+        let mut req = with_headers(
+            "/v1/vclusters",
+            &[("host", "127.0.0.1:8080"), ("origin", origin)],
+        );
         *req.method_mut() = axum::http::Method::POST;
         let (s, b) = api.send(req).await;
-        assert_error(s, &b, StatusCode::FORBIDDEN, "PERMISSION_DENIED", "FOREIGN_ORIGIN");
+        assert_error(
+            s,
+            &b,
+            StatusCode::FORBIDDEN,
+            "PERMISSION_DENIED",
+            "FOREIGN_ORIGIN",
+        );
     }
     let (s, b) = api
         .send(with_headers(
             "/v1/vclusters",
-            &[("host", "localhost:8080"), ("origin", "http://localhost:3000")],
+            &[
+                ("host", "localhost:8080"),
+                ("origin", "http://localhost:3000"),
+            ],
         ))
         .await;
     assert_eq!(s, StatusCode::OK, "a local page: {b}");
@@ -557,7 +652,10 @@ async fn metrics_labels_come_from_closed_sets() {
                 (axum::http::Method::GET, path),
             ] {
                 let req = Request::builder().method(m).uri(p).body(Body::empty());
-                app.clone().oneshot(req.expect("request")).await.expect("call");
+                app.clone()
+                    .oneshot(req.expect("request"))
+                    .await
+                    .expect("call");
             }
             grpc.clone()
                 .oneshot(grpc_call(format!("/ovc.v1.Bogus{i}/Method{i}")))
@@ -595,8 +693,9 @@ async fn metrics_labels_come_from_closed_sets() {
     assert!(res.status().is_success());
     let after = series(&api).await;
     assert!(
-        after.iter().any(|s| s
-            .starts_with("ovc_grpc_requests_total{method=\"/ovc.v1.VClusterService/ListVClusters\"")),
+        after.iter().any(|s| s.starts_with(
+            "ovc_grpc_requests_total{method=\"/ovc.v1.VClusterService/ListVClusters\""
+        )),
         "{after:#?}"
     );
     api.h.stop().await;

@@ -86,8 +86,7 @@ pub fn grpc_method(path: &str) -> &'static str {
 /// The label of a `grpc-status` value: a gRPC code (0..=16), else [`OTHER`].
 fn grpc_code(value: &str) -> &'static str {
     const CODES: [&str; 17] = [
-        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15",
-        "16",
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
     ];
     CODES.into_iter().find(|c| *c == value).unwrap_or(OTHER)
 }

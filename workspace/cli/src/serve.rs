@@ -193,7 +193,9 @@ pub async fn create_token(args: TokenCreateArgs) -> anyhow::Result<()> {
             crate::client::parse_age(s)
                 .filter(|d| *d > chrono::Duration::zero())
                 .with_context(|| {
-                    format!("--expires-in {s:?}: use a positive duration, e.g. 90s, 30m, 12h, 30d, 4w")
+                    format!(
+                        "--expires-in {s:?}: use a positive duration, e.g. 90s, 30m, 12h, 30d, 4w"
+                    )
                 })
         })
         .transpose()?;
@@ -216,7 +218,10 @@ pub async fn create_token(args: TokenCreateArgs) -> anyhow::Result<()> {
         revoked_at: None,
     };
     store.create_token(&record, &token_sha256(&token)).await?;
-    let until = expires_at.map_or_else(|| "never expires".to_string(), |t| format!("expires {}", t.to_rfc3339()));
+    let until = expires_at.map_or_else(
+        || "never expires".to_string(),
+        |t| format!("expires {}", t.to_rfc3339()),
+    );
     eprintln!(
         "token {} for project {} ({}, {until}); shown once, store it now:",
         record.id, args.project, args.role
@@ -255,7 +260,10 @@ pub async fn list_tokens(args: TokenListArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let time = |t: Option<chrono::DateTime<chrono::Utc>>, none: &str| {
-        t.map_or_else(|| none.to_string(), |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        t.map_or_else(
+            || none.to_string(),
+            |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        )
     };
     println!(
         "{:<36}  {:<16}  {:<16}  {:<8}  {:<20}  {:<20}  REVOKED",
@@ -294,6 +302,10 @@ pub async fn revoke_token(args: TokenRevokeArgs) -> anyhow::Result<()> {
         anyhow::bail!("no token {id} (see `ovc token list`)");
     };
     let at = t.revoked_at.map(|t| t.to_rfc3339()).unwrap_or_default();
-    println!("token {id} ({}, {}) revoked at {at}", t.project, t.role.as_str());
+    println!(
+        "token {id} ({}, {}) revoked at {at}",
+        t.project,
+        t.role.as_str()
+    );
     Ok(())
 }

@@ -1404,13 +1404,26 @@ async fn tokens_are_listed_expire_and_are_revoked(backend: Backend) {
         .expect("exists");
     assert_eq!(again.revoked_at, Some(at));
     assert_eq!(
-        store.find_token("h2").await.expect("find").expect("exists").revoked_at,
+        store
+            .find_token("h2")
+            .await
+            .expect("find")
+            .expect("exists")
+            .revoked_at,
         Some(at)
     );
-    assert_eq!(store.revoke_token(Uuid::now_v7()).await.expect("revoke"), None);
+    assert_eq!(
+        store.revoke_token(Uuid::now_v7()).await.expect("revoke"),
+        None
+    );
     // The others are untouched.
     assert_eq!(
-        store.find_token("h1").await.expect("find").expect("exists").revoked_at,
+        store
+            .find_token("h1")
+            .await
+            .expect("find")
+            .expect("exists")
+            .revoked_at,
         None
     );
 }
