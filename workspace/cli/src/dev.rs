@@ -30,6 +30,10 @@ pub struct DevArgs {
     /// Address of the gRPC API (loopback only, like `--http`).
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub grpc: std::net::SocketAddr,
+    /// How long a step may wait (readiness and the like) before it fails and the
+    /// operation compensates (as `ovc worker --ready-timeout`).
+    #[arg(long, env = "OVC_READY_TIMEOUT", default_value = "10m", value_parser = crate::worker::parse_ready_timeout)]
+    pub ready_timeout: std::time::Duration,
 }
 
 /// Runs `ovc dev`.
@@ -67,6 +71,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         lease_ms: 5000,
         idle_poll_ms: None,
         name: None,
+        ready_timeout: args.ready_timeout,
         workflows: "vcluster".into(),
     };
     let worker = crate::worker::build(store.clone(), &worker_args).await?;
