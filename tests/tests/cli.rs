@@ -490,7 +490,7 @@ fn ovc_dev_refuses_browser_attacks() {
         403
     );
     let get = "GET /v1/vclusters HTTP/1.1\r\nhost: rebound.example\r\nconnection: close\r\n\r\n";
-    assert_eq!(raw_status(&addr, &get), 403);
+    assert_eq!(raw_status(&addr, get), 403);
     let (status, list) = dev.call("GET", "/v1/vclusters", None);
     assert_eq!(status, 200);
     assert_eq!(
