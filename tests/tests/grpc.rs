@@ -781,6 +781,42 @@ async fn tokens_scope_grpc_calls_to_their_project_and_role() {
             .await,
         Code::PermissionDenied,
     );
+    // A kubeconfig needs an operator; deletes need an admin (checked before the state).
+    let s = expect_code(
+        c.vc.get_kubeconfig(with_token(
+            &viewer,
+            proto::GetKubeconfigRequest {
+                name: "shared".into(),
+                ..Default::default()
+            },
+        ))
+        .await,
+        Code::PermissionDenied,
+    );
+    assert_eq!(reason(&s), "ROLE_VIEWER");
+    let s = expect_code(
+        c.vc.delete_v_cluster(with_token(
+            &beta,
+            proto::DeleteVClusterRequest {
+                name: "shared".into(),
+                ..Default::default()
+            },
+        ))
+        .await,
+        Code::PermissionDenied,
+    );
+    assert_eq!(reason(&s), "ROLE_NOT_ADMIN");
+    // The scheme is case-insensitive in gRPC metadata too.
+    let mut lower = Request::new(proto::ListVClustersRequest::default());
+    lower.metadata_mut().insert(
+        "authorization",
+        format!("bearer {beta}").parse().expect("metadata value"),
+    );
+    let list =
+        c.vc.list_v_clusters(lower)
+            .await
+            .expect("lower-case bearer");
+    assert_eq!(list.into_inner().vclusters.len(), 1);
 }
 
 #[test]

@@ -71,7 +71,10 @@ impl Api {
             req = req.header("idempotency-key", k);
         }
         let body = match body {
-            Some(b) => Body::from(b.to_string()),
+            Some(b) => {
+                req = req.header("content-type", "application/json");
+                Body::from(b.to_string())
+            }
             None => Body::empty(),
         };
         let res = self
@@ -251,7 +254,7 @@ async fn lifecycle_over_rest() {
         "ovc_operations{kind=\"RESTORE\",state=\"SUCCEEDED\"} 2",
         "ovc_operations{kind=\"DELETE\",state=\"SUCCEEDED\"} 2",
         "ovc_runs{status=\"queued\"} 0",
-        "ovc_http_requests_total{method=\"DELETE\",status=\"202\"} 2",
+        "ovc_http_requests_total{method=\"DELETE\",route=\"/v1/vclusters/{name}\",status=\"202\"} 2",
     ] {
         assert!(
             text.lines().any(|l| l == line),
@@ -302,6 +305,7 @@ async fn idempotency_over_rest() {
                 .method("POST")
                 .uri("/v1/vclusters")
                 .header("idempotency-key", "race")
+                .header("content-type", "application/json")
                 .body(Body::from(json!({"name": "raced"}).to_string()))
                 .expect("req");
             let res = app.oneshot(req).await.expect("call");
@@ -502,6 +506,7 @@ async fn errors_have_the_status_of_api_md() {
     let req = Request::builder()
         .method("POST")
         .uri("/v1/vclusters")
+        .header("content-type", "application/json")
         .body(Body::from("{not json"))
         .expect("req");
     let res = api.app.clone().oneshot(req).await.expect("call");
@@ -619,6 +624,9 @@ async fn token(api: &Api, project: &str, role: ovc_store::Role) -> String {
                 name: format!("{project}-{}", role.as_str()),
                 project: project.parse().expect("project"),
                 role,
+                created_at: chrono::Utc::now(),
+                expires_at: None,
+                revoked_at: None,
             },
             &ovc_api::auth::token_sha256(&t),
         )
@@ -822,6 +830,7 @@ async fn rate_limit_is_per_token_with_retry_after() {
         .method("POST")
         .uri("/v1/vclusters")
         .header("authorization", format!("Bearer {a}"))
+        .header("content-type", "application/json")
         .body(Body::from(json!({"name": "limited"}).to_string()))
         .expect("req");
     let res = api.app.clone().oneshot(req).await.expect("call");
@@ -929,6 +938,7 @@ async fn racing_commands_one_wins_others_failed_precondition_or_aborted() {
                 let req = Request::builder()
                     .method("POST")
                     .uri(uri)
+                    .header("content-type", "application/json")
                     .body(Body::from(body.to_string()))
                     .expect("req");
                 let res = app.oneshot(req).await.expect("call");

@@ -111,10 +111,20 @@ pub fn grpc_router(state: AppState) -> Result<Routes, tonic_reflection::server::
         .add_service(EventServiceServer::new(api))
         .add_service(reflection)
         .prepare();
-    // Counted in `/metrics` as ovc_grpc_requests_total.
-    Ok(Routes::from(routes.into_axum_router().layer(
-        axum::middleware::from_fn_with_state(state, crate::metrics::count_grpc_calls),
-    )))
+    // Without auth, loopback names only (see `loopback`); counted in `/metrics` as
+    // ovc_grpc_requests_total.
+    Ok(Routes::from(
+        routes
+            .into_axum_router()
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                crate::loopback::guard_grpc,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                state,
+                crate::metrics::count_grpc_calls,
+            )),
+    ))
 }
 
 /// Serves `routes` over HTTP/2 on `listener` until `shutdown` resolves, then finishes

@@ -59,6 +59,10 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            crate::loopback::guard_rest,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             crate::metrics::count_requests,
         ))
         .with_state(state)

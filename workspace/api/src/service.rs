@@ -10,10 +10,11 @@ use crate::{ApiError, AppState};
 use futures::Stream;
 use ovc_engine::accept::{CommandRequest, accept, cancel, retry};
 use ovc_store::{
-    OperationFilter, Page, PageRequest, RecordedEvent, SnapshotFilter, Store, VClusterFilter,
+    Commit, ExpectedVersion, NewEvent, OperationFilter, Page, PageRequest, RecordedEvent,
+    SnapshotFilter, Store, StreamAppend, VClusterFilter,
 };
 use ovc_types::command::{Command, RestoreTarget};
-use ovc_types::event::StreamName;
+use ovc_types::event::{Event, EventMetadata, StreamName};
 use ovc_types::resource::{Operation, Snapshot, VCluster};
 use ovc_types::state::{OperationKind, OperationState, SnapshotState, VClusterState};
 use ovc_types::{OperationId, ProjectName, SnapshotId, VClusterName};
@@ -231,8 +232,10 @@ impl AppState {
     /// key (see `ovc_engine::accept`).
     pub async fn submit(&self, who: &Principal, s: Submit) -> ApiResult<Submitted> {
         who.may_mutate()?;
+        let project = who.project(s.project.as_deref())?;
+        who.may_run(s.command.kind())?;
         let req = CommandRequest {
-            project: who.project(s.project.as_deref())?,
+            project,
             vcluster: vcluster_name(&s.vcluster)?,
             command: s.command,
             request_id: s.request_id.filter(|r| !r.is_empty()),
@@ -268,13 +271,18 @@ impl AppState {
             .ok_or_else(|| ApiError::not_found(format!("vcluster {p}/{n} not found")))
     }
 
-    /// The vcluster's kubeconfig, read live from the host (never stored in events).
+    /// The vcluster's kubeconfig, read live from the host (never stored in events). It
+    /// needs the operator role, and each read is recorded as a `KubeconfigRead` event on
+    /// `audit-<project>` (who, which vcluster; never the content) before it is answered:
+    /// a read that cannot be recorded is refused.
     pub async fn kubeconfig(
         &self,
         who: &Principal,
         project: Option<&str>,
         name: &str,
     ) -> ApiResult<String> {
+        who.project(project)?;
+        who.may_read_kubeconfig()?;
         let vc = self.get_vcluster(who, project, name).await?;
         if vc.state == VClusterState::Deleted {
             return Err(ApiError::not_found(format!(
@@ -298,7 +306,10 @@ impl AppState {
             release: vc.name.to_string(),
         };
         match host.kubeconfig(&ctx, &target).await {
-            Ok(Some(k)) => Ok(k),
+            Ok(Some(k)) => {
+                self.audit_kubeconfig_read(who, &vc).await?;
+                Ok(k)
+            }
             Ok(None) => Err(ApiError(
                 ovc_types::error::Status::failed_precondition(format!(
                     "vcluster {}/{} has no kubeconfig yet (it is {}): its control plane has \
@@ -311,6 +322,32 @@ impl AppState {
             )),
             Err(e) => Err(ApiError(e.into())),
         }
+    }
+
+    /// Appends `KubeconfigRead` to the vcluster's project's audit stream.
+    async fn audit_kubeconfig_read(&self, who: &Principal, vc: &VCluster) -> ApiResult<()> {
+        let event = Event::KubeconfigRead {
+            vcluster_uid: vc.uid,
+            vcluster: vc.name.clone(),
+            project: vc.project.clone(),
+            token_id: who.token_id,
+            role: who.audit_role().to_string(),
+        };
+        let metadata = EventMetadata {
+            actor: Some(who.name.clone().unwrap_or_else(|| "anonymous".into())),
+            ..EventMetadata::default()
+        };
+        self.store
+            .commit(Commit {
+                appends: vec![StreamAppend {
+                    stream: StreamName::audit(&vc.project),
+                    expected: ExpectedVersion::Any,
+                    events: vec![NewEvent::with_metadata(event, metadata)],
+                }],
+                ..Commit::default()
+            })
+            .await?;
+        Ok(())
     }
 
     /// A page of vclusters.
@@ -570,8 +607,10 @@ impl AppState {
         id: &str,
         request_id: Option<String>,
     ) -> ApiResult<Submitted> {
-        let oid = self.get_operation(who, id).await?.id;
-        who.may_mutate()?;
+        let failed = self.get_operation(who, id).await?;
+        let oid = failed.id;
+        // A retried delete is a delete.
+        who.may_run(failed.kind)?;
         let accepted = retry(
             self.store.as_ref(),
             &self.registry,

@@ -238,17 +238,19 @@ pub enum SnapshotCommand {
     },
 }
 
-/// `30m`, `1h`, `2d` → a duration.
-fn parse_age(s: &str) -> Option<chrono::Duration> {
+/// `90s`, `30m`, `1h`, `2d`, `4w` → a duration (`None`: not one, or out of range).
+pub(crate) fn parse_age(s: &str) -> Option<chrono::Duration> {
     let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit())?);
     let n: i64 = n.parse().ok()?;
-    match unit {
-        "s" => Some(chrono::Duration::seconds(n)),
-        "m" => Some(chrono::Duration::minutes(n)),
-        "h" => Some(chrono::Duration::hours(n)),
-        "d" => Some(chrono::Duration::days(n)),
-        _ => None,
-    }
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return None,
+    };
+    chrono::Duration::try_seconds(n.checked_mul(seconds)?)
 }
 
 /// How a client command ended; `main` turns it into the exit code.

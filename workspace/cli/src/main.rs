@@ -83,8 +83,12 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum TokenCommand {
-    /// Create a token for one project and role; prints it once.
+    /// Create a token for one project and role (default viewer); prints it once.
     Create(serve::TokenCreateArgs),
+    /// List tokens: id, name, project, role, created, expires, revoked (never secrets).
+    List(serve::TokenListArgs),
+    /// Revoke a token by id: it is refused from now on.
+    Revoke(serve::TokenRevokeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -130,9 +134,11 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(client::snapshot(conn, command).await.code())
         }
         Command::Serve(args) => serve::run(args).await,
-        Command::Token {
-            command: TokenCommand::Create(args),
-        } => serve::create_token(args).await,
+        Command::Token { command } => match command {
+            TokenCommand::Create(args) => serve::create_token(args).await,
+            TokenCommand::List(args) => serve::list_tokens(args).await,
+            TokenCommand::Revoke(args) => serve::revoke_token(args).await,
+        },
         Command::Migrate { database_url } => {
             let store = ovc_store::open(&database_url, StoreConfig::default())
                 .await

@@ -140,11 +140,20 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Every claim of runs of `vcluster_uid` (all vclusters when `None`), oldest first.
     async fn lease_history(&self, vcluster_uid: Option<VClusterId>) -> Result<Vec<LeaseRecord>>;
 
-    /// Stores a token: only `token_sha256` (hex) is kept.
+    /// Stores a token (all of `token`'s fields): only `token_sha256` (hex) is kept of its
+    /// secret.
     async fn create_token(&self, token: &TokenRecord, token_sha256: &str) -> Result<()>;
 
-    /// The live (not revoked) token whose SHA-256 is `token_sha256`.
+    /// The token whose SHA-256 is `token_sha256`, revoked and expired ones included
+    /// (the caller refuses those: [`TokenRecord::refusal`]).
     async fn find_token(&self, token_sha256: &str) -> Result<Option<TokenRecord>>;
+
+    /// Every token (of `project`, when given), oldest first; never their hashes.
+    async fn list_tokens(&self, project: Option<&ProjectName>) -> Result<Vec<TokenRecord>>;
+
+    /// Revokes the token `id` now (a revoked token keeps its first `revoked_at`);
+    /// `None`: no such token.
+    async fn revoke_token(&self, id: uuid::Uuid) -> Result<Option<TokenRecord>>;
 
     /// Queue depth, lease steals, operations by kind and state, head position.
     async fn stats(&self) -> Result<StoreStats>;
@@ -262,16 +271,34 @@ pub(crate) fn vcluster_token(v: &VCluster) -> String {
     .print()
 }
 
+/// The columns of a token row, as read by both backends.
+pub(crate) struct TokenRow<'a> {
+    pub id: uuid::Uuid,
+    pub name: String,
+    pub project: &'a str,
+    pub role: &'a str,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
 /// A token row → [`TokenRecord`], as a typed corruption error on bad data.
-pub(crate) fn token_from(
-    id: uuid::Uuid,
-    name: String,
-    project: &str,
-    role: &str,
-) -> Result<TokenRecord> {
+pub(crate) fn token_from(row: TokenRow<'_>) -> Result<TokenRecord> {
+    let TokenRow {
+        id,
+        name,
+        project,
+        role,
+        created_at,
+        expires_at,
+        revoked_at,
+    } = row;
     Ok(TokenRecord {
         id,
         name,
+        created_at,
+        expires_at,
+        revoked_at,
         project: project
             .parse()
             .map_err(|e: ovc_types::name::NameError| Error::Corrupt {

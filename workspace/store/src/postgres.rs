@@ -17,7 +17,7 @@ use crate::model::*;
 use crate::page_token::{TimeKey, VClusterKey};
 use crate::sqlite::operation_doc;
 use crate::wake::Wakeups;
-use crate::{Store, from_doc, micros, to_doc, token_from, vcluster_token};
+use crate::{Store, TokenRow, from_doc, micros, to_doc, token_from, vcluster_token};
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use ovc_types::event::StreamName;
@@ -102,6 +102,21 @@ fn step_from_row(row: &PgRow) -> Result<OperationStep> {
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,
         error: error.map(|e| from_doc("operation_steps", e)).transpose()?,
+    })
+}
+
+/// The columns of `api_tokens` that make a [`TokenRecord`] (never the hash).
+const TOKEN_COLUMNS: &str = "id, name, project, role, created_at, expires_at, revoked_at";
+
+fn pg_token(r: &PgRow) -> Result<TokenRecord> {
+    token_from(TokenRow {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        project: r.try_get::<&str, _>("project")?,
+        role: r.try_get::<&str, _>("role")?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        revoked_at: r.try_get("revoked_at")?,
     })
 }
 
@@ -1154,37 +1169,54 @@ impl Store for PgStore {
 
     async fn create_token(&self, token: &TokenRecord, token_sha256: &str) -> Result<()> {
         sqlx::query(
-            "INSERT INTO api_tokens (id, name, project, role, token_sha256, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO api_tokens
+                 (id, name, project, role, token_sha256, created_at, expires_at, revoked_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(token.id)
         .bind(&token.name)
         .bind(token.project.as_str())
         .bind(token.role.as_str())
         .bind(token_sha256)
-        .bind(self.now())
+        .bind(micros(token.created_at))
+        .bind(token.expires_at.map(micros))
+        .bind(token.revoked_at.map(micros))
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
     async fn find_token(&self, token_sha256: &str) -> Result<Option<TokenRecord>> {
-        let row = sqlx::query(
-            "SELECT id, name, project, role FROM api_tokens
-             WHERE token_sha256 = $1 AND revoked_at IS NULL",
-        )
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_sha256 = $1"
+        )))
         .bind(token_sha256)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| {
-            token_from(
-                r.try_get("id")?,
-                r.try_get("name")?,
-                r.try_get::<&str, _>("project")?,
-                r.try_get::<&str, _>("role")?,
-            )
-        })
-        .transpose()
+        row.as_ref().map(pg_token).transpose()
+    }
+
+    async fn list_tokens(&self, project: Option<&ProjectName>) -> Result<Vec<TokenRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens
+             WHERE ($1::text IS NULL OR project = $1) ORDER BY created_at, id"
+        )))
+        .bind(project.map(ProjectName::as_str))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(pg_token).collect()
+    }
+
+    async fn revoke_token(&self, id: Uuid) -> Result<Option<TokenRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2
+             RETURNING {TOKEN_COLUMNS}"
+        )))
+        .bind(self.now())
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(pg_token).transpose()
     }
 
     async fn stats(&self) -> Result<StoreStats> {

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::model::*;
 use crate::page_token::{TimeKey, VClusterKey};
 use crate::wake::Wakeups;
-use crate::{Store, from_doc, micros, to_doc, token_from, vcluster_token};
+use crate::{Store, TokenRow, from_doc, micros, to_doc, token_from, vcluster_token};
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use ovc_types::event::StreamName;
@@ -52,6 +52,22 @@ fn from_ts(table: &'static str, v: i64) -> Result<DateTime<Utc>> {
     DateTime::from_timestamp_micros(v).ok_or(Error::Corrupt {
         table,
         message: format!("timestamp {v} out of range"),
+    })
+}
+
+/// The columns of `api_tokens` that make a [`TokenRecord`] (never the hash).
+const TOKEN_COLUMNS: &str = "id, name, project, role, created_at, expires_at, revoked_at";
+
+fn sqlite_token(r: &sqlx::sqlite::SqliteRow) -> Result<TokenRecord> {
+    let at = |v: Option<i64>| v.map(|v| from_ts("api_tokens", v)).transpose();
+    token_from(TokenRow {
+        id: parse_uuid("api_tokens", r.try_get::<&str, _>("id")?)?,
+        name: r.try_get("name")?,
+        project: r.try_get::<&str, _>("project")?,
+        role: r.try_get::<&str, _>("role")?,
+        created_at: from_ts("api_tokens", r.try_get("created_at")?)?,
+        expires_at: at(r.try_get("expires_at")?)?,
+        revoked_at: at(r.try_get("revoked_at")?)?,
     })
 }
 
@@ -1084,37 +1100,55 @@ impl Store for SqliteStore {
 
     async fn create_token(&self, token: &TokenRecord, token_sha256: &str) -> Result<()> {
         sqlx::query(
-            "INSERT INTO api_tokens (id, name, project, role, token_sha256, created_at)
-             VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO api_tokens
+                 (id, name, project, role, token_sha256, created_at, expires_at, revoked_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(token.id.to_string())
         .bind(&token.name)
         .bind(token.project.as_str())
         .bind(token.role.as_str())
         .bind(token_sha256)
-        .bind(ts(self.now()))
+        .bind(ts(token.created_at))
+        .bind(token.expires_at.map(ts))
+        .bind(token.revoked_at.map(ts))
         .execute(&self.writer)
         .await?;
         Ok(())
     }
 
     async fn find_token(&self, token_sha256: &str) -> Result<Option<TokenRecord>> {
-        let row = sqlx::query(
-            "SELECT id, name, project, role FROM api_tokens
-             WHERE token_sha256 = ? AND revoked_at IS NULL",
-        )
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_sha256 = ?"
+        )))
         .bind(token_sha256)
         .fetch_optional(&self.reader)
         .await?;
-        row.map(|r| {
-            token_from(
-                parse_uuid("api_tokens", r.try_get::<&str, _>("id")?)?,
-                r.try_get("name")?,
-                r.try_get::<&str, _>("project")?,
-                r.try_get::<&str, _>("role")?,
-            )
-        })
-        .transpose()
+        row.as_ref().map(sqlite_token).transpose()
+    }
+
+    async fn list_tokens(&self, project: Option<&ProjectName>) -> Result<Vec<TokenRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens
+             WHERE (? IS NULL OR project = ?) ORDER BY created_at, id"
+        )))
+        .bind(project.map(ProjectName::as_str))
+        .bind(project.map(ProjectName::as_str))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(sqlite_token).collect()
+    }
+
+    async fn revoke_token(&self, id: Uuid) -> Result<Option<TokenRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?
+             RETURNING {TOKEN_COLUMNS}"
+        )))
+        .bind(ts(self.now()))
+        .bind(id.to_string())
+        .fetch_optional(&self.writer)
+        .await?;
+        row.as_ref().map(sqlite_token).transpose()
     }
 
     async fn stats(&self) -> Result<StoreStats> {

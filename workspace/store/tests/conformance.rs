@@ -36,6 +36,7 @@ ovc_testkit::both_backends!(
     tokens_are_found_by_hash_only,
     operations_list_newest_first_and_pages_stay_stable_under_commits,
     page_tokens_are_refused_alike_on_both_backends,
+    tokens_are_listed_expire_and_are_revoked,
 );
 
 fn project() -> ProjectName {
@@ -1357,6 +1358,9 @@ async fn tokens_are_found_by_hash_only(backend: Backend) {
         name: "ci".into(),
         project: project(),
         role: Role::Viewer,
+        created_at: whole_micros(store.clock().now()),
+        expires_at: None,
+        revoked_at: None,
     };
     store.create_token(&record, "ab12").await.expect("create");
     assert_eq!(
@@ -1540,4 +1544,81 @@ async fn page_tokens_are_refused_alike_on_both_backends(backend: Backend) {
             "vcluster token {t:?}"
         );
     }
+}
+
+async fn tokens_are_listed_expire_and_are_revoked(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.open().await;
+    let now = whole_micros(store.clock().now());
+    let token = |name: &str, project: &str, expires_at| TokenRecord {
+        id: Uuid::now_v7(),
+        name: name.into(),
+        project: project.parse().expect("project"),
+        role: Role::Operator,
+        created_at: now,
+        expires_at,
+        revoked_at: None,
+    };
+    let soon = token("soon", "alpha", Some(now + Duration::days(30)));
+    let forever = token("forever", "alpha", None);
+    let other = token("other", "beta", Some(now - Duration::seconds(1)));
+    for (t, h) in [(&soon, "h1"), (&forever, "h2"), (&other, "h3")] {
+        store.create_token(t, h).await.expect("create");
+    }
+    // Every field round-trips; expiry is the caller's to judge.
+    let found = store.find_token("h1").await.expect("find").expect("exists");
+    assert_eq!(found, soon);
+    assert_eq!(found.refusal(now), None);
+    assert_eq!(found.refusal(now + Duration::days(30)), Some("expired"));
+    let expired = store.find_token("h3").await.expect("find").expect("exists");
+    assert_eq!(expired.refusal(now), Some("expired"));
+
+    let alpha: ProjectName = "alpha".parse().expect("project");
+    let listed = store.list_tokens(Some(&alpha)).await.expect("list");
+    let ids: BTreeSet<Uuid> = listed.iter().map(|t| t.id).collect();
+    assert_eq!(ids, BTreeSet::from([soon.id, forever.id]));
+    assert_eq!(store.list_tokens(None).await.expect("list all").len(), 3);
+
+    // Revoking stamps revoked_at once; a second revoke keeps the first time.
+    let revoked = store
+        .revoke_token(forever.id)
+        .await
+        .expect("revoke")
+        .expect("exists");
+    let at = revoked.revoked_at.expect("revoked_at set");
+    assert_eq!(revoked.refusal(now), Some("revoked"));
+    let again = store
+        .revoke_token(forever.id)
+        .await
+        .expect("revoke again")
+        .expect("exists");
+    assert_eq!(again.revoked_at, Some(at));
+    assert_eq!(
+        store
+            .find_token("h2")
+            .await
+            .expect("find")
+            .expect("exists")
+            .revoked_at,
+        Some(at)
+    );
+    assert_eq!(
+        store.revoke_token(Uuid::now_v7()).await.expect("revoke"),
+        None
+    );
+    // The others are untouched.
+    assert_eq!(
+        store
+            .find_token("h1")
+            .await
+            .expect("find")
+            .expect("exists")
+            .revoked_at,
+        None
+    );
+}
+
+/// `t` at the precision the stores keep (microseconds).
+fn whole_micros(t: chrono::DateTime<Utc>) -> chrono::DateTime<Utc> {
+    chrono::DateTime::from_timestamp_micros(t.timestamp_micros()).expect("in range")
 }
