@@ -338,39 +338,6 @@ fn watch_kubeconfig_and_events_tail_over_http() {
     assert_eq!(ids(&over_http), ids(&direct));
 }
 
-/// `--host kube` without a usable kubeconfig: `ovc worker`, `ovc serve` and `ovc dev` exit
-/// at start with a message naming KUBECONFIG (no cluster, no panic, no half start).
-#[test]
-fn host_kube_without_a_usable_kubeconfig_exits_at_start_naming_kubeconfig() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let url = format!("sqlite://{}", dir.path().join("k.db").display());
-    let unreachable = dir.path().join("unreachable.yaml");
-    std::fs::write(
-        &unreachable,
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:9\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user:\n    token: t\n",
-    )
-    .expect("kubeconfig");
-    let missing = dir.path().join("missing.yaml");
-    let data = dir.path().join("dev");
-    let data = data.display().to_string();
-    let runs: Vec<(Vec<&str>, &std::path::Path)> = vec![
-        (
-            vec!["worker", "--database-url", &url, "--host", "kube"],
-            &missing,
-        ),
-        (
-            vec!["worker", "--database-url", &url, "--host", "kube"],
-            &unreachable,
-        ),
-        (
-            vec![
-                "serve",
-                "--database-url",
-                &url,
-                "--host",
-                "kube",
-                "--auth",
-                "none",
 /// The database password never appears in what `ovc` prints: errors (an unreachable or
 /// unsupported URL, with the password in the userinfo or the query) and `--help`, which
 /// shows the values of environment variables unless told not to.
@@ -397,40 +364,6 @@ fn database_passwords_are_redacted_everywhere_they_are_printed() {
                 "--grpc",
                 "127.0.0.1:0",
             ],
-            &missing,
-        ),
-        (
-            vec![
-                "dev",
-                "--data-dir",
-                &data,
-                "--host",
-                "kube",
-                "--http",
-                "127.0.0.1:0",
-                "--grpc",
-                "127.0.0.1:0",
-            ],
-            &missing,
-        ),
-    ];
-    for (args, kubeconfig) in runs {
-        let out = Command::new(ovc_bin())
-            .args(&args)
-            .env("KUBECONFIG", kubeconfig)
-            .env("HOME", dir.path())
-            .env("OVC_HELM", "/nonexistent/helm")
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .env_remove("KUBERNETES_SERVICE_PORT")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run ovc");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} must exit: {stderr}");
-        assert!(stderr.contains("KUBECONFIG"), "{args:?}: {stderr}");
-        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
-    }
-}
             vec!["events", "tail", "--database-url", url.as_str()],
         ] {
             let child = Command::new(ovc_bin())
@@ -645,4 +578,77 @@ fn ovc_dev_refuses_browser_attacks() {
         serde_json::json!([]),
         "nothing was created"
     );
+}
+
+/// `--host kube` without a usable kubeconfig: `ovc worker`, `ovc serve` and `ovc dev` exit
+/// at start with a message naming KUBECONFIG (no cluster, no panic, no half start).
+#[test]
+fn host_kube_without_a_usable_kubeconfig_exits_at_start_naming_kubeconfig() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let url = format!("sqlite://{}", dir.path().join("k.db").display());
+    let unreachable = dir.path().join("unreachable.yaml");
+    std::fs::write(
+        &unreachable,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:9\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user:\n    token: t\n",
+    )
+    .expect("kubeconfig");
+    let missing = dir.path().join("missing.yaml");
+    let data = dir.path().join("dev");
+    let data = data.display().to_string();
+    let runs: Vec<(Vec<&str>, &std::path::Path)> = vec![
+        (
+            vec!["worker", "--database-url", &url, "--host", "kube"],
+            &missing,
+        ),
+        (
+            vec!["worker", "--database-url", &url, "--host", "kube"],
+            &unreachable,
+        ),
+        (
+            vec![
+                "serve",
+                "--database-url",
+                &url,
+                "--host",
+                "kube",
+                "--auth",
+                "none",
+                "--http",
+                "127.0.0.1:0",
+                "--grpc",
+                "127.0.0.1:0",
+            ],
+            &missing,
+        ),
+        (
+            vec![
+                "dev",
+                "--data-dir",
+                &data,
+                "--host",
+                "kube",
+                "--http",
+                "127.0.0.1:0",
+                "--grpc",
+                "127.0.0.1:0",
+            ],
+            &missing,
+        ),
+    ];
+    for (args, kubeconfig) in runs {
+        let out = Command::new(ovc_bin())
+            .args(&args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("HOME", dir.path())
+            .env("OVC_HELM", "/nonexistent/helm")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("KUBERNETES_SERVICE_PORT")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ovc");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} must exit: {stderr}");
+        assert!(stderr.contains("KUBECONFIG"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
 }
