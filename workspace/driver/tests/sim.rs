@@ -57,11 +57,7 @@ fn new_op() -> OperationId {
 }
 
 fn ctx_of(op: OperationId, workflow: &str, step: &str) -> CallCtx {
-    CallCtx {
-        operation_id: op,
-        workflow: workflow.into(),
-        step: step.into(),
-    }
+    CallCtx::for_step(op, workflow, step, 1)
 }
 
 /// A context of a fresh operation (faults are counted per operation).

@@ -346,7 +346,7 @@ async fn accept_once(
             id: RunId(ids.new_uuid()),
             operation_id,
             vcluster_uid: uid,
-            run_at: None,
+            delay: None,
             priority: 0,
         }],
         ..Commit::default()
@@ -559,7 +559,7 @@ async fn accept_delete_snapshot(
             id: RunId(ids.new_uuid()),
             operation_id,
             vcluster_uid: snap.vcluster_uid,
-            run_at: None,
+            delay: None,
             priority: 0,
         }],
         ..Commit::default()
@@ -769,7 +769,7 @@ async fn retry_once(
             id: RunId(ids.new_uuid()),
             operation_id,
             vcluster_uid: old.vcluster_uid,
-            run_at: None,
+            delay: None,
             priority: 0,
         }],
         ..Commit::default()

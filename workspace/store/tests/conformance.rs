@@ -119,7 +119,7 @@ fn create_commit(
             id: RunId(Uuid::now_v7()),
             operation_id: op,
             vcluster_uid: vc,
-            run_at: None,
+            delay: None,
             priority: 0,
         }],
         ..Commit::default()
@@ -150,7 +150,7 @@ fn free_run(vc: VClusterId) -> Commit {
             id: RunId(Uuid::now_v7()),
             operation_id: opid(),
             vcluster_uid: vc,
-            run_at: None,
+            delay: None,
             priority: 0,
         }],
         ..Commit::default()
@@ -1217,7 +1217,7 @@ async fn concurrent_workers_complete_each_run_once_in_order(backend: Backend) {
                 id,
                 operation_id: opid(),
                 vcluster_uid: *vc,
-                run_at: None,
+                delay: None,
                 priority: 0,
             });
         }
