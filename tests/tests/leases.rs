@@ -209,7 +209,11 @@ async fn skewed_worker_clocks(backend: Backend) {
         // Readiness waits are durable timers (Pending{check_in} → Reschedule).
         ("OVC_SIM_READY_MS", "400".to_string()),
     ];
-    for (worker, skew) in [("fast", Some(10_000)), ("slow", Some(-10_000)), ("exact", None)] {
+    for (worker, skew) in [
+        ("fast", Some(10_000)),
+        ("slow", Some(-10_000)),
+        ("exact", None),
+    ] {
         let mut env = sim.to_vec();
         if let Some(ms) = skew {
             env.push(("OVC_TEST_CLOCK_SKEW_MS", format!("{ms}")));
@@ -373,9 +377,7 @@ async fn frozen_worker_makes_no_host_call_after_its_lease(backend: Backend) {
     );
     let rescued = calls_by(&calls, op, "rescuer");
     assert!(
-        rescued
-            .iter()
-            .all(|c| c.epoch.is_some_and(|e| e > epoch)),
+        rescued.iter().all(|c| c.epoch.is_some_and(|e| e > epoch)),
         "the rescuer's calls carry its own, later epoch: {rescued:?}"
     );
     assert!(!rescued.is_empty(), "the rescuer made no call");

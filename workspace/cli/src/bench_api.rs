@@ -101,7 +101,12 @@ async fn start_worker(
         name: Some(format!("bench-api-{}", uuid::Uuid::new_v4().simple())),
         workflows: "vcluster".into(),
     };
-    let worker = crate::worker::build(store, &args, std::sync::Arc::new(ovc_types::time::SystemClock)).await?;
+    let worker = crate::worker::build(
+        store,
+        &args,
+        std::sync::Arc::new(ovc_types::time::SystemClock),
+    )
+    .await?;
     let (stop, rx) = tokio::sync::watch::channel(false);
     Ok(RunningWorker {
         stop,

@@ -494,7 +494,8 @@ impl Run1<'_> {
     /// Releases the run as a durable timer `after` from now by the database's clock.
     async fn reschedule(&mut self, after: Duration) -> Result<RunEnd, ExecError> {
         self.check_fence()?;
-        let delay = chrono::Duration::from_std(after).unwrap_or_else(|_| chrono::Duration::seconds(60));
+        let delay =
+            chrono::Duration::from_std(after).unwrap_or_else(|_| chrono::Duration::seconds(60));
         self.flush(Some(RunUpdate::Reschedule { after: delay }))
             .await?;
         Ok(RunEnd::Rescheduled(after))

@@ -1098,7 +1098,11 @@ async fn queue_lease_steal_and_fencing(backend: Backend) {
     assert_eq!(stolen[0].epoch, mine.epoch + 1);
     assert_eq!(stolen[0].attempts, 2);
     assert_eq!(stolen[0].lease_owner.as_deref(), Some("w2"));
-    let due = store.next_run_due_in().await.expect("due").expect("a lease");
+    let due = store
+        .next_run_due_in()
+        .await
+        .expect("due")
+        .expect("a lease");
     assert!(
         due > std::time::Duration::ZERO && due <= lease.to_std().expect("lease"),
         "the next due time is the new lease's end: {due:?}"
@@ -1179,7 +1183,11 @@ async fn queue_reschedule_is_a_durable_timer(backend: Backend) {
     let stored = store.get_run(run.id).await.expect("get").expect("run");
     assert_eq!(stored.status, RunStatus::Queued);
     assert_eq!(stored.lease_owner, None);
-    let due = store.next_run_due_in().await.expect("due").expect("a timer");
+    let due = store
+        .next_run_due_in()
+        .await
+        .expect("due")
+        .expect("a timer");
     assert!(
         due > std::time::Duration::from_millis(500) && due <= after.to_std().expect("after"),
         "due in {due:?}"
@@ -1229,7 +1237,11 @@ async fn queue_leases_and_timers_ignore_the_process_clock(backend: Backend) {
     assert_eq!(held.len(), 1);
     for (who, store) in [("exact", &exact), ("ahead", &ahead), ("behind", &behind)] {
         assert!(
-            store.claim_runs(who, lease, 5).await.expect("claim").is_empty(),
+            store
+                .claim_runs(who, lease, 5)
+                .await
+                .expect("claim")
+                .is_empty(),
             "{who} stole the healthy lease of the slow-clock worker"
         );
     }
@@ -1239,7 +1251,11 @@ async fn queue_leases_and_timers_ignore_the_process_clock(backend: Backend) {
     assert_eq!(fast.len(), 1);
     for (who, store) in [("exact", &exact), ("ahead", &ahead), ("behind", &behind)] {
         assert!(
-            store.claim_runs(who, lease, 5).await.expect("claim").is_empty(),
+            store
+                .claim_runs(who, lease, 5)
+                .await
+                .expect("claim")
+                .is_empty(),
             "{who} stole the healthy lease of the fast-clock worker"
         );
         let due = store.next_run_due_in().await.expect("due").expect("leases");
@@ -1250,7 +1266,10 @@ async fn queue_leases_and_timers_ignore_the_process_clock(backend: Backend) {
     }
     // Renewals by either keep the lease; a durable timer of 800 ms set by the fast
     // clock fires after 800 ms for everybody (not 10 s later), and not before.
-    behind.renew_lease(held[0].lease(), lease).await.expect("renew");
+    behind
+        .renew_lease(held[0].lease(), lease)
+        .await
+        .expect("renew");
     committed(
         ahead
             .commit(Commit {
@@ -1264,7 +1283,11 @@ async fn queue_leases_and_timers_ignore_the_process_clock(backend: Backend) {
             .expect("reschedule"),
     );
     assert!(
-        ahead.claim_runs("ahead", lease, 5).await.expect("claim").is_empty(),
+        ahead
+            .claim_runs("ahead", lease, 5)
+            .await
+            .expect("claim")
+            .is_empty(),
         "the timer fired early for the fast clock"
     );
     sleep_ms(1000).await;

@@ -278,28 +278,30 @@ impl Pool {
             }
         };
         rows.into_iter()
-            .map(|(seq, method, namespace, op, workflow, step, epoch, owner)| {
-                let operation_id = op
-                    .map(|o| {
-                        uuid::Uuid::parse_str(&o)
-                            .map(OperationId)
-                            .map_err(|e| SimError::Corrupt {
-                                what: format!("sim_calls {seq}"),
-                                message: e.to_string(),
+            .map(
+                |(seq, method, namespace, op, workflow, step, epoch, owner)| {
+                    let operation_id = op
+                        .map(|o| {
+                            uuid::Uuid::parse_str(&o).map(OperationId).map_err(|e| {
+                                SimError::Corrupt {
+                                    what: format!("sim_calls {seq}"),
+                                    message: e.to_string(),
+                                }
                             })
+                        })
+                        .transpose()?;
+                    Ok(CallRecord {
+                        seq: count(seq),
+                        method,
+                        namespace,
+                        operation_id,
+                        workflow,
+                        step,
+                        epoch,
+                        owner,
                     })
-                    .transpose()?;
-                Ok(CallRecord {
-                    seq: count(seq),
-                    method,
-                    namespace,
-                    operation_id,
-                    workflow,
-                    step,
-                    epoch,
-                    owner,
-                })
-            })
+                },
+            )
             .collect()
     }
 
