@@ -30,7 +30,8 @@ pub struct WorkerArgs {
     #[arg(long, env = "OVC_PG_SCHEMA")]
     pub pg_schema: Option<String>,
     /// The host driver. `sim` is the simulated host (knobs: OVC_SIM_LATENCY_MS,
-    /// OVC_SIM_READY_MS, OVC_SIM_FAULTS); the Kubernetes driver arrives later.
+    /// OVC_SIM_READY_MS, OVC_SIM_FAULTS, OVC_SIM_RECORD_CALLS); the Kubernetes driver
+    /// arrives later.
     #[arg(long, value_parser = ["sim"], default_value = "sim")]
     pub host: String,
     /// Snapshot storage: a directory, file:///DIR or memory://.

@@ -154,6 +154,9 @@ async fn execute_leased(
     }
 }
 
+/// A claim in flight: the claimed runs and when the claim was sent.
+type ClaimFuture = BoxFuture<'static, ovc_store::Result<(Vec<Run>, Instant)>>;
+
 /// Our run queue as an apalis backend: each poll claims (at most) one due run with a
 /// lease, and only when the worker has a free slot, so no run sits leased but unstarted.
 pub struct RunQueue {
@@ -161,7 +164,7 @@ pub struct RunQueue {
     owner: String,
     lease: chrono::Duration,
     idle_poll: Duration,
-    claiming: Option<BoxFuture<'static, ovc_store::Result<(Vec<Run>, Instant)>>>,
+    claiming: Option<ClaimFuture>,
     waiting: Option<BoxFuture<'static, ()>>,
 }
 
