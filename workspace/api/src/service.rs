@@ -296,11 +296,7 @@ impl AppState {
                 "NO_HOST_DRIVER",
             )
         })?;
-        let ctx = ovc_driver::CallCtx {
-            operation_id: OperationId(uuid::Uuid::nil()),
-            workflow: "api".into(),
-            step: "kubeconfig".into(),
-        };
+        let ctx = ovc_driver::CallCtx::read("kubeconfig");
         let target = ovc_driver::Target {
             namespace: vc.host_namespace.clone(),
             release: vc.name.to_string(),

@@ -74,7 +74,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         ready_timeout: args.ready_timeout,
         workflows: "vcluster".into(),
     };
-    let worker = crate::worker::build(store.clone(), &worker_args).await?;
+    let worker = crate::worker::build(
+        store.clone(),
+        &worker_args,
+        std::sync::Arc::new(ovc_types::time::SystemClock),
+    )
+    .await?;
     let worker = tokio::spawn(worker.run(crate::worker::shutdown_signal()));
     for (flag, addr) in [("--http", args.http), ("--grpc", args.grpc)] {
         if !addr.ip().is_loopback() {

@@ -1,6 +1,11 @@
 //! `ovc worker`: runs workflows only. Several worker processes on one PostgreSQL share the
 //! work; each claims runs with a lease, so a killed worker's runs are taken over by the
 //! others within a lease period. SIGTERM/SIGINT stop it gracefully.
+//!
+//! Test-only knob: `OVC_TEST_CLOCK_SKEW_MS` (a signed number of milliseconds), read only
+//! when set, shifts this process's injected [`Clock`] (the store's and the engine's) by
+//! that much, so tests can prove that leases and durable timers follow the database's
+//! clock and not a worker's. Never set it in production.
 
 use anyhow::Context;
 use clap::Args;
@@ -10,7 +15,7 @@ use ovc_engine::services::Services;
 use ovc_engine::worker::{Worker, WorkerOptions, WorkerReport, default_owner};
 use ovc_snapshots::OpendalArtifacts;
 use ovc_store::{Store, StoreConfig};
-use ovc_types::time::{RandomIds, SystemClock};
+use ovc_types::time::{Clock, RandomIds, SystemClock};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -25,7 +30,8 @@ pub struct WorkerArgs {
     #[arg(long, env = "OVC_PG_SCHEMA")]
     pub pg_schema: Option<String>,
     /// The host driver. `sim` is the simulated host (knobs: OVC_SIM_LATENCY_MS,
-    /// OVC_SIM_READY_MS, OVC_SIM_FAULTS); the Kubernetes driver arrives later.
+    /// OVC_SIM_READY_MS, OVC_SIM_FAULTS, OVC_SIM_RECORD_CALLS); the Kubernetes driver
+    /// arrives later.
     #[arg(long, value_parser = ["sim"], default_value = "sim")]
     pub host: String,
     /// Snapshot storage: a directory, file:///DIR or memory://.
@@ -75,11 +81,46 @@ pub fn parse_ready_timeout(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// Builds a worker on `store` from the arguments.
-pub async fn build(store: Arc<dyn Store>, args: &WorkerArgs) -> anyhow::Result<Worker> {
-    let sim = SimHost::connect_from_env(&args.database_url, args.pg_schema.as_deref())
-        .await
-        .context("connecting the simulated host")?;
+/// Test-only: the environment variable that skews `ovc worker`'s clock (see the module
+/// docs).
+pub const CLOCK_SKEW_ENV: &str = "OVC_TEST_CLOCK_SKEW_MS";
+
+/// The system clock shifted by a fixed offset (the test-only skew knob).
+#[derive(Debug, Clone, Copy)]
+struct SkewedClock(chrono::Duration);
+
+impl Clock for SkewedClock {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now() + self.0
+    }
+}
+
+/// The process clock: the system clock, shifted when [`CLOCK_SKEW_ENV`] is set.
+pub fn process_clock() -> anyhow::Result<Arc<dyn Clock>> {
+    match std::env::var(CLOCK_SKEW_ENV) {
+        Err(std::env::VarError::NotPresent) => Ok(Arc::new(SystemClock)),
+        Err(e) => anyhow::bail!("{CLOCK_SKEW_ENV}: {e}"),
+        Ok(v) => {
+            let ms: i64 = v.trim().parse().with_context(|| {
+                format!("{CLOCK_SKEW_ENV}={v:?}: expected a signed number of milliseconds")
+            })?;
+            tracing::warn!(skew_ms = ms, "test-only clock skew is active");
+            Ok(Arc::new(SkewedClock(chrono::Duration::milliseconds(ms))))
+        }
+    }
+}
+
+/// Builds a worker on `store` from the arguments, with `clock` as its process clock.
+pub async fn build(
+    store: Arc<dyn Store>,
+    args: &WorkerArgs,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Worker> {
+    let sim = Arc::new(
+        SimHost::connect_from_env(&args.database_url, args.pg_schema.as_deref())
+            .await
+            .context("connecting the simulated host")?,
+    );
     let artifacts = OpendalArtifacts::from_url(&args.artifacts)
         .with_context(|| format!("opening snapshot storage {}", args.artifacts))?;
     let exec = Executor {
@@ -89,11 +130,12 @@ pub async fn build(store: Arc<dyn Store>, args: &WorkerArgs) -> anyhow::Result<W
         } else {
             ovc_workflows::registry()
         }),
-        driver: Arc::new(sim),
+        driver: sim.clone(),
+        step_hook: Some(sim),
         services: Arc::new(Services {
             artifacts: Arc::new(artifacts),
         }),
-        clock: Arc::new(SystemClock),
+        clock,
         ids: Arc::new(RandomIds),
         retry: RetryPolicy::default(),
         owner: String::new(),
@@ -161,10 +203,11 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         pg_schema: args.pg_schema.clone(),
         ..StoreConfig::default()
     };
-    let store = ovc_store::open(&args.database_url, config)
+    let clock = process_clock()?;
+    let store = ovc_store::open_with_clock(&args.database_url, config, clock.clone())
         .await
         .with_context(|| format!("cannot open {}", crate::redact(&args.database_url)))?;
-    let worker = build(store, &args).await?;
+    let worker = build(store, &args, clock).await?;
     eprintln!(
         "ovc worker started on {} (host: {}, concurrency {})",
         crate::redact(&args.database_url),

@@ -348,7 +348,7 @@ async fn accept_once(
             id: RunId(ids.new_uuid()),
             operation_id,
             vcluster_uid: uid,
-            run_at: None,
+            delay: None,
             priority: 0,
         }],
         ..Commit::default()
@@ -561,7 +561,7 @@ async fn accept_delete_snapshot(
             id: RunId(ids.new_uuid()),
             operation_id,
             vcluster_uid: snap.vcluster_uid,
-            run_at: None,
+            delay: None,
             priority: 0,
         }],
         ..Commit::default()
@@ -771,7 +771,7 @@ async fn retry_once(
             id: RunId(ids.new_uuid()),
             operation_id,
             vcluster_uid: old.vcluster_uid,
-            run_at: None,
+            delay: None,
             priority: 0,
         }],
         ..Commit::default()

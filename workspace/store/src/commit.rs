@@ -49,11 +49,7 @@ pub(crate) trait TxOps: Send {
     ) -> impl Future<Output = Result<Option<OperationId>>> + Send;
     /// Fails with `LeaseLost` unless `lease` is the run's current leased epoch; locks the
     /// run row until commit.
-    fn check_fence(
-        &mut self,
-        lease: Lease,
-        now: DateTime<Utc>,
-    ) -> impl Future<Output = Result<()>> + Send;
+    fn check_fence(&mut self, lease: Lease) -> impl Future<Output = Result<()>> + Send;
     /// Moves `stream` forward by `count` events after checking `expected`; returns the
     /// new version.
     fn bump_stream(
@@ -77,16 +73,14 @@ pub(crate) trait TxOps: Send {
         id: SnapshotId,
     ) -> impl Future<Output = Result<Option<Snapshot>>> + Send;
     fn save_snapshot(&mut self, snap: &Snapshot) -> impl Future<Output = Result<()>> + Send;
-    fn enqueue_run(
-        &mut self,
-        run: &NewRun,
-        now: DateTime<Utc>,
-    ) -> impl Future<Output = Result<()>> + Send;
+    /// Queues `run`; its due time is the database's clock plus its delay.
+    fn enqueue_run(&mut self, run: &NewRun) -> impl Future<Output = Result<()>> + Send;
+    /// Applies `update` to the fenced run; every time it writes (due time, lease end,
+    /// release) is the database's clock plus a duration, never the process's clock.
     fn update_run(
         &mut self,
         lease: Lease,
         update: RunUpdate,
-        now: DateTime<Utc>,
     ) -> impl Future<Output = Result<()>> + Send;
     /// The serialization point, run last: reserves positions for `rows` from the head
     /// row (whose lock is then held until COMMIT), stamps them into `rows`, inserts the
@@ -209,7 +203,7 @@ pub(crate) async fn run_commit<T: TxOps>(
         return Ok(Err(existing));
     }
     if let Some(lease) = commit.fence {
-        tx.check_fence(lease, now).await?;
+        tx.check_fence(lease).await?;
     }
     let mut rows = Vec::new();
     let mut stream_versions = Vec::with_capacity(prepared.appends.len());
@@ -234,10 +228,10 @@ pub(crate) async fn run_commit<T: TxOps>(
     }
     projector.flush(tx).await?;
     for run in &commit.enqueue {
-        tx.enqueue_run(run, now).await?;
+        tx.enqueue_run(run).await?;
     }
     if let (Some(update), Some(lease)) = (commit.run_update, commit.fence) {
-        tx.update_run(lease, update, now).await?;
+        tx.update_run(lease, update).await?;
     }
     if runs_changed(commit) {
         tx.notify_runs().await?;

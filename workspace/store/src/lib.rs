@@ -134,7 +134,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Claims up to `max` due runs for `owner` with a lease of `lease_for`: the oldest
     /// due run of each vcluster whose earlier runs are all done, or a leased run whose
-    /// lease expired (stolen). Each claim bumps the run's epoch.
+    /// lease expired (stolen). Each claim bumps the run's epoch. "Due", "expired" and the
+    /// new lease's end are all reckoned by the database's clock, never the caller's.
     async fn claim_runs(&self, owner: &str, lease_for: Duration, max: u32) -> Result<Vec<Run>>;
 
     /// Every claim of runs of `vcluster_uid` (all vclusters when `None`), oldest first.
@@ -164,19 +165,20 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The runs of an operation, oldest first.
     async fn runs_of_operation(&self, operation_id: OperationId) -> Result<Vec<Run>>;
 
-    /// When the next queued run becomes due or the next lease expires (`None`: idle).
-    async fn next_run_due(&self) -> Result<Option<DateTime<Utc>>>;
+    /// How long, by the database's clock, until the next queued run becomes due or the
+    /// next lease expires (zero when one already is; `None`: idle). A duration, not a
+    /// time, so a caller whose clock is off still sleeps the right amount.
+    async fn next_run_due_in(&self) -> Result<Option<std::time::Duration>>;
 
-    /// Extends `lease` to now + `lease_for`; `LeaseLost` if the epoch moved.
-    async fn renew_lease(&self, lease: Lease, lease_for: Duration) -> Result<DateTime<Utc>> {
-        let until = self.clock().now() + lease_for;
+    /// Extends `lease` to the database's now + `lease_for`; `LeaseLost` if the epoch moved.
+    async fn renew_lease(&self, lease: Lease, lease_for: Duration) -> Result<()> {
         self.commit(Commit {
             fence: Some(lease),
-            run_update: Some(RunUpdate::Renew { until }),
+            run_update: Some(RunUpdate::Renew { lease_for }),
             ..Commit::default()
         })
         .await?;
-        Ok(until)
+        Ok(())
     }
 }
 
