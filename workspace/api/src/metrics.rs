@@ -186,11 +186,16 @@ pub async fn follow_step_durations(state: AppState) {
             }
         }
     };
-    let from = head.saturating_sub(STEP_METRICS_REPLAY);
-    let feed = state.follow(from, crate::service::Scope::Project(None));
-    futures::pin_mut!(feed);
-    while let Some(e) = feed.next().await {
-        state.steps.observe(&e);
+    let mut after = head.saturating_sub(STEP_METRICS_REPLAY);
+    loop {
+        let feed = state.tail(after, crate::service::Scope::Project(None), None);
+        futures::pin_mut!(feed);
+        // The feed ends only on a store error: resume after the last event observed.
+        while let Some(Ok(e)) = feed.next().await {
+            after = e.position;
+            state.steps.observe(&e);
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
 

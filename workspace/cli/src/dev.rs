@@ -30,6 +30,10 @@ pub struct DevArgs {
     /// Address of the gRPC API (loopback only, like `--http`).
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub grpc: std::net::SocketAddr,
+    /// Live event feeds (SSE, StreamEvents, WatchOperation) served at once; over it: 429
+    /// + Retry-After.
+    #[arg(long, env = "OVC_MAX_LIVE_FEEDS", default_value_t = ovc_api::feeds::DEFAULT_MAX_LIVE_FEEDS as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_live_feeds: u32,
 }
 
 /// Runs `ovc dev`.
@@ -107,6 +111,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         std::sync::Arc::new(ovc_workflows::registry()),
         ovc_api::auth::AuthMode::None,
     )
+    .with_max_live_feeds(args.max_live_feeds as usize)
     .with_host(host);
     let grpc_routes = ovc_api::grpc::grpc_router(state.clone()).context("gRPC services")?;
     let app = ovc_api::router(state);
