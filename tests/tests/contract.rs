@@ -506,3 +506,223 @@ mod feeds {
         live_feeds_past_the_limit_are_resource_exhausted,
     );
 }
+
+// ---- item 9: Operation.result is the resource ----------------------------------------
+
+mod results {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use http_body_util::BodyExt;
+    use ovc_api::grpc::proto;
+    use ovc_api::grpc::proto::operation_service_client::OperationServiceClient;
+    use ovc_store::Backend;
+    use ovc_tests::{Harness, HarnessOptions};
+    use serde_json::{Value, json};
+    use std::sync::Arc;
+    use tower::ServiceExt;
+
+    struct Api {
+        h: Harness,
+        app: axum::Router,
+        grpc: OperationServiceClient<tonic::transport::Channel>,
+    }
+
+    impl Api {
+        async fn start(backend: Backend) -> Api {
+            let h = Harness::start(backend, HarnessOptions::default()).await;
+            let state = ovc_api::AppState::new(
+                h.store.clone(),
+                Arc::new(ovc_workflows::registry()),
+                ovc_api::auth::AuthMode::None,
+            );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let routes = ovc_api::grpc::grpc_router(state.clone()).expect("routes");
+            tokio::spawn(ovc_api::grpc::serve(
+                listener,
+                routes,
+                std::future::pending(),
+            ));
+            let ch = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+                .expect("uri")
+                .connect()
+                .await
+                .expect("connect");
+            Api {
+                h,
+                app: ovc_api::router(state),
+                grpc: OperationServiceClient::new(ch),
+            }
+        }
+
+        async fn call(&self, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+            let mut req = Request::builder().method(method).uri(uri);
+            if body.is_some() {
+                req = req.header("content-type", "application/json");
+            }
+            let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
+            let res = self
+                .app
+                .clone()
+                .oneshot(req.body(body).expect("request"))
+                .await
+                .expect("call");
+            let status = res.status();
+            let bytes = res.into_body().collect().await.expect("body").to_bytes();
+            let v = if bytes.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&bytes).expect("json")
+            };
+            (status, v)
+        }
+
+        /// Runs a mutation to its end; checks the result over REST and gRPC against the
+        /// GET of the resource, and returns it.
+        async fn run(
+            &self,
+            method: &str,
+            uri: &str,
+            body: Option<Value>,
+            get: &dyn Fn(&Value) -> String,
+        ) -> Value {
+            let (s, op) = self.call(method, uri, body).await;
+            assert_eq!(s, StatusCode::ACCEPTED, "{uri}: {op}");
+            let id = op["id"].as_str().expect("id").to_string();
+            let (s, done) = self
+                .call(
+                    "GET",
+                    &format!("/v1/operations/{id}/wait?timeout=30s"),
+                    None,
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK, "{done}");
+            assert_eq!(done["state"], "SUCCEEDED", "{uri}: {done}");
+            let result = done["result"].clone();
+            let (s, resource) = self.call("GET", &get(&result), None).await;
+            assert_eq!(s, StatusCode::OK, "{resource}");
+            assert_eq!(
+                result, resource,
+                "{} {uri}: result is not the resource as GET shows it",
+                done["kind"]
+            );
+            let over_grpc = self
+                .grpc
+                .clone()
+                .get_operation(proto::GetOperationRequest { id: id.clone() })
+                .await
+                .expect("GetOperation")
+                .into_inner();
+            let grpc_result = ovc_api::grpc::struct_to_map(
+                over_grpc.result.as_ref().expect("a result over gRPC"),
+            )
+            .expect("result json");
+            assert_eq!(Value::Object(grpc_result), result, "gRPC result of {id}");
+            result
+        }
+    }
+
+    fn vcluster(name: &'static str) -> impl Fn(&Value) -> String {
+        move |r: &Value| {
+            assert_eq!(r["name"], name, "{r}");
+            format!("/v1/vclusters/{name}")
+        }
+    }
+
+    fn snapshot(r: &Value) -> String {
+        let id = r["id"].as_str().unwrap_or_else(|| panic!("no id in {r}"));
+        format!("/v1/snapshots/{id}")
+    }
+
+    /// Every kind's result is the resource it left: CREATE, SUSPEND, RESUME, SCALE,
+    /// RESTORE (new and existing), DELETE → the VCluster; SNAPSHOT, DELETE_SNAPSHOT →
+    /// the Snapshot; over REST and gRPC.
+    async fn every_kind_results_in_its_resource(backend: Backend) {
+        let api = Api::start(backend).await;
+        let vc = api
+            .run(
+                "POST",
+                "/v1/vclusters",
+                Some(json!({"name": "res"})),
+                &vcluster("res"),
+            )
+            .await;
+        assert_eq!(vc["state"], "RUNNING");
+        let snap = api
+            .run(
+                "POST",
+                "/v1/vclusters/res/snapshots",
+                Some(json!({})),
+                &snapshot,
+            )
+            .await;
+        assert_eq!(snap["state"], "READY", "{snap}");
+        let sid = snap["id"].as_str().expect("id").to_string();
+        let vc = api
+            .run(
+                "POST",
+                "/v1/vclusters/res/suspend",
+                Some(json!({})),
+                &vcluster("res"),
+            )
+            .await;
+        assert_eq!(vc["state"], "SUSPENDED");
+        let vc = api
+            .run(
+                "POST",
+                "/v1/vclusters/res/resume",
+                Some(json!({})),
+                &vcluster("res"),
+            )
+            .await;
+        assert_eq!(vc["state"], "RUNNING");
+        let vc = api
+            .run(
+                "POST",
+                "/v1/vclusters/res/scale",
+                Some(json!({"control_plane": {"replicas": 3}})),
+                &vcluster("res"),
+            )
+            .await;
+        assert_eq!(vc["spec"]["control_plane"]["replicas"], 3);
+        let vc = api
+            .run(
+                "POST",
+                &format!("/v1/snapshots/{sid}/restore"),
+                Some(json!({"target": {"new_name": "res-copy"}})),
+                &vcluster("res-copy"),
+            )
+            .await;
+        assert_eq!(vc["state"], "RUNNING");
+        api.run(
+            "POST",
+            &format!("/v1/snapshots/{sid}/restore"),
+            Some(json!({"target": {"existing": "res"}})),
+            &vcluster("res"),
+        )
+        .await;
+        let snap = api
+            .run("DELETE", &format!("/v1/snapshots/{sid}"), None, &snapshot)
+            .await;
+        assert_eq!(snap["state"], "DELETED", "{snap}");
+        let vc = api
+            .run(
+                "DELETE",
+                "/v1/vclusters/res-copy",
+                None,
+                &vcluster("res-copy"),
+            )
+            .await;
+        assert_eq!(vc["state"], "DELETED");
+        // A rebuild of the projections computes the same results.
+        let before = api.h.store.dump_projections().await.expect("dump");
+        api.h.store.rebuild_projections().await.expect("rebuild");
+        let after = api.h.store.dump_projections().await.expect("dump");
+        assert_eq!(before.operations, after.operations);
+        api.h.stop().await;
+    }
+
+    ovc_testkit::both_backends!(every_kind_results_in_its_resource);
+}

@@ -49,6 +49,8 @@ pub struct AppState {
     pub host: Option<Arc<dyn ovc_driver::HostDriver>>,
     /// The live-feed budget (SSE, `StreamEvents`, `WatchOperation`).
     pub feeds: Arc<feeds::LiveFeeds>,
+    /// This process's idempotency-key purge, for `/metrics` (run by the binary).
+    pub purger: Arc<ovc_store::housekeeping::IdempotencyPurger>,
 }
 
 impl AppState {
@@ -65,6 +67,7 @@ impl AppState {
             steps: Default::default(),
             host: None,
             feeds: Default::default(),
+            purger: Default::default(),
         }
     }
 

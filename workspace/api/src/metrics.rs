@@ -268,5 +268,9 @@ pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError>
     let _ = writeln!(out, "# TYPE ovc_events_head_position gauge");
     let _ = writeln!(out, "ovc_events_head_position {}", stats.head_position);
     state.steps.render(&mut out);
+    state.purger.render_prometheus(&mut out);
+    let _ = writeln!(out, "# HELP ovc_live_feeds Live event feeds open now.");
+    let _ = writeln!(out, "# TYPE ovc_live_feeds gauge");
+    let _ = writeln!(out, "ovc_live_feeds {}", state.feeds.open());
     Ok(([("content-type", "text/plain; version=0.0.4")], out).into_response())
 }

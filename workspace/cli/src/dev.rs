@@ -113,6 +113,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     )
     .with_max_live_feeds(args.max_live_feeds as usize)
     .with_host(host);
+    // The one purge of this process (its workers and API share the store).
+    tokio::spawn(state.purger.clone().run(
+        store.clone(),
+        ovc_store::housekeeping::PURGE_EVERY,
+        crate::worker::shutdown_signal(),
+    ));
     let grpc_routes = ovc_api::grpc::grpc_router(state.clone()).context("gRPC services")?;
     let app = ovc_api::router(state);
     let stop = crate::worker::shutdown_signal();

@@ -78,6 +78,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_rate_limit(args.rate_limit, args.rate_burst)
         .with_max_live_feeds(args.max_live_feeds as usize)
         .with_host(host);
+    tokio::spawn(state.purger.clone().run(
+        state.store.clone(),
+        ovc_store::housekeeping::PURGE_EVERY,
+        crate::worker::shutdown_signal(),
+    ));
     let grpc_routes = ovc_api::grpc::grpc_router(state.clone()).context("gRPC services")?;
     let app = ovc_api::router(state);
     eprintln!("ovc serve: REST API on http://{addr} (auth: {})", args.auth);
