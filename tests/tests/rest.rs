@@ -150,7 +150,8 @@ async fn lifecycle_over_rest() {
     let (s, vc) = api.call("GET", "/v1/vclusters/team-a", None, None).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(vc["state"], "RUNNING");
-    assert_eq!(vc["host_namespace"], "ovc-default-team-a");
+    let uid = vc["uid"].as_str().expect("uid").replace('-', "");
+    assert_eq!(vc["host_namespace"], format!("ovc-team-a-{uid}"));
 
     let (s, op) = api
         .call(

@@ -99,6 +99,7 @@ async fn start_worker(
         lease_ms: 5000,
         idle_poll_ms: None,
         name: Some(format!("bench-api-{}", uuid::Uuid::new_v4().simple())),
+        ready_timeout: ovc_engine::model::DEFAULT_READY_TIMEOUT,
         workflows: "vcluster".into(),
     };
     let worker = crate::worker::build(store, &args).await?;

@@ -238,6 +238,7 @@ async fn measure(
         lease_ms: 5000,
         idle_poll_ms: None,
         name: Some("bench-feeds".into()),
+        ready_timeout: ovc_engine::model::DEFAULT_READY_TIMEOUT,
         workflows: "vcluster".into(),
     };
     let worker = crate::worker::build(store.clone(), &worker_args).await?;

@@ -34,6 +34,10 @@ pub struct DevArgs {
     /// + Retry-After.
     #[arg(long, env = "OVC_MAX_LIVE_FEEDS", default_value_t = ovc_api::feeds::DEFAULT_MAX_LIVE_FEEDS as u32, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_live_feeds: u32,
+    /// How long a step may wait (readiness and the like) before it fails and the
+    /// operation compensates (as `ovc worker --ready-timeout`).
+    #[arg(long, env = "OVC_READY_TIMEOUT", default_value = "10m", value_parser = crate::worker::parse_ready_timeout)]
+    pub ready_timeout: std::time::Duration,
 }
 
 /// Runs `ovc dev`.
@@ -71,6 +75,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         lease_ms: 5000,
         idle_poll_ms: None,
         name: None,
+        ready_timeout: args.ready_timeout,
         workflows: "vcluster".into(),
     };
     let worker = crate::worker::build(store.clone(), &worker_args).await?;
