@@ -30,6 +30,10 @@ pub struct DevArgs {
     /// Address of the gRPC API (loopback only, like `--http`).
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub grpc: std::net::SocketAddr,
+    /// Live event feeds (SSE, StreamEvents, WatchOperation) served at once; over it: 429
+    /// + Retry-After.
+    #[arg(long, env = "OVC_MAX_LIVE_FEEDS", default_value_t = ovc_api::feeds::DEFAULT_MAX_LIVE_FEEDS as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_live_feeds: u32,
     /// How long a step may wait (readiness and the like) before it fails and the
     /// operation compensates (as `ovc worker --ready-timeout`).
     #[arg(long, env = "OVC_READY_TIMEOUT", default_value = "10m", value_parser = crate::worker::parse_ready_timeout)]
@@ -117,7 +121,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         std::sync::Arc::new(ovc_workflows::registry()),
         ovc_api::auth::AuthMode::None,
     )
+    .with_max_live_feeds(args.max_live_feeds as usize)
     .with_host(host);
+    // The one purge of this process (its workers and API share the store).
+    tokio::spawn(state.purger.clone().run(
+        store.clone(),
+        ovc_store::housekeeping::PURGE_EVERY,
+        crate::worker::shutdown_signal(),
+    ));
     let grpc_routes = ovc_api::grpc::grpc_router(state.clone()).context("gRPC services")?;
     let app = ovc_api::router(state);
     let stop = crate::worker::shutdown_signal();

@@ -207,6 +207,13 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let store = ovc_store::open_with_clock(&args.database_url, config, clock.clone())
         .await
         .with_context(|| format!("cannot open {}", crate::redact(&args.database_url)))?;
+    tokio::spawn(
+        std::sync::Arc::new(ovc_store::housekeeping::IdempotencyPurger::default()).run(
+            store.clone(),
+            ovc_store::housekeeping::PURGE_EVERY,
+            shutdown_signal(),
+        ),
+    );
     let worker = build(store, &args, clock).await?;
     eprintln!(
         "ovc worker started on {} (host: {}, concurrency {})",

@@ -13,6 +13,7 @@
 
 mod commit;
 pub mod error;
+pub mod housekeeping;
 pub mod model;
 pub mod page_token;
 pub mod postgres;
@@ -78,14 +79,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Changes when runs may have become claimable (a hint).
     fn watch_runs(&self) -> watch::Receiver<u64>;
 
-    /// The idempotency key `(project, request_id)`, if stored and not expired.
+    /// The idempotency key `(project, request_id)`, if stored and not expired: a key
+    /// expires `idempotency_ttl` after its operation ended (never while it runs).
     async fn find_idempotency_key(
         &self,
         project: &ProjectName,
         request_id: &str,
     ) -> Result<Option<IdempotencyRecord>>;
 
-    /// Deletes idempotency keys older than the configured TTL; returns how many.
+    /// Deletes the keys whose operation ended more than `idempotency_ttl` ago; returns
+    /// how many.
     async fn purge_idempotency_keys(&self) -> Result<u64>;
 
     /// The vcluster `project/name`: the live one, else the most recently deleted.

@@ -13,7 +13,8 @@ pub struct StoreConfig {
     pub max_event_bytes: usize,
     /// The most events one commit may append.
     pub max_events_per_commit: usize,
-    /// How long an idempotency key answers repeats (API.md: at least 24 h).
+    /// How long an idempotency key answers repeats after its operation ended (API.md: at
+    /// least 24 h).
     pub idempotency_ttl: Duration,
     /// The longest request id accepted.
     pub max_request_id_len: usize,

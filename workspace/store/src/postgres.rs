@@ -168,7 +168,7 @@ impl TxOps for PgTx {
             return Ok(None);
         }
         let row = sqlx::query(
-            "SELECT request_hash, operation_id, created_at FROM idempotency_keys
+            "SELECT request_hash, operation_id, created_at, ended_at FROM idempotency_keys
              WHERE project = $1 AND request_id = $2 FOR UPDATE",
         )
         .bind(claim.project.as_str())
@@ -177,10 +177,12 @@ impl TxOps for PgTx {
         .await?;
         let hash: String = row.try_get("request_hash")?;
         let op = OperationId(row.try_get("operation_id")?);
-        let created: DateTime<Utc> = row.try_get("created_at")?;
-        if created < now - ttl {
+        let ended: Option<DateTime<Utc>> = row.try_get("ended_at")?;
+        // Kept until `ttl` after its operation ended (a running one's key never expires).
+        if ended.is_some_and(|e| e < now - ttl) {
             sqlx::query(
-                "UPDATE idempotency_keys SET request_hash = $1, operation_id = $2, created_at = $3
+                "UPDATE idempotency_keys SET request_hash = $1, operation_id = $2, created_at = $3,
+                   ended_at = NULL
                  WHERE project = $4 AND request_id = $5",
             )
             .bind(&claim.request_hash)
@@ -356,6 +358,20 @@ impl TxOps for PgTx {
         .bind(op.updated_at)
         .execute(&mut *self.tx)
         .await?;
+        // The key of an operation that ended starts its 24 h from the end.
+        if let (true, Some(request_id)) = (op.done, op.request_id.as_deref()) {
+            sqlx::query(
+                "UPDATE idempotency_keys SET ended_at = $1
+                 WHERE project = $2 AND request_id = $3 AND operation_id = $4
+                   AND ended_at IS NULL",
+            )
+            .bind(op.updated_at)
+            .bind(op.project.as_str())
+            .bind(request_id)
+            .bind(op.id.as_uuid())
+            .execute(&mut *self.tx)
+            .await?;
+        }
         if op.steps.is_empty() {
             return Ok(());
         }
@@ -815,7 +831,7 @@ impl Store for PgStore {
         let cutoff = self.now() - self.config.idempotency_ttl;
         let row = sqlx::query(
             "SELECT request_hash, operation_id, created_at FROM idempotency_keys
-             WHERE project = $1 AND request_id = $2 AND created_at >= $3",
+             WHERE project = $1 AND request_id = $2 AND (ended_at IS NULL OR ended_at >= $3)",
         )
         .bind(project.as_str())
         .bind(request_id)
@@ -834,7 +850,7 @@ impl Store for PgStore {
 
     async fn purge_idempotency_keys(&self) -> Result<u64> {
         let cutoff = self.now() - self.config.idempotency_ttl;
-        let n = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+        let n = sqlx::query("DELETE FROM idempotency_keys WHERE ended_at < $1")
             .bind(cutoff)
             .execute(&self.pool)
             .await?

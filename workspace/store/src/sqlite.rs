@@ -246,7 +246,7 @@ impl TxOps for SqliteTx {
             return Ok(None);
         }
         let row = sqlx::query(
-            "SELECT request_hash, operation_id, created_at FROM idempotency_keys
+            "SELECT request_hash, operation_id, created_at, ended_at FROM idempotency_keys
              WHERE project = ? AND request_id = ?",
         )
         .bind(claim.project.as_str())
@@ -258,10 +258,15 @@ impl TxOps for SqliteTx {
             "idempotency_keys",
             row.try_get::<&str, _>("operation_id")?,
         )?);
-        let created = from_ts("idempotency_keys", row.try_get("created_at")?)?;
-        if created < now - ttl {
+        let ended = row
+            .try_get::<Option<i64>, _>("ended_at")?
+            .map(|e| from_ts("idempotency_keys", e))
+            .transpose()?;
+        // Kept until `ttl` after its operation ended (a running one's key never expires).
+        if ended.is_some_and(|e| e < now - ttl) {
             sqlx::query(
-                "UPDATE idempotency_keys SET request_hash = ?, operation_id = ?, created_at = ?
+                "UPDATE idempotency_keys SET request_hash = ?, operation_id = ?, created_at = ?,
+                   ended_at = NULL
                  WHERE project = ? AND request_id = ?",
             )
             .bind(&claim.request_hash)
@@ -433,6 +438,19 @@ impl TxOps for SqliteTx {
         .bind(ts(op.updated_at))
         .execute(&mut *self.tx)
         .await?;
+        // The key of an operation that ended starts its 24 h from the end.
+        if let (true, Some(request_id)) = (op.done, op.request_id.as_deref()) {
+            sqlx::query(
+                "UPDATE idempotency_keys SET ended_at = ?
+                 WHERE project = ? AND request_id = ? AND operation_id = ? AND ended_at IS NULL",
+            )
+            .bind(ts(op.updated_at))
+            .bind(op.project.as_str())
+            .bind(request_id)
+            .bind(op.id.to_string())
+            .execute(&mut *self.tx)
+            .await?;
+        }
         for (idx, step) in op.steps.iter().enumerate() {
             sqlx::query(
                 "INSERT INTO operation_steps (operation_id, idx, name, state, attempts, started_at,
@@ -772,7 +790,7 @@ impl Store for SqliteStore {
         let cutoff = self.now() - self.config.idempotency_ttl;
         let row = sqlx::query(
             "SELECT request_hash, operation_id, created_at FROM idempotency_keys
-             WHERE project = ? AND request_id = ? AND created_at >= ?",
+             WHERE project = ? AND request_id = ? AND (ended_at IS NULL OR ended_at >= ?)",
         )
         .bind(project.as_str())
         .bind(request_id)
@@ -794,7 +812,7 @@ impl Store for SqliteStore {
 
     async fn purge_idempotency_keys(&self) -> Result<u64> {
         let cutoff = self.now() - self.config.idempotency_ttl;
-        let n = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?")
+        let n = sqlx::query("DELETE FROM idempotency_keys WHERE ended_at < ?")
             .bind(ts(cutoff))
             .execute(&self.writer)
             .await?

@@ -22,6 +22,8 @@ ovc_testkit::both_backends!(
     idempotency_same_request_returns_first_operation,
     idempotency_fifty_concurrent_requests_make_one_operation,
     idempotency_keys_expire_and_are_purged,
+    idempotency_keys_live_24h_after_their_operation_ended,
+    the_purger_runs_periodically_and_counts,
     projections_follow_the_events,
     live_names_are_unique_and_freed_by_delete,
     projection_grammar_errors_roll_back,
@@ -542,6 +544,25 @@ async fn idempotency_fifty_concurrent_requests_make_one_operation(backend: Backe
     assert_eq!(ops.items[0].id, winners[0]);
 }
 
+/// Ends operation `op` (FAILED) now.
+async fn end_operation(store: &dyn Store, op: OperationId) {
+    committed(
+        store
+            .commit(Commit {
+                appends: vec![StreamAppend {
+                    stream: StreamName::operation(op),
+                    expected: ExpectedVersion::Any,
+                    events: vec![NewEvent::new(Event::OperationFailed {
+                        error: Status::internal("ended by the test"),
+                    })],
+                }],
+                ..Commit::default()
+            })
+            .await
+            .expect("end the operation"),
+    );
+}
+
 async fn idempotency_keys_expire_and_are_purged(backend: Backend) {
     let db = TestDb::new(backend).await;
     let clock = ManualClock::new(Utc::now());
@@ -553,6 +574,7 @@ async fn idempotency_keys_expire_and_are_purged(backend: Backend) {
             .await
             .expect("first"),
     );
+    end_operation(store.as_ref(), op).await;
     clock.advance(Duration::hours(23));
     assert!(
         store
@@ -581,14 +603,63 @@ async fn idempotency_keys_expire_and_are_purged(backend: Backend) {
         .expect("f")
         .expect("k");
     assert_eq!(rec.operation_id, op2);
+    let op3 = opid();
     committed(
         store
-            .commit(create_commit(uid(), opid(), "team-c", Some("k2")))
+            .commit(create_commit(uid(), op3, "team-c", Some("k2")))
             .await
             .expect("k2"),
     );
+    end_operation(store.as_ref(), op2).await;
+    end_operation(store.as_ref(), op3).await;
     clock.advance(Duration::hours(25));
     assert_eq!(store.purge_idempotency_keys().await.expect("purge"), 2);
+}
+
+/// A key answers until 24 h after its operation *ended*: an operation that runs 30 h
+/// still answers its request id, and for 24 h after it ends.
+async fn idempotency_keys_live_24h_after_their_operation_ended(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let clock = ManualClock::new(Utc::now());
+    let store = db.open_with(db.config(), Arc::new(clock.clone())).await;
+    let op = opid();
+    committed(
+        store
+            .commit(create_commit(uid(), op, "long", Some("long-running")))
+            .await
+            .expect("create"),
+    );
+    let p = project();
+    let find = || store.find_idempotency_key(&p, "long-running");
+    clock.advance(Duration::hours(30));
+    assert_eq!(store.purge_idempotency_keys().await.expect("purge"), 0);
+    let rec = find()
+        .await
+        .expect("find")
+        .expect("kept while the operation runs");
+    assert_eq!(rec.operation_id, op);
+    // A repeat of the request 30 h later still answers the first operation.
+    let again = store
+        .commit(create_commit(uid(), opid(), "long", Some("long-running")))
+        .await
+        .expect("repeat");
+    assert!(
+        matches!(again, CommitOutcome::Duplicate { operation_id } if operation_id == op),
+        "{again:?}"
+    );
+    end_operation(store.as_ref(), op).await;
+    clock.advance(Duration::hours(23));
+    assert_eq!(store.purge_idempotency_keys().await.expect("purge"), 0);
+    assert!(
+        find().await.expect("find").is_some(),
+        "gone 23 h after the end"
+    );
+    clock.advance(Duration::hours(2));
+    assert!(
+        find().await.expect("find").is_none(),
+        "kept 25 h after the end"
+    );
+    assert_eq!(store.purge_idempotency_keys().await.expect("purge"), 1);
 }
 
 async fn projections_follow_the_events(backend: Backend) {
@@ -1724,4 +1795,59 @@ async fn tokens_are_listed_expire_and_are_revoked(backend: Backend) {
 /// `t` at the precision the stores keep (microseconds).
 fn whole_micros(t: chrono::DateTime<Utc>) -> chrono::DateTime<Utc> {
     chrono::DateTime::from_timestamp_micros(t.timestamp_micros()).expect("in range")
+}
+
+/// The purge every long-lived process runs: periodic, counted, stamped.
+async fn the_purger_runs_periodically_and_counts(backend: Backend) {
+    use ovc_store::housekeeping::IdempotencyPurger;
+    let db = TestDb::new(backend).await;
+    let clock = ManualClock::new(Utc::now());
+    let store = db.open_with(db.config(), Arc::new(clock.clone())).await;
+    let purger = Arc::new(IdempotencyPurger::default());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(purger.clone().run(
+        store.clone(),
+        std::time::Duration::from_millis(20),
+        stopped,
+    ));
+    for (n, key) in [(1, "p"), (2, "q")] {
+        let op = opid();
+        committed(
+            store
+                .commit(create_commit(uid(), op, &format!("vc-{key}"), Some(key)))
+                .await
+                .expect("create"),
+        );
+        end_operation(store.as_ref(), op).await;
+        clock.advance(Duration::hours(25));
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while purger.purged_total() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "key {key} not purged by the periodic run"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(
+            store
+                .find_idempotency_key(&project(), key)
+                .await
+                .expect("find")
+                .is_none()
+        );
+    }
+    assert_eq!(purger.purged_total(), 2);
+    assert!(
+        purger
+            .last_run_unix()
+            .is_some_and(|t| t >= clock.now().timestamp() - 1)
+    );
+    let mut text = String::new();
+    purger.render_prometheus(&mut text);
+    assert!(
+        text.contains("ovc_idempotency_keys_purged_total 2"),
+        "{text}"
+    );
+    stop.send(true).expect("stop");
+    task.await.expect("purger task");
 }
