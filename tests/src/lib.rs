@@ -107,6 +107,7 @@ async fn spawn_worker(
         store: store.clone(),
         registry: Arc::new(ovc_workflows::registry()),
         driver: sim.clone(),
+        step_hook: Some(sim.clone()),
         services: Arc::new(Services {
             artifacts: artifacts.clone(),
         }),

@@ -133,7 +133,7 @@ fn lifecycle_of_api_md_over_rest() {
         "/v1/vclusters/team-a/snapshots",
         json!({"description": "before scale"}),
     );
-    let snapshot = op["result"]["snapshot_id"]
+    let snapshot = op["result"]["id"]
         .as_str()
         .unwrap_or_else(|| panic!("no snapshot in {op}"))
         .to_string();

@@ -221,10 +221,7 @@ fn snapshot_commands_and_bulk_retry() {
     let (code, out) = ovc_client(&server, &["vc", "snapshot", "demo", "--wait", "-o", "json"]);
     assert_eq!(code, 0, "{out}");
     let op: serde_json::Value = serde_json::from_str(&out).expect("json");
-    let snapshot_id = op["result"]["snapshot_id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let snapshot_id = op["result"]["id"].as_str().expect("id").to_string();
     let (code, out) = ovc_client(&server, &["snapshot", "list", "-o", "json"]);
     assert_eq!(code, 0);
     let list: serde_json::Value = serde_json::from_str(&out).expect("json");

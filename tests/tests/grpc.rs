@@ -233,10 +233,7 @@ async fn lifecycle_over_grpc() {
     assert_eq!(done.state, "SUCCEEDED", "{done:?}");
     let result =
         ovc_api::grpc::struct_to_map(done.result.as_ref().expect("result")).expect("result json");
-    let snapshot_id = result["snapshot_id"]
-        .as_str()
-        .expect("snapshot_id")
-        .to_string();
+    let snapshot_id = result["id"].as_str().expect("snapshot_id").to_string();
     let snap =
         c.vc.get_snapshot(proto::GetSnapshotRequest {
             id: snapshot_id.clone(),

@@ -181,7 +181,7 @@ async fn lifecycle_over_rest() {
         .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{op}");
     let snap = api.wait(&op).await;
-    let snapshot_id = snap["result"]["snapshot_id"]
+    let snapshot_id = snap["result"]["id"]
         .as_str()
         .expect("snapshot id")
         .to_string();

@@ -117,7 +117,7 @@ async fn deleting_a_snapshot_removes_its_artifact_and_leaves_the_vcluster_alone(
         assert_eq!(op.kind, OperationKind::DeleteSnapshot);
         assert_eq!(op.vcluster.as_str(), "vc");
         assert_eq!(op.vcluster_uid, before.uid);
-        assert_eq!(op.result["snapshot_id"], serde_json::json!(id));
+        assert_eq!(op.result["id"], serde_json::json!(id));
         assert!(files_left(&h, "vc", id).await.is_empty(), "{backend:?}");
         let snap = snapshot(&h, id).await;
         assert_eq!(snap.state, SnapshotState::Deleted, "{backend:?}");

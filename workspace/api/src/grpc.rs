@@ -553,8 +553,8 @@ impl EventService for GrpcApi {
         };
         let stream = self
             .state
-            .follow(r.after, scope)
-            .map(|e| Ok(convert::event(&e)));
+            .follow(r.after, scope)?
+            .map(|e| e.map(|e| convert::event(&e)).map_err(tonic::Status::from));
         Ok(Response::new(stream.boxed()))
     }
 }

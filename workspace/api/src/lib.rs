@@ -11,6 +11,7 @@
 pub mod auth;
 mod error;
 mod extract;
+pub mod feeds;
 pub mod grpc;
 pub mod limits;
 pub mod loopback;
@@ -47,6 +48,10 @@ pub struct AppState {
     /// The host driver, for reads that go live to the host (the kubeconfig); `None`:
     /// those answer UNAVAILABLE.
     pub host: Option<Arc<dyn ovc_driver::HostDriver>>,
+    /// The live-feed budget (SSE, `StreamEvents`, `WatchOperation`).
+    pub feeds: Arc<feeds::LiveFeeds>,
+    /// This process's idempotency-key purge, for `/metrics` (run by the binary).
+    pub purger: Arc<ovc_store::housekeeping::IdempotencyPurger>,
 }
 
 impl AppState {
@@ -62,12 +67,20 @@ impl AppState {
             limits: Default::default(),
             steps: Default::default(),
             host: None,
+            feeds: Default::default(),
+            purger: Default::default(),
         }
     }
 
     /// The same, reading live host state (the kubeconfig) through `host`.
     pub fn with_host(mut self, host: Arc<dyn ovc_driver::HostDriver>) -> Self {
         self.host = Some(host);
+        self
+    }
+
+    /// The same, serving at most `max` live feeds at once (429 past it).
+    pub fn with_max_live_feeds(mut self, max: usize) -> Self {
+        self.feeds = Arc::new(feeds::LiveFeeds::new(max));
         self
     }
 

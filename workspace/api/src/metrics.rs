@@ -240,11 +240,16 @@ pub async fn follow_step_durations(state: AppState) {
             }
         }
     };
-    let from = head.saturating_sub(STEP_METRICS_REPLAY);
-    let feed = state.follow(from, crate::service::Scope::Project(None));
-    futures::pin_mut!(feed);
-    while let Some(e) = feed.next().await {
-        state.steps.observe(&e);
+    let mut after = head.saturating_sub(STEP_METRICS_REPLAY);
+    loop {
+        let feed = state.tail(after, crate::service::Scope::Project(None), None);
+        futures::pin_mut!(feed);
+        // The feed ends only on a store error: resume after the last event observed.
+        while let Some(Ok(e)) = feed.next().await {
+            after = e.position;
+            state.steps.observe(&e);
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
 
@@ -322,5 +327,9 @@ pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError>
     let _ = writeln!(out, "# TYPE ovc_events_head_position gauge");
     let _ = writeln!(out, "ovc_events_head_position {}", stats.head_position);
     state.steps.render(&mut out);
+    state.purger.render_prometheus(&mut out);
+    let _ = writeln!(out, "# HELP ovc_live_feeds Live event feeds open now.");
+    let _ = writeln!(out, "# TYPE ovc_live_feeds gauge");
+    let _ = writeln!(out, "ovc_live_feeds {}", state.feeds.open());
     Ok(([("content-type", "text/plain; version=0.0.4")], out).into_response())
 }

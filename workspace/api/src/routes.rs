@@ -675,35 +675,41 @@ fn wants_sse(headers: &HeaderMap) -> bool {
 
 /// Where a live stream starts: after `Last-Event-ID` (a reconnect) or `?after=`.
 fn resume_after(headers: &HeaderMap, after: Option<u64>) -> ApiResult<u64> {
-    match headers.get("last-event-id") {
+    let after = match headers.get("last-event-id") {
         Some(v) => v
             .to_str()
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
             .ok_or_else(|| {
                 ApiError::invalid("Last-Event-ID must be an event position", "INVALID_CURSOR")
-            }),
-        None => Ok(after.unwrap_or(0)),
-    }
+            })?,
+        None => after.unwrap_or(0),
+    };
+    crate::feeds::event_cursor(after)
 }
 
 /// A live SSE feed (see [`AppState::follow`]): `id` is the position, `event` the type,
-/// `data` the Event JSON.
-fn live(state: &AppState, after: u64, scope: Scope) -> Response {
+/// `data` the Event JSON. A store error ends it with a comment saying why (the client
+/// reconnects with `Last-Event-ID`).
+fn live(state: &AppState, after: u64, scope: Scope) -> ApiResult<Response> {
     use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
     use futures::StreamExt;
-    let feed = state.follow(after, scope).map(|e| {
-        let data = serde_json::to_string(&e).unwrap_or_default();
-        Ok::<_, std::convert::Infallible>(
-            SseEvent::default()
+    let feed = state.follow(after, scope)?.map(|e| {
+        Ok::<_, std::convert::Infallible>(match e {
+            Ok(e) => SseEvent::default()
                 .id(e.position.to_string())
                 .event(e.event_type.clone())
-                .data(data),
-        )
+                .data(serde_json::to_string(&e).unwrap_or_default()),
+            Err(e) => SseEvent::default().comment(format!(
+                "feed ended: {}: {}; reconnect with Last-Event-ID",
+                e.0.code.as_str(),
+                e.0.message.replace(['\r', '\n'], " ")
+            )),
+        })
     });
-    Sse::new(feed)
+    Ok(Sse::new(feed)
         .keep_alive(KeepAlive::default())
-        .into_response()
+        .into_response())
 }
 
 fn event_page(p: EventPage) -> Response {
@@ -719,7 +725,7 @@ pub(crate) async fn events(
 ) -> ApiResult<Response> {
     if wants_sse(&headers) {
         let after = resume_after(&headers, q.after)?;
-        return Ok(live(&state, after, state.all_events_scope(&who)));
+        return live(&state, after, state.all_events_scope(&who));
     }
     let p = state
         .read_events(&who, q.after.unwrap_or(0), q.limit)
@@ -738,7 +744,7 @@ pub(crate) async fn operation_events(
     if wants_sse(&headers) {
         let scope = state.operation_scope(&who, &id).await?;
         let after = resume_after(&headers, q.after)?;
-        return Ok(live(&state, after, scope));
+        return live(&state, after, scope);
     }
     let p = state
         .read_operation_events(&who, &id, q.after.unwrap_or(0), q.limit)

@@ -6,12 +6,14 @@
 //! message.
 
 use crate::auth::Principal;
+pub use crate::feeds::Scope;
+use crate::feeds::{ProjectFilter, event_cursor};
 use crate::{ApiError, AppState};
 use futures::Stream;
 use ovc_engine::accept::{CommandRequest, accept, cancel, retry};
 use ovc_store::{
     Commit, ExpectedVersion, NewEvent, OperationFilter, Page, PageRequest, RecordedEvent,
-    SnapshotFilter, Store, StreamAppend, VClusterFilter,
+    SnapshotFilter, StreamAppend, VClusterFilter,
 };
 use ovc_types::command::{Command, RestoreTarget};
 use ovc_types::event::{Event, EventMetadata, StreamName};
@@ -296,11 +298,7 @@ impl AppState {
                 "NO_HOST_DRIVER",
             )
         })?;
-        let ctx = ovc_driver::CallCtx {
-            operation_id: OperationId(uuid::Uuid::nil()),
-            workflow: "api".into(),
-            step: "kubeconfig".into(),
-        };
+        let ctx = ovc_driver::CallCtx::read("kubeconfig");
         let target = ovc_driver::Target {
             namespace: vc.host_namespace.clone(),
             release: vc.name.to_string(),
@@ -540,6 +538,7 @@ impl AppState {
         id: &str,
     ) -> ApiResult<impl Stream<Item = ApiResult<Operation>> + Send + 'static> {
         let first = self.get_operation(who, id).await?;
+        let permit = self.feeds.acquire()?;
         let state = self.clone();
         let who = who.clone();
         let wake = self.store.watch_events();
@@ -550,6 +549,7 @@ impl AppState {
             last: Option<Operation>,
             first: Option<Operation>,
             wake: tokio::sync::watch::Receiver<u64>,
+            _permit: tokio::sync::OwnedSemaphorePermit,
         }
         let w = Watch {
             state,
@@ -558,6 +558,7 @@ impl AppState {
             last: None,
             first: Some(first),
             wake,
+            _permit: permit,
         };
         Ok(futures::stream::unfold(w, |mut w| async move {
             if let Some(op) = w.first.take() {
@@ -633,6 +634,7 @@ impl AppState {
         after: u64,
         limit: Option<u32>,
     ) -> ApiResult<EventPage> {
+        let after = event_cursor(after)?;
         let events = self.store.read_all(after, event_limit(limit)?).await?;
         let next_after = events.last().map_or(after, |e| e.position);
         let mut visible = ProjectFilter::new(who.project.clone());
@@ -656,6 +658,7 @@ impl AppState {
         after: u64,
         limit: Option<u32>,
     ) -> ApiResult<EventPage> {
+        let after = event_cursor(after)?;
         let op = self.get_operation(who, id).await?;
         let limit = event_limit(limit)?;
         let all = self
@@ -679,77 +682,7 @@ impl AppState {
     /// The scope of a live feed of one operation's events.
     pub async fn operation_scope(&self, who: &Principal, id: &str) -> ApiResult<Scope> {
         let op = self.get_operation(who, id).await?;
-        Ok(Scope::Stream(
-            StreamName::operation(op.id).as_str().to_string(),
-        ))
-    }
-
-    /// The events after `after` in `scope`, live: it reads the log in position order,
-    /// which never skips (see the store), so a client that resumes after the last
-    /// position it saw receives every event exactly once. It never ends by itself.
-    pub fn follow(
-        &self,
-        after: u64,
-        scope: Scope,
-    ) -> impl Stream<Item = RecordedEvent> + Send + 'static {
-        struct Cursor {
-            state: AppState,
-            after: u64,
-            scope: Scope,
-            filter: ProjectFilter,
-            buffered: std::collections::VecDeque<RecordedEvent>,
-            wake: tokio::sync::watch::Receiver<u64>,
-        }
-        let filter = ProjectFilter::new(match &scope {
-            Scope::Project(p) => p.clone(),
-            Scope::Stream(_) => None,
-        });
-        let cursor = Cursor {
-            wake: self.store.watch_events(),
-            state: self.clone(),
-            after,
-            scope,
-            filter,
-            buffered: Default::default(),
-        };
-        futures::stream::unfold(cursor, |mut c| async move {
-            loop {
-                if let Some(e) = c.buffered.pop_front() {
-                    return Some((e, c));
-                }
-                c.wake.borrow_and_update();
-                match c.state.store.read_all(c.after, 500).await {
-                    Ok(batch) if !batch.is_empty() => {
-                        if let Some(last) = batch.last() {
-                            c.after = last.position;
-                        }
-                        for e in batch {
-                            let keep = match &c.scope {
-                                Scope::Stream(s) => &e.stream == s,
-                                Scope::Project(_) => c
-                                    .filter
-                                    .allows(c.state.store.as_ref(), &e.stream)
-                                    .await
-                                    .unwrap_or(false),
-                            };
-                            if keep {
-                                c.buffered.push_back(e);
-                            }
-                        }
-                    }
-                    Ok(_) => {
-                        tokio::select! {
-                            _ = c.wake.changed() => {}
-                            () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "event feed: store read failed; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            }
-        })
+        Ok(Scope::Stream(StreamName::operation(op.id)))
     }
 
     /// Readiness: the store answers (the migrations query reaches it) and its schema is
@@ -766,41 +699,5 @@ impl AppState {
             ));
         }
         Ok(())
-    }
-}
-
-/// Which events a live feed carries.
-#[derive(Debug, Clone)]
-pub enum Scope {
-    /// One stream.
-    Stream(String),
-    /// Every stream of this project (`None`: every stream).
-    Project(Option<ProjectName>),
-}
-
-/// Decides, per stream and with a cache, whether a caller of `project` may see it.
-struct ProjectFilter {
-    project: Option<ProjectName>,
-    seen: std::collections::HashMap<String, bool>,
-}
-
-impl ProjectFilter {
-    fn new(project: Option<ProjectName>) -> Self {
-        Self {
-            project,
-            seen: Default::default(),
-        }
-    }
-
-    async fn allows(&mut self, store: &dyn Store, stream: &str) -> ApiResult<bool> {
-        let Some(own) = &self.project else {
-            return Ok(true);
-        };
-        if let Some(v) = self.seen.get(stream) {
-            return Ok(*v);
-        }
-        let v = Principal::stream_project(store, stream).await?.as_ref() == Some(own);
-        self.seen.insert(stream.to_string(), v);
-        Ok(v)
     }
 }

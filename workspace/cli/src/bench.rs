@@ -94,7 +94,7 @@ async fn runs(store: &Arc<dyn Store>, workers: usize, secs: u64) -> anyhow::Resu
                             id: RunId(uuid::Uuid::now_v7()),
                             operation_id: OperationId(uuid::Uuid::now_v7()),
                             vcluster_uid: VClusterId(uuid::Uuid::now_v7()),
-                            run_at: None,
+                            delay: None,
                             priority: 0,
                         }],
                         ..Commit::default()

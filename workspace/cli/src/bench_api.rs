@@ -102,7 +102,12 @@ async fn start_worker(
         ready_timeout: ovc_engine::model::DEFAULT_READY_TIMEOUT,
         workflows: "vcluster".into(),
     };
-    let worker = crate::worker::build(store, &args).await?;
+    let worker = crate::worker::build(
+        store,
+        &args,
+        std::sync::Arc::new(ovc_types::time::SystemClock),
+    )
+    .await?;
     let (stop, rx) = tokio::sync::watch::channel(false);
     Ok(RunningWorker {
         stop,

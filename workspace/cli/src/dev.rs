@@ -33,6 +33,10 @@ pub struct DevArgs {
     /// The host driver: `sim` (simulated) or `kube` (the cluster of KUBECONFIG).
     #[arg(long, env = "OVC_HOST", value_parser = crate::worker::HOSTS, default_value = "sim")]
     pub host: String,
+    /// Live event feeds (SSE, StreamEvents, WatchOperation) served at once; over it: 429
+    /// + Retry-After.
+    #[arg(long, env = "OVC_MAX_LIVE_FEEDS", default_value_t = ovc_api::feeds::DEFAULT_MAX_LIVE_FEEDS as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_live_feeds: u32,
     /// How long a step may wait (readiness and the like) before it fails and the
     /// operation compensates (as `ovc worker --ready-timeout`).
     #[arg(long, env = "OVC_READY_TIMEOUT", default_value = "10m", value_parser = crate::worker::parse_ready_timeout)]
@@ -78,8 +82,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         workflows: "vcluster".into(),
     };
     // One driver for the workers and the kubeconfig route.
-    let host = crate::worker::host_driver(&args.host, &url, None).await?;
-    let worker = crate::worker::build_with(store.clone(), &worker_args, host.clone()).await?;
+    let host = crate::worker::host(&args.host, &url, None).await?;
+    let worker = crate::worker::build_with(
+        store.clone(),
+        &worker_args,
+        std::sync::Arc::new(ovc_types::time::SystemClock),
+        host.clone(),
+    )
+    .await?;
     let worker = tokio::spawn(worker.run(crate::worker::shutdown_signal()));
     for (flag, addr) in [("--http", args.http), ("--grpc", args.grpc)] {
         if !addr.ip().is_loopback() {
@@ -111,7 +121,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         std::sync::Arc::new(ovc_workflows::registry()),
         ovc_api::auth::AuthMode::None,
     )
-    .with_host(host);
+    .with_max_live_feeds(args.max_live_feeds as usize)
+    .with_host(host.driver);
+    // The one purge of this process (its workers and API share the store).
+    tokio::spawn(state.purger.clone().run(
+        store.clone(),
+        ovc_store::housekeeping::PURGE_EVERY,
+        crate::worker::shutdown_signal(),
+    ));
     let grpc_routes = ovc_api::grpc::grpc_router(state.clone()).context("gRPC services")?;
     let app = ovc_api::router(state);
     let stop = crate::worker::shutdown_signal();

@@ -7,6 +7,7 @@
 
 mod bench;
 mod bench_api;
+mod bench_feeds;
 mod bench_workflows;
 mod client;
 mod dev;
@@ -105,6 +106,8 @@ enum BenchCommand {
     Workflows(bench_workflows::WorkflowBenchArgs),
     /// REST accept latency at fixed request rates, and create -> RUNNING time.
     Api(bench_api::ApiBenchArgs),
+    /// Server RSS and create -> RUNNING time with many live SSE followers.
+    Feeds(bench_feeds::FeedsBenchArgs),
 }
 
 /// Where `ovc dev` keeps its data unless told otherwise.
@@ -164,6 +167,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench {
             command: BenchCommand::Api(args),
         } => bench_api::run(args).await,
+        Command::Bench {
+            command: BenchCommand::Feeds(args),
+        } => bench_feeds::run(args).await,
     }
 }
 

@@ -43,6 +43,10 @@ pub struct ServeArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "OVC_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
+    /// Live event feeds (SSE, StreamEvents, WatchOperation) served at once; over it: 429
+    /// + Retry-After.
+    #[arg(long, env = "OVC_MAX_LIVE_FEEDS", default_value_t = ovc_api::feeds::DEFAULT_MAX_LIVE_FEEDS as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_live_feeds: u32,
 }
 
 /// Runs `ovc serve`.
@@ -80,7 +84,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let grpc_addr = grpc_listener.local_addr().unwrap_or(args.grpc);
     let state = ovc_api::AppState::new(store, Arc::new(ovc_workflows::registry()), auth)
         .with_rate_limit(args.rate_limit, args.rate_burst)
+        .with_max_live_feeds(args.max_live_feeds as usize)
         .with_host(host);
+    tokio::spawn(state.purger.clone().run(
+        state.store.clone(),
+        ovc_store::housekeeping::PURGE_EVERY,
+        crate::worker::shutdown_signal(),
+    ));
     let grpc_routes = ovc_api::grpc::grpc_router(state.clone()).context("gRPC services")?;
     let app = ovc_api::router(state);
     let tls = match (&args.tls_cert, &args.tls_key) {

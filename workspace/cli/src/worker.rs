@@ -1,18 +1,23 @@
 //! `ovc worker`: runs workflows only. Several worker processes on one PostgreSQL share the
 //! work; each claims runs with a lease, so a killed worker's runs are taken over by the
 //! others within a lease period. SIGTERM/SIGINT stop it gracefully.
+//!
+//! Test-only knob: `OVC_TEST_CLOCK_SKEW_MS` (a signed number of milliseconds), read only
+//! when set, shifts this process's injected [`Clock`] (the store's and the engine's) by
+//! that much, so tests can prove that leases and durable timers follow the database's
+//! clock and not a worker's. Never set it in production.
 
 use anyhow::Context;
 use clap::Args;
 use ovc_driver::HostDriver;
 use ovc_driver::kube::KubeHost;
 use ovc_driver::sim::SimHost;
-use ovc_engine::executor::{Executor, RetryPolicy};
+use ovc_engine::executor::{Executor, RetryPolicy, StepHook};
 use ovc_engine::services::Services;
 use ovc_engine::worker::{Worker, WorkerOptions, WorkerReport, default_owner};
 use ovc_snapshots::OpendalArtifacts;
 use ovc_store::{Store, StoreConfig};
-use ovc_types::time::{RandomIds, SystemClock};
+use ovc_types::time::{Clock, RandomIds, SystemClock};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -27,7 +32,7 @@ pub struct WorkerArgs {
     #[arg(long, env = "OVC_PG_SCHEMA")]
     pub pg_schema: Option<String>,
     /// The host driver. `sim` is the simulated host (knobs: OVC_SIM_LATENCY_MS,
-    /// OVC_SIM_READY_MS, OVC_SIM_FAULTS); `kube` is a real cluster from KUBECONFIG (or
+    /// OVC_SIM_READY_MS, OVC_SIM_FAULTS, OVC_SIM_RECORD_CALLS); `kube` is a real cluster from KUBECONFIG (or
     /// the in-cluster service account), with helm (OVC_HELM, OVC_KUBE_CHART,
     /// OVC_KUBE_CHART_VERSION, OVC_KUBE_VCLUSTER_SERVER).
     #[arg(long, env = "OVC_HOST", value_parser = HOSTS, default_value = "sim")]
@@ -71,19 +76,42 @@ pub async fn host_driver(
     database_url: &str,
     pg_schema: Option<&str>,
 ) -> anyhow::Result<Arc<dyn HostDriver>> {
+    Ok(self::host(host, database_url, pg_schema).await?.driver)
+}
+
+/// The host a process drives, and the simulator's fault hook when it is the simulator.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// What the workflows call.
+    pub driver: Arc<dyn HostDriver>,
+    /// Runs before each step and undo attempt (the simulator's `OVC_SIM_FAULTS`).
+    pub step_hook: Option<Arc<dyn StepHook>>,
+}
+
+/// Opens the host named by `--host`.
+pub async fn host(host: &str, database_url: &str, pg_schema: Option<&str>) -> anyhow::Result<Host> {
     match host {
         "kube" => {
             let kube = KubeHost::from_env().await.context("--host kube")?;
             kube.check().await.map_err(|e| {
                 anyhow::anyhow!("--host kube: the host cluster of KUBECONFIG is not usable: {e}")
             })?;
-            Ok(Arc::new(kube))
+            Ok(Host {
+                driver: Arc::new(kube),
+                step_hook: None,
+            })
         }
-        _ => Ok(Arc::new(
-            SimHost::connect_from_env(database_url, pg_schema)
-                .await
-                .context("connecting the simulated host")?,
-        )),
+        _ => {
+            let sim = Arc::new(
+                SimHost::connect_from_env(database_url, pg_schema)
+                    .await
+                    .context("connecting the simulated host")?,
+            );
+            Ok(Host {
+                driver: sim.clone(),
+                step_hook: Some(sim),
+            })
+        }
     }
 }
 
@@ -106,17 +134,51 @@ pub fn parse_ready_timeout(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// Builds a worker on `store` from the arguments.
-pub async fn build(store: Arc<dyn Store>, args: &WorkerArgs) -> anyhow::Result<Worker> {
-    let driver = host_driver(&args.host, &args.database_url, args.pg_schema.as_deref()).await?;
-    build_with(store, args, driver).await
+/// Test-only: the environment variable that skews `ovc worker`'s clock (see the module
+/// docs).
+pub const CLOCK_SKEW_ENV: &str = "OVC_TEST_CLOCK_SKEW_MS";
+
+/// The system clock shifted by a fixed offset (the test-only skew knob).
+#[derive(Debug, Clone, Copy)]
+struct SkewedClock(chrono::Duration);
+
+impl Clock for SkewedClock {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now() + self.0
+    }
 }
 
-/// Builds a worker on `store` with `driver`.
+/// The process clock: the system clock, shifted when [`CLOCK_SKEW_ENV`] is set.
+pub fn process_clock() -> anyhow::Result<Arc<dyn Clock>> {
+    match std::env::var(CLOCK_SKEW_ENV) {
+        Err(std::env::VarError::NotPresent) => Ok(Arc::new(SystemClock)),
+        Err(e) => anyhow::bail!("{CLOCK_SKEW_ENV}: {e}"),
+        Ok(v) => {
+            let ms: i64 = v.trim().parse().with_context(|| {
+                format!("{CLOCK_SKEW_ENV}={v:?}: expected a signed number of milliseconds")
+            })?;
+            tracing::warn!(skew_ms = ms, "test-only clock skew is active");
+            Ok(Arc::new(SkewedClock(chrono::Duration::milliseconds(ms))))
+        }
+    }
+}
+
+/// Builds a worker on `store` from the arguments, with `clock` as its process clock.
+pub async fn build(
+    store: Arc<dyn Store>,
+    args: &WorkerArgs,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Worker> {
+    let host = host(&args.host, &args.database_url, args.pg_schema.as_deref()).await?;
+    build_with(store, args, clock, host).await
+}
+
+/// Builds a worker on `store` with `host`, with `clock` as its process clock.
 pub async fn build_with(
     store: Arc<dyn Store>,
     args: &WorkerArgs,
-    driver: Arc<dyn HostDriver>,
+    clock: Arc<dyn Clock>,
+    host: Host,
 ) -> anyhow::Result<Worker> {
     let artifacts = OpendalArtifacts::from_url(&args.artifacts)
         .with_context(|| format!("opening snapshot storage {}", args.artifacts))?;
@@ -127,11 +189,12 @@ pub async fn build_with(
         } else {
             ovc_workflows::registry()
         }),
-        driver,
+        driver: host.driver,
+        step_hook: host.step_hook,
         services: Arc::new(Services {
             artifacts: Arc::new(artifacts),
         }),
-        clock: Arc::new(SystemClock),
+        clock,
         ids: Arc::new(RandomIds),
         retry: RetryPolicy::default(),
         owner: String::new(),
@@ -199,10 +262,18 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         pg_schema: args.pg_schema.clone(),
         ..StoreConfig::default()
     };
-    let store = ovc_store::open(&args.database_url, config)
+    let clock = process_clock()?;
+    let store = ovc_store::open_with_clock(&args.database_url, config, clock.clone())
         .await
         .with_context(|| format!("cannot open {}", crate::redact(&args.database_url)))?;
-    let worker = build(store, &args).await?;
+    tokio::spawn(
+        std::sync::Arc::new(ovc_store::housekeeping::IdempotencyPurger::default()).run(
+            store.clone(),
+            ovc_store::housekeeping::PURGE_EVERY,
+            shutdown_signal(),
+        ),
+    );
+    let worker = build(store, &args, clock).await?;
     eprintln!(
         "ovc worker started on {} (host: {}, concurrency {})",
         crate::redact(&args.database_url),

@@ -7,7 +7,7 @@
 //! Each check takes a [`ConformanceHost`]: the driver plus what only the harness can do
 //! (let the host's controllers catch up, plant an object someone else owns).
 
-use crate::{CallCtx, DriverError, HostDriver, ReleaseValues, Target};
+use crate::{CallCtx, DriverError, HostDriver, Owner, ReleaseValues, Target};
 use async_trait::async_trait;
 use ovc_types::OperationId;
 use ovc_types::error::Code;
@@ -33,10 +33,15 @@ pub trait ConformanceHost: Send + Sync {
 }
 
 fn ctx(step: &str) -> CallCtx {
-    CallCtx {
-        operation_id: OperationId(uuid::Uuid::now_v7()),
-        workflow: "conformance".into(),
-        step: step.into(),
+    CallCtx::for_step(OperationId(uuid::Uuid::now_v7()), "conformance", step, 1)
+}
+
+/// The vcluster every namespace of these checks belongs to.
+pub fn owner() -> Owner {
+    Owner {
+        project: "conformance".parse().expect("project"),
+        vcluster: "demo".parse().expect("name"),
+        uid: ovc_types::VClusterId(uuid::Uuid::from_u128(0x0c0f)),
     }
 }
 
@@ -78,7 +83,7 @@ where
 
 async fn create(host: &dyn ConformanceHost, t: &Target, v: &ReleaseValues) -> u32 {
     let d = host.driver();
-    d.ensure_namespace(&ctx("create_namespace"), t)
+    d.ensure_namespace(&ctx("create_namespace"), t, &owner())
         .await
         .expect("ensure_namespace");
     let rev = d
@@ -113,8 +118,10 @@ pub async fn each_call_repeated_is_harmless(host: &dyn ConformanceHost) {
     let d = host.driver();
     let t = host.target("repeat");
     let c = ctx("repeat");
-    d.ensure_namespace(&c, &t).await.expect("ensure_namespace");
-    d.ensure_namespace(&c, &t)
+    d.ensure_namespace(&c, &t, &owner())
+        .await
+        .expect("ensure_namespace");
+    d.ensure_namespace(&c, &t, &owner())
         .await
         .expect("ensure_namespace again");
     let v = values(1);
@@ -289,7 +296,7 @@ pub async fn readiness_is_false_until_true(host: &dyn ConformanceHost) {
     let d = host.driver();
     let t = host.target("ready");
     let c = ctx("wait_ready");
-    d.ensure_namespace(&c, &t).await.expect("ns");
+    d.ensure_namespace(&c, &t, &owner()).await.expect("ns");
     d.install_release(&c, &t, &values(1))
         .await
         .expect("install");
@@ -324,7 +331,7 @@ pub async fn ownership_is_respected(host: &dyn ConformanceHost) {
     let c = ctx("create_namespace");
     let foreign = host.target("foreign");
     if host.create_foreign_namespace(&foreign).await {
-        let r = d.ensure_namespace(&c, &foreign).await;
+        let r = d.ensure_namespace(&c, &foreign, &owner()).await;
         assert_eq!(
             permanent_code(&r),
             Some(Code::FailedPrecondition),

@@ -22,17 +22,217 @@ use ovc_types::spec::{ControlPlaneSpec, QuotaSpec};
 use ovc_types::{OperationId, ProjectName, VClusterId, VClusterName};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-/// Who is calling: used for fault injection (sim), labels and tracing (kube).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Who is calling, under which lease, and until when: the context of every host call.
+///
+/// The engine builds one per step attempt ([`CallCtx::for_step`] plus
+/// [`CallCtx::with_fence`] / [`CallCtx::with_deadline`]); a call made outside any
+/// operation (the API reading a kubeconfig) uses [`CallCtx::read`], which has no
+/// operation and no lease.
+///
+/// **Every driver call must call [`CallCtx::check`] before it acts on the host** (and
+/// again before each further write of a call that makes several): a worker whose lease
+/// is gone or passed must not touch the host again, even if it was frozen in the middle
+/// of a step. A real driver also tags what it writes with [`Fence::epoch`] (e.g. an
+/// annotation), so a write can be traced to the claim that made it.
+#[derive(Debug, Clone)]
 pub struct CallCtx {
-    /// The operation.
-    pub operation_id: OperationId,
-    /// The workflow's name, e.g. `suspend`.
+    /// The operation (`None`: a read outside any operation, e.g. the API's kubeconfig).
+    pub operation_id: Option<OperationId>,
+    /// The workflow's name, e.g. `suspend` (`api` for reads outside an operation).
     pub workflow: String,
     /// The step's name, e.g. `scale_to_zero`; `undo:<step>` while undoing.
     pub step: String,
+    /// The attempt of the step, from 1 (0 outside a step).
+    pub attempt: u32,
+    /// The lease the call is made under ([`Fence::unfenced`] outside a worker).
+    pub fence: Fence,
+    /// When the step's time limit ends (`None`: no limit).
+    pub deadline: Option<Instant>,
+    /// The tracing span of the step; drivers record their own spans under it.
+    pub span: tracing::Span,
+}
+
+impl CallCtx {
+    /// The context of a step attempt of an operation: no lease and no deadline yet.
+    pub fn for_step(
+        operation_id: OperationId,
+        workflow: impl Into<String>,
+        step: impl Into<String>,
+        attempt: u32,
+    ) -> Self {
+        Self {
+            operation_id: Some(operation_id),
+            workflow: workflow.into(),
+            step: step.into(),
+            attempt,
+            fence: Fence::unfenced(),
+            deadline: None,
+            span: tracing::Span::current(),
+        }
+    }
+
+    /// The context of a read outside any operation (workflow `api`, step `what`).
+    pub fn read(what: impl Into<String>) -> Self {
+        Self {
+            operation_id: None,
+            workflow: "api".into(),
+            step: what.into(),
+            attempt: 0,
+            fence: Fence::unfenced(),
+            deadline: None,
+            span: tracing::Span::current(),
+        }
+    }
+
+    /// The same context under `fence`.
+    pub fn with_fence(mut self, fence: Fence) -> Self {
+        self.fence = fence;
+        self
+    }
+
+    /// The same context with a deadline.
+    pub fn with_deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// The same context with `span`.
+    pub fn with_span(mut self, span: tracing::Span) -> Self {
+        self.span = span;
+        self
+    }
+
+    /// What a driver calls before it acts: fails (transient, so nothing is given up
+    /// for good) when the lease is lost or passed, or the deadline passed.
+    pub fn check(&self) -> DriverResult<()> {
+        self.fence.check()?;
+        if let Some(deadline) = self.deadline
+            && Instant::now() >= deadline
+        {
+            return Err(DriverError::transient(format!(
+                "{}/{}: the step's deadline passed; not calling the host",
+                self.workflow, self.step
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The lease a worker holds on a run, as the worker itself reckons it: its fencing epoch
+/// and, on the worker's **monotonic** clock, until when it is surely still held (the time
+/// the last successful renewal was *sent* plus the lease length, which is never later
+/// than the database's lease end). The worker moves it on every renewal and marks it
+/// lost when a renewal answers that the epoch moved; every clone sees the change.
+///
+/// Why monotonic time and not the database's: a worker frozen (SIGSTOP, a long GC or VM
+/// pause) does not know that time passed until it looks, and by then another worker may
+/// own the run. [`Fence::check`] compares the monotonic clock with the last renewal, so a
+/// resumed worker refuses before its next host call, without a round trip.
+#[derive(Clone, Default)]
+pub struct Fence(Option<Arc<FenceState>>);
+
+struct FenceState {
+    epoch: i64,
+    owner: String,
+    valid_until: Mutex<Instant>,
+    lost: AtomicBool,
+}
+
+impl std::fmt::Debug for Fence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            None => f.write_str("Fence(unfenced)"),
+            Some(s) => f
+                .debug_struct("Fence")
+                .field("epoch", &s.epoch)
+                .field("owner", &s.owner)
+                .field("held", &self.is_held())
+                .finish(),
+        }
+    }
+}
+
+impl Fence {
+    /// No lease: calls outside a worker (reads of the API, tests of a driver).
+    pub fn unfenced() -> Self {
+        Self(None)
+    }
+
+    /// The lease of claim `epoch` by `owner`, surely held until `valid_until`.
+    pub fn new(epoch: i64, owner: impl Into<String>, valid_until: Instant) -> Self {
+        Self(Some(Arc::new(FenceState {
+            epoch,
+            owner: owner.into(),
+            valid_until: Mutex::new(valid_until),
+            lost: AtomicBool::new(false),
+        })))
+    }
+
+    /// The claim's fencing epoch (`None`: unfenced).
+    pub fn epoch(&self) -> Option<i64> {
+        self.0.as_ref().map(|s| s.epoch)
+    }
+
+    /// The worker holding the lease (`None`: unfenced).
+    pub fn owner(&self) -> Option<&str> {
+        self.0.as_ref().map(|s| s.owner.as_str())
+    }
+
+    /// A renewal succeeded: the lease is surely held until `valid_until` (never moves
+    /// back).
+    pub fn extend(&self, valid_until: Instant) {
+        if let Some(s) = &self.0 {
+            let mut until = s.valid_until.lock().unwrap_or_else(|e| e.into_inner());
+            if valid_until > *until {
+                *until = valid_until;
+            }
+        }
+    }
+
+    /// The store said another claim owns the run: the lease is gone for good.
+    pub fn lose(&self) {
+        if let Some(s) = &self.0 {
+            s.lost.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// How long the lease is still surely held (`None`: unfenced; zero: gone).
+    pub fn remaining(&self) -> Option<Duration> {
+        let s = self.0.as_ref()?;
+        if s.lost.load(Ordering::SeqCst) {
+            return Some(Duration::ZERO);
+        }
+        let until = *s.valid_until.lock().unwrap_or_else(|e| e.into_inner());
+        Some(until.saturating_duration_since(Instant::now()))
+    }
+
+    /// True unless the lease was lost or has passed (always true when unfenced).
+    pub fn is_held(&self) -> bool {
+        self.remaining().is_none_or(|r| !r.is_zero())
+    }
+
+    /// `Ok` while the lease is held; else a transient error saying why.
+    pub fn check(&self) -> DriverResult<()> {
+        let Some(s) = &self.0 else {
+            return Ok(());
+        };
+        if self.is_held() {
+            return Ok(());
+        }
+        let why = if s.lost.load(Ordering::SeqCst) {
+            "was taken over by another claim"
+        } else {
+            "has passed without a successful renewal"
+        };
+        Err(DriverError::transient(format!(
+            "lease epoch {} of worker {} {why}; not calling the host",
+            s.epoch, s.owner
+        )))
+    }
 }
 
 /// Identifies one vcluster on the host: its namespace and Helm release name.
@@ -255,15 +455,10 @@ impl From<DriverError> for Status {
 /// Shorthand for driver results.
 pub type DriverResult<T> = Result<T, DriverError>;
 
-/// What ovc does to a host cluster. Every method is idempotent (an *ensure*).
+/// What ovc does to a host cluster. Every method is idempotent (an *ensure*), and every
+/// method calls [`CallCtx::check`] before it acts (self-fencing, see [`Fence`]).
 #[async_trait]
 pub trait HostDriver: Send + Sync + std::fmt::Debug {
-    /// Called by the engine before every step attempt and undo attempt, before the step
-    /// touches anything. The real drivers do nothing; the simulated host injects its
-    /// faults here, so a step can be faulted even if it never calls the host.
-    async fn begin_step(&self, _ctx: &CallCtx) -> DriverResult<()> {
-        Ok(())
-    }
     /// Creates the namespace labelled with `owner` ([`Owner::labels`]) and annotated with
     /// the call's operation ([`ANNOTATION_CREATED_BY`]) unless it exists. An existing
     /// namespace that is not `owner`'s ([`Owner::owns`]) is refused with the permanent

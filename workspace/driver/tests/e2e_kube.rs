@@ -8,15 +8,20 @@
 
 use ovc_driver::conformance::values;
 use ovc_driver::kube::{KubeHost, RestoreProgress, SnapshotPhase};
-use ovc_driver::{CallCtx, HostDriver, Target};
+use ovc_driver::{CallCtx, HostDriver, Owner, Target};
 use ovc_types::OperationId;
 use std::time::{Duration, Instant};
 
 fn ctx(step: &str) -> CallCtx {
-    CallCtx {
-        operation_id: OperationId(uuid::Uuid::now_v7()),
-        workflow: "e2e".into(),
-        step: step.into(),
+    CallCtx::for_step(OperationId(uuid::Uuid::now_v7()), "e2e", step, 1)
+}
+
+/// The vcluster every namespace of these checks belongs to.
+fn owner() -> Owner {
+    Owner {
+        project: "conformance".parse().expect("project"),
+        vcluster: "demo".parse().expect("name"),
+        uid: ovc_types::VClusterId(uuid::Uuid::from_u128(0x0c0f)),
     }
 }
 
@@ -104,7 +109,9 @@ async fn lifecycle_on_a_real_cluster() {
     let c = ctx("e2e");
 
     // Create.
-    host.ensure_namespace(&c, &t).await.expect("namespace");
+    host.ensure_namespace(&c, &t, &owner())
+        .await
+        .expect("namespace");
     host.install_release(&c, &t, &values(1))
         .await
         .expect("install");
@@ -147,7 +154,9 @@ async fn lifecycle_on_a_real_cluster() {
         namespace: format!("ovc-e2e-{run}-new"),
         release: "e2e-new".into(),
     };
-    host.ensure_namespace(&c, &t2).await.expect("namespace 2");
+    host.ensure_namespace(&c, &t2, &owner())
+        .await
+        .expect("namespace 2");
     host.block_new_control_plane(&t2).await.expect("quota");
     host.install_release(&c, &t2, &values(1))
         .await

@@ -8,7 +8,7 @@ use ovc_driver::kube::fake::{
     FakeCluster, RecordedRequest, helm_calls, install_stand_in_helm, set_helm_status,
 };
 use ovc_driver::kube::{KubeError, KubeHost, RestoreProgress, SnapshotPhase};
-use ovc_driver::{CallCtx, DriverError, HostDriver, Target};
+use ovc_driver::{CallCtx, DriverError, HostDriver, Owner, Target};
 use ovc_types::OperationId;
 use ovc_types::error::Code;
 use serde_json::{Value, json};
@@ -45,10 +45,15 @@ fn t() -> Target {
 }
 
 fn ctx(step: &str) -> CallCtx {
-    CallCtx {
-        operation_id: OperationId(uuid::Uuid::now_v7()),
-        workflow: "test".into(),
-        step: step.into(),
+    CallCtx::for_step(OperationId(uuid::Uuid::now_v7()), "test", step, 1)
+}
+
+/// The vcluster every namespace of these checks belongs to.
+fn owner() -> Owner {
+    Owner {
+        project: "conformance".parse().expect("project"),
+        vcluster: "demo".parse().expect("name"),
+        uid: ovc_types::VClusterId(uuid::Uuid::from_u128(0x0c0f)),
     }
 }
 
@@ -80,7 +85,7 @@ fn clear(e: &Env) {
 /// Namespace, release, and the controllers until the control plane is ready.
 async fn running(e: &Env, replicas: u32) {
     e.host
-        .ensure_namespace(&ctx("create_namespace"), &t())
+        .ensure_namespace(&ctx("create_namespace"), &t(), &owner())
         .await
         .expect("ns");
     e.host
@@ -105,7 +110,7 @@ fn permanent(r: Result<impl std::fmt::Debug, DriverError>) -> ovc_types::error::
 async fn create_namespace_posts_it_labelled_and_annotated_once() {
     let e = env();
     e.host
-        .ensure_namespace(&ctx("create_namespace"), &t())
+        .ensure_namespace(&ctx("create_namespace"), &t(), &owner())
         .await
         .expect("ensure");
     let reqs = e.fake.requests();
@@ -126,7 +131,7 @@ async fn create_namespace_posts_it_labelled_and_annotated_once() {
 
     clear(&e);
     e.host
-        .ensure_namespace(&ctx("create_namespace"), &t())
+        .ensure_namespace(&ctx("create_namespace"), &t(), &owner())
         .await
         .expect("again");
     assert_eq!(
@@ -141,7 +146,7 @@ async fn create_namespace_refuses_a_foreign_one_and_waits_out_a_terminating_one(
     let e = env();
     e.fake
         .insert(NS, json!({"metadata": {"name": "ovc-p-demo"}}));
-    let s = permanent(e.host.ensure_namespace(&ctx("c"), &t()).await);
+    let s = permanent(e.host.ensure_namespace(&ctx("c"), &t(), &owner()).await);
     assert_eq!(
         (s.code, s.reason()),
         (Code::FailedPrecondition, Some("NAMESPACE_NOT_OURS"))
@@ -152,7 +157,7 @@ async fn create_namespace_refuses_a_foreign_one_and_waits_out_a_terminating_one(
     );
 
     e.fake.patch(NS, "ovc-p-demo", &json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": "ovc"}, "deletionTimestamp": "2026-01-01T00:00:00Z"}}));
-    match e.host.ensure_namespace(&ctx("c"), &t()).await {
+    match e.host.ensure_namespace(&ctx("c"), &t(), &owner()).await {
         Err(DriverError::Transient {
             retry_after,
             message,
@@ -173,16 +178,16 @@ async fn create_namespace_verifies_a_409_is_ours() {
         .insert(NS, json!({"metadata": {"name": "ovc-p-demo-x"}}));
     e.fake.insert(
         NS,
-        json!({"metadata": {"name": "ovc-p-demo", "labels": {"app.kubernetes.io/managed-by": "ovc"}}}),
+        json!({"metadata": {"name": "ovc-p-demo", "labels": owner().labels()}}),
     );
     // The GET finds it already: ours, fine, no POST.
     e.host
-        .ensure_namespace(&ctx("c"), &t())
+        .ensure_namespace(&ctx("c"), &t(), &owner())
         .await
         .expect("ours");
     let e2 = env();
     e2.fake.fail_next("POST", NS, 409, "AlreadyExists", None);
-    let s = permanent(e2.host.ensure_namespace(&ctx("c"), &t()).await);
+    let s = permanent(e2.host.ensure_namespace(&ctx("c"), &t(), &owner()).await);
     // The 409'd namespace does not exist in the fake, so the verifying GET is a 404.
     assert_eq!(s.code, Code::FailedPrecondition);
     assert_eq!(
@@ -198,7 +203,10 @@ async fn create_namespace_verifies_a_409_is_ours() {
 #[tokio::test]
 async fn install_runs_helm_upgrade_install_with_the_rendered_values_once() {
     let e = env();
-    e.host.ensure_namespace(&ctx("c"), &t()).await.expect("ns");
+    e.host
+        .ensure_namespace(&ctx("c"), &t(), &owner())
+        .await
+        .expect("ns");
     clear(&e);
     let rev = e
         .host
@@ -278,7 +286,10 @@ async fn install_refuses_a_second_vcluster_and_a_missing_namespace() {
     let e = env();
     let s = permanent(e.host.install_release(&ctx("i"), &t(), &values(1)).await);
     assert_eq!(s.reason(), Some("NAMESPACE_MISSING"));
-    e.host.ensure_namespace(&ctx("c"), &t()).await.expect("ns");
+    e.host
+        .ensure_namespace(&ctx("c"), &t(), &owner())
+        .await
+        .expect("ns");
     e.fake.insert(STS, json!({"metadata": {"name": "other", "labels": {"app": "vcluster", "release": "other"}}, "spec": {"replicas": 1, "selector": {}, "template": {}, "serviceName": "x"}}));
     let s = permanent(e.host.install_release(&ctx("i"), &t(), &values(1)).await);
     assert_eq!(s.reason(), Some("NAMESPACE_TAKEN"));
@@ -291,7 +302,10 @@ async fn install_refuses_a_second_vcluster_and_a_missing_namespace() {
 #[tokio::test]
 async fn readiness_needs_pods_the_kubeconfig_secret_and_the_virtual_api() {
     let e = env();
-    e.host.ensure_namespace(&ctx("c"), &t()).await.expect("ns");
+    e.host
+        .ensure_namespace(&ctx("c"), &t(), &owner())
+        .await
+        .expect("ns");
     e.host
         .install_release(&ctx("i"), &t(), &values(1))
         .await
@@ -505,7 +519,10 @@ async fn sleep_mode_is_left_to_the_platform() {
 #[tokio::test]
 async fn a_deployment_control_plane_and_a_deployed_etcd_are_paused_in_order() {
     let e = env();
-    e.host.ensure_namespace(&ctx("c"), &t()).await.expect("ns");
+    e.host
+        .ensure_namespace(&ctx("c"), &t(), &owner())
+        .await
+        .expect("ns");
     let dep = "/apis/apps/v1/namespaces/ovc-p-demo/deployments";
     e.fake.insert(dep, json!({"metadata": {"name": "demo", "labels": {"app": "vcluster", "release": "demo"}}, "spec": {"replicas": 2, "selector": {}, "template": {}}}));
     e.fake.insert(STS, json!({"metadata": {"name": "demo-etcd", "labels": {"app": "vcluster-etcd", "release": "demo"}}, "spec": {"replicas": 3, "selector": {}, "template": {}, "serviceName": "x"}}));
@@ -636,7 +653,10 @@ async fn a_missing_or_old_helm_is_a_clear_permanent_error() {
     let e = env();
     let missing = ovc_driver::kube::fake::FakeCluster::new(&e.dir)
         .driver(std::path::Path::new("/nonexistent/helm"));
-    e.host.ensure_namespace(&ctx("c"), &t()).await.expect("ns");
+    e.host
+        .ensure_namespace(&ctx("c"), &t(), &owner())
+        .await
+        .expect("ns");
     let s = permanent(missing.install_release(&ctx("i"), &t(), &values(1)).await);
     assert!(
         s.message.contains("helm not found") && s.message.contains("OVC_HELM"),
@@ -692,7 +712,7 @@ async fn api_errors_map_to_transient_or_permanent() {
     );
     e.fake.fail_next("POST", NS, 422, "Invalid", None);
     assert_eq!(
-        permanent(e.host.ensure_namespace(&c, &t()).await).code,
+        permanent(e.host.ensure_namespace(&c, &t(), &owner()).await).code,
         Code::InvalidArgument
     );
     // 404 on a removal is success.
@@ -929,7 +949,10 @@ async fn restore_pauses_runs_the_restore_pod_and_resumes() {
 #[tokio::test]
 async fn restore_into_a_new_vcluster_blocks_its_pods_with_a_quota_first() {
     let e = env();
-    e.host.ensure_namespace(&ctx("c"), &t()).await.expect("ns");
+    e.host
+        .ensure_namespace(&ctx("c"), &t(), &owner())
+        .await
+        .expect("ns");
     clear(&e);
     e.host.block_new_control_plane(&t()).await.expect("quota");
     let w = e.fake.writes();

@@ -60,11 +60,7 @@ fn new_op() -> OperationId {
 }
 
 fn ctx_of(op: OperationId, workflow: &str, step: &str) -> CallCtx {
-    CallCtx {
-        operation_id: op,
-        workflow: workflow.into(),
-        step: step.into(),
-    }
+    CallCtx::for_step(op, workflow, step, 1)
 }
 
 /// A context of a fresh operation (faults are counted per operation).
@@ -900,6 +896,7 @@ fn config_reads_the_environment_variables() {
         ("OVC_SIM_LATENCY_MS", "25"),
         ("OVC_SIM_READY_MS", " 200 "),
         ("OVC_SIM_FAULTS", "create/*:transient:3"),
+        ("OVC_SIM_RECORD_CALLS", "1"),
     ]);
     let config = SimConfig::from_vars(|k| vars.get(k).map(|v| v.to_string())).expect("config");
     assert_eq!(
@@ -908,7 +905,14 @@ fn config_reads_the_environment_variables() {
             latency: Duration::from_millis(25),
             ready_delay: Duration::from_millis(200),
             faults: vec![FaultRule::new("create", "*", FaultKind::Transient, Some(3))],
+            record_calls: true,
         }
+    );
+    let err = SimConfig::from_vars(|k| (k == "OVC_SIM_RECORD_CALLS").then(|| "yes".to_string()))
+        .expect_err("bad switch");
+    assert_eq!(
+        err.to_string(),
+        "OVC_SIM_RECORD_CALLS=\"yes\": expected 0 or 1"
     );
     assert_eq!(
         SimConfig::from_vars(|_| None).expect("defaults"),

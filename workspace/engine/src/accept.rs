@@ -348,7 +348,7 @@ async fn accept_once(
             id: RunId(ids.new_uuid()),
             operation_id,
             vcluster_uid: uid,
-            run_at: None,
+            delay: None,
             priority: 0,
         }],
         ..Commit::default()
@@ -561,7 +561,7 @@ async fn accept_delete_snapshot(
             id: RunId(ids.new_uuid()),
             operation_id,
             vcluster_uid: snap.vcluster_uid,
-            run_at: None,
+            delay: None,
             priority: 0,
         }],
         ..Commit::default()
@@ -582,12 +582,9 @@ pub async fn cancel(
         .map_err(store_status)?
         .ok_or_else(|| Status::not_found(format!("operation {id} not found")))?;
     if op.done {
-        return Err(Status::failed_precondition(format!(
-            "operation {id} already ended ({})",
-            op.state.as_str()
-        )));
+        return Err(already_ended(&op));
     }
-    store
+    let committed = store
         .commit(Commit {
             appends: vec![StreamAppend {
                 stream: StreamName::operation(id),
@@ -596,9 +593,29 @@ pub async fn cancel(
             }],
             ..Commit::default()
         })
-        .await
-        .map_err(store_status)?;
+        .await;
+    if let Err(e) = committed {
+        // The operation may have ended between the read and the commit (its projection
+        // then refuses an event after the terminal one): that is the client's race, not
+        // a server fault, so answer as if the read had seen the end.
+        if let Some(op) = store.get_operation(id).await.map_err(store_status)?
+            && op.done
+        {
+            return Err(already_ended(&op));
+        }
+        return Err(store_status(e));
+    }
     Ok(())
+}
+
+/// FAILED_PRECONDITION for a cancel of an operation that ended, naming its final state.
+fn already_ended(op: &ovc_types::resource::Operation) -> Status {
+    Status::failed_precondition(format!(
+        "operation {} already ended ({}): there is nothing to cancel",
+        op.id,
+        op.state.as_str()
+    ))
+    .with_reason("OPERATION_DONE")
 }
 
 /// Retries a FAILED or STUCK operation as a new operation with `retry_of` (API.md
@@ -771,7 +788,7 @@ async fn retry_once(
             id: RunId(ids.new_uuid()),
             operation_id,
             vcluster_uid: old.vcluster_uid,
-            run_at: None,
+            delay: None,
             priority: 0,
         }],
         ..Commit::default()

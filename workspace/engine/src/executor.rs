@@ -6,6 +6,12 @@
 //! step's `StepStarted`, and the last one with the operation's outcome, the vcluster's
 //! settlement and the run's completion), so a five-step workflow costs six commits.
 //! Every commit names the run's lease: a worker that lost its lease writes nothing.
+//!
+//! Self-fencing: the run's [`Fence`] (the lease as the worker reckons it on its monotonic
+//! clock) travels in every step's [`CallCtx`]. The executor checks it before every move
+//! and after every step, and drivers check it before every host call, so a worker whose
+//! lease is lost or has passed stops before its next host call instead of waiting for a
+//! commit to fail.
 
 use crate::journal::{Journal, JournalError};
 use crate::model::{StepCtx, StepError, StepOutput, WorkflowDef};
@@ -13,15 +19,32 @@ use crate::plan::{Next, plan};
 use crate::registry::Registry;
 use crate::services::Services;
 use backon::{BackoffBuilder, ExponentialBuilder};
-use ovc_driver::{CallCtx, HostDriver, Target};
+use ovc_driver::{CallCtx, DriverResult, Fence, HostDriver, Target};
 use ovc_store::{Commit, ExpectedVersion, Lease, NewEvent, Run, RunUpdate, Store, StreamAppend};
 use ovc_types::error::{Code, Status};
 use ovc_types::event::{Event, EventMetadata, StreamName};
 use ovc_types::state::{OperationState, VClusterState};
 use ovc_types::time::{Clock, IdSource};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
+
+/// Called by the executor before every step attempt and undo attempt, before the step
+/// touches anything: the simulated host injects its faults here, so a step can be faulted
+/// even if it never calls the host. Real drivers have no hook; this is not part of
+/// [`HostDriver`].
+#[async_trait::async_trait]
+pub trait StepHook: Send + Sync + std::fmt::Debug {
+    /// Fails the attempt with the returned error, or lets it run.
+    async fn before_step(&self, call: &CallCtx) -> DriverResult<()>;
+}
+
+#[async_trait::async_trait]
+impl StepHook for ovc_driver::sim::SimHost {
+    async fn before_step(&self, call: &CallCtx) -> DriverResult<()> {
+        self.inject_faults(call).await
+    }
+}
 
 /// Runs a step future, turning a panic into a permanent failure: a step that panics
 /// would otherwise kill its run on every worker that claims it, forever.
@@ -101,8 +124,8 @@ impl RetryPolicy {
 pub enum RunEnd {
     /// The operation reached a terminal state; the run is done.
     Completed(OperationState),
-    /// The run waits (pending step or durable retry) until this time.
-    Rescheduled(chrono::DateTime<chrono::Utc>),
+    /// The run waits (pending step or durable retry) this long, by the database's clock.
+    Rescheduled(Duration),
     /// Shutdown was requested; the lease was released for another worker.
     Released,
 }
@@ -116,6 +139,15 @@ pub enum ExecError {
     /// The operation's stream is unusable and cannot even be marked stuck.
     #[error("operation {0}: {1}")]
     Unrecoverable(String, String),
+    /// The run's lease was lost or has passed (by this worker's own reckoning): the
+    /// execution stopped before its next host call and wrote nothing more.
+    #[error("run {run_id} stopped: lease epoch {epoch} is no longer held")]
+    Fenced {
+        /// The run.
+        run_id: ovc_types::RunId,
+        /// The epoch of the lost claim.
+        epoch: i64,
+    },
 }
 
 /// Runs operations' workflows.
@@ -127,6 +159,9 @@ pub struct Executor {
     pub registry: Arc<Registry>,
     /// The host.
     pub driver: Arc<dyn HostDriver>,
+    /// Runs before every step and undo attempt (the simulated host's fault injection);
+    /// `None` for real hosts.
+    pub step_hook: Option<Arc<dyn StepHook>>,
     /// Other services.
     pub services: Arc<Services>,
     /// The clock.
@@ -167,6 +202,7 @@ impl Pending {
 struct Run1<'a> {
     exec: &'a Executor,
     run: &'a Run,
+    fence: Fence,
     def: &'a WorkflowDef,
     journal: Journal,
     pending: Pending,
@@ -179,10 +215,13 @@ impl Executor {
         self.max_step_timeout.map_or(timeout, |m| m.min(timeout))
     }
 
-    /// Executes `run` until it ends, is rescheduled, or `stop` turns true between steps.
+    /// Executes `run` under `fence` (the worker's view of its lease; [`Fence::unfenced`]
+    /// when nothing renews it) until it ends, is rescheduled, the fence is no longer held,
+    /// or `stop` turns true between steps.
     pub async fn execute(
         &self,
         run: &Run,
+        fence: Fence,
         stop: &watch::Receiver<bool>,
     ) -> Result<RunEnd, ExecError> {
         let stream = StreamName::operation(run.operation_id);
@@ -203,6 +242,7 @@ impl Executor {
             let mut r = Run1 {
                 exec: self,
                 run,
+                fence,
                 def: &WorkflowDef {
                     kind: requested.command.kind(),
                     name: "unknown",
@@ -228,6 +268,7 @@ impl Executor {
         let mut r = Run1 {
             exec: self,
             run,
+            fence,
             def,
             journal,
             pending: Pending::default(),
@@ -394,7 +435,27 @@ impl Run1<'_> {
         Ok(())
     }
 
-    fn ctx(&self, step: &str) -> StepCtx {
+    /// Stops the execution when the lease is no longer held (lost, or passed without a
+    /// renewal): nothing more is committed or called.
+    fn check_fence(&self) -> Result<(), ExecError> {
+        if self.fence.is_held() {
+            Ok(())
+        } else {
+            tracing::warn!(
+                operation = %self.run.operation_id,
+                epoch = self.run.epoch,
+                "lease no longer held; stopping the run before its next host call"
+            );
+            Err(ExecError::Fenced {
+                run_id: self.run.id,
+                epoch: self.run.epoch,
+            })
+        }
+    }
+
+    /// The context of one attempt of `step` (`attempt` 0 outside a step), ending at
+    /// `limit` from now.
+    fn ctx(&self, step: &str, attempt: u32, limit: Duration) -> StepCtx {
         let req = self
             .journal
             .requested
@@ -420,11 +481,17 @@ impl Run1<'_> {
                     .unwrap_or_default(),
                 release: req.vcluster.to_string(),
             },
-            call: CallCtx {
-                operation_id: self.run.operation_id,
-                workflow: self.def.name.to_string(),
-                step: step.to_string(),
-            },
+            call: CallCtx::for_step(self.run.operation_id, self.def.name, step, attempt)
+                .with_fence(self.fence.clone())
+                .with_deadline(Instant::now() + limit)
+                .with_span(tracing::info_span!(
+                    "step",
+                    operation = %self.run.operation_id,
+                    workflow = self.def.name,
+                    step,
+                    attempt,
+                    epoch = self.run.epoch,
+                )),
             driver: self.exec.driver.clone() as Arc<dyn HostDriver>,
             services: self.exec.services.clone(),
             store: self.exec.store.clone(),
@@ -461,19 +528,25 @@ impl Run1<'_> {
         )
     }
 
+    /// Releases the run as a durable timer `after` from now by the database's clock.
     async fn reschedule(&mut self, after: Duration) -> Result<RunEnd, ExecError> {
-        let run_at = self.now()
-            + chrono::Duration::from_std(after).unwrap_or_else(|_| chrono::Duration::seconds(60));
-        self.flush(Some(RunUpdate::Reschedule { run_at })).await?;
-        Ok(RunEnd::Rescheduled(run_at))
+        self.check_fence()?;
+        let delay =
+            chrono::Duration::from_std(after).unwrap_or_else(|_| chrono::Duration::seconds(60));
+        self.flush(Some(RunUpdate::Reschedule { after: delay }))
+            .await?;
+        Ok(RunEnd::Rescheduled(after))
     }
 
     async fn drive(&mut self, stop: &watch::Receiver<bool>) -> Result<RunEnd, ExecError> {
         let mut in_process_retries = 0usize;
         loop {
+            self.check_fence()?;
             if *stop.borrow() {
-                self.flush(Some(RunUpdate::Reschedule { run_at: self.now() }))
-                    .await?;
+                self.flush(Some(RunUpdate::Reschedule {
+                    after: chrono::Duration::zero(),
+                }))
+                .await?;
                 return Ok(RunEnd::Released);
             }
             match plan(&self.journal, self.def) {
@@ -505,9 +578,12 @@ impl Run1<'_> {
                             .await;
                     };
                     def.timeout = self.exec.cap(def.timeout);
-                    let ctx = self.ctx(step);
+                    let ctx = self.ctx(step, attempt, def.timeout);
+                    let hook = self.exec.step_hook.clone();
                     let run = guarded(async {
-                        ctx.driver.begin_step(&ctx.call).await?;
+                        if let Some(hook) = &hook {
+                            hook.before_step(&ctx.call).await?;
+                        }
                         (def.run)(&ctx).await
                     });
                     if self.exec.repeat_steps
@@ -523,6 +599,9 @@ impl Run1<'_> {
                             def.timeout
                         ))),
                     };
+                    // A step that ran past the lease journals nothing: the next claim
+                    // decides from the stored journal.
+                    self.check_fence()?;
                     match result {
                         Ok(StepOutput::Done { output, events }) => {
                             in_process_retries = 0;
@@ -597,9 +676,12 @@ impl Run1<'_> {
                         continue;
                     };
                     self.flush(None).await?;
-                    let ctx = self.ctx(&format!("undo:{step}"));
+                    let ctx = self.ctx(&format!("undo:{step}"), 1, def.timeout);
+                    let hook = self.exec.step_hook.clone();
                     let run_undo = guarded(async {
-                        ctx.driver.begin_step(&ctx.call).await?;
+                        if let Some(hook) = &hook {
+                            hook.before_step(&ctx.call).await?;
+                        }
                         undo(&ctx).await
                     });
                     let result = match tokio::time::timeout(def.timeout, run_undo).await {
@@ -609,6 +691,7 @@ impl Run1<'_> {
                             def.timeout
                         ))),
                     };
+                    self.check_fence()?;
                     match result {
                         Ok(StepOutput::Done { events, .. }) => {
                             in_process_retries = 0;
@@ -646,7 +729,7 @@ impl Run1<'_> {
                     }
                 }
                 Next::Succeed => {
-                    let ctx = self.ctx("settle");
+                    let ctx = self.ctx("settle", 0, crate::model::DEFAULT_STEP_TIMEOUT);
                     match (self.def.settle)(&ctx) {
                         Ok(s) => {
                             self.push(Event::OperationSucceeded { result: s.result });
@@ -666,8 +749,8 @@ impl Run1<'_> {
                 Next::Fail { error, cancelled } => {
                     if let Some(revert) = self.def.revert {
                         self.flush(None).await?;
-                        let ctx = self.ctx("revert");
                         let limit = self.exec.cap(crate::model::DEFAULT_STEP_TIMEOUT);
+                        let ctx = self.ctx("revert", 0, limit);
                         let result = match tokio::time::timeout(limit, guarded(revert(&ctx))).await
                         {
                             Ok(r) => r,
@@ -675,6 +758,7 @@ impl Run1<'_> {
                                 "revert timed out after {limit:?}"
                             ))),
                         };
+                        self.check_fence()?;
                         match result {
                             Ok(StepOutput::Done { events, .. }) => {
                                 self.pending.extra.extend(events);

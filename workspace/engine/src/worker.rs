@@ -4,6 +4,13 @@
 //! handler renews its lease while an [`Executor`] runs it, and every journal commit is
 //! fenced by the lease's epoch.
 //!
+//! Time: the lease's end and every due time are the database's clock (the store computes
+//! them from durations), so a worker whose clock is off neither steals healthy leases nor
+//! loses its own. The worker keeps its own view of the lease on its **monotonic** clock
+//! (a [`Fence`]: the instant the last successful renewal was sent plus the lease length,
+//! never later than the database's end); the executor and the drivers check it before
+//! every host call, so a worker frozen past its lease makes no further call.
+//!
 //! Why our queue and not apalis-postgres/apalis-sqlite (DESIGN.md §5): their ack is
 //! asynchronous after the handler, step chaining is not transactional, recovery happens
 //! only inside live workers after minutes, and they cannot serialize runs per vcluster.
@@ -30,14 +37,14 @@ use apalis_core::task::data::Data;
 use apalis_core::task::task_id::{RandomId, TaskId};
 use apalis_core::worker::builder::WorkerBuilder;
 use apalis_core::worker::context::WorkerContext;
-use chrono::Utc;
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use ovc_driver::Fence;
 use ovc_store::{Run, Store};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// Worker settings.
@@ -94,35 +101,61 @@ pub struct WorkerReport {
     pub failed: u64,
 }
 
-/// Executes `run` while renewing its lease every third of `lease`; a lost lease stops
-/// the execution at once (its commits would be refused anyway).
+/// A run claimed by this worker, with the instant (monotonic) the claim was sent: the
+/// database's lease cannot have started before it.
+#[derive(Debug, Clone)]
+pub struct ClaimedRun {
+    /// The run, as the claim returned it.
+    pub run: Run,
+    /// When the claim request was sent.
+    pub sent: Instant,
+}
+
+/// Executes `run` while renewing its lease every third of `lease`. The run's [`Fence`]
+/// is held until the last successful renewal's send instant plus `lease`; a renewal
+/// answering `LeaseLost` drops it at once, a failing one lets it run out. Either way the
+/// execution stops (drivers and the executor refuse to go on under a fence not held).
 async fn execute_leased(
     exec: Executor,
-    run: Run,
+    claimed: ClaimedRun,
     stop: watch::Receiver<bool>,
     lease: Duration,
 ) -> Result<RunEnd, ExecError> {
+    let ClaimedRun { run, sent } = claimed;
     let store = exec.store.clone();
     let lease_ref = run.lease();
+    let fence = Fence::new(run.epoch, exec.owner.clone(), sent + lease);
     let chrono_lease = chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(5));
+    let renewing = fence.clone();
     let renew = async move {
         loop {
-            tokio::time::sleep(lease / 3).await;
+            let wait = renewing.remaining().unwrap_or(lease).min(lease / 3);
+            tokio::time::sleep(wait).await;
+            if !renewing.is_held() {
+                return;
+            }
+            let sent = Instant::now();
             match store.renew_lease(lease_ref, chrono_lease).await {
-                Ok(_) => {}
-                Err(ovc_store::Error::LeaseLost { .. }) => return,
+                Ok(()) => renewing.extend(sent + lease),
+                Err(ovc_store::Error::LeaseLost { .. }) => {
+                    renewing.lose();
+                    return;
+                }
                 Err(e) => tracing::warn!(error = %e, "lease renewal failed; will retry"),
             }
         }
     };
     tokio::select! {
-        r = exec.execute(&run, &stop) => r,
-        () = renew => Err(ExecError::Store(ovc_store::Error::LeaseLost {
+        r = exec.execute(&run, fence.clone(), &stop) => r,
+        () = renew => Err(ExecError::Fenced {
             run_id: run.id,
             epoch: run.epoch,
-        })),
+        }),
     }
 }
+
+/// A claim in flight: the claimed runs and when the claim was sent.
+type ClaimFuture = BoxFuture<'static, ovc_store::Result<(Vec<Run>, Instant)>>;
 
 /// Our run queue as an apalis backend: each poll claims (at most) one due run with a
 /// lease, and only when the worker has a free slot, so no run sits leased but unstarted.
@@ -131,7 +164,7 @@ pub struct RunQueue {
     owner: String,
     lease: chrono::Duration,
     idle_poll: Duration,
-    claiming: Option<BoxFuture<'static, ovc_store::Result<Vec<Run>>>>,
+    claiming: Option<ClaimFuture>,
     waiting: Option<BoxFuture<'static, ()>>,
 }
 
@@ -165,11 +198,10 @@ impl RunQueue {
         wake.borrow_and_update();
         async move {
             let mut sleep = idle;
-            if let Ok(Some(due)) = store.next_run_due().await {
-                let until = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-                if until > Duration::ZERO {
-                    sleep = sleep.min(until);
-                }
+            if let Ok(Some(until)) = store.next_run_due_in().await
+                && until > Duration::ZERO
+            {
+                sleep = sleep.min(until);
             }
             tokio::select! {
                 _ = wake.changed() => {}
@@ -181,7 +213,7 @@ impl RunQueue {
 }
 
 impl Backend for RunQueue {
-    type Task = Task<Run>;
+    type Task = Task<ClaimedRun>;
     type Error = ovc_store::Error;
 
     fn poll_ready(
@@ -211,7 +243,11 @@ impl Backend for RunQueue {
                 let store = self.store.clone();
                 let owner = self.owner.clone();
                 let lease = self.lease;
-                async move { store.claim_runs(&owner, lease, 1).await }.boxed()
+                async move {
+                    let sent = Instant::now();
+                    store.claim_runs(&owner, lease, 1).await.map(|r| (r, sent))
+                }
+                .boxed()
             });
             let claimed = match claiming.poll_unpin(cx) {
                 Poll::Ready(r) => r,
@@ -219,11 +255,13 @@ impl Backend for RunQueue {
             };
             self.claiming = None;
             match claimed {
-                Ok(mut runs) => match runs.pop() {
+                Ok((mut runs, sent)) => match runs.pop() {
                     Some(run) => {
                         // The task id names the claim: run and fencing epoch.
                         let id = TaskId::String(format!("{}@{}", run.id, run.epoch));
-                        let task = TaskBuilder::new(run).task_id(id).build();
+                        let task = TaskBuilder::new(ClaimedRun { run, sent })
+                            .task_id(id)
+                            .build();
                         return Poll::Ready(Some(Ok(task)));
                     }
                     None => self.waiting = Some(self.wait()),
@@ -246,7 +284,7 @@ impl Backend for RunQueue {
 }
 
 impl BackendConfig for RunQueue {
-    type Args = Run;
+    type Args = ClaimedRun;
     type Id = RandomId;
     type Kind = Ephemeral;
     type Config = ();
@@ -287,7 +325,7 @@ struct HandlerState {
 /// The apalis handler: one claimed run, executed under a renewed lease. It never fails
 /// from apalis's point of view; outcomes live in the journal.
 async fn handle(
-    run: Run,
+    claimed: ClaimedRun,
     state: Data<HandlerState>,
     worker: WorkerContext,
 ) -> Result<(), BoxDynError> {
@@ -305,8 +343,8 @@ async fn handle(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
-    let operation = run.operation_id;
-    let res = execute_leased(state.exec.clone(), run, stop_rx, state.lease).await;
+    let operation = claimed.run.operation_id;
+    let res = execute_leased(state.exec.clone(), claimed, stop_rx, state.lease).await;
     watcher.abort();
     let c = &state.counters;
     match res {

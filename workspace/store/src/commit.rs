@@ -49,11 +49,7 @@ pub(crate) trait TxOps: Send {
     ) -> impl Future<Output = Result<Option<OperationId>>> + Send;
     /// Fails with `LeaseLost` unless `lease` is the run's current leased epoch; locks the
     /// run row until commit.
-    fn check_fence(
-        &mut self,
-        lease: Lease,
-        now: DateTime<Utc>,
-    ) -> impl Future<Output = Result<()>> + Send;
+    fn check_fence(&mut self, lease: Lease) -> impl Future<Output = Result<()>> + Send;
     /// Moves `stream` forward by `count` events after checking `expected`; returns the
     /// new version.
     fn bump_stream(
@@ -77,16 +73,14 @@ pub(crate) trait TxOps: Send {
         id: SnapshotId,
     ) -> impl Future<Output = Result<Option<Snapshot>>> + Send;
     fn save_snapshot(&mut self, snap: &Snapshot) -> impl Future<Output = Result<()>> + Send;
-    fn enqueue_run(
-        &mut self,
-        run: &NewRun,
-        now: DateTime<Utc>,
-    ) -> impl Future<Output = Result<()>> + Send;
+    /// Queues `run`; its due time is the database's clock plus its delay.
+    fn enqueue_run(&mut self, run: &NewRun) -> impl Future<Output = Result<()>> + Send;
+    /// Applies `update` to the fenced run; every time it writes (due time, lease end,
+    /// release) is the database's clock plus a duration, never the process's clock.
     fn update_run(
         &mut self,
         lease: Lease,
         update: RunUpdate,
-        now: DateTime<Utc>,
     ) -> impl Future<Output = Result<()>> + Send;
     /// The serialization point, run last: reserves positions for `rows` from the head
     /// row (whose lock is then held until COMMIT), stamps them into `rows`, inserts the
@@ -209,7 +203,7 @@ pub(crate) async fn run_commit<T: TxOps>(
         return Ok(Err(existing));
     }
     if let Some(lease) = commit.fence {
-        tx.check_fence(lease, now).await?;
+        tx.check_fence(lease).await?;
     }
     let mut rows = Vec::new();
     let mut stream_versions = Vec::with_capacity(prepared.appends.len());
@@ -234,10 +228,10 @@ pub(crate) async fn run_commit<T: TxOps>(
     }
     projector.flush(tx).await?;
     for run in &commit.enqueue {
-        tx.enqueue_run(run, now).await?;
+        tx.enqueue_run(run).await?;
     }
     if let (Some(update), Some(lease)) = (commit.run_update, commit.fence) {
-        tx.update_run(lease, update, now).await?;
+        tx.update_run(lease, update).await?;
     }
     if runs_changed(commit) {
         tx.notify_runs().await?;
@@ -254,6 +248,10 @@ pub(crate) async fn run_commit<T: TxOps>(
     }))
 }
 
+fn to_json<T: serde::Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+}
+
 /// True when the commit may make a run claimable (a new run, or a run released).
 pub(crate) fn runs_changed(commit: &Commit) -> bool {
     !commit.enqueue.is_empty()
@@ -264,11 +262,23 @@ pub(crate) fn runs_changed(commit: &Commit) -> bool {
 }
 
 /// Folds events into the read models, loading each entity once and saving it once.
+///
+/// It also sets a succeeded operation's `result` to the resource as the operation left
+/// it (API.md): the Snapshot for SNAPSHOT and DELETE_SNAPSHOT (once READY, or DELETED),
+/// else the VCluster as its `VClusterSettled` of that operation (same commit) made it. Only event order decides
+/// it, so a rebuild computes the same result as the live commit did.
 #[derive(Default)]
 pub(crate) struct Projector {
     vclusters: HashMap<VClusterId, Option<VCluster>>,
     operations: HashMap<OperationId, Option<Operation>>,
     snapshots: HashMap<SnapshotId, Option<Snapshot>>,
+    /// Succeeded operations waiting for their vcluster's `VClusterSettled`.
+    awaiting_settle: HashSet<OperationId>,
+    /// Vclusters settled by an operation whose success is not folded yet.
+    settled_first: HashMap<OperationId, VCluster>,
+    /// Snapshots whose succeeded operation waits for their final event (the
+    /// `SnapshotDeleted` a delete commits after its success, in the same commit).
+    awaiting_snapshot: HashMap<SnapshotId, OperationId>,
     written: (u64, u64, u64),
 }
 
@@ -308,6 +318,15 @@ impl Projector {
                 at,
                 event,
             )?);
+            if let Event::VClusterSettled { operation_id, .. } = event
+                && let Some(vc) = slot.clone()
+            {
+                if self.awaiting_settle.remove(operation_id) {
+                    self.set_result(tx, *operation_id, to_json(&vc)).await?;
+                } else {
+                    self.settled_first.insert(*operation_id, vc);
+                }
+            }
         } else if stream.starts_with("operation-") {
             let id = OperationId(parse_id(stream, "operation-")?);
             let slot = match self.operations.entry(id) {
@@ -322,6 +341,9 @@ impl Projector {
                 at,
                 event,
             )?);
+            if let (Event::OperationSucceeded { .. }, Some(op)) = (event, slot.clone()) {
+                self.resolve_result(tx, &op).await?;
+            }
         } else if stream.starts_with("snapshot-") {
             let id = SnapshotId(parse_id(stream, "snapshot-")?);
             let slot = match self.snapshots.entry(id) {
@@ -336,8 +358,79 @@ impl Projector {
                 at,
                 event,
             )?);
+            if matches!(
+                event,
+                Event::SnapshotCompleted { .. } | Event::SnapshotDeleted {}
+            ) && let Some(snap) = slot.clone()
+                && let Some(op) = self.awaiting_snapshot.remove(&id)
+            {
+                self.set_result(tx, op, to_json(&snap)).await?;
+            }
         } else {
             return Ok(());
+        }
+        Ok(())
+    }
+
+    /// Sets the result of `op`, which just succeeded, or notes what it waits for.
+    async fn resolve_result<T: TxOps>(&mut self, tx: &mut T, op: &Operation) -> Result<()> {
+        use ovc_types::command::Command;
+        use ovc_types::state::SnapshotState;
+        let snapshot = match &op.command {
+            // The snapshot's id is its operation's id.
+            Command::Snapshot { .. } => Some((SnapshotId(op.id.as_uuid()), SnapshotState::Ready)),
+            Command::DeleteSnapshot { snapshot_id } => Some((*snapshot_id, SnapshotState::Deleted)),
+            _ => None,
+        };
+        if let Some((sid, done)) = snapshot {
+            self.settled_first.remove(&op.id);
+            let snap = match self.snapshots.entry(sid) {
+                Entry::Occupied(e) => e.into_mut().clone(),
+                Entry::Vacant(e) => e.insert(tx.load_snapshot(sid).await?).clone(),
+            };
+            return match snap {
+                Some(snap) if snap.state == done => {
+                    self.set_result(tx, op.id, to_json(&snap)).await
+                }
+                _ => {
+                    self.awaiting_snapshot.insert(sid, op.id);
+                    self.set_result(tx, op.id, serde_json::Value::Null).await
+                }
+            };
+        }
+        if let Some(vc) = self.settled_first.remove(&op.id) {
+            return self.set_result(tx, op.id, to_json(&vc)).await;
+        }
+        if op.kind.changes_vcluster_state() {
+            // Until then the result is nothing rather than the workflow's own output.
+            self.awaiting_settle.insert(op.id);
+            return self.set_result(tx, op.id, serde_json::Value::Null).await;
+        }
+        let uid = op.vcluster_uid;
+        let vc = match self.vclusters.entry(uid) {
+            Entry::Occupied(e) => e.into_mut().clone(),
+            Entry::Vacant(e) => e.insert(tx.load_vcluster(uid).await?).clone(),
+        };
+        self.set_result(
+            tx,
+            op.id,
+            vc.as_ref().map_or(serde_json::Value::Null, to_json),
+        )
+        .await
+    }
+
+    async fn set_result<T: TxOps>(
+        &mut self,
+        tx: &mut T,
+        id: OperationId,
+        result: serde_json::Value,
+    ) -> Result<()> {
+        let slot = match self.operations.entry(id) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(tx.load_operation(id).await?),
+        };
+        if let Some(op) = slot.as_mut() {
+            op.result = result;
         }
         Ok(())
     }

@@ -13,6 +13,7 @@
 
 mod commit;
 pub mod error;
+pub mod housekeeping;
 pub mod model;
 pub mod page_token;
 pub mod postgres;
@@ -78,14 +79,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Changes when runs may have become claimable (a hint).
     fn watch_runs(&self) -> watch::Receiver<u64>;
 
-    /// The idempotency key `(project, request_id)`, if stored and not expired.
+    /// The idempotency key `(project, request_id)`, if stored and not expired: a key
+    /// expires `idempotency_ttl` after its operation ended (never while it runs).
     async fn find_idempotency_key(
         &self,
         project: &ProjectName,
         request_id: &str,
     ) -> Result<Option<IdempotencyRecord>>;
 
-    /// Deletes idempotency keys older than the configured TTL; returns how many.
+    /// Deletes the keys whose operation ended more than `idempotency_ttl` ago; returns
+    /// how many.
     async fn purge_idempotency_keys(&self) -> Result<u64>;
 
     /// The vcluster `project/name`: the live one, else the most recently deleted.
@@ -134,7 +137,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Claims up to `max` due runs for `owner` with a lease of `lease_for`: the oldest
     /// due run of each vcluster whose earlier runs are all done, or a leased run whose
-    /// lease expired (stolen). Each claim bumps the run's epoch.
+    /// lease expired (stolen). Each claim bumps the run's epoch. "Due", "expired" and the
+    /// new lease's end are all reckoned by the database's clock, never the caller's.
     async fn claim_runs(&self, owner: &str, lease_for: Duration, max: u32) -> Result<Vec<Run>>;
 
     /// Every claim of runs of `vcluster_uid` (all vclusters when `None`), oldest first.
@@ -164,19 +168,20 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The runs of an operation, oldest first.
     async fn runs_of_operation(&self, operation_id: OperationId) -> Result<Vec<Run>>;
 
-    /// When the next queued run becomes due or the next lease expires (`None`: idle).
-    async fn next_run_due(&self) -> Result<Option<DateTime<Utc>>>;
+    /// How long, by the database's clock, until the next queued run becomes due or the
+    /// next lease expires (zero when one already is; `None`: idle). A duration, not a
+    /// time, so a caller whose clock is off still sleeps the right amount.
+    async fn next_run_due_in(&self) -> Result<Option<std::time::Duration>>;
 
-    /// Extends `lease` to now + `lease_for`; `LeaseLost` if the epoch moved.
-    async fn renew_lease(&self, lease: Lease, lease_for: Duration) -> Result<DateTime<Utc>> {
-        let until = self.clock().now() + lease_for;
+    /// Extends `lease` to the database's now + `lease_for`; `LeaseLost` if the epoch moved.
+    async fn renew_lease(&self, lease: Lease, lease_for: Duration) -> Result<()> {
         self.commit(Commit {
             fence: Some(lease),
-            run_update: Some(RunUpdate::Renew { until }),
+            run_update: Some(RunUpdate::Renew { lease_for }),
             ..Commit::default()
         })
         .await?;
-        Ok(until)
+        Ok(())
     }
 }
 

@@ -13,7 +13,8 @@ pub struct StoreConfig {
     pub max_event_bytes: usize,
     /// The most events one commit may append.
     pub max_events_per_commit: usize,
-    /// How long an idempotency key answers repeats (API.md: at least 24 h).
+    /// How long an idempotency key answers repeats after its operation ended (API.md: at
+    /// least 24 h).
     pub idempotency_ttl: Duration,
     /// The longest request id accepted.
     pub max_request_id_len: usize,
@@ -128,8 +129,8 @@ pub struct NewRun {
     pub operation_id: OperationId,
     /// The vcluster it serializes on (one leased run per vcluster).
     pub vcluster_uid: VClusterId,
-    /// Not before this time (`None`: now).
-    pub run_at: Option<DateTime<Utc>>,
+    /// Not before this long after the commit, by the database's clock (`None`: at once).
+    pub delay: Option<Duration>,
     /// Higher runs first among due runs.
     pub priority: i32,
 }
@@ -148,15 +149,16 @@ pub struct Lease {
 pub enum RunUpdate {
     /// The run is finished.
     Complete,
-    /// Release the lease; run again at `run_at` (durable retry, durable timer).
+    /// Release the lease; run again `after` this long (durable retry, durable timer).
+    /// The due time is the database's `now` plus `after`, never a process's clock.
     Reschedule {
-        /// When it becomes due.
-        run_at: DateTime<Utc>,
+        /// How long from the commit until it becomes due.
+        after: Duration,
     },
-    /// Keep the lease and extend it to `until`.
+    /// Keep the lease and extend it to the database's `now` plus `lease_for`.
     Renew {
-        /// The new lease expiry.
-        until: DateTime<Utc>,
+        /// The new lease length, from the commit.
+        lease_for: Duration,
     },
 }
 

@@ -130,6 +130,11 @@ fn is_live_name_violation(e: &sqlx::Error) -> bool {
 }
 
 const STEP_COLUMNS: &str = "name, state, attempts, started_at, finished_at, error";
+/// Microseconds of a duration (saturating).
+fn duration_micros(d: Duration) -> i64 {
+    d.num_microseconds().unwrap_or(i64::MAX)
+}
+
 const RUN_COLUMNS: &str = "id, operation_id, vcluster_uid, status, run_at, attempts, lease_owner, lease_until, epoch, priority";
 
 /// An open write transaction.
@@ -163,7 +168,7 @@ impl TxOps for PgTx {
             return Ok(None);
         }
         let row = sqlx::query(
-            "SELECT request_hash, operation_id, created_at FROM idempotency_keys
+            "SELECT request_hash, operation_id, created_at, ended_at FROM idempotency_keys
              WHERE project = $1 AND request_id = $2 FOR UPDATE",
         )
         .bind(claim.project.as_str())
@@ -172,10 +177,12 @@ impl TxOps for PgTx {
         .await?;
         let hash: String = row.try_get("request_hash")?;
         let op = OperationId(row.try_get("operation_id")?);
-        let created: DateTime<Utc> = row.try_get("created_at")?;
-        if created < now - ttl {
+        let ended: Option<DateTime<Utc>> = row.try_get("ended_at")?;
+        // Kept until `ttl` after its operation ended (a running one's key never expires).
+        if ended.is_some_and(|e| e < now - ttl) {
             sqlx::query(
-                "UPDATE idempotency_keys SET request_hash = $1, operation_id = $2, created_at = $3
+                "UPDATE idempotency_keys SET request_hash = $1, operation_id = $2, created_at = $3,
+                   ended_at = NULL
                  WHERE project = $4 AND request_id = $5",
             )
             .bind(&claim.request_hash)
@@ -198,11 +205,10 @@ impl TxOps for PgTx {
         }
     }
 
-    async fn check_fence(&mut self, lease: Lease, now: DateTime<Utc>) -> Result<()> {
+    async fn check_fence(&mut self, lease: Lease) -> Result<()> {
         let n = sqlx::query(
-            "UPDATE runs SET updated_at = $1 WHERE id = $2 AND epoch = $3 AND status = 'leased'",
+            "UPDATE runs SET updated_at = now() WHERE id = $1 AND epoch = $2 AND status = 'leased'",
         )
-        .bind(now)
         .bind(lease.run_id.as_uuid())
         .bind(lease.epoch)
         .execute(&mut *self.tx)
@@ -352,6 +358,20 @@ impl TxOps for PgTx {
         .bind(op.updated_at)
         .execute(&mut *self.tx)
         .await?;
+        // The key of an operation that ended starts its 24 h from the end.
+        if let (true, Some(request_id)) = (op.done, op.request_id.as_deref()) {
+            sqlx::query(
+                "UPDATE idempotency_keys SET ended_at = $1
+                 WHERE project = $2 AND request_id = $3 AND operation_id = $4
+                   AND ended_at IS NULL",
+            )
+            .bind(op.updated_at)
+            .bind(op.project.as_str())
+            .bind(request_id)
+            .bind(op.id.as_uuid())
+            .execute(&mut *self.tx)
+            .await?;
+        }
         if op.steps.is_empty() {
             return Ok(());
         }
@@ -427,64 +447,60 @@ impl TxOps for PgTx {
         Ok(())
     }
 
-    async fn enqueue_run(&mut self, run: &NewRun, now: DateTime<Utc>) -> Result<()> {
+    async fn enqueue_run(&mut self, run: &NewRun) -> Result<()> {
         sqlx::query(
             "INSERT INTO runs (id, operation_id, vcluster_uid, status, run_at, priority,
                created_at, updated_at)
-             VALUES ($1, $2, $3, 'queued', $4, $5, $6, $6)",
+             VALUES ($1, $2, $3, 'queued', now() + $4 * interval '1 microsecond', $5,
+               now(), now())",
         )
         .bind(run.id.as_uuid())
         .bind(run.operation_id.as_uuid())
         .bind(run.vcluster_uid.as_uuid())
-        .bind(run.run_at.map(micros).unwrap_or(now))
+        .bind(run.delay.map(duration_micros).unwrap_or(0).max(0))
         .bind(run.priority)
-        .bind(now)
         .execute(&mut *self.tx)
         .await?;
         Ok(())
     }
 
-    async fn update_run(
-        &mut self,
-        lease: Lease,
-        update: RunUpdate,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
+    async fn update_run(&mut self, lease: Lease, update: RunUpdate) -> Result<()> {
+        // `now()` is the transaction's start by the database's clock: every time
+        // written below is it plus a duration, never this process's clock.
         let q = match update {
             RunUpdate::Complete => sqlx::query(
                 "UPDATE runs SET status = 'done', lease_owner = NULL, lease_until = NULL,
-                   updated_at = $1 WHERE id = $2 AND epoch = $3",
+                   updated_at = now() WHERE id = $1 AND epoch = $2",
             )
-            .bind(now)
             .bind(lease.run_id.as_uuid())
             .bind(lease.epoch),
-            RunUpdate::Reschedule { run_at } => sqlx::query(
-                "UPDATE runs SET status = 'queued', run_at = $4, lease_owner = NULL,
-                   lease_until = NULL, updated_at = $1 WHERE id = $2 AND epoch = $3",
+            RunUpdate::Reschedule { after } => sqlx::query(
+                "UPDATE runs SET status = 'queued', run_at = now() + $3 * interval '1 microsecond',
+                   lease_owner = NULL, lease_until = NULL, updated_at = now()
+                 WHERE id = $1 AND epoch = $2",
             )
-            .bind(now)
             .bind(lease.run_id.as_uuid())
             .bind(lease.epoch)
-            .bind(micros(run_at)),
-            RunUpdate::Renew { until } => sqlx::query(
-                "UPDATE runs SET lease_until = $4, updated_at = $1 WHERE id = $2 AND epoch = $3",
+            .bind(duration_micros(after).max(0)),
+            RunUpdate::Renew { lease_for } => sqlx::query(
+                "UPDATE runs SET lease_until = now() + $3 * interval '1 microsecond',
+                   updated_at = now() WHERE id = $1 AND epoch = $2",
             )
-            .bind(now)
             .bind(lease.run_id.as_uuid())
             .bind(lease.epoch)
-            .bind(micros(until)),
+            .bind(duration_micros(lease_for).max(0)),
         };
         let n = q.execute(&mut *self.tx).await?.rows_affected();
         if n == 1 {
             let history = match update {
-                RunUpdate::Renew { until } => sqlx::query(
-                    "UPDATE run_leases SET lease_until = $1 WHERE run_id = $2 AND epoch = $3",
-                )
-                .bind(micros(until)),
+                RunUpdate::Renew { .. } => sqlx::query(
+                    "UPDATE run_leases SET lease_until =
+                       (SELECT lease_until FROM runs WHERE id = $1)
+                     WHERE run_id = $1 AND epoch = $2",
+                ),
                 RunUpdate::Complete | RunUpdate::Reschedule { .. } => sqlx::query(
-                    "UPDATE run_leases SET released_at = $1 WHERE run_id = $2 AND epoch = $3",
-                )
-                .bind(now),
+                    "UPDATE run_leases SET released_at = now() WHERE run_id = $1 AND epoch = $2",
+                ),
             };
             history
                 .bind(lease.run_id.as_uuid())
@@ -815,7 +831,7 @@ impl Store for PgStore {
         let cutoff = self.now() - self.config.idempotency_ttl;
         let row = sqlx::query(
             "SELECT request_hash, operation_id, created_at FROM idempotency_keys
-             WHERE project = $1 AND request_id = $2 AND created_at >= $3",
+             WHERE project = $1 AND request_id = $2 AND (ended_at IS NULL OR ended_at >= $3)",
         )
         .bind(project.as_str())
         .bind(request_id)
@@ -834,7 +850,7 @@ impl Store for PgStore {
 
     async fn purge_idempotency_keys(&self) -> Result<u64> {
         let cutoff = self.now() - self.config.idempotency_ttl;
-        let n = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+        let n = sqlx::query("DELETE FROM idempotency_keys WHERE ended_at < $1")
             .bind(cutoff)
             .execute(&self.pool)
             .await?
@@ -1100,33 +1116,32 @@ impl Store for PgStore {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let now = self.now();
-        let until = micros(now + lease_for);
+        // The database's clock decides what is due or expired and when the lease ends.
         let res = sqlx::query(
             "WITH candidates AS (
                SELECT r.id FROM runs r
                WHERE r.status <> 'done'
-                 AND ((r.status = 'queued' AND r.run_at <= $3)
-                      OR (r.status = 'leased' AND r.lease_until < $3))
+                 AND ((r.status = 'queued' AND r.run_at <= now())
+                      OR (r.status = 'leased' AND r.lease_until < now()))
                  AND NOT EXISTS (SELECT 1 FROM runs o WHERE o.vcluster_uid = r.vcluster_uid
                                  AND o.status <> 'done' AND o.seq < r.seq)
                ORDER BY r.priority DESC, r.run_at, r.seq
-               LIMIT $4
+               LIMIT $3
                FOR UPDATE OF r SKIP LOCKED)
              , claimed AS (
-               UPDATE runs SET status = 'leased', lease_owner = $1, lease_until = $2,
-                 epoch = runs.epoch + 1, attempts = runs.attempts + 1, updated_at = $3
+               UPDATE runs SET status = 'leased', lease_owner = $1,
+                 lease_until = now() + $2 * interval '1 microsecond',
+                 epoch = runs.epoch + 1, attempts = runs.attempts + 1, updated_at = now()
                FROM candidates WHERE runs.id = candidates.id
                RETURNING runs.id, runs.operation_id, runs.vcluster_uid, runs.status, runs.run_at,
                  runs.attempts, runs.lease_owner, runs.lease_until, runs.epoch, runs.priority)
              , history AS (
                INSERT INTO run_leases (run_id, epoch, vcluster_uid, owner, claimed_at, lease_until)
-               SELECT id, epoch, vcluster_uid, lease_owner, $3, lease_until FROM claimed)
+               SELECT id, epoch, vcluster_uid, lease_owner, now(), lease_until FROM claimed)
              SELECT * FROM claimed",
         )
         .bind(owner)
-        .bind(until)
-        .bind(now)
+        .bind(duration_micros(lease_for))
         .bind(i64::from(max))
         .fetch_all(&self.pool)
         .await;
@@ -1270,14 +1285,15 @@ impl Store for PgStore {
         rows.iter().map(run_from_row).collect()
     }
 
-    async fn next_run_due(&self) -> Result<Option<DateTime<Utc>>> {
-        let v: Option<DateTime<Utc>> = sqlx::query_scalar(
-            "SELECT LEAST(
+    async fn next_run_due_in(&self) -> Result<Option<std::time::Duration>> {
+        let v: Option<i64> = sqlx::query_scalar(
+            "SELECT CAST(EXTRACT(EPOCH FROM LEAST(
                (SELECT MIN(run_at) FROM runs WHERE status = 'queued'),
-               (SELECT MIN(lease_until) FROM runs WHERE status = 'leased'))",
+               (SELECT MIN(lease_until) FROM runs WHERE status = 'leased')) - now())
+               * 1000000 AS BIGINT)",
         )
         .fetch_one(&self.pool)
         .await?;
-        Ok(v)
+        Ok(v.map(|us| std::time::Duration::from_micros(u64::try_from(us).unwrap_or(0))))
     }
 }

@@ -136,12 +136,41 @@ fn time_cursor(page: &PageRequest) -> Result<(Option<i64>, Option<String>)> {
 
 const RUN_COLUMNS: &str = "id, operation_id, vcluster_uid, status, run_at, attempts, lease_owner, lease_until, epoch, priority";
 
+/// The database engine's clock in INTEGER microseconds (SQLite's own time, read from
+/// the host's clock by the engine: the same for every process on this file, and
+/// independent of any process's injected [`Clock`]). Leases and durable timers use it.
+const DB_NOW_MICROS: &str = "SELECT CAST(unixepoch('subsec') * 1000000 AS INTEGER)";
+
+/// Microseconds of a duration (saturating).
+fn duration_micros(d: Duration) -> i64 {
+    d.num_microseconds().unwrap_or(i64::MAX)
+}
+
+/// The database's now, in microseconds.
+async fn db_now<'e, E: sqlx::SqliteExecutor<'e>>(executor: E) -> Result<i64> {
+    Ok(sqlx::query_scalar(DB_NOW_MICROS)
+        .fetch_one(executor)
+        .await?)
+}
+
 /// An open write transaction.
 struct SqliteTx {
     tx: Transaction<'static, Sqlite>,
+    /// The database's now, read once per transaction (after the write lock is held).
+    db_now: Option<i64>,
 }
 
 impl SqliteTx {
+    /// The database's clock for this transaction's queue writes.
+    async fn db_now(&mut self) -> Result<i64> {
+        if let Some(now) = self.db_now {
+            return Ok(now);
+        }
+        let now = db_now(&mut *self.tx).await?;
+        self.db_now = Some(now);
+        Ok(now)
+    }
+
     async fn load_steps(&mut self, id: OperationId) -> Result<Vec<OperationStep>> {
         let rows = sqlx::query(
             "SELECT name, state, attempts, started_at, finished_at, error
@@ -217,7 +246,7 @@ impl TxOps for SqliteTx {
             return Ok(None);
         }
         let row = sqlx::query(
-            "SELECT request_hash, operation_id, created_at FROM idempotency_keys
+            "SELECT request_hash, operation_id, created_at, ended_at FROM idempotency_keys
              WHERE project = ? AND request_id = ?",
         )
         .bind(claim.project.as_str())
@@ -229,10 +258,15 @@ impl TxOps for SqliteTx {
             "idempotency_keys",
             row.try_get::<&str, _>("operation_id")?,
         )?);
-        let created = from_ts("idempotency_keys", row.try_get("created_at")?)?;
-        if created < now - ttl {
+        let ended = row
+            .try_get::<Option<i64>, _>("ended_at")?
+            .map(|e| from_ts("idempotency_keys", e))
+            .transpose()?;
+        // Kept until `ttl` after its operation ended (a running one's key never expires).
+        if ended.is_some_and(|e| e < now - ttl) {
             sqlx::query(
-                "UPDATE idempotency_keys SET request_hash = ?, operation_id = ?, created_at = ?
+                "UPDATE idempotency_keys SET request_hash = ?, operation_id = ?, created_at = ?,
+                   ended_at = NULL
                  WHERE project = ? AND request_id = ?",
             )
             .bind(&claim.request_hash)
@@ -255,11 +289,12 @@ impl TxOps for SqliteTx {
         }
     }
 
-    async fn check_fence(&mut self, lease: Lease, now: DateTime<Utc>) -> Result<()> {
+    async fn check_fence(&mut self, lease: Lease) -> Result<()> {
+        let now = self.db_now().await?;
         let n = sqlx::query(
             "UPDATE runs SET updated_at = ? WHERE id = ? AND epoch = ? AND status = 'leased'",
         )
-        .bind(ts(now))
+        .bind(now)
         .bind(lease.run_id.to_string())
         .bind(lease.epoch)
         .execute(&mut *self.tx)
@@ -403,6 +438,19 @@ impl TxOps for SqliteTx {
         .bind(ts(op.updated_at))
         .execute(&mut *self.tx)
         .await?;
+        // The key of an operation that ended starts its 24 h from the end.
+        if let (true, Some(request_id)) = (op.done, op.request_id.as_deref()) {
+            sqlx::query(
+                "UPDATE idempotency_keys SET ended_at = ?
+                 WHERE project = ? AND request_id = ? AND operation_id = ? AND ended_at IS NULL",
+            )
+            .bind(ts(op.updated_at))
+            .bind(op.project.as_str())
+            .bind(request_id)
+            .bind(op.id.to_string())
+            .execute(&mut *self.tx)
+            .await?;
+        }
         for (idx, step) in op.steps.iter().enumerate() {
             sqlx::query(
                 "INSERT INTO operation_steps (operation_id, idx, name, state, attempts, started_at,
@@ -458,7 +506,9 @@ impl TxOps for SqliteTx {
         Ok(())
     }
 
-    async fn enqueue_run(&mut self, run: &NewRun, now: DateTime<Utc>) -> Result<()> {
+    async fn enqueue_run(&mut self, run: &NewRun) -> Result<()> {
+        let now = self.db_now().await?;
+        let due = now.saturating_add(run.delay.map(duration_micros).unwrap_or(0).max(0));
         sqlx::query(
             "INSERT INTO runs (id, operation_id, vcluster_uid, status, run_at, priority,
                created_at, updated_at)
@@ -467,38 +517,34 @@ impl TxOps for SqliteTx {
         .bind(run.id.to_string())
         .bind(run.operation_id.to_string())
         .bind(run.vcluster_uid.to_string())
-        .bind(ts(run.run_at.map(micros).unwrap_or(now)))
+        .bind(due)
         .bind(i64::from(run.priority))
-        .bind(ts(now))
-        .bind(ts(now))
+        .bind(now)
+        .bind(now)
         .execute(&mut *self.tx)
         .await?;
         Ok(())
     }
 
-    async fn update_run(
-        &mut self,
-        lease: Lease,
-        update: RunUpdate,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
+    async fn update_run(&mut self, lease: Lease, update: RunUpdate) -> Result<()> {
+        let now = self.db_now().await?;
         let q = match update {
             RunUpdate::Complete => sqlx::query(
                 "UPDATE runs SET status = 'done', lease_owner = NULL, lease_until = NULL,
                    updated_at = ? WHERE id = ? AND epoch = ?",
             )
-            .bind(ts(now)),
-            RunUpdate::Reschedule { run_at } => sqlx::query(
+            .bind(now),
+            RunUpdate::Reschedule { after } => sqlx::query(
                 "UPDATE runs SET status = 'queued', run_at = ?, lease_owner = NULL,
                    lease_until = NULL, updated_at = ? WHERE id = ? AND epoch = ?",
             )
-            .bind(ts(micros(run_at)))
-            .bind(ts(now)),
-            RunUpdate::Renew { until } => sqlx::query(
+            .bind(now.saturating_add(duration_micros(after).max(0)))
+            .bind(now),
+            RunUpdate::Renew { lease_for } => sqlx::query(
                 "UPDATE runs SET lease_until = ?, updated_at = ? WHERE id = ? AND epoch = ?",
             )
-            .bind(ts(micros(until)))
-            .bind(ts(now)),
+            .bind(now.saturating_add(duration_micros(lease_for).max(0)))
+            .bind(now),
         };
         let n = q
             .bind(lease.run_id.to_string())
@@ -508,14 +554,14 @@ impl TxOps for SqliteTx {
             .rows_affected();
         if n == 1 {
             let history = match update {
-                RunUpdate::Renew { until } => sqlx::query(
+                RunUpdate::Renew { lease_for } => sqlx::query(
                     "UPDATE run_leases SET lease_until = ? WHERE run_id = ? AND epoch = ?",
                 )
-                .bind(ts(micros(until))),
+                .bind(now.saturating_add(duration_micros(lease_for).max(0))),
                 RunUpdate::Complete | RunUpdate::Reschedule { .. } => sqlx::query(
                     "UPDATE run_leases SET released_at = ? WHERE run_id = ? AND epoch = ?",
                 )
-                .bind(ts(now)),
+                .bind(now),
             };
             history
                 .bind(lease.run_id.to_string())
@@ -615,6 +661,7 @@ impl SqliteStore {
     async fn begin(&self) -> Result<SqliteTx> {
         Ok(SqliteTx {
             tx: self.writer.begin_with("BEGIN IMMEDIATE").await?,
+            db_now: None,
         })
     }
 
@@ -743,7 +790,7 @@ impl Store for SqliteStore {
         let cutoff = self.now() - self.config.idempotency_ttl;
         let row = sqlx::query(
             "SELECT request_hash, operation_id, created_at FROM idempotency_keys
-             WHERE project = ? AND request_id = ? AND created_at >= ?",
+             WHERE project = ? AND request_id = ? AND (ended_at IS NULL OR ended_at >= ?)",
         )
         .bind(project.as_str())
         .bind(request_id)
@@ -765,7 +812,7 @@ impl Store for SqliteStore {
 
     async fn purge_idempotency_keys(&self) -> Result<u64> {
         let cutoff = self.now() - self.config.idempotency_ttl;
-        let n = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?")
+        let n = sqlx::query("DELETE FROM idempotency_keys WHERE ended_at < ?")
             .bind(ts(cutoff))
             .execute(&self.writer)
             .await?
@@ -1029,9 +1076,9 @@ impl Store for SqliteStore {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let now = self.now();
-        let until = micros(now + lease_for);
         let mut tx = self.begin().await?;
+        let now = tx.db_now().await?;
+        let until = now.saturating_add(duration_micros(lease_for));
         let sql = "UPDATE runs SET status = 'leased', lease_owner = ?1, lease_until = ?2,
                epoch = epoch + 1, attempts = attempts + 1, updated_at = ?3
              WHERE id IN (
@@ -1046,8 +1093,8 @@ impl Store for SqliteStore {
                lease_until, epoch, priority";
         let rows = sqlx::query(sql)
             .bind(owner)
-            .bind(ts(until))
-            .bind(ts(now))
+            .bind(until)
+            .bind(now)
             .bind(i64::from(max))
             .fetch_all(&mut *tx.tx)
             .await?;
@@ -1061,8 +1108,8 @@ impl Store for SqliteStore {
             .bind(run.epoch)
             .bind(run.vcluster_uid.to_string())
             .bind(owner)
-            .bind(ts(now))
-            .bind(ts(until))
+            .bind(now)
+            .bind(until)
             .execute(&mut *tx.tx)
             .await?;
         }
@@ -1202,14 +1249,14 @@ impl Store for SqliteStore {
         rows.iter().map(run_from_row).collect()
     }
 
-    async fn next_run_due(&self) -> Result<Option<DateTime<Utc>>> {
+    async fn next_run_due_in(&self) -> Result<Option<std::time::Duration>> {
         let v: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(t) FROM (
+            "SELECT MIN(t) - CAST(unixepoch('subsec') * 1000000 AS INTEGER) FROM (
                SELECT MIN(run_at) AS t FROM runs WHERE status = 'queued'
                UNION ALL SELECT MIN(lease_until) FROM runs WHERE status = 'leased')",
         )
         .fetch_one(&self.reader)
         .await?;
-        v.map(|v| from_ts("runs", v)).transpose()
+        Ok(v.map(|us| std::time::Duration::from_micros(u64::try_from(us).unwrap_or(0))))
     }
 }

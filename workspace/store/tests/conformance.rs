@@ -22,6 +22,8 @@ ovc_testkit::both_backends!(
     idempotency_same_request_returns_first_operation,
     idempotency_fifty_concurrent_requests_make_one_operation,
     idempotency_keys_expire_and_are_purged,
+    idempotency_keys_live_24h_after_their_operation_ended,
+    the_purger_runs_periodically_and_counts,
     projections_follow_the_events,
     live_names_are_unique_and_freed_by_delete,
     projection_grammar_errors_roll_back,
@@ -30,6 +32,7 @@ ovc_testkit::both_backends!(
     queue_claims_head_run_per_vcluster,
     queue_lease_steal_and_fencing,
     queue_reschedule_is_a_durable_timer,
+    queue_leases_and_timers_ignore_the_process_clock,
     concurrent_workers_complete_each_run_once_in_order,
     wakeups_fire_on_commit,
     migrate_is_idempotent,
@@ -122,7 +125,7 @@ fn create_commit(
             id: RunId(Uuid::now_v7()),
             operation_id: op,
             vcluster_uid: vc,
-            run_at: None,
+            delay: None,
             priority: 0,
         }],
         ..Commit::default()
@@ -153,7 +156,7 @@ fn free_run(vc: VClusterId) -> Commit {
             id: RunId(Uuid::now_v7()),
             operation_id: opid(),
             vcluster_uid: vc,
-            run_at: None,
+            delay: None,
             priority: 0,
         }],
         ..Commit::default()
@@ -541,6 +544,25 @@ async fn idempotency_fifty_concurrent_requests_make_one_operation(backend: Backe
     assert_eq!(ops.items[0].id, winners[0]);
 }
 
+/// Ends operation `op` (FAILED) now.
+async fn end_operation(store: &dyn Store, op: OperationId) {
+    committed(
+        store
+            .commit(Commit {
+                appends: vec![StreamAppend {
+                    stream: StreamName::operation(op),
+                    expected: ExpectedVersion::Any,
+                    events: vec![NewEvent::new(Event::OperationFailed {
+                        error: Status::internal("ended by the test"),
+                    })],
+                }],
+                ..Commit::default()
+            })
+            .await
+            .expect("end the operation"),
+    );
+}
+
 async fn idempotency_keys_expire_and_are_purged(backend: Backend) {
     let db = TestDb::new(backend).await;
     let clock = ManualClock::new(Utc::now());
@@ -552,6 +574,7 @@ async fn idempotency_keys_expire_and_are_purged(backend: Backend) {
             .await
             .expect("first"),
     );
+    end_operation(store.as_ref(), op).await;
     clock.advance(Duration::hours(23));
     assert!(
         store
@@ -580,14 +603,63 @@ async fn idempotency_keys_expire_and_are_purged(backend: Backend) {
         .expect("f")
         .expect("k");
     assert_eq!(rec.operation_id, op2);
+    let op3 = opid();
     committed(
         store
-            .commit(create_commit(uid(), opid(), "team-c", Some("k2")))
+            .commit(create_commit(uid(), op3, "team-c", Some("k2")))
             .await
             .expect("k2"),
     );
+    end_operation(store.as_ref(), op2).await;
+    end_operation(store.as_ref(), op3).await;
     clock.advance(Duration::hours(25));
     assert_eq!(store.purge_idempotency_keys().await.expect("purge"), 2);
+}
+
+/// A key answers until 24 h after its operation *ended*: an operation that runs 30 h
+/// still answers its request id, and for 24 h after it ends.
+async fn idempotency_keys_live_24h_after_their_operation_ended(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let clock = ManualClock::new(Utc::now());
+    let store = db.open_with(db.config(), Arc::new(clock.clone())).await;
+    let op = opid();
+    committed(
+        store
+            .commit(create_commit(uid(), op, "long", Some("long-running")))
+            .await
+            .expect("create"),
+    );
+    let p = project();
+    let find = || store.find_idempotency_key(&p, "long-running");
+    clock.advance(Duration::hours(30));
+    assert_eq!(store.purge_idempotency_keys().await.expect("purge"), 0);
+    let rec = find()
+        .await
+        .expect("find")
+        .expect("kept while the operation runs");
+    assert_eq!(rec.operation_id, op);
+    // A repeat of the request 30 h later still answers the first operation.
+    let again = store
+        .commit(create_commit(uid(), opid(), "long", Some("long-running")))
+        .await
+        .expect("repeat");
+    assert!(
+        matches!(again, CommitOutcome::Duplicate { operation_id } if operation_id == op),
+        "{again:?}"
+    );
+    end_operation(store.as_ref(), op).await;
+    clock.advance(Duration::hours(23));
+    assert_eq!(store.purge_idempotency_keys().await.expect("purge"), 0);
+    assert!(
+        find().await.expect("find").is_some(),
+        "gone 23 h after the end"
+    );
+    clock.advance(Duration::hours(2));
+    assert!(
+        find().await.expect("find").is_none(),
+        "kept 25 h after the end"
+    );
+    assert_eq!(store.purge_idempotency_keys().await.expect("purge"), 1);
 }
 
 async fn projections_follow_the_events(backend: Backend) {
@@ -1075,10 +1147,15 @@ async fn queue_claims_head_run_per_vcluster(backend: Backend) {
     );
 }
 
+/// Sleeps `ms` milliseconds of real time: leases and timers follow the database's clock,
+/// which tests cannot advance.
+async fn sleep_ms(ms: u64) {
+    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+}
+
 async fn queue_lease_steal_and_fencing(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let clock = ManualClock::new(Utc::now());
-    let store = db.open_with(db.config(), Arc::new(clock.clone())).await;
+    let store = db.open().await;
     let (vc, op) = (uid(), opid());
     committed(
         store
@@ -1086,16 +1163,16 @@ async fn queue_lease_steal_and_fencing(backend: Backend) {
             .await
             .expect("create"),
     );
-    let lease = Duration::seconds(5);
+    let lease = Duration::milliseconds(800);
     let mine = store
         .claim_runs("w1", lease, 1)
         .await
         .expect("claim")
         .remove(0);
-    // Renewal keeps it; time passes but not past the lease.
-    clock.advance(Duration::seconds(4));
+    // Renewal keeps it: 1.1 s after the claim (past the first lease) it is still held.
+    sleep_ms(550).await;
     store.renew_lease(mine.lease(), lease).await.expect("renew");
-    clock.advance(Duration::seconds(4));
+    sleep_ms(550).await;
     assert!(
         store
             .claim_runs("w2", lease, 1)
@@ -1104,16 +1181,21 @@ async fn queue_lease_steal_and_fencing(backend: Backend) {
             .is_empty()
     );
     // w1 stops renewing (crashed or paused); the lease expires and w2 steals it.
-    clock.advance(Duration::seconds(2));
+    sleep_ms(400).await;
     let stolen = store.claim_runs("w2", lease, 1).await.expect("claim");
     assert_eq!(stolen.len(), 1);
     assert_eq!(stolen[0].id, mine.id);
     assert_eq!(stolen[0].epoch, mine.epoch + 1);
     assert_eq!(stolen[0].attempts, 2);
     assert_eq!(stolen[0].lease_owner.as_deref(), Some("w2"));
-    assert_eq!(
-        store.next_run_due().await.expect("due"),
-        stolen[0].lease_until
+    let due = store
+        .next_run_due_in()
+        .await
+        .expect("due")
+        .expect("a lease");
+    assert!(
+        due > std::time::Duration::ZERO && due <= lease.to_std().expect("lease"),
+        "the next due time is the new lease's end: {due:?}"
     );
     // w1 wakes up and tries to journal a step: fenced off, nothing written.
     let head = store.head_position().await.expect("head");
@@ -1149,7 +1231,7 @@ async fn queue_lease_steal_and_fencing(backend: Backend) {
             .await,
         Err(Error::LeaseLost { .. })
     ));
-    assert_eq!(store.next_run_due().await.expect("due"), None);
+    assert_eq!(store.next_run_due_in().await.expect("due"), None);
     // The audit trail: w1's claim (renewed, never released: it "crashed"), then w2's.
     let history = store.lease_history(Some(vc)).await.expect("history");
     assert_eq!(history.len(), 2, "{history:?}");
@@ -1162,15 +1244,14 @@ async fn queue_lease_steal_and_fencing(backend: Backend) {
         "the steal overlapped the first lease: {history:?}"
     );
     assert!(
-        history[0].lease_until > history[0].claimed_at + Duration::seconds(5),
-        "renewal"
+        history[0].lease_until >= history[0].claimed_at + Duration::milliseconds(1300),
+        "renewal: {history:?}"
     );
 }
 
 async fn queue_reschedule_is_a_durable_timer(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let clock = ManualClock::new(Utc::now());
-    let store = db.open_with(db.config(), Arc::new(clock.clone())).await;
+    let store = db.open().await;
     let vc = uid();
     committed(store.commit(free_run(vc)).await.expect("enqueue"));
     let run = store
@@ -1178,12 +1259,12 @@ async fn queue_reschedule_is_a_durable_timer(backend: Backend) {
         .await
         .expect("claim")
         .remove(0);
-    let wake_at = clock.now() + Duration::seconds(60);
+    let after = Duration::milliseconds(1000);
     committed(
         store
             .commit(Commit {
                 fence: Some(run.lease()),
-                run_update: Some(RunUpdate::Reschedule { run_at: wake_at }),
+                run_update: Some(RunUpdate::Reschedule { after }),
                 ..Commit::default()
             })
             .await
@@ -1192,17 +1273,17 @@ async fn queue_reschedule_is_a_durable_timer(backend: Backend) {
     let stored = store.get_run(run.id).await.expect("get").expect("run");
     assert_eq!(stored.status, RunStatus::Queued);
     assert_eq!(stored.lease_owner, None);
-    assert_eq!(
-        store
-            .next_run_due()
-            .await
-            .expect("due")
-            .map(|t| t.timestamp_micros()),
-        Some(wake_at.timestamp_micros())
+    let due = store
+        .next_run_due_in()
+        .await
+        .expect("due")
+        .expect("a timer");
+    assert!(
+        due > std::time::Duration::from_millis(500) && due <= after.to_std().expect("after"),
+        "due in {due:?}"
     );
     // A later run of the same vcluster waits behind it (one operation at a time).
     committed(store.commit(free_run(vc)).await.expect("enqueue 2"));
-    clock.advance(Duration::seconds(59));
     assert!(
         store
             .claim_runs("w2", Duration::seconds(5), 5)
@@ -1210,7 +1291,7 @@ async fn queue_reschedule_is_a_durable_timer(backend: Backend) {
             .expect("c")
             .is_empty()
     );
-    clock.advance(Duration::seconds(2));
+    sleep_ms(1100).await;
     let again = store
         .claim_runs("w2", Duration::seconds(5), 5)
         .await
@@ -1218,6 +1299,99 @@ async fn queue_reschedule_is_a_durable_timer(backend: Backend) {
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].id, run.id);
     assert_eq!(again[0].epoch, 2);
+}
+
+/// Leases and timers follow the database's clock: stores whose injected clocks are 10 s
+/// ahead or behind (workers with a wrong clock) neither steal a healthy lease nor lose
+/// their own, and their timers fire when the database says.
+async fn queue_leases_and_timers_ignore_the_process_clock(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let ahead = db
+        .open_with(
+            db.config(),
+            Arc::new(ManualClock::new(Utc::now() + Duration::seconds(10))),
+        )
+        .await;
+    let behind = db
+        .open_with(
+            db.config(),
+            Arc::new(ManualClock::new(Utc::now() - Duration::seconds(10))),
+        )
+        .await;
+    let exact = db.open().await;
+    let lease = Duration::seconds(5);
+    let (a, b) = (uid(), uid());
+    committed(exact.commit(free_run(a)).await.expect("enqueue a"));
+    // The slow clock's lease is not expired for anyone.
+    let held = behind.claim_runs("behind", lease, 1).await.expect("claim");
+    assert_eq!(held.len(), 1);
+    for (who, store) in [("exact", &exact), ("ahead", &ahead), ("behind", &behind)] {
+        assert!(
+            store
+                .claim_runs(who, lease, 5)
+                .await
+                .expect("claim")
+                .is_empty(),
+            "{who} stole the healthy lease of the slow-clock worker"
+        );
+    }
+    // The fast clock's lease is not longer than asked: due within the lease.
+    committed(exact.commit(free_run(b)).await.expect("enqueue b"));
+    let fast = ahead.claim_runs("ahead", lease, 1).await.expect("claim");
+    assert_eq!(fast.len(), 1);
+    for (who, store) in [("exact", &exact), ("ahead", &ahead), ("behind", &behind)] {
+        assert!(
+            store
+                .claim_runs(who, lease, 5)
+                .await
+                .expect("claim")
+                .is_empty(),
+            "{who} stole the healthy lease of the fast-clock worker"
+        );
+        let due = store.next_run_due_in().await.expect("due").expect("leases");
+        assert!(
+            due <= lease.to_std().expect("lease"),
+            "{who}: a lease ends later than asked ({due:?})"
+        );
+    }
+    // Renewals by either keep the lease; a durable timer of 800 ms set by the fast
+    // clock fires after 800 ms for everybody (not 10 s later), and not before.
+    behind
+        .renew_lease(held[0].lease(), lease)
+        .await
+        .expect("renew");
+    committed(
+        ahead
+            .commit(Commit {
+                fence: Some(fast[0].lease()),
+                run_update: Some(RunUpdate::Reschedule {
+                    after: Duration::milliseconds(800),
+                }),
+                ..Commit::default()
+            })
+            .await
+            .expect("reschedule"),
+    );
+    assert!(
+        ahead
+            .claim_runs("ahead", lease, 5)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "the timer fired early for the fast clock"
+    );
+    sleep_ms(1000).await;
+    let fired = behind.claim_runs("behind", lease, 5).await.expect("claim");
+    assert_eq!(fired.len(), 1, "the timer did not fire for the slow clock");
+    assert_eq!(fired[0].id, fast[0].id);
+    // No claim on a vcluster overlapped the previous one.
+    let history = exact.lease_history(None).await.expect("history");
+    assert_eq!(history.len(), 3, "{history:?}");
+    for pair in history.windows(2) {
+        if pair[0].vcluster_uid == pair[1].vcluster_uid {
+            assert!(pair[0].held_until() <= pair[1].claimed_at, "{history:?}");
+        }
+    }
 }
 
 async fn concurrent_workers_complete_each_run_once_in_order(backend: Backend) {
@@ -1236,7 +1410,7 @@ async fn concurrent_workers_complete_each_run_once_in_order(backend: Backend) {
                 id,
                 operation_id: opid(),
                 vcluster_uid: *vc,
-                run_at: None,
+                delay: None,
                 priority: 0,
             });
         }
@@ -1621,4 +1795,59 @@ async fn tokens_are_listed_expire_and_are_revoked(backend: Backend) {
 /// `t` at the precision the stores keep (microseconds).
 fn whole_micros(t: chrono::DateTime<Utc>) -> chrono::DateTime<Utc> {
     chrono::DateTime::from_timestamp_micros(t.timestamp_micros()).expect("in range")
+}
+
+/// The purge every long-lived process runs: periodic, counted, stamped.
+async fn the_purger_runs_periodically_and_counts(backend: Backend) {
+    use ovc_store::housekeeping::IdempotencyPurger;
+    let db = TestDb::new(backend).await;
+    let clock = ManualClock::new(Utc::now());
+    let store = db.open_with(db.config(), Arc::new(clock.clone())).await;
+    let purger = Arc::new(IdempotencyPurger::default());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(purger.clone().run(
+        store.clone(),
+        std::time::Duration::from_millis(20),
+        stopped,
+    ));
+    for (n, key) in [(1, "p"), (2, "q")] {
+        let op = opid();
+        committed(
+            store
+                .commit(create_commit(uid(), op, &format!("vc-{key}"), Some(key)))
+                .await
+                .expect("create"),
+        );
+        end_operation(store.as_ref(), op).await;
+        clock.advance(Duration::hours(25));
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while purger.purged_total() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "key {key} not purged by the periodic run"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(
+            store
+                .find_idempotency_key(&project(), key)
+                .await
+                .expect("find")
+                .is_none()
+        );
+    }
+    assert_eq!(purger.purged_total(), 2);
+    assert!(
+        purger
+            .last_run_unix()
+            .is_some_and(|t| t >= clock.now().timestamp() - 1)
+    );
+    let mut text = String::new();
+    purger.render_prometheus(&mut text);
+    assert!(
+        text.contains("ovc_idempotency_keys_purged_total 2"),
+        "{text}"
+    );
+    stop.send(true).expect("stop");
+    task.await.expect("purger task");
 }

@@ -23,8 +23,8 @@ pub use error::{KubeError, KubeResult};
 pub use helm::{ChartSource, Helm, HelmConfig, HelmRelease, HelmStatus};
 
 use crate::{
-    CallCtx, ControlPlaneStatus, DriverError, DriverResult, HostDriver, ReleaseInfo, ReleaseStatus,
-    ReleaseValues, Target,
+    ANNOTATION_CREATED_BY, CallCtx, ControlPlaneStatus, DriverError, DriverResult, HostDriver,
+    NamespaceOutcome, Owner, ReleaseInfo, ReleaseStatus, ReleaseValues, Target,
 };
 use async_trait::async_trait;
 use k8s_openapi::ByteString;
@@ -399,11 +399,25 @@ impl KubeHost {
         &self,
         t: &Target,
         owner: &BTreeMap<String, String>,
-    ) -> KubeResult<bool> {
+        created_by: Option<&str>,
+    ) -> KubeResult<NamespaceOutcome> {
         let api: Api<Namespace> = Api::all(self.client.clone());
         let what = format!("GET namespaces/{}", t.namespace);
+        let outcome = |ns: &Namespace| {
+            let annotated = ns
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ANNOTATION_CREATED_BY))
+                .map(String::as_str);
+            if created_by.is_some() && annotated == created_by {
+                NamespaceOutcome::Created
+            } else {
+                NamespaceOutcome::AlreadyOwned
+            }
+        };
         if let Some(ns) = self.call(&what, api.get_opt(&t.namespace)).await? {
-            return self.verify_namespace(&ns, t, owner).map(|()| false);
+            return self.verify_namespace(&ns, t, owner).map(|()| outcome(&ns));
         }
         let mut labels: BTreeMap<String, String> = owner.clone();
         labels.insert(OVC_MANAGED_BY.into(), "ovc".into());
@@ -411,7 +425,15 @@ impl KubeHost {
             metadata: ObjectMeta {
                 name: Some(t.namespace.clone()),
                 labels: Some(labels),
-                annotations: Some([(CREATED.to_string(), "true".to_string())].into()),
+                annotations: Some(
+                    [(CREATED.to_string(), "true".to_string())]
+                        .into_iter()
+                        .chain(
+                            created_by
+                                .map(|op| (ANNOTATION_CREATED_BY.to_string(), op.to_string())),
+                        )
+                        .collect(),
+                ),
                 ..ObjectMeta::default()
             },
             ..Namespace::default()
@@ -420,10 +442,10 @@ impl KubeHost {
             .call("POST namespaces", api.create(&PostParams::default(), &ns))
             .await
         {
-            Ok(_) => Ok(true),
+            Ok(_) => Ok(NamespaceOutcome::Created),
             Err(e) if e.is_already_exists() => {
                 let ns = self.call(&what, api.get(&t.namespace)).await?;
-                self.verify_namespace(&ns, t, owner).map(|()| false)
+                self.verify_namespace(&ns, t, owner).map(|()| outcome(&ns))
             }
             Err(e) => Err(e),
         }
@@ -1497,61 +1519,80 @@ async fn default_virtual_api(kubeconfig: String) -> KubeResult<Client> {
 /// The trait, adapted to the inherent methods above.
 #[async_trait]
 impl HostDriver for KubeHost {
-    async fn ensure_namespace(&self, _ctx: &CallCtx, t: &Target) -> DriverResult<()> {
-        self.ensure_namespace_owned(t, &BTreeMap::new()).await?;
-        Ok(())
+    async fn ensure_namespace(
+        &self,
+        ctx: &CallCtx,
+        t: &Target,
+        owner: &Owner,
+    ) -> DriverResult<NamespaceOutcome> {
+        ctx.check()?;
+        let created_by = ctx.operation_id.map(|op| op.to_string());
+        Ok(self
+            .ensure_namespace_owned(t, &owner.labels(), created_by.as_deref())
+            .await?)
     }
 
-    async fn delete_namespace(&self, _ctx: &CallCtx, t: &Target) -> DriverResult<bool> {
+    async fn delete_namespace(&self, ctx: &CallCtx, t: &Target) -> DriverResult<bool> {
+        ctx.check()?;
         Ok(self.delete_namespace_if_ours(t).await?)
     }
 
-    async fn namespace_exists(&self, _ctx: &CallCtx, t: &Target) -> DriverResult<bool> {
+    async fn namespace_exists(&self, ctx: &CallCtx, t: &Target) -> DriverResult<bool> {
+        ctx.check()?;
         Ok(self.namespace_exists_now(t).await?)
     }
 
     async fn install_release(
         &self,
-        _ctx: &CallCtx,
+        ctx: &CallCtx,
         t: &Target,
         values: &ReleaseValues,
     ) -> DriverResult<u32> {
+        ctx.check()?;
         Ok(self.upgrade_release(t, values).await?)
     }
 
-    async fn release(&self, _ctx: &CallCtx, t: &Target) -> DriverResult<Option<ReleaseInfo>> {
+    async fn release(&self, ctx: &CallCtx, t: &Target) -> DriverResult<Option<ReleaseInfo>> {
+        ctx.check()?;
         Ok(self.release_info(t).await?)
     }
 
-    async fn uninstall_release(&self, _ctx: &CallCtx, t: &Target) -> DriverResult<()> {
+    async fn uninstall_release(&self, ctx: &CallCtx, t: &Target) -> DriverResult<()> {
+        ctx.check()?;
         Ok(self.uninstall(t).await?)
     }
 
     async fn control_plane(
         &self,
-        _ctx: &CallCtx,
+        ctx: &CallCtx,
         t: &Target,
     ) -> DriverResult<Option<ControlPlaneStatus>> {
+        ctx.check()?;
         Ok(self.control_plane_status(t).await?)
     }
 
-    async fn pause_control_plane(&self, _ctx: &CallCtx, t: &Target) -> DriverResult<u32> {
+    async fn pause_control_plane(&self, ctx: &CallCtx, t: &Target) -> DriverResult<u32> {
+        ctx.check()?;
         Ok(self.pause(t, false).await?)
     }
 
-    async fn resume_control_plane(&self, _ctx: &CallCtx, t: &Target) -> DriverResult<u32> {
+    async fn resume_control_plane(&self, ctx: &CallCtx, t: &Target) -> DriverResult<u32> {
+        ctx.check()?;
         Ok(self.resume(t).await?)
     }
 
-    async fn workload_pods(&self, _ctx: &CallCtx, t: &Target) -> DriverResult<Vec<String>> {
+    async fn workload_pods(&self, ctx: &CallCtx, t: &Target) -> DriverResult<Vec<String>> {
+        ctx.check()?;
         Ok(self.list_workload_pods(t).await?)
     }
 
-    async fn evict_workload_pods(&self, _ctx: &CallCtx, t: &Target) -> DriverResult<u32> {
+    async fn evict_workload_pods(&self, ctx: &CallCtx, t: &Target) -> DriverResult<u32> {
+        ctx.check()?;
         Ok(self.delete_workload_pods(t).await?)
     }
 
-    async fn reconcile_workloads(&self, _ctx: &CallCtx, t: &Target) -> DriverResult<()> {
+    async fn reconcile_workloads(&self, ctx: &CallCtx, t: &Target) -> DriverResult<()> {
+        ctx.check()?;
         // The syncer recreates owned pods by itself once it runs (mechanics §2); the
         // step only has to find it running.
         let cp = self
@@ -1578,15 +1619,18 @@ impl HostDriver for KubeHost {
         Ok(())
     }
 
-    async fn kubeconfig(&self, _ctx: &CallCtx, t: &Target) -> DriverResult<Option<String>> {
+    async fn kubeconfig(&self, ctx: &CallCtx, t: &Target) -> DriverResult<Option<String>> {
+        ctx.check()?;
         Ok(self.read_kubeconfig(t).await?)
     }
 
-    async fn health_check(&self, _ctx: &CallCtx, t: &Target) -> DriverResult<bool> {
+    async fn health_check(&self, ctx: &CallCtx, t: &Target) -> DriverResult<bool> {
+        ctx.check()?;
         Ok(self.readiness(t).await?.is_ready())
     }
 
-    async fn dump_backing_store(&self, _ctx: &CallCtx, t: &Target) -> DriverResult<Vec<u8>> {
+    async fn dump_backing_store(&self, ctx: &CallCtx, t: &Target) -> DriverResult<Vec<u8>> {
+        ctx.check()?;
         Err(KubeError::refused(
             Code::FailedPrecondition,
             "SNAPSHOT_BY_LOCATION",
@@ -1601,10 +1645,11 @@ impl HostDriver for KubeHost {
 
     async fn load_backing_store(
         &self,
-        _ctx: &CallCtx,
+        ctx: &CallCtx,
         t: &Target,
         _data: &[u8],
     ) -> DriverResult<()> {
+        ctx.check()?;
         Err(KubeError::refused(
             Code::FailedPrecondition,
             "SNAPSHOT_BY_LOCATION",

@@ -11,6 +11,9 @@ pub const LATENCY_ENV: &str = "OVC_SIM_LATENCY_MS";
 pub const READY_ENV: &str = "OVC_SIM_READY_MS";
 /// Environment variable: the fault rules, see [`FaultRule::parse_list`].
 pub const FAULTS_ENV: &str = "OVC_SIM_FAULTS";
+/// Environment variable: `1` logs every host call with its lease in `sim_calls` (tests and
+/// debugging; it costs one insert per call).
+pub const RECORD_CALLS_ENV: &str = "OVC_SIM_RECORD_CALLS";
 
 /// How the simulated host behaves. `Default` is a fast, faultless host.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -22,6 +25,8 @@ pub struct SimConfig {
     pub ready_delay: Duration,
     /// Injected faults ([`FAULTS_ENV`], default none).
     pub faults: Vec<FaultRule>,
+    /// Log every call in `sim_calls` ([`RECORD_CALLS_ENV`], default off).
+    pub record_calls: bool,
 }
 
 /// A bad `OVC_SIM_*` environment variable.
@@ -41,17 +46,25 @@ pub enum ConfigError {
         /// The variable.
         var: &'static str,
     },
+    /// A switch that is neither `0` nor `1`.
+    #[error("{var}={value:?}: expected 0 or 1")]
+    BadSwitch {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+    },
     /// A bad fault rule.
     #[error(transparent)]
     Faults(#[from] FaultParseError),
 }
 
 impl SimConfig {
-    /// Reads [`LATENCY_ENV`], [`READY_ENV`] and [`FAULTS_ENV`]; unset or empty means the
-    /// default.
+    /// Reads [`LATENCY_ENV`], [`READY_ENV`], [`FAULTS_ENV`] and [`RECORD_CALLS_ENV`];
+    /// unset or empty means the default.
     pub fn from_env() -> Result<Self, ConfigError> {
         let mut vars = Vec::new();
-        for var in [LATENCY_ENV, READY_ENV, FAULTS_ENV] {
+        for var in [LATENCY_ENV, READY_ENV, FAULTS_ENV, RECORD_CALLS_ENV] {
             match std::env::var(var) {
                 Ok(value) => vars.push((var, value)),
                 Err(std::env::VarError::NotPresent) => {}
@@ -87,6 +100,16 @@ impl SimConfig {
             faults: match get(FAULTS_ENV) {
                 Some(list) => FaultRule::parse_list(&list)?,
                 None => Vec::new(),
+            },
+            record_calls: match get(RECORD_CALLS_ENV).as_deref().map(str::trim) {
+                None | Some("" | "0") => false,
+                Some("1") => true,
+                Some(other) => {
+                    return Err(ConfigError::BadSwitch {
+                        var: RECORD_CALLS_ENV,
+                        value: other.to_string(),
+                    });
+                }
             },
         })
     }

@@ -2,14 +2,15 @@
 //!
 //! `sim_objects(kind, namespace, name, doc)` holds namespaces (`kind = 'namespace'`,
 //! `name = ''`) and releases (`kind = 'release'`) as JSON documents; `sim_effects` counts
-//! state changes; `sim_fault_hits` counts calls that matched a fault rule.
+//! state changes; `sim_fault_hits` counts calls that matched a fault rule; `sim_calls`
+//! (migration `0010_sim_calls.sql`) logs calls when the config asks for it.
 //!
 //! Writes go through [`Tx`]: SQLite starts it with `BEGIN IMMEDIATE` (the write lock is
 //! taken up front, so two processes never deadlock upgrading a read lock); PostgreSQL
 //! locks the namespace row with `SELECT ... FOR UPDATE` ([`Tx::lock`]), which serializes
 //! every change inside one namespace across processes.
 
-use super::SimError;
+use super::{CallRecord, SimError};
 use ovc_types::OperationId;
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -207,6 +208,101 @@ impl Pool {
             }
         };
         Ok(rows.into_iter().map(|(e, n)| (e, count(n))).collect())
+    }
+
+    /// Appends one call to `sim_calls`.
+    pub(crate) async fn record_call(&self, call: &CallRecord) -> Result<(), SimError> {
+        match self {
+            Pool::Sqlite(p) => {
+                sqlx::query(
+                    "INSERT INTO sim_calls (method, namespace, operation_id, workflow, step,
+                       epoch, owner) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&call.method)
+                .bind(&call.namespace)
+                .bind(call.operation_id.map(|o| o.to_string()))
+                .bind(&call.workflow)
+                .bind(&call.step)
+                .bind(call.epoch)
+                .bind(&call.owner)
+                .execute(p)
+                .await?;
+            }
+            Pool::Postgres(p) => {
+                sqlx::query(
+                    "INSERT INTO sim_calls (method, namespace, operation_id, workflow, step,
+                       epoch, owner) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(&call.method)
+                .bind(&call.namespace)
+                .bind(call.operation_id.map(|o| o.0))
+                .bind(&call.workflow)
+                .bind(&call.step)
+                .bind(call.epoch)
+                .bind(&call.owner)
+                .execute(p)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every recorded call, oldest first.
+    pub(crate) async fn calls(&self) -> Result<Vec<CallRecord>, SimError> {
+        type R = (
+            i64,
+            String,
+            String,
+            Option<String>,
+            String,
+            String,
+            Option<i64>,
+            Option<String>,
+        );
+        let rows: Vec<R> = match self {
+            Pool::Sqlite(p) => {
+                sqlx::query_as(
+                    "SELECT seq, method, namespace, operation_id, workflow, step, epoch, owner
+                     FROM sim_calls ORDER BY seq",
+                )
+                .fetch_all(p)
+                .await?
+            }
+            Pool::Postgres(p) => {
+                sqlx::query_as(
+                    "SELECT seq, method, namespace, operation_id::text, workflow, step, epoch,
+                       owner FROM sim_calls ORDER BY seq",
+                )
+                .fetch_all(p)
+                .await?
+            }
+        };
+        rows.into_iter()
+            .map(
+                |(seq, method, namespace, op, workflow, step, epoch, owner)| {
+                    let operation_id = op
+                        .map(|o| {
+                            uuid::Uuid::parse_str(&o).map(OperationId).map_err(|e| {
+                                SimError::Corrupt {
+                                    what: format!("sim_calls {seq}"),
+                                    message: e.to_string(),
+                                }
+                            })
+                        })
+                        .transpose()?;
+                    Ok(CallRecord {
+                        seq: count(seq),
+                        method,
+                        namespace,
+                        operation_id,
+                        workflow,
+                        step,
+                        epoch,
+                        owner,
+                    })
+                },
+            )
+            .collect()
     }
 
     /// Counts one more call of (operation, workflow, step) that matched a fault rule;

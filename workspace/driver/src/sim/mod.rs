@@ -58,13 +58,25 @@
 //! | `OVC_SIM_LATENCY_MS` | `0` | slept at the start of every host call |
 //! | `OVC_SIM_READY_MS` | `0` | time from a scale until the pods exist and are ready |
 //! | `OVC_SIM_FAULTS` | none | `;`-separated fault rules `workflow/step:kind[:count]` |
+//! | `OVC_SIM_RECORD_CALLS` | `0` | `1`: log every call with its lease in `sim_calls` |
+//!
+//! # Self-fencing
+//!
+//! Every call checks [`CallCtx::check`] after its latency and before it touches the
+//! state, as a real driver must: a worker whose lease was lost or has passed (by its own
+//! monotonic reckoning, see [`crate::Fence`]) gets a transient error and changes
+//! nothing. With `OVC_SIM_RECORD_CALLS=1` every call that passed the check is logged
+//! with its operation, step, lease epoch and owner ([`SimHost::calls`]), so a test can
+//! prove that a frozen and resumed worker made no further call.
 //!
 //! # Faults
 //!
 //! A rule names a workflow and a step of [`CallCtx`] (`*` for any step, undo steps
 //! included; an undo is the step `undo:<step>`, so `suspend/undo:scale_to_zero` names
 //! one), a kind and an optional count. Rules are checked at the start of every host call,
-//! after the latency and before any effect. Matching calls are counted per
+//! after the latency and before any effect, and by the engine before every step attempt
+//! through [`SimHost::inject_faults`] (so a step that never calls the host can be
+//! faulted too; the engine's `StepHook`, not the [`HostDriver`] trait). Matching calls are counted per
 //! `(operation, workflow, step)` in `sim_fault_hits` (persisted: the count survives
 //! restarts and is shared by processes); the `n`-th call fails when a matching rule's
 //! count is at least `n` (default: transient 1, permanent and hang unlimited).
@@ -79,7 +91,7 @@ mod model;
 
 pub use config::{
     ConfigError, FAULTS_ENV, FaultKind, FaultParseError, FaultRule, LATENCY_ENV, READY_ENV,
-    SimConfig,
+    RECORD_CALLS_ENV, SimConfig,
 };
 pub use model::{
     SimNamespace, SimRelease, SimState, WORKLOAD_PODS, initial_backing_store, render_kubeconfig,
@@ -143,6 +155,27 @@ impl From<SimError> for DriverError {
 /// The effect counter key of `method` in `namespace`: `"<method>:<namespace>"`.
 pub fn effect_key(method: &str, namespace: &str) -> String {
     format!("{method}:{namespace}")
+}
+
+/// One logged host call (`OVC_SIM_RECORD_CALLS=1`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRecord {
+    /// Order of the calls (1, 2, ...).
+    pub seq: u64,
+    /// The [`HostDriver`] method.
+    pub method: String,
+    /// The target namespace.
+    pub namespace: String,
+    /// The operation (`None`: a read outside any operation).
+    pub operation_id: Option<ovc_types::OperationId>,
+    /// The workflow.
+    pub workflow: String,
+    /// The step.
+    pub step: String,
+    /// The lease epoch the call was made under (`None`: unfenced).
+    pub epoch: Option<i64>,
+    /// The worker holding that lease.
+    pub owner: Option<String>,
 }
 
 /// The simulated host. Cheap to clone (the pool is shared).
@@ -273,6 +306,11 @@ impl SimHost {
         Ok(self.pool.effects().await?.into_iter().collect())
     }
 
+    /// The call log, oldest first (empty unless [`SimConfig::record_calls`]).
+    pub async fn calls(&self) -> Result<Vec<CallRecord>, SimError> {
+        self.pool.calls().await
+    }
+
     /// Everything on the host, as of now.
     pub async fn state(&self) -> Result<SimState, SimError> {
         let namespaces = self
@@ -334,16 +372,34 @@ impl SimHost {
         Ok(Some(r))
     }
 
-    /// Latency, then fault injection: the start of every host call.
-    async fn enter(&self, ctx: &CallCtx) -> DriverResult<()> {
+    /// Latency, the lease check, the call log, then fault injection: the start of every
+    /// host call.
+    async fn enter(&self, ctx: &CallCtx, method: &str, t: &Target) -> DriverResult<()> {
         if !self.config.latency.is_zero() {
             tokio::time::sleep(self.config.latency).await;
+        }
+        ctx.check()?;
+        if self.config.record_calls {
+            self.pool
+                .record_call(&CallRecord {
+                    seq: 0,
+                    method: method.to_string(),
+                    namespace: t.namespace.clone(),
+                    operation_id: ctx.operation_id,
+                    workflow: ctx.workflow.clone(),
+                    step: ctx.step.clone(),
+                    epoch: ctx.fence.epoch(),
+                    owner: ctx.fence.owner().map(str::to_string),
+                })
+                .await?;
         }
         self.inject_faults(ctx).await
     }
 
     /// Fires the fault rules matching `ctx`, counting the hit (see the module docs).
-    async fn inject_faults(&self, ctx: &CallCtx) -> DriverResult<()> {
+    /// Called at the start of every host call, and by the engine before every step
+    /// attempt, so a step that never calls the host can be faulted too.
+    pub async fn inject_faults(&self, ctx: &CallCtx) -> DriverResult<()> {
         let rules: Vec<&FaultRule> = self
             .config
             .faults
@@ -355,7 +411,12 @@ impl SimHost {
         }
         let hit = self
             .pool
-            .hit_fault(ctx.operation_id, &ctx.workflow, &ctx.step)
+            .hit_fault(
+                ctx.operation_id
+                    .unwrap_or(ovc_types::OperationId(uuid::Uuid::nil())),
+                &ctx.workflow,
+                &ctx.step,
+            )
             .await?;
         let Some(rule) = rules.into_iter().find(|r| r.fires_on(hit)) else {
             return Ok(());
@@ -366,7 +427,7 @@ impl SimHost {
             None => format!("hit {hit}"),
         };
         tracing::info!(
-            operation_id = %ctx.operation_id,
+            operation_id = ?ctx.operation_id,
             %at,
             %rule,
             hit,
@@ -496,18 +557,13 @@ impl SimHost {
 
 #[async_trait]
 impl HostDriver for SimHost {
-    async fn begin_step(&self, ctx: &CallCtx) -> DriverResult<()> {
-        // Steps that never call the host (verifying an artifact) can be faulted too.
-        self.inject_faults(ctx).await
-    }
-
     async fn ensure_namespace(
         &self,
         ctx: &CallCtx,
         t: &Target,
         owner: &Owner,
     ) -> DriverResult<NamespaceOutcome> {
-        self.enter(ctx).await?;
+        self.enter(ctx, "ensure_namespace", t).await?;
         check_namespace(t)?;
         let doc = to_doc(&SimNamespace::owned(
             &t.namespace,
@@ -541,8 +597,11 @@ impl HostDriver for SimHost {
                 if !owner.owns(&ns.labels) {
                     return Err(owner.refusal(&t.namespace, &ns.labels));
                 }
-                let ours = ns.annotations.get(ANNOTATION_CREATED_BY)
-                    == Some(&ctx.operation_id.to_string());
+                let ours = ns
+                    .annotations
+                    .get(ANNOTATION_CREATED_BY)
+                    .map(String::as_str)
+                    == ctx.operation_id.map(|o| o.to_string()).as_deref();
                 Ok(if ours {
                     NamespaceOutcome::Created
                 } else {
@@ -557,7 +616,7 @@ impl HostDriver for SimHost {
     }
 
     async fn delete_namespace(&self, ctx: &CallCtx, t: &Target) -> DriverResult<bool> {
-        self.enter(ctx).await?;
+        self.enter(ctx, "delete_namespace", t).await?;
         check_namespace(t)?;
         let mut tx = self.pool.begin().await?;
         let deleted = async {
@@ -583,7 +642,7 @@ impl HostDriver for SimHost {
     }
 
     async fn namespace_exists(&self, ctx: &CallCtx, t: &Target) -> DriverResult<bool> {
-        self.enter(ctx).await?;
+        self.enter(ctx, "namespace_exists", t).await?;
         check_namespace(t)?;
         Ok(self.pool.get(NAMESPACE, &t.namespace, "").await?.is_some())
     }
@@ -594,7 +653,7 @@ impl HostDriver for SimHost {
         t: &Target,
         values: &ReleaseValues,
     ) -> DriverResult<u32> {
-        self.enter(ctx).await?;
+        self.enter(ctx, "install_release", t).await?;
         let want = values.control_plane.replicas;
         if want == 0 {
             return Err(DriverError::permanent(
@@ -660,12 +719,12 @@ impl HostDriver for SimHost {
     }
 
     async fn release(&self, ctx: &CallCtx, t: &Target) -> DriverResult<Option<ReleaseInfo>> {
-        self.enter(ctx).await?;
+        self.enter(ctx, "release", t).await?;
         Ok(self.read(t).await?.0.map(|r| r.info()))
     }
 
     async fn uninstall_release(&self, ctx: &CallCtx, t: &Target) -> DriverResult<()> {
-        self.enter(ctx).await?;
+        self.enter(ctx, "uninstall_release", t).await?;
         self.change(t, "uninstall_release", |s| {
             // The release, its pods and the PVC data-NAME-0 (mechanics §7).
             s.release = None;
@@ -679,13 +738,13 @@ impl HostDriver for SimHost {
         ctx: &CallCtx,
         t: &Target,
     ) -> DriverResult<Option<ControlPlaneStatus>> {
-        self.enter(ctx).await?;
+        self.enter(ctx, "control_plane", t).await?;
         let (release, now) = self.read(t).await?;
         Ok(release.map(|r| r.control_plane(now)))
     }
 
     async fn pause_control_plane(&self, ctx: &CallCtx, t: &Target) -> DriverResult<u32> {
-        self.enter(ctx).await?;
+        self.enter(ctx, "pause_control_plane", t).await?;
         let delay = self.config.ready_delay;
         self.change(t, "pause_control_plane", |s| {
             let now = s.now;
@@ -711,7 +770,7 @@ impl HostDriver for SimHost {
     }
 
     async fn resume_control_plane(&self, ctx: &CallCtx, t: &Target) -> DriverResult<u32> {
-        self.enter(ctx).await?;
+        self.enter(ctx, "resume_control_plane", t).await?;
         let delay = self.config.ready_delay;
         self.change(t, "resume_control_plane", |s| {
             let now = s.now;
@@ -732,7 +791,7 @@ impl HostDriver for SimHost {
     }
 
     async fn workload_pods(&self, ctx: &CallCtx, t: &Target) -> DriverResult<Vec<String>> {
-        self.enter(ctx).await?;
+        self.enter(ctx, "workload_pods", t).await?;
         Ok(self
             .read(t)
             .await?
@@ -742,7 +801,7 @@ impl HostDriver for SimHost {
     }
 
     async fn evict_workload_pods(&self, ctx: &CallCtx, t: &Target) -> DriverResult<u32> {
-        self.enter(ctx).await?;
+        self.enter(ctx, "evict_workload_pods", t).await?;
         self.change(t, "evict_workload_pods", |s| {
             let now = s.now;
             let Some(r) = s.release.as_mut() else {
@@ -759,7 +818,7 @@ impl HostDriver for SimHost {
     }
 
     async fn reconcile_workloads(&self, ctx: &CallCtx, t: &Target) -> DriverResult<()> {
-        self.enter(ctx).await?;
+        self.enter(ctx, "reconcile_workloads", t).await?;
         self.change(t, "reconcile_workloads", |s| {
             let now = s.now;
             let r = s.release.as_mut().ok_or_else(|| not_found(t))?;
@@ -792,19 +851,19 @@ impl HostDriver for SimHost {
     }
 
     async fn kubeconfig(&self, ctx: &CallCtx, t: &Target) -> DriverResult<Option<String>> {
-        self.enter(ctx).await?;
+        self.enter(ctx, "kubeconfig", t).await?;
         let (release, now) = self.read(t).await?;
         Ok(release.and_then(|r| r.kubeconfig(now)))
     }
 
     async fn health_check(&self, ctx: &CallCtx, t: &Target) -> DriverResult<bool> {
-        self.enter(ctx).await?;
+        self.enter(ctx, "health_check", t).await?;
         let (release, now) = self.read(t).await?;
         Ok(release.is_some_and(|r| r.is_running(now)))
     }
 
     async fn dump_backing_store(&self, ctx: &CallCtx, t: &Target) -> DriverResult<Vec<u8>> {
-        self.enter(ctx).await?;
+        self.enter(ctx, "dump_backing_store", t).await?;
         let (r, now) = self.read_required(t).await?;
         if !r.is_running(now) {
             return Err(not_running(t));
@@ -813,7 +872,7 @@ impl HostDriver for SimHost {
     }
 
     async fn load_backing_store(&self, ctx: &CallCtx, t: &Target, data: &[u8]) -> DriverResult<()> {
-        self.enter(ctx).await?;
+        self.enter(ctx, "load_backing_store", t).await?;
         self.change(t, "load_backing_store", |s| {
             let now = s.now;
             let r = s.release.as_mut().ok_or_else(|| not_found(t))?;

@@ -43,16 +43,17 @@ impl SimNamespace {
     pub(crate) fn owned(
         name: &str,
         owner: &Owner,
-        operation: OperationId,
+        operation: Option<OperationId>,
         now: DateTime<Utc>,
     ) -> Self {
+        let mut annotations = BTreeMap::from([("vcluster.loft.sh/created".into(), "true".into())]);
+        if let Some(op) = operation {
+            annotations.insert(ANNOTATION_CREATED_BY.into(), op.to_string());
+        }
         Self {
             name: name.to_string(),
             labels: owner.labels(),
-            annotations: BTreeMap::from([
-                ("vcluster.loft.sh/created".into(), "true".into()),
-                (ANNOTATION_CREATED_BY.into(), operation.to_string()),
-            ]),
+            annotations,
             created_at: now,
         }
     }
