@@ -28,7 +28,9 @@ pub struct WorkerArgs {
     /// OVC_SIM_READY_MS, OVC_SIM_FAULTS); the Kubernetes driver arrives later.
     #[arg(long, value_parser = ["sim"], default_value = "sim")]
     pub host: String,
-    /// Snapshot storage: a directory, file:///DIR or memory://.
+    /// Snapshot storage: a directory, file:///DIR, s3://BUCKET/PREFIX, gcs://BUCKET/PREFIX,
+    /// azblob://CONTAINER/PREFIX (options in the query, e.g. ?region=&endpoint=;
+    /// credentials from the environment, never in the URL) or memory://.
     #[arg(long, env = "OVC_ARTIFACTS", default_value = ".ovc/snapshots")]
     pub artifacts: String,
     /// Runs executed at once by this process.
@@ -56,8 +58,12 @@ pub async fn build(store: Arc<dyn Store>, args: &WorkerArgs) -> anyhow::Result<W
     let sim = SimHost::connect_from_env(&args.database_url, args.pg_schema.as_deref())
         .await
         .context("connecting the simulated host")?;
-    let artifacts = OpendalArtifacts::from_url(&args.artifacts)
-        .with_context(|| format!("opening snapshot storage {}", args.artifacts))?;
+    let artifacts = OpendalArtifacts::from_url(&args.artifacts).with_context(|| {
+        format!(
+            "opening snapshot storage {}",
+            ovc_snapshots::object_url::redact(&args.artifacts)
+        )
+    })?;
     let exec = Executor {
         store,
         registry: Arc::new(if args.workflows == "bench" {
