@@ -258,7 +258,9 @@ impl ArtifactStore for OpendalArtifacts {
             Err(e) if is_absent(&e) => return Ok(None),
             Err(e) => return Err(map_err("get", key, e)),
         };
-        let reader = match self.op.reader_with(key).chunk(WRITE_CHUNK_BYTES).await {
+        // One streamed GET for the whole object (ranged reads of parts cost a request
+        // each, and some servers re-read the object for every range).
+        let reader = match self.op.reader(key).await {
             Ok(r) => r,
             Err(e) if is_absent(&e) => return Ok(None),
             Err(e) => return Err(map_err("get", key, e)),
