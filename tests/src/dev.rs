@@ -123,7 +123,9 @@ impl DevServer {
             banner.push(line.clone());
             let line = line.trim();
             if let Some(r) = line.strip_prefix(rest_prefix) {
-                rest = Some(first_word(r.trim().trim_start_matches("http://")));
+                let r = r.trim();
+                let r = r.strip_prefix("https://").unwrap_or(r);
+                rest = Some(first_word(r.trim_start_matches("http://")));
             }
             if let Some(g) = line.strip_prefix(grpc_prefix) {
                 grpc = Some(first_word(g));

@@ -46,6 +46,8 @@ pub struct HarnessOptions {
     pub repeat_steps: bool,
     /// Caps step time limits (for hang tests).
     pub max_step_timeout: Option<Duration>,
+    /// The wait limit of steps (default: the engine's 10 minutes).
+    pub ready_timeout: Option<Duration>,
 }
 
 /// A fresh database, the simulated host on it, a snapshot directory, and one in-process
@@ -114,6 +116,9 @@ async fn spawn_worker(
         owner: String::new(),
         repeat_steps: options.repeat_steps,
         max_step_timeout: options.max_step_timeout,
+        ready_timeout: options
+            .ready_timeout
+            .unwrap_or(ovc_engine::model::DEFAULT_READY_TIMEOUT),
     };
     let worker = Worker::new(
         exec,
@@ -179,12 +184,25 @@ impl Harness {
         command: Command,
         request_id: Option<&str>,
     ) -> Result<Accepted, Status> {
+        self.submit_as(&project(), vc, command, request_id, &RandomIds)
+            .await
+    }
+
+    /// Submits `command` on vcluster `vc` of `project`, minting ids with `ids`.
+    pub async fn submit_as(
+        &self,
+        project: &ProjectName,
+        vc: &str,
+        command: Command,
+        request_id: Option<&str>,
+        ids: &dyn ovc_types::time::IdSource,
+    ) -> Result<Accepted, Status> {
         accept(
             self.store.as_ref(),
             &ovc_workflows::registry(),
-            &RandomIds,
+            ids,
             CommandRequest {
-                project: project(),
+                project: project.clone(),
                 vcluster: name(vc),
                 command,
                 request_id: request_id.map(str::to_string),

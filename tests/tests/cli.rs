@@ -272,7 +272,8 @@ fn snapshot_commands_and_bulk_retry() {
     let ops: serde_json::Value = serde_json::from_str(&out).expect("json");
     let ops = ops["operations"].as_array().expect("ops");
     assert_eq!(ops.len(), 2, "{ops:?}");
-    assert_eq!(ops[1]["retry_of"], ops[0]["id"]);
+    // Newest first: the retry, then the operation it retried.
+    assert_eq!(ops[0]["retry_of"], ops[1]["id"]);
 }
 
 /// `ovc ops watch` follows a running operation's events to the end (exit 0 on success,
@@ -335,4 +336,246 @@ fn watch_kubeconfig_and_events_tail_over_http() {
     };
     assert!(!ids(&over_http).is_empty());
     assert_eq!(ids(&over_http), ids(&direct));
+}
+
+/// The database password never appears in what `ovc` prints: errors (an unreachable or
+/// unsupported URL, with the password in the userinfo or the query) and `--help`, which
+/// shows the values of environment variables unless told not to.
+#[test]
+fn database_passwords_are_redacted_everywhere_they_are_printed() {
+    const SECRET: &str = "S3cretPassw0rd";
+    let urls = [
+        format!("postgres://ovc:{SECRET}@127.0.0.1:1/ovc"),
+        format!("postgres://127.0.0.1:1/ovc?user=ovc&password={SECRET}"),
+        format!("mysql://ovc:{SECRET}@127.0.0.1/ovc"),
+    ];
+    // All at once: an unreachable PostgreSQL takes the store's connect timeout to fail.
+    let mut runs = Vec::new();
+    for url in &urls {
+        for args in [
+            vec!["migrate", "--database-url", url.as_str()],
+            vec!["worker", "--database-url", url.as_str()],
+            vec![
+                "serve",
+                "--database-url",
+                url.as_str(),
+                "--http",
+                "127.0.0.1:0",
+                "--grpc",
+                "127.0.0.1:0",
+            ],
+            vec!["events", "tail", "--database-url", url.as_str()],
+        ] {
+            let child = Command::new(ovc_bin())
+                .args(&args)
+                .env("OVC_LOG", "debug")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("run ovc");
+            runs.push((format!("{args:?}"), child));
+        }
+    }
+    for (args, child) in runs {
+        let out = child.wait_with_output().expect("wait");
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{args}: {printed}");
+        assert!(
+            !printed.contains(SECRET),
+            "{args} printed the password: {printed}"
+        );
+        assert!(
+            printed.contains("***"),
+            "{args}: the URL is shown redacted: {printed}"
+        );
+    }
+    // --help shows environment values: not this one.
+    for cmd in [
+        vec!["serve", "--help"],
+        vec!["migrate", "--help"],
+        vec!["dev", "--help"],
+    ] {
+        let out = Command::new(ovc_bin())
+            .args(&cmd)
+            .env(
+                "OVC_DATABASE_URL",
+                format!("postgres://ovc:{SECRET}@db/ovc"),
+            )
+            .env("DATABASE_URL", format!("postgres://ovc:{SECRET}@db/ovc"))
+            .output()
+            .expect("run ovc");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("OVC_DATABASE_URL"), "{cmd:?}: {help}");
+        assert!(
+            !help.contains(SECRET),
+            "{cmd:?} printed the password: {help}"
+        );
+    }
+}
+
+/// `ovc token ...` with `args` on the database `url`: (success, stdout, stderr).
+fn ovc_token(url: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(ovc_bin())
+        .arg("token")
+        .args(args)
+        .args(["--database-url", url])
+        .output()
+        .expect("run ovc token");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn tokens_default_to_viewer_list_without_secrets_expire_and_revoke() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let url = format!("sqlite://{}", dir.path().join("ovc.db").display());
+    let out = Command::new(ovc_bin())
+        .args(["migrate", "--database-url", &url])
+        .output()
+        .expect("migrate");
+    assert!(out.status.success(), "{out:?}");
+
+    // Least privilege unless told; an expiry in humane units.
+    let (ok, viewer, err) = ovc_token(&url, &["create", "--project", "alpha"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("(viewer, never expires)"), "{err}");
+    let (ok, admin, err) = ovc_token(
+        &url,
+        &[
+            "create",
+            "--project",
+            "alpha",
+            "--role",
+            "admin",
+            "--expires-in",
+            "30d",
+        ],
+    );
+    assert!(ok, "{err}");
+    for bad in ["0s", "30", "30x", "-1d", "99999999999999999d"] {
+        let flag = format!("--expires-in={bad}");
+        let (ok, _, err) = ovc_token(&url, &["create", "--project", "alpha", &flag]);
+        assert!(!ok, "--expires-in {bad} was accepted");
+        assert!(err.contains("--expires-in"), "{bad}: {err}");
+    }
+
+    let (ok, json, err) = ovc_token(&url, &["list", "-o", "json"]);
+    assert!(ok, "{err}");
+    let tokens: serde_json::Value = serde_json::from_str(&json).expect("json");
+    let tokens = tokens.as_array().expect("array");
+    assert_eq!(tokens.len(), 2, "{json}");
+    assert_eq!(tokens[0]["role"], "viewer");
+    assert_eq!(tokens[0]["expires_at"], serde_json::Value::Null);
+    assert_eq!(tokens[0]["revoked_at"], serde_json::Value::Null);
+    assert_eq!(tokens[1]["role"], "admin");
+    let expires: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(tokens[1]["expires_at"].clone()).expect("expires_at");
+    let days = (expires - chrono::Utc::now()).num_hours() as f64 / 24.0;
+    assert!((29.9..=30.0).contains(&days), "expires in {days} days");
+    let (ok, table, _) = ovc_token(&url, &["list", "--project", "alpha"]);
+    assert!(ok);
+    for secret in [&viewer, &admin] {
+        let hash = ovc_api::auth::token_sha256(secret);
+        for listing in [&json, &table] {
+            assert!(
+                !listing.contains(secret.as_str()) && !listing.contains(&hash),
+                "{listing}"
+            );
+        }
+    }
+    let (ok, table, _) = ovc_token(&url, &["list", "--project", "beta"]);
+    assert!(ok);
+    assert_eq!(table.lines().count(), 1, "only the header: {table}");
+
+    // A served token works until it is revoked.
+    let server = DevServer::serve(&["--database-url", &url, "--auth", "token"]);
+    let get = |token: &str| {
+        ovc_tests::dev::http(
+            "GET",
+            &format!("{}/v1/vclusters", server.http),
+            None,
+            &[("authorization", &format!("bearer {token}"))],
+        )
+    };
+    assert_eq!(get(&viewer).0, 200);
+    let id = tokens[0]["id"].as_str().expect("id");
+    let (ok, out, err) = ovc_token(&url, &["revoke", id]);
+    assert!(ok, "{err}");
+    assert!(out.contains("revoked"), "{out}");
+    let (status, body) = get(&viewer);
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["status"], "UNAUTHENTICATED");
+    assert_eq!(get(&admin).0, 200);
+    let (ok, json, _) = ovc_token(&url, &["list", "-o", "json"]);
+    assert!(ok);
+    assert!(json.contains("\"revoked_at\": \"20"), "{json}");
+    let (ok, _, err) = ovc_token(&url, &["revoke", "0190b6f0-0000-7000-8000-000000000000"]);
+    assert!(!ok);
+    assert!(err.contains("no token"), "{err}");
+}
+
+/// One raw HTTP/1.1 request to `addr`; the status code.
+fn raw_status(addr: &str, request: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.write_all(request.as_bytes()).expect("send");
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    raw.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {raw:?}"))
+}
+
+/// The attacks of issue 8 item 3 against a running `ovc dev`: a cross-site `text/plain`
+/// POST, and DNS rebinding (a foreign Host).
+#[test]
+fn ovc_dev_refuses_browser_attacks() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let dev = DevServer::start(dir.path(), &[], &[]);
+    let addr = dev.rest_addr().to_string();
+    let body = r#"{"name":"x"}"#;
+    let post = |host: &str, extra: &str| {
+        format!(
+            "POST /v1/vclusters HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n{extra}content-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    assert_eq!(
+        raw_status(
+            &addr,
+            &post(
+                &addr,
+                "content-type: text/plain\r\norigin: https://evil.example\r\n"
+            )
+        ),
+        403
+    );
+    assert_eq!(
+        raw_status(&addr, &post(&addr, "content-type: text/plain\r\n")),
+        415
+    );
+    assert_eq!(
+        raw_status(
+            &addr,
+            &post("evil.example:8080", "content-type: application/json\r\n")
+        ),
+        403
+    );
+    let get = "GET /v1/vclusters HTTP/1.1\r\nhost: rebound.example\r\nconnection: close\r\n\r\n";
+    assert_eq!(raw_status(&addr, get), 403);
+    let (status, list) = dev.call("GET", "/v1/vclusters", None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        list["vclusters"],
+        serde_json::json!([]),
+        "nothing was created"
+    );
 }

@@ -412,7 +412,7 @@ async fn crash_test(
                     .await
                     .expect("sim");
                     let t = ovc_driver::Target {
-                        namespace: host_namespace(&project(), &op.vcluster),
+                        namespace: host_namespace(&op.vcluster, op.vcluster_uid),
                         release: op.vcluster.to_string(),
                     };
                     eprintln!("host: {:#?}", sim.release_state(&t).await.expect("release"));
@@ -503,7 +503,7 @@ async fn crash_test(
         else {
             continue;
         };
-        let ns = host_namespace(&project(), &name(vc));
+        let ns = v.host_namespace.clone();
         let release = state.releases.iter().find(|r| r.namespace == ns);
         match v.state {
             VClusterState::Running => {

@@ -368,18 +368,19 @@ async fn lifecycle_over_grpc() {
         .await
         .expect("list operations")
         .into_inner();
+    // Newest first, as REST.
     let kinds: Vec<&str> = ops.operations.iter().map(|o| o.kind.as_str()).collect();
     assert_eq!(
         kinds,
         [
-            "CREATE",
-            "SUSPEND",
-            "RESUME",
-            "SNAPSHOT",
-            "SCALE",
-            "RESTORE",
+            "DELETE",
             "DELETE_SNAPSHOT",
-            "DELETE"
+            "RESTORE",
+            "SCALE",
+            "SNAPSHOT",
+            "RESUME",
+            "SUSPEND",
+            "CREATE"
         ]
     );
     assert!(ops.operations.iter().all(|o| o.state == "SUCCEEDED"));
@@ -780,6 +781,42 @@ async fn tokens_scope_grpc_calls_to_their_project_and_role() {
             .await,
         Code::PermissionDenied,
     );
+    // A kubeconfig needs an operator; deletes need an admin (checked before the state).
+    let s = expect_code(
+        c.vc.get_kubeconfig(with_token(
+            &viewer,
+            proto::GetKubeconfigRequest {
+                name: "shared".into(),
+                ..Default::default()
+            },
+        ))
+        .await,
+        Code::PermissionDenied,
+    );
+    assert_eq!(reason(&s), "ROLE_VIEWER");
+    let s = expect_code(
+        c.vc.delete_v_cluster(with_token(
+            &beta,
+            proto::DeleteVClusterRequest {
+                name: "shared".into(),
+                ..Default::default()
+            },
+        ))
+        .await,
+        Code::PermissionDenied,
+    );
+    assert_eq!(reason(&s), "ROLE_NOT_ADMIN");
+    // The scheme is case-insensitive in gRPC metadata too.
+    let mut lower = Request::new(proto::ListVClustersRequest::default());
+    lower.metadata_mut().insert(
+        "authorization",
+        format!("bearer {beta}").parse().expect("metadata value"),
+    );
+    let list =
+        c.vc.list_v_clusters(lower)
+            .await
+            .expect("lower-case bearer");
+    assert_eq!(list.into_inner().vclusters.len(), 1);
 }
 
 #[test]
@@ -991,4 +1028,56 @@ async fn reflection_lists_the_ovc_services() {
         panic!("expected file descriptors, got {second:?}");
     };
     assert!(!files.file_descriptor_proto.is_empty());
+}
+
+/// A request body that is not the method's message (here a `google.protobuf.Duration`,
+/// whose field 1 is a varint, sent where field 1 is a string) is INVALID_ARGUMENT with
+/// reason MALFORMED_PROTOBUF, not INTERNAL (API.md: INTERNAL is a bug, never bad input).
+#[tokio::test]
+async fn malformed_protobuf_is_invalid_argument() {
+    use tonic::codegen::http::uri::PathAndQuery;
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = start_dev(&dir.path().join("data"));
+    let mut grpc = tonic::client::Grpc::new(channel(&server).await);
+    for path in [
+        "/ovc.v1.VClusterService/GetVCluster",
+        "/ovc.v1.VClusterService/CreateVCluster",
+        "/ovc.v1.OperationService/GetOperation",
+    ] {
+        grpc.ready().await.expect("ready");
+        let codec =
+            ovc_api::grpc::codec::ApiCodec::<prost_types::Duration, proto::VCluster>::default();
+        let err = grpc
+            .unary(
+                Request::new(prost_types::Duration {
+                    seconds: 5,
+                    nanos: 0,
+                }),
+                PathAndQuery::from_static(path),
+                codec,
+            )
+            .await
+            .expect_err("a malformed request is refused");
+        assert_eq!(err.code(), Code::InvalidArgument, "{path}: {err:?}");
+        assert_eq!(reason(&err), "MALFORMED_PROTOBUF", "{path}");
+        assert!(err.message().contains("protobuf"), "{}", err.message());
+    }
+    // The API still answers well-formed calls.
+    let mut c = clients(&server).await;
+    let list =
+        c.vc.list_snapshots(proto::ListSnapshotsRequest {
+            state: "READY".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("list snapshots by state");
+    assert!(list.into_inner().snapshots.is_empty());
+    let err =
+        c.vc.list_snapshots(proto::ListSnapshotsRequest {
+            state: "WEIRD".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("unknown state");
+    assert_eq!(err.code(), Code::InvalidArgument);
 }

@@ -71,7 +71,10 @@ impl Api {
             req = req.header("idempotency-key", k);
         }
         let body = match body {
-            Some(b) => Body::from(b.to_string()),
+            Some(b) => {
+                req = req.header("content-type", "application/json");
+                Body::from(b.to_string())
+            }
             None => Body::empty(),
         };
         let res = self
@@ -150,7 +153,8 @@ async fn lifecycle_over_rest() {
     let (s, vc) = api.call("GET", "/v1/vclusters/team-a", None, None).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(vc["state"], "RUNNING");
-    assert_eq!(vc["host_namespace"], "ovc-default-team-a");
+    let uid = vc["uid"].as_str().expect("uid").replace('-', "");
+    assert_eq!(vc["host_namespace"], format!("ovc-team-a-{uid}"));
 
     let (s, op) = api
         .call(
@@ -250,7 +254,7 @@ async fn lifecycle_over_rest() {
         "ovc_operations{kind=\"RESTORE\",state=\"SUCCEEDED\"} 2",
         "ovc_operations{kind=\"DELETE\",state=\"SUCCEEDED\"} 2",
         "ovc_runs{status=\"queued\"} 0",
-        "ovc_http_requests_total{method=\"DELETE\",status=\"202\"} 2",
+        "ovc_http_requests_total{method=\"DELETE\",route=\"/v1/vclusters/{name}\",status=\"202\"} 2",
     ] {
         assert!(
             text.lines().any(|l| l == line),
@@ -301,6 +305,7 @@ async fn idempotency_over_rest() {
                 .method("POST")
                 .uri("/v1/vclusters")
                 .header("idempotency-key", "race")
+                .header("content-type", "application/json")
                 .body(Body::from(json!({"name": "raced"}).to_string()))
                 .expect("req");
             let res = app.oneshot(req).await.expect("call");
@@ -501,6 +506,7 @@ async fn errors_have_the_status_of_api_md() {
     let req = Request::builder()
         .method("POST")
         .uri("/v1/vclusters")
+        .header("content-type", "application/json")
         .body(Body::from("{not json"))
         .expect("req");
     let res = api.app.clone().oneshot(req).await.expect("call");
@@ -618,6 +624,9 @@ async fn token(api: &Api, project: &str, role: ovc_store::Role) -> String {
                 name: format!("{project}-{}", role.as_str()),
                 project: project.parse().expect("project"),
                 role,
+                created_at: chrono::Utc::now(),
+                expires_at: None,
+                revoked_at: None,
             },
             &ovc_api::auth::token_sha256(&t),
         )
@@ -821,6 +830,7 @@ async fn rate_limit_is_per_token_with_retry_after() {
         .method("POST")
         .uri("/v1/vclusters")
         .header("authorization", format!("Bearer {a}"))
+        .header("content-type", "application/json")
         .body(Body::from(json!({"name": "limited"}).to_string()))
         .expect("req");
     let res = api.app.clone().oneshot(req).await.expect("call");
@@ -928,6 +938,7 @@ async fn racing_commands_one_wins_others_failed_precondition_or_aborted() {
                 let req = Request::builder()
                     .method("POST")
                     .uri(uri)
+                    .header("content-type", "application/json")
                     .body(Body::from(body.to_string()))
                     .expect("req");
                 let res = app.oneshot(req).await.expect("call");
@@ -1106,4 +1117,96 @@ async fn readyz_waits_for_migrations() {
     );
     let (s, body) = get(app).await;
     assert_eq!(s, StatusCode::OK, "{body}");
+}
+
+/// Every list route takes its own filters only: another list's filter or an unknown
+/// parameter is INVALID_ARGUMENT naming it (never silently ignored);
+/// `/v1/snapshots?state=` filters; `/v1/operations` is newest first and its pages stay
+/// put while new operations are committed. Both backends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_routes_refuse_filters_they_do_not_support_on_both_backends() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let api = Api::start_on(backend, ovc_api::auth::AuthMode::None, |s| s).await;
+        let mut created = Vec::new();
+        for name in ["a", "b", "c"] {
+            let (s, op) = api
+                .call("POST", "/v1/vclusters", Some(json!({"name": name})), None)
+                .await;
+            assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+            api.wait(&op).await;
+            created.push(op["id"].as_str().expect("id").to_string());
+        }
+        let (s, op) = api
+            .call("POST", "/v1/vclusters/a/snapshots", Some(json!({})), None)
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+        api.wait(&op).await;
+        for (uri, param) in [
+            ("/v1/snapshots?kind=CREATE", "kind"),
+            ("/v1/snapshots?label=env=dev", "label"),
+            ("/v1/snapshots?since=2020-01-01T00:00:00Z", "since"),
+            ("/v1/vclusters?kind=CREATE", "kind"),
+            ("/v1/vclusters?vcluster=a", "vcluster"),
+            ("/v1/operations?label=env=dev", "label"),
+            ("/v1/operations?bogus=1", "bogus"),
+            ("/v1/vclusters?bogus=1", "bogus"),
+            ("/v1/snapshots?bogus=1", "bogus"),
+        ] {
+            let (s, v) = api.call("GET", uri, None, None).await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{uri}: {v}");
+            assert_eq!(v["error"]["status"], "INVALID_ARGUMENT", "{uri}: {v}");
+            let msg = v["error"]["message"].as_str().unwrap_or_default();
+            assert!(
+                msg.contains(param),
+                "{uri}: the message names {param}: {msg}"
+            );
+        }
+        let count = |v: &Value| v["snapshots"].as_array().map(Vec::len);
+        let (s, v) = api
+            .call("GET", "/v1/snapshots?state=READY", None, None)
+            .await;
+        assert_eq!((s, count(&v)), (StatusCode::OK, Some(1)), "{v}");
+        let (_, v) = api
+            .call("GET", "/v1/snapshots?state=FAILED", None, None)
+            .await;
+        assert_eq!(count(&v), Some(0), "{v}");
+        let (s, v) = api
+            .call("GET", "/v1/snapshots?state=WEIRD", None, None)
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+
+        // Newest first, and page 2 does not move when operations land in between.
+        let ids = |v: &Value| -> Vec<String> {
+            v["operations"]
+                .as_array()
+                .expect("operations")
+                .iter()
+                .map(|o| o["id"].as_str().expect("id").to_string())
+                .collect()
+        };
+        let (_, all) = api.call("GET", "/v1/operations", None, None).await;
+        let all = ids(&all);
+        assert_eq!(all.len(), 4, "{all:?}");
+        let created_newest_first: Vec<String> = created.iter().rev().cloned().collect();
+        assert_eq!(all[1..], created_newest_first[..], "newest first");
+        let (_, p1) = api
+            .call("GET", "/v1/operations?page_size=2", None, None)
+            .await;
+        let token = p1["next_page_token"].as_str().expect("token").to_string();
+        let (s, op) = api
+            .call("POST", "/v1/vclusters", Some(json!({"name": "d"})), None)
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+        let (_, p2) = api
+            .call(
+                "GET",
+                &format!("/v1/operations?page_size=2&page_token={token}"),
+                None,
+                None,
+            )
+            .await;
+        let seen: Vec<String> = ids(&p1).into_iter().chain(ids(&p2)).collect();
+        assert_eq!(seen, all, "{backend:?}");
+        api.h.stop().await;
+    }
 }

@@ -13,7 +13,7 @@ use ovc_driver::sim::{FaultRule, SimConfig, SimRelease};
 use ovc_store::Backend;
 use ovc_tests::{Harness, HarnessOptions};
 use ovc_types::command::{Command, RestoreTarget};
-use ovc_types::resource::{Operation, host_namespace};
+use ovc_types::resource::Operation;
 use ovc_types::spec::{ControlPlanePatch, ScalePatch, VClusterSpec};
 use ovc_types::state::{OperationState, StepState, VClusterState};
 use ovc_types::{SnapshotId, SnapshotState};
@@ -209,11 +209,12 @@ impl Case {
     }
 }
 
-fn target_of(vc: &str) -> Target {
-    Target {
-        namespace: host_namespace(&"default".parse().expect("p"), &vc.parse().expect("n")),
+/// Where `vc` lives on the host, as its projection records it (`None`: never created).
+async fn target_of(h: &Harness, vc: &str) -> Option<Target> {
+    h.vcluster(vc).await.map(|v| Target {
+        namespace: v.host_namespace,
         release: vc.to_string(),
-    }
+    })
 }
 
 /// What of a release must be back after compensation (timestamps and the Helm revision
@@ -226,13 +227,15 @@ fn observable(r: Option<SimRelease>) -> Option<serde_json::Value> {
             "paused": r.paused,
             "paused_replicas": r.paused_replicas,
             "workload_pods": r.workload_pods,
-            "backing_store": r.backing_store,
+            "backing_store": without_uid(&String::from_utf8_lossy(&r.backing_store)),
         })
     })
 }
 
 async fn host_view(h: &Harness, vc: &str) -> (bool, Option<serde_json::Value>) {
-    let t = target_of(vc);
+    let Some(t) = target_of(h, vc).await else {
+        return (false, None);
+    };
     let state = h.sim.state().await.expect("sim state");
     let ns = state.namespaces.iter().any(|n| n.name == t.namespace);
     (
@@ -255,7 +258,7 @@ async fn harness(rules: &str, repeat_steps: bool) -> Harness {
                 ..SimConfig::default()
             },
             repeat_steps,
-            max_step_timeout: None,
+            ..HarnessOptions::default()
         },
     )
     .await
@@ -356,8 +359,36 @@ async fn transient_failures_below_the_limit_end_succeeded() {
 }
 
 /// Effects on the host, with the operation-specific parts (ids) removed.
+/// The effect counters, with the uid part of namespace names (`ovc-<name>-<uid hex>`)
+/// blanked: two harnesses give the same vcluster different uids.
 async fn effects(h: &Harness) -> BTreeMap<String, u64> {
-    h.sim.effects().await.expect("effects")
+    h.sim
+        .effects()
+        .await
+        .expect("effects")
+        .into_iter()
+        .map(|(k, n)| (without_uid(&k), n))
+        .collect()
+}
+
+/// `s` with every `-<32 lowercase hex>` (the uid in a host namespace) replaced by `-<uid>`.
+fn without_uid(s: &str) -> String {
+    let is_hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('-') {
+        let (head, tail) = rest.split_at(i + 1);
+        out.push_str(head);
+        let run = tail.chars().take_while(|c| is_hex(*c)).count();
+        if run == 32 {
+            out.push_str("<uid>");
+            rest = &tail[32..];
+        } else {
+            rest = tail;
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

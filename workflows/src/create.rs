@@ -4,6 +4,7 @@
 
 use crate::common::{CHECK_IN, values, wait_ready};
 use futures::FutureExt;
+use ovc_driver::{NamespaceOutcome, Owner};
 use ovc_engine::model::{Settlement, WorkflowDef};
 use ovc_engine::{StepCtx, StepDef, StepOutput, StepResult};
 use ovc_types::state::{OperationKind, VClusterState};
@@ -37,16 +38,48 @@ pub fn definition() -> WorkflowDef {
     }
 }
 
-/// Ensures the namespace (also used by restore into a new vcluster).
-pub(crate) async fn create_namespace(ctx: &StepCtx) -> StepResult {
-    ctx.driver.ensure_namespace(&ctx.call, &ctx.target).await?;
-    Ok(StepOutput::output(
-        serde_json::json!({"namespace": ctx.target.namespace}),
-    ))
+/// The vcluster the host namespace must belong to.
+fn owner(ctx: &StepCtx) -> Owner {
+    Owner {
+        project: ctx.project.clone(),
+        vcluster: ctx.vcluster_name.clone(),
+        uid: ctx.vcluster_uid,
+    }
 }
 
-/// Undo of create_namespace (also used by restore): delete and wait until gone.
+/// Ensures the namespace, labelled as this vcluster's (also used by restore into a new
+/// vcluster). A namespace that exists and is someone else's is a permanent failure and
+/// stays untouched. The output records whether this operation created it, which is what
+/// the undo goes by.
+pub(crate) async fn create_namespace(ctx: &StepCtx) -> StepResult {
+    let outcome = ctx
+        .driver
+        .ensure_namespace(&ctx.call, &ctx.target, &owner(ctx))
+        .await?;
+    Ok(StepOutput::output(serde_json::json!({
+        "namespace": ctx.target.namespace,
+        "created": outcome == NamespaceOutcome::Created,
+    })))
+}
+
+/// Whether this operation created the namespace. Journals written before the output
+/// said so (no `created`) count as not created: leaking a namespace beats deleting one
+/// that may be another tenant's.
+fn created_namespace(ctx: &StepCtx) -> bool {
+    ctx.output_of("create_namespace")["created"].as_bool() == Some(true)
+}
+
+/// Undo of create_namespace (also used by restore): delete and wait until gone, only if
+/// this operation created the namespace.
 pub(crate) async fn delete_namespace(ctx: &StepCtx) -> StepResult {
+    if !created_namespace(ctx) {
+        tracing::info!(
+            operation = %ctx.operation_id,
+            namespace = %ctx.target.namespace,
+            "undo of create_namespace: this operation did not create the namespace; leaving it"
+        );
+        return Ok(StepOutput::done());
+    }
     if ctx.driver.delete_namespace(&ctx.call, &ctx.target).await? {
         Ok(StepOutput::done())
     } else {
@@ -54,19 +87,28 @@ pub(crate) async fn delete_namespace(ctx: &StepCtx) -> StepResult {
     }
 }
 
-/// Ensures the release with the vcluster's spec (also used by restore).
+/// Ensures the release with the vcluster's spec (also used by restore). The output
+/// records whether this operation created it: the namespace is this operation's, so
+/// everything in it is, or there was no release before the install.
 pub(crate) async fn install_release(ctx: &StepCtx) -> StepResult {
+    let created =
+        created_namespace(ctx) || ctx.driver.release(&ctx.call, &ctx.target).await?.is_none();
     let revision = ctx
         .driver
         .install_release(&ctx.call, &ctx.target, &values(ctx.spec()?))
         .await?;
     Ok(StepOutput::output(
-        serde_json::json!({"revision": revision}),
+        serde_json::json!({"revision": revision, "created": created}),
     ))
 }
 
-/// Undo of install_release (also used by restore).
+/// Undo of install_release (also used by restore): uninstall, unless the output says the
+/// release existed before this operation (older journals, without `created`, uninstall:
+/// one vcluster per namespace, and the namespace is the vcluster's).
 pub(crate) async fn uninstall_release(ctx: &StepCtx) -> StepResult {
+    if ctx.output_of("install_release")["created"].as_bool() == Some(false) {
+        return Ok(StepOutput::done());
+    }
     ctx.driver.uninstall_release(&ctx.call, &ctx.target).await?;
     Ok(StepOutput::done())
 }

@@ -9,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("ovc_v1_descriptor.bin"))
+        // decode errors are INVALID_ARGUMENT, not INTERNAL (src/grpc/codec.rs)
+        .codec_path("crate::grpc::codec::ApiCodec")
         .compile_with_config(
             config,
             &[std::path::Path::new("proto/ovc/v1/ovc.proto")],

@@ -1,8 +1,10 @@
 //! Bearer tokens and projects (API.md "Auth and projects"): a token belongs to one
 //! project and has a role; it never sees or touches another project's vclusters,
 //! operations, snapshots or events — those answer 404, as if they did not exist.
-//! Tokens are stored as SHA-256 only. `AuthMode::None` (for `ovc dev` on loopback) lets
-//! every request act as admin of the project it names.
+//! Tokens are stored as SHA-256 only; a revoked or expired one is UNAUTHENTICATED. Roles:
+//! a viewer reads (not kubeconfigs), an operator also mutates and reads kubeconfigs, an
+//! admin also deletes. `AuthMode::None` (for `ovc dev` on loopback) lets every request
+//! act as admin of the project it names.
 
 use crate::{ApiError, AppState};
 use axum::extract::FromRequestParts;
@@ -30,6 +32,8 @@ pub struct Principal {
     pub role: Role,
     /// The token's name, recorded as the actor of commands.
     pub name: Option<String>,
+    /// The token's id (`None`: auth off), recorded in audit events.
+    pub token_id: Option<uuid::Uuid>,
 }
 
 /// The hex SHA-256 under which a token is stored.
@@ -45,6 +49,14 @@ pub fn new_token() -> String {
     let a = uuid::Uuid::new_v4().simple().to_string();
     let b = uuid::Uuid::new_v4().simple().to_string();
     format!("ovc_{}{}", &a[..20], &b[..20])
+}
+
+/// The token of an `Authorization` value: scheme `Bearer`, matched case-insensitively
+/// (RFC 7235 §2.1), then the token (`None`: another scheme, or no token).
+pub fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim_start().split_once([' ', '\t'])?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 fn unauthenticated(message: &str) -> ApiError {
@@ -75,26 +87,36 @@ impl Principal {
                 project: None,
                 role: Role::Admin,
                 name: None,
+                token_id: None,
             });
         }
         let header = authorization
             .ok_or_else(|| unauthenticated("missing Authorization: Bearer <token>"))?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
+        let token = bearer_token(header)
             .ok_or_else(|| unauthenticated("Authorization must be: Bearer <token>"))?;
         let record = state
             .store
             .find_token(&token_sha256(token))
             .await?
-            .ok_or_else(|| unauthenticated("unknown or revoked token"))?;
+            .ok_or_else(|| unauthenticated("unknown token"))?;
+        if let Some(why) = record.refusal(state.store.clock().now()) {
+            return Err(unauthenticated(&format!("this token was {why}")));
+        }
         state.limits.check(&record.id.to_string())?;
         Ok(Principal {
             project: Some(record.project),
             role: record.role,
             name: Some(record.name),
+            token_id: Some(record.id),
         })
+    }
+
+    /// Who this is in an audit event: the token's role, or `anonymous` without auth.
+    pub fn audit_role(&self) -> &'static str {
+        match self.token_id {
+            Some(_) => self.role.as_str(),
+            None => "anonymous",
+        }
     }
 
     /// The project a request acts in: the token's, or (auth off) the one named, or
@@ -139,6 +161,51 @@ impl Principal {
         }
     }
 
+    /// A kubeconfig is a full-control credential of the virtual cluster: reading one
+    /// needs at least the operator role (API.md).
+    pub fn may_read_kubeconfig(&self) -> Result<(), ApiError> {
+        if self.role >= Role::Operator {
+            Ok(())
+        } else {
+            Err(ApiError(
+                Status::new(
+                    Code::PermissionDenied,
+                    "this token is a viewer: reading a kubeconfig needs the operator role",
+                )
+                .with_reason("ROLE_VIEWER"),
+            ))
+        }
+    }
+
+    /// Deleting a vcluster or a snapshot needs the admin role (API.md).
+    pub fn may_delete(&self) -> Result<(), ApiError> {
+        if self.role >= Role::Admin {
+            Ok(())
+        } else {
+            Err(ApiError(
+                Status::new(
+                    Code::PermissionDenied,
+                    format!(
+                        "this token is an {}: deleting vclusters and snapshots needs the admin \
+                         role",
+                        self.role.as_str()
+                    ),
+                )
+                .with_reason("ROLE_NOT_ADMIN"),
+            ))
+        }
+    }
+
+    /// The role `kind` needs: deletes admin, every other mutation operator.
+    pub fn may_run(&self, kind: ovc_types::state::OperationKind) -> Result<(), ApiError> {
+        use ovc_types::state::OperationKind;
+        self.may_mutate()?;
+        match kind {
+            OperationKind::Delete | OperationKind::DeleteSnapshot => self.may_delete(),
+            _ => Ok(()),
+        }
+    }
+
     /// The project that owns `stream`, from the projections (`None`: unknown).
     pub async fn stream_project(
         store: &dyn Store,
@@ -164,6 +231,8 @@ impl Principal {
                 .get_snapshot(ovc_types::SnapshotId(u))
                 .await?
                 .map(|s| s.project)
+        } else if let Some(p) = stream.strip_prefix("audit-") {
+            p.parse().ok()
         } else {
             None
         })

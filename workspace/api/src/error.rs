@@ -1,6 +1,6 @@
 //! `ApiError`: a [`Status`] rendered as API.md's error body,
 //! `{"error": {"code": 409, "status": "ALREADY_EXISTS", "message": "...", "details": [...]}}`,
-//! with the HTTP status of API.md's table.
+//! with the HTTP status of API.md's table (and 415 for a body that is not JSON).
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -45,11 +45,16 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let s = self.0;
-        let http =
-            StatusCode::from_u16(s.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        // A body of the wrong media type is INVALID_ARGUMENT answered as 415 (API.md).
+        let code = if s.reason() == Some(crate::extract::UNSUPPORTED_MEDIA_TYPE) {
+            StatusCode::UNSUPPORTED_MEDIA_TYPE.as_u16()
+        } else {
+            s.code.http_status()
+        };
+        let http = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::json!({
             "error": {
-                "code": s.code.http_status(),
+                "code": code,
                 "status": s.code.as_str(),
                 "message": s.message,
                 "details": s.details,

@@ -18,6 +18,7 @@
 //!
 //! The generated client types in [`proto`] are the Rust client of this API.
 
+pub mod codec;
 mod convert;
 
 pub use convert::{json_to_struct, json_to_value, struct_to_map, value_to_json};
@@ -110,10 +111,20 @@ pub fn grpc_router(state: AppState) -> Result<Routes, tonic_reflection::server::
         .add_service(EventServiceServer::new(api))
         .add_service(reflection)
         .prepare();
-    // Counted in `/metrics` as ovc_grpc_requests_total.
-    Ok(Routes::from(routes.into_axum_router().layer(
-        axum::middleware::from_fn_with_state(state, crate::metrics::count_grpc_calls),
-    )))
+    // Without auth, loopback names only (see `loopback`); counted in `/metrics` as
+    // ovc_grpc_requests_total.
+    Ok(Routes::from(
+        routes
+            .into_axum_router()
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                crate::loopback::guard_grpc,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                state,
+                crate::metrics::count_grpc_calls,
+            )),
+    ))
 }
 
 /// Serves `routes` over HTTP/2 on `listener` until `shutdown` resolves, then finishes
@@ -123,7 +134,21 @@ pub async fn serve(
     routes: Routes,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
+    serve_with_tls(listener, routes, None, shutdown).await
+}
+
+/// [`serve`], over TLS with `identity` (PEM certificate chain and key) when given.
+pub async fn serve_with_tls(
+    listener: tokio::net::TcpListener,
+    routes: Routes,
+    identity: Option<tonic::transport::Identity>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let mut server = tonic::transport::Server::builder();
+    if let Some(identity) = identity {
+        server = server.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+    }
+    server
         .add_routes(routes)
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener),
@@ -328,13 +353,7 @@ impl VClusterService for GrpcApi {
     ) -> GrpcResult<proto::ListSnapshotsResponse> {
         let who = self.caller(&request).await?;
         let r = request.into_inner();
-        let q = list_request(
-            r.project,
-            r.vcluster,
-            String::new(),
-            r.page_size,
-            r.page_token,
-        );
+        let q = list_request(r.project, r.vcluster, r.state, r.page_size, r.page_token);
         let page = self.state.list_snapshots(&who, &q).await?;
         Ok(Response::new(proto::ListSnapshotsResponse {
             snapshots: page.items.iter().map(convert::snapshot).collect(),

@@ -13,6 +13,7 @@ mod error;
 mod extract;
 pub mod grpc;
 pub mod limits;
+pub mod loopback;
 pub mod metrics;
 mod openapi;
 mod routes;

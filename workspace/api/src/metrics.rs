@@ -1,5 +1,5 @@
-//! `/metrics` in Prometheus text format: HTTP requests by method and status (counted by
-//! a middleware); from the store: operations by kind and state, queue depth, lease
+//! `/metrics` in Prometheus text format: HTTP requests by method, route and status, gRPC
+//! calls by method and code (counted by middlewares; label values from closed sets only); from the store: operations by kind and state, queue depth, lease
 //! steals, the event log's head; and step-duration histograms, read from the event log.
 //!
 //! Steps run in worker processes, possibly on other machines, so the API does not time
@@ -17,38 +17,92 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::Mutex;
 
-/// Request counters: REST by (method, status code), gRPC by (method path, gRPC code).
+/// Request counters: REST by (method, route template, status code), gRPC by (method
+/// path, gRPC code). Every label value comes from a closed set (see [`http_method`],
+/// [`grpc_method`]), so no request can add a series of its own making.
 #[derive(Debug, Default)]
 pub struct HttpMetrics {
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
-    grpc: Mutex<BTreeMap<(String, String), u64>>,
+    requests: Mutex<BTreeMap<(&'static str, String, u16), u64>>,
+    grpc: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
 }
 
 impl HttpMetrics {
-    fn count(&self, method: &str, status: u16) {
+    fn count(&self, method: &'static str, route: String, status: u16) {
         let mut m = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-        *m.entry((method.to_string(), status)).or_default() += 1;
+        *m.entry((method, route, status)).or_default() += 1;
     }
 
-    fn count_grpc(&self, method: &str, code: &str) {
+    fn count_grpc(&self, method: &'static str, code: &'static str) {
         let mut m = self.grpc.lock().unwrap_or_else(|e| e.into_inner());
-        *m.entry((method.to_string(), code.to_string())).or_default() += 1;
+        *m.entry((method, code)).or_default() += 1;
     }
+}
+
+/// The label value of every value outside a closed set.
+pub const OTHER: &str = "other";
+
+/// The label of an HTTP method: one of the standard ones, else [`OTHER`].
+pub fn http_method(method: &axum::http::Method) -> &'static str {
+    const KNOWN: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+    KNOWN
+        .into_iter()
+        .find(|m| *m == method.as_str())
+        .unwrap_or(OTHER)
+}
+
+/// The `/package.Service/Method` paths the gRPC server serves: those of `ovc.v1` (from
+/// its file descriptor set) and gRPC reflection's.
+fn grpc_methods() -> &'static std::collections::BTreeSet<String> {
+    static METHODS: std::sync::OnceLock<std::collections::BTreeSet<String>> =
+        std::sync::OnceLock::new();
+    METHODS.get_or_init(|| {
+        use prost::Message;
+        let mut set = std::collections::BTreeSet::new();
+        set.insert("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo".to_string());
+        if let Ok(files) =
+            prost_types::FileDescriptorSet::decode(crate::grpc::proto::FILE_DESCRIPTOR_SET)
+        {
+            for file in &files.file {
+                let package = file.package();
+                for service in &file.service {
+                    for method in &service.method {
+                        set.insert(format!("/{package}.{}/{}", service.name(), method.name()));
+                    }
+                }
+            }
+        }
+        set
+    })
+}
+
+/// The label of a gRPC request path: a method the server serves, else [`OTHER`].
+pub fn grpc_method(path: &str) -> &'static str {
+    grpc_methods()
+        .get(path)
+        .map(String::as_str)
+        .unwrap_or(OTHER)
+}
+
+/// The label of a `grpc-status` value: a gRPC code (0..=16), else [`OTHER`].
+fn grpc_code(value: &str) -> &'static str {
+    const CODES: [&str; 17] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    ];
+    CODES.into_iter().find(|c| *c == value).unwrap_or(OTHER)
 }
 
 /// The middleware that counts every gRPC call by method and gRPC status code. An error
 /// answered before any message carries `grpc-status` in its headers; otherwise the call
 /// is counted as `0` (OK) when its response starts (a stream's later failure is not seen).
 pub async fn count_grpc_calls(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let method = req.uri().path().to_string();
+    let method = grpc_method(req.uri().path());
     let res = next.run(req).await;
     let code = res
         .headers()
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("0")
-        .to_string();
-    state.http.count_grpc(&method, &code);
+        .map_or("0", grpc_code);
+    state.http.count_grpc(method, code);
     res
 }
 
@@ -194,11 +248,16 @@ pub async fn follow_step_durations(state: AppState) {
     }
 }
 
-/// The middleware that counts every request.
+/// The middleware that counts every request, by method, route template (axum's
+/// `MatchedPath`, e.g. `/v1/vclusters/{name}`; [`OTHER`] for no route) and status.
 pub async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let method = req.method().as_str().to_string();
+    let method = http_method(req.method());
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| OTHER.to_string(), |p| p.as_str().to_string());
     let res = next.run(req).await;
-    state.http.count(&method, res.status().as_u16());
+    state.http.count(method, route, res.status().as_u16());
     res
 }
 
@@ -208,7 +267,7 @@ pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError>
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "# HELP ovc_http_requests_total HTTP requests by method and status."
+        "# HELP ovc_http_requests_total HTTP requests by method, route and status."
     );
     let _ = writeln!(out, "# TYPE ovc_http_requests_total counter");
     {
@@ -217,10 +276,10 @@ pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError>
             .requests
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        for ((method, status), n) in m.iter() {
+        for ((method, route, status), n) in m.iter() {
             let _ = writeln!(
                 out,
-                "ovc_http_requests_total{{method=\"{method}\",status=\"{status}\"}} {n}"
+                "ovc_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {n}"
             );
         }
     }

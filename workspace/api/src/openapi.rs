@@ -85,7 +85,7 @@ impl Modify for ErrorResponses {
             ("401", "UNAUTHENTICATED: no or bad bearer token"),
             (
                 "403",
-                "PERMISSION_DENIED: the token's role does not allow it",
+                "PERMISSION_DENIED: the token's role does not allow it, or (no auth) a foreign Host or Origin",
             ),
             ("404", "NOT_FOUND: no such resource (or another project's)"),
             (
@@ -111,6 +111,20 @@ impl Modify for ErrorResponses {
             .into_iter()
             .flatten()
             {
+                if op.request_body.is_some() {
+                    op.responses
+                        .responses
+                        .entry("415".to_string())
+                        .or_insert_with(|| {
+                            ResponseBuilder::new()
+                                .description(
+                                    "the body is not Content-Type: application/json \
+                                     (status INVALID_ARGUMENT, reason UNSUPPORTED_MEDIA_TYPE)",
+                                )
+                                .content("application/json", body.clone())
+                                .into()
+                        });
+                }
                 for (code, description) in errors {
                     if code == "405" {
                         continue;

@@ -59,6 +59,10 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            crate::loopback::guard_rest,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             crate::metrics::count_requests,
         ))
         .with_state(state)
@@ -412,48 +416,110 @@ pub(crate) async fn kubeconfig(
     Ok(axum::Json(KubeconfigBody { kubeconfig }).into_response())
 }
 
+/// `GET /v1/vclusters`: its filters only; any other parameter is INVALID_ARGUMENT naming it.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct ListQuery {
+pub(crate) struct VClusterListQuery {
+    project: Option<String>,
+    /// Only this state (DELETED lists deleted ones).
+    state: Option<String>,
+    /// `key=value`: only vclusters with this label.
+    label: Option<String>,
+    page_size: Option<u32>,
+    page_token: Option<String>,
+}
+
+/// `GET /v1/operations`: its filters only.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OperationListQuery {
     project: Option<String>,
     state: Option<String>,
     kind: Option<String>,
     vcluster: Option<String>,
-    page_size: Option<u32>,
-    page_token: Option<String>,
     /// RFC 3339 time: only operations created at or after it.
     since: Option<String>,
-    /// `key=value`: only vclusters with this label.
-    label: Option<String>,
+    page_size: Option<u32>,
+    page_token: Option<String>,
 }
 
-impl ListQuery {
+/// `GET /v1/snapshots`: its filters only.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SnapshotListQuery {
+    project: Option<String>,
+    vcluster: Option<String>,
+    /// Only snapshots in this state (CREATING, READY, DELETING, DELETED, FAILED).
+    state: Option<String>,
+    page_size: Option<u32>,
+    page_token: Option<String>,
+}
+
+fn list_request(page_size: Option<u32>, base: ListRequest) -> ApiResult<ListRequest> {
+    if page_size == Some(0) {
+        return Err(ApiError::invalid(
+            "page_size must be between 1 and 1000",
+            "INVALID_PAGE_SIZE",
+        ));
+    }
+    Ok(ListRequest { page_size, ..base })
+}
+
+impl VClusterListQuery {
     fn into_request(self) -> ApiResult<ListRequest> {
-        if self.page_size == Some(0) {
-            return Err(ApiError::invalid(
-                "page_size must be between 1 and 1000",
-                "INVALID_PAGE_SIZE",
-            ));
-        }
-        Ok(ListRequest {
-            project: self.project,
-            state: self.state,
-            kind: self.kind,
-            vcluster: self.vcluster,
-            page_size: self.page_size,
-            page_token: self.page_token,
-            since: self.since,
-            label: self.label,
-        })
+        list_request(
+            self.page_size,
+            ListRequest {
+                project: self.project,
+                state: self.state,
+                label: self.label,
+                page_token: self.page_token,
+                ..ListRequest::default()
+            },
+        )
     }
 }
 
-#[utoipa::path(get, path = "/v1/vclusters", tag = "vclusters", summary = "List vclusters", params(ListQuery), responses((status = 200, description = "A page of vclusters", body = VClusterList)))]
+impl OperationListQuery {
+    fn into_request(self) -> ApiResult<ListRequest> {
+        list_request(
+            self.page_size,
+            ListRequest {
+                project: self.project,
+                state: self.state,
+                kind: self.kind,
+                vcluster: self.vcluster,
+                since: self.since,
+                page_token: self.page_token,
+                ..ListRequest::default()
+            },
+        )
+    }
+}
+
+impl SnapshotListQuery {
+    fn into_request(self) -> ApiResult<ListRequest> {
+        list_request(
+            self.page_size,
+            ListRequest {
+                project: self.project,
+                state: self.state,
+                vcluster: self.vcluster,
+                page_token: self.page_token,
+                ..ListRequest::default()
+            },
+        )
+    }
+}
+
+#[utoipa::path(get, path = "/v1/vclusters", tag = "vclusters", summary = "List vclusters", params(VClusterListQuery), responses((status = 200, description = "A page of vclusters", body = VClusterList)))]
 pub(crate) async fn list_vclusters(
     State(state): State<AppState>,
     who: Principal,
-    ApiQuery(q): ApiQuery<ListQuery>,
+    ApiQuery(q): ApiQuery<VClusterListQuery>,
 ) -> ApiResult<Response> {
     let p = state.list_vclusters(&who, &q.into_request()?).await?;
     Ok(axum::Json(VClusterList {
@@ -463,11 +529,11 @@ pub(crate) async fn list_vclusters(
     .into_response())
 }
 
-#[utoipa::path(get, path = "/v1/operations", tag = "operations", summary = "List operations, newest first", params(ListQuery), responses((status = 200, description = "A page of operations", body = OperationList)))]
+#[utoipa::path(get, path = "/v1/operations", tag = "operations", summary = "List operations, newest first", params(OperationListQuery), responses((status = 200, description = "A page of operations", body = OperationList)))]
 pub(crate) async fn list_operations(
     State(state): State<AppState>,
     who: Principal,
-    ApiQuery(q): ApiQuery<ListQuery>,
+    ApiQuery(q): ApiQuery<OperationListQuery>,
 ) -> ApiResult<Response> {
     let p = state.list_operations(&who, &q.into_request()?).await?;
     Ok(axum::Json(OperationList {
@@ -477,11 +543,11 @@ pub(crate) async fn list_operations(
     .into_response())
 }
 
-#[utoipa::path(get, path = "/v1/snapshots", tag = "snapshots", summary = "List snapshots", params(ListQuery), responses((status = 200, description = "A page of snapshots", body = SnapshotList)))]
+#[utoipa::path(get, path = "/v1/snapshots", tag = "snapshots", summary = "List snapshots, oldest first", params(SnapshotListQuery), responses((status = 200, description = "A page of snapshots", body = SnapshotList)))]
 pub(crate) async fn list_snapshots(
     State(state): State<AppState>,
     who: Principal,
-    ApiQuery(q): ApiQuery<ListQuery>,
+    ApiQuery(q): ApiQuery<SnapshotListQuery>,
 ) -> ApiResult<Response> {
     let p = state.list_snapshots(&who, &q.into_request()?).await?;
     Ok(axum::Json(SnapshotList {

@@ -10,12 +10,13 @@ use crate::{ApiError, AppState};
 use futures::Stream;
 use ovc_engine::accept::{CommandRequest, accept, cancel, retry};
 use ovc_store::{
-    OperationFilter, Page, PageRequest, RecordedEvent, SnapshotFilter, Store, VClusterFilter,
+    Commit, ExpectedVersion, NewEvent, OperationFilter, Page, PageRequest, RecordedEvent,
+    SnapshotFilter, Store, StreamAppend, VClusterFilter,
 };
 use ovc_types::command::{Command, RestoreTarget};
-use ovc_types::event::StreamName;
+use ovc_types::event::{Event, EventMetadata, StreamName};
 use ovc_types::resource::{Operation, Snapshot, VCluster};
-use ovc_types::state::{OperationKind, OperationState, VClusterState};
+use ovc_types::state::{OperationKind, OperationState, SnapshotState, VClusterState};
 use ovc_types::{OperationId, ProjectName, SnapshotId, VClusterName};
 use std::time::Duration;
 
@@ -202,6 +203,18 @@ fn page(q: &ListRequest) -> ApiResult<PageRequest> {
 
 /// The project filter of a list: the token's project, or (auth off) the one asked for,
 /// or every project.
+/// A filter a list does not support is refused, never ignored (a client would read an
+/// unfiltered list as the filtered one).
+fn unsupported_filters(list: &str, given: &[(&str, bool)]) -> ApiResult<()> {
+    match given.iter().find(|(_, set)| *set) {
+        Some((name, _)) => Err(ApiError::invalid(
+            format!("{name} is not a filter of the {list} list"),
+            "UNSUPPORTED_FILTER",
+        )),
+        None => Ok(()),
+    }
+}
+
 fn list_project(who: &Principal, q: &ListRequest) -> ApiResult<Option<ProjectName>> {
     match who.project {
         Some(_) => who.project(q.project.as_deref()).map(Some),
@@ -219,8 +232,10 @@ impl AppState {
     /// key (see `ovc_engine::accept`).
     pub async fn submit(&self, who: &Principal, s: Submit) -> ApiResult<Submitted> {
         who.may_mutate()?;
+        let project = who.project(s.project.as_deref())?;
+        who.may_run(s.command.kind())?;
         let req = CommandRequest {
-            project: who.project(s.project.as_deref())?,
+            project,
             vcluster: vcluster_name(&s.vcluster)?,
             command: s.command,
             request_id: s.request_id.filter(|r| !r.is_empty()),
@@ -256,13 +271,18 @@ impl AppState {
             .ok_or_else(|| ApiError::not_found(format!("vcluster {p}/{n} not found")))
     }
 
-    /// The vcluster's kubeconfig, read live from the host (never stored in events).
+    /// The vcluster's kubeconfig, read live from the host (never stored in events). It
+    /// needs the operator role, and each read is recorded as a `KubeconfigRead` event on
+    /// `audit-<project>` (who, which vcluster; never the content) before it is answered:
+    /// a read that cannot be recorded is refused.
     pub async fn kubeconfig(
         &self,
         who: &Principal,
         project: Option<&str>,
         name: &str,
     ) -> ApiResult<String> {
+        who.project(project)?;
+        who.may_read_kubeconfig()?;
         let vc = self.get_vcluster(who, project, name).await?;
         if vc.state == VClusterState::Deleted {
             return Err(ApiError::not_found(format!(
@@ -286,7 +306,10 @@ impl AppState {
             release: vc.name.to_string(),
         };
         match host.kubeconfig(&ctx, &target).await {
-            Ok(Some(k)) => Ok(k),
+            Ok(Some(k)) => {
+                self.audit_kubeconfig_read(who, &vc).await?;
+                Ok(k)
+            }
             Ok(None) => Err(ApiError(
                 ovc_types::error::Status::failed_precondition(format!(
                     "vcluster {}/{} has no kubeconfig yet (it is {}): its control plane has \
@@ -301,12 +324,46 @@ impl AppState {
         }
     }
 
+    /// Appends `KubeconfigRead` to the vcluster's project's audit stream.
+    async fn audit_kubeconfig_read(&self, who: &Principal, vc: &VCluster) -> ApiResult<()> {
+        let event = Event::KubeconfigRead {
+            vcluster_uid: vc.uid,
+            vcluster: vc.name.clone(),
+            project: vc.project.clone(),
+            token_id: who.token_id,
+            role: who.audit_role().to_string(),
+        };
+        let metadata = EventMetadata {
+            actor: Some(who.name.clone().unwrap_or_else(|| "anonymous".into())),
+            ..EventMetadata::default()
+        };
+        self.store
+            .commit(Commit {
+                appends: vec![StreamAppend {
+                    stream: StreamName::audit(&vc.project),
+                    expected: ExpectedVersion::Any,
+                    events: vec![NewEvent::with_metadata(event, metadata)],
+                }],
+                ..Commit::default()
+            })
+            .await?;
+        Ok(())
+    }
+
     /// A page of vclusters.
     pub async fn list_vclusters(
         &self,
         who: &Principal,
         q: &ListRequest,
     ) -> ApiResult<Page<VCluster>> {
+        unsupported_filters(
+            "vclusters",
+            &[
+                ("kind", q.kind.is_some()),
+                ("vcluster", q.vcluster.is_some()),
+                ("since", q.since.is_some()),
+            ],
+        )?;
         let filter = VClusterFilter {
             project: list_project(who, q)?,
             state: wire(
@@ -342,6 +399,7 @@ impl AppState {
         who: &Principal,
         q: &ListRequest,
     ) -> ApiResult<Page<Operation>> {
+        unsupported_filters("operations", &[("label", q.label.is_some())])?;
         let filter = OperationFilter {
             project: list_project(who, q)?,
             vcluster: q.vcluster.clone().filter(|v| !v.is_empty()),
@@ -382,9 +440,23 @@ impl AppState {
         who: &Principal,
         q: &ListRequest,
     ) -> ApiResult<Page<Snapshot>> {
+        unsupported_filters(
+            "snapshots",
+            &[
+                ("kind", q.kind.is_some()),
+                ("since", q.since.is_some()),
+                ("label", q.label.is_some()),
+            ],
+        )?;
         let filter = SnapshotFilter {
             project: list_project(who, q)?,
             vcluster: q.vcluster.clone().filter(|v| !v.is_empty()),
+            state: wire(
+                q.state.as_deref(),
+                SnapshotState::parse,
+                "state",
+                "INVALID_STATE",
+            )?,
         };
         Ok(self.store.list_snapshots(&filter, &page(q)?).await?)
     }
@@ -535,8 +607,10 @@ impl AppState {
         id: &str,
         request_id: Option<String>,
     ) -> ApiResult<Submitted> {
-        let oid = self.get_operation(who, id).await?.id;
-        who.may_mutate()?;
+        let failed = self.get_operation(who, id).await?;
+        let oid = failed.id;
+        // A retried delete is a delete.
+        who.may_run(failed.kind)?;
         let accepted = retry(
             self.store.as_ref(),
             &self.registry,

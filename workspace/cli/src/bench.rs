@@ -25,7 +25,7 @@ pub struct StoreBenchArgs {
     #[arg(long, value_parser = ["sqlite", "postgres", "both"], default_value = "both")]
     pub backend: String,
     /// PostgreSQL database to measure in (a throwaway schema is created and dropped).
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Seconds per measurement.
     #[arg(long, default_value_t = 5)]

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 pub struct ApiBenchArgs {
     /// sqlite://PATH or postgres://... (PostgreSQL: a throwaway schema is created and
     /// dropped). Default: $DATABASE_URL, else a temporary SQLite file.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Request rates to measure, per second, comma-separated.
     #[arg(long, default_value = "200,1000", value_delimiter = ',')]
@@ -99,6 +99,7 @@ async fn start_worker(
         lease_ms: 5000,
         idle_poll_ms: None,
         name: Some(format!("bench-api-{}", uuid::Uuid::new_v4().simple())),
+        ready_timeout: ovc_engine::model::DEFAULT_READY_TIMEOUT,
         workflows: "vcluster".into(),
     };
     let worker = crate::worker::build(store, &args).await?;

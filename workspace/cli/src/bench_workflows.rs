@@ -29,7 +29,7 @@ pub struct WorkflowBenchArgs {
     #[arg(long, value_parser = ["sqlite", "postgres", "both"], default_value = "both")]
     pub backend: String,
     /// PostgreSQL database (a throwaway schema is created and dropped).
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Worker process counts to measure, comma-separated.
     #[arg(long, default_value = "1,2,4", value_delimiter = ',')]

@@ -5,7 +5,8 @@
 //! `--wait`, a mutation shows each step as it finishes. Exit codes scripts can branch on:
 //! 0 done (or accepted), 1 the operation ended FAILED / CANCELLED / STUCK, 3 the API
 //! refused the request (4xx), 4 the server could not be reached or failed (5xx); clap
-//! uses 2 for usage errors. Plain `http://` only for now.
+//! uses 2 for usage errors. `http://` and `https://` servers (rustls; `--ca-cert` trusts a
+//! private CA instead of the public roots).
 
 use clap::{Args, Subcommand};
 use http_body_util::{BodyExt, Full};
@@ -28,6 +29,10 @@ pub struct Conn {
         global = true
     )]
     pub server: String,
+    /// PEM file of the CA that signed an `https://` server's certificate (trusted instead
+    /// of the public roots).
+    #[arg(long, env = "OVC_CA_CERT", global = true)]
+    pub ca_cert: Option<std::path::PathBuf>,
     /// Bearer token (see `ovc token create`).
     #[arg(long, env = "OVC_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
@@ -233,17 +238,19 @@ pub enum SnapshotCommand {
     },
 }
 
-/// `30m`, `1h`, `2d` → a duration.
-fn parse_age(s: &str) -> Option<chrono::Duration> {
+/// `90s`, `30m`, `1h`, `2d`, `4w` → a duration (`None`: not one, or out of range).
+pub(crate) fn parse_age(s: &str) -> Option<chrono::Duration> {
     let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit())?);
     let n: i64 = n.parse().ok()?;
-    match unit {
-        "s" => Some(chrono::Duration::seconds(n)),
-        "m" => Some(chrono::Duration::minutes(n)),
-        "h" => Some(chrono::Duration::hours(n)),
-        "d" => Some(chrono::Duration::days(n)),
-        _ => None,
-    }
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return None,
+    };
+    chrono::Duration::try_seconds(n.checked_mul(seconds)?)
 }
 
 /// How a client command ended; `main` turns it into the exit code.
@@ -273,6 +280,13 @@ impl Outcome {
 
 struct Client {
     conn: Conn,
+    /// `host:port` of the server.
+    authority: String,
+    /// For `https://`: the TLS connector and the name the certificate must carry.
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
 }
 
 enum CallError {
@@ -281,6 +295,68 @@ enum CallError {
 }
 
 impl Client {
+    /// A client of `conn.server`, or the reason it cannot be one (printed).
+    fn new(conn: Conn) -> Result<Client, Outcome> {
+        Self::setup(conn).map_err(|m| {
+            eprintln!("error: {m}");
+            Outcome::Unavailable
+        })
+    }
+
+    fn setup(conn: Conn) -> Result<Client, String> {
+        let base = conn.server.trim_end_matches('/').to_string();
+        let (https, rest) = if let Some(rest) = base.strip_prefix("https://") {
+            (true, rest)
+        } else if let Some(rest) = base.strip_prefix("http://") {
+            (false, rest)
+        } else {
+            return Err(format!(
+                "{base}: the server must be an http:// or https:// URL"
+            ));
+        };
+        let authority = rest.split('/').next().unwrap_or(rest);
+        if authority.is_empty() {
+            return Err(format!("{base}: no host in the server URL"));
+        }
+        // The host without the port; IPv6 literals are bracketed.
+        let host = match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(v6),
+            None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+        };
+        let has_port = match authority.strip_prefix('[') {
+            Some(v6) => v6.contains("]:"),
+            None => authority.contains(':'),
+        };
+        let authority = if has_port {
+            authority.to_string()
+        } else {
+            format!("{authority}:{}", if https { 443 } else { 80 })
+        };
+        let tls = if https {
+            let config =
+                crate::tls::client_config(conn.ca_cert.as_deref()).map_err(|e| format!("{e:#}"))?;
+            let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                .map_err(|e| format!("{base}: {host:?} is not a host name for TLS: {e}"))?;
+            Some((
+                tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
+                name,
+            ))
+        } else {
+            if let Some(ca) = &conn.ca_cert {
+                return Err(format!(
+                    "--ca-cert {} applies to https:// servers only, and {base} is http://",
+                    ca.display()
+                ));
+            }
+            None
+        };
+        Ok(Client {
+            conn,
+            authority,
+            tls,
+        })
+    }
+
     async fn call(
         &self,
         method: Method,
@@ -308,21 +384,36 @@ impl Client {
         path: &str,
     ) -> Result<(SendRequest<Full<Bytes>>, hyper::http::request::Builder), CallError> {
         let base = self.conn.server.trim_end_matches('/');
-        let rest = base.strip_prefix("http://").ok_or_else(|| {
-            CallError::Unavailable(format!("{base}: only http:// servers are supported"))
-        })?;
-        let authority = rest.split('/').next().unwrap_or(rest).to_string();
-        let stream = tokio::net::TcpStream::connect(&authority)
+        let authority = &self.authority;
+        let stream = tokio::net::TcpStream::connect(authority)
             .await
             .map_err(|e| CallError::Unavailable(format!("cannot reach {base}: {e}")))?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| CallError::Unavailable(e.to_string()))?;
-        tokio::spawn(conn);
+        let sender = match &self.tls {
+            None => http1(stream).await?,
+            Some((connector, name)) => {
+                let tls = connector
+                    .connect(name.clone(), stream)
+                    .await
+                    .map_err(|e| {
+                        let hint = if self.conn.ca_cert.is_some() {
+                            "is the server's certificate signed by the CA of --ca-cert, for this host name?"
+                        } else {
+                            "for a private CA, pass its certificate with --ca-cert FILE (or OVC_CA_CERT)"
+                        };
+                        CallError::Unavailable(format!(
+                            "TLS handshake with {base} failed: {e}; {hint}"
+                        ))
+                    })?;
+                http1(tls).await?
+            }
+        };
+        let host = authority
+            .strip_suffix(if self.tls.is_some() { ":443" } else { ":80" })
+            .unwrap_or(authority);
         let mut req = Request::builder()
             .method(method)
             .uri(path)
-            .header("host", &authority);
+            .header("host", host);
         if let Some(t) = &self.conn.token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
@@ -544,6 +635,18 @@ impl Client {
 }
 
 /// A response's JSON (or its text as a JSON string); 4xx is `Refused`, 5xx `Unavailable`.
+/// An HTTP/1.1 connection over `io` (plain TCP or TLS), driven by its own task.
+async fn http1<IO>(io: IO) -> Result<SendRequest<Full<Bytes>>, CallError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| CallError::Unavailable(e.to_string()))?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
 async fn json_answer(res: hyper::Response<hyper::body::Incoming>) -> Result<Value, CallError> {
     let status = res.status();
     let bytes = res
@@ -672,7 +775,10 @@ fn report(e: CallError) -> Outcome {
 
 /// Runs `ovc vc ...`.
 pub async fn vc(conn: Conn, cmd: VcCommand) -> Outcome {
-    let c = Client { conn };
+    let c = match Client::new(conn) {
+        Ok(c) => c,
+        Err(o) => return o,
+    };
     let r = async {
         let q = c.q();
         let post = |path: String, body: Value| {
@@ -816,7 +922,10 @@ pub async fn tail_events(
     follow: bool,
     line: fn(&Value) -> String,
 ) -> Outcome {
-    let c = Client { conn };
+    let c = match Client::new(conn) {
+        Ok(c) => c,
+        Err(o) => return o,
+    };
     let json = c.conn.output == "json";
     let show = |e: &Value| {
         if json {
@@ -860,7 +969,10 @@ pub async fn tail_events(
 
 /// Runs `ovc ops ...`.
 pub async fn ops(conn: Conn, cmd: OpsCommand) -> Outcome {
-    let c = Client { conn };
+    let c = match Client::new(conn) {
+        Ok(c) => c,
+        Err(o) => return o,
+    };
     let r = async {
         match cmd {
             OpsCommand::Watch { id } => c.watch(&id).await,
@@ -986,7 +1098,10 @@ pub async fn ops(conn: Conn, cmd: OpsCommand) -> Outcome {
 
 /// Runs `ovc snapshot ...`.
 pub async fn snapshot(conn: Conn, cmd: SnapshotCommand) -> Outcome {
-    let c = Client { conn };
+    let c = match Client::new(conn) {
+        Ok(c) => c,
+        Err(o) => return o,
+    };
     let r = async {
         match cmd {
             SnapshotCommand::List { vcluster } => {

@@ -19,7 +19,7 @@ pub struct DevArgs {
     #[arg(long, env = "OVC_DATA_DIR", default_value_os_t = crate::default_data_dir())]
     pub data_dir: PathBuf,
     /// Use this database instead of DATA_DIR/ovc.db (sqlite://PATH or postgres://...).
-    #[arg(long, env = "OVC_DATABASE_URL")]
+    #[arg(long, env = "OVC_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Open, migrate, print the status and exit instead of following the log.
     #[arg(long)]
@@ -35,6 +35,10 @@ pub struct DevArgs {
     /// Address of the gRPC API (loopback only, like `--http`).
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub grpc: std::net::SocketAddr,
+    /// How long a step may wait (readiness and the like) before it fails and the
+    /// operation compensates (as `ovc worker --ready-timeout`).
+    #[arg(long, env = "OVC_READY_TIMEOUT", default_value = "10m", value_parser = crate::worker::parse_ready_timeout)]
+    pub ready_timeout: std::time::Duration,
 }
 
 /// Runs `ovc dev`.
@@ -75,6 +79,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         lease_ms: 5000,
         idle_poll_ms: None,
         name: None,
+        ready_timeout: args.ready_timeout,
         workflows: "vcluster".into(),
     };
     let worker = crate::worker::build(store.clone(), &worker_args).await?;
@@ -122,7 +127,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let http = tokio::spawn(async move {
         tokio::try_join!(
             crate::serve::serve_http(listener, app, stop.clone()),
-            crate::serve::serve_grpc(grpc_listener, grpc_routes, stop)
+            crate::serve::serve_grpc(grpc_listener, grpc_routes, None, stop)
         )
     });
     println!("  REST API   http://{http_addr}");

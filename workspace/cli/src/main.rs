@@ -12,6 +12,7 @@ mod client;
 mod dev;
 mod serve;
 mod tail;
+mod tls;
 mod worker;
 
 use anyhow::Context;
@@ -44,7 +45,7 @@ enum Command {
     /// Apply database migrations (SQLite or PostgreSQL) and exit.
     Migrate {
         /// sqlite://PATH or postgres://USER@HOST/DB.
-        #[arg(long, env = "OVC_DATABASE_URL")]
+        #[arg(long, env = "OVC_DATABASE_URL", hide_env_values = true)]
         database_url: String,
     },
     /// vclusters on a running server (`--server`, `OVC_SERVER`).
@@ -82,8 +83,12 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum TokenCommand {
-    /// Create a token for one project and role; prints it once.
+    /// Create a token for one project and role (default viewer); prints it once.
     Create(serve::TokenCreateArgs),
+    /// List tokens: id, name, project, role, created, expires, revoked (never secrets).
+    List(serve::TokenListArgs),
+    /// Revoke a token by id: it is refused from now on.
+    Revoke(serve::TokenRevokeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -116,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    tls::install_provider();
     let cli = Cli::parse();
     match cli.command {
         Command::Dev(args) => dev::run(args).await,
@@ -128,13 +134,15 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(client::snapshot(conn, command).await.code())
         }
         Command::Serve(args) => serve::run(args).await,
-        Command::Token {
-            command: TokenCommand::Create(args),
-        } => serve::create_token(args).await,
+        Command::Token { command } => match command {
+            TokenCommand::Create(args) => serve::create_token(args).await,
+            TokenCommand::List(args) => serve::list_tokens(args).await,
+            TokenCommand::Revoke(args) => serve::revoke_token(args).await,
+        },
         Command::Migrate { database_url } => {
             let store = ovc_store::open(&database_url, StoreConfig::default())
                 .await
-                .with_context(|| format!("cannot open {database_url}"))?;
+                .with_context(|| format!("cannot open {}", redact(&database_url)))?;
             store.migrate().await.context("migration failed")?;
             println!(
                 "migrations applied to {} ({:?}); event log head at position {}",
@@ -161,21 +169,7 @@ async fn main() -> anyhow::Result<()> {
 
 /// The URL without its password, for printing.
 pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.find('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme + 3],
-                    &userinfo[..colon],
-                    &url[at..]
-                ),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
+    ovc_store::redact_url(url)
 }
 
 #[cfg(test)]
@@ -190,6 +184,14 @@ mod tests {
         );
         assert_eq!(redact("postgres://ovc@db/ovc"), "postgres://ovc@db/ovc");
         assert_eq!(redact("sqlite://.ovc/ovc.db"), "sqlite://.ovc/ovc.db");
+        assert_eq!(
+            redact("postgres://ovc:p@ss@db/ovc?sslmode=require"),
+            "postgres://ovc:***@db/ovc?sslmode=require"
+        );
+        assert_eq!(
+            redact("postgres://db/ovc?user=ovc&password=secret"),
+            "postgres://db/ovc?user=ovc&password=***"
+        );
     }
 
     #[test]

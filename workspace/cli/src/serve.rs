@@ -1,5 +1,5 @@
 //! `ovc serve`: the REST and gRPC APIs only (run workers with `ovc worker`), and
-//! `ovc token create`. `serve` requires bearer tokens unless both APIs listen on loopback
+//! `ovc token create|list|revoke`. `serve` requires bearer tokens unless both APIs listen on loopback
 //! addresses and it is told `--auth none`.
 
 use anyhow::Context;
@@ -13,7 +13,7 @@ use std::time::Duration;
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// sqlite://PATH or postgres://USER@HOST/DB.
-    #[arg(long, env = "OVC_DATABASE_URL")]
+    #[arg(long, env = "OVC_DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
     /// PostgreSQL schema holding ovc's tables.
     #[arg(long, env = "OVC_PG_SCHEMA")]
@@ -33,6 +33,13 @@ pub struct ServeArgs {
     /// Requests a token may make at once before the rate applies.
     #[arg(long, env = "OVC_RATE_BURST", default_value_t = 200)]
     pub rate_burst: u32,
+    /// PEM certificate chain: serve both APIs over TLS (https://, gRPC over TLS); needs
+    /// --tls-key.
+    #[arg(long, env = "OVC_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "OVC_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 /// Runs `ovc serve`.
@@ -75,13 +82,43 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_host(host);
     let grpc_routes = ovc_api::grpc::grpc_router(state.clone()).context("gRPC services")?;
     let app = ovc_api::router(state);
-    eprintln!("ovc serve: REST API on http://{addr} (auth: {})", args.auth);
-    eprintln!("ovc serve: gRPC API on {grpc_addr} (auth: {})", args.auth);
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+        _ => None,
+    };
+    let (scheme, grpc_tls) = match tls {
+        Some(_) => ("https", " over TLS"),
+        None => ("http", ""),
+    };
+    eprintln!(
+        "ovc serve: REST API on {scheme}://{addr} (auth: {})",
+        args.auth
+    );
+    eprintln!(
+        "ovc serve: gRPC API on {grpc_addr}{grpc_tls} (auth: {})",
+        args.auth
+    );
     let stop = crate::worker::shutdown_signal();
-    tokio::try_join!(
-        serve_http(listener, app, stop.clone()),
-        serve_grpc(grpc_listener, grpc_routes, stop)
-    )?;
+    match tls {
+        Some((cert, key)) => {
+            let config = crate::tls::server_config(cert, key)?;
+            let grpc_identity = tonic::transport::Identity::from_pem(
+                std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?,
+                std::fs::read(key).with_context(|| format!("reading {}", key.display()))?,
+            );
+            let listener = crate::tls::TlsListener::new(listener, config);
+            tokio::try_join!(
+                serve_http(listener, app, stop.clone()),
+                serve_grpc(grpc_listener, grpc_routes, Some(grpc_identity), stop)
+            )?;
+        }
+        None => {
+            tokio::try_join!(
+                serve_http(listener, app, stop.clone()),
+                serve_grpc(grpc_listener, grpc_routes, None, stop)
+            )?;
+        }
+    }
     Ok(())
 }
 
@@ -97,11 +134,15 @@ async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
 
 /// Serves `app` until `stop` turns true, then lets open requests finish for at most
 /// [`SHUTDOWN_GRACE`].
-pub async fn serve_http(
-    listener: tokio::net::TcpListener,
+pub async fn serve_http<L>(
+    listener: L,
     app: axum::Router,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let server = axum::serve(listener, app).with_graceful_shutdown(stopped(stop.clone()));
     tokio::select! {
         r = server => r.context("HTTP server"),
@@ -120,9 +161,10 @@ pub async fn serve_http(
 pub async fn serve_grpc(
     listener: tokio::net::TcpListener,
     routes: ovc_api::grpc::Routes,
+    tls: Option<tonic::transport::Identity>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let server = ovc_api::grpc::serve(listener, routes, stopped(stop.clone()));
+    let server = ovc_api::grpc::serve_with_tls(listener, routes, tls, stopped(stop.clone()));
     tokio::select! {
         r = server => r.context("gRPC server"),
         () = async move {
@@ -135,54 +177,177 @@ pub async fn serve_grpc(
     }
 }
 
-/// Arguments of `ovc token create`.
+/// Where the token commands find the store.
 #[derive(Debug, Args)]
-pub struct TokenCreateArgs {
+pub struct TokenStoreArgs {
     /// sqlite://PATH or postgres://USER@HOST/DB.
-    #[arg(long, env = "OVC_DATABASE_URL")]
+    #[arg(long, env = "OVC_DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
     /// PostgreSQL schema holding ovc's tables.
     #[arg(long, env = "OVC_PG_SCHEMA")]
     pub pg_schema: Option<String>,
+}
+
+impl TokenStoreArgs {
+    async fn open(&self) -> anyhow::Result<Arc<dyn ovc_store::Store>> {
+        let config = StoreConfig {
+            pg_schema: self.pg_schema.clone(),
+            ..StoreConfig::default()
+        };
+        ovc_store::open(&self.database_url, config)
+            .await
+            .with_context(|| format!("cannot open {}", crate::redact(&self.database_url)))
+    }
+}
+
+/// Arguments of `ovc token create`.
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    #[command(flatten)]
+    pub store: TokenStoreArgs,
     /// The project the token may see and touch.
     #[arg(long)]
     pub project: String,
-    /// viewer (read), operator (read and run operations) or admin.
-    #[arg(long, value_parser = ["viewer", "operator", "admin"], default_value = "operator")]
+    /// viewer (read, not kubeconfigs), operator (also run operations and read
+    /// kubeconfigs) or admin (also delete vclusters and snapshots). Least privilege
+    /// unless told.
+    #[arg(long, value_parser = ["viewer", "operator", "admin"], default_value = "viewer")]
     pub role: String,
     /// A name for people: who or what uses the token.
     #[arg(long, default_value = "cli")]
     pub name: String,
+    /// Refuse the token after this long: e.g. 90s, 30m, 12h, 30d, 4w (default: never).
+    #[arg(long)]
+    pub expires_in: Option<String>,
 }
 
 /// Runs `ovc token create`: prints the token once; only its SHA-256 is stored.
 pub async fn create_token(args: TokenCreateArgs) -> anyhow::Result<()> {
-    let config = StoreConfig {
-        pg_schema: args.pg_schema.clone(),
-        ..StoreConfig::default()
-    };
-    let store = ovc_store::open(&args.database_url, config).await?;
     let project = args
         .project
         .parse()
-        .map_err(|e: ovc_types::name::NameError| anyhow::anyhow!("{e}"))?;
+        .map_err(|e: ovc_types::name::NameError| anyhow::anyhow!("--project: {e}"))?;
     let role = Role::parse(&args.role).context("role")?;
+    let expires_in = args
+        .expires_in
+        .as_deref()
+        .map(|s| {
+            crate::client::parse_age(s)
+                .filter(|d| *d > chrono::Duration::zero())
+                .with_context(|| {
+                    format!(
+                        "--expires-in {s:?}: use a positive duration, e.g. 90s, 30m, 12h, 30d, 4w"
+                    )
+                })
+        })
+        .transpose()?;
+    let store = args.store.open().await?;
+    let now = store.clock().now();
+    let expires_at = expires_in
+        .map(|d| {
+            now.checked_add_signed(d)
+                .context("--expires-in is too far in the future")
+        })
+        .transpose()?;
     let token = new_token();
-    store
-        .create_token(
-            &TokenRecord {
-                id: uuid::Uuid::now_v7(),
-                name: args.name.clone(),
-                project,
-                role,
-            },
-            &token_sha256(&token),
-        )
-        .await?;
+    let record = TokenRecord {
+        id: uuid::Uuid::now_v7(),
+        name: args.name.clone(),
+        project,
+        role,
+        created_at: now,
+        expires_at,
+        revoked_at: None,
+    };
+    store.create_token(&record, &token_sha256(&token)).await?;
+    let until = expires_at.map_or_else(
+        || "never expires".to_string(),
+        |t| format!("expires {}", t.to_rfc3339()),
+    );
     eprintln!(
-        "token for project {} ({}); shown once, store it now:",
-        args.project, args.role
+        "token {} for project {} ({}, {until}); shown once, store it now:",
+        record.id, args.project, args.role
     );
     println!("{token}");
+    Ok(())
+}
+
+/// Arguments of `ovc token list`.
+#[derive(Debug, Args)]
+pub struct TokenListArgs {
+    #[command(flatten)]
+    pub store: TokenStoreArgs,
+    /// Only this project's tokens.
+    #[arg(long)]
+    pub project: Option<String>,
+    /// `table` or `json` (one array; never the secrets, which are not stored).
+    #[arg(short = 'o', long, value_parser = ["table", "json"], default_value = "table")]
+    pub output: String,
+}
+
+/// Runs `ovc token list`: id, name, project, role, created, expires, revoked.
+pub async fn list_tokens(args: TokenListArgs) -> anyhow::Result<()> {
+    let project: Option<ovc_types::ProjectName> = args
+        .project
+        .as_deref()
+        .map(|p| {
+            p.parse()
+                .map_err(|e: ovc_types::name::NameError| anyhow::anyhow!("--project: {e}"))
+        })
+        .transpose()?;
+    let store = args.store.open().await?;
+    let tokens = store.list_tokens(project.as_ref()).await?;
+    if args.output == "json" {
+        println!("{}", serde_json::to_string_pretty(&tokens)?);
+        return Ok(());
+    }
+    let time = |t: Option<chrono::DateTime<chrono::Utc>>, none: &str| {
+        t.map_or_else(
+            || none.to_string(),
+            |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        )
+    };
+    println!(
+        "{:<36}  {:<16}  {:<16}  {:<8}  {:<20}  {:<20}  REVOKED",
+        "ID", "NAME", "PROJECT", "ROLE", "CREATED", "EXPIRES"
+    );
+    for t in tokens {
+        println!(
+            "{:<36}  {:<16}  {:<16}  {:<8}  {:<20}  {:<20}  {}",
+            t.id,
+            t.name,
+            t.project,
+            t.role.as_str(),
+            time(Some(t.created_at), "-"),
+            time(t.expires_at, "never"),
+            time(t.revoked_at, "-"),
+        );
+    }
+    Ok(())
+}
+
+/// Arguments of `ovc token revoke`.
+#[derive(Debug, Args)]
+pub struct TokenRevokeArgs {
+    #[command(flatten)]
+    pub store: TokenStoreArgs,
+    /// The token's id (from `ovc token list`).
+    pub id: String,
+}
+
+/// Runs `ovc token revoke ID`: the token is refused (UNAUTHENTICATED) from now on.
+pub async fn revoke_token(args: TokenRevokeArgs) -> anyhow::Result<()> {
+    let id = uuid::Uuid::parse_str(&args.id)
+        .with_context(|| format!("{:?} is not a token id (see `ovc token list`)", args.id))?;
+    let store = args.store.open().await?;
+    let Some(t) = store.revoke_token(id).await? else {
+        anyhow::bail!("no token {id} (see `ovc token list`)");
+    };
+    let at = t.revoked_at.map(|t| t.to_rfc3339()).unwrap_or_default();
+    println!(
+        "token {id} ({}, {}) revoked at {at}",
+        t.project,
+        t.role.as_str()
+    );
     Ok(())
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 pub struct TailArgs {
     /// Read the store directly (sqlite://PATH or postgres://USER@HOST/DB) instead of a
     /// server.
-    #[arg(long, env = "OVC_DATABASE_URL")]
+    #[arg(long, env = "OVC_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Start after this position (0: from the beginning).
     #[arg(long, default_value_t = 0)]

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
     /// sqlite://PATH or postgres://USER@HOST/DB.
-    #[arg(long, env = "OVC_DATABASE_URL")]
+    #[arg(long, env = "OVC_DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
     /// PostgreSQL schema holding ovc's tables (default: the search path).
     #[arg(long, env = "OVC_PG_SCHEMA")]
@@ -47,10 +47,34 @@ pub struct WorkerArgs {
     /// Worker name (lease owner); default `<host>-<pid>-<random>`.
     #[arg(long)]
     pub name: Option<String>,
+    /// How long a step may wait (for the control plane to be ready, pods to go, ...),
+    /// from its first start, before it fails and the operation compensates: `600s`,
+    /// `10m`, `1h`, `500ms`.
+    #[arg(long, env = "OVC_READY_TIMEOUT", default_value = "10m", value_parser = parse_ready_timeout)]
+    pub ready_timeout: Duration,
     /// Which workflows to run: `vcluster` (the product) or `bench` (the five-step
     /// benchmark workflow, for `ovc bench workflows`).
     #[arg(long, value_parser = ["vcluster", "bench"], default_value = "vcluster", hide = true)]
     pub workflows: String,
+}
+
+/// Parses `--ready-timeout`: a positive whole number with a unit (`ms`, `s`, `m`, `h`).
+pub fn parse_ready_timeout(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?}: use a positive duration such as 600s, 10m, 1h or 500ms");
+    let at = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (n, unit) = s.split_at(at);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(bad()),
+    };
+    if d.is_zero() {
+        return Err(bad());
+    }
+    Ok(d)
 }
 
 /// Builds a worker on `store` from the arguments.
@@ -81,6 +105,7 @@ pub async fn build(store: Arc<dyn Store>, args: &WorkerArgs) -> anyhow::Result<W
         owner: String::new(),
         repeat_steps: false,
         max_step_timeout: None,
+        ready_timeout: args.ready_timeout,
     };
     Ok(Worker::new(
         exec,
@@ -155,4 +180,20 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let report = worker.run(shutdown_signal()).await;
     print_report(&report);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_timeouts_parse_with_a_unit_and_refuse_the_rest() {
+        assert_eq!(parse_ready_timeout("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_ready_timeout("600s"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_ready_timeout("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_ready_timeout("500ms"), Ok(Duration::from_millis(500)));
+        for bad in ["", "10", "0s", "-1s", "1d", "1.5m", "m", "10 m"] {
+            assert!(parse_ready_timeout(bad).is_err(), "{bad:?}");
+        }
+    }
 }

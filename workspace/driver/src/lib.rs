@@ -14,10 +14,11 @@ pub mod sim;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use ovc_types::OperationId;
 use ovc_types::error::{Code, Status};
 use ovc_types::spec::{ControlPlaneSpec, QuotaSpec};
+use ovc_types::{OperationId, ProjectName, VClusterId, VClusterName};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Who is calling: used for fault injection (sim), labels and tracing (kube).
@@ -34,10 +35,89 @@ pub struct CallCtx {
 /// Identifies one vcluster on the host: its namespace and Helm release name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Target {
-    /// Host namespace (`ovc-<project>-<name>`).
+    /// Host namespace, as recorded in the vcluster's projection
+    /// (`ovc_types::resource::host_namespace`; older vclusters keep `ovc-<project>-<name>`).
     pub namespace: String,
     /// Helm release name (the vcluster's name).
     pub release: String,
+}
+
+/// Label on every namespace ovc creates: `app.kubernetes.io/managed-by=ovc`.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Label naming the owning vcluster's project (a project name fits a label value: ≤ 63).
+pub const LABEL_PROJECT: &str = "ovc.dev/project";
+/// Label naming the owning vcluster (≤ 40 characters).
+pub const LABEL_VCLUSTER: &str = "ovc.dev/vcluster";
+/// Label with the owning vcluster's uid (36 characters): *the* ownership test.
+pub const LABEL_UID: &str = "ovc.dev/uid";
+/// Annotation naming the operation that created the namespace, so a step re-run after a
+/// crash still knows that its operation created it (and its undo may delete it).
+pub const ANNOTATION_CREATED_BY: &str = "ovc.dev/created-by-operation";
+
+/// The vcluster a namespace belongs to; [`HostDriver::ensure_namespace`] labels what it
+/// creates with it and refuses a namespace labelled with anyone else (or no one).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Owner {
+    /// The vcluster's project.
+    pub project: ProjectName,
+    /// The vcluster's name.
+    pub vcluster: VClusterName,
+    /// The vcluster's uid (unique; what ownership is decided on).
+    pub uid: VClusterId,
+}
+
+impl Owner {
+    /// The labels of a namespace owned by this vcluster.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (LABEL_MANAGED_BY.to_string(), "ovc".to_string()),
+            (LABEL_PROJECT.to_string(), self.project.to_string()),
+            (LABEL_VCLUSTER.to_string(), self.vcluster.to_string()),
+            (LABEL_UID.to_string(), self.uid.to_string()),
+        ])
+    }
+
+    /// Whether a namespace with `labels` is this vcluster's (its uid label is ours).
+    pub fn owns(&self, labels: &BTreeMap<String, String>) -> bool {
+        labels.get(LABEL_UID) == Some(&self.uid.to_string())
+    }
+
+    /// The permanent error for namespace `namespace`, which exists with `labels` and is
+    /// not ours: names the owner its labels give, or says ovc did not create it.
+    pub fn refusal(&self, namespace: &str, labels: &BTreeMap<String, String>) -> DriverError {
+        let found = match (
+            labels.get(LABEL_PROJECT),
+            labels.get(LABEL_VCLUSTER),
+            labels.get(LABEL_UID),
+        ) {
+            (Some(p), Some(v), Some(u)) => format!("belongs to vcluster {p}/{v} (uid {u})"),
+            (_, _, Some(u)) => format!("belongs to the vcluster with uid {u}"),
+            _ => "was not created by ovc".to_string(),
+        };
+        DriverError::Permanent(
+            Status::new(
+                Code::FailedPrecondition,
+                format!(
+                    "host namespace {namespace} already exists and {found}; refusing to use it \
+                     for vcluster {}/{} (uid {})",
+                    self.project, self.vcluster, self.uid
+                ),
+            )
+            .with_reason("NAMESPACE_NOT_OWNED"),
+        )
+    }
+}
+
+/// What [`HostDriver::ensure_namespace`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NamespaceOutcome {
+    /// This operation created it: this call, or an earlier call of the same operation (its
+    /// [`ANNOTATION_CREATED_BY`] names the call's operation), so the operation's undo may
+    /// delete it.
+    Created,
+    /// It already existed, owned by this vcluster, created by another operation: an undo
+    /// must leave it.
+    AlreadyOwned,
 }
 
 /// The values ovc renders into the vcluster chart.
@@ -140,8 +220,16 @@ pub trait HostDriver: Send + Sync + std::fmt::Debug {
     async fn begin_step(&self, _ctx: &CallCtx) -> DriverResult<()> {
         Ok(())
     }
-    /// Creates the namespace (labelled as ours) unless it exists.
-    async fn ensure_namespace(&self, ctx: &CallCtx, t: &Target) -> DriverResult<()>;
+    /// Creates the namespace labelled with `owner` ([`Owner::labels`]) and annotated with
+    /// the call's operation ([`ANNOTATION_CREATED_BY`]) unless it exists. An existing
+    /// namespace that is not `owner`'s ([`Owner::owns`]) is refused with the permanent
+    /// error [`Owner::refusal`] and left untouched.
+    async fn ensure_namespace(
+        &self,
+        ctx: &CallCtx,
+        t: &Target,
+        owner: &Owner,
+    ) -> DriverResult<NamespaceOutcome>;
     /// Deletes the namespace; `Ok(true)` once it is gone (404 counts as gone).
     async fn delete_namespace(&self, ctx: &CallCtx, t: &Target) -> DriverResult<bool>;
     /// True when the namespace exists.

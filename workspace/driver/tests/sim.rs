@@ -6,13 +6,14 @@ use ovc_driver::sim::{
     initial_backing_store,
 };
 use ovc_driver::{
-    CallCtx, DriverError, HostDriver, MemorySink, MemorySource, ReleaseValues, Target,
+    CallCtx, DriverError, HostDriver, LABEL_UID, MemorySink, MemorySource, NamespaceOutcome, Owner,
+    ReleaseValues, Target,
 };
 use ovc_store::Backend;
 use ovc_testkit::TestDb;
-use ovc_types::OperationId;
 use ovc_types::error::Code;
 use ovc_types::spec::ControlPlaneSpec;
+use ovc_types::{OperationId, VClusterId};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -30,6 +31,7 @@ ovc_testkit::both_backends!(
     latency_is_slept_before_every_call,
     two_hosts_racing_on_one_ensure_change_the_state_once,
     ready_delay_holds_back_readiness,
+    ensure_namespace_labels_its_owner_and_refuses_others,
 );
 
 // ---------------------------------------------------------------- helpers
@@ -86,6 +88,15 @@ fn ctx_of(op: OperationId, workflow: &str, step: &str) -> CallCtx {
 /// A context of a fresh operation (faults are counted per operation).
 fn ctx(workflow: &str, step: &str) -> CallCtx {
     ctx_of(new_op(), workflow, step)
+}
+
+/// The vcluster every test's namespaces belong to.
+fn owner() -> Owner {
+    Owner {
+        project: "default".parse().expect("project"),
+        vcluster: "team-a".parse().expect("name"),
+        uid: VClusterId(Uuid::from_u128(7)),
+    }
 }
 
 fn target(name: &str) -> Target {
@@ -146,7 +157,7 @@ fn assert_transient(result: Result<impl std::fmt::Debug, DriverError>, text: &st
 /// Namespace + release with defaults, as the create workflow leaves them.
 async fn create(host: &SimHost, t: &Target, replicas: u32) {
     let c = ctx("create", "setup");
-    host.ensure_namespace(&c, t)
+    host.ensure_namespace(&c, t, &owner())
         .await
         .expect("ensure_namespace");
     host.install_release(&c, t, &values(replicas))
@@ -163,7 +174,7 @@ async fn lifecycle_from_namespace_to_delete(backend: Backend) {
     let c = ctx("create", "install_release");
 
     assert!(!host.namespace_exists(&c, &t).await.expect("exists"));
-    host.ensure_namespace(&c, &t)
+    host.ensure_namespace(&c, &t, &owner())
         .await
         .expect("ensure_namespace");
     assert!(host.namespace_exists(&c, &t).await.expect("exists"));
@@ -301,7 +312,7 @@ async fn each_ensure_counts_its_effect_once(backend: Backend) {
     let c = ctx("create", "any");
 
     for _ in 0..2 {
-        host.ensure_namespace(&c, &t)
+        host.ensure_namespace(&c, &t, &owner())
             .await
             .expect("ensure_namespace");
     }
@@ -363,7 +374,7 @@ async fn missing_prerequisites_are_permanent_errors(backend: Backend) {
         Code::FailedPrecondition,
         "namespace ovc-default-ghost does not exist",
     );
-    host.ensure_namespace(&c, &t)
+    host.ensure_namespace(&c, &t, &owner())
         .await
         .expect("ensure_namespace");
     let missing = "release ghost not found in namespace ovc-default-ghost";
@@ -486,7 +497,7 @@ async fn transient_fault_fails_count_times_per_operation_across_reconnects(backe
     let t = target("flaky");
     let op = new_op();
     let install = ctx_of(op, "create", "install_release");
-    host.ensure_namespace(&ctx_of(op, "create", "ensure_namespace"), &t)
+    host.ensure_namespace(&ctx_of(op, "create", "ensure_namespace"), &t, &owner())
         .await
         .expect("other steps are not affected");
 
@@ -534,7 +545,7 @@ async fn permanent_fault_fails_every_call_without_effects(backend: Backend) {
     let host = connect(&db, faults("create/install_release:permanent")).await;
     let t = target("doomed");
     let c = ctx("create", "install_release");
-    host.ensure_namespace(&ctx("create", "ensure_namespace"), &t)
+    host.ensure_namespace(&ctx("create", "ensure_namespace"), &t, &owner())
         .await
         .expect("ensure_namespace");
     for _ in 0..3 {
@@ -642,7 +653,7 @@ async fn latency_is_slept_before_every_call(backend: Backend) {
     let t = target("slow");
     let c = ctx("create", "ensure_namespace");
     let started = Instant::now();
-    host.ensure_namespace(&c, &t)
+    host.ensure_namespace(&c, &t, &owner())
         .await
         .expect("ensure_namespace");
     assert!(started.elapsed() >= latency, "{:?}", started.elapsed());
@@ -668,7 +679,7 @@ async fn two_hosts_racing_on_one_ensure_change_the_state_once(backend: Backend) 
         let t = t.clone();
         tasks.spawn(async move {
             let c = ctx("create", "setup");
-            host.ensure_namespace(&c, &t).await?;
+            host.ensure_namespace(&c, &t, &owner()).await?;
             host.install_release(&c, &t, &values(1)).await
         });
     }
@@ -727,7 +738,7 @@ async fn ready_delay_holds_back_readiness(backend: Backend) {
     .await;
     let t = target("warming");
     let c = ctx("create", "wait_ready");
-    host.ensure_namespace(&c, &t)
+    host.ensure_namespace(&c, &t, &owner())
         .await
         .expect("ensure_namespace");
 
@@ -918,5 +929,83 @@ fn config_reads_the_environment_variables() {
     assert!(
         err.to_string().starts_with("OVC_SIM_FAULTS entry \"x\""),
         "{err}"
+    );
+}
+
+async fn ensure_namespace_labels_its_owner_and_refuses_others(backend: Backend) {
+    let db = fresh_db(backend).await;
+    let host = connect(&db, SimConfig::default()).await;
+    let t = target("team-a");
+    let op = new_op();
+    let c = ctx_of(op, "create", "create_namespace");
+    assert_eq!(
+        host.ensure_namespace(&c, &t, &owner()).await,
+        Ok(NamespaceOutcome::Created)
+    );
+    // The same operation again (a re-run after a crash): still its own creation.
+    assert_eq!(
+        host.ensure_namespace(&c, &t, &owner()).await,
+        Ok(NamespaceOutcome::Created)
+    );
+    // Another operation of the same vcluster: owned, not created by it.
+    assert_eq!(
+        host.ensure_namespace(&ctx("create", "create_namespace"), &t, &owner())
+            .await,
+        Ok(NamespaceOutcome::AlreadyOwned)
+    );
+    let ns = host.state().await.expect("state").namespaces;
+    assert_eq!(ns.len(), 1);
+    assert_eq!(ns[0].labels, owner().labels());
+    assert_eq!(
+        ns[0].annotations.get(ovc_driver::ANNOTATION_CREATED_BY),
+        Some(&op.to_string())
+    );
+    // Another vcluster (same project and name, another uid) is refused, naming the owner.
+    let intruder = Owner {
+        uid: VClusterId(Uuid::from_u128(8)),
+        ..owner()
+    };
+    let refused = |r: Result<NamespaceOutcome, DriverError>, text: &str| match r {
+        Err(DriverError::Permanent(s)) => {
+            assert_eq!(s.code, Code::FailedPrecondition);
+            assert_eq!(s.reason(), Some("NAMESPACE_NOT_OWNED"));
+            assert!(
+                s.message.contains(text),
+                "{:?} should contain {text:?}",
+                s.message
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    refused(
+        host.ensure_namespace(&c, &t, &intruder).await,
+        "belongs to vcluster default/team-a (uid 00000000-0000-0000-0000-000000000007)",
+    );
+    // A namespace ovc did not create is refused too, and stays as it was.
+    let labels = BTreeMap::from([("team".to_string(), "payments".to_string())]);
+    assert!(
+        host.create_foreign_namespace("payments", labels.clone())
+            .await
+            .expect("foreign")
+    );
+    let theirs = Target {
+        namespace: "payments".into(),
+        release: "team-a".into(),
+    };
+    refused(
+        host.ensure_namespace(&c, &theirs, &owner()).await,
+        "was not created by ovc",
+    );
+    let state = host.state().await.expect("state");
+    let payments = state
+        .namespaces
+        .iter()
+        .find(|n| n.name == "payments")
+        .expect("still there");
+    assert_eq!(payments.labels, labels);
+    assert!(!payments.labels.contains_key(LABEL_UID));
+    assert_eq!(
+        host.effects().await.expect("effects"),
+        BTreeMap::from([(effect_key("ensure_namespace", &t.namespace), 1)])
     );
 }

@@ -226,15 +226,16 @@ async fn accept_once(
     let (uid, expected, command_event) = match (&req.command, &current) {
         (Command::Create { spec }, None) => {
             spec.validate().map_err(Status::from)?;
+            let uid = VClusterId(ids.new_uuid());
             (
-                VClusterId(ids.new_uuid()),
+                uid,
                 ExpectedVersion::NoStream,
                 Event::CreateRequested {
                     operation_id,
                     name: target_name.clone(),
                     project: req.project.clone(),
                     spec: spec.clone(),
-                    host_namespace: host_namespace(&req.project, &target_name),
+                    host_namespace: host_namespace(&target_name, uid),
                 },
             )
         }
@@ -247,8 +248,9 @@ async fn accept_once(
         ) => {
             let (spec, version) = restorable_spec(store, &req.project, *snapshot_id).await?;
             snapshot_use = Some((*snapshot_id, version));
+            let uid = VClusterId(ids.new_uuid());
             (
-                VClusterId(ids.new_uuid()),
+                uid,
                 ExpectedVersion::NoStream,
                 Event::RestoreRequested {
                     operation_id,
@@ -257,7 +259,7 @@ async fn accept_once(
                         name: target_name.clone(),
                         project: req.project.clone(),
                         spec,
-                        host_namespace: host_namespace(&req.project, &target_name),
+                        host_namespace: host_namespace(&target_name, uid),
                     }),
                 },
             )

@@ -142,6 +142,13 @@ pub struct Executor {
     pub repeat_steps: bool,
     /// Caps every step's (and undo's) time limit; `None` keeps the definitions' limits.
     pub max_step_timeout: Option<Duration>,
+    /// How long a step may keep waiting (returning `Pending`: readiness, pods gone, the
+    /// kubeconfig), measured from its first `StepStarted` in the journal, so the limit
+    /// survives crashes and worker changes. Past it the step fails permanently
+    /// (`DEADLINE_EXCEEDED`, reason `WAIT_TIMEOUT`) and the operation compensates. Undos
+    /// and reverts keep waiting: giving up there would leave the host half-undone.
+    /// [`crate::model::DEFAULT_READY_TIMEOUT`] by default (`ovc worker --ready-timeout`).
+    pub ready_timeout: Duration,
 }
 
 /// Events waiting for the next commit.
@@ -365,9 +372,10 @@ impl Run1<'_> {
         // Fold into the local journal at once so planning sees it; if the commit later
         // fails, this execution stops and the next claim re-reads the stored journal.
         let next_version = self.journal.version + 1;
+        let now = self.now();
         if let Err(e) = self
             .journal
-            .apply(self.stream.as_str(), next_version, &event)
+            .apply_at(self.stream.as_str(), next_version, Some(now), &event)
         {
             tracing::error!(error = %e, "engine produced an illegal event; this is a bug");
         }
@@ -402,13 +410,14 @@ impl Run1<'_> {
             prior_state: req.prior_state,
             outputs: self.journal.outputs(),
             target: Target {
+                // The namespace recorded when the vcluster was created, never recomputed
+                // (vclusters of the legacy scheme keep theirs). Without a projection there
+                // is no namespace to guess: the driver refuses an empty one.
                 namespace: self
                     .vcluster
                     .as_ref()
                     .map(|v| v.host_namespace.clone())
-                    .unwrap_or_else(|| {
-                        ovc_types::resource::host_namespace(&req.project, &req.vcluster)
-                    }),
+                    .unwrap_or_default(),
                 release: req.vcluster.to_string(),
             },
             call: CallCtx {
@@ -426,6 +435,30 @@ impl Run1<'_> {
 
     fn now(&self) -> chrono::DateTime<chrono::Utc> {
         self.exec.clock.now()
+    }
+
+    /// The error of a wait that has lasted past [`Executor::ready_timeout`], counted from
+    /// the step's first start as journaled; `None` while there is time left.
+    fn wait_expired(&self, step: &str) -> Option<Status> {
+        let started = self.journal.step(step).first_started_at?;
+        let limit = self.exec.ready_timeout;
+        let waited = (self.now() - started).to_std().unwrap_or_default();
+        if waited < limit {
+            return None;
+        }
+        Some(
+            Status::new(
+                Code::DeadlineExceeded,
+                format!(
+                    "step {step} was still waiting after {}s (the wait limit is {}s, counted \
+                     from its first start at {}; see --ready-timeout)",
+                    waited.as_secs(),
+                    limit.as_secs_f64(),
+                    started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ),
+            )
+            .with_reason("WAIT_TIMEOUT"),
+        )
     }
 
     async fn reschedule(&mut self, after: Duration) -> Result<RunEnd, ExecError> {
@@ -500,7 +533,16 @@ impl Run1<'_> {
                             self.pending.extra.extend(events);
                         }
                         Ok(StepOutput::Pending { check_in }) => {
-                            return self.reschedule(check_in).await;
+                            let Some(error) = self.wait_expired(step) else {
+                                return self.reschedule(check_in).await;
+                            };
+                            self.push(Event::StepFailed {
+                                step: step.into(),
+                                attempt,
+                                error: error.clone(),
+                                will_retry: false,
+                            });
+                            self.push(Event::CompensationStarted { error });
                         }
                         Err(StepError::Permanent(status)) => {
                             self.push(Event::StepFailed {

@@ -5,6 +5,7 @@
 //! after it started, only be compensated after it succeeded, and so on. A log that breaks
 //! the grammar is not guessed at; the operation is marked stuck with the reason.
 
+use chrono::{DateTime, Utc};
 use ovc_store::RecordedEvent;
 use ovc_types::command::Command;
 use ovc_types::error::Status;
@@ -45,6 +46,9 @@ pub struct StepRecord {
     pub output: serde_json::Value,
     /// The last error.
     pub last_error: Option<Status>,
+    /// When its first attempt started (the commit time of its first `StepStarted`), the
+    /// origin of the wait limit: durable, since it comes from the log, not from memory.
+    pub first_started_at: Option<DateTime<Utc>>,
 }
 
 impl Default for StepRecord {
@@ -54,6 +58,7 @@ impl Default for StepRecord {
             attempts: 0,
             output: serde_json::Value::Null,
             last_error: None,
+            first_started_at: None,
         }
     }
 }
@@ -116,7 +121,7 @@ impl Journal {
             let ev = e
                 .decode()
                 .map_err(|err| JournalError::Decode(err.to_string()))?;
-            j.apply(&e.stream, e.version, &ev)?;
+            j.apply_at(&e.stream, e.version, Some(e.recorded_at), &ev)?;
         }
         Ok(j)
     }
@@ -135,8 +140,19 @@ impl Journal {
             .collect()
     }
 
-    /// Folds one event at stream `version`.
+    /// Folds one event at stream `version`, with no commit time.
     pub fn apply(&mut self, stream: &str, version: u64, event: &Event) -> Result<(), JournalError> {
+        self.apply_at(stream, version, None, event)
+    }
+
+    /// Folds one event at stream `version`, committed `at` (for a step's first start).
+    pub fn apply_at(
+        &mut self,
+        stream: &str,
+        version: u64,
+        at: Option<DateTime<Utc>>,
+        event: &Event,
+    ) -> Result<(), JournalError> {
         let illegal = |detail: String| {
             JournalError::Illegal(IllegalTransition {
                 operation: stream.to_string(),
@@ -179,6 +195,9 @@ impl Journal {
                     StepStatus::NotStarted | StepStatus::FailedRetryable | StepStatus::Started => {
                         r.status = StepStatus::Started;
                         r.attempts = *attempt;
+                        if r.first_started_at.is_none() {
+                            r.first_started_at = at;
+                        }
                     }
                     s => return Err(illegal(format!("step {step} is {s:?}"))),
                 }

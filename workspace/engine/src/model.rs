@@ -163,6 +163,9 @@ impl std::fmt::Debug for StepDef {
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 /// Default time limit of one attempt.
 pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default limit of a step's waiting (readiness and the like), from its first start: 10
+/// minutes, as `vcluster create` waits.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl StepDef {
     /// A step with default limits and no undo.

@@ -216,7 +216,9 @@ pub(crate) fn open(
 }
 
 fn build(url: &str, builder: impl opendal::Builder) -> Result<Operator, ArtifactError> {
-    // The process-wide HTTP transport (reqwest on rustls); repeated calls are no-ops.
+    // The process-wide HTTP transport (reqwest on rustls with ring, the workspace's one
+    // TLS stack); repeated calls are no-ops, and a provider already installed stays.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     opendal::install_default();
     Operator::new(builder)
         .map(|op| op.layer(opendal::layers::RetryLayer::new().with_max_times(4)))

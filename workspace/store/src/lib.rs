@@ -14,6 +14,7 @@
 mod commit;
 pub mod error;
 pub mod model;
+pub mod page_token;
 pub mod postgres;
 pub mod sqlite;
 mod wake;
@@ -139,11 +140,20 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Every claim of runs of `vcluster_uid` (all vclusters when `None`), oldest first.
     async fn lease_history(&self, vcluster_uid: Option<VClusterId>) -> Result<Vec<LeaseRecord>>;
 
-    /// Stores a token: only `token_sha256` (hex) is kept.
+    /// Stores a token (all of `token`'s fields): only `token_sha256` (hex) is kept of its
+    /// secret.
     async fn create_token(&self, token: &TokenRecord, token_sha256: &str) -> Result<()>;
 
-    /// The live (not revoked) token whose SHA-256 is `token_sha256`.
+    /// The token whose SHA-256 is `token_sha256`, revoked and expired ones included
+    /// (the caller refuses those: [`TokenRecord::refusal`]).
     async fn find_token(&self, token_sha256: &str) -> Result<Option<TokenRecord>>;
+
+    /// Every token (of `project`, when given), oldest first; never their hashes.
+    async fn list_tokens(&self, project: Option<&ProjectName>) -> Result<Vec<TokenRecord>>;
+
+    /// Revokes the token `id` now (a revoked token keeps its first `revoked_at`);
+    /// `None`: no such token.
+    async fn revoke_token(&self, id: uuid::Uuid) -> Result<Option<TokenRecord>>;
 
     /// Queue depth, lease steals, operations by kind and state, head position.
     async fn stats(&self) -> Result<StoreStats>;
@@ -191,8 +201,42 @@ pub async fn open_with_clock(
             postgres::PgStore::connect(url, config, clock).await?,
         ))
     } else {
-        Err(Error::UnsupportedUrl(url.to_string()))
+        Err(Error::UnsupportedUrl(redact_url(url)))
     }
+}
+
+/// `url` with its password replaced by `***`, for printing: the userinfo's password
+/// (`postgres://user:PASSWORD@host/db`, also when it holds a raw `@`) and any query
+/// parameter whose name contains `password` (`?password=`, `?sslpassword=`).
+pub fn redact_url(url: &str) -> String {
+    let (head, query) = match url.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match (head.find("://"), head.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &head[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _password)) => {
+                    format!("{}{user}:***{}", &head[..scheme + 3], &head[at..])
+                }
+                None => head.to_string(),
+            }
+        }
+        _ => head.to_string(),
+    };
+    if let Some(query) = query {
+        out.push('?');
+        let params: Vec<String> = query
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if k.to_ascii_lowercase().contains("password") => format!("{k}=***"),
+                _ => p.to_string(),
+            })
+            .collect();
+        out.push_str(&params.join("&"));
+    }
+    out
 }
 
 /// Truncates to microseconds, the precision both databases keep, so what is written
@@ -217,32 +261,44 @@ pub(crate) fn to_doc<T: serde::Serialize>(value: &T) -> serde_json::Value {
     serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
 }
 
-/// The page cursor of the n-th key parts, joined with '|'.
-pub(crate) fn cursor(parts: &[&str]) -> String {
-    parts.join("|")
+/// The page token after vcluster `v`.
+pub(crate) fn vcluster_token(v: &VCluster) -> String {
+    page_token::VClusterKey {
+        project: v.project.clone(),
+        name: v.name.clone(),
+        uid: v.uid.as_uuid(),
+    }
+    .print()
 }
 
-/// Splits a page cursor into `n` parts, or explains why it is bad.
-pub(crate) fn parse_cursor(cursor: &str, n: usize) -> Result<Vec<String>> {
-    let parts: Vec<String> = cursor.split('|').map(str::to_string).collect();
-    if parts.len() != n {
-        return Err(Error::InvalidInput(format!(
-            "page token {cursor:?} is not one this server issued"
-        )));
-    }
-    Ok(parts)
+/// The columns of a token row, as read by both backends.
+pub(crate) struct TokenRow<'a> {
+    pub id: uuid::Uuid,
+    pub name: String,
+    pub project: &'a str,
+    pub role: &'a str,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
 }
 
 /// A token row → [`TokenRecord`], as a typed corruption error on bad data.
-pub(crate) fn token_from(
-    id: uuid::Uuid,
-    name: String,
-    project: &str,
-    role: &str,
-) -> Result<TokenRecord> {
+pub(crate) fn token_from(row: TokenRow<'_>) -> Result<TokenRecord> {
+    let TokenRow {
+        id,
+        name,
+        project,
+        role,
+        created_at,
+        expires_at,
+        revoked_at,
+    } = row;
     Ok(TokenRecord {
         id,
         name,
+        created_at,
+        expires_at,
+        revoked_at,
         project: project
             .parse()
             .map_err(|e: ovc_types::name::NameError| Error::Corrupt {

@@ -355,6 +355,8 @@ pub struct SnapshotFilter {
     pub project: Option<ProjectName>,
     /// Only snapshots of vclusters of this name.
     pub vcluster: Option<String>,
+    /// Only snapshots in this state.
+    pub state: Option<ovc_types::SnapshotState>,
 }
 
 /// Every projection row, in a canonical order, as JSON text; two equal dumps mean two
@@ -458,6 +460,25 @@ pub struct TokenRecord {
     pub project: ProjectName,
     /// What it may do there.
     pub role: Role,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// From when on it is refused (`None`: never expires).
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When it was revoked (`None`: it was not).
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl TokenRecord {
+    /// Why the token may not be used at `now` (`None`: it may).
+    pub fn refusal(&self, now: DateTime<Utc>) -> Option<&'static str> {
+        if self.revoked_at.is_some() {
+            Some("revoked")
+        } else if self.expires_at.is_some_and(|e| e <= now) {
+            Some("expired")
+        } else {
+            None
+        }
+    }
 }
 
 /// Figures for `/metrics`, read from the tables in one go.

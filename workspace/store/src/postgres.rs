@@ -14,9 +14,10 @@
 use crate::commit::{self, EventRow, Projector, TxOps};
 use crate::error::{Error, Result};
 use crate::model::*;
+use crate::page_token::{TimeKey, VClusterKey};
 use crate::sqlite::operation_doc;
 use crate::wake::Wakeups;
-use crate::{Store, cursor, from_doc, micros, parse_cursor, to_doc, token_from};
+use crate::{Store, TokenRow, from_doc, micros, to_doc, token_from, vcluster_token};
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use ovc_types::event::StreamName;
@@ -104,6 +105,21 @@ fn step_from_row(row: &PgRow) -> Result<OperationStep> {
     })
 }
 
+/// The columns of `api_tokens` that make a [`TokenRecord`] (never the hash).
+const TOKEN_COLUMNS: &str = "id, name, project, role, created_at, expires_at, revoked_at";
+
+fn pg_token(r: &PgRow) -> Result<TokenRecord> {
+    token_from(TokenRow {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        project: r.try_get::<&str, _>("project")?,
+        role: r.try_get::<&str, _>("role")?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        revoked_at: r.try_get("revoked_at")?,
+    })
+}
+
 fn is_live_name_violation(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(db) => {
@@ -111,10 +127,6 @@ fn is_live_name_violation(e: &sqlx::Error) -> bool {
         }
         _ => false,
     }
-}
-
-fn bad_cursor(c: &str) -> Error {
-    Error::InvalidInput(format!("page token {c:?} is not one this server issued"))
 }
 
 const STEP_COLUMNS: &str = "name, state, attempts, started_at, finished_at, error";
@@ -680,11 +692,8 @@ fn time_cursor(page: &PageRequest) -> Result<(Option<DateTime<Utc>>, Option<Uuid
     let Some(c) = page.after.as_deref() else {
         return Ok((None, None));
     };
-    let parts = parse_cursor(c, 2)?;
-    let micros: i64 = parts[0].parse().map_err(|_| bad_cursor(c))?;
-    let at = DateTime::from_timestamp_micros(micros).ok_or_else(|| bad_cursor(c))?;
-    let id = Uuid::parse_str(&parts[1]).map_err(|_| bad_cursor(c))?;
-    Ok((Some(at), Some(id)))
+    let key = TimeKey::parse(c)?;
+    Ok((Some(key.at()), Some(key.id)))
 }
 
 #[async_trait]
@@ -865,9 +874,12 @@ impl Store for PgStore {
     ) -> Result<Page<VCluster>> {
         let (ap, an, au) = match page.after.as_deref() {
             Some(c) => {
-                let p = parse_cursor(c, 3)?;
-                let uid = Uuid::parse_str(&p[2]).map_err(|_| bad_cursor(c))?;
-                (Some(p[0].clone()), Some(p[1].clone()), Some(uid))
+                let k = VClusterKey::parse(c)?;
+                (
+                    Some(k.project.as_str().to_string()),
+                    Some(k.name.as_str().to_string()),
+                    Some(k.uid),
+                )
             }
             None => (None, None, None),
         };
@@ -897,9 +909,7 @@ impl Store for PgStore {
             .collect::<Result<Vec<_>>>()?;
         let next = if items.len() as i64 > limit {
             items.truncate(limit as usize);
-            items
-                .last()
-                .map(|v| cursor(&[v.project.as_str(), v.name.as_str(), &v.uid.to_string()]))
+            items.last().map(vcluster_token)
         } else {
             None
         };
@@ -930,8 +940,8 @@ impl Store for PgStore {
              WHERE ($1::text IS NULL OR project = $1) AND ($2::text IS NULL OR vcluster = $2)
                AND ($3::text IS NULL OR state = $3) AND ($4::text IS NULL OR kind = $4)
                AND ($5::timestamptz IS NULL OR created_at >= $5)
-               AND ($6::timestamptz IS NULL OR (created_at, id) > ($6, $7::uuid))
-             ORDER BY created_at, id LIMIT $8",
+               AND ($6::timestamptz IS NULL OR (created_at, id) < ($6, $7::uuid))
+             ORDER BY created_at DESC, id DESC LIMIT $8",
         )
         .bind(filter.project.as_ref().map(|p| p.as_str().to_string()))
         .bind(filter.vcluster.clone())
@@ -949,12 +959,9 @@ impl Store for PgStore {
             items.push(self.with_steps(d).await?);
         }
         let next = if more {
-            items.last().map(|o| {
-                cursor(&[
-                    &o.created_at.timestamp_micros().to_string(),
-                    &o.id.to_string(),
-                ])
-            })
+            items
+                .last()
+                .map(|o| TimeKey::new(o.created_at, o.id.as_uuid()).print())
         } else {
             None
         };
@@ -981,6 +988,7 @@ impl Store for PgStore {
             "SELECT doc FROM snapshots
              WHERE ($1::text IS NULL OR project = $1) AND ($2::text IS NULL OR vcluster = $2)
                AND ($3::timestamptz IS NULL OR (created_at, id) > ($3, $4::uuid))
+               AND ($6::text IS NULL OR state = $6)
              ORDER BY created_at, id LIMIT $5",
         )
         .bind(filter.project.as_ref().map(|p| p.as_str().to_string()))
@@ -988,6 +996,7 @@ impl Store for PgStore {
         .bind(at)
         .bind(aid)
         .bind(limit + 1)
+        .bind(filter.state.map(|s| s.as_str()))
         .fetch_all(&self.pool)
         .await?;
         let mut items = rows
@@ -996,12 +1005,9 @@ impl Store for PgStore {
             .collect::<Result<Vec<_>>>()?;
         let next = if items.len() as i64 > limit {
             items.truncate(limit as usize);
-            items.last().map(|s| {
-                cursor(&[
-                    &s.created_at.timestamp_micros().to_string(),
-                    &s.id.to_string(),
-                ])
-            })
+            items
+                .last()
+                .map(|s| TimeKey::new(s.created_at, s.id.as_uuid()).print())
         } else {
             None
         };
@@ -1163,37 +1169,54 @@ impl Store for PgStore {
 
     async fn create_token(&self, token: &TokenRecord, token_sha256: &str) -> Result<()> {
         sqlx::query(
-            "INSERT INTO api_tokens (id, name, project, role, token_sha256, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO api_tokens
+                 (id, name, project, role, token_sha256, created_at, expires_at, revoked_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(token.id)
         .bind(&token.name)
         .bind(token.project.as_str())
         .bind(token.role.as_str())
         .bind(token_sha256)
-        .bind(self.now())
+        .bind(micros(token.created_at))
+        .bind(token.expires_at.map(micros))
+        .bind(token.revoked_at.map(micros))
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
     async fn find_token(&self, token_sha256: &str) -> Result<Option<TokenRecord>> {
-        let row = sqlx::query(
-            "SELECT id, name, project, role FROM api_tokens
-             WHERE token_sha256 = $1 AND revoked_at IS NULL",
-        )
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_sha256 = $1"
+        )))
         .bind(token_sha256)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| {
-            token_from(
-                r.try_get("id")?,
-                r.try_get("name")?,
-                r.try_get::<&str, _>("project")?,
-                r.try_get::<&str, _>("role")?,
-            )
-        })
-        .transpose()
+        row.as_ref().map(pg_token).transpose()
+    }
+
+    async fn list_tokens(&self, project: Option<&ProjectName>) -> Result<Vec<TokenRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens
+             WHERE ($1::text IS NULL OR project = $1) ORDER BY created_at, id"
+        )))
+        .bind(project.map(ProjectName::as_str))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(pg_token).collect()
+    }
+
+    async fn revoke_token(&self, id: Uuid) -> Result<Option<TokenRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2
+             RETURNING {TOKEN_COLUMNS}"
+        )))
+        .bind(self.now())
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(pg_token).transpose()
     }
 
     async fn stats(&self) -> Result<StoreStats> {

@@ -14,8 +14,9 @@
 use crate::commit::{self, EventRow, Projector, TxOps};
 use crate::error::{Error, Result};
 use crate::model::*;
+use crate::page_token::{TimeKey, VClusterKey};
 use crate::wake::Wakeups;
-use crate::{Store, cursor, from_doc, micros, parse_cursor, to_doc, token_from};
+use crate::{Store, TokenRow, from_doc, micros, to_doc, token_from, vcluster_token};
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use ovc_types::event::StreamName;
@@ -51,6 +52,22 @@ fn from_ts(table: &'static str, v: i64) -> Result<DateTime<Utc>> {
     DateTime::from_timestamp_micros(v).ok_or(Error::Corrupt {
         table,
         message: format!("timestamp {v} out of range"),
+    })
+}
+
+/// The columns of `api_tokens` that make a [`TokenRecord`] (never the hash).
+const TOKEN_COLUMNS: &str = "id, name, project, role, created_at, expires_at, revoked_at";
+
+fn sqlite_token(r: &sqlx::sqlite::SqliteRow) -> Result<TokenRecord> {
+    let at = |v: Option<i64>| v.map(|v| from_ts("api_tokens", v)).transpose();
+    token_from(TokenRow {
+        id: parse_uuid("api_tokens", r.try_get::<&str, _>("id")?)?,
+        name: r.try_get("name")?,
+        project: r.try_get::<&str, _>("project")?,
+        role: r.try_get::<&str, _>("role")?,
+        created_at: from_ts("api_tokens", r.try_get("created_at")?)?,
+        expires_at: at(r.try_get("expires_at")?)?,
+        revoked_at: at(r.try_get("revoked_at")?)?,
     })
 }
 
@@ -113,11 +130,8 @@ fn time_cursor(page: &PageRequest) -> Result<(Option<i64>, Option<String>)> {
     let Some(c) = page.after.as_deref() else {
         return Ok((None, None));
     };
-    let parts = parse_cursor(c, 2)?;
-    let micros = parts[0].parse::<i64>().map_err(|_| {
-        Error::InvalidInput(format!("page token {c:?} is not one this server issued"))
-    })?;
-    Ok((Some(micros), Some(parts[1].clone())))
+    let key = TimeKey::parse(c)?;
+    Ok((Some(key.at_micros), Some(key.id.to_string())))
 }
 
 const RUN_COLUMNS: &str = "id, operation_id, vcluster_uid, status, run_at, attempts, lease_owner, lease_until, epoch, priority";
@@ -790,13 +804,13 @@ impl Store for SqliteStore {
         filter: &VClusterFilter,
         page: &PageRequest,
     ) -> Result<Page<VCluster>> {
-        let after = page
-            .after
-            .as_deref()
-            .map(|c| parse_cursor(c, 3))
-            .transpose()?;
+        let after = page.after.as_deref().map(VClusterKey::parse).transpose()?;
         let (ap, an, au) = match &after {
-            Some(p) => (Some(p[0].clone()), Some(p[1].clone()), Some(p[2].clone())),
+            Some(k) => (
+                Some(k.project.as_str().to_string()),
+                Some(k.name.as_str().to_string()),
+                Some(k.uid.to_string()),
+            ),
             None => (None, None, None),
         };
         let limit = page.limit();
@@ -826,9 +840,7 @@ impl Store for SqliteStore {
             .collect::<Result<Vec<_>>>()?;
         let next = if items.len() as i64 > limit {
             items.truncate(limit as usize);
-            items
-                .last()
-                .map(|v| cursor(&[v.project.as_str(), v.name.as_str(), &v.uid.to_string()]))
+            items.last().map(vcluster_token)
         } else {
             None
         };
@@ -858,8 +870,8 @@ impl Store for SqliteStore {
              WHERE (?1 IS NULL OR project = ?1) AND (?2 IS NULL OR vcluster = ?2)
                AND (?3 IS NULL OR state = ?3) AND (?4 IS NULL OR kind = ?4)
                AND (?5 IS NULL OR created_at >= ?5)
-               AND (?6 IS NULL OR (created_at, id) > (?6, ?7))
-             ORDER BY created_at, id LIMIT ?8",
+               AND (?6 IS NULL OR (created_at, id) < (?6, ?7))
+             ORDER BY created_at DESC, id DESC LIMIT ?8",
         )
         .bind(filter.project.as_ref().map(|p| p.as_str().to_string()))
         .bind(filter.vcluster.clone())
@@ -878,7 +890,7 @@ impl Store for SqliteStore {
         let next = if rows.len() as i64 > limit {
             items
                 .last()
-                .map(|o| cursor(&[&ts(o.created_at).to_string(), &o.id.to_string()]))
+                .map(|o| TimeKey::new(o.created_at, o.id.as_uuid()).print())
         } else {
             None
         };
@@ -905,6 +917,7 @@ impl Store for SqliteStore {
             "SELECT doc FROM snapshots
              WHERE (?1 IS NULL OR project = ?1) AND (?2 IS NULL OR vcluster = ?2)
                AND (?3 IS NULL OR (created_at, id) > (?3, ?4))
+               AND (?6 IS NULL OR state = ?6)
              ORDER BY created_at, id LIMIT ?5",
         )
         .bind(filter.project.as_ref().map(|p| p.as_str().to_string()))
@@ -912,6 +925,7 @@ impl Store for SqliteStore {
         .bind(at)
         .bind(aid)
         .bind(limit + 1)
+        .bind(filter.state.map(|s| s.as_str()))
         .fetch_all(&self.reader)
         .await?;
         let mut items = rows
@@ -922,7 +936,7 @@ impl Store for SqliteStore {
             items.truncate(limit as usize);
             items
                 .last()
-                .map(|s| cursor(&[&ts(s.created_at).to_string(), &s.id.to_string()]))
+                .map(|s| TimeKey::new(s.created_at, s.id.as_uuid()).print())
         } else {
             None
         };
@@ -1086,37 +1100,55 @@ impl Store for SqliteStore {
 
     async fn create_token(&self, token: &TokenRecord, token_sha256: &str) -> Result<()> {
         sqlx::query(
-            "INSERT INTO api_tokens (id, name, project, role, token_sha256, created_at)
-             VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO api_tokens
+                 (id, name, project, role, token_sha256, created_at, expires_at, revoked_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(token.id.to_string())
         .bind(&token.name)
         .bind(token.project.as_str())
         .bind(token.role.as_str())
         .bind(token_sha256)
-        .bind(ts(self.now()))
+        .bind(ts(token.created_at))
+        .bind(token.expires_at.map(ts))
+        .bind(token.revoked_at.map(ts))
         .execute(&self.writer)
         .await?;
         Ok(())
     }
 
     async fn find_token(&self, token_sha256: &str) -> Result<Option<TokenRecord>> {
-        let row = sqlx::query(
-            "SELECT id, name, project, role FROM api_tokens
-             WHERE token_sha256 = ? AND revoked_at IS NULL",
-        )
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_sha256 = ?"
+        )))
         .bind(token_sha256)
         .fetch_optional(&self.reader)
         .await?;
-        row.map(|r| {
-            token_from(
-                parse_uuid("api_tokens", r.try_get::<&str, _>("id")?)?,
-                r.try_get("name")?,
-                r.try_get::<&str, _>("project")?,
-                r.try_get::<&str, _>("role")?,
-            )
-        })
-        .transpose()
+        row.as_ref().map(sqlite_token).transpose()
+    }
+
+    async fn list_tokens(&self, project: Option<&ProjectName>) -> Result<Vec<TokenRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens
+             WHERE (? IS NULL OR project = ?) ORDER BY created_at, id"
+        )))
+        .bind(project.map(ProjectName::as_str))
+        .bind(project.map(ProjectName::as_str))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(sqlite_token).collect()
+    }
+
+    async fn revoke_token(&self, id: Uuid) -> Result<Option<TokenRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?
+             RETURNING {TOKEN_COLUMNS}"
+        )))
+        .bind(ts(self.now()))
+        .bind(id.to_string())
+        .fetch_optional(&self.writer)
+        .await?;
+        row.as_ref().map(sqlite_token).transpose()
     }
 
     async fn stats(&self) -> Result<StoreStats> {

@@ -34,6 +34,9 @@ ovc_testkit::both_backends!(
     wakeups_fire_on_commit,
     migrate_is_idempotent,
     tokens_are_found_by_hash_only,
+    operations_list_newest_first_and_pages_stay_stable_under_commits,
+    page_tokens_are_refused_alike_on_both_backends,
+    tokens_are_listed_expire_and_are_revoked,
 );
 
 fn project() -> ProjectName {
@@ -730,7 +733,23 @@ async fn projections_follow_the_events(backend: Backend) {
         )
         .await
         .expect("list");
-    assert_eq!(list.items, vec![snap]);
+    assert_eq!(list.items, vec![snap.clone()]);
+    for (state, expected) in [
+        (SnapshotState::Ready, vec![snap]),
+        (SnapshotState::Failed, vec![]),
+    ] {
+        let list = store
+            .list_snapshots(
+                &SnapshotFilter {
+                    state: Some(state),
+                    ..SnapshotFilter::default()
+                },
+                &PageRequest::default(),
+            )
+            .await
+            .expect("list by state");
+        assert_eq!(list.items, expected, "snapshots in state {state:?}");
+    }
 }
 
 async fn live_names_are_unique_and_freed_by_delete(backend: Backend) {
@@ -1339,6 +1358,9 @@ async fn tokens_are_found_by_hash_only(backend: Backend) {
         name: "ci".into(),
         project: project(),
         role: Role::Viewer,
+        created_at: whole_micros(store.clock().now()),
+        expires_at: None,
+        revoked_at: None,
     };
     store.create_token(&record, "ab12").await.expect("create");
     assert_eq!(
@@ -1350,4 +1372,253 @@ async fn tokens_are_found_by_hash_only(backend: Backend) {
     let mut other = record;
     other.id = Uuid::now_v7();
     assert!(store.create_token(&other, "ab12").await.is_err());
+}
+
+/// `GET /v1/operations` is newest first, and its keyset page tokens (created_at, id) do
+/// not move when operations are committed between two pages.
+async fn operations_list_newest_first_and_pages_stay_stable_under_commits(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.open().await;
+    let mut original = Vec::new();
+    for i in 0..10 {
+        let op = opid();
+        committed(
+            store
+                .commit(create_commit(uid(), op, &format!("old-{i}"), None))
+                .await
+                .expect("create"),
+        );
+        original.push(op);
+    }
+    let list = |after: Option<String>| {
+        let store = store.clone();
+        async move {
+            store
+                .list_operations(
+                    &OperationFilter::default(),
+                    &PageRequest {
+                        after,
+                        limit: Some(4),
+                    },
+                )
+                .await
+                .expect("list")
+        }
+    };
+    let first = list(None).await;
+    let newest: Vec<OperationId> = original.iter().rev().take(4).copied().collect();
+    assert_eq!(
+        first.items.iter().map(|o| o.id).collect::<Vec<_>>(),
+        newest,
+        "the first page holds the four newest operations, newest first"
+    );
+    // Operations committed while the client pages.
+    let mut added = Vec::new();
+    for i in 0..5 {
+        let op = opid();
+        committed(
+            store
+                .commit(create_commit(uid(), op, &format!("new-{i}"), None))
+                .await
+                .expect("create"),
+        );
+        added.push(op);
+    }
+    let mut seen: Vec<OperationId> = first.items.iter().map(|o| o.id).collect();
+    let mut times: Vec<_> = first.items.iter().map(|o| (o.created_at, o.id)).collect();
+    let mut next = first.next;
+    while let Some(token) = next {
+        let page = list(Some(token)).await;
+        seen.extend(page.items.iter().map(|o| o.id));
+        times.extend(page.items.iter().map(|o| (o.created_at, o.id)));
+        next = page.next;
+    }
+    let expected: Vec<OperationId> = original.iter().rev().copied().collect();
+    assert_eq!(
+        seen, expected,
+        "paging on sees the original set once each, in order, none of the new ones"
+    );
+    assert!(
+        times.windows(2).all(|w| w[0] > w[1]),
+        "strictly newest first: {times:?}"
+    );
+    let fresh = list(None).await;
+    let newest: Vec<OperationId> = added.iter().rev().take(4).copied().collect();
+    assert_eq!(fresh.items.iter().map(|o| o.id).collect::<Vec<_>>(), newest);
+}
+
+/// A page token is parsed strictly and alike on both backends: only what the server
+/// printed is accepted.
+async fn page_tokens_are_refused_alike_on_both_backends(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.open().await;
+    for i in 0..3 {
+        committed(
+            store
+                .commit(create_commit(uid(), opid(), &format!("vc-{i}"), None))
+                .await
+                .expect("create"),
+        );
+    }
+    let page = |after: &str| PageRequest {
+        after: Some(after.to_string()),
+        limit: Some(1),
+    };
+    let first = store
+        .list_operations(
+            &OperationFilter::default(),
+            &PageRequest {
+                after: None,
+                limit: Some(1),
+            },
+        )
+        .await
+        .expect("list");
+    let token = first.next.expect("a next page");
+    assert!(
+        store
+            .list_operations(&OperationFilter::default(), &page(&token))
+            .await
+            .is_ok()
+    );
+    let (at, id) = token.split_once('|').expect("two parts");
+    let bad = [
+        format!("{at}|{}", id.to_uppercase()),
+        format!("+{at}|{id}"),
+        format!("{at}|not-a-uuid"),
+        format!("{at}|{id}|extra"),
+        format!("{}|{id}", i64::MAX),
+        String::from("|"),
+    ];
+    for t in &bad {
+        assert!(
+            matches!(
+                store
+                    .list_operations(&OperationFilter::default(), &page(t))
+                    .await,
+                Err(Error::InvalidInput(_))
+            ),
+            "operation token {t:?}"
+        );
+        assert!(
+            matches!(
+                store
+                    .list_snapshots(&SnapshotFilter::default(), &page(t))
+                    .await,
+                Err(Error::InvalidInput(_))
+            ),
+            "snapshot token {t:?}"
+        );
+    }
+    let vcs = store
+        .list_vclusters(
+            &VClusterFilter::default(),
+            &PageRequest {
+                after: None,
+                limit: Some(1),
+            },
+        )
+        .await
+        .expect("list");
+    let token = vcs.next.expect("a next page");
+    assert!(
+        store
+            .list_vclusters(&VClusterFilter::default(), &page(&token))
+            .await
+            .is_ok()
+    );
+    let parts: Vec<&str> = token.split('|').collect();
+    for t in [
+        format!("Default|{}|{}", parts[1], parts[2]),
+        format!("{}|-bad-|{}", parts[0], parts[2]),
+        format!("{}|{}|{}", parts[0], parts[1], parts[2].to_uppercase()),
+        format!("{}|{}", parts[0], parts[1]),
+    ] {
+        assert!(
+            matches!(
+                store
+                    .list_vclusters(&VClusterFilter::default(), &page(&t))
+                    .await,
+                Err(Error::InvalidInput(_))
+            ),
+            "vcluster token {t:?}"
+        );
+    }
+}
+
+async fn tokens_are_listed_expire_and_are_revoked(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.open().await;
+    let now = whole_micros(store.clock().now());
+    let token = |name: &str, project: &str, expires_at| TokenRecord {
+        id: Uuid::now_v7(),
+        name: name.into(),
+        project: project.parse().expect("project"),
+        role: Role::Operator,
+        created_at: now,
+        expires_at,
+        revoked_at: None,
+    };
+    let soon = token("soon", "alpha", Some(now + Duration::days(30)));
+    let forever = token("forever", "alpha", None);
+    let other = token("other", "beta", Some(now - Duration::seconds(1)));
+    for (t, h) in [(&soon, "h1"), (&forever, "h2"), (&other, "h3")] {
+        store.create_token(t, h).await.expect("create");
+    }
+    // Every field round-trips; expiry is the caller's to judge.
+    let found = store.find_token("h1").await.expect("find").expect("exists");
+    assert_eq!(found, soon);
+    assert_eq!(found.refusal(now), None);
+    assert_eq!(found.refusal(now + Duration::days(30)), Some("expired"));
+    let expired = store.find_token("h3").await.expect("find").expect("exists");
+    assert_eq!(expired.refusal(now), Some("expired"));
+
+    let alpha: ProjectName = "alpha".parse().expect("project");
+    let listed = store.list_tokens(Some(&alpha)).await.expect("list");
+    let ids: BTreeSet<Uuid> = listed.iter().map(|t| t.id).collect();
+    assert_eq!(ids, BTreeSet::from([soon.id, forever.id]));
+    assert_eq!(store.list_tokens(None).await.expect("list all").len(), 3);
+
+    // Revoking stamps revoked_at once; a second revoke keeps the first time.
+    let revoked = store
+        .revoke_token(forever.id)
+        .await
+        .expect("revoke")
+        .expect("exists");
+    let at = revoked.revoked_at.expect("revoked_at set");
+    assert_eq!(revoked.refusal(now), Some("revoked"));
+    let again = store
+        .revoke_token(forever.id)
+        .await
+        .expect("revoke again")
+        .expect("exists");
+    assert_eq!(again.revoked_at, Some(at));
+    assert_eq!(
+        store
+            .find_token("h2")
+            .await
+            .expect("find")
+            .expect("exists")
+            .revoked_at,
+        Some(at)
+    );
+    assert_eq!(
+        store.revoke_token(Uuid::now_v7()).await.expect("revoke"),
+        None
+    );
+    // The others are untouched.
+    assert_eq!(
+        store
+            .find_token("h1")
+            .await
+            .expect("find")
+            .expect("exists")
+            .revoked_at,
+        None
+    );
+}
+
+/// `t` at the precision the stores keep (microseconds).
+fn whole_micros(t: chrono::DateTime<Utc>) -> chrono::DateTime<Utc> {
+    chrono::DateTime::from_timestamp_micros(t.timestamp_micros()).expect("in range")
 }

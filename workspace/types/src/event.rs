@@ -1,5 +1,6 @@
 //! The events: everything ovc knows is a sequence of these, appended to streams
-//! (`vcluster-<uid>`, `operation-<id>`, `snapshot-<id>`) and never changed.
+//! (`vcluster-<uid>`, `operation-<id>`, `snapshot-<id>`, `audit-<project>`) and never
+//! changed.
 //!
 //! Names are past tense (DESIGN.md §4). On disk an event is a `type` string plus a JSON
 //! `data` object that carries the payload version in `"v"`; [`Event::encode`] and
@@ -72,6 +73,12 @@ impl StreamName {
     /// `snapshot-<id>`.
     pub fn snapshot(id: SnapshotId) -> Self {
         Self(format!("snapshot-{id}"))
+    }
+
+    /// `audit-<project>`: the audit trail of a project (kubeconfig reads). It has no
+    /// projection, and nobody waits on its version.
+    pub fn audit(project: &ProjectName) -> Self {
+        Self(format!("audit-{project}"))
     }
 
     /// The name.
@@ -375,6 +382,22 @@ pub enum Event {
         /// Why the delete failed.
         error: Status,
     },
+    // ---- audit-<project> ----------------------------------------------------------
+    /// Somebody read a vcluster's kubeconfig (a full-control credential). Who and which
+    /// vcluster, never the content; when = the event's commit time.
+    KubeconfigRead {
+        /// The vcluster's uid.
+        vcluster_uid: VClusterId,
+        /// Its name.
+        vcluster: VClusterName,
+        /// Its project.
+        project: ProjectName,
+        /// The token that read it (`None`: the server runs without auth).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token_id: Option<uuid::Uuid>,
+        /// The token's role, or `anonymous` without auth.
+        role: String,
+    },
 }
 
 /// Why stored bytes could not be turned back into an [`Event`].
@@ -443,6 +466,7 @@ impl Event {
             Event::SnapshotDeleteRequested { .. } => "SnapshotDeleteRequested",
             Event::SnapshotRestoreRequested { .. } => "SnapshotRestoreRequested",
             Event::SnapshotDeleteFailed { .. } => "SnapshotDeleteFailed",
+            Event::KubeconfigRead { .. } => "KubeconfigRead",
         }
     }
 
@@ -547,6 +571,13 @@ mod tests {
             Event::SnapshotDeleteFailed {
                 state: SnapshotState::Failed,
                 error: Status::new(Code::FailedPrecondition, "storage refused"),
+            },
+            Event::KubeconfigRead {
+                vcluster_uid: VClusterId(uuid::Uuid::from_u128(8)),
+                vcluster: "team-a".parse().expect("name"),
+                project: "default".parse().expect("project"),
+                token_id: Some(uuid::Uuid::from_u128(9)),
+                role: "operator".into(),
             },
         ]
     }

@@ -195,9 +195,30 @@ pub enum ProjectionError {
     },
 }
 
-/// Where a vcluster lives on the host: `ovc-<project>-<name>`, shortened with a hash when
-/// that would exceed the 63 characters of a namespace name.
-pub fn host_namespace(project: &ProjectName, name: &VClusterName) -> String {
+/// The most characters of the vcluster's name that [`host_namespace`] keeps.
+pub const HOST_NAMESPACE_NAME_CHARS: usize = 26;
+
+/// Where a new vcluster lives on the host:
+/// `ovc-<name, first 26 characters, trailing '-' trimmed>-<uid as 32 lowercase hex>`.
+///
+/// At most 63 characters (4 + 26 + 1 + 32), a valid DNS-1123 label, and injective: the
+/// uid is unique, so two vclusters never share a namespace, whatever their projects and
+/// names are, and a name reused after deletion (a new uid) gets a new namespace. The
+/// namespace is recorded in `CreateRequested` / `RestoreRequested` and read back from
+/// the projection by every later operation, so changing this function never moves an
+/// existing vcluster (those created before it keep [`legacy_host_namespace`]).
+pub fn host_namespace(name: &VClusterName, uid: VClusterId) -> String {
+    // Names are ASCII (DNS-1123), so byte slicing is safe.
+    let name = name.as_str();
+    let prefix = name[..name.len().min(HOST_NAMESPACE_NAME_CHARS)].trim_end_matches('-');
+    format!("ovc-{prefix}-{}", uid.as_uuid().simple())
+}
+
+/// The namespace scheme of vclusters created before host identities carried the uid:
+/// `ovc-<project>-<name>` (shortened with a hash past 63 characters). It is *not*
+/// injective (project `a` + vcluster `b-c` and project `a-b` + vcluster `c` collide), so
+/// it is never used for a new vcluster; it only names what old events recorded.
+pub fn legacy_host_namespace(project: &ProjectName, name: &VClusterName) -> String {
     let full = format!("ovc-{project}-{name}");
     if full.len() <= 63 {
         return full;
@@ -836,16 +857,47 @@ mod tests {
     }
 
     #[test]
-    fn host_namespace_fits_63_chars() {
+    fn host_namespace_is_short_readable_and_injective() {
+        let uid = |n: u128| VClusterId(uuid::Uuid::from_u128(n));
+        let long: VClusterName = "b".repeat(40).parse().expect("name");
+        let ns = host_namespace(&long, uid(1));
+        assert_eq!(ns.len(), 63, "{ns}");
+        assert_eq!(ns, format!("ovc-{}-{:032x}", "b".repeat(26), 1));
+        // A '-' at the cut is trimmed, so the label stays valid.
+        let cut: VClusterName = format!("{}-tail", "x".repeat(25)).parse().expect("name");
+        let ns = host_namespace(&cut, uid(2));
+        assert!(
+            ns.starts_with(&format!("ovc-{}-0000", "x".repeat(25))),
+            "{ns}"
+        );
+        assert!(!ns.contains("--"), "{ns}");
+        // The pair that collided under the legacy scheme (projects a and a-b).
+        let (p1, n1): (ProjectName, VClusterName) =
+            ("a".parse().expect("p"), "b-c".parse().expect("n"));
+        let (p2, n2): (ProjectName, VClusterName) =
+            ("a-b".parse().expect("p"), "c".parse().expect("n"));
+        assert_eq!(
+            legacy_host_namespace(&p1, &n1),
+            legacy_host_namespace(&p2, &n2)
+        );
+        assert_ne!(host_namespace(&n1, uid(3)), host_namespace(&n2, uid(4)));
+        // The same name with a new uid (reused after deletion) is a new namespace.
+        assert_ne!(host_namespace(&n1, uid(3)), host_namespace(&n1, uid(5)));
+        let short = host_namespace(&"team-a".parse().expect("n"), uid(0xab));
+        assert_eq!(short, format!("ovc-team-a-{:032x}", 0xab));
+    }
+
+    #[test]
+    fn legacy_host_namespace_fits_63_chars() {
         let p: ProjectName = "a".repeat(63).parse().expect("project");
         let n: VClusterName = "b".repeat(40).parse().expect("name");
-        let ns = host_namespace(&p, &n);
+        let ns = legacy_host_namespace(&p, &n);
         assert!(ns.len() <= 63, "{ns}");
         assert_ne!(
             ns,
-            host_namespace(&p, &"c".repeat(40).parse().expect("name"))
+            legacy_host_namespace(&p, &"c".repeat(40).parse().expect("name"))
         );
-        let short = host_namespace(
+        let short = legacy_host_namespace(
             &"default".parse().expect("p"),
             &"team-a".parse().expect("n"),
         );

@@ -20,6 +20,25 @@ pub const MIN_KUBERNETES_MINOR: u32 = 28;
 /// The newest Kubernetes minor version we install (1.x).
 pub const MAX_KUBERNETES_MINOR: u32 = 37;
 
+/// Upper bounds of a spec's sizes: past them a request is INVALID_ARGUMENT naming the
+/// field and the bound. They stop a typo (`cpu: "4000"` for `"4000m"`) from asking the
+/// host for a machine it does not have; a platform that needs more raises them here.
+/// Control-plane values are per replica; quota values are the tenant's whole namespace.
+pub mod bounds {
+    /// `control_plane.cpu` per replica: 8 cores (a virtual API server + etcd).
+    pub const CONTROL_PLANE_CPU: &str = "8";
+    /// `control_plane.memory` per replica: 32Gi.
+    pub const CONTROL_PLANE_MEMORY: &str = "32Gi";
+    /// `quota.cpu`: 64 cores.
+    pub const QUOTA_CPU: &str = "64";
+    /// `quota.memory`: 512Gi.
+    pub const QUOTA_MEMORY: &str = "512Gi";
+    /// `quota.storage`: 10Ti.
+    pub const QUOTA_STORAGE: &str = "10Ti";
+    /// `quota.pods`: 10000.
+    pub const QUOTA_PODS: u32 = 10_000;
+}
+
 /// The Kubernetes distribution of the virtual control plane. vcluster removed k3s in
 /// v0.33 and k0s in v0.26 (docs/vcluster-mechanics.md §1), so `k8s` is the only one.
 #[derive(
@@ -207,6 +226,17 @@ fn parse_kubernetes_version(v: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
+/// Refuses `value` above the quantity `max` (one of [`bounds`]).
+fn at_most(field: &str, value: &Quantity, max: &str) -> Result<(), SpecError> {
+    if value.millis() > q(max).millis() {
+        return Err(SpecError::invalid(
+            field,
+            format!("{value} is more than the {max} allowed"),
+        ));
+    }
+    Ok(())
+}
+
 impl VClusterSpec {
     /// Checks everything serde cannot; the first problem found is returned.
     pub fn validate(&self) -> Result<(), SpecError> {
@@ -281,6 +311,12 @@ impl ControlPlaneSpec {
                 format!("{} is below the 64Mi a control plane needs", self.memory),
             ));
         }
+        at_most("control_plane.cpu", &self.cpu, bounds::CONTROL_PLANE_CPU)?;
+        at_most(
+            "control_plane.memory",
+            &self.memory,
+            bounds::CONTROL_PLANE_MEMORY,
+        )?;
         Ok(())
     }
 }
@@ -293,12 +329,15 @@ impl QuotaSpec {
         if self.memory.millis() == 0 {
             return Err(SpecError::invalid("quota.memory", "must be greater than 0"));
         }
-        if self.pods == 0 || self.pods > 10_000 {
+        if self.pods == 0 || self.pods > bounds::QUOTA_PODS {
             return Err(SpecError::invalid(
                 "quota.pods",
-                format!("{} is out of range 1..=10000", self.pods),
+                format!("{} is out of range 1..={}", self.pods, bounds::QUOTA_PODS),
             ));
         }
+        at_most("quota.cpu", &self.cpu, bounds::QUOTA_CPU)?;
+        at_most("quota.memory", &self.memory, bounds::QUOTA_MEMORY)?;
+        at_most("quota.storage", &self.storage, bounds::QUOTA_STORAGE)?;
         Ok(())
     }
 }
@@ -473,6 +512,50 @@ mod tests {
             let status: Status = err.into();
             assert_eq!(status.code, crate::Code::InvalidArgument);
         }
+    }
+
+    #[test]
+    fn sizes_past_their_bounds_are_refused_naming_field_and_bound() {
+        let cases = [
+            (
+                json!({"control_plane": {"cpu": "8001m"}}),
+                "control_plane.cpu",
+                "8",
+            ),
+            (
+                json!({"control_plane": {"memory": "33Gi"}}),
+                "control_plane.memory",
+                "32Gi",
+            ),
+            (json!({"quota": {"cpu": "4000"}}), "quota.cpu", "64"),
+            (json!({"quota": {"memory": "1Ti"}}), "quota.memory", "512Gi"),
+            (
+                json!({"quota": {"storage": "11Ti"}}),
+                "quota.storage",
+                "10Ti",
+            ),
+            (
+                json!({"quota": {"storage": "1e15"}}),
+                "quota.storage",
+                "10Ti",
+            ),
+            (json!({"quota": {"pods": 10001}}), "quota.pods", "10000"),
+        ];
+        for (body, field, bound) in cases {
+            let err = spec(body.clone())
+                .expect("parses")
+                .validate()
+                .expect_err(&format!("{body} must be refused"));
+            assert_eq!(err.field(), field, "{body}");
+            assert!(err.to_string().contains(bound), "{body}: {err}");
+        }
+        // The bounds themselves are allowed.
+        let at_bounds = spec(json!({
+            "control_plane": {"cpu": "8", "memory": "32Gi"},
+            "quota": {"cpu": "64", "memory": "512Gi", "storage": "10Ti", "pods": 10000}
+        }))
+        .expect("parses");
+        at_bounds.validate().expect("the bounds are inclusive");
     }
 
     #[test]

@@ -30,6 +30,10 @@
 //!
 //! # Semantics in brief
 //!
+//! - `ensure_namespace` labels what it creates with the owner (`ovc.dev/project`,
+//!   `ovc.dev/vcluster`, `ovc.dev/uid`) and the creating operation; it refuses (permanent
+//!   `FAILED_PRECONDITION`, reason `NAMESPACE_NOT_OWNED`) a namespace whose `ovc.dev/uid`
+//!   is not the caller's, naming the owner found or saying ovc did not create it.
 //! - Reads that have a natural "absent" answer do not fail on a missing release:
 //!   `release`/`control_plane`/`kubeconfig` → `None`, `workload_pods` → empty,
 //!   `health_check` → false. Removals tolerate absence: `uninstall_release` → `Ok`,
@@ -82,8 +86,9 @@ pub use model::{
 };
 
 use crate::{
-    BackingStoreSink, BackingStoreSource, CallCtx, ControlPlaneStatus, DriverError, DriverResult,
-    HostDriver, MemorySource, ReleaseInfo, ReleaseValues, Target,
+    ANNOTATION_CREATED_BY, BackingStoreSink, BackingStoreSource, CallCtx, ControlPlaneStatus,
+    DriverError, DriverResult, HostDriver, MemorySource, NamespaceOutcome, Owner, ReleaseInfo,
+    ReleaseValues, Target,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -299,6 +304,27 @@ impl SimHost {
         })
     }
 
+    /// Creates namespace `name` with `labels` as someone other than ovc would (a team's
+    /// own namespace, another tool's), for tests and demos of the ownership rules: ovc
+    /// refuses to use it unless its labels name the vcluster. Counts no effect; an
+    /// existing namespace is left as it is (`false`).
+    pub async fn create_foreign_namespace(
+        &self,
+        name: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<bool, SimError> {
+        let doc = to_doc(&SimNamespace {
+            name: name.to_string(),
+            labels,
+            annotations: BTreeMap::new(),
+            created_at: Utc::now(),
+        })?;
+        let mut tx = self.pool.begin().await?;
+        let inserted = tx.insert_if_absent(NAMESPACE, name, "", &doc).await?;
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
     /// The release of `t`, as of now.
     pub async fn release_state(&self, t: &Target) -> Result<Option<SimRelease>, SimError> {
         let Some(doc) = self.pool.get(RELEASE, &t.namespace, &t.release).await? else {
@@ -476,20 +502,54 @@ impl HostDriver for SimHost {
         self.inject_faults(ctx).await
     }
 
-    async fn ensure_namespace(&self, ctx: &CallCtx, t: &Target) -> DriverResult<()> {
+    async fn ensure_namespace(
+        &self,
+        ctx: &CallCtx,
+        t: &Target,
+        owner: &Owner,
+    ) -> DriverResult<NamespaceOutcome> {
         self.enter(ctx).await?;
         check_namespace(t)?;
-        let doc = to_doc(&SimNamespace::new(&t.namespace, Utc::now()))?;
+        let doc = to_doc(&SimNamespace::owned(
+            &t.namespace,
+            owner,
+            ctx.operation_id,
+            Utc::now(),
+        ))?;
         let mut tx = self.pool.begin().await?;
-        let changed = match tx.insert_if_absent(NAMESPACE, &t.namespace, "", &doc).await {
-            Ok(true) => tx
-                .bump_effect(&effect_key("ensure_namespace", &t.namespace))
-                .await
-                .map(|()| true),
-            other => other,
-        };
-        match changed {
-            Ok(changed) => self.finish(tx, changed, "ensure_namespace", t).await,
+        let found = async {
+            if tx
+                .insert_if_absent(NAMESPACE, &t.namespace, "", &doc)
+                .await?
+            {
+                tx.bump_effect(&effect_key("ensure_namespace", &t.namespace))
+                    .await?;
+                return Ok(None);
+            }
+            // It exists (a concurrent insert has committed by now): whose is it?
+            let doc = tx.lock(NAMESPACE, &t.namespace, "").await?;
+            doc.map(|d| from_doc::<SimNamespace>(|| format!("namespace {}", t.namespace), d))
+                .transpose()
+        }
+        .await;
+        match found {
+            Ok(None) => {
+                self.finish(tx, true, "ensure_namespace", t).await?;
+                Ok(NamespaceOutcome::Created)
+            }
+            Ok(Some(ns)) => {
+                tx.rollback_quietly().await;
+                if !owner.owns(&ns.labels) {
+                    return Err(owner.refusal(&t.namespace, &ns.labels));
+                }
+                let ours = ns.annotations.get(ANNOTATION_CREATED_BY)
+                    == Some(&ctx.operation_id.to_string());
+                Ok(if ours {
+                    NamespaceOutcome::Created
+                } else {
+                    NamespaceOutcome::AlreadyOwned
+                })
+            }
             Err(e) => {
                 tx.rollback_quietly().await;
                 Err(e.into())

@@ -1,8 +1,9 @@
 //! What the simulated host stores: namespaces and releases as plain serde structs, and the
 //! pure rules for scaling and readiness. No IO here; `super` loads, changes and saves.
 
-use crate::{ControlPlaneStatus, ReleaseInfo, ReleaseValues};
+use crate::{ANNOTATION_CREATED_BY, ControlPlaneStatus, Owner, ReleaseInfo, ReleaseValues};
 use chrono::{DateTime, Utc};
+use ovc_types::OperationId;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -19,26 +20,36 @@ pub struct SimState {
     pub releases: Vec<SimRelease>,
 }
 
-/// A host namespace created by ovc.
+/// A host namespace: one ovc created (labelled with its owner) or one created by someone
+/// else ([`crate::sim::SimHost::create_foreign_namespace`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SimNamespace {
     /// The name.
     pub name: String,
-    /// Labels (`app.kubernetes.io/managed-by=ovc`).
+    /// Labels (`app.kubernetes.io/managed-by=ovc` and the owner's, [`Owner::labels`]).
     pub labels: BTreeMap<String, String>,
-    /// Annotations (`vcluster.loft.sh/created=true`, mechanics §1).
+    /// Annotations (`vcluster.loft.sh/created=true`, mechanics §1, and the creating
+    /// operation, [`ANNOTATION_CREATED_BY`]).
     pub annotations: BTreeMap<String, String>,
     /// When it was created.
     pub created_at: DateTime<Utc>,
 }
 
 impl SimNamespace {
-    /// A namespace as `ensure_namespace` creates it.
-    pub(crate) fn new(name: &str, now: DateTime<Utc>) -> Self {
+    /// A namespace as `ensure_namespace` creates it for `owner` in `operation`.
+    pub(crate) fn owned(
+        name: &str,
+        owner: &Owner,
+        operation: OperationId,
+        now: DateTime<Utc>,
+    ) -> Self {
         Self {
             name: name.to_string(),
-            labels: BTreeMap::from([("app.kubernetes.io/managed-by".into(), "ovc".into())]),
-            annotations: BTreeMap::from([("vcluster.loft.sh/created".into(), "true".into())]),
+            labels: owner.labels(),
+            annotations: BTreeMap::from([
+                ("vcluster.loft.sh/created".into(), "true".into()),
+                (ANNOTATION_CREATED_BY.into(), operation.to_string()),
+            ]),
             created_at: now,
         }
     }
