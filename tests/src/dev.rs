@@ -46,6 +46,36 @@ impl DevServer {
         Self::addresses(child, lines, "REST API", "gRPC API")
     }
 
+    /// [`DevServer::start`], with the server's stderr (its logs) written to `log`.
+    pub fn start_logging_to(
+        data: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> DevServer {
+        let log = std::fs::File::create(log).expect("create the log file");
+        let mut child = Command::new(ovc_bin())
+            .args([
+                "dev",
+                "--http",
+                "127.0.0.1:0",
+                "--grpc",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(data)
+            .args(args)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn ovc dev");
+        let out = child.stdout.take().expect("stdout");
+        let lines = BufReader::new(out).lines().map_while(Result::ok);
+        Self::addresses(child, lines, "REST API", "gRPC API")
+    }
+
     /// Starts `ovc serve --http 127.0.0.1:0 --grpc 127.0.0.1:0` with `args` (e.g.
     /// `--database-url`, `--auth`), and waits until it prints its addresses (on stderr).
     pub fn serve(args: &[&str]) -> DevServer {

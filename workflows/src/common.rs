@@ -1,9 +1,14 @@
 //! Pieces several workflows share: chart values from a spec, readiness waits, and the
 //! snapshot artifact steps.
 
-use ovc_driver::ReleaseValues;
+use async_trait::async_trait;
+use bytes::Bytes;
+use ovc_driver::{BackingStoreSink, BackingStoreSource, DriverError, DriverResult, ReleaseValues};
 use ovc_engine::{StepCtx, StepError, StepOutput, StepResult};
-use ovc_snapshots::{ManifestInput, artifact_prefix, read_snapshot, write_snapshot};
+use ovc_snapshots::{
+    BACKING_STORE_FILE, ManifestInput, SnapshotError, SnapshotWriter, VerifiedStream,
+    WrittenSnapshot, artifact_prefix, open_backing_store, read_manifest, verify_snapshot,
+};
 use ovc_types::SnapshotId;
 use ovc_types::error::Code;
 use ovc_types::event::{Event, StreamName};
@@ -62,7 +67,8 @@ pub fn prefix(ctx: &StepCtx, id: SnapshotId) -> String {
     )
 }
 
-fn artifact_error(e: ovc_snapshots::SnapshotError) -> StepError {
+/// A snapshot error as a step error: transient when the storage was unavailable.
+pub fn artifact_error(e: SnapshotError) -> StepError {
     if e.is_transient() {
         StepError::transient(e.to_string())
     } else {
@@ -70,15 +76,12 @@ fn artifact_error(e: ovc_snapshots::SnapshotError) -> StepError {
     }
 }
 
-/// Dumps the backing store and writes artifact + manifest; emits `SnapshotStarted` and
-/// `SnapshotCompleted` on `snapshot-<id>` with the step's success.
+/// Dumps the backing store straight into the artifact (streamed), then writes the
+/// manifest; emits `SnapshotStarted` and `SnapshotCompleted` on `snapshot-<id>` with the
+/// step's success.
 pub async fn take_snapshot(ctx: &StepCtx, description: Option<String>) -> StepResult {
     let spec = ctx.spec()?.clone();
     let id = own_snapshot_id(ctx);
-    let data = ctx
-        .driver
-        .dump_backing_store(&ctx.call, &ctx.target)
-        .await?;
     let release = ctx.driver.release(&ctx.call, &ctx.target).await?;
     let metadata = serde_json::json!({
         "spec": spec,
@@ -87,20 +90,14 @@ pub async fn take_snapshot(ctx: &StepCtx, description: Option<String>) -> StepRe
         "labels": spec.labels,
         "release_revision": release.map(|r| r.revision),
     });
-    let written = write_snapshot(
-        ctx.services.artifacts.as_ref(),
-        &prefix(ctx, id),
-        ManifestInput {
-            snapshot_id: id.to_string(),
-            project: ctx.project.to_string(),
-            vcluster: ctx.vcluster_name.to_string(),
-            created_at: ctx.clock.now().to_rfc3339(),
-            metadata: metadata.clone(),
-        },
-        &data,
-    )
-    .await
-    .map_err(artifact_error)?;
+    let input = ManifestInput {
+        snapshot_id: id.to_string(),
+        project: ctx.project.to_string(),
+        vcluster: ctx.vcluster_name.to_string(),
+        created_at: ctx.clock.now().to_rfc3339(),
+        metadata: metadata.clone(),
+    };
+    let written = dump_to_artifact(ctx, &prefix(ctx, id), input).await?;
     let stream = StreamName::snapshot(id);
     Ok(StepOutput::Done {
         output: serde_json::json!({
@@ -133,6 +130,131 @@ pub async fn take_snapshot(ctx: &StepCtx, description: Option<String>) -> StepRe
     })
 }
 
+/// Streams the driver's dump of the backing store into a snapshot under `prefix`
+/// (data, then manifest). A failed dump aborts the upload and writes no manifest.
+pub async fn dump_to_artifact(
+    ctx: &StepCtx,
+    prefix: &str,
+    input: ManifestInput,
+) -> Result<WrittenSnapshot, StepError> {
+    let store = ctx.services.artifacts.as_ref();
+    let writer = SnapshotWriter::begin(store, prefix, input)
+        .await
+        .map_err(artifact_error)?;
+    let mut sink = ArtifactSink {
+        location: store.url(&format!("{}{BACKING_STORE_FILE}", dir(prefix))),
+        writer,
+        failure: None,
+    };
+    let dumped = ctx
+        .driver
+        .dump_backing_store(&ctx.call, &ctx.target, &mut sink)
+        .await;
+    let ArtifactSink {
+        writer, failure, ..
+    } = sink;
+    match (dumped, failure) {
+        (Ok(_), None) => writer.finish().await.map_err(artifact_error),
+        (_, Some(e)) => {
+            writer.abort().await;
+            Err(artifact_error(e))
+        }
+        (Err(e), None) => {
+            writer.abort().await;
+            Err(e.into())
+        }
+    }
+}
+
+/// Verifies the snapshot under `prefix` (the manifest against `manifest_sha256`, then
+/// every file, streamed) and streams its backing-store data into the driver, which
+/// commits only after the stream has checked itself whole. Returns the bytes loaded.
+pub async fn load_from_artifact(
+    ctx: &StepCtx,
+    prefix: &str,
+    manifest_sha256: Option<&str>,
+) -> Result<u64, StepError> {
+    let store = ctx.services.artifacts.as_ref();
+    let (manifest, _) = read_manifest(store, prefix, manifest_sha256)
+        .await
+        .map_err(artifact_error)?;
+    let stream = open_backing_store(store, prefix, &manifest)
+        .await
+        .map_err(artifact_error)?;
+    let mut source = ArtifactSource {
+        location: store.url(&format!("{}{BACKING_STORE_FILE}", dir(prefix))),
+        stream,
+        failure: None,
+    };
+    let loaded = ctx
+        .driver
+        .load_backing_store(&ctx.call, &ctx.target, &mut source)
+        .await;
+    match (loaded, source.failure) {
+        (Ok(n), None) => Ok(n),
+        (_, Some(e)) => Err(artifact_error(e)),
+        (Err(e), None) => Err(e.into()),
+    }
+}
+
+fn dir(prefix: &str) -> String {
+    format!("{}/", prefix.trim_end_matches('/'))
+}
+
+/// The driver's view of a [`SnapshotWriter`]: the storage error, if any, is kept so the
+/// step reports it as it is (transient or not) rather than as a host error.
+struct ArtifactSink<'a> {
+    location: String,
+    writer: SnapshotWriter<'a>,
+    failure: Option<SnapshotError>,
+}
+
+#[async_trait]
+impl BackingStoreSink for ArtifactSink<'_> {
+    fn location(&self) -> &str {
+        &self.location
+    }
+
+    async fn write(&mut self, chunk: Bytes) -> DriverResult<()> {
+        self.writer.write(chunk).await.map_err(|e| {
+            let d = driver_error(&e);
+            self.failure = Some(e);
+            d
+        })
+    }
+}
+
+/// The driver's view of a [`VerifiedStream`] (storage or checksum errors kept, as in
+/// [`ArtifactSink`]).
+struct ArtifactSource {
+    location: String,
+    stream: VerifiedStream,
+    failure: Option<SnapshotError>,
+}
+
+#[async_trait]
+impl BackingStoreSource for ArtifactSource {
+    fn location(&self) -> &str {
+        &self.location
+    }
+
+    async fn next_chunk(&mut self) -> DriverResult<Option<Bytes>> {
+        self.stream.next_chunk().await.map_err(|e| {
+            let d = driver_error(&e);
+            self.failure = Some(e);
+            d
+        })
+    }
+}
+
+fn driver_error(e: &SnapshotError) -> DriverError {
+    if e.is_transient() {
+        DriverError::transient(e.to_string())
+    } else {
+        DriverError::permanent(Code::FailedPrecondition, e.to_string())
+    }
+}
+
 /// Undo of [`take_snapshot`]: deletes the artifact and marks the snapshot deleted.
 pub async fn delete_own_snapshot(ctx: &StepCtx) -> StepResult {
     let id = own_snapshot_id(ctx);
@@ -147,18 +269,14 @@ pub async fn delete_own_snapshot(ctx: &StepCtx) -> StepResult {
     })
 }
 
-/// Reads and verifies (sizes, sha256) the artifact of snapshot `id` taken of
-/// `project/vcluster`.
-pub async fn load_artifact(
+/// Verifies (manifest sha256, every file's size and sha256, streamed) the artifact under
+/// `prefix`.
+pub async fn verify_artifact(
     ctx: &StepCtx,
-    project: &str,
-    vcluster: &str,
-    id: SnapshotId,
-) -> Result<(ovc_snapshots::Manifest, Vec<u8>), StepError> {
-    read_snapshot(
-        ctx.services.artifacts.as_ref(),
-        &artifact_prefix(project, vcluster, &id.to_string()),
-    )
-    .await
-    .map_err(artifact_error)
+    prefix: &str,
+    manifest_sha256: Option<&str>,
+) -> Result<ovc_snapshots::Manifest, StepError> {
+    verify_snapshot(ctx.services.artifacts.as_ref(), prefix, manifest_sha256)
+        .await
+        .map_err(artifact_error)
 }

@@ -22,7 +22,7 @@ use ovc_engine::{StepCtx, StepDef, StepError, StepOutput, StepResult};
 use ovc_snapshots::manifest::sha256_hex;
 use ovc_snapshots::{
     ArtifactError, BACKING_STORE_FILE, MANIFEST_FILE, SnapshotError, artifact_prefix,
-    delete_snapshot, read_snapshot,
+    delete_snapshot, verify_snapshot,
 };
 use ovc_types::SnapshotId;
 use ovc_types::command::Command;
@@ -151,7 +151,7 @@ async fn damage(ctx: &StepCtx, snap: &Snapshot, prefix: &str) -> Result<Option<S
             "{manifest_key} no longer has the recorded sha256 {recorded}"
         )));
     }
-    match read_snapshot(ctx.services.artifacts.as_ref(), prefix).await {
+    match verify_snapshot(ctx.services.artifacts.as_ref(), prefix, Some(recorded)).await {
         Ok(_) => Ok(None),
         Err(e) if e.is_transient() => Err(StepError::transient(e.to_string())),
         Err(e) => Ok(Some(e.to_string())),

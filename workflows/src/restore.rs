@@ -8,11 +8,12 @@
 //! SUSPENDED vcluster has no safety copy (its data cannot be dumped while paused) and ends
 //! RUNNING. The spec of an existing vcluster is kept: restore brings back data, not size.
 
-use crate::common::{CHECK_IN, load_artifact, wait_ready};
+use crate::common::{CHECK_IN, dump_to_artifact, load_from_artifact, verify_artifact, wait_ready};
 use crate::create::{self, delete_namespace, uninstall_release};
 use futures::FutureExt;
 use ovc_engine::model::{Settlement, WorkflowDef};
 use ovc_engine::{StepCtx, StepDef, StepError, StepOutput, StepResult};
+use ovc_snapshots::{ManifestInput, artifact_prefix};
 use ovc_types::SnapshotId;
 use ovc_types::command::{Command, RestoreTarget};
 use ovc_types::error::Code;
@@ -78,8 +79,9 @@ fn snapshot_id(ctx: &StepCtx) -> Result<SnapshotId, StepError> {
     }
 }
 
-/// Reads the snapshot's artifact (checksums verified) wherever it was taken.
-async fn artifact(ctx: &StepCtx) -> Result<Vec<u8>, StepError> {
+/// The snapshot to restore (it must be READY), its artifact's prefix and the manifest
+/// sha256 the index recorded.
+async fn source(ctx: &StepCtx) -> Result<(String, Option<String>), StepError> {
     let id = snapshot_id(ctx)?;
     let snap = ctx
         .store
@@ -93,14 +95,22 @@ async fn artifact(ctx: &StepCtx) -> Result<Vec<u8>, StepError> {
             format!("snapshot {id} is {}, not READY", snap.state.as_str()),
         ));
     }
-    let (_, data) = load_artifact(ctx, snap.project.as_str(), snap.vcluster.as_str(), id).await?;
-    Ok(data)
+    let prefix = artifact_prefix(
+        snap.project.as_str(),
+        snap.vcluster.as_str(),
+        &id.to_string(),
+    );
+    Ok((prefix, snap.sha256))
 }
 
+/// Checks the whole artifact (manifest sha256 against the index, every file's size and
+/// sha256) before anything touches the target.
 async fn verify(ctx: &StepCtx) -> StepResult {
-    let data = artifact(ctx).await?;
+    let (prefix, sha256) = source(ctx).await?;
+    let manifest = verify_artifact(ctx, &prefix, sha256.as_deref()).await?;
+    let bytes: u64 = manifest.files.iter().map(|f| f.size).sum();
     Ok(StepOutput::output(
-        serde_json::json!({"verified_bytes": data.len()}),
+        serde_json::json!({"verified_bytes": bytes}),
     ))
 }
 
@@ -108,24 +118,29 @@ async fn safety_copy(ctx: &StepCtx) -> StepResult {
     if ctx.prior_state != Some(VClusterState::Running) {
         return Ok(StepOutput::output(serde_json::json!({"taken": false})));
     }
-    let data = ctx
-        .driver
-        .dump_backing_store(&ctx.call, &ctx.target)
-        .await?;
-    let key = safety_key(ctx);
-    ctx.services
-        .artifacts
-        .put(&key, data)
-        .await
-        .map_err(|e| StepError::transient(e.to_string()))?;
-    Ok(StepOutput::output(
-        serde_json::json!({"taken": true, "key": key}),
-    ))
+    let prefix = safety_prefix(ctx);
+    let written = dump_to_artifact(
+        ctx,
+        &prefix,
+        ManifestInput {
+            snapshot_id: ctx.operation_id.to_string(),
+            project: ctx.project.to_string(),
+            vcluster: ctx.vcluster_name.to_string(),
+            created_at: ctx.clock.now().to_rfc3339(),
+            metadata: serde_json::json!({"safety_copy_of_restore": ctx.operation_id}),
+        },
+    )
+    .await?;
+    Ok(StepOutput::output(serde_json::json!({
+        "taken": true,
+        "prefix": prefix,
+        "sha256": written.manifest_sha256,
+    })))
 }
 
-fn safety_key(ctx: &StepCtx) -> String {
+fn safety_prefix(ctx: &StepCtx) -> String {
     format!(
-        "restore-safety/{}/{}/{}/backing-store.bin",
+        "restore-safety/{}/{}/{}/",
         ctx.project, ctx.vcluster_name, ctx.operation_id
     )
 }
@@ -151,34 +166,21 @@ async fn unpause(ctx: &StepCtx) -> StepResult {
 }
 
 async fn load(ctx: &StepCtx) -> StepResult {
-    let data = artifact(ctx).await?;
-    ctx.driver
-        .load_backing_store(&ctx.call, &ctx.target, &data)
-        .await?;
+    let (prefix, sha256) = source(ctx).await?;
+    let loaded = load_from_artifact(ctx, &prefix, sha256.as_deref()).await?;
     Ok(StepOutput::output(
-        serde_json::json!({"loaded_bytes": data.len()}),
+        serde_json::json!({"loaded_bytes": loaded}),
     ))
 }
 
 async fn unload(ctx: &StepCtx) -> StepResult {
-    let taken = ctx.output_of("safety_copy")["taken"].as_bool() == Some(true);
-    if !taken {
+    let safety = ctx.output_of("safety_copy");
+    if safety["taken"].as_bool() != Some(true) {
         // New vcluster (it is uninstalled next) or no safety copy could be taken.
         return Ok(StepOutput::done());
     }
-    let key = safety_key(ctx);
-    let data = ctx
-        .services
-        .artifacts
-        .get(&key)
-        .await
-        .map_err(|e| StepError::transient(e.to_string()))?
-        .ok_or_else(|| {
-            StepError::permanent(Code::Internal, format!("safety copy {key} is gone"))
-        })?;
-    ctx.driver
-        .load_backing_store(&ctx.call, &ctx.target, &data)
-        .await?;
+    let sha256 = safety["sha256"].as_str().map(str::to_string);
+    load_from_artifact(ctx, &safety_prefix(ctx), sha256.as_deref()).await?;
     Ok(StepOutput::done())
 }
 

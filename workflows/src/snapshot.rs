@@ -4,7 +4,7 @@
 //! operation's id. On success the vcluster is RUNNING again and the result is the
 //! snapshot.
 
-use crate::common::{delete_own_snapshot, load_artifact, own_snapshot_id, take_snapshot};
+use crate::common::{delete_own_snapshot, own_snapshot_id, prefix, take_snapshot, verify_artifact};
 use futures::FutureExt;
 use ovc_engine::model::{Settlement, WorkflowDef};
 use ovc_engine::{StepCtx, StepDef, StepOutput, StepResult};
@@ -41,14 +41,13 @@ async fn upload(ctx: &StepCtx) -> StepResult {
 }
 
 async fn verify(ctx: &StepCtx) -> StepResult {
-    let (_, data) = load_artifact(
-        ctx,
-        ctx.project.as_str(),
-        ctx.vcluster_name.as_str(),
-        own_snapshot_id(ctx),
-    )
-    .await?;
+    let sha256 = ctx.output_of("upload_snapshot")["sha256"]
+        .as_str()
+        .map(str::to_string);
+    let manifest =
+        verify_artifact(ctx, &prefix(ctx, own_snapshot_id(ctx)), sha256.as_deref()).await?;
+    let bytes: u64 = manifest.files.iter().map(|f| f.size).sum();
     Ok(StepOutput::output(
-        serde_json::json!({"verified_bytes": data.len()}),
+        serde_json::json!({"verified_bytes": bytes}),
     ))
 }

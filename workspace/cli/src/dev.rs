@@ -27,6 +27,11 @@ pub struct DevArgs {
     /// Address of the REST API (loopback by default: `ovc dev` has no authentication).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http: std::net::SocketAddr,
+    /// Snapshot storage (default: DATA_DIR/snapshots): a directory, file:///DIR,
+    /// s3://BUCKET/PREFIX, gcs://BUCKET/PREFIX or azblob://CONTAINER/PREFIX, as for
+    /// `ovc worker --artifacts`; credentials come from the environment.
+    #[arg(long, env = "OVC_ARTIFACTS")]
+    pub artifacts: Option<String>,
     /// Address of the gRPC API (loopback only, like `--http`).
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub grpc: std::net::SocketAddr,
@@ -73,7 +78,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         database_url: url.clone(),
         pg_schema: None,
         host: args.host.clone(),
-        artifacts: args.data_dir.join("snapshots").display().to_string(),
+        artifacts: args
+            .artifacts
+            .clone()
+            .unwrap_or_else(|| args.data_dir.join("snapshots").display().to_string()),
         concurrency: 16,
         lease_ms: 5000,
         idle_poll_ms: None,
@@ -153,7 +161,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         } else {
             "simulated"
         },
-        worker_args.artifacts
+        ovc_snapshots::object_url::redact(&worker_args.artifacts)
     );
     println!("  following the event log; Ctrl-C to stop");
     println!("  (another terminal: ovc events tail --follow --server http://{http_addr})");

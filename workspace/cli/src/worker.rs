@@ -37,7 +37,9 @@ pub struct WorkerArgs {
     /// OVC_KUBE_CHART_VERSION, OVC_KUBE_VCLUSTER_SERVER).
     #[arg(long, env = "OVC_HOST", value_parser = HOSTS, default_value = "sim")]
     pub host: String,
-    /// Snapshot storage: a directory, file:///DIR or memory://.
+    /// Snapshot storage: a directory, file:///DIR, s3://BUCKET/PREFIX, gcs://BUCKET/PREFIX,
+    /// azblob://CONTAINER/PREFIX (options in the query, e.g. ?region=&endpoint=;
+    /// credentials from the environment, never in the URL) or memory://.
     #[arg(long, env = "OVC_ARTIFACTS", default_value = ".ovc/snapshots")]
     pub artifacts: String,
     /// Runs executed at once by this process.
@@ -180,8 +182,12 @@ pub async fn build_with(
     clock: Arc<dyn Clock>,
     host: Host,
 ) -> anyhow::Result<Worker> {
-    let artifacts = OpendalArtifacts::from_url(&args.artifacts)
-        .with_context(|| format!("opening snapshot storage {}", args.artifacts))?;
+    let artifacts = OpendalArtifacts::from_url(&args.artifacts).with_context(|| {
+        format!(
+            "opening snapshot storage {}",
+            ovc_snapshots::object_url::redact(&args.artifacts)
+        )
+    })?;
     let exec = Executor {
         store,
         registry: Arc::new(if args.workflows == "bench" {

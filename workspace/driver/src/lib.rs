@@ -2,7 +2,8 @@
 //!
 //! [`HostDriver`] covers exactly the effects of docs/vcluster-mechanics.md: namespaces,
 //! the Helm release, the control plane's scale and readiness, workload pods, the quota,
-//! the kubeconfig, and the backing store's dump/load. Every method is an *ensure*: calling
+//! the kubeconfig, and the backing store's dump/load (streamed to and from the snapshot
+//! artifact through [`BackingStoreSink`] / [`BackingStoreSource`]). Every method is an *ensure*: calling
 //! it twice has the effect of calling it once, and removals tolerate "already gone", so
 //! a step that ran but was not journaled can simply run again after a crash.
 //!
@@ -17,6 +18,7 @@ pub mod kube;
 pub mod sim;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use ovc_types::error::{Code, Status};
 use ovc_types::spec::{ControlPlaneSpec, QuotaSpec};
 use ovc_types::{OperationId, ProjectName, VClusterId, VClusterName};
@@ -506,9 +508,95 @@ pub trait HostDriver: Send + Sync + std::fmt::Debug {
     async fn kubeconfig(&self, ctx: &CallCtx, t: &Target) -> DriverResult<Option<String>>;
     /// True when the virtual API answers (e.g. GET serviceaccounts/default).
     async fn health_check(&self, ctx: &CallCtx, t: &Target) -> DriverResult<bool>;
-    /// The backing store's content (etcd snapshot / kine export). Needs a running control
-    /// plane.
-    async fn dump_backing_store(&self, ctx: &CallCtx, t: &Target) -> DriverResult<Vec<u8>>;
-    /// Replaces the backing store's content. Needs a paused control plane.
-    async fn load_backing_store(&self, ctx: &CallCtx, t: &Target, data: &[u8]) -> DriverResult<()>;
+    /// Streams the backing store's content (etcd snapshot / kine export) into `sink`, the
+    /// snapshot's artifact; returns the bytes written. Needs a running control plane.
+    async fn dump_backing_store(
+        &self,
+        ctx: &CallCtx,
+        t: &Target,
+        sink: &mut dyn BackingStoreSink,
+    ) -> DriverResult<u64>;
+    /// Replaces the backing store's content with what `source` streams, committing only
+    /// once the source has ended cleanly (a source fails at its end when the data is
+    /// damaged, and the target must then be left as it was); returns the bytes loaded.
+    /// Needs a paused control plane.
+    async fn load_backing_store(
+        &self,
+        ctx: &CallCtx,
+        t: &Target,
+        source: &mut dyn BackingStoreSource,
+    ) -> DriverResult<u64>;
+}
+
+/// Where a backing-store dump goes: the snapshot artifact's data object, written as a
+/// stream (never a whole backing store in memory).
+#[async_trait]
+pub trait BackingStoreSink: Send {
+    /// The URL of the object being written (`Snapshot.location` plus the file name), for
+    /// a driver whose host writes the artifact itself.
+    fn location(&self) -> &str;
+    /// Appends `chunk`.
+    async fn write(&mut self, chunk: Bytes) -> DriverResult<()>;
+}
+
+/// Where a backing-store load comes from: a snapshot artifact's data object, read as a
+/// stream and checked against its manifest as it goes.
+#[async_trait]
+pub trait BackingStoreSource: Send {
+    /// The URL of the object being read.
+    fn location(&self) -> &str;
+    /// The next chunk; `Ok(None)` at the end, only once the whole object matched its
+    /// manifest (size and sha256). An error means: commit nothing.
+    async fn next_chunk(&mut self) -> DriverResult<Option<Bytes>>;
+}
+
+/// A [`BackingStoreSink`] that keeps what it is given in memory (tests, small data).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MemorySink {
+    /// Everything written so far.
+    pub data: Vec<u8>,
+}
+
+#[async_trait]
+impl BackingStoreSink for MemorySink {
+    fn location(&self) -> &str {
+        "memory:"
+    }
+
+    async fn write(&mut self, chunk: Bytes) -> DriverResult<()> {
+        self.data.extend_from_slice(&chunk);
+        Ok(())
+    }
+}
+
+/// A [`BackingStoreSource`] over bytes in memory, in chunks of at most
+/// [`MemorySource::CHUNK`] bytes (tests, small data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemorySource {
+    data: Bytes,
+}
+
+impl MemorySource {
+    /// The chunk size.
+    pub const CHUNK: usize = 1 << 20;
+
+    /// A source of `data`.
+    pub fn new(data: impl Into<Bytes>) -> Self {
+        Self { data: data.into() }
+    }
+}
+
+#[async_trait]
+impl BackingStoreSource for MemorySource {
+    fn location(&self) -> &str {
+        "memory:"
+    }
+
+    async fn next_chunk(&mut self) -> DriverResult<Option<Bytes>> {
+        if self.data.is_empty() {
+            return Ok(None);
+        }
+        let n = self.data.len().min(Self::CHUNK);
+        Ok(Some(self.data.split_to(n)))
+    }
 }

@@ -1074,7 +1074,9 @@ async fn delete_leaves_a_namespace_ovc_did_not_create() {
 async fn dump_and_load_are_refused_with_a_pointer_to_snapshot_requests() {
     let e = env();
     running(&e, 1).await;
-    let s = permanent(e.host.dump_backing_store(&ctx("s"), &t()).await);
+    let mut sink = ovc_driver::MemorySink::default();
+    let s = permanent(e.host.dump_backing_store(&ctx("s"), &t(), &mut sink).await);
     assert_eq!(s.reason(), Some("SNAPSHOT_BY_LOCATION"));
+    assert!(sink.data.is_empty());
     let _: BTreeMap<(), ()> = BTreeMap::new();
 }

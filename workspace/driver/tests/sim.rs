@@ -6,7 +6,8 @@ use ovc_driver::sim::{
     initial_backing_store,
 };
 use ovc_driver::{
-    CallCtx, DriverError, HostDriver, LABEL_UID, NamespaceOutcome, Owner, ReleaseValues, Target,
+    CallCtx, DriverError, HostDriver, LABEL_UID, MemorySink, MemorySource, NamespaceOutcome, Owner,
+    ReleaseValues, Target,
 };
 use ovc_store::Backend;
 use ovc_testkit::TestDb;
@@ -34,6 +35,23 @@ ovc_testkit::both_backends!(
 );
 
 // ---------------------------------------------------------------- helpers
+
+/// The backing store, dumped through a [`MemorySink`].
+async fn dump(host: &SimHost, c: &CallCtx, t: &Target) -> Result<Vec<u8>, DriverError> {
+    let mut sink = MemorySink::default();
+    let n = host.dump_backing_store(c, t, &mut sink).await?;
+    assert_eq!(n, sink.data.len() as u64);
+    Ok(sink.data)
+}
+
+/// Loads `data` through a [`MemorySource`].
+async fn load(host: &SimHost, c: &CallCtx, t: &Target, data: &[u8]) -> Result<(), DriverError> {
+    let n = host
+        .load_backing_store(c, t, &mut MemorySource::new(data.to_vec()))
+        .await?;
+    assert_eq!(n, data.len() as u64);
+    Ok(())
+}
 
 async fn fresh_db(backend: Backend) -> TestDb {
     let db = TestDb::new(backend).await;
@@ -179,7 +197,7 @@ async fn lifecycle_from_namespace_to_delete(backend: Backend) {
         host.workload_pods(&c, &t).await.expect("pods"),
         WORKLOAD_PODS.map(String::from).to_vec()
     );
-    let initial = host.dump_backing_store(&c, &t).await.expect("dump");
+    let initial = dump(&host, &c, &t).await.expect("dump");
     assert_eq!(initial, initial_backing_store(&t.namespace, &t.release));
 
     // Suspend: pause, evict.
@@ -200,7 +218,7 @@ async fn lifecycle_from_namespace_to_delete(backend: Backend) {
         "vc-NAME survives a pause"
     );
     assert_permanent(
-        host.dump_backing_store(&s, &t).await,
+        dump(&host, &s, &t).await,
         Code::FailedPrecondition,
         "control plane of team-a",
     );
@@ -209,7 +227,7 @@ async fn lifecycle_from_namespace_to_delete(backend: Backend) {
 
     // Restore while paused.
     let restored = b"restored content".to_vec();
-    host.load_backing_store(&ctx("restore", "load"), &t, &restored)
+    load(&host, &ctx("restore", "load"), &t, &restored)
         .await
         .expect("load while paused");
 
@@ -228,9 +246,9 @@ async fn lifecycle_from_namespace_to_delete(backend: Backend) {
     assert!(host.workload_pods(&r, &t).await.expect("pods").is_empty());
     host.reconcile_workloads(&r, &t).await.expect("reconcile");
     assert_eq!(host.workload_pods(&r, &t).await.expect("pods").len(), 3);
-    assert_eq!(host.dump_backing_store(&r, &t).await, Ok(restored));
+    assert_eq!(dump(&host, &r, &t).await, Ok(restored));
     assert_permanent(
-        host.load_backing_store(&r, &t, b"x").await,
+        load(&host, &r, &t, b"x").await,
         Code::FailedPrecondition,
         "pause it before",
     );
@@ -304,9 +322,7 @@ async fn each_ensure_counts_its_effect_once(backend: Backend) {
     assert_eq!(host.evict_workload_pods(&c, &t).await, Ok(3));
     assert_eq!(host.evict_workload_pods(&c, &t).await, Ok(0));
     for _ in 0..2 {
-        host.load_backing_store(&c, &t, b"same bytes")
-            .await
-            .expect("load");
+        load(&host, &c, &t, b"same bytes").await.expect("load");
     }
     for _ in 0..2 {
         assert_eq!(host.resume_control_plane(&c, &t).await, Ok(1));
@@ -374,16 +390,8 @@ async fn missing_prerequisites_are_permanent_errors(backend: Backend) {
         Code::NotFound,
         missing,
     );
-    assert_permanent(
-        host.dump_backing_store(&c, &t).await,
-        Code::NotFound,
-        missing,
-    );
-    assert_permanent(
-        host.load_backing_store(&c, &t, b"x").await,
-        Code::NotFound,
-        missing,
-    );
+    assert_permanent(dump(&host, &c, &t).await, Code::NotFound, missing);
+    assert_permanent(load(&host, &c, &t, b"x").await, Code::NotFound, missing);
     // Reads answer "absent"; removals are done.
     assert_eq!(host.release(&c, &t).await, Ok(None));
     assert_eq!(host.control_plane(&c, &t).await, Ok(None));
@@ -745,7 +753,7 @@ async fn ready_delay_holds_back_readiness(backend: Backend) {
         .expect("cp exists");
     let health = host.health_check(&c, &t).await.expect("health");
     let kubeconfig = host.kubeconfig(&c, &t).await.expect("kubeconfig");
-    let dump = host.dump_backing_store(&c, &t).await;
+    let dump = dump(&host, &c, &t).await;
     let reconcile = host.reconcile_workloads(&c, &t).await;
     // Only meaningful if the machine was fast enough to look within the delay.
     if installed.elapsed() < delay {

@@ -9,7 +9,10 @@
 
 use crate::key::check_prefix;
 use crate::manifest::{BACKING_STORE_FILE, MANIFEST_FILE, Manifest, ManifestFile, ManifestInput};
-use crate::{ArtifactError, ArtifactStore};
+use crate::{ArtifactError, ArtifactReader, ArtifactStore, ArtifactWriter};
+use bytes::Bytes;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
 
 /// Why a snapshot could not be written or read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -76,69 +79,133 @@ pub struct WrittenSnapshot {
     pub location: String,
 }
 
-/// Writes a snapshot under `prefix` (see [`crate::artifact_prefix`]): the backing-store
-/// `data` as [`BACKING_STORE_FILE`], then [`MANIFEST_FILE`] describing it.
+/// A snapshot being written: the backing-store data is streamed in with
+/// [`SnapshotWriter::write`] (hashed as it goes, uploaded in parts), then
+/// [`SnapshotWriter::finish`] closes the data object and writes [`MANIFEST_FILE`]. Memory
+/// stays bounded by the store's part size, whatever the snapshot's size.
 ///
-/// Idempotent: the same inputs write the same bytes, so repeating a write that was
-/// interrupted is harmless. If a different manifest is already there (a repeat with
-/// other inputs), the prefix is emptied first, so at no point does a manifest describe
-/// data that is not there. `created_at` must be RFC 3339 ([`SnapshotError::BadManifest`]
-/// otherwise).
-///
-/// The sha256 is computed on the calling task (about 0.5–1 s per GB).
+/// Keys come from the prefix, which the caller derives from the operation: a retried
+/// write goes to the same keys and overwrites. If a manifest is already there (a repeat
+/// after a crash), the prefix is emptied first, so at no point does a manifest describe
+/// data that is not there.
+pub struct SnapshotWriter<'a> {
+    store: &'a dyn ArtifactStore,
+    dir: String,
+    input: ManifestInput,
+    writer: Box<dyn ArtifactWriter>,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl std::fmt::Debug for SnapshotWriter<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotWriter")
+            .field("dir", &self.dir)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> SnapshotWriter<'a> {
+    /// Starts writing the snapshot under `prefix` (see [`crate::artifact_prefix`]).
+    /// `created_at` must be RFC 3339 ([`SnapshotError::BadManifest`] otherwise).
+    pub async fn begin(
+        store: &'a dyn ArtifactStore,
+        prefix: &str,
+        input: ManifestInput,
+    ) -> Result<Self, SnapshotError> {
+        if let Err(e) = chrono::DateTime::parse_from_rfc3339(&input.created_at) {
+            return Err(SnapshotError::BadManifest(format!(
+                "created_at {:?} is not an RFC 3339 timestamp: {e}",
+                input.created_at
+            )));
+        }
+        let dir = check_prefix(prefix)?;
+        let manifest_key = format!("{dir}{MANIFEST_FILE}");
+        if store.reader(&manifest_key).await?.is_some() {
+            delete_snapshot(store, &dir).await?;
+        }
+        let writer = store.writer(&format!("{dir}{BACKING_STORE_FILE}")).await?;
+        Ok(Self {
+            store,
+            dir,
+            input,
+            writer,
+            hasher: Sha256::new(),
+            size: 0,
+        })
+    }
+
+    /// Appends `chunk` to the backing-store data.
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), SnapshotError> {
+        self.hasher.update(&chunk);
+        self.size += chunk.len() as u64;
+        self.writer.write(chunk).await?;
+        Ok(())
+    }
+
+    /// Bytes of backing-store data written so far.
+    pub fn written_bytes(&self) -> u64 {
+        self.size
+    }
+
+    /// Completes the data object, then writes the manifest describing it.
+    pub async fn finish(mut self) -> Result<WrittenSnapshot, SnapshotError> {
+        self.writer.close().await?;
+        let file = ManifestFile {
+            name: BACKING_STORE_FILE.to_string(),
+            size: self.size,
+            sha256: hex(&self.hasher.finalize()),
+        };
+        let manifest = Manifest::new(self.input, vec![file]);
+        let manifest_bytes = manifest
+            .to_bytes()
+            .map_err(|e| SnapshotError::BadManifest(format!("cannot encode the manifest: {e}")))?;
+        let manifest_sha256 = crate::manifest::sha256_hex(&manifest_bytes);
+        let size_bytes = self.size + manifest_bytes.len() as u64;
+        self.store
+            .put(&format!("{}{MANIFEST_FILE}", self.dir), manifest_bytes)
+            .await?;
+        Ok(WrittenSnapshot {
+            manifest,
+            manifest_sha256,
+            size_bytes,
+            location: self.store.url(&self.dir),
+        })
+    }
+
+    /// Gives the write up: the data upload is aborted, no manifest is written.
+    pub async fn abort(mut self) {
+        self.writer.abort().await;
+    }
+}
+
+/// Writes a snapshot of `data` under `prefix` in one call ([`SnapshotWriter`] for
+/// streams).
 pub async fn write_snapshot(
     store: &dyn ArtifactStore,
     prefix: &str,
     manifest_base: ManifestInput,
     data: &[u8],
 ) -> Result<WrittenSnapshot, SnapshotError> {
-    if let Err(e) = chrono::DateTime::parse_from_rfc3339(&manifest_base.created_at) {
-        return Err(SnapshotError::BadManifest(format!(
-            "created_at {:?} is not an RFC 3339 timestamp: {e}",
-            manifest_base.created_at
-        )));
+    let mut w = SnapshotWriter::begin(store, prefix, manifest_base).await?;
+    for chunk in data.chunks(crate::opendal_store::WRITE_CHUNK_BYTES) {
+        if let Err(e) = w.write(Bytes::copy_from_slice(chunk)).await {
+            w.abort().await;
+            return Err(e);
+        }
     }
-    let dir = check_prefix(prefix)?;
-    let manifest = Manifest::new(
-        manifest_base,
-        vec![ManifestFile::describe(BACKING_STORE_FILE, data)],
-    );
-    let manifest_bytes = manifest
-        .to_bytes()
-        .map_err(|e| SnapshotError::BadManifest(format!("cannot encode the manifest: {e}")))?;
-    let manifest_key = format!("{dir}{MANIFEST_FILE}");
-
-    match store.get(&manifest_key).await? {
-        Some(existing) if existing == manifest_bytes => {}
-        Some(_) => store.delete_prefix(&dir).await?,
-        None => {}
-    }
-    store
-        .put(&format!("{dir}{BACKING_STORE_FILE}"), data.to_vec())
-        .await?;
-    let manifest_sha256 = crate::manifest::sha256_hex(&manifest_bytes);
-    let size_bytes = data.len() as u64 + manifest_bytes.len() as u64;
-    store.put(&manifest_key, manifest_bytes).await?;
-    Ok(WrittenSnapshot {
-        manifest,
-        manifest_sha256,
-        size_bytes,
-        location: store.url(&dir),
-    })
+    w.finish().await
 }
 
-/// Reads the snapshot under `prefix` and returns its manifest and backing-store data.
-///
-/// Every file the manifest lists is read and checked (size, then sha256) before anything
-/// is returned. Errors: [`SnapshotError::MissingManifest`], [`SnapshotError::BadManifest`]
-/// (unparsable, unknown format, bad file names, no backing-store file),
-/// [`SnapshotError::MissingFile`], [`SnapshotError::SizeMismatch`],
-/// [`SnapshotError::ChecksumMismatch`], each naming the file, and
-/// [`SnapshotError::Artifact`] from the store.
-pub async fn read_snapshot(
+/// Reads and parses the manifest under `prefix`; with `expected_sha256` (the index's
+/// record, `Snapshot.sha256`), its bytes must have that sha256. Returns the manifest and
+/// the sha256 of its bytes.
+pub async fn read_manifest(
     store: &dyn ArtifactStore,
     prefix: &str,
-) -> Result<(Manifest, Vec<u8>), SnapshotError> {
+    expected_sha256: Option<&str>,
+) -> Result<(Manifest, String), SnapshotError> {
     let dir = check_prefix(prefix)?;
     let manifest_key = format!("{dir}{MANIFEST_FILE}");
     let bytes = store
@@ -147,6 +214,16 @@ pub async fn read_snapshot(
         .ok_or_else(|| SnapshotError::MissingManifest {
             key: manifest_key.clone(),
         })?;
+    let actual = crate::manifest::sha256_hex(&bytes);
+    if let Some(expected) = expected_sha256
+        && !expected.eq_ignore_ascii_case(&actual)
+    {
+        return Err(SnapshotError::ChecksumMismatch {
+            name: MANIFEST_FILE.to_string(),
+            expected: expected.to_string(),
+            actual,
+        });
+    }
     let manifest = Manifest::from_bytes(&bytes)
         .map_err(|e| SnapshotError::BadManifest(format!("{manifest_key}: {e}")))?;
     if manifest.file(BACKING_STORE_FILE).is_none() {
@@ -154,26 +231,163 @@ pub async fn read_snapshot(
             "{manifest_key}: lists no {BACKING_STORE_FILE}"
         )));
     }
+    Ok((manifest, actual))
+}
 
-    let mut backing_store = None;
+/// Verifies the whole snapshot under `prefix` without keeping it in memory: the manifest
+/// (against `expected_sha256` when given), then the size and sha256 of every file it
+/// lists, streamed. Errors name the file: [`SnapshotError::MissingManifest`],
+/// [`SnapshotError::BadManifest`], [`SnapshotError::MissingFile`],
+/// [`SnapshotError::SizeMismatch`], [`SnapshotError::ChecksumMismatch`], and
+/// [`SnapshotError::Artifact`] from the store.
+pub async fn verify_snapshot(
+    store: &dyn ArtifactStore,
+    prefix: &str,
+    expected_sha256: Option<&str>,
+) -> Result<Manifest, SnapshotError> {
+    let (manifest, _) = read_manifest(store, prefix, expected_sha256).await?;
     for file in &manifest.files {
-        let key = format!("{dir}{}", file.name);
-        let data = store
-            .get(&key)
-            .await?
-            .ok_or_else(|| SnapshotError::MissingFile {
-                name: file.name.clone(),
-                key: key.clone(),
-            })?;
-        verify(file, &data)?;
-        if file.name == BACKING_STORE_FILE {
-            backing_store = Some(data);
+        let mut stream = open_file(store, prefix, file).await?;
+        while stream.next_chunk().await?.is_some() {}
+    }
+    Ok(manifest)
+}
+
+/// Opens the backing-store data of a snapshot whose `manifest` was read from `prefix`,
+/// as a stream checked against the manifest as it is read.
+pub async fn open_backing_store(
+    store: &dyn ArtifactStore,
+    prefix: &str,
+    manifest: &Manifest,
+) -> Result<VerifiedStream, SnapshotError> {
+    let file = manifest.file(BACKING_STORE_FILE).ok_or_else(|| {
+        SnapshotError::BadManifest(format!("the manifest lists no {BACKING_STORE_FILE}"))
+    })?;
+    open_file(store, prefix, file).await
+}
+
+async fn open_file(
+    store: &dyn ArtifactStore,
+    prefix: &str,
+    file: &ManifestFile,
+) -> Result<VerifiedStream, SnapshotError> {
+    let dir = check_prefix(prefix)?;
+    let key = format!("{dir}{}", file.name);
+    let reader = store
+        .reader(&key)
+        .await?
+        .ok_or_else(|| SnapshotError::MissingFile {
+            name: file.name.clone(),
+            key: key.clone(),
+        })?;
+    if reader.size != file.size {
+        return Err(SnapshotError::SizeMismatch {
+            name: file.name.clone(),
+            expected: file.size,
+            actual: reader.size,
+        });
+    }
+    Ok(VerifiedStream {
+        file: file.clone(),
+        reader,
+        hasher: Sha256::new(),
+        seen: 0,
+        done: false,
+    })
+}
+
+/// One file of a snapshot, read in chunks and checked against the manifest: the last
+/// [`VerifiedStream::next_chunk`] (the one that returns `Ok(None)`) fails instead if
+/// the size or sha256 differ, so a consumer that only commits at the end never commits
+/// damaged data.
+pub struct VerifiedStream {
+    file: ManifestFile,
+    reader: ArtifactReader,
+    hasher: Sha256,
+    seen: u64,
+    done: bool,
+}
+
+impl std::fmt::Debug for VerifiedStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifiedStream")
+            .field("file", &self.file)
+            .field("seen", &self.seen)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VerifiedStream {
+    /// The manifest's record of the file.
+    pub fn file(&self) -> &ManifestFile {
+        &self.file
+    }
+
+    /// The next chunk; `Ok(None)` at the end, once size and sha256 matched.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, SnapshotError> {
+        if self.done {
+            return Ok(None);
+        }
+        match self.reader.stream.next().await {
+            Some(chunk) => {
+                let chunk = chunk?;
+                self.seen += chunk.len() as u64;
+                if self.seen > self.file.size {
+                    return Err(SnapshotError::SizeMismatch {
+                        name: self.file.name.clone(),
+                        expected: self.file.size,
+                        actual: self.seen,
+                    });
+                }
+                self.hasher.update(&chunk);
+                Ok(Some(chunk))
+            }
+            None => {
+                self.done = true;
+                if self.seen != self.file.size {
+                    return Err(SnapshotError::SizeMismatch {
+                        name: self.file.name.clone(),
+                        expected: self.file.size,
+                        actual: self.seen,
+                    });
+                }
+                let actual = hex(&std::mem::take(&mut self.hasher).finalize());
+                if !actual.eq_ignore_ascii_case(&self.file.sha256) {
+                    return Err(SnapshotError::ChecksumMismatch {
+                        name: self.file.name.clone(),
+                        expected: self.file.sha256.clone(),
+                        actual,
+                    });
+                }
+                Ok(None)
+            }
         }
     }
-    let data = backing_store.ok_or_else(|| {
-        SnapshotError::BadManifest(format!("{manifest_key}: lists no {BACKING_STORE_FILE}"))
-    })?;
+}
+
+/// Reads the snapshot under `prefix` and returns its manifest and backing-store data,
+/// whole, after verifying every file ([`verify_snapshot`]). For small snapshots and
+/// tests; restores stream with [`open_backing_store`].
+pub async fn read_snapshot(
+    store: &dyn ArtifactStore,
+    prefix: &str,
+) -> Result<(Manifest, Vec<u8>), SnapshotError> {
+    let manifest = verify_snapshot(store, prefix, None).await?;
+    let mut stream = open_backing_store(store, prefix, &manifest).await?;
+    let mut data = Vec::new();
+    while let Some(chunk) = stream.next_chunk().await? {
+        data.extend_from_slice(&chunk);
+    }
     Ok((manifest, data))
+}
+
+fn hex(digest: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(digest.len() * 2);
+    for b in digest {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
 }
 
 /// Deletes the snapshot under `prefix`: the manifest first, so a snapshot that is only
@@ -184,27 +398,6 @@ pub async fn delete_snapshot(store: &dyn ArtifactStore, prefix: &str) -> Result<
     let dir = check_prefix(prefix)?;
     store.delete(&format!("{dir}{MANIFEST_FILE}")).await?;
     store.delete_prefix(&dir).await?;
-    Ok(())
-}
-
-/// Checks `data` against the manifest's record of it.
-fn verify(file: &ManifestFile, data: &[u8]) -> Result<(), SnapshotError> {
-    let actual = data.len() as u64;
-    if actual != file.size {
-        return Err(SnapshotError::SizeMismatch {
-            name: file.name.clone(),
-            expected: file.size,
-            actual,
-        });
-    }
-    let actual = crate::manifest::sha256_hex(data);
-    if !actual.eq_ignore_ascii_case(&file.sha256) {
-        return Err(SnapshotError::ChecksumMismatch {
-            name: file.name.clone(),
-            expected: file.sha256.clone(),
-            actual,
-        });
-    }
     Ok(())
 }
 
@@ -237,23 +430,5 @@ mod tests {
         ] {
             assert!(!e.is_transient(), "{e}");
         }
-    }
-
-    #[test]
-    fn verify_checks_size_before_checksum() {
-        let file = ManifestFile::describe("f", b"abc");
-        assert_eq!(verify(&file, b"abc"), Ok(()));
-        assert!(matches!(
-            verify(&file, b"ab"),
-            Err(SnapshotError::SizeMismatch {
-                expected: 3,
-                actual: 2,
-                ..
-            })
-        ));
-        assert!(matches!(
-            verify(&file, b"abd"),
-            Err(SnapshotError::ChecksumMismatch { .. })
-        ));
     }
 }

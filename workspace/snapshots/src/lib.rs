@@ -9,8 +9,8 @@
 //!   put, get, delete a key or a prefix, name a key as a URL. [`key`] holds the rules every key
 //!   obeys, so a key can never climb out of the storage root.
 //! - [`OpendalArtifacts`] ([`opendal_store`]) implements it over Apache OpenDAL: a local
-//!   directory (`file:///abs/path` or a plain path) and `memory://` for tests. Object
-//!   stores (`s3://`, `gcs://`, `azblob://`) arrive in a later issue.
+//!   directory (`file:///abs/path` or a plain path), `memory://` for tests, and object
+//!   stores by URL (`s3://`, `gcs://`, `azblob://`, [`object_url`]).
 //! - [`manifest`] is the artifact format (pure: encoding and checksums, no IO) and
 //!   [`artifact`] writes and reads whole snapshots through any [`ArtifactStore`],
 //!   writing the data before the manifest, verifying every checksum on read, and
@@ -19,18 +19,23 @@
 pub mod artifact;
 pub mod key;
 pub mod manifest;
+pub mod object_url;
 pub mod opendal_store;
 
 pub use artifact::{
-    SnapshotError, WrittenSnapshot, delete_snapshot, read_snapshot, write_snapshot,
+    SnapshotError, SnapshotWriter, VerifiedStream, WrittenSnapshot, delete_snapshot,
+    open_backing_store, read_manifest, read_snapshot, verify_snapshot, write_snapshot,
 };
 pub use manifest::{
     BACKING_STORE_FILE, FORMAT_VERSION, MANIFEST_FILE, Manifest, ManifestFile, ManifestInput,
     artifact_prefix,
 };
+pub use object_url::{ProcessEnv, StorageEnv};
 pub use opendal_store::OpendalArtifacts;
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
 use std::fmt::Debug;
 
 /// Why an artifact operation failed.
@@ -58,4 +63,38 @@ pub trait ArtifactStore: Send + Sync + Debug {
     async fn delete_prefix(&self, prefix: &str) -> Result<(), ArtifactError>;
     /// A URL naming `key`, for `Snapshot.location`.
     fn url(&self, key: &str) -> String;
+    /// Starts a streamed write of `key` (multipart on object stores). Nothing is visible
+    /// under `key` until [`ArtifactWriter::close`] succeeds; a repeat overwrites.
+    async fn writer(&self, key: &str) -> Result<Box<dyn ArtifactWriter>, ArtifactError>;
+    /// Opens `key` for a streamed read (`None`: absent).
+    async fn reader(&self, key: &str) -> Result<Option<ArtifactReader>, ArtifactError>;
+    /// Every key under `prefix` (`""`: the whole store), sorted.
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, ArtifactError>;
+}
+
+/// A streamed write of one object, from [`ArtifactStore::writer`].
+#[async_trait]
+pub trait ArtifactWriter: Send + Debug {
+    /// Appends `chunk`.
+    async fn write(&mut self, chunk: Bytes) -> Result<(), ArtifactError>;
+    /// Completes the object: it exists under its key once this returns `Ok`.
+    async fn close(&mut self) -> Result<(), ArtifactError>;
+    /// Gives the write up (best effort: uploaded parts are discarded).
+    async fn abort(&mut self);
+}
+
+/// A streamed read of one object, from [`ArtifactStore::reader`].
+pub struct ArtifactReader {
+    /// The object's size in bytes, as the store reports it.
+    pub size: u64,
+    /// Its content, in chunks.
+    pub stream: BoxStream<'static, Result<Bytes, ArtifactError>>,
+}
+
+impl Debug for ArtifactReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArtifactReader")
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
 }

@@ -1,15 +1,19 @@
 //! [`ArtifactStore`] over Apache OpenDAL, chosen by URL.
 //!
-//! OpenDAL gives one API over local directories and object stores, so adding `s3://`,
-//! `gcs://` or `azblob://` later is a new arm in [`OpendalArtifacts::from_url`], not a new
-//! implementation. Today: a local directory (`file:///abs/path` or a plain path) and
-//! `memory://` (a fresh, empty store per call, for tests). On a local directory every
+//! OpenDAL gives one API over local directories and object stores: a local directory
+//! (`file:///abs/path` or a plain path), `memory://` (a fresh, empty store per call, for
+//! tests), and `s3://`, `gcs://`, `azblob://` ([`crate::object_url`]). Large objects are
+//! written in [`WRITE_CHUNK_BYTES`] parts (multipart uploads on object stores) and read
+//! as a stream, so memory stays bounded whatever the size. On a local directory every
 //! write goes to a temporary file under `<root>/.ovc-tmp/`, is synced, and is renamed
 //! into place, so a crash never leaves a half-written object under its real key.
 
 use crate::key::{check_key, check_prefix};
-use crate::{ArtifactError, ArtifactStore};
+use crate::object_url::{ProcessEnv, StorageEnv};
+use crate::{ArtifactError, ArtifactReader, ArtifactStore, ArtifactWriter};
 use async_trait::async_trait;
+use bytes::Bytes;
+use futures::TryStreamExt;
 use opendal::{ErrorKind, Operator};
 use std::io;
 use std::path::Path;
@@ -17,12 +21,22 @@ use std::path::Path;
 /// The directory, under the root of a local store, that holds files being written.
 pub const LOCAL_TMP_DIR: &str = ".ovc-tmp";
 
+/// The part size of streamed writes (S3 wants at least 5 MiB per part).
+pub const WRITE_CHUNK_BYTES: usize = 8 * 1024 * 1024;
+
+/// Parts uploaded at once by a streamed write.
+const WRITE_CONCURRENCY: usize = 2;
+
 /// Snapshot artifact storage through an [`opendal::Operator`].
 #[derive(Debug, Clone)]
 pub struct OpendalArtifacts {
     op: Operator,
     /// The URL of the root, ending with `/`; [`ArtifactStore::url`] appends the key.
     root_url: String,
+    /// GCS: streamed writes go through a resumable upload session (JSON API) instead of
+    /// the XML multipart API, which OpenDAL uses only for conditional writes; so a
+    /// streamed write deletes the old object and then creates the key if absent.
+    resumable_writes: bool,
 }
 
 impl OpendalArtifacts {
@@ -32,10 +46,19 @@ impl OpendalArtifacts {
     /// - a plain filesystem path, absolute or relative to the current directory,
     /// - `memory://`: a new, empty in-memory store (for tests).
     ///
-    /// A local directory is created if it does not exist. `s3://`, `gcs://`/`gs://` and
-    /// `azblob://` are refused: object stores arrive in a later issue. Any other scheme,
-    /// an empty URL, or a malformed `file:` URL is refused too.
+    /// - `s3://bucket/prefix`, `gcs://bucket/prefix` (or `gs://`), `azblob://container/prefix`,
+    ///   with options in the query and credentials from the environment
+    ///   ([`crate::object_url`]; a URL carrying a secret is refused).
+    ///
+    /// A local directory is created if it does not exist. Any other scheme, an empty URL,
+    /// or a malformed URL is refused.
     pub fn from_url(url: &str) -> Result<Self, ArtifactError> {
+        Self::from_url_with_env(url, &ProcessEnv)
+    }
+
+    /// [`Self::from_url`], with object-store settings and credentials read from `env`
+    /// instead of the process environment (see [`crate::object_url`]).
+    pub fn from_url_with_env(url: &str, env: &dyn StorageEnv) -> Result<Self, ArtifactError> {
         if url.is_empty() {
             return Err(ArtifactError::Refused(
                 "the artifact storage URL is empty (expected file:///abs/path, a path, or \
@@ -85,13 +108,19 @@ impl OpendalArtifacts {
                 }
                 Self::memory()
             }
-            "s3" | "gcs" | "gs" | "azblob" => Err(ArtifactError::Refused(format!(
-                "artifact storage URL {url:?}: {scheme}:// storage is not supported yet (object \
-                 stores arrive in a later issue); use a local directory (file:///abs/path)"
-            ))),
+            s @ ("s3" | "gcs" | "gs" | "azblob") => {
+                let opened = crate::object_url::open(url, s, rest, env)?;
+                Ok(Self {
+                    op: opened.op,
+                    root_url: opened.root_url,
+                    resumable_writes: opened.resumable_writes,
+                })
+            }
             _ => Err(ArtifactError::Refused(format!(
-                "artifact storage URL {url:?}: unknown scheme {scheme:?} (supported: \
-                 file:///abs/path, a plain path, memory://)"
+                "artifact storage URL {:?}: unknown scheme {scheme:?} (supported: \
+                 file:///abs/path, a plain path, memory://, s3://bucket/prefix, \
+                 gcs://bucket/prefix, azblob://container/prefix)",
+                url.split('?').next().unwrap_or(url)
             ))),
         }
     }
@@ -123,7 +152,11 @@ impl OpendalArtifacts {
         if !root_url.ends_with('/') {
             root_url.push('/');
         }
-        Ok(Self { op, root_url })
+        Ok(Self {
+            op,
+            root_url,
+            resumable_writes: false,
+        })
     }
 
     /// A new, empty in-memory store; [`ArtifactStore::url`] names keys as
@@ -134,6 +167,7 @@ impl OpendalArtifacts {
         Ok(Self {
             op,
             root_url: "memory:///".to_string(),
+            resumable_writes: false,
         })
     }
 
@@ -148,7 +182,8 @@ impl ArtifactStore for OpendalArtifacts {
     async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), ArtifactError> {
         check_key(key)?;
         self.op
-            .write(key, bytes)
+            .write_with(key, bytes)
+            .content_type(content_type(key))
             .await
             .map(|_| ())
             .map_err(|e| map_err("put", key, e))
@@ -194,6 +229,135 @@ impl ArtifactStore for OpendalArtifacts {
     fn url(&self, key: &str) -> String {
         format!("{}{}", self.root_url, percent_encode(key))
     }
+
+    async fn writer(&self, key: &str) -> Result<Box<dyn ArtifactWriter>, ArtifactError> {
+        check_key(key)?;
+        if self.resumable_writes {
+            self.delete(key).await?;
+        }
+        let writer = self
+            .op
+            .writer_with(key)
+            .content_type(content_type(key))
+            .chunk(WRITE_CHUNK_BYTES)
+            .concurrent(WRITE_CONCURRENCY)
+            .if_not_exists(self.resumable_writes)
+            .await
+            .map_err(|e| map_err("put", key, e))?;
+        Ok(Box::new(OpendalWriter {
+            key: key.to_string(),
+            writer: Some(writer),
+        }))
+    }
+
+    async fn reader(&self, key: &str) -> Result<Option<ArtifactReader>, ArtifactError> {
+        check_key(key)?;
+        let size = match self.op.stat(key).await {
+            Ok(meta) if meta.is_dir() => return Ok(None),
+            Ok(meta) => meta.content_length(),
+            Err(e) if is_absent(&e) => return Ok(None),
+            Err(e) => return Err(map_err("get", key, e)),
+        };
+        // One streamed GET for the whole object (ranged reads of parts cost a request
+        // each, and some servers re-read the object for every range).
+        let reader = match self.op.reader(key).await {
+            Ok(r) => r,
+            Err(e) if is_absent(&e) => return Ok(None),
+            Err(e) => return Err(map_err("get", key, e)),
+        };
+        let owned = key.to_string();
+        let stream = reader
+            .into_bytes_stream(..)
+            .await
+            .map_err(|e| map_err("get", key, e))?
+            .map_err(move |e| ArtifactError::Unavailable(format!("get {owned}: {e}")));
+        Ok(Some(ArtifactReader {
+            size,
+            stream: Box::pin(stream),
+        }))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, ArtifactError> {
+        let dir = if prefix.is_empty() {
+            String::new()
+        } else {
+            check_prefix(prefix)?
+        };
+        let entries = match self.op.list_with(&dir).recursive(true).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(map_err("list", &dir, e)),
+        };
+        let mut keys: Vec<String> = entries
+            .into_iter()
+            .filter(|e| !e.metadata().is_dir())
+            .map(|e| e.path().trim_start_matches('/').to_string())
+            .filter(|k| !k.starts_with(LOCAL_TMP_DIR))
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+}
+
+/// A streamed write of one object through an [`opendal::Writer`].
+struct OpendalWriter {
+    key: String,
+    /// `None` once closed or aborted.
+    writer: Option<opendal::Writer>,
+}
+
+impl std::fmt::Debug for OpendalWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpendalWriter")
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+#[async_trait]
+impl ArtifactWriter for OpendalWriter {
+    async fn write(&mut self, chunk: Bytes) -> Result<(), ArtifactError> {
+        let w = self.writer.as_mut().ok_or_else(|| {
+            ArtifactError::Refused(format!("put {}: the writer is closed", self.key))
+        })?;
+        w.write(chunk)
+            .await
+            .map_err(|e| map_err("put", &self.key, e))
+    }
+
+    async fn close(&mut self) -> Result<(), ArtifactError> {
+        let mut w = self.writer.take().ok_or_else(|| {
+            ArtifactError::Refused(format!("put {}: the writer is closed", self.key))
+        })?;
+        w.close()
+            .await
+            .map(|_| ())
+            .map_err(|e| map_err("put", &self.key, e))
+    }
+
+    async fn abort(&mut self) {
+        if let Some(mut w) = self.writer.take() {
+            let _ = w.abort().await;
+        }
+    }
+}
+
+/// The content type objects are stored with (object stores show it; some emulators
+/// answer `null` without one).
+fn content_type(key: &str) -> &'static str {
+    if key.ends_with(".json") {
+        "application/json"
+    } else {
+        "application/octet-stream"
+    }
+}
+
+fn is_absent(e: &opendal::Error) -> bool {
+    matches!(e.kind(), ErrorKind::NotFound | ErrorKind::IsADirectory)
+        || matches!(
+            io_kind(e),
+            Some(io::ErrorKind::IsADirectory | io::ErrorKind::NotADirectory)
+        )
 }
 
 /// Maps an OpenDAL error: what retrying may fix (I/O, a full disk, rate limits,
@@ -250,7 +414,7 @@ fn utf8(path: &Path) -> Result<&str, ArtifactError> {
 }
 
 /// Escapes everything but unreserved characters and `/` (RFC 3986), for URLs.
-fn percent_encode(s: &str) -> String {
+pub(crate) fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for byte in s.bytes() {
         if byte.is_ascii_alphanumeric() || b"-._~/".contains(&byte) {
@@ -263,7 +427,7 @@ fn percent_encode(s: &str) -> String {
 }
 
 /// Decodes `%XX` escapes; `None` on a bad escape or a result that is not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -177,17 +177,60 @@ async fn memory_stores_are_independent() {
 }
 
 #[test]
-fn object_stores_and_unknown_schemes_are_refused() {
+fn object_store_urls_with_secrets_or_unknown_options_are_refused() {
+    let env = std::collections::BTreeMap::from([
+        ("AWS_ACCESS_KEY_ID".to_string(), "id".to_string()),
+        ("AWS_SECRET_ACCESS_KEY".to_string(), "hidden".to_string()),
+        ("AZURE_STORAGE_ACCOUNT".to_string(), "acct".to_string()),
+    ]);
     for url in [
         "s3://bucket/x",
+        "s3://bucket/x/?region=eu-west-1&endpoint=http://127.0.0.1:1&path_style=false",
+        "s3://bucket?sse=AES256",
+        "s3://bucket?sse=aws:kms&sse_kms_key_id=arn:aws:kms:eu:1:key/k",
         "gcs://bucket",
-        "gs://bucket",
+        "gs://bucket/p",
         "azblob://container/p",
         "S3://b",
     ] {
-        let m = refused(OpendalArtifacts::from_url(url));
-        assert!(m.contains("later issue"), "{url}: {m}");
+        let store =
+            OpendalArtifacts::from_url_with_env(url, &env).unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert!(
+            !store.root_url().contains('?'),
+            "{url}: {}",
+            store.root_url()
+        );
     }
+    for (url, why) in [
+        ("s3://id:hidden@bucket/x", "credentials"),
+        ("s3://bucket/x?secret_access_key=hidden", "secret"),
+        ("s3://bucket/x?X-Amz-Signature=hidden", "secret"),
+        ("azblob://c/x?sig=hidden", "secret"),
+        ("azblob://c/x?sas_token=hidden", "secret"),
+        ("s3://bucket/x?regoin=eu", "unknown option \"regoin\""),
+        ("s3://bucket/x?path_style=maybe", "true or false"),
+        ("s3://bucket/x?sse=rot13", "not supported"),
+        ("s3://bucket/x?endpoint=127.0.0.1:9000", "http://"),
+        ("gcs://bucket/x?region=eu", "unknown option"),
+        ("s3:///x", "bucket name"),
+        ("s3://bucket/../x", "'..'"),
+    ] {
+        let m = refused(OpendalArtifacts::from_url_with_env(url, &env));
+        assert!(m.contains(why), "{url}: {m}");
+        assert!(
+            !m.contains("hidden"),
+            "{url}: the refusal repeats the secret: {m}"
+        );
+    }
+    let m = refused(OpendalArtifacts::from_url_with_env(
+        "azblob://c/x",
+        &std::collections::BTreeMap::new(),
+    ));
+    assert!(m.contains("AZURE_STORAGE_ACCOUNT"), "{m}");
+    let half =
+        std::collections::BTreeMap::from([("AWS_ACCESS_KEY_ID".to_string(), "id".to_string())]);
+    let m = refused(OpendalArtifacts::from_url_with_env("s3://b", &half));
+    assert!(m.contains("together"), "{m}");
     for url in ["http://example.com/x", "ftp://h/x", "sftp://h/x"] {
         let m = refused(OpendalArtifacts::from_url(url));
         assert!(m.contains("unknown scheme"), "{url}: {m}");

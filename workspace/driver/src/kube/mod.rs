@@ -23,8 +23,9 @@ pub use error::{KubeError, KubeResult};
 pub use helm::{ChartSource, Helm, HelmConfig, HelmRelease, HelmStatus};
 
 use crate::{
-    ANNOTATION_CREATED_BY, CallCtx, ControlPlaneStatus, DriverError, DriverResult, HostDriver,
-    NamespaceOutcome, Owner, ReleaseInfo, ReleaseStatus, ReleaseValues, Target,
+    ANNOTATION_CREATED_BY, BackingStoreSink, BackingStoreSource, CallCtx, ControlPlaneStatus,
+    DriverError, DriverResult, HostDriver, NamespaceOutcome, Owner, ReleaseInfo, ReleaseStatus,
+    ReleaseValues, Target,
 };
 use async_trait::async_trait;
 use k8s_openapi::ByteString;
@@ -1629,7 +1630,12 @@ impl HostDriver for KubeHost {
         Ok(self.readiness(t).await?.is_ready())
     }
 
-    async fn dump_backing_store(&self, ctx: &CallCtx, t: &Target) -> DriverResult<Vec<u8>> {
+    async fn dump_backing_store(
+        &self,
+        ctx: &CallCtx,
+        t: &Target,
+        _sink: &mut dyn BackingStoreSink,
+    ) -> DriverResult<u64> {
         ctx.check()?;
         Err(KubeError::refused(
             Code::FailedPrecondition,
@@ -1647,8 +1653,8 @@ impl HostDriver for KubeHost {
         &self,
         ctx: &CallCtx,
         t: &Target,
-        _data: &[u8],
-    ) -> DriverResult<()> {
+        _source: &mut dyn BackingStoreSource,
+    ) -> DriverResult<u64> {
         ctx.check()?;
         Err(KubeError::refused(
             Code::FailedPrecondition,

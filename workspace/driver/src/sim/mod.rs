@@ -98,8 +98,9 @@ pub use model::{
 };
 
 use crate::{
-    ANNOTATION_CREATED_BY, CallCtx, ControlPlaneStatus, DriverError, DriverResult, HostDriver,
-    NamespaceOutcome, Owner, ReleaseInfo, ReleaseValues, Target,
+    ANNOTATION_CREATED_BY, BackingStoreSink, BackingStoreSource, CallCtx, ControlPlaneStatus,
+    DriverError, DriverResult, HostDriver, MemorySource, NamespaceOutcome, Owner, ReleaseInfo,
+    ReleaseValues, Target,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -862,17 +863,42 @@ impl HostDriver for SimHost {
         Ok(release.is_some_and(|r| r.is_running(now)))
     }
 
-    async fn dump_backing_store(&self, ctx: &CallCtx, t: &Target) -> DriverResult<Vec<u8>> {
+    async fn dump_backing_store(
+        &self,
+        ctx: &CallCtx,
+        t: &Target,
+        sink: &mut dyn BackingStoreSink,
+    ) -> DriverResult<u64> {
         self.enter(ctx, "dump_backing_store", t).await?;
         let (r, now) = self.read_required(t).await?;
         if !r.is_running(now) {
             return Err(not_running(t));
         }
-        Ok(r.backing_store)
+        let data = bytes::Bytes::from(r.backing_store);
+        let size = data.len() as u64;
+        let mut rest = data;
+        while !rest.is_empty() {
+            let chunk = rest.split_to(rest.len().min(MemorySource::CHUNK));
+            sink.write(chunk).await?;
+        }
+        Ok(size)
     }
 
-    async fn load_backing_store(&self, ctx: &CallCtx, t: &Target, data: &[u8]) -> DriverResult<()> {
+    async fn load_backing_store(
+        &self,
+        ctx: &CallCtx,
+        t: &Target,
+        source: &mut dyn BackingStoreSource,
+    ) -> DriverResult<u64> {
         self.enter(ctx, "load_backing_store", t).await?;
+        // The simulated backing store lives in one database row: collect the stream
+        // (it has checked itself when it ends), then commit in one change.
+        let mut data = Vec::new();
+        while let Some(chunk) = source.next_chunk().await? {
+            data.extend_from_slice(&chunk);
+        }
+        let size = data.len() as u64;
+        let data = data.as_slice();
         self.change(t, "load_backing_store", |s| {
             let now = s.now;
             let r = s.release.as_mut().ok_or_else(|| not_found(t))?;
@@ -892,6 +918,7 @@ impl HostDriver for SimHost {
             }
             Ok(())
         })
-        .await
+        .await?;
+        Ok(size)
     }
 }
