@@ -72,7 +72,7 @@ fn snapshot_and_restore_through_ovc_dev_on_s3() {
         ),
     );
     assert_eq!(op["state"], "SUCCEEDED", "{op}");
-    let id = op["result"]["snapshot_id"].as_str().unwrap().to_string();
+    let id = op["result"]["id"].as_str().unwrap().to_string();
     let (s, snap) = dev.call("GET", &format!("/v1/snapshots/{id}"), None);
     assert_eq!((s, snap["state"].as_str()), (200, Some("READY")), "{snap}");
     let artifact = format!("snapshots/default/team-a/{id}/");

@@ -265,9 +265,17 @@ fn to_u32(v: Option<i32>) -> u32 {
     v.and_then(|v| u32::try_from(v).ok()).unwrap_or(0)
 }
 
+/// Installs ring as rustls's process-wide crypto provider (the binary's one TLS stack)
+/// unless one is installed: OpenDAL's HTTP client also compiles aws-lc-rs, and rustls
+/// refuses to guess between two providers.
+fn ensure_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 impl KubeHost {
     /// A driver on `client` (the host cluster).
     pub fn new(client: Client, config: KubeHostConfig) -> Self {
+        ensure_crypto_provider();
         KubeHost {
             client,
             helm: Arc::new(Helm::new(config.helm.clone())),
@@ -280,6 +288,7 @@ impl KubeHost {
     /// and the `OVC_*` settings of [`KubeHostConfig::from_env`]. Fails with a message
     /// naming `KUBECONFIG` when there is no usable configuration.
     pub async fn from_env() -> KubeResult<Self> {
+        ensure_crypto_provider();
         let config = KubeHostConfig::from_env()?;
         let kube = kube::Config::infer().await.map_err(|e| {
             KubeError::Config(format!(
@@ -1507,6 +1516,7 @@ pub fn rewrite_server(kubeconfig: &str, server: &str) -> KubeResult<String> {
 }
 
 async fn default_virtual_api(kubeconfig: String) -> KubeResult<Client> {
+    ensure_crypto_provider();
     let kc = kube::config::Kubeconfig::from_yaml(&kubeconfig)
         .map_err(|e| KubeError::Config(format!("the vcluster's kubeconfig: {e}")))?;
     let config =
