@@ -18,6 +18,10 @@ if [ -z "${DATABASE_URL:-}" ]; then
   export DATABASE_URL=postgres://postgres@127.0.0.1:5432/ovc_test
 fi
 
+# The storage tests run against real servers on loopback (moto, azurite, the GCS
+# emulator, etcd): install and start them unless running (idempotent).
+eval "$(bash scripts/storage-servers.sh)"
+
 # The black-box tests in tests/ run the built `ovc` binary.
 cargo build --workspace --bins
 
