@@ -146,13 +146,16 @@ async fn submit(
     .map(|a| a.operation_id)
 }
 
-/// A command that is valid for a vcluster in `state`, chosen at random.
+/// A command that is valid for a vcluster in `state`, chosen at random. Until a
+/// DELETE_SNAPSHOT has been accepted (`need_delete_snapshot`), the first running
+/// vcluster with a snapshot deletes it: at 1 in 20 a short run could miss the kind.
 fn pick(
     rng: &mut Rng,
     state: Option<VClusterState>,
     replicas: u32,
     snapshot: Option<SnapshotId>,
     vc: &str,
+    need_delete_snapshot: bool,
 ) -> Option<Command> {
     let scale = |r: u32| Command::Scale {
         patch: ScalePatch {
@@ -167,6 +170,11 @@ fn pick(
         None | Some(VClusterState::Deleted) => Some(Command::Create {
             spec: VClusterSpec::default(),
         }),
+        Some(VClusterState::Running) if need_delete_snapshot && snapshot.is_some() => {
+            Some(Command::DeleteSnapshot {
+                snapshot_id: snapshot?,
+            })
+        }
         Some(VClusterState::Running) => Some(match rng.below(20) {
             0..=5 => Command::Suspend {
                 snapshot: rng.below(2) == 0,
@@ -259,6 +267,7 @@ async fn crash_test(
     let mut accepted: Vec<OperationId> = Vec::new();
     let mut snapshots: HashMap<String, SnapshotId> = HashMap::new();
     let mut snapshot_ops: HashMap<OperationId, String> = HashMap::new();
+    let mut deleted_a_snapshot = false;
     let start = Instant::now();
     let mut next_kill = Instant::now() + Duration::from_millis(700 + rng.below(600));
     let mut kills = 0;
@@ -300,6 +309,7 @@ async fn crash_test(
             replicas,
             snapshots.get(vc).copied(),
             vc,
+            !deleted_a_snapshot,
         ) else {
             tokio::time::sleep(Duration::from_millis(5)).await;
             continue;
@@ -311,6 +321,7 @@ async fn crash_test(
         // After a delete of the vcluster or of its snapshot, no restore picks that
         // snapshot again.
         let is_delete = matches!(command, Command::Delete {} | Command::DeleteSnapshot { .. });
+        let is_delete_snapshot = matches!(command, Command::DeleteSnapshot { .. });
         match submit(store.as_ref(), vc, command).await {
             Ok(id) => {
                 accepted.push(id);
@@ -320,6 +331,7 @@ async fn crash_test(
                 if is_delete {
                     snapshots.remove(vc);
                 }
+                deleted_a_snapshot |= is_delete_snapshot;
             }
             // UNAVAILABLE is "safe to retry" (API.md): SQLite answers busy while a killed
             // worker's half-written transaction is rolled back. A client retries.

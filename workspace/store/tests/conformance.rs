@@ -1163,16 +1163,19 @@ async fn queue_lease_steal_and_fencing(backend: Backend) {
             .await
             .expect("create"),
     );
-    let lease = Duration::milliseconds(800);
+    // Wide margins: the machine running the suite may be busy, and a late call must not
+    // turn "still held" into "expired".
+    let lease = Duration::milliseconds(3000);
     let mine = store
         .claim_runs("w1", lease, 1)
         .await
         .expect("claim")
         .remove(0);
-    // Renewal keeps it: 1.1 s after the claim (past the first lease) it is still held.
-    sleep_ms(550).await;
+    // Renewal keeps it: 3.5 s after the claim (past the first lease) it is still held.
+    sleep_ms(2000).await;
     store.renew_lease(mine.lease(), lease).await.expect("renew");
-    sleep_ms(550).await;
+    let renewed = std::time::Instant::now();
+    sleep_ms(1500).await;
     assert!(
         store
             .claim_runs("w2", lease, 1)
@@ -1181,7 +1184,8 @@ async fn queue_lease_steal_and_fencing(backend: Backend) {
             .is_empty()
     );
     // w1 stops renewing (crashed or paused); the lease expires and w2 steals it.
-    sleep_ms(400).await;
+    let expired = renewed + lease.to_std().expect("lease") + std::time::Duration::from_millis(300);
+    tokio::time::sleep_until(expired.into()).await;
     let stolen = store.claim_runs("w2", lease, 1).await.expect("claim");
     assert_eq!(stolen.len(), 1);
     assert_eq!(stolen[0].id, mine.id);
@@ -1244,7 +1248,7 @@ async fn queue_lease_steal_and_fencing(backend: Backend) {
         "the steal overlapped the first lease: {history:?}"
     );
     assert!(
-        history[0].lease_until >= history[0].claimed_at + Duration::milliseconds(1300),
+        history[0].lease_until >= history[0].claimed_at + Duration::milliseconds(4500),
         "renewal: {history:?}"
     );
 }
@@ -1259,7 +1263,7 @@ async fn queue_reschedule_is_a_durable_timer(backend: Backend) {
         .await
         .expect("claim")
         .remove(0);
-    let after = Duration::milliseconds(1000);
+    let after = Duration::milliseconds(3000);
     committed(
         store
             .commit(Commit {
@@ -1279,7 +1283,7 @@ async fn queue_reschedule_is_a_durable_timer(backend: Backend) {
         .expect("due")
         .expect("a timer");
     assert!(
-        due > std::time::Duration::from_millis(500) && due <= after.to_std().expect("after"),
+        due > std::time::Duration::from_millis(1500) && due <= after.to_std().expect("after"),
         "due in {due:?}"
     );
     // A later run of the same vcluster waits behind it (one operation at a time).
@@ -1291,7 +1295,7 @@ async fn queue_reschedule_is_a_durable_timer(backend: Backend) {
             .expect("c")
             .is_empty()
     );
-    sleep_ms(1100).await;
+    sleep_ms(3100).await;
     let again = store
         .claim_runs("w2", Duration::seconds(5), 5)
         .await
@@ -1354,8 +1358,8 @@ async fn queue_leases_and_timers_ignore_the_process_clock(backend: Backend) {
             "{who}: a lease ends later than asked ({due:?})"
         );
     }
-    // Renewals by either keep the lease; a durable timer of 800 ms set by the fast
-    // clock fires after 800 ms for everybody (not 10 s later), and not before.
+    // Renewals by either keep the lease; a durable timer of 2 s set by the fast
+    // clock fires after 2 s for everybody (not 10 s later), and not before.
     behind
         .renew_lease(held[0].lease(), lease)
         .await
@@ -1365,7 +1369,7 @@ async fn queue_leases_and_timers_ignore_the_process_clock(backend: Backend) {
             .commit(Commit {
                 fence: Some(fast[0].lease()),
                 run_update: Some(RunUpdate::Reschedule {
-                    after: Duration::milliseconds(800),
+                    after: Duration::milliseconds(2000),
                 }),
                 ..Commit::default()
             })
@@ -1380,7 +1384,7 @@ async fn queue_leases_and_timers_ignore_the_process_clock(backend: Backend) {
             .is_empty(),
         "the timer fired early for the fast clock"
     );
-    sleep_ms(1000).await;
+    sleep_ms(2200).await;
     let fired = behind.claim_runs("behind", lease, 5).await.expect("claim");
     assert_eq!(fired.len(), 1, "the timer did not fire for the slow clock");
     assert_eq!(fired[0].id, fast[0].id);
