@@ -89,6 +89,9 @@ pub async fn take_snapshot(ctx: &StepCtx, description: Option<String>) -> StepRe
         "kubernetes_version": spec.kubernetes_version,
         "labels": spec.labels,
         "release_revision": release.map(|r| r.revision),
+        // So that `ovc snapshot import` can register the artifact from its manifest alone.
+        "vcluster_uid": ctx.vcluster_uid,
+        "description": description,
     });
     let input = ManifestInput {
         snapshot_id: id.to_string(),

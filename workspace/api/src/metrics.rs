@@ -309,6 +309,19 @@ pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError>
     }
     let _ = writeln!(
         out,
+        "# HELP ovc_snapshots Snapshots by state (MISSING: the inventory found the artifact gone)."
+    );
+    let _ = writeln!(out, "# TYPE ovc_snapshots gauge");
+    for st in ovc_types::state::SnapshotState::ALL {
+        let n = stats
+            .snapshots
+            .iter()
+            .find(|(s, _)| s == st.as_str())
+            .map_or(0, |(_, n)| *n);
+        let _ = writeln!(out, "ovc_snapshots{{state=\"{}\"}} {n}", st.as_str());
+    }
+    let _ = writeln!(
+        out,
         "# HELP ovc_runs Runs in the queue by status (queue depth)."
     );
     let _ = writeln!(out, "# TYPE ovc_runs gauge");

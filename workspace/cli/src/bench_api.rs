@@ -100,6 +100,7 @@ async fn start_worker(
         idle_poll_ms: None,
         name: Some(format!("bench-api-{}", uuid::Uuid::new_v4().simple())),
         ready_timeout: ovc_engine::model::DEFAULT_READY_TIMEOUT,
+        inventory_every: None,
         workflows: "vcluster".into(),
     };
     let worker = crate::worker::build(

@@ -239,6 +239,7 @@ async fn measure(
         idle_poll_ms: None,
         name: Some("bench-feeds".into()),
         ready_timeout: ovc_engine::model::DEFAULT_READY_TIMEOUT,
+        inventory_every: None,
         workflows: "vcluster".into(),
     };
     let worker = crate::worker::build(

@@ -46,6 +46,9 @@ pub struct DevArgs {
     /// operation compensates (as `ovc worker --ready-timeout`).
     #[arg(long, env = "OVC_READY_TIMEOUT", default_value = "10m", value_parser = crate::worker::parse_ready_timeout)]
     pub ready_timeout: std::time::Duration,
+    /// How often the snapshot inventory runs (`off` to disable), as for `ovc worker`.
+    #[arg(long, env = "OVC_INVENTORY_EVERY", default_value = "1h", value_parser = crate::worker::parse_inventory_every)]
+    pub inventory_every: ::std::option::Option<std::time::Duration>,
 }
 
 /// Runs `ovc dev`.
@@ -87,6 +90,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         idle_poll_ms: None,
         name: None,
         ready_timeout: args.ready_timeout,
+        inventory_every: args.inventory_every,
         workflows: "vcluster".into(),
     };
     // One driver for the workers and the kubeconfig route.

@@ -12,6 +12,7 @@ mod bench_workflows;
 mod client;
 mod dev;
 mod serve;
+mod snapshot_import;
 mod tail;
 mod tls;
 mod worker;
@@ -63,12 +64,12 @@ enum Command {
         #[command(subcommand)]
         command: client::OpsCommand,
     },
-    /// Snapshots on a running server.
+    /// Snapshots on a running server (and `import`, on the database and storage).
     Snapshot {
         #[command(flatten)]
         conn: client::Conn,
         #[command(subcommand)]
-        command: client::SnapshotCommand,
+        command: SnapshotCli,
     },
     /// Events of the log (the progress feed).
     Events {
@@ -80,6 +81,17 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+}
+
+/// `ovc snapshot ...`.
+#[derive(Debug, Subcommand)]
+enum SnapshotCli {
+    #[command(flatten)]
+    Server(client::SnapshotCommand),
+    /// Register artifacts of the snapshot storage whose index entries were lost, from
+    /// their manifests (works on the database and the storage directly, like `ovc token`;
+    /// honours --project and -o json). Exit 1 when a manifest was refused.
+    Import(snapshot_import::ImportArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,9 +145,16 @@ async fn main() -> anyhow::Result<()> {
         Command::Ops { conn, command } => {
             std::process::exit(client::ops(conn, command).await.code())
         }
-        Command::Snapshot { conn, command } => {
-            std::process::exit(client::snapshot(conn, command).await.code())
-        }
+        Command::Snapshot {
+            conn,
+            command: SnapshotCli::Server(command),
+        } => std::process::exit(client::snapshot(conn, command).await.code()),
+        Command::Snapshot {
+            conn,
+            command: SnapshotCli::Import(args),
+        } => std::process::exit(
+            snapshot_import::run(args, conn.project, conn.output == "json").await?,
+        ),
         Command::Serve(args) => serve::run(args).await,
         Command::Token { command } => match command {
             TokenCommand::Create(args) => serve::create_token(args).await,

@@ -188,9 +188,10 @@ pub async fn serve_grpc(
     }
 }
 
-/// Where the token commands find the store.
+/// Where the commands that work on the database directly (`ovc token`, `ovc snapshot
+/// import`) find the store.
 #[derive(Debug, Args)]
-pub struct TokenStoreArgs {
+pub struct DatabaseArgs {
     /// sqlite://PATH or postgres://USER@HOST/DB.
     #[arg(long, env = "OVC_DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
@@ -199,8 +200,9 @@ pub struct TokenStoreArgs {
     pub pg_schema: Option<String>,
 }
 
-impl TokenStoreArgs {
-    async fn open(&self) -> anyhow::Result<Arc<dyn ovc_store::Store>> {
+impl DatabaseArgs {
+    /// Opens the store (not migrated here: the server or `ovc migrate` does that).
+    pub async fn open(&self) -> anyhow::Result<Arc<dyn ovc_store::Store>> {
         let config = StoreConfig {
             pg_schema: self.pg_schema.clone(),
             ..StoreConfig::default()
@@ -215,7 +217,7 @@ impl TokenStoreArgs {
 #[derive(Debug, Args)]
 pub struct TokenCreateArgs {
     #[command(flatten)]
-    pub store: TokenStoreArgs,
+    pub store: DatabaseArgs,
     /// The project the token may see and touch.
     #[arg(long)]
     pub project: String,
@@ -287,7 +289,7 @@ pub async fn create_token(args: TokenCreateArgs) -> anyhow::Result<()> {
 #[derive(Debug, Args)]
 pub struct TokenListArgs {
     #[command(flatten)]
-    pub store: TokenStoreArgs,
+    pub store: DatabaseArgs,
     /// Only this project's tokens.
     #[arg(long)]
     pub project: Option<String>,
@@ -341,7 +343,7 @@ pub async fn list_tokens(args: TokenListArgs) -> anyhow::Result<()> {
 #[derive(Debug, Args)]
 pub struct TokenRevokeArgs {
     #[command(flatten)]
-    pub store: TokenStoreArgs,
+    pub store: DatabaseArgs,
     /// The token's id (from `ovc token list`).
     pub id: String,
 }

@@ -61,6 +61,11 @@ pub struct WorkerArgs {
     /// `10m`, `1h`, `500ms`.
     #[arg(long, env = "OVC_READY_TIMEOUT", default_value = "10m", value_parser = parse_ready_timeout)]
     pub ready_timeout: Duration,
+    /// How often this process checks that every READY snapshot in its storage still has
+    /// its artifact (ones that do not become MISSING, and READY again once it is back):
+    /// `1h`, `10m`, ..., or `off`. Lists keys and reads manifests only.
+    #[arg(long, env = "OVC_INVENTORY_EVERY", default_value = "1h", value_parser = parse_inventory_every)]
+    pub inventory_every: ::std::option::Option<Duration>,
     /// Which workflows to run: `vcluster` (the product) or `bench` (the five-step
     /// benchmark workflow, for `ovc bench workflows`).
     #[arg(long, value_parser = ["vcluster", "bench"], default_value = "vcluster", hide = true)]
@@ -115,6 +120,16 @@ pub async fn host(host: &str, database_url: &str, pg_schema: Option<&str>) -> an
             })
         }
     }
+}
+
+/// Parses `--inventory-every`: a duration as for `--ready-timeout`, or `off`.
+pub fn parse_inventory_every(s: &str) -> Result<Option<Duration>, String> {
+    if s == "off" {
+        return Ok(None);
+    }
+    parse_ready_timeout(s)
+        .map(Some)
+        .map_err(|e| format!("{e}, or off"))
 }
 
 /// Parses `--ready-timeout`: a positive whole number with a unit (`ms`, `s`, `m`, `h`).
@@ -188,6 +203,17 @@ pub async fn build_with(
             ovc_snapshots::object_url::redact(&args.artifacts)
         )
     })?;
+    let artifacts: Arc<dyn ovc_snapshots::ArtifactStore> = Arc::new(artifacts);
+    if let Some(every) = args.inventory_every {
+        tokio::spawn(
+            Arc::new(ovc_engine::inventory::SnapshotInventory::default()).run(
+                store.clone(),
+                artifacts.clone(),
+                every,
+                shutdown_signal(),
+            ),
+        );
+    }
     let exec = Executor {
         store,
         registry: Arc::new(if args.workflows == "bench" {
@@ -197,9 +223,7 @@ pub async fn build_with(
         }),
         driver: host.driver,
         step_hook: host.step_hook,
-        services: Arc::new(Services {
-            artifacts: Arc::new(artifacts),
-        }),
+        services: Arc::new(Services { artifacts }),
         clock,
         ids: Arc::new(RandomIds),
         retry: RetryPolicy::default(),
@@ -303,6 +327,18 @@ mod tests {
         assert_eq!(parse_ready_timeout("500ms"), Ok(Duration::from_millis(500)));
         for bad in ["", "10", "0s", "-1s", "1d", "1.5m", "m", "10 m"] {
             assert!(parse_ready_timeout(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn inventory_intervals_parse_or_turn_it_off() {
+        assert_eq!(
+            parse_inventory_every("1h"),
+            Ok(Some(Duration::from_secs(3600)))
+        );
+        assert_eq!(parse_inventory_every("off"), Ok(None));
+        for bad in ["", "0s", "never", "OFF"] {
+            assert!(parse_inventory_every(bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -403,6 +403,14 @@ async fn restorable_spec(
     id: SnapshotId,
 ) -> Result<(VClusterSpec, u64), Status> {
     let snap = visible_snapshot(store, project, id).await?;
+    if snap.state == SnapshotState::Missing {
+        let why = snap.error.map(|e| e.message).unwrap_or_default();
+        return Err(Status::failed_precondition(format!(
+            "snapshot {id} is MISSING and cannot be restored ({why}); put the artifact back \
+             (the next inventory check makes it READY again) or delete the snapshot"
+        ))
+        .with_reason("SNAPSHOT_MISSING"));
+    }
     if snap.state != SnapshotState::Ready {
         return Err(Status::failed_precondition(format!(
             "snapshot {id} is {}; only READY snapshots can be restored",
@@ -477,7 +485,7 @@ async fn accept_delete_snapshot(
     let snap = visible_snapshot(store, &req.project, snapshot_id).await?;
     let by = |op: Option<OperationId>| op.map(|o| format!(" by operation {o}")).unwrap_or_default();
     match snap.state {
-        SnapshotState::Ready | SnapshotState::Failed => {}
+        SnapshotState::Ready | SnapshotState::Failed | SnapshotState::Missing => {}
         SnapshotState::Creating => {
             return Err(Status::failed_precondition(format!(
                 "snapshot {snapshot_id} is still being written (CREATING{}); wait for it to end",

@@ -9,6 +9,7 @@
 
 pub mod accept;
 pub mod executor;
+pub mod inventory;
 pub mod journal;
 pub mod model;
 pub mod plan;

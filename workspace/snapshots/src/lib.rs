@@ -15,8 +15,10 @@
 //!   [`artifact`] writes and reads whole snapshots through any [`ArtifactStore`],
 //!   writing the data before the manifest, verifying every checksum on read, and
 //!   deleting the manifest before the data.
+//! - [`inventory`] checks that artifacts still exist and finds the ones the index lost.
 
 pub mod artifact;
+pub mod inventory;
 pub mod key;
 pub mod manifest;
 pub mod object_url;

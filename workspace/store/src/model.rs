@@ -494,6 +494,8 @@ pub struct StoreStats {
     pub lease_steals: u64,
     /// Operations by (kind, state).
     pub operations: Vec<(String, String, u64)>,
+    /// Snapshots by state (MISSING ones: their artifact vanished from the storage).
+    pub snapshots: Vec<(String, u64)>,
     /// The event log's head position.
     pub head_position: u64,
 }

@@ -1217,7 +1217,12 @@ impl Store for SqliteStore {
         )
         .fetch_all(&self.reader)
         .await?;
+        let snapshots: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM snapshots GROUP BY state ORDER BY state")
+                .fetch_all(&self.reader)
+                .await?;
         Ok(StoreStats {
+            snapshots: snapshots.into_iter().map(|(s, n)| (s, to_u64(n))).collect(),
             runs_queued: to_u64(queued),
             runs_leased: to_u64(leased),
             lease_steals: to_u64(steals),

@@ -382,6 +382,39 @@ pub enum Event {
         /// Why the delete failed.
         error: Status,
     },
+    /// The inventory check found the READY snapshot's artifact incomplete: `missing`
+    /// names what is gone (`manifest.json`, a data file) or changed (a manifest whose
+    /// sha256 is not the recorded one). The snapshot is MISSING.
+    SnapshotArtifactMissing {
+        /// What is gone or changed, one entry per file.
+        missing: Vec<String>,
+    },
+    /// A MISSING snapshot's artifact is complete again (put back from a backup): READY.
+    SnapshotArtifactFound {},
+    /// An artifact whose index entry was lost was registered again from its manifest
+    /// (`ovc snapshot import`): stream `snapshot-<id>`, version 1, READY at once.
+    SnapshotImported {
+        /// The vcluster's uid, from the manifest's metadata (nil when an older manifest
+        /// does not say and no vcluster of that name exists).
+        vcluster_uid: VClusterId,
+        /// The vcluster's name.
+        vcluster: VClusterName,
+        /// The project.
+        project: ProjectName,
+        /// Free text, from the manifest's metadata.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        description: Option<String>,
+        /// When the snapshot was taken (the manifest's `created_at`).
+        taken_at: chrono::DateTime<chrono::Utc>,
+        /// Total bytes.
+        size_bytes: u64,
+        /// SHA-256 of the manifest.
+        sha256: String,
+        /// Where it is (storage URL).
+        location: String,
+        /// Spec, helm values, versions, labels.
+        metadata: serde_json::Value,
+    },
     // ---- audit-<project> ----------------------------------------------------------
     /// Somebody read a vcluster's kubeconfig (a full-control credential). Who and which
     /// vcluster, never the content; when = the event's commit time.
@@ -466,6 +499,9 @@ impl Event {
             Event::SnapshotDeleteRequested { .. } => "SnapshotDeleteRequested",
             Event::SnapshotRestoreRequested { .. } => "SnapshotRestoreRequested",
             Event::SnapshotDeleteFailed { .. } => "SnapshotDeleteFailed",
+            Event::SnapshotArtifactMissing { .. } => "SnapshotArtifactMissing",
+            Event::SnapshotArtifactFound {} => "SnapshotArtifactFound",
+            Event::SnapshotImported { .. } => "SnapshotImported",
             Event::KubeconfigRead { .. } => "KubeconfigRead",
         }
     }
@@ -571,6 +607,21 @@ mod tests {
             Event::SnapshotDeleteFailed {
                 state: SnapshotState::Failed,
                 error: Status::new(Code::FailedPrecondition, "storage refused"),
+            },
+            Event::SnapshotArtifactMissing {
+                missing: vec!["backing-store.bin".into()],
+            },
+            Event::SnapshotArtifactFound {},
+            Event::SnapshotImported {
+                vcluster_uid: VClusterId(uuid::Uuid::from_u128(8)),
+                vcluster: "team-a".parse().expect("name"),
+                project: "default".parse().expect("project"),
+                description: Some("before the upgrade".into()),
+                taken_at: "2026-11-30T10:00:00Z".parse().expect("time"),
+                size_bytes: 42,
+                sha256: "ab".repeat(32),
+                location: "file:///tmp/x/".into(),
+                metadata: json!({"spec": {}}),
             },
             Event::KubeconfigRead {
                 vcluster_uid: VClusterId(uuid::Uuid::from_u128(8)),

@@ -644,6 +644,67 @@ impl Snapshot {
                 s.deleted_by = None;
                 s
             }
+            Event::SnapshotArtifactMissing { missing: gone } => {
+                let mut s = current.ok_or_else(|| missing(stream, event))?;
+                if s.state != SnapshotState::Ready {
+                    return Err(invalid(stream, event, s.state));
+                }
+                s.state = SnapshotState::Missing;
+                s.error = Some(
+                    Status::new(
+                        crate::error::Code::FailedPrecondition,
+                        format!(
+                            "the artifact is incomplete in the snapshot storage: {} missing or changed",
+                            gone.join(", ")
+                        ),
+                    )
+                    .with_reason("SNAPSHOT_MISSING"),
+                );
+                s
+            }
+            Event::SnapshotArtifactFound {} => {
+                let mut s = current.ok_or_else(|| missing(stream, event))?;
+                if s.state != SnapshotState::Missing {
+                    return Err(invalid(stream, event, s.state));
+                }
+                s.state = SnapshotState::Ready;
+                s.error = None;
+                s
+            }
+            Event::SnapshotImported {
+                vcluster_uid,
+                vcluster,
+                project,
+                description,
+                taken_at,
+                size_bytes,
+                sha256,
+                location,
+                metadata,
+            } => {
+                if current.is_some() {
+                    return Err(exists(stream, event));
+                }
+                Snapshot {
+                    id,
+                    vcluster: vcluster.clone(),
+                    vcluster_uid: *vcluster_uid,
+                    project: project.clone(),
+                    state: SnapshotState::Ready,
+                    size_bytes: Some(*size_bytes),
+                    sha256: Some(sha256.clone()),
+                    location: Some(location.clone()),
+                    metadata: metadata.clone(),
+                    description: description.clone(),
+                    // A snapshot's id is the id of the operation that wrote it.
+                    operation_id: OperationId(id.0),
+                    error: None,
+                    deleted_by: None,
+                    version,
+                    created_at: *taken_at,
+                    updated_at: at,
+                }
+            }
             _ => return Err(wrong(stream, event)),
         };
         snap.version = version;
@@ -854,6 +915,71 @@ mod tests {
         assert_eq!(gone.state, SnapshotState::Deleted);
         assert_eq!(gone.deleted_by, Some(del));
         assert!(fold(Some(gone), 6, &delete).is_err());
+    }
+
+    #[test]
+    fn a_vanished_artifact_makes_the_snapshot_missing_until_it_is_back() {
+        let id = SnapshotId(uuid::Uuid::from_u128(3));
+        let fold = |s: Option<Snapshot>, v: u64, e: &Event| {
+            Snapshot::apply(s, id, "snap", v, t(v as i64), e)
+        };
+        let imported = Event::SnapshotImported {
+            vcluster_uid: VClusterId(uuid::Uuid::from_u128(9)),
+            vcluster: "team-a".parse().expect("name"),
+            project: "default".parse().expect("project"),
+            description: Some("nightly".into()),
+            taken_at: t(-100),
+            size_bytes: 3,
+            sha256: "ab".into(),
+            location: "file:///x/".into(),
+            metadata: serde_json::json!({}),
+        };
+        let ready = fold(None, 1, &imported).expect("imported");
+        assert_eq!(ready.state, SnapshotState::Ready);
+        assert_eq!(
+            ready.created_at,
+            t(-100),
+            "the time it was taken, not imported"
+        );
+        assert_eq!(ready.operation_id, OperationId(id.0));
+        assert!(
+            fold(Some(ready.clone()), 2, &imported).is_err(),
+            "imported twice"
+        );
+        let lost = Event::SnapshotArtifactMissing {
+            missing: vec!["backing-store.bin".into()],
+        };
+        let missing = fold(Some(ready.clone()), 2, &lost).expect("missing");
+        assert_eq!(missing.state, SnapshotState::Missing);
+        let why = missing.error.clone().expect("why");
+        assert_eq!(why.reason(), Some("SNAPSHOT_MISSING"));
+        assert!(why.message.contains("backing-store.bin"), "{why:?}");
+        assert!(fold(Some(missing.clone()), 3, &lost).is_err());
+        assert!(
+            fold(
+                Some(missing.clone()),
+                3,
+                &Event::SnapshotRestoreRequested {
+                    operation_id: op_id()
+                }
+            )
+            .is_err(),
+            "a MISSING snapshot is never restored"
+        );
+        assert!(
+            fold(
+                Some(missing.clone()),
+                3,
+                &Event::SnapshotDeleteRequested {
+                    operation_id: op_id()
+                }
+            )
+            .is_ok(),
+            "a MISSING snapshot may be deleted"
+        );
+        let back = fold(Some(missing), 3, &Event::SnapshotArtifactFound {}).expect("found");
+        assert_eq!((back.state, back.error), (SnapshotState::Ready, None));
+        assert!(fold(Some(ready), 2, &Event::SnapshotArtifactFound {}).is_err());
     }
 
     #[test]

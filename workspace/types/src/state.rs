@@ -529,16 +529,21 @@ pub enum SnapshotState {
     Deleting,
     /// The artifact was deleted.
     Deleted,
+    /// The inventory check found the READY snapshot's artifact (or part of it) gone
+    /// from the storage: it cannot be restored. READY again if the artifact comes back;
+    /// a DELETE_SNAPSHOT removes what is left and the entry.
+    Missing,
 }
 
 impl SnapshotState {
     /// Every state.
-    pub const ALL: [SnapshotState; 5] = [
+    pub const ALL: [SnapshotState; 6] = [
         SnapshotState::Creating,
         SnapshotState::Ready,
         SnapshotState::Failed,
         SnapshotState::Deleting,
         SnapshotState::Deleted,
+        SnapshotState::Missing,
     ];
 
     /// The wire name.
@@ -549,6 +554,7 @@ impl SnapshotState {
             SnapshotState::Failed => "FAILED",
             SnapshotState::Deleting => "DELETING",
             SnapshotState::Deleted => "DELETED",
+            SnapshotState::Missing => "MISSING",
         }
     }
 
@@ -557,10 +563,14 @@ impl SnapshotState {
         Self::ALL.into_iter().find(|v| v.as_str() == s)
     }
 
-    /// True when a DELETE_SNAPSHOT may start: READY, or FAILED (a failed write or a
-    /// failed earlier delete leaves objects behind that only a delete removes).
+    /// True when a DELETE_SNAPSHOT may start: READY, or FAILED or MISSING (a failed
+    /// write, a failed earlier delete or a partly vanished artifact leaves objects behind
+    /// that only a delete removes).
     pub fn is_deletable(self) -> bool {
-        matches!(self, SnapshotState::Ready | SnapshotState::Failed)
+        matches!(
+            self,
+            SnapshotState::Ready | SnapshotState::Failed | SnapshotState::Missing
+        )
     }
 }
 
@@ -722,13 +732,16 @@ mod tests {
     }
 
     #[test]
-    fn only_ready_and_failed_snapshots_are_deletable() {
+    fn only_ready_failed_and_missing_snapshots_are_deletable() {
         for s in SnapshotState::ALL {
             assert_eq!(SnapshotState::parse(s.as_str()), Some(s));
             assert_eq!(serde_json::to_value(s).expect("ser"), s.as_str());
             assert_eq!(
                 s.is_deletable(),
-                matches!(s, SnapshotState::Ready | SnapshotState::Failed),
+                matches!(
+                    s,
+                    SnapshotState::Ready | SnapshotState::Failed | SnapshotState::Missing
+                ),
                 "{s:?}"
             );
         }
