@@ -11,9 +11,11 @@
 //! store database, fault injection) and [`kube::KubeHost`] (a real cluster: kube-rs +
 //! the helm binary). The `conformance` feature adds [`conformance`], the behaviours every
 //! driver must have, and `kube::fake`, a fake Kubernetes API server to run them on.
+//! [`etcd`] dumps and loads an etcd backing store through the etcd v3 API.
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod etcd;
 pub mod kube;
 pub mod sim;
 
