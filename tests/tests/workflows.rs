@@ -100,6 +100,7 @@ impl Case {
             Case::RestoreNew => &[
                 "verify_snapshot",
                 "create_namespace",
+                "hold_control_plane",
                 "install_release",
                 "pause_control_plane",
                 "load_backing_store",
