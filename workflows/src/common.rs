@@ -9,10 +9,10 @@ use ovc_snapshots::{
     BACKING_STORE_FILE, ManifestInput, SnapshotError, SnapshotWriter, VerifiedStream,
     WrittenSnapshot, artifact_prefix, open_backing_store, read_manifest, verify_snapshot,
 };
-use ovc_types::{ObjectLocation, SnapshotId};
 use ovc_types::error::Code;
 use ovc_types::event::{Event, StreamName};
 use ovc_types::spec::VClusterSpec;
+use ovc_types::{ObjectLocation, SnapshotId};
 use std::time::Duration;
 
 /// How often waits look again.

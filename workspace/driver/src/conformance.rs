@@ -13,11 +13,11 @@ use crate::{
 };
 use async_trait::async_trait;
 use bytes::Bytes;
+use ovc_types::error::Code;
+use ovc_types::spec::VClusterSpec;
 use ovc_types::{ObjectLocation, OperationId};
 use std::collections::BTreeMap;
-use ovc_types::error::Code;
 use std::sync::{Arc, Mutex};
-use ovc_types::spec::VClusterSpec;
 use std::time::Duration;
 
 /// A driver under test and its harness.

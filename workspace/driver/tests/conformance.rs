@@ -5,13 +5,13 @@
 
 use async_trait::async_trait;
 use ovc_driver::conformance::{ConformanceHost, ObjectShelf, run_all};
-use ovc_types::ObjectLocation;
 use ovc_driver::kube::KubeHost;
 use ovc_driver::kube::fake::{FakeCluster, install_stand_in_helm};
 use ovc_driver::sim::{SimConfig, SimHost};
 use ovc_driver::{HostDriver, Target};
 use ovc_store::Backend;
 use ovc_testkit::TestDb;
+use ovc_types::ObjectLocation;
 use std::time::Duration;
 
 ovc_testkit::both_backends!(conformance_of_the_simulated_host);

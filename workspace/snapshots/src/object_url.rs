@@ -419,11 +419,15 @@ fn azblob_endpoint(endpoint: Option<&str>, env: &dyn StorageEnv) -> String {
     if let Some(e) = endpoint {
         return e.to_string();
     }
-    let conn = env.var("AZURE_STORAGE_CONNECTION_STRING").unwrap_or_default();
+    let conn = env
+        .var("AZURE_STORAGE_CONNECTION_STRING")
+        .unwrap_or_default();
     let field = |name: &str| {
         conn.split(';').find_map(|kv| {
             let (k, v) = kv.split_once('=')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
         })
     };
     if let Some(e) = field("BlobEndpoint") {

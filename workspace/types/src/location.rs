@@ -95,6 +95,11 @@ mod tests {
             key: "k/x".into(),
         };
         assert_eq!(az.url(), "https://acct.blob.core.windows.net/c/k/x");
-        assert!(ObjectLocation::Local { url: "memory://".into() }.is_local());
+        assert!(
+            ObjectLocation::Local {
+                url: "memory://".into()
+            }
+            .is_local()
+        );
     }
 }

@@ -973,7 +973,11 @@ impl FakeCluster {
                 .and_then(|sec| sec["data"]["snapshotOptions"].as_str().map(unb64))
                 .and_then(|raw| serde_json::from_slice::<Value>(&raw).ok());
             let data = st.virtual_data.get(&format!("{ns}/{release}")).cloned();
-            req["status"] = match (&st.fail_snapshots, options.as_ref().and_then(storage_key), data) {
+            req["status"] = match (
+                &st.fail_snapshots,
+                options.as_ref().and_then(storage_key),
+                data,
+            ) {
                 (Some(message), _, _) => {
                     json!({"phase": "Failed", "error": {"message": message}})
                 }

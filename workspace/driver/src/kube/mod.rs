@@ -1384,9 +1384,7 @@ impl KubeHost {
             metadata: ObjectMeta {
                 name: Some(secret_name.clone()),
                 labels: Some([("app".to_string(), "vcluster-snapshot".to_string())].into()),
-                annotations: Some(
-                    [(NEW_VCLUSTER.to_string(), new_vcluster.to_string())].into(),
-                ),
+                annotations: Some([(NEW_VCLUSTER.to_string(), new_vcluster.to_string())].into()),
                 ..ObjectMeta::default()
             },
             data: Some(
@@ -1840,8 +1838,7 @@ impl HostDriver for KubeHost {
                     self.delete_snapshot_request(t, &storage.url).await?;
                     return Err(DriverError::transient(format!(
                         "the snapshot request of {} for {} was canceled (a newer request for                          the same location); asking again",
-                        t.release,
-                        location
+                        t.release, location
                     )));
                 }
                 SnapshotPhase::Pending | SnapshotPhase::InProgress(_) => {
@@ -1852,8 +1849,7 @@ impl HostDriver for KubeHost {
                     self.wait_again(ctx, started, || {
                         format!(
                             "the snapshot of {} to {} is still {shown}",
-                            t.release,
-                            location
+                            t.release, location
                         )
                     })
                     .await?;
@@ -1862,8 +1858,7 @@ impl HostDriver for KubeHost {
                         None => {
                             return Err(DriverError::transient(format!(
                                 "the snapshot request of {} for {} disappeared; asking again",
-                                t.release,
-                                location
+                                t.release, location
                             )));
                         }
                     };
@@ -1898,8 +1893,7 @@ impl HostDriver for KubeHost {
                     self.wait_again(ctx, started, || {
                         format!(
                             "the restore pod of {} (from {}) is still running",
-                            t.release,
-                            location
+                            t.release, location
                         )
                     })
                     .await?;

@@ -300,7 +300,10 @@ mod tests {
             "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=S3CR3TKEY==".to_string(),
         )]);
         let s = vcluster_storage(&loc, &creds).unwrap();
-        assert_eq!(s.url, "https://acct.blob.core.windows.net/c/k/backing-store.bin");
+        assert_eq!(
+            s.url,
+            "https://acct.blob.core.windows.net/c/k/backing-store.bin"
+        );
         assert_eq!(s.options["azure"]["storage-key"], "S3CR3TKEY==");
         assert_eq!(s.options["azure"]["blob-url"], s.url);
     }
