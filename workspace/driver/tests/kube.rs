@@ -1488,3 +1488,49 @@ async fn restore_into_a_new_vcluster_holds_it_with_the_quota_and_passes_new_vclu
         .await
         .expect("unhold is idempotent");
 }
+
+#[tokio::test]
+async fn a_canceled_snapshot_request_is_removed_and_asked_for_again() {
+    let e = env();
+    running(&e, 1).await;
+    let mut sink = e.fake.shelf().sink(location("op-5"));
+    let short = || {
+        ctx("upload_snapshot").with_deadline(std::time::Instant::now() + Duration::from_millis(60))
+    };
+    assert!(matches!(
+        e.host.dump_backing_store(&short(), &t(), &mut sink).await,
+        Err(DriverError::Transient { .. })
+    ));
+    let first = e.fake.names(CMS);
+    assert_eq!(first.len(), 1);
+    // A newer request for the same URL made vcluster cancel this one.
+    let cm = e.fake.object(CMS, &first[0]).unwrap();
+    let mut req: Value =
+        serde_json::from_str(cm["data"]["snapshotRequest"].as_str().unwrap()).unwrap();
+    req["status"] = json!({"phase": "Canceled"});
+    e.fake.patch(
+        CMS,
+        &first[0],
+        &json!({"data": {"snapshotRequest": req.to_string()}}),
+    );
+    match e.host.dump_backing_store(&short(), &t(), &mut sink).await {
+        Err(DriverError::Transient { message, .. }) => {
+            assert!(message.contains("canceled"), "{message}")
+        }
+        other => panic!("canceled → transient: {other:?}"),
+    }
+    assert!(
+        e.fake.names(CMS).is_empty(),
+        "the canceled request was removed"
+    );
+    with_controllers(
+        &e,
+        e.host
+            .dump_backing_store(&ctx("upload_snapshot"), &t(), &mut sink),
+    )
+    .await
+    .expect("asked again, completed");
+    let now = e.fake.names(CMS);
+    assert_eq!(now.len(), 1);
+    assert_ne!(now, first, "a new request");
+}
