@@ -100,6 +100,7 @@ impl Case {
             Case::RestoreNew => &[
                 "verify_snapshot",
                 "create_namespace",
+                "hold_control_plane",
                 "install_release",
                 "pause_control_plane",
                 "load_backing_store",
@@ -334,7 +335,7 @@ async fn a_permanent_failure_at_each_step_compensates_to_the_prior_state() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 33);
+    assert_eq!(checked, 34);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,10 +9,10 @@ use ovc_snapshots::{
     BACKING_STORE_FILE, ManifestInput, SnapshotError, SnapshotWriter, VerifiedStream,
     WrittenSnapshot, artifact_prefix, open_backing_store, read_manifest, verify_snapshot,
 };
-use ovc_types::SnapshotId;
 use ovc_types::error::Code;
 use ovc_types::event::{Event, StreamName};
 use ovc_types::spec::VClusterSpec;
+use ovc_types::{ObjectLocation, SnapshotId};
 use std::time::Duration;
 
 /// How often waits look again.
@@ -146,7 +146,9 @@ pub async fn dump_to_artifact(
         .map_err(artifact_error)?;
     let mut sink = ArtifactSink {
         location: store.url(&format!("{}{BACKING_STORE_FILE}", dir(prefix))),
-        writer,
+        object: writer.data_location(),
+        writer: Some(writer),
+        adopted: None,
         failure: None,
     };
     let dumped = ctx
@@ -154,16 +156,29 @@ pub async fn dump_to_artifact(
         .dump_backing_store(&ctx.call, &ctx.target, &mut sink)
         .await;
     let ArtifactSink {
-        writer, failure, ..
+        writer,
+        adopted,
+        failure,
+        ..
     } = sink;
-    match (dumped, failure) {
-        (Ok(_), None) => writer.finish().await.map_err(artifact_error),
-        (_, Some(e)) => {
-            writer.abort().await;
+    match (dumped, failure, adopted, writer) {
+        // The host wrote the object itself and the sink adopted it: manifest written.
+        (Ok(_), None, Some(written), _) => Ok(written),
+        (Ok(_), None, None, Some(writer)) => writer.finish().await.map_err(artifact_error),
+        (Ok(_), None, None, None) => Err(StepError::permanent(
+            Code::Internal,
+            "the snapshot writer was given up without a result",
+        )),
+        (_, Some(e), _, writer) => {
+            if let Some(writer) = writer {
+                writer.abort().await;
+            }
             Err(artifact_error(e))
         }
-        (Err(e), None) => {
-            writer.abort().await;
+        (Err(e), None, _, writer) => {
+            if let Some(writer) = writer {
+                writer.abort().await;
+            }
             Err(e.into())
         }
     }
@@ -186,6 +201,7 @@ pub async fn load_from_artifact(
         .map_err(artifact_error)?;
     let mut source = ArtifactSource {
         location: store.url(&format!("{}{BACKING_STORE_FILE}", dir(prefix))),
+        object: store.object_location(&format!("{}{BACKING_STORE_FILE}", dir(prefix))),
         stream,
         failure: None,
     };
@@ -208,7 +224,10 @@ fn dir(prefix: &str) -> String {
 /// step reports it as it is (transient or not) rather than as a host error.
 struct ArtifactSink<'a> {
     location: String,
-    writer: SnapshotWriter<'a>,
+    object: ObjectLocation,
+    /// `None` once the host's own object was adopted.
+    writer: Option<SnapshotWriter<'a>>,
+    adopted: Option<WrittenSnapshot>,
     failure: Option<SnapshotError>,
 }
 
@@ -218,12 +237,43 @@ impl BackingStoreSink for ArtifactSink<'_> {
         &self.location
     }
 
+    fn object(&self) -> ObjectLocation {
+        self.object.clone()
+    }
+
     async fn write(&mut self, chunk: Bytes) -> DriverResult<()> {
-        self.writer.write(chunk).await.map_err(|e| {
+        let Some(writer) = self.writer.as_mut() else {
+            return Err(DriverError::permanent(
+                Code::FailedPrecondition,
+                "the host's own object was already adopted as this snapshot's data",
+            ));
+        };
+        writer.write(chunk).await.map_err(|e| {
             let d = driver_error(&e);
             self.failure = Some(e);
             d
         })
+    }
+
+    async fn adopt_written(&mut self) -> DriverResult<u64> {
+        let Some(writer) = self.writer.take() else {
+            return Err(DriverError::permanent(
+                Code::FailedPrecondition,
+                "the host's own object was already adopted as this snapshot's data",
+            ));
+        };
+        match writer.adopt_written().await {
+            Ok(written) => {
+                let size = written.manifest.files.iter().map(|f| f.size).sum();
+                self.adopted = Some(written);
+                Ok(size)
+            }
+            Err(e) => {
+                let d = driver_error(&e);
+                self.failure = Some(e);
+                Err(d)
+            }
+        }
     }
 }
 
@@ -231,6 +281,7 @@ impl BackingStoreSink for ArtifactSink<'_> {
 /// [`ArtifactSink`]).
 struct ArtifactSource {
     location: String,
+    object: ObjectLocation,
     stream: VerifiedStream,
     failure: Option<SnapshotError>,
 }
@@ -239,6 +290,14 @@ struct ArtifactSource {
 impl BackingStoreSource for ArtifactSource {
     fn location(&self) -> &str {
         &self.location
+    }
+
+    fn object(&self) -> ObjectLocation {
+        self.object.clone()
+    }
+
+    fn size(&self) -> u64 {
+        self.stream.file().size
     }
 
     async fn next_chunk(&mut self) -> DriverResult<Option<Bytes>> {

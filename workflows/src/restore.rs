@@ -1,8 +1,10 @@
 //! RestoreVCluster (docs/vcluster-mechanics.md §5), into a new vcluster or over an
 //! existing one.
 //!
-//! New: verify the artifact, namespace, Helm install with the snapshot's spec, pause the
-//! fresh control plane, load the backing store, resume, wait ready.
+//! New: verify the artifact, namespace, hold the control plane back (vcluster's
+//! `vcluster-restore` quota, so the fresh control plane cannot start before its data is
+//! in), Helm install with the snapshot's spec, pause the fresh control plane, load the
+//! backing store (which lifts the hold), resume, wait ready.
 //! Existing: verify, take a safety copy of the current data (when it is running), pause,
 //! load, resume, wait ready; undoing the load puts the safety copy back. A restore over a
 //! SUSPENDED vcluster has no safety copy (its data cannot be dumped while paused) and ends
@@ -28,6 +30,9 @@ pub fn definition() -> WorkflowDef {
             StepDef::new("verify_snapshot", |c| verify(c).boxed()),
             StepDef::new("create_namespace", |c| create::create_namespace(c).boxed())
                 .undo(|c| delete_namespace(c).boxed())
+                .skip_if(overwrites),
+            StepDef::new("hold_control_plane", |c| hold(c, true).boxed())
+                .undo(|c| hold(c, false).boxed())
                 .skip_if(overwrites),
             StepDef::new("install_release", |c| create::install_release(c).boxed())
                 .undo(|c| uninstall_release(c).boxed())
@@ -112,6 +117,15 @@ async fn verify(ctx: &StepCtx) -> StepResult {
     Ok(StepOutput::output(
         serde_json::json!({"verified_bytes": bytes}),
     ))
+}
+
+/// Keeps a new vcluster's control plane from starting until the restore (`hold`), or
+/// lets it start again (the undo).
+async fn hold(ctx: &StepCtx, hold: bool) -> StepResult {
+    ctx.driver
+        .hold_new_control_plane(&ctx.call, &ctx.target, hold)
+        .await?;
+    Ok(StepOutput::output(serde_json::json!({"held": hold})))
 }
 
 async fn safety_copy(ctx: &StepCtx) -> StepResult {

@@ -7,11 +7,17 @@
 //! Each check takes a [`ConformanceHost`]: the driver plus what only the harness can do
 //! (let the host's controllers catch up, plant an object someone else owns).
 
-use crate::{CallCtx, DriverError, HostDriver, Owner, ReleaseValues, Target};
+use crate::{
+    BackingStoreSink, BackingStoreSource, CallCtx, DriverError, DriverResult, HostDriver, Owner,
+    ReleaseValues, Target,
+};
 use async_trait::async_trait;
-use ovc_types::OperationId;
+use bytes::Bytes;
 use ovc_types::error::Code;
 use ovc_types::spec::VClusterSpec;
+use ovc_types::{ObjectLocation, OperationId};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A driver under test and its harness.
@@ -29,6 +35,141 @@ pub trait ConformanceHost: Send + Sync {
     /// How many times [`settle`](Self::settle) may be called while waiting.
     fn patience(&self) -> u32 {
         50
+    }
+    /// The snapshot storage of the checks and where its object `name` lives; `None` when
+    /// the harness has none the host can reach (then the snapshot check says so and
+    /// skips).
+    fn snapshot_storage(&self, name: &str) -> Option<(ObjectShelf, ObjectLocation)> {
+        let _ = name;
+        None
+    }
+}
+
+/// An in-memory object storage shared by a harness and its host: the checks' snapshot
+/// storage. Objects are named by [`ObjectLocation::url`], so a fake host that is told
+/// `s3://bucket/key` finds what a sink of that location holds.
+#[derive(Debug, Clone, Default)]
+pub struct ObjectShelf(Arc<Mutex<BTreeMap<String, Vec<u8>>>>);
+
+impl ObjectShelf {
+    /// The object named `url`.
+    pub fn get(&self, url: &str) -> Option<Vec<u8>> {
+        self.0.lock().expect("shelf").get(url).cloned()
+    }
+
+    /// Stores `bytes` as `url`.
+    pub fn put(&self, url: &str, bytes: Vec<u8>) {
+        self.0.lock().expect("shelf").insert(url.to_string(), bytes);
+    }
+
+    /// A sink writing the object at `location` (written through it, or by the host).
+    pub fn sink(&self, location: ObjectLocation) -> ShelfSink {
+        ShelfSink {
+            shelf: self.clone(),
+            url: location.url(),
+            location,
+            started: false,
+        }
+    }
+
+    /// A source reading the object at `location` (`None`: absent).
+    pub fn source(&self, location: ObjectLocation) -> Option<ShelfSource> {
+        let url = location.url();
+        let data = Bytes::from(self.get(&url)?);
+        Some(ShelfSource {
+            size: data.len() as u64,
+            data,
+            url,
+            location,
+        })
+    }
+}
+
+/// A [`BackingStoreSink`] into an [`ObjectShelf`].
+#[derive(Debug)]
+pub struct ShelfSink {
+    shelf: ObjectShelf,
+    location: ObjectLocation,
+    url: String,
+    /// Something was written through this sink: a first write replaces the object.
+    started: bool,
+}
+
+#[async_trait]
+impl BackingStoreSink for ShelfSink {
+    fn location(&self) -> &str {
+        &self.url
+    }
+
+    fn object(&self) -> ObjectLocation {
+        self.location.clone()
+    }
+
+    async fn write(&mut self, chunk: Bytes) -> DriverResult<()> {
+        let mut map = self.shelf.0.lock().expect("shelf");
+        let object = map.entry(self.url.clone()).or_default();
+        if !self.started {
+            object.clear();
+            self.started = true;
+        }
+        object.extend_from_slice(&chunk);
+        Ok(())
+    }
+
+    async fn adopt_written(&mut self) -> DriverResult<u64> {
+        self.shelf
+            .get(&self.url)
+            .map(|b| b.len() as u64)
+            .ok_or_else(|| {
+                DriverError::permanent(
+                    Code::NotFound,
+                    format!("the host wrote no object at {}", self.url),
+                )
+            })
+    }
+}
+
+/// A [`BackingStoreSource`] from an [`ObjectShelf`].
+#[derive(Debug)]
+pub struct ShelfSource {
+    location: ObjectLocation,
+    url: String,
+    data: Bytes,
+    size: u64,
+}
+
+#[async_trait]
+impl BackingStoreSource for ShelfSource {
+    fn location(&self) -> &str {
+        &self.url
+    }
+
+    fn object(&self) -> ObjectLocation {
+        self.location.clone()
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    async fn next_chunk(&mut self) -> DriverResult<Option<Bytes>> {
+        if self.data.is_empty() {
+            return Ok(None);
+        }
+        let n = self.data.len().min(crate::MemorySource::CHUNK);
+        Ok(Some(self.data.split_to(n)))
+    }
+}
+
+/// Runs `fut` (a call that waits on the host's controllers) while letting the host
+/// settle, as a real cluster's controllers would run meanwhile.
+async fn settling<T>(host: &dyn ConformanceHost, fut: impl std::future::Future<Output = T>) -> T {
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        tokio::select! {
+            r = &mut fut => return r,
+            _ = tokio::time::sleep(Duration::from_millis(5)) => host.settle().await,
+        }
     }
 }
 
@@ -366,6 +507,73 @@ pub async fn ownership_is_respected(host: &dyn ConformanceHost) {
     destroy(host, &t).await;
 }
 
+/// Snapshot then restore returns the same objects: vcluster A's snapshot restored over
+/// vcluster B (which started with data of its own) makes B's next snapshot hold exactly
+/// A's data; a repeated snapshot to the same location is harmless.
+pub async fn snapshot_then_restore_returns_the_same_objects(host: &dyn ConformanceHost) {
+    let Some((shelf, _)) = host.snapshot_storage("probe") else {
+        eprintln!(
+            "snapshot_then_restore_returns_the_same_objects: skipped (the harness has no \
+             snapshot storage this host can reach)"
+        );
+        return;
+    };
+    let d = host.driver();
+    let (a, b) = (host.target("snap-a"), host.target("snap-b"));
+    create(host, &a, &values(1)).await;
+    create(host, &b, &values(1)).await;
+    let dump = |t: Target, name: &'static str| {
+        let shelf = shelf.clone();
+        async move {
+            let (_, loc) = host.snapshot_storage(name).expect("storage");
+            let mut sink = shelf.sink(loc.clone());
+            let n = settling(host, d.dump_backing_store(&ctx("snapshot"), &t, &mut sink))
+                .await
+                .expect("dump_backing_store");
+            let data = shelf.get(&loc.url()).expect("the snapshot object exists");
+            assert_eq!(n, data.len() as u64, "dump returns the object's size");
+            (loc, data)
+        }
+    };
+    let (a_loc, a_data) = dump(a.clone(), "a-1").await;
+    let (_, a_again) = dump(a.clone(), "a-1").await;
+    assert_eq!(a_again, a_data, "a repeated snapshot writes the same data");
+    let (_, b_before) = dump(b.clone(), "b-0").await;
+    assert_ne!(
+        b_before, a_data,
+        "two vclusters start with data of their own (else the check proves nothing)"
+    );
+    d.pause_control_plane(&ctx("pause_control_plane"), &b)
+        .await
+        .expect("pause");
+    let mut source = shelf.source(a_loc).expect("a's snapshot");
+    let size = source.size();
+    let loaded = settling(
+        host,
+        d.load_backing_store(&ctx("load_backing_store"), &b, &mut source),
+    )
+    .await
+    .expect("load_backing_store");
+    assert_eq!(loaded, size, "load returns the object's size");
+    d.resume_control_plane(&ctx("resume_control_plane"), &b)
+        .await
+        .expect("resume");
+    until(host, "restored control plane ready", || async {
+        d.control_plane(&ctx("wait_ready"), &b)
+            .await
+            .expect("control_plane")
+            .is_some_and(|c| c.is_ready())
+    })
+    .await;
+    let (_, b_after) = dump(b.clone(), "b-1").await;
+    assert_eq!(
+        b_after, a_data,
+        "after the restore, b's snapshot holds exactly a's objects"
+    );
+    destroy(host, &a).await;
+    destroy(host, &b).await;
+}
+
 /// Runs every check.
 pub async fn run_all(host: &dyn ConformanceHost) {
     removals_tolerate_already_gone(host).await;
@@ -374,6 +582,7 @@ pub async fn run_all(host: &dyn ConformanceHost) {
     a_paused_control_plane_refuses_an_upgrade(host).await;
     readiness_is_false_until_true(host).await;
     ownership_is_respected(host).await;
+    snapshot_then_restore_returns_the_same_objects(host).await;
 }
 
 /// How long a real cluster may take per settle.

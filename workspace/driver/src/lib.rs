@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use ovc_types::error::{Code, Status};
 use ovc_types::spec::{ControlPlaneSpec, QuotaSpec};
-use ovc_types::{OperationId, ProjectName, VClusterId, VClusterName};
+use ovc_types::{ObjectLocation, OperationId, ProjectName, VClusterId, VClusterName};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -511,23 +511,47 @@ pub trait HostDriver: Send + Sync + std::fmt::Debug {
     /// True when the virtual API answers (e.g. GET serviceaccounts/default).
     async fn health_check(&self, ctx: &CallCtx, t: &Target) -> DriverResult<bool>;
     /// Streams the backing store's content (etcd snapshot / kine export) into `sink`, the
-    /// snapshot's artifact; returns the bytes written. Needs a running control plane.
+    /// snapshot's artifact. Needs a running control plane.
+    ///
+    /// Two ways, one result: a driver that can read the backing store itself (the
+    /// simulator) writes it through [`BackingStoreSink::write`]; a host that writes its
+    /// snapshot straight to object storage (a real vcluster, mechanics §4) is pointed at
+    /// [`BackingStoreSink::object`] and, once it is done, the driver hands the object to
+    /// the sink with [`BackingStoreSink::adopt_written`]. Either way the return value is
+    /// the size in bytes of the data object as the sink measured it.
     async fn dump_backing_store(
         &self,
         ctx: &CallCtx,
         t: &Target,
         sink: &mut dyn BackingStoreSink,
     ) -> DriverResult<u64>;
-    /// Replaces the backing store's content with what `source` streams, committing only
-    /// once the source has ended cleanly (a source fails at its end when the data is
-    /// damaged, and the target must then be left as it was); returns the bytes loaded.
-    /// Needs a paused control plane.
+    /// Replaces the backing store's content with the data of `source`, committing only
+    /// once it is known whole (a streamed source fails at its end when the data is
+    /// damaged, and the target must then be left as it was). Needs a paused control plane.
+    ///
+    /// A driver whose host reads the object itself (a vcluster restore pod) uses
+    /// [`BackingStoreSource::object`] instead of the stream; the caller has verified the
+    /// object against its manifest before. Returns the bytes loaded (by location: the
+    /// object's size, [`BackingStoreSource::size`]).
     async fn load_backing_store(
         &self,
         ctx: &CallCtx,
         t: &Target,
         source: &mut dyn BackingStoreSource,
     ) -> DriverResult<u64>;
+    /// Before a fresh install that a restore will fill: keeps the new control plane from
+    /// starting (`hold`) or lets it start again (`!hold`). vcluster's tooling does this
+    /// with the ResourceQuota `vcluster-restore` (mechanics §5); a host whose control
+    /// plane does not write state on its first start (the simulator) has nothing to do.
+    async fn hold_new_control_plane(
+        &self,
+        ctx: &CallCtx,
+        t: &Target,
+        hold: bool,
+    ) -> DriverResult<()> {
+        let _ = (t, hold);
+        ctx.check()
+    }
 }
 
 /// Where a backing-store dump goes: the snapshot artifact's data object, written as a
@@ -535,18 +559,28 @@ pub trait HostDriver: Send + Sync + std::fmt::Debug {
 #[async_trait]
 pub trait BackingStoreSink: Send {
     /// The URL of the object being written (`Snapshot.location` plus the file name), for
-    /// a driver whose host writes the artifact itself.
+    /// messages.
     fn location(&self) -> &str;
+    /// The object being written, for a host that writes it itself.
+    fn object(&self) -> ObjectLocation;
     /// Appends `chunk`.
     async fn write(&mut self, chunk: Bytes) -> DriverResult<()>;
+    /// The host has written the object at [`object`](Self::object) itself: take it as the
+    /// dump (nothing may have been written through [`write`](Self::write)). Returns its
+    /// size in bytes; the object missing is an error.
+    async fn adopt_written(&mut self) -> DriverResult<u64>;
 }
 
 /// Where a backing-store load comes from: a snapshot artifact's data object, read as a
 /// stream and checked against its manifest as it goes.
 #[async_trait]
 pub trait BackingStoreSource: Send {
-    /// The URL of the object being read.
+    /// The URL of the object being read, for messages.
     fn location(&self) -> &str;
+    /// The object being read, for a host that reads it itself.
+    fn object(&self) -> ObjectLocation;
+    /// The object's size in bytes (its manifest's).
+    fn size(&self) -> u64;
     /// The next chunk; `Ok(None)` at the end, only once the whole object matched its
     /// manifest (size and sha256). An error means: commit nothing.
     async fn next_chunk(&mut self) -> DriverResult<Option<Bytes>>;
@@ -565,9 +599,22 @@ impl BackingStoreSink for MemorySink {
         "memory:"
     }
 
+    fn object(&self) -> ObjectLocation {
+        ObjectLocation::Local {
+            url: "memory:".into(),
+        }
+    }
+
     async fn write(&mut self, chunk: Bytes) -> DriverResult<()> {
         self.data.extend_from_slice(&chunk);
         Ok(())
+    }
+
+    async fn adopt_written(&mut self) -> DriverResult<u64> {
+        Err(DriverError::permanent(
+            Code::FailedPrecondition,
+            "an in-memory sink cannot be written by the host itself",
+        ))
     }
 }
 
@@ -576,6 +623,7 @@ impl BackingStoreSink for MemorySink {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemorySource {
     data: Bytes,
+    size: u64,
 }
 
 impl MemorySource {
@@ -584,7 +632,11 @@ impl MemorySource {
 
     /// A source of `data`.
     pub fn new(data: impl Into<Bytes>) -> Self {
-        Self { data: data.into() }
+        let data: Bytes = data.into();
+        Self {
+            size: data.len() as u64,
+            data,
+        }
     }
 }
 
@@ -592,6 +644,16 @@ impl MemorySource {
 impl BackingStoreSource for MemorySource {
     fn location(&self) -> &str {
         "memory:"
+    }
+
+    fn object(&self) -> ObjectLocation {
+        ObjectLocation::Local {
+            url: "memory:".into(),
+        }
+    }
+
+    fn size(&self) -> u64 {
+        self.size
     }
 
     async fn next_chunk(&mut self) -> DriverResult<Option<Bytes>> {

@@ -4,13 +4,14 @@
 //! `OVC_E2E_KUBE=1` are set (skipped with a printed reason otherwise).
 
 use async_trait::async_trait;
-use ovc_driver::conformance::{ConformanceHost, run_all};
+use ovc_driver::conformance::{ConformanceHost, ObjectShelf, run_all};
 use ovc_driver::kube::KubeHost;
 use ovc_driver::kube::fake::{FakeCluster, install_stand_in_helm};
 use ovc_driver::sim::{SimConfig, SimHost};
 use ovc_driver::{HostDriver, Target};
 use ovc_store::Backend;
 use ovc_testkit::TestDb;
+use ovc_types::ObjectLocation;
 use std::time::Duration;
 
 ovc_testkit::both_backends!(conformance_of_the_simulated_host);
@@ -18,6 +19,7 @@ ovc_testkit::both_backends!(conformance_of_the_simulated_host);
 struct Sim {
     host: SimHost,
     ready_delay: Duration,
+    shelf: ObjectShelf,
 }
 
 #[async_trait]
@@ -37,6 +39,11 @@ impl ConformanceHost for Sim {
     async fn create_foreign_namespace(&self, _t: &Target) -> bool {
         false
     }
+    fn snapshot_storage(&self, name: &str) -> Option<(ObjectShelf, ObjectLocation)> {
+        // The simulator streams its data through the sink: a local store will do.
+        let url = format!("memory://conformance/{name}");
+        Some((self.shelf.clone(), ObjectLocation::Local { url }))
+    }
 }
 
 async fn conformance_of_the_simulated_host(backend: Backend) {
@@ -53,7 +60,12 @@ async fn conformance_of_the_simulated_host(backend: Backend) {
     )
     .await
     .expect("sim host");
-    run_all(&Sim { host, ready_delay }).await;
+    run_all(&Sim {
+        host,
+        ready_delay,
+        shelf: ObjectShelf::default(),
+    })
+    .await;
 }
 
 struct Fake {
@@ -84,6 +96,17 @@ impl ConformanceHost for Fake {
     }
     fn patience(&self) -> u32 {
         5
+    }
+    fn snapshot_storage(&self, name: &str) -> Option<(ObjectShelf, ObjectLocation)> {
+        // The fake vcluster pods write to the fake's shelf, as real ones write to S3.
+        let location = ObjectLocation::S3 {
+            bucket: "conformance".into(),
+            key: format!("snapshots/{name}/backing-store.bin"),
+            region: "us-east-1".into(),
+            endpoint: Some("http://127.0.0.1:9000".into()),
+            path_style: true,
+        };
+        Some((self.fake.shelf(), location))
     }
 }
 

@@ -4,15 +4,16 @@
 //! and the arguments helm got, never on what the driver logged.
 
 use ovc_driver::conformance::values;
+use ovc_driver::kube::StorageCredentials;
 use ovc_driver::kube::fake::{
     FakeCluster, RecordedRequest, helm_calls, install_stand_in_helm, set_helm_status,
 };
 use ovc_driver::kube::{KubeError, KubeHost, RestoreProgress, SnapshotPhase};
 use ovc_driver::{CallCtx, DriverError, HostDriver, Owner, Target};
+use ovc_types::ObjectLocation;
 use ovc_types::OperationId;
 use ovc_types::error::Code;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -157,16 +158,55 @@ async fn create_namespace_refuses_a_foreign_one_and_waits_out_a_terminating_one(
     );
 
     e.fake.patch(NS, "ovc-p-demo", &json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": "ovc"}, "deletionTimestamp": "2026-01-01T00:00:00Z"}}));
-    match e.host.ensure_namespace(&ctx("c"), &t(), &owner()).await {
+    // The step's deadline is shorter than the namespace's termination: transient.
+    clear(&e);
+    let short = ctx("c").with_deadline(std::time::Instant::now() + Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    match e.host.ensure_namespace(&short, &t(), &owner()).await {
         Err(DriverError::Transient {
             retry_after,
             message,
         }) => {
-            assert_eq!(retry_after, Some(Duration::from_secs(2)));
+            assert!(retry_after.is_some());
             assert!(message.contains("terminating"), "{message}");
         }
-        other => panic!("a terminating namespace is waited out: {other:?}"),
+        other => panic!("a terminating namespace outlasting the deadline: {other:?}"),
     }
+    assert!(
+        started.elapsed() < Duration::from_millis(200),
+        "gave up before the deadline, not after: {:?}",
+        started.elapsed()
+    );
+    let gets = e.fake.requests().len();
+    assert!(gets >= 2, "it looked again while waiting ({gets} requests)");
+    assert!(
+        e.fake.writes().is_empty(),
+        "nothing written while terminating"
+    );
+    // Within the deadline: the namespace goes and is created anew, in the same call.
+    clear(&e);
+    let settler = {
+        let fake = e.fake.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            fake.settle();
+        })
+    };
+    let outcome = e
+        .host
+        .ensure_namespace(
+            &ctx("c").with_deadline(std::time::Instant::now() + Duration::from_secs(10)),
+            &t(),
+            &owner(),
+        )
+        .await;
+    settler.await.expect("settler");
+    assert_eq!(outcome, Ok(ovc_driver::NamespaceOutcome::Created));
+    assert_eq!(
+        lines(&e.fake.writes()),
+        vec![format!("POST {NS}")],
+        "waited out, then created once"
+    );
 }
 
 #[tokio::test]
@@ -880,12 +920,16 @@ async fn restore_pauses_runs_the_restore_pod_and_resumes() {
         ],
         "HA: every PVC not ending -0"
     );
+    assert!(l[4].starts_with(&format!("POST {SECRETS}")));
+    let secret = w[4].body.clone().unwrap();
     assert_eq!(
-        l[4],
-        "DELETE /api/v1/namespaces/ovc-p-demo/resourcequotas/vcluster-restore"
+        secret["metadata"]["annotations"]["ovc.dev/new-vcluster"], "false",
+        "the Secret remembers the kind of restore before the hold is lifted"
     );
-    assert!(l[5].starts_with(&format!("POST {SECRETS}")));
-    let secret = w[5].body.clone().unwrap();
+    assert_eq!(
+        l[5], "DELETE /api/v1/namespaces/ovc-p-demo/resourcequotas/vcluster-restore",
+        "the quota goes only after the Secret is written"
+    );
     let id = secret["metadata"]["name"]
         .as_str()
         .unwrap()
@@ -912,7 +956,23 @@ async fn restore_pauses_runs_the_restore_pod_and_resumes() {
             &json!({"name": "data", "persistentVolumeClaim": {"claimName": "data-demo-0"}})
         )
     );
-    assert_eq!(l.len(), 7);
+    assert_eq!(
+        l[7],
+        format!("PATCH {SECRETS}/vcluster-snapshot-options-{id}")
+    );
+    let owners = &w[7].body.as_ref().unwrap()["metadata"]["ownerReferences"];
+    let pod_uid = e
+        .fake
+        .object(PODS, &format!("vcluster-snapshot-{id}"))
+        .unwrap()["metadata"]["uid"]
+        .clone();
+    assert_eq!(
+        owners,
+        &json!([{"apiVersion": "v1", "kind": "Pod", "name": format!("vcluster-snapshot-{id}"), "uid": pod_uid}]),
+        "the restore pod owns its options Secret"
+    );
+    assert_eq!(l.len(), 8);
+    e.fake.shelf().put("s3://b/k", b"{}".to_vec());
     clear(&e);
     assert_eq!(
         e.host.restore(&t(), url, &options(), false).await,
@@ -979,6 +1039,7 @@ async fn a_failed_restore_pod_resumes_and_fails_permanently() {
     let e = env();
     running(&e, 1).await;
     e.fake.fail_restores();
+    e.fake.shelf().put("s3://b/k", b"{}".to_vec());
     assert_eq!(
         e.host.restore(&t(), "s3://b/k", &options(), true).await,
         Ok(RestoreProgress::Running)
@@ -990,8 +1051,9 @@ async fn a_failed_restore_pod_resumes_and_fails_permanently() {
             &r,
             Err(KubeError::Refused {
                 reason: "RESTORE_FAILED",
+                message,
                 ..
-            })
+            }) if message.contains("exit code 1: restore failed (injected)")
         ),
         "{r:?}"
     );
@@ -1070,13 +1132,405 @@ async fn delete_leaves_a_namespace_ovc_did_not_create() {
     );
 }
 
+// ---- snapshot and restore through the trait (by location) ----
+
+const SECRET_KEY: &str = "wJalrXUtnFEMI-K7MDENG-bPxRfiCY";
+
+fn credentials() -> StorageCredentials {
+    StorageCredentials::from_vars([
+        ("AWS_ACCESS_KEY_ID".to_string(), "AKIDEXAMPLE42".to_string()),
+        ("AWS_SECRET_ACCESS_KEY".to_string(), SECRET_KEY.to_string()),
+    ])
+}
+
+fn location(key: &str) -> ObjectLocation {
+    ObjectLocation::S3 {
+        bucket: "snaps".into(),
+        key: format!("snapshots/p/demo/{key}/backing-store.bin"),
+        region: "us-east-1".into(),
+        endpoint: Some("http://minio.storage:9000".into()),
+        path_style: true,
+    }
+}
+
+/// The fake's controllers run every few milliseconds while `fut` waits on them.
+async fn with_controllers<T>(e: &Env, fut: impl std::future::Future<Output = T>) -> T {
+    let fake = e.fake.clone();
+    let controllers = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            fake.settle();
+        }
+    });
+    let r = fut.await;
+    controllers.abort();
+    r
+}
+
 #[tokio::test]
-async fn dump_and_load_are_refused_with_a_pointer_to_snapshot_requests() {
+async fn dump_asks_the_vcluster_to_write_to_the_artifact_location_and_adopts_the_object() {
+    let mut e = env();
+    e.host = e.host.clone().with_storage_credentials(credentials());
+    running(&e, 1).await;
+    let shelf = e.fake.shelf();
+    let mut sink = shelf.sink(location("op-1"));
+    let n = with_controllers(
+        &e,
+        e.host
+            .dump_backing_store(&ctx("upload_snapshot"), &t(), &mut sink),
+    )
+    .await
+    .expect("dump");
+    let object = shelf
+        .get("s3://snaps/snapshots/p/demo/op-1/backing-store.bin")
+        .expect("the vcluster wrote the object");
+    assert_eq!(
+        n,
+        object.len() as u64,
+        "the size of the object the vcluster wrote"
+    );
+    let data: Value = serde_json::from_slice(&object).expect("archive");
+    assert_eq!(data, e.fake.virtual_data("ovc-p-demo", "demo").unwrap());
+
+    let reqs = e.fake.requests();
+    let w: Vec<&RecordedRequest> = reqs.iter().filter(|r| !r.is_read()).collect();
+    assert_eq!(
+        w.iter().map(|r| r.line()).collect::<Vec<_>>(),
+        vec![format!("POST {SECRETS}"), format!("POST {CMS}")]
+    );
+    let labels = json!({"vcluster.loft.sh/snapshot-request": "", "vcluster.loft.sh/vcluster-name": "demo", "vcluster.loft.sh/vcluster-namespace": "ovc-p-demo"});
+    let secret = w[0].body.clone().unwrap();
+    assert_eq!(secret["metadata"]["generateName"], "demo-snapshot-request-");
+    assert_eq!(secret["metadata"]["labels"], labels);
+    use base64::Engine;
+    let options: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(secret["data"]["snapshotOptions"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(options["type"], "s3");
+    assert_eq!(
+        options["s3"],
+        json!({"bucket": "snaps", "key": "snapshots/p/demo/op-1/backing-store.bin",
+               "region": "us-east-1", "url": "http://minio.storage:9000", "force-path-style": true,
+               "access-key-id": "AKIDEXAMPLE42", "secret-access-key": SECRET_KEY})
+    );
+    assert_eq!(options["release"]["releaseName"], "demo");
+    assert_eq!(options["release"]["chartName"], "vcluster");
+    let cm = w[1].body.clone().unwrap();
+    assert_eq!(cm["metadata"]["labels"], labels);
+    let req: Value = serde_json::from_str(cm["data"]["snapshotRequest"].as_str().unwrap()).unwrap();
+    let endpoint = base64::engine::general_purpose::STANDARD.encode("http://minio.storage:9000");
+    let url = format!(
+        "s3://snaps/snapshots/p/demo/op-1/backing-store.bin?region=us-east-1&url={}&force-path-style=true",
+        endpoint
+            .replace('=', "%3D")
+            .replace('+', "%2B")
+            .replace('/', "%2F")
+    );
+    assert_eq!(req["spec"]["url"], json!(url));
+    let cm_text = cm.to_string();
+    assert!(
+        !cm_text.contains(SECRET_KEY) && !cm_text.contains("AKIDEXAMPLE42"),
+        "no credentials in the ConfigMap"
+    );
+    assert!(
+        reqs.iter().any(|r| r.line()
+            == format!("GET {CMS}?labelSelector=vcluster.loft.sh/snapshot-request,vcluster.loft.sh/vcluster-name=demo")),
+        "polled by label"
+    );
+
+    // The step again (its journal entry was lost): the completed request is found by
+    // its URL, no second request object.
+    clear(&e);
+    let mut sink = shelf.sink(location("op-1"));
+    let again = e
+        .host
+        .dump_backing_store(&ctx("upload_snapshot"), &t(), &mut sink)
+        .await;
+    assert_eq!(again, Ok(n));
+    assert!(
+        e.fake.writes().is_empty(),
+        "a retry creates nothing: {:?}",
+        lines(&e.fake.writes())
+    );
+}
+
+#[tokio::test]
+async fn a_failed_snapshot_request_is_permanent_with_the_servers_message_and_no_credentials() {
+    let mut e = env();
+    e.host = e.host.clone().with_storage_credentials(credentials());
+    running(&e, 1).await;
+    e.fake.fail_snapshots(&format!(
+        "operation error S3: PutObject, https response error StatusCode: 403, InvalidAccessKeyId for {SECRET_KEY}"
+    ));
+    let mut sink = e.fake.shelf().sink(location("op-2"));
+    let s = permanent(
+        with_controllers(
+            &e,
+            e.host
+                .dump_backing_store(&ctx("upload_snapshot"), &t(), &mut sink),
+        )
+        .await,
+    );
+    assert_eq!(
+        (s.code, s.reason()),
+        (Code::FailedPrecondition, Some("SNAPSHOT_FAILED"))
+    );
+    assert!(s.message.contains("InvalidAccessKeyId"), "{}", s.message);
+    assert!(
+        !s.message.contains(SECRET_KEY),
+        "credentials masked: {}",
+        s.message
+    );
+    assert!(!s.message.contains("AKIDEXAMPLE42"), "{}", s.message);
+    // Retried: still the same verdict, and still one request.
+    let again = permanent(
+        e.host
+            .dump_backing_store(&ctx("upload_snapshot"), &t(), &mut sink)
+            .await,
+    );
+    assert_eq!(again.reason(), Some("SNAPSHOT_FAILED"));
+    assert_eq!(
+        e.fake.names(CMS).len(),
+        1,
+        "one request object, whatever the retries"
+    );
+}
+
+#[tokio::test]
+async fn a_snapshot_outlasting_the_deadline_is_transient_and_the_retry_reuses_the_request() {
     let e = env();
     running(&e, 1).await;
-    let mut sink = ovc_driver::MemorySink::default();
+    let mut sink = e.fake.shelf().sink(location("op-3"));
+    // No controller runs: the request stays pending.
+    let c = ctx("upload_snapshot")
+        .with_deadline(std::time::Instant::now() + Duration::from_millis(100));
+    match e.host.dump_backing_store(&c, &t(), &mut sink).await {
+        Err(DriverError::Transient { message, .. }) => {
+            assert!(message.contains("not started"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let n = with_controllers(
+        &e,
+        e.host
+            .dump_backing_store(&ctx("upload_snapshot"), &t(), &mut sink),
+    )
+    .await
+    .expect("the retry completes");
+    assert!(n > 0);
+    assert_eq!(
+        e.fake.names(CMS).len(),
+        1,
+        "the retry found the first request"
+    );
+}
+
+#[tokio::test]
+async fn snapshots_are_refused_to_a_store_the_pod_cannot_reach_and_for_a_paused_vcluster() {
+    let e = env();
+    running(&e, 1).await;
+    let mut local = ovc_driver::MemorySink::default();
+    let s = permanent(e.host.dump_backing_store(&ctx("s"), &t(), &mut local).await);
+    assert_eq!(
+        (s.code, s.reason()),
+        (
+            Code::FailedPrecondition,
+            Some("SNAPSHOT_STORAGE_UNREACHABLE")
+        )
+    );
+    let shelf = e.fake.shelf();
+    let mut gcs = shelf.sink(ObjectLocation::Gcs {
+        bucket: "b".into(),
+        key: "k".into(),
+        endpoint: None,
+    });
+    let s = permanent(e.host.dump_backing_store(&ctx("s"), &t(), &mut gcs).await);
+    assert_eq!(s.reason(), Some("SNAPSHOT_STORAGE_UNREACHABLE"));
+    e.host
+        .pause_control_plane(&ctx("pause"), &t())
+        .await
+        .expect("pause");
+    let mut sink = shelf.sink(location("op-4"));
     let s = permanent(e.host.dump_backing_store(&ctx("s"), &t(), &mut sink).await);
-    assert_eq!(s.reason(), Some("SNAPSHOT_BY_LOCATION"));
-    assert!(sink.data.is_empty());
-    let _: BTreeMap<(), ()> = BTreeMap::new();
+    assert_eq!(s.reason(), Some("CONTROL_PLANE_PAUSED"));
+    assert!(
+        e.fake
+            .writes()
+            .iter()
+            .all(|w| !w.path.contains("/secrets") && !w.path.contains("/configmaps")),
+        "no request objects for a refused snapshot"
+    );
+}
+
+#[tokio::test]
+async fn load_restores_over_an_existing_vcluster_through_the_restore_pod() {
+    let e = env();
+    running(&e, 1).await;
+    let shelf = e.fake.shelf();
+    let snapshot = json!({"configmaps/default/origin": {"data": {"created-in": "elsewhere"}}});
+    shelf.put(
+        &location("snap-1").url(),
+        serde_json::to_vec(&snapshot).unwrap(),
+    );
+    e.host
+        .pause_control_plane(&ctx("pause_control_plane"), &t())
+        .await
+        .expect("pause");
+    clear(&e);
+    let mut source = shelf.source(location("snap-1")).expect("object");
+    let n = with_controllers(
+        &e,
+        e.host
+            .load_backing_store(&ctx("load_backing_store"), &t(), &mut source),
+    )
+    .await
+    .expect("load");
+    assert_eq!(n, serde_json::to_vec(&snapshot).unwrap().len() as u64);
+    assert_eq!(e.fake.virtual_data("ovc-p-demo", "demo"), Some(snapshot));
+    let w = e.fake.writes();
+    let pod = w
+        .iter()
+        .find(|r| r.line() == format!("POST {PODS}"))
+        .and_then(|r| r.body.clone())
+        .expect("restore pod");
+    assert_eq!(
+        pod["spec"]["containers"][0]["command"],
+        json!(["/vcluster", "restore"]),
+        "over an existing vcluster: no --new-vcluster"
+    );
+    let sts = e.fake.object(STS, "demo").unwrap();
+    assert_eq!(sts["spec"]["replicas"], 1, "resumed");
+    assert!(
+        e.fake
+            .names(PODS)
+            .iter()
+            .all(|p| !p.starts_with("vcluster-snapshot-"))
+    );
+    assert!(
+        e.fake
+            .names(SECRETS)
+            .iter()
+            .all(|s| !s.starts_with("vcluster-snapshot-options-"))
+    );
+}
+
+#[tokio::test]
+async fn restore_into_a_new_vcluster_holds_it_with_the_quota_and_passes_new_vcluster() {
+    let e = env();
+    let shelf = e.fake.shelf();
+    shelf.put(&location("snap-2").url(), b"{\"x\":1}".to_vec());
+    e.host
+        .ensure_namespace(&ctx("create_namespace"), &t(), &owner())
+        .await
+        .expect("ns");
+    e.host
+        .hold_new_control_plane(&ctx("hold_control_plane"), &t(), true)
+        .await
+        .expect("hold");
+    assert!(
+        e.fake
+            .object(
+                "/api/v1/namespaces/ovc-p-demo/resourcequotas",
+                "vcluster-restore"
+            )
+            .is_some()
+    );
+    e.host
+        .install_release(&ctx("install_release"), &t(), &values(1))
+        .await
+        .expect("install");
+    e.fake.settle();
+    e.host
+        .pause_control_plane(&ctx("pause_control_plane"), &t())
+        .await
+        .expect("pause");
+    clear(&e);
+    let mut source = shelf.source(location("snap-2")).expect("object");
+    with_controllers(
+        &e,
+        e.host
+            .load_backing_store(&ctx("load_backing_store"), &t(), &mut source),
+    )
+    .await
+    .expect("load");
+    let l = lines(&e.fake.writes());
+    let secret = l
+        .iter()
+        .position(|x| x == &format!("POST {SECRETS}"))
+        .expect("secret");
+    let quota = l
+        .iter()
+        .position(|x| x == "DELETE /api/v1/namespaces/ovc-p-demo/resourcequotas/vcluster-restore")
+        .expect("the hold is lifted");
+    let pod = l
+        .iter()
+        .position(|x| x == &format!("POST {PODS}"))
+        .expect("pod");
+    assert!(
+        secret < quota && quota < pod,
+        "Secret, then the quota goes, then the pod: {l:?}"
+    );
+    let body = e.fake.writes()[pod].body.clone().unwrap();
+    assert_eq!(
+        body["spec"]["containers"][0]["command"],
+        json!(["/vcluster", "restore", "--new-vcluster"])
+    );
+    assert_eq!(
+        e.fake.virtual_data("ovc-p-demo", "demo"),
+        Some(json!({"x": 1}))
+    );
+    // The undo of the hold on a namespace without it: fine.
+    e.host
+        .hold_new_control_plane(&ctx("undo:hold_control_plane"), &t(), false)
+        .await
+        .expect("unhold is idempotent");
+}
+
+#[tokio::test]
+async fn a_canceled_snapshot_request_is_removed_and_asked_for_again() {
+    let e = env();
+    running(&e, 1).await;
+    let mut sink = e.fake.shelf().sink(location("op-5"));
+    let short = || {
+        ctx("upload_snapshot").with_deadline(std::time::Instant::now() + Duration::from_millis(60))
+    };
+    assert!(matches!(
+        e.host.dump_backing_store(&short(), &t(), &mut sink).await,
+        Err(DriverError::Transient { .. })
+    ));
+    let first = e.fake.names(CMS);
+    assert_eq!(first.len(), 1);
+    // A newer request for the same URL made vcluster cancel this one.
+    let cm = e.fake.object(CMS, &first[0]).unwrap();
+    let mut req: Value =
+        serde_json::from_str(cm["data"]["snapshotRequest"].as_str().unwrap()).unwrap();
+    req["status"] = json!({"phase": "Canceled"});
+    e.fake.patch(
+        CMS,
+        &first[0],
+        &json!({"data": {"snapshotRequest": req.to_string()}}),
+    );
+    match e.host.dump_backing_store(&short(), &t(), &mut sink).await {
+        Err(DriverError::Transient { message, .. }) => {
+            assert!(message.contains("canceled"), "{message}")
+        }
+        other => panic!("canceled → transient: {other:?}"),
+    }
+    assert!(
+        e.fake.names(CMS).is_empty(),
+        "the canceled request was removed"
+    );
+    with_controllers(
+        &e,
+        e.host
+            .dump_backing_store(&ctx("upload_snapshot"), &t(), &mut sink),
+    )
+    .await
+    .expect("asked again, completed");
+    let now = e.fake.names(CMS);
+    assert_eq!(now.len(), 1);
+    assert_ne!(now, first, "a new request");
 }

@@ -152,6 +152,10 @@ impl<'a> SnapshotWriter<'a> {
     /// Completes the data object, then writes the manifest describing it.
     pub async fn finish(mut self) -> Result<WrittenSnapshot, SnapshotError> {
         self.writer.close().await?;
+        self.write_manifest().await
+    }
+
+    async fn write_manifest(self) -> Result<WrittenSnapshot, SnapshotError> {
         let file = ManifestFile {
             name: BACKING_STORE_FILE.to_string(),
             size: self.size,
@@ -172,6 +176,42 @@ impl<'a> SnapshotWriter<'a> {
             size_bytes,
             location: self.store.url(&self.dir),
         })
+    }
+
+    /// Where the data object is written, for a host that writes it itself
+    /// ([`SnapshotWriter::adopt_written`]).
+    pub fn data_location(&self) -> ovc_types::ObjectLocation {
+        self.store
+            .object_location(&format!("{}{BACKING_STORE_FILE}", self.dir))
+    }
+
+    /// The data object was written by someone else (a vcluster pod writes its snapshot
+    /// straight to object storage): this writer's own upload is given up unwritten, the
+    /// object is read back as a stream to measure its size and sha256, and the manifest
+    /// describing it is written. Nothing written through [`SnapshotWriter::write`] may
+    /// precede this. A missing object is [`SnapshotError::MissingFile`].
+    pub async fn adopt_written(mut self) -> Result<WrittenSnapshot, SnapshotError> {
+        if self.size > 0 {
+            return Err(SnapshotError::BadManifest(
+                "bytes were written through the writer; the object cannot also be adopted"
+                    .to_string(),
+            ));
+        }
+        self.writer.abort().await;
+        let key = format!("{}{BACKING_STORE_FILE}", self.dir);
+        let Some(reader) = self.store.reader(&key).await? else {
+            return Err(SnapshotError::MissingFile {
+                name: BACKING_STORE_FILE.to_string(),
+                key,
+            });
+        };
+        let mut stream = reader.stream;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            self.hasher.update(&chunk);
+            self.size += chunk.len() as u64;
+        }
+        self.write_manifest().await
     }
 
     /// Gives the write up: the data upload is aborted, no manifest is written.

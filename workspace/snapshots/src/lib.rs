@@ -65,6 +65,10 @@ pub trait ArtifactStore: Send + Sync + Debug {
     async fn delete_prefix(&self, prefix: &str) -> Result<(), ArtifactError>;
     /// A URL naming `key`, for `Snapshot.location`.
     fn url(&self, key: &str) -> String;
+    /// Where `key` lives, for a client other than this process (a vcluster pod writing
+    /// its snapshot itself); [`ObjectLocation::Local`] for a store only this process can
+    /// reach.
+    fn object_location(&self, key: &str) -> ovc_types::ObjectLocation;
     /// Starts a streamed write of `key` (multipart on object stores). Nothing is visible
     /// under `key` until [`ArtifactWriter::close`] succeeds; a repeat overwrites.
     async fn writer(&self, key: &str) -> Result<Box<dyn ArtifactWriter>, ArtifactError>;

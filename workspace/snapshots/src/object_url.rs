@@ -10,6 +10,7 @@
 
 use crate::ArtifactError;
 use opendal::Operator;
+use ovc_types::ObjectLocation;
 use std::collections::BTreeMap;
 
 /// Reads environment variables for an object store's configuration and credentials.
@@ -65,6 +66,8 @@ struct ObjectUrl {
 /// query, no secret).
 pub(crate) struct Opened {
     pub(crate) op: Operator,
+    /// The root as an [`ObjectLocation`] whose key is the prefix (`""` at the bucket's root).
+    pub(crate) root: ObjectLocation,
     pub(crate) root_url: String,
     /// Streamed writes use a resumable upload (GCS).
     pub(crate) resumable_writes: bool,
@@ -203,13 +206,14 @@ pub(crate) fn open(
         _ => unreachable!("open is only called for object-store schemes"),
     };
     let root_url = parsed.root_url();
-    let op = match parsed.scheme {
+    let (op, root) = match parsed.scheme {
         "s3" => s3(&shown_url, &mut parsed, env)?,
         "gcs" => gcs(&shown_url, &mut parsed, env)?,
         _ => azblob(&shown_url, &mut parsed, env)?,
     };
     Ok(Opened {
         op,
+        root,
         root_url,
         resumable_writes: parsed.scheme == "gcs",
     })
@@ -230,7 +234,11 @@ fn build(url: &str, builder: impl opendal::Builder) -> Result<Operator, Artifact
 /// `AWS_REGION` / `AWS_DEFAULT_REGION`; endpoint `AWS_ENDPOINT_URL_S3` /
 /// `AWS_ENDPOINT_URL`; without keys in the environment, the AWS default chain (profile
 /// files, web identity, instance metadata).
-fn s3(url: &str, u: &mut ObjectUrl, env: &dyn StorageEnv) -> Result<Operator, ArtifactError> {
+fn s3(
+    url: &str,
+    u: &mut ObjectUrl,
+    env: &dyn StorageEnv,
+) -> Result<(Operator, ObjectLocation), ArtifactError> {
     let mut b = opendal::services::S3::default()
         .bucket(&u.bucket)
         .root(&u.root());
@@ -240,23 +248,31 @@ fn s3(url: &str, u: &mut ObjectUrl, env: &dyn StorageEnv) -> Result<Operator, Ar
         .or_else(|| env.var("AWS_DEFAULT_REGION"))
         .unwrap_or_else(|| "us-east-1".to_string());
     b = b.region(&region);
-    if let Some(endpoint) = u
+    let endpoint = u
         .take("endpoint")
         .or_else(|| env.var("AWS_ENDPOINT_URL_S3"))
-        .or_else(|| env.var("AWS_ENDPOINT_URL"))
-    {
+        .or_else(|| env.var("AWS_ENDPOINT_URL"));
+    if let Some(endpoint) = &endpoint {
         if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
             return Err(refused(
                 url,
                 format!("endpoint {endpoint:?} must start with http:// or https://"),
             ));
         }
-        b = b.endpoint(&endpoint);
+        b = b.endpoint(endpoint);
     }
     // OpenDAL addresses path-style by default; AWS's own default is virtual-hosted.
-    if u.take_bool(url, "path_style")? == Some(false) {
+    let path_style = u.take_bool(url, "path_style")? != Some(false);
+    if !path_style {
         b = b.enable_virtual_host_style();
     }
+    let root = ObjectLocation::S3 {
+        bucket: u.bucket.clone(),
+        key: u.prefix.clone(),
+        region: region.clone(),
+        endpoint: endpoint.clone(),
+        path_style,
+    };
     let kms_key = u.take("sse_kms_key_id");
     match (u.take("sse").as_deref(), kms_key) {
         (None, None) => {}
@@ -303,13 +319,17 @@ fn s3(url: &str, u: &mut ObjectUrl, env: &dyn StorageEnv) -> Result<Operator, Ar
         }
         (None, None) => {}
     }
-    build(url, b)
+    Ok((build(url, b)?, root))
 }
 
 /// `gcs://bucket/prefix?endpoint=`. Credentials: `GOOGLE_APPLICATION_CREDENTIALS` (a
 /// service-account file) or the default chain; `STORAGE_EMULATOR_HOST` points at an
 /// emulator (no authentication).
-fn gcs(url: &str, u: &mut ObjectUrl, env: &dyn StorageEnv) -> Result<Operator, ArtifactError> {
+fn gcs(
+    url: &str,
+    u: &mut ObjectUrl,
+    env: &dyn StorageEnv,
+) -> Result<(Operator, ObjectLocation), ArtifactError> {
     let mut b = opendal::services::Gcs::default()
         .bucket(&u.bucket)
         .root(&u.root());
@@ -333,13 +353,22 @@ fn gcs(url: &str, u: &mut ObjectUrl, env: &dyn StorageEnv) -> Result<Operator, A
     } else if let Some(path) = env.var("GOOGLE_APPLICATION_CREDENTIALS") {
         b = b.credential_path(&path);
     }
-    build(url, b)
+    let root = ObjectLocation::Gcs {
+        bucket: u.bucket.clone(),
+        key: u.prefix.clone(),
+        endpoint,
+    };
+    Ok((build(url, b)?, root))
 }
 
 /// `azblob://container/prefix?endpoint=`. Credentials: `AZURE_STORAGE_CONNECTION_STRING`,
 /// or `AZURE_STORAGE_ACCOUNT` with `AZURE_STORAGE_KEY` or `AZURE_STORAGE_SAS_TOKEN`. The
 /// endpoint defaults to `https://<account>.blob.core.windows.net`.
-fn azblob(url: &str, u: &mut ObjectUrl, env: &dyn StorageEnv) -> Result<Operator, ArtifactError> {
+fn azblob(
+    url: &str,
+    u: &mut ObjectUrl,
+    env: &dyn StorageEnv,
+) -> Result<(Operator, ObjectLocation), ArtifactError> {
     let endpoint = u.take("endpoint");
     u.finish(url, "endpoint")?;
     let mut b = match env.var("AZURE_STORAGE_CONNECTION_STRING") {
@@ -373,7 +402,41 @@ fn azblob(url: &str, u: &mut ObjectUrl, env: &dyn StorageEnv) -> Result<Operator
         b = b.endpoint(endpoint);
     }
     b = b.container(&u.bucket).root(&u.root());
-    build(url, b)
+    let root = ObjectLocation::Azblob {
+        endpoint: azblob_endpoint(endpoint.as_deref(), env)
+            .trim_end_matches('/')
+            .to_string(),
+        container: u.bucket.clone(),
+        key: u.prefix.clone(),
+    };
+    Ok((build(url, b)?, root))
+}
+
+/// The blob endpoint a client outside this process uses: `?endpoint=`, else the
+/// connection string's `BlobEndpoint` (or its `AccountName`), else the account of
+/// `AZURE_STORAGE_ACCOUNT`.
+fn azblob_endpoint(endpoint: Option<&str>, env: &dyn StorageEnv) -> String {
+    if let Some(e) = endpoint {
+        return e.to_string();
+    }
+    let conn = env
+        .var("AZURE_STORAGE_CONNECTION_STRING")
+        .unwrap_or_default();
+    let field = |name: &str| {
+        conn.split(';').find_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    };
+    if let Some(e) = field("BlobEndpoint") {
+        return e;
+    }
+    let account = field("AccountName")
+        .or_else(|| env.var("AZURE_STORAGE_ACCOUNT"))
+        .unwrap_or_default();
+    format!("https://{account}.blob.core.windows.net")
 }
 
 #[cfg(test)]

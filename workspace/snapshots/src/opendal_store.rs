@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use opendal::{ErrorKind, Operator};
+use ovc_types::ObjectLocation;
 use std::io;
 use std::path::Path;
 
@@ -37,6 +38,9 @@ pub struct OpendalArtifacts {
     /// the XML multipart API, which OpenDAL uses only for conditional writes; so a
     /// streamed write deletes the old object and then creates the key if absent.
     resumable_writes: bool,
+    /// The root as an object location (its key is the prefix); `None`: a local or
+    /// memory store, reachable only from this process.
+    object_root: Option<ObjectLocation>,
 }
 
 impl OpendalArtifacts {
@@ -114,6 +118,7 @@ impl OpendalArtifacts {
                     op: opened.op,
                     root_url: opened.root_url,
                     resumable_writes: opened.resumable_writes,
+                    object_root: Some(opened.root),
                 })
             }
             _ => Err(ArtifactError::Refused(format!(
@@ -156,6 +161,7 @@ impl OpendalArtifacts {
             op,
             root_url,
             resumable_writes: false,
+            object_root: None,
         })
     }
 
@@ -168,6 +174,7 @@ impl OpendalArtifacts {
             op,
             root_url: "memory:///".to_string(),
             resumable_writes: false,
+            object_root: None,
         })
     }
 
@@ -228,6 +235,51 @@ impl ArtifactStore for OpendalArtifacts {
 
     fn url(&self, key: &str) -> String {
         format!("{}{}", self.root_url, percent_encode(key))
+    }
+
+    fn object_location(&self, key: &str) -> ObjectLocation {
+        let join = |prefix: &str| {
+            if prefix.is_empty() {
+                key.to_string()
+            } else {
+                format!("{}/{key}", prefix.trim_end_matches('/'))
+            }
+        };
+        match &self.object_root {
+            None => ObjectLocation::Local { url: self.url(key) },
+            Some(ObjectLocation::S3 {
+                bucket,
+                key: prefix,
+                region,
+                endpoint,
+                path_style,
+            }) => ObjectLocation::S3 {
+                bucket: bucket.clone(),
+                key: join(prefix),
+                region: region.clone(),
+                endpoint: endpoint.clone(),
+                path_style: *path_style,
+            },
+            Some(ObjectLocation::Gcs {
+                bucket,
+                key: prefix,
+                endpoint,
+            }) => ObjectLocation::Gcs {
+                bucket: bucket.clone(),
+                key: join(prefix),
+                endpoint: endpoint.clone(),
+            },
+            Some(ObjectLocation::Azblob {
+                endpoint,
+                container,
+                key: prefix,
+            }) => ObjectLocation::Azblob {
+                endpoint: endpoint.clone(),
+                container: container.clone(),
+                key: join(prefix),
+            },
+            Some(ObjectLocation::Local { url }) => ObjectLocation::Local { url: url.clone() },
+        }
     }
 
     async fn writer(&self, key: &str) -> Result<Box<dyn ArtifactWriter>, ArtifactError> {

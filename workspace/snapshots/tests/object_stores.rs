@@ -391,3 +391,90 @@ async fn one_gib_round_trip_with_bounded_memory() {
         assert!(growth_mib < 64.0, "{kind}: RSS grew by {growth_mib:.1} MiB");
     }
 }
+
+/// A vcluster pod writes its snapshot itself: the writer names the data object as an
+/// `ObjectLocation` that a second client (opened on the bucket's root, as the pod would
+/// be) can write to, then adopts it (reads it back, hashes it, writes the manifest), and
+/// the snapshot verifies like any other.
+#[tokio::test]
+async fn an_object_written_by_the_host_is_adopted_on_every_kind() {
+    use ovc_types::ObjectLocation;
+    let data = pattern(9 * 1024 * 1024 + 3, 11);
+    for (kind, url, env) in kinds() {
+        let store = open(&url, &env);
+        let w = SnapshotWriter::begin(&store, PREFIX, input())
+            .await
+            .unwrap();
+        let location = w.data_location();
+        let (root_url, key) = match &location {
+            ObjectLocation::S3 {
+                bucket,
+                key,
+                region,
+                endpoint,
+                path_style,
+            } => {
+                assert_eq!(region, "us-east-1", "{kind}");
+                assert_eq!(
+                    endpoint.as_deref(),
+                    env.get("AWS_ENDPOINT_URL").map(String::as_str)
+                );
+                assert!(path_style, "{kind}");
+                (format!("s3://{bucket}"), key.clone())
+            }
+            ObjectLocation::Gcs { bucket, key, .. } => (format!("gcs://{bucket}"), key.clone()),
+            ObjectLocation::Azblob {
+                endpoint,
+                container,
+                key,
+            } => {
+                assert!(
+                    url.ends_with(&format!("?endpoint={endpoint}")),
+                    "{kind}: {endpoint}"
+                );
+                (
+                    format!("azblob://{container}?endpoint={endpoint}"),
+                    key.clone(),
+                )
+            }
+            ObjectLocation::Local { url: local } => {
+                assert!(local.starts_with("file://"), "{kind}: {local}");
+                assert!(local.ends_with(&format!("{PREFIX}{BACKING_STORE_FILE}")));
+                (url.clone(), format!("{PREFIX}{BACKING_STORE_FILE}"))
+            }
+        };
+        assert!(
+            key.ends_with(&format!("{PREFIX}{BACKING_STORE_FILE}")),
+            "{kind}: {key}"
+        );
+        let host = open(&root_url, &env);
+        host.put(&key, data.clone()).await.unwrap();
+        let written = w
+            .adopt_written()
+            .await
+            .unwrap_or_else(|e| panic!("{kind}: {e}"));
+        assert_eq!(written.manifest.files[0].size, data.len() as u64, "{kind}");
+        let manifest = verify_snapshot(&store, PREFIX, Some(&written.manifest_sha256))
+            .await
+            .unwrap_or_else(|e| panic!("{kind}: {e}"));
+        assert_eq!(manifest.files[0].size, data.len() as u64, "{kind}");
+        let (_, back) = read_snapshot(&store, PREFIX).await.unwrap();
+        assert!(back == data, "{kind}: adopted data differs");
+        // Nothing written: adopting a missing object fails, naming it.
+        delete_snapshot(&store, PREFIX).await.unwrap();
+        let w = SnapshotWriter::begin(&store, PREFIX, input())
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                w.adopt_written().await,
+                Err(SnapshotError::MissingFile { .. })
+            ),
+            "{kind}"
+        );
+        assert!(matches!(
+            read_manifest(&store, PREFIX, None).await,
+            Err(SnapshotError::MissingManifest { .. })
+        ));
+    }
+}

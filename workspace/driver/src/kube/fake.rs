@@ -13,6 +13,7 @@
 //! docs/architecture.md.
 
 use super::{HelmConfig, KubeHost, KubeHostConfig, VirtualApiFactory};
+use crate::conformance::ObjectShelf;
 use crate::kube::values;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -77,6 +78,11 @@ struct State {
     workloads: BTreeMap<String, u32>,
     /// Restore pods to fail.
     fail_restores: bool,
+    /// Snapshot requests to fail, with this message.
+    fail_snapshots: Option<String>,
+    /// The content of each running vcluster (`ns/name`): what its snapshot holds and its
+    /// restore replaces.
+    virtual_data: BTreeMap<String, Value>,
 }
 
 /// The fake API server and controllers.
@@ -84,6 +90,8 @@ struct State {
 pub struct FakeCluster {
     state: Arc<Mutex<State>>,
     helm_dir: PathBuf,
+    /// The object storage vcluster pods write snapshots to and read them from.
+    shelf: ObjectShelf,
 }
 
 impl std::fmt::Debug for FakeCluster {
@@ -524,6 +532,7 @@ impl FakeCluster {
         FakeCluster {
             state: Arc::new(Mutex::new(State::default())),
             helm_dir: helm_dir.to_owned(),
+            shelf: ObjectShelf::default(),
         }
     }
 
@@ -620,9 +629,34 @@ impl FakeCluster {
                 binary: helm_binary.to_owned(),
                 ..HelmConfig::default()
             },
+            poll_interval: std::time::Duration::from_millis(10),
+            max_wait: std::time::Duration::from_secs(5),
             ..KubeHostConfig::default()
         };
-        KubeHost::new(self.client(), config).with_virtual_api(self.virtual_api())
+        KubeHost::new(self.client(), config)
+            .with_virtual_api(self.virtual_api())
+            .with_storage_credentials(super::StorageCredentials::default())
+    }
+
+    /// The object storage the fake vcluster pods write snapshots to (named by
+    /// vcluster's URL without its query: `s3://bucket/key`, an Azure blob URL).
+    pub fn shelf(&self) -> ObjectShelf {
+        self.shelf.clone()
+    }
+
+    /// The content of vcluster `release` in `namespace` (`None` before it first ran).
+    pub fn virtual_data(&self, namespace: &str, release: &str) -> Option<Value> {
+        self.state
+            .lock()
+            .expect("fake state")
+            .virtual_data
+            .get(&format!("{namespace}/{release}"))
+            .cloned()
+    }
+
+    /// Makes the snapshot controller fail every new request with `message`.
+    pub fn fail_snapshots(&self, message: &str) {
+        self.state.lock().expect("fake state").fail_snapshots = Some(message.to_string());
     }
 
     /// Every request so far.
@@ -792,6 +826,7 @@ impl FakeCluster {
             .collect();
         for key in gone {
             st.rendered.remove(&key);
+            st.virtual_data.remove(&key);
             let (ns, name) = key.split_once('/').expect("ns/name");
             let (ns, name) = (ns.to_owned(), name.to_owned());
             for (c, n) in [
@@ -880,6 +915,12 @@ impl FakeCluster {
                     );
                 }
                 st.virtual_ready.insert(server);
+                st.virtual_data.entry(wl_key.clone()).or_insert_with(|| {
+                    json!({
+                        "namespaces/default": {"metadata": {"name": "default"}},
+                        "configmaps/default/origin": {"data": {"created-in": wl_key.clone()}},
+                    })
+                });
                 let n = st.workloads.get(&wl_key).copied().unwrap_or(0);
                 for i in 0..n {
                     let pod = format!("web-{i}-x-default-x-{release}");
@@ -914,11 +955,47 @@ impl FakeCluster {
             if req["status"].get("phase").is_some() {
                 continue;
             }
-            req["status"] = json!({"phase": "Completed"});
+            let secrets = c.replace("/configmaps", "/secrets");
+            let ns = c
+                .split("/namespaces/")
+                .nth(1)
+                .and_then(|r| r.split('/').next())
+                .unwrap_or_default()
+                .to_owned();
+            let release = cm["metadata"]["labels"][crate::kube::SNAPSHOT_VCLUSTER_NAME]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            // The controller reads the options Secret, writes the archive, deletes the
+            // Secret.
+            let options = st
+                .get(&secrets, &name)
+                .and_then(|sec| sec["data"]["snapshotOptions"].as_str().map(unb64))
+                .and_then(|raw| serde_json::from_slice::<Value>(&raw).ok());
+            let data = st.virtual_data.get(&format!("{ns}/{release}")).cloned();
+            req["status"] = match (
+                &st.fail_snapshots,
+                options.as_ref().and_then(storage_key),
+                data,
+            ) {
+                (Some(message), _, _) => {
+                    json!({"phase": "Failed", "error": {"message": message}})
+                }
+                (None, Some(key), Some(data)) => {
+                    self.shelf
+                        .put(&key, serde_json::to_vec(&data).unwrap_or_default());
+                    json!({"phase": "Completed"})
+                }
+                (None, None, _) => {
+                    json!({"phase": "Failed", "error": {"message": "no usable snapshot options"}})
+                }
+                (None, Some(_), None) => {
+                    json!({"phase": "Failed", "error": {"message": "the vcluster never ran"}})
+                }
+            };
             cm["data"]["snapshotRequest"] = json!(req.to_string());
             cm["metadata"]["finalizers"] = json!(["vcluster.loft.sh/snapshot-controller"]);
             st.put(&c, &name, cm, "configmaps");
-            let secrets = c.replace("/configmaps", "/secrets");
             st.objects.remove(&(secrets, name));
         }
         // Restore pods run to completion.
@@ -932,10 +1009,80 @@ impl FakeCluster {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         for ((c, name), mut pod) in restore_pods {
-            pod["status"] = json!({"phase": if fail { "Failed" } else { "Succeeded" }});
+            if pod["status"].get("phase").is_some() {
+                continue;
+            }
+            let ns = c
+                .split("/namespaces/")
+                .nth(1)
+                .and_then(|r| r.split('/').next())
+                .unwrap_or_default()
+                .to_owned();
+            let release = pod["metadata"]["labels"]["release"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            // `/vcluster restore`: the options come from the env var's Secret (base64 of
+            // the JSON, stored base64 again as Secret data).
+            let secret = pod["spec"]["containers"][0]["env"]
+                .as_array()
+                .and_then(|env| {
+                    env.iter()
+                        .find(|e| e["name"] == json!("VCLUSTER_STORAGE_OPTIONS"))
+                })
+                .and_then(|e| e["valueFrom"]["secretKeyRef"]["name"].as_str())
+                .map(str::to_owned)
+                .unwrap_or_default();
+            let options = st
+                .get(&c.replace("/pods", "/secrets"), &secret)
+                .and_then(|sec| sec["data"]["VCLUSTER_STORAGE_OPTIONS"].as_str().map(unb64))
+                .map(|env| unb64(&String::from_utf8_lossy(&env)))
+                .and_then(|raw| serde_json::from_slice::<Value>(&raw).ok());
+            let archive = options
+                .as_ref()
+                .and_then(storage_key)
+                .and_then(|key| self.shelf.get(&key))
+                .and_then(|raw| serde_json::from_slice::<Value>(&raw).ok());
+            let outcome = match archive {
+                Some(data) if !fail => {
+                    st.virtual_data.insert(format!("{ns}/{release}"), data);
+                    Ok(())
+                }
+                Some(_) => Err("restore failed (injected)"),
+                None => Err("snapshot not found at the given location"),
+            };
+            pod["status"] = match outcome {
+                Ok(()) => json!({"phase": "Succeeded", "containerStatuses": [
+                    {"name": "snapshot", "ready": false, "restartCount": 0, "image": "x", "imageID": "x",
+                     "state": {"terminated": {"exitCode": 0}}}]}),
+                Err(message) => json!({"phase": "Failed", "containerStatuses": [
+                    {"name": "snapshot", "ready": false, "restartCount": 0, "image": "x", "imageID": "x",
+                     "state": {"terminated": {"exitCode": 1, "message": message}}}]}),
+            };
             st.put(&c, &name, pod, "pods");
         }
     }
+}
+
+/// The shelf's name of the object vcluster's storage `options` point at: `s3://B/K` or
+/// the Azure blob URL.
+fn storage_key(options: &Value) -> Option<String> {
+    match options["type"].as_str()? {
+        "s3" => Some(format!(
+            "s3://{}/{}",
+            options["s3"]["bucket"].as_str()?,
+            options["s3"]["key"].as_str()?
+        )),
+        "azure" => options["azure"]["blob-url"].as_str().map(str::to_owned),
+        _ => None,
+    }
+}
+
+fn unb64(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .unwrap_or_default()
 }
 
 fn b64(s: &str) -> String {

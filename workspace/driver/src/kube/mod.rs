@@ -14,6 +14,7 @@
 
 pub mod error;
 pub mod helm;
+pub mod storage;
 pub mod values;
 
 #[cfg(feature = "conformance")]
@@ -21,6 +22,7 @@ pub mod fake;
 
 pub use error::{KubeError, KubeResult};
 pub use helm::{ChartSource, Helm, HelmConfig, HelmRelease, HelmStatus};
+pub use storage::{StorageCredentials, VclusterStorage, vcluster_storage};
 
 use crate::{
     ANNOTATION_CREATED_BY, BackingStoreSink, BackingStoreSource, CallCtx, ControlPlaneStatus,
@@ -65,6 +67,12 @@ pub const SNAPSHOT_REQUEST: &str = "vcluster.loft.sh/snapshot-request";
 pub const SNAPSHOT_VCLUSTER_NAME: &str = "vcluster.loft.sh/vcluster-name";
 /// Label: the namespace of a snapshot request.
 pub const SNAPSHOT_VCLUSTER_NAMESPACE: &str = "vcluster.loft.sh/vcluster-namespace";
+/// The ResourceQuota that keeps a new vcluster's pods from starting until its restore
+/// (mechanics §5).
+pub const RESTORE_QUOTA: &str = "vcluster-restore";
+/// Annotation on a restore's options Secret: whether it restores into a new vcluster
+/// (`--new-vcluster`), so a re-run after the hold was lifted still knows.
+pub const NEW_VCLUSTER: &str = "ovc.dev/new-vcluster";
 /// Finalizers vcluster's snapshot/restore controllers put on request ConfigMaps.
 pub const REQUEST_FINALIZERS: [&str; 2] = [
     "vcluster.loft.sh/snapshot-controller",
@@ -89,6 +97,12 @@ pub struct KubeHostConfig {
     pub server_template: String,
     /// Longest one API call may take (then: transient).
     pub call_timeout: Duration,
+    /// How often a call that waits on the host looks again (a Terminating namespace, a
+    /// snapshot request, a restore pod).
+    pub poll_interval: Duration,
+    /// The longest such a wait lasts when the call has no deadline of its own (then:
+    /// transient, and the step is retried).
+    pub max_wait: Duration,
 }
 
 impl Default for KubeHostConfig {
@@ -97,6 +111,8 @@ impl Default for KubeHostConfig {
             helm: HelmConfig::default(),
             server_template: "https://{release}.{namespace}:443".into(),
             call_timeout: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(2),
+            max_wait: Duration::from_secs(300),
         }
     }
 }
@@ -239,6 +255,7 @@ pub struct KubeHost {
     config: KubeHostConfig,
     helm: Arc<Helm>,
     virtual_api: VirtualApiFactory,
+    credentials: StorageCredentials,
 }
 
 impl std::fmt::Debug for KubeHost {
@@ -281,7 +298,15 @@ impl KubeHost {
             helm: Arc::new(Helm::new(config.helm.clone())),
             config,
             virtual_api: Arc::new(|k| Box::pin(default_virtual_api(k))),
+            credentials: StorageCredentials::from_env(),
         }
+    }
+
+    /// Replaces the snapshot-storage credentials handed to vclusters (default: the
+    /// process environment's, [`StorageCredentials::from_env`]).
+    pub fn with_storage_credentials(mut self, credentials: StorageCredentials) -> Self {
+        self.credentials = credentials;
+        self
     }
 
     /// The host from `KUBECONFIG` (or `~/.kube/config`, or the in-cluster service account)
@@ -393,6 +418,37 @@ impl KubeHost {
         Ok(ip.map(|ip| server.replace("{cluster_ip}", &ip)))
     }
 
+    /// Waits one [`KubeHostConfig::poll_interval`] before a call that waits on the host
+    /// looks again, unless that would outlast the wait: the call's deadline (less one
+    /// interval, so the step's own timeout never cuts the call off mid-request), or
+    /// [`KubeHostConfig::max_wait`] from `started` without a deadline. Then a transient
+    /// error saying what was waited for, so the step is retried later.
+    async fn wait_again(
+        &self,
+        ctx: &CallCtx,
+        started: tokio::time::Instant,
+        waiting_for: impl FnOnce() -> String,
+    ) -> DriverResult<()> {
+        let interval = self.config.poll_interval;
+        let now = tokio::time::Instant::now();
+        let out_of_time = match ctx.deadline {
+            Some(deadline) => std::time::Instant::now() + interval * 2 >= deadline,
+            None => now + interval > started + self.config.max_wait,
+        };
+        if out_of_time {
+            return Err(DriverError::Transient {
+                message: format!(
+                    "{} after {:?}; the step will look again",
+                    waiting_for(),
+                    now - started
+                ),
+                retry_after: Some(interval),
+            });
+        }
+        tokio::time::sleep(interval).await;
+        ctx.check()
+    }
+
     // ---- namespace (mechanics §1 step 1, §7 step 6) ----
 
     fn is_ours(ns: &Namespace, owner: &BTreeMap<String, String>) -> bool {
@@ -402,8 +458,8 @@ impl KubeHost {
     }
 
     /// Creates namespace `t.namespace` with ovc's labels, `owner`'s labels and the
-    /// annotation `vcluster.loft.sh/created=true`. A Terminating namespace is waited out
-    /// (transient, retry in 2 s); an existing one must carry `owner`'s labels, else the
+    /// annotation `vcluster.loft.sh/created=true`. A Terminating namespace is
+    /// [`KubeError::NotYet`] (the trait's `ensure_namespace` waits it out, bounded); an existing one must carry `owner`'s labels, else the
     /// call is refused. Returns true when this call created it.
     pub async fn ensure_namespace_owned(
         &self,
@@ -1166,6 +1222,24 @@ impl KubeHost {
         }
     }
 
+    /// `options` with `release` (name, namespace, chart and version, values as YAML), as
+    /// vcluster's CLI fills it, so the archive carries the release (mechanics §4).
+    async fn with_release(&self, t: &Target, mut options: Value) -> KubeResult<Value> {
+        if let Some(rel) = self.helm_release(t).await? {
+            use base64::Engine;
+            let values = serde_saphyr::to_string(&Value::Object(rel.config.clone()))
+                .map_err(|e| KubeError::Config(format!("release values do not encode: {e}")))?;
+            options["release"] = json!({
+                "releaseName": t.release,
+                "releaseNamespace": t.namespace,
+                "chartName": "vcluster",
+                "chartVersion": rel.chart_version(),
+                "values": base64::engine::general_purpose::STANDARD.encode(values),
+            });
+        }
+        Ok(options)
+    }
+
     /// The phase of the request for `url` (`None`: no such request).
     pub async fn snapshot_phase(&self, t: &Target, url: &str) -> KubeResult<Option<SnapshotPhase>> {
         Ok(self
@@ -1210,7 +1284,7 @@ impl KubeHost {
     pub async fn block_new_control_plane(&self, t: &Target) -> KubeResult<()> {
         let api: Api<ResourceQuota> = self.ns_api(&t.namespace);
         let quota: ResourceQuota = serde_json::from_value(json!({
-            "metadata": {"name": "vcluster-restore"},
+            "metadata": {"name": RESTORE_QUOTA},
             "spec": {"hard": {"pods": "0"}},
         }))
         .map_err(|e| KubeError::Config(e.to_string()))?;
@@ -1228,10 +1302,11 @@ impl KubeHost {
     }
 
     /// Restore from `url`, one idempotent pass at a time: pause with `loft.sh/restoring`,
-    /// delete the synced pods, delete PVCs not ending `-0`, delete quota
-    /// `vcluster-restore`, create Secret `vcluster-snapshot-options-ID` and Pod
-    /// `vcluster-snapshot-ID` (`/vcluster restore`), and once it exited 0 delete both
-    /// and resume. `ID` is derived from `url`, so a re-run finds its pod.
+    /// delete the synced pods, delete PVCs not ending `-0`, create Secret
+    /// `vcluster-snapshot-options-ID` (annotated with `new_vcluster`), delete quota
+    /// `vcluster-restore`, create Pod `vcluster-snapshot-ID` (`/vcluster restore`) and
+    /// make it the Secret's owner; once the pod exited 0 delete both and resume. `ID` is
+    /// derived from `url`, so a re-run finds its pod.
     pub async fn restore(
         &self,
         t: &Target,
@@ -1258,12 +1333,30 @@ impl KubeHost {
                     Ok(RestoreProgress::Done)
                 }
                 "Failed" => {
+                    let exit = pod
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.container_statuses.as_ref())
+                        .and_then(|cs| cs.iter().find(|c| c.name == "snapshot"))
+                        .and_then(|c| c.state.as_ref())
+                        .and_then(|s| s.terminated.as_ref())
+                        .map(|t| {
+                            format!(
+                                " (exit code {}{})",
+                                t.exit_code,
+                                t.message
+                                    .as_deref()
+                                    .map(|m| format!(": {}", self.credentials.redact(m.trim())))
+                                    .unwrap_or_default()
+                            )
+                        })
+                        .unwrap_or_default();
                     self.finish_restore(t, &pod_name, &secret_name).await?;
                     Err(KubeError::refused(
                         Code::FailedPrecondition,
                         "RESTORE_FAILED",
                         format!(
-                            "the restore pod {pod_name} failed; the vcluster was resumed with its previous data"
+                            "the restore pod {pod_name} failed{exit}; the vcluster was resumed with its previous data"
                         ),
                     ))
                 }
@@ -1285,14 +1378,13 @@ impl KubeHost {
                     .await?;
             }
         }
-        let quotas: Api<ResourceQuota> = self.ns_api(&t.namespace);
-        self.delete_ok(&quotas, "resourcequotas", "vcluster-restore")
-            .await?;
         let template = self.control_plane_template(t).await?;
         let secrets: Api<Secret> = self.ns_api(&t.namespace);
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(secret_name.clone()),
+                labels: Some([("app".to_string(), "vcluster-snapshot".to_string())].into()),
+                annotations: Some([(NEW_VCLUSTER.to_string(), new_vcluster.to_string())].into()),
                 ..ObjectMeta::default()
             },
             data: Some(
@@ -1316,13 +1408,72 @@ impl KubeHost {
             Err(e) if e.is_already_exists() => {}
             Err(e) => return Err(e),
         }
+        // Only now may pods start in the namespace again (a new vcluster's hold): the
+        // control plane is paused, so only the restore pod will.
+        let quotas: Api<ResourceQuota> = self.ns_api(&t.namespace);
+        self.delete_ok(&quotas, "resourcequotas", RESTORE_QUOTA)
+            .await?;
         let pod = restore_pod(t, &pod_name, &secret_name, url, &template, new_vcluster)?;
-        match self
+        let created = match self
             .call("POST pods", pods.create(&PostParams::default(), &pod))
             .await
         {
-            Ok(_) => Ok(RestoreProgress::Running),
-            Err(e) if e.is_already_exists() => Ok(RestoreProgress::Running),
+            Ok(p) => p,
+            Err(e) if e.is_already_exists() => return Ok(RestoreProgress::Running),
+            Err(e) => return Err(e),
+        };
+        // The pod owns its options Secret, so the garbage collector removes the Secret
+        // with the pod even if ovc never gets to (mechanics §5 step 4).
+        if let Some(uid) = created.metadata.uid {
+            let body = json!({"metadata": {"ownerReferences": [{
+                "apiVersion": "v1", "kind": "Pod", "name": pod_name, "uid": uid,
+            }]}});
+            self.call(
+                format!("PATCH secrets/{secret_name}"),
+                secrets.patch(&secret_name, &merge_patch(), &Patch::Merge(&body)),
+            )
+            .await?;
+        }
+        Ok(RestoreProgress::Running)
+    }
+
+    /// Whether the restore from `url` goes into a new vcluster (`--new-vcluster`): what
+    /// its options Secret says once it exists (the hold is lifted after it is written),
+    /// else whether the hold of [`block_new_control_plane`](Self::block_new_control_plane)
+    /// is in place.
+    pub async fn restore_is_new(&self, t: &Target, url: &str) -> KubeResult<bool> {
+        let secret_name = format!("vcluster-snapshot-options-{}", short_hash(url));
+        let secrets: Api<Secret> = self.ns_api(&t.namespace);
+        if let Some(secret) = self
+            .call(
+                format!("GET secrets/{secret_name}"),
+                secrets.get_opt(&secret_name),
+            )
+            .await?
+            && let Some(v) = annotations(&secret.metadata).get(NEW_VCLUSTER)
+        {
+            return Ok(v == "true");
+        }
+        let quotas: Api<ResourceQuota> = self.ns_api(&t.namespace);
+        Ok(self
+            .call(
+                format!("GET resourcequotas/{RESTORE_QUOTA}"),
+                quotas.get_opt(RESTORE_QUOTA),
+            )
+            .await?
+            .is_some())
+    }
+
+    /// Lifts the hold of [`block_new_control_plane`](Self::block_new_control_plane)
+    /// (absent: fine).
+    pub async fn unblock_new_control_plane(&self, t: &Target) -> KubeResult<()> {
+        let quotas: Api<ResourceQuota> = self.ns_api(&t.namespace);
+        match self
+            .delete_ok(&quotas, "resourcequotas", RESTORE_QUOTA)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -1538,9 +1689,19 @@ impl HostDriver for KubeHost {
     ) -> DriverResult<NamespaceOutcome> {
         ctx.check()?;
         let created_by = ctx.operation_id.map(|op| op.to_string());
-        Ok(self
-            .ensure_namespace_owned(t, &owner.labels(), created_by.as_deref())
-            .await?)
+        let started = tokio::time::Instant::now();
+        loop {
+            match self
+                .ensure_namespace_owned(t, &owner.labels(), created_by.as_deref())
+                .await
+            {
+                // Terminating: wait until it is gone, then create it anew.
+                Err(KubeError::NotYet { message, .. }) => {
+                    self.wait_again(ctx, started, || message).await?;
+                }
+                other => return Ok(other?),
+            }
+        }
     }
 
     async fn delete_namespace(&self, ctx: &CallCtx, t: &Target) -> DriverResult<bool> {
@@ -1640,40 +1801,118 @@ impl HostDriver for KubeHost {
         Ok(self.readiness(t).await?.is_ready())
     }
 
+    /// Mechanics §4: a snapshot request for the sink's object (Secret + ConfigMap; an
+    /// existing request for the same URL is reused), polled until `Completed`; the
+    /// object the vcluster wrote is then handed to the sink, and its size returned.
+    /// `Failed` → permanent with vcluster's message (credentials masked); `Canceled` →
+    /// the request is removed and the error is transient, so the retry asks anew.
     async fn dump_backing_store(
         &self,
         ctx: &CallCtx,
         t: &Target,
-        _sink: &mut dyn BackingStoreSink,
+        sink: &mut dyn BackingStoreSink,
     ) -> DriverResult<u64> {
         ctx.check()?;
-        Err(KubeError::refused(
-            Code::FailedPrecondition,
-            "SNAPSHOT_BY_LOCATION",
-            format!(
-                "the kube driver cannot hand the backing store of {} over as bytes: a vcluster \
-                 writes its snapshot to object storage itself (KubeHost::request_snapshot)",
-                t.release
-            ),
-        )
-        .into())
+        let storage = vcluster_storage(&sink.object(), &self.credentials)?;
+        let location = sink.location().to_string();
+        let options = self.with_release(t, storage.options.clone()).await?;
+        let started = tokio::time::Instant::now();
+        let mut phase = self.request_snapshot(t, &storage.url, &options).await?;
+        loop {
+            match phase {
+                SnapshotPhase::Completed => break,
+                SnapshotPhase::Failed(message) => {
+                    return Err(KubeError::refused(
+                        Code::FailedPrecondition,
+                        "SNAPSHOT_FAILED",
+                        format!(
+                            "vcluster {} could not write its snapshot to {}: {}",
+                            t.release,
+                            location,
+                            self.credentials.redact(&message)
+                        ),
+                    )
+                    .into());
+                }
+                SnapshotPhase::Canceled => {
+                    self.delete_snapshot_request(t, &storage.url).await?;
+                    return Err(DriverError::transient(format!(
+                        "the snapshot request of {} for {} was canceled (a newer request for                          the same location); asking again",
+                        t.release, location
+                    )));
+                }
+                SnapshotPhase::Pending | SnapshotPhase::InProgress(_) => {
+                    let shown = match &phase {
+                        SnapshotPhase::InProgress(p) => p.clone(),
+                        _ => "not started".to_string(),
+                    };
+                    self.wait_again(ctx, started, || {
+                        format!(
+                            "the snapshot of {} to {} is still {shown}",
+                            t.release, location
+                        )
+                    })
+                    .await?;
+                    phase = match self.snapshot_phase(t, &storage.url).await? {
+                        Some(p) => p,
+                        None => {
+                            return Err(DriverError::transient(format!(
+                                "the snapshot request of {} for {} disappeared; asking again",
+                                t.release, location
+                            )));
+                        }
+                    };
+                }
+            }
+        }
+        sink.adopt_written().await
     }
 
+    /// Mechanics §5: the restore pod reads the source's object itself (the caller has
+    /// verified it against its manifest), in passes of [`KubeHost::restore`] until it
+    /// exited 0 and the control plane is resumed. Into a new vcluster (`--new-vcluster`)
+    /// when [`HostDriver::hold_new_control_plane`] held it back. Returns the object's size.
     async fn load_backing_store(
         &self,
         ctx: &CallCtx,
         t: &Target,
-        _source: &mut dyn BackingStoreSource,
+        source: &mut dyn BackingStoreSource,
     ) -> DriverResult<u64> {
         ctx.check()?;
-        Err(KubeError::refused(
-            Code::FailedPrecondition,
-            "SNAPSHOT_BY_LOCATION",
-            format!(
-                "the kube driver restores {} from a snapshot location (KubeHost::restore), not from bytes",
-                t.release
-            ),
-        )
-        .into())
+        let storage = vcluster_storage(&source.object(), &self.credentials)?;
+        let (location, size) = (source.location().to_string(), source.size());
+        let new_vcluster = self.restore_is_new(t, &storage.url).await?;
+        let started = tokio::time::Instant::now();
+        loop {
+            match self
+                .restore(t, &storage.url, &storage.options, new_vcluster)
+                .await?
+            {
+                RestoreProgress::Done => return Ok(size),
+                RestoreProgress::Running => {
+                    self.wait_again(ctx, started, || {
+                        format!(
+                            "the restore pod of {} (from {}) is still running",
+                            t.release, location
+                        )
+                    })
+                    .await?;
+                }
+            }
+        }
+    }
+
+    async fn hold_new_control_plane(
+        &self,
+        ctx: &CallCtx,
+        t: &Target,
+        hold: bool,
+    ) -> DriverResult<()> {
+        ctx.check()?;
+        if hold {
+            Ok(self.block_new_control_plane(t).await?)
+        } else {
+            Ok(self.unblock_new_control_plane(t).await?)
+        }
     }
 }
