@@ -44,7 +44,7 @@ pub struct DevArgs {
     pub max_live_feeds: u32,
     /// How long a step may wait (readiness and the like) before it fails and the
     /// operation compensates (as `ovc worker --ready-timeout`).
-    #[arg(long, env = "OVC_READY_TIMEOUT", default_value = "10m", value_parser = crate::worker::parse_ready_timeout)]
+    #[arg(long, env = "OVC_READY_TIMEOUT", default_value = "10m", value_parser = crate::duration::parse)]
     pub ready_timeout: std::time::Duration,
     /// How often the snapshot inventory runs (`off` to disable), as for `ovc worker`.
     #[arg(long, env = "OVC_INVENTORY_EVERY", default_value = "1h", value_parser = crate::worker::parse_inventory_every)]

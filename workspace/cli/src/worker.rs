@@ -59,7 +59,7 @@ pub struct WorkerArgs {
     /// How long a step may wait (for the control plane to be ready, pods to go, ...),
     /// from its first start, before it fails and the operation compensates: `600s`,
     /// `10m`, `1h`, `500ms`.
-    #[arg(long, env = "OVC_READY_TIMEOUT", default_value = "10m", value_parser = parse_ready_timeout)]
+    #[arg(long, env = "OVC_READY_TIMEOUT", default_value = "10m", value_parser = crate::duration::parse)]
     pub ready_timeout: Duration,
     /// How often this process checks that every READY snapshot in its storage still has
     /// its artifact (ones that do not become MISSING, and READY again once it is back):
@@ -122,33 +122,14 @@ pub async fn host(host: &str, database_url: &str, pg_schema: Option<&str>) -> an
     }
 }
 
-/// Parses `--inventory-every`: a duration as for `--ready-timeout`, or `off`.
+/// Parses `--inventory-every`: a duration ([`crate::duration`]), or `off`.
 pub fn parse_inventory_every(s: &str) -> Result<Option<Duration>, String> {
     if s == "off" {
         return Ok(None);
     }
-    parse_ready_timeout(s)
+    crate::duration::parse(s)
         .map(Some)
         .map_err(|e| format!("{e}, or off"))
-}
-
-/// Parses `--ready-timeout`: a positive whole number with a unit (`ms`, `s`, `m`, `h`).
-pub fn parse_ready_timeout(s: &str) -> Result<Duration, String> {
-    let bad = || format!("{s:?}: use a positive duration such as 600s, 10m, 1h or 500ms");
-    let at = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let (n, unit) = s.split_at(at);
-    let n: u64 = n.parse().map_err(|_| bad())?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => return Err(bad()),
-    };
-    if d.is_zero() {
-        return Err(bad());
-    }
-    Ok(d)
 }
 
 /// Test-only: the environment variable that skews `ovc worker`'s clock (see the module
@@ -318,17 +299,6 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ready_timeouts_parse_with_a_unit_and_refuse_the_rest() {
-        assert_eq!(parse_ready_timeout("10m"), Ok(Duration::from_secs(600)));
-        assert_eq!(parse_ready_timeout("600s"), Ok(Duration::from_secs(600)));
-        assert_eq!(parse_ready_timeout("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_ready_timeout("500ms"), Ok(Duration::from_millis(500)));
-        for bad in ["", "10", "0s", "-1s", "1d", "1.5m", "m", "10 m"] {
-            assert!(parse_ready_timeout(bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn inventory_intervals_parse_or_turn_it_off() {
