@@ -101,6 +101,7 @@ async fn start_worker(
         name: Some(format!("bench-api-{}", uuid::Uuid::new_v4().simple())),
         ready_timeout: ovc_engine::model::DEFAULT_READY_TIMEOUT,
         workflows: "vcluster".into(),
+        traffic_file: None,
     };
     let worker = crate::worker::build(
         store,

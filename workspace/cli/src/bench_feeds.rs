@@ -240,6 +240,7 @@ async fn measure(
         name: Some("bench-feeds".into()),
         ready_timeout: ovc_engine::model::DEFAULT_READY_TIMEOUT,
         workflows: "vcluster".into(),
+        traffic_file: None,
     };
     let worker = crate::worker::build(
         store.clone(),

@@ -88,6 +88,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         name: None,
         ready_timeout: args.ready_timeout,
         workflows: "vcluster".into(),
+        traffic_file: None,
     };
     // One driver for the workers and the kubeconfig route.
     let host = crate::worker::host(&args.host, &url, None).await?;

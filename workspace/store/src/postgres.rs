@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::model::*;
 use crate::page_token::{TimeKey, VClusterKey};
 use crate::sqlite::operation_doc;
+use crate::traffic::Traffic;
 use crate::wake::Wakeups;
 use crate::{Store, TokenRow, from_doc, micros, to_doc, token_from, vcluster_token};
 use async_trait::async_trait;
@@ -42,6 +43,7 @@ pub struct PgStore {
     /// (events channel, runs channel) for LISTEN/NOTIFY, scoped by schema.
     channels: Arc<(String, String)>,
     listener: tokio::task::JoinHandle<()>,
+    traffic: Arc<Traffic>,
 }
 
 impl Drop for PgStore {
@@ -140,8 +142,27 @@ const RUN_COLUMNS: &str = "id, operation_id, vcluster_uid, status, run_at, attem
 /// An open write transaction.
 struct PgTx {
     tx: Transaction<'static, Postgres>,
+    traffic: Arc<Traffic>,
     /// (events channel, runs channel) for NOTIFY.
     channels: Arc<(String, String)>,
+}
+
+impl PgTx {
+    /// The transaction's connection, for one more statement.
+    fn conn(&mut self) -> &mut sqlx::PgConnection {
+        self.traffic.write_statement();
+        &mut *self.tx
+    }
+
+    async fn commit(self) -> Result<()> {
+        self.traffic.write_statement();
+        Ok(self.tx.commit().await?)
+    }
+
+    async fn rollback(self) -> Result<()> {
+        self.traffic.write_statement();
+        Ok(self.tx.rollback().await?)
+    }
 }
 
 impl TxOps for PgTx {
@@ -161,7 +182,7 @@ impl TxOps for PgTx {
         .bind(&claim.request_hash)
         .bind(claim.operation_id.as_uuid())
         .bind(now)
-        .execute(&mut *self.tx)
+        .execute(self.conn())
         .await?
         .rows_affected();
         if inserted == 1 {
@@ -173,7 +194,7 @@ impl TxOps for PgTx {
         )
         .bind(claim.project.as_str())
         .bind(&claim.request_id)
-        .fetch_one(&mut *self.tx)
+        .fetch_one(self.conn())
         .await?;
         let hash: String = row.try_get("request_hash")?;
         let op = OperationId(row.try_get("operation_id")?);
@@ -190,7 +211,7 @@ impl TxOps for PgTx {
             .bind(now)
             .bind(claim.project.as_str())
             .bind(&claim.request_id)
-            .execute(&mut *self.tx)
+            .execute(self.conn())
             .await?;
             return Ok(None);
         }
@@ -211,7 +232,7 @@ impl TxOps for PgTx {
         )
         .bind(lease.run_id.as_uuid())
         .bind(lease.epoch)
-        .execute(&mut *self.tx)
+        .execute(self.conn())
         .await?
         .rows_affected();
         if n == 1 {
@@ -241,7 +262,7 @@ impl TxOps for PgTx {
                     )
                     .bind(stream)
                     .bind(count_i)
-                    .fetch_one(&mut *self.tx)
+                    .fetch_one(self.conn())
                     .await?,
                 ),
                 ExpectedVersion::NoStream => {
@@ -251,7 +272,7 @@ impl TxOps for PgTx {
                     )
                     .bind(stream)
                     .bind(count_i)
-                    .fetch_optional(&mut *self.tx)
+                    .fetch_optional(self.conn())
                     .await?
                 }
                 ExpectedVersion::Exact(v) => sqlx::query_scalar(
@@ -261,7 +282,7 @@ impl TxOps for PgTx {
                 .bind(count_i)
                 .bind(stream)
                 .bind(to_i64(v)?)
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.conn())
                 .await?,
             };
         match new_version {
@@ -270,7 +291,7 @@ impl TxOps for PgTx {
                 let actual: Option<i64> =
                     sqlx::query_scalar("SELECT version FROM streams WHERE stream = $1")
                         .bind(stream)
-                        .fetch_optional(&mut *self.tx)
+                        .fetch_optional(self.conn())
                         .await?;
                 Err(Error::WrongExpectedVersion {
                     stream: stream.to_string(),
@@ -285,7 +306,7 @@ impl TxOps for PgTx {
         let doc: Option<serde_json::Value> =
             sqlx::query_scalar("SELECT doc FROM vclusters WHERE uid = $1")
                 .bind(uid.as_uuid())
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.conn())
                 .await?;
         doc.map(|d| from_doc("vclusters", d)).transpose()
     }
@@ -306,7 +327,7 @@ impl TxOps for PgTx {
         .bind(to_doc(vc))
         .bind(vc.created_at)
         .bind(vc.updated_at)
-        .execute(&mut *self.tx)
+        .execute(self.conn())
         .await;
         match res {
             Ok(_) => Ok(()),
@@ -322,7 +343,7 @@ impl TxOps for PgTx {
         let doc: Option<serde_json::Value> =
             sqlx::query_scalar("SELECT doc FROM operations WHERE id = $1")
                 .bind(id.as_uuid())
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.conn())
                 .await?;
         let Some(doc) = doc else { return Ok(None) };
         let mut op: Operation = from_doc("operations", doc)?;
@@ -330,7 +351,7 @@ impl TxOps for PgTx {
             "SELECT {STEP_COLUMNS} FROM operation_steps WHERE operation_id = $1 ORDER BY idx"
         )))
         .bind(id.as_uuid())
-        .fetch_all(&mut *self.tx)
+        .fetch_all(self.conn())
         .await?;
         op.steps = rows.iter().map(step_from_row).collect::<Result<_>>()?;
         Ok(Some(op))
@@ -356,7 +377,7 @@ impl TxOps for PgTx {
         .bind(operation_doc(op))
         .bind(op.created_at)
         .bind(op.updated_at)
-        .execute(&mut *self.tx)
+        .execute(self.conn())
         .await?;
         // The key of an operation that ended starts its 24 h from the end.
         if let (true, Some(request_id)) = (op.done, op.request_id.as_deref()) {
@@ -369,7 +390,7 @@ impl TxOps for PgTx {
             .bind(op.project.as_str())
             .bind(request_id)
             .bind(op.id.as_uuid())
-            .execute(&mut *self.tx)
+            .execute(self.conn())
             .await?;
         }
         if op.steps.is_empty() {
@@ -411,7 +432,7 @@ impl TxOps for PgTx {
         .bind(started)
         .bind(finished)
         .bind(errors)
-        .execute(&mut *self.tx)
+        .execute(self.conn())
         .await?;
         Ok(())
     }
@@ -420,7 +441,7 @@ impl TxOps for PgTx {
         let doc: Option<serde_json::Value> =
             sqlx::query_scalar("SELECT doc FROM snapshots WHERE id = $1")
                 .bind(id.as_uuid())
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.conn())
                 .await?;
         doc.map(|d| from_doc("snapshots", d)).transpose()
     }
@@ -442,7 +463,7 @@ impl TxOps for PgTx {
         .bind(to_doc(s))
         .bind(s.created_at)
         .bind(s.updated_at)
-        .execute(&mut *self.tx)
+        .execute(self.conn())
         .await?;
         Ok(())
     }
@@ -459,7 +480,7 @@ impl TxOps for PgTx {
         .bind(run.vcluster_uid.as_uuid())
         .bind(run.delay.map(duration_micros).unwrap_or(0).max(0))
         .bind(run.priority)
-        .execute(&mut *self.tx)
+        .execute(self.conn())
         .await?;
         Ok(())
     }
@@ -490,7 +511,7 @@ impl TxOps for PgTx {
             .bind(lease.epoch)
             .bind(duration_micros(lease_for).max(0)),
         };
-        let n = q.execute(&mut *self.tx).await?.rows_affected();
+        let n = q.execute(self.conn()).await?.rows_affected();
         if n == 1 {
             let history = match update {
                 RunUpdate::Renew { .. } => sqlx::query(
@@ -505,7 +526,7 @@ impl TxOps for PgTx {
             history
                 .bind(lease.run_id.as_uuid())
                 .bind(lease.epoch)
-                .execute(&mut *self.tx)
+                .execute(self.conn())
                 .await?;
             Ok(())
         } else {
@@ -549,8 +570,8 @@ impl TxOps for PgTx {
         .bind(data)
         .bind(metadata)
         .bind(recorded_at)
-        .bind(&self.channels.0)
-        .fetch_one(&mut *self.tx)
+        .bind(self.channels.0.clone())
+        .fetch_one(self.conn())
         .await?;
         let last = to_u64(last);
         let first = last + 1 - rows.len() as u64;
@@ -562,11 +583,63 @@ impl TxOps for PgTx {
 
     async fn notify_runs(&mut self) -> Result<()> {
         sqlx::query("SELECT pg_notify($1, '')")
-            .bind(&self.channels.1)
-            .execute(&mut *self.tx)
+            .bind(self.channels.1.clone())
+            .execute(self.conn())
             .await?;
         Ok(())
     }
+}
+
+/// The URL of database `name` on the server of `url`, created first when it does not
+/// exist (the scratch database `ovc bench workflows` runs pgbench in).
+pub async fn ensure_database(url: &str, name: &str) -> Result<String> {
+    use sqlx::Connection;
+    let name = checked_schema(name)?;
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await?;
+    if !exists {
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await?;
+    }
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let server = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    Ok(match query {
+        Some(q) => format!("{server}/{name}?{q}"),
+        None => format!("{server}/{name}"),
+    })
+}
+
+/// Transactions committed in the current database so far (`pg_stat_database`; the
+/// server publishes a backend's counts within about a second of its last commit).
+pub async fn committed_transactions(url: &str) -> Result<i64> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    Ok(sqlx::query_scalar(
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(&mut conn)
+    .await?)
+}
+
+/// The name of the database `url` connects to.
+pub async fn database_name(url: &str) -> Result<String> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    Ok(sqlx::query_scalar("SELECT current_database()::text")
+        .fetch_one(&mut conn)
+        .await?)
 }
 
 /// Drops `schema` and everything in it (throwaway schemas of tests and benchmarks).
@@ -672,6 +745,7 @@ impl PgStore {
             wake,
             channels,
             listener,
+            traffic: Arc::default(),
         })
     }
 
@@ -680,10 +754,24 @@ impl PgStore {
     }
 
     async fn begin(&self) -> Result<PgTx> {
+        self.traffic.write_transaction();
         Ok(PgTx {
+            traffic: self.traffic.clone(),
             tx: self.pool.begin().await?,
             channels: self.channels.clone(),
         })
+    }
+
+    /// The pool, for one statement outside a write transaction.
+    fn read(&self) -> &PgPool {
+        self.traffic.read_statement();
+        &self.pool
+    }
+
+    /// The pool, for one statement that is a write transaction by itself.
+    fn autocommit_write(&self) -> &PgPool {
+        self.traffic.write_transaction();
+        &self.pool
     }
 
     async fn with_steps(&self, doc: serde_json::Value) -> Result<Operation> {
@@ -692,7 +780,7 @@ impl PgStore {
             "SELECT {STEP_COLUMNS} FROM operation_steps WHERE operation_id = $1 ORDER BY idx"
         )))
         .bind(op.id.as_uuid())
-        .fetch_all(&self.pool)
+        .fetch_all(self.read())
         .await?;
         op.steps = rows.iter().map(step_from_row).collect::<Result<_>>()?;
         Ok(op)
@@ -732,7 +820,7 @@ impl Store for PgStore {
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "CREATE SCHEMA IF NOT EXISTS {schema}"
             )))
-            .execute(&self.pool)
+            .execute(self.read())
             .await?;
         }
         let mut migrator = sqlx::migrate!("../../migrations/postgres");
@@ -743,7 +831,7 @@ impl Store for PgStore {
 
     async fn pending_migrations(&self) -> Result<Vec<i64>> {
         let applied = sqlx::query_scalar("SELECT version FROM ovc_migrations WHERE success")
-            .fetch_all(&self.pool)
+            .fetch_all(self.read())
             .await;
         crate::pending_of(&sqlx::migrate!("../../migrations/postgres"), applied)
     }
@@ -751,10 +839,11 @@ impl Store for PgStore {
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
         let prepared = commit::prepare(&commit, &self.config)?;
         let now = self.now();
+        self.traffic.commits(1);
         let mut tx = self.begin().await?;
         match commit::run_commit(&mut tx, &commit, prepared, now, &self.config).await? {
             Ok(receipt) => {
-                tx.tx.commit().await?;
+                tx.commit().await?;
                 if receipt.last_position > 0 {
                     self.wake.events_appended(receipt.last_position);
                 }
@@ -764,7 +853,7 @@ impl Store for PgStore {
                 Ok(CommitOutcome::Committed(receipt))
             }
             Err(operation_id) => {
-                tx.tx.rollback().await?;
+                tx.rollback().await?;
                 Ok(CommitOutcome::Duplicate { operation_id })
             }
         }
@@ -783,7 +872,7 @@ impl Store for PgStore {
         .bind(stream.as_str())
         .bind(to_i64(after_version)?)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(self.read())
         .await?;
         rows.iter().map(event_from_row).collect()
     }
@@ -791,7 +880,7 @@ impl Store for PgStore {
     async fn stream_version(&self, stream: &StreamName) -> Result<Option<u64>> {
         let v: Option<i64> = sqlx::query_scalar("SELECT version FROM streams WHERE stream = $1")
             .bind(stream.as_str())
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.read())
             .await?;
         Ok(v.map(to_u64))
     }
@@ -803,14 +892,14 @@ impl Store for PgStore {
         )
         .bind(to_i64(after_position)?)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(self.read())
         .await?;
         rows.iter().map(event_from_row).collect()
     }
 
     async fn head_position(&self) -> Result<u64> {
         let v: i64 = sqlx::query_scalar("SELECT last_position FROM event_log_head WHERE id = 1")
-            .fetch_one(&self.pool)
+            .fetch_one(self.read())
             .await?;
         Ok(to_u64(v))
     }
@@ -836,7 +925,7 @@ impl Store for PgStore {
         .bind(project.as_str())
         .bind(request_id)
         .bind(cutoff)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.read())
         .await?;
         row.map(|r| {
             Ok(IdempotencyRecord {
@@ -852,7 +941,7 @@ impl Store for PgStore {
         let cutoff = self.now() - self.config.idempotency_ttl;
         let n = sqlx::query("DELETE FROM idempotency_keys WHERE ended_at < $1")
             .bind(cutoff)
-            .execute(&self.pool)
+            .execute(self.read())
             .await?
             .rows_affected();
         Ok(n)
@@ -869,7 +958,7 @@ impl Store for PgStore {
         )
         .bind(project.as_str())
         .bind(name.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.read())
         .await?;
         doc.map(|d| from_doc("vclusters", d)).transpose()
     }
@@ -878,7 +967,7 @@ impl Store for PgStore {
         let doc: Option<serde_json::Value> =
             sqlx::query_scalar("SELECT doc FROM vclusters WHERE uid = $1")
                 .bind(uid.as_uuid())
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.read())
                 .await?;
         doc.map(|d| from_doc("vclusters", d)).transpose()
     }
@@ -917,7 +1006,7 @@ impl Store for PgStore {
         .bind(limit + 1)
         .bind(filter.label.as_ref().map(|l| l.0.clone()))
         .bind(filter.label.as_ref().map(|l| l.1.clone()))
-        .fetch_all(&self.pool)
+        .fetch_all(self.read())
         .await?;
         let mut items = rows
             .into_iter()
@@ -936,7 +1025,7 @@ impl Store for PgStore {
         let doc: Option<serde_json::Value> =
             sqlx::query_scalar("SELECT doc FROM operations WHERE id = $1")
                 .bind(id.as_uuid())
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.read())
                 .await?;
         match doc {
             Some(d) => Ok(Some(self.with_steps(d).await?)),
@@ -967,7 +1056,7 @@ impl Store for PgStore {
         .bind(at)
         .bind(aid)
         .bind(limit + 1)
-        .fetch_all(&self.pool)
+        .fetch_all(self.read())
         .await?;
         let more = rows.len() as i64 > limit;
         let mut items = Vec::with_capacity(rows.len());
@@ -988,7 +1077,7 @@ impl Store for PgStore {
         let doc: Option<serde_json::Value> =
             sqlx::query_scalar("SELECT doc FROM snapshots WHERE id = $1")
                 .bind(id.as_uuid())
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.read())
                 .await?;
         doc.map(|d| from_doc("snapshots", d)).transpose()
     }
@@ -1013,7 +1102,7 @@ impl Store for PgStore {
         .bind(aid)
         .bind(limit + 1)
         .bind(filter.state.map(|s| s.as_str()))
-        .fetch_all(&self.pool)
+        .fetch_all(self.read())
         .await?;
         let mut items = rows
             .into_iter()
@@ -1067,7 +1156,7 @@ impl Store for PgStore {
             projector.flush(&mut tx).await?;
         }
         projector.flush(&mut tx).await?;
-        tx.tx.commit().await?;
+        tx.commit().await?;
         let (vclusters, operations, snapshots) = projector.written();
         Ok(RebuildReport {
             events,
@@ -1078,7 +1167,7 @@ impl Store for PgStore {
     }
 
     async fn dump_projections(&self) -> Result<ProjectionDump> {
-        let q = |sql: &'static str| sqlx::query_scalar::<_, String>(sql).fetch_all(&self.pool);
+        let q = |sql: &'static str| sqlx::query_scalar::<_, String>(sql).fetch_all(self.read());
         Ok(ProjectionDump {
             vclusters: q(
                 "SELECT json_build_array(uid, project, name, state, version, doc,
@@ -1143,7 +1232,7 @@ impl Store for PgStore {
         .bind(owner)
         .bind(duration_micros(lease_for))
         .bind(i64::from(max))
-        .fetch_all(&self.pool)
+        .fetch_all(self.autocommit_write())
         .await;
         match res {
             Ok(rows) => rows.iter().map(run_from_row).collect(),
@@ -1165,7 +1254,7 @@ impl Store for PgStore {
              ORDER BY claimed_at, run_id, epoch",
         )
         .bind(vcluster_uid.map(|v| v.as_uuid()))
-        .fetch_all(&self.pool)
+        .fetch_all(self.read())
         .await?;
         rows.iter()
             .map(|r| {
@@ -1196,7 +1285,7 @@ impl Store for PgStore {
         .bind(micros(token.created_at))
         .bind(token.expires_at.map(micros))
         .bind(token.revoked_at.map(micros))
-        .execute(&self.pool)
+        .execute(self.read())
         .await?;
         Ok(())
     }
@@ -1206,7 +1295,7 @@ impl Store for PgStore {
             "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_sha256 = $1"
         )))
         .bind(token_sha256)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.read())
         .await?;
         row.as_ref().map(pg_token).transpose()
     }
@@ -1217,7 +1306,7 @@ impl Store for PgStore {
              WHERE ($1::text IS NULL OR project = $1) ORDER BY created_at, id"
         )))
         .bind(project.map(ProjectName::as_str))
-        .fetch_all(&self.pool)
+        .fetch_all(self.read())
         .await?;
         rows.iter().map(pg_token).collect()
     }
@@ -1229,7 +1318,7 @@ impl Store for PgStore {
         )))
         .bind(self.now())
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.read())
         .await?;
         row.as_ref().map(pg_token).transpose()
     }
@@ -1240,18 +1329,18 @@ impl Store for PgStore {
                     COALESCE(SUM(CASE WHEN status = 'leased' THEN 1 ELSE 0 END), 0)
              FROM runs WHERE status <> 'done'",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(self.read())
         .await?;
         let steals: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM run_leases a WHERE a.released_at IS NULL AND EXISTS
                (SELECT 1 FROM run_leases b WHERE b.run_id = a.run_id AND b.epoch > a.epoch)",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(self.read())
         .await?;
         let rows: Vec<(String, String, i64)> = sqlx::query_as(
             "SELECT kind, state, COUNT(*) FROM operations GROUP BY kind, state ORDER BY kind, state",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(self.read())
         .await?;
         Ok(StoreStats {
             runs_queued: to_u64(queued),
@@ -1270,7 +1359,7 @@ impl Store for PgStore {
             "SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"
         )))
         .bind(id.as_uuid())
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.read())
         .await?;
         row.as_ref().map(run_from_row).transpose()
     }
@@ -1280,9 +1369,19 @@ impl Store for PgStore {
             "SELECT {RUN_COLUMNS} FROM runs WHERE operation_id = $1 ORDER BY seq"
         )))
         .bind(operation_id.as_uuid())
-        .fetch_all(&self.pool)
+        .fetch_all(self.read())
         .await?;
         rows.iter().map(run_from_row).collect()
+    }
+
+    async fn database_now(&self) -> Result<DateTime<Utc>> {
+        Ok(sqlx::query_scalar("SELECT clock_timestamp()")
+            .fetch_one(self.read())
+            .await?)
+    }
+
+    fn traffic(&self) -> crate::TrafficCounts {
+        self.traffic.snapshot()
     }
 
     async fn next_run_due_in(&self) -> Result<Option<std::time::Duration>> {
@@ -1292,7 +1391,7 @@ impl Store for PgStore {
                (SELECT MIN(lease_until) FROM runs WHERE status = 'leased')) - now())
                * 1000000 AS BIGINT)",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(self.read())
         .await?;
         Ok(v.map(|us| std::time::Duration::from_micros(u64::try_from(us).unwrap_or(0))))
     }
