@@ -103,7 +103,11 @@ impl Fleet {
             &format!("bench-w{i}-{}", uuid::Uuid::new_v4().simple()),
             "--traffic-file",
         ])
-        .arg(self.traffic_dir.path().join(format!("w{i}-{}.json", uuid::Uuid::new_v4().simple())))
+        .arg(
+            self.traffic_dir
+                .path()
+                .join(format!("w{i}-{}.json", uuid::Uuid::new_v4().simple())),
+        )
         .env("OVC_SIM_LATENCY_MS", "0")
         .env_remove("OVC_SIM_FAULTS")
         .stdout(Stdio::null())
@@ -425,8 +429,13 @@ pub async fn run(args: WorkflowBenchArgs) -> anyhow::Result<()> {
         }
     }
     match tps {
-        Some(tps) => println!("pgbench -n -N -c 8 -T {}: {tps:.0} tps", args.pgbench_seconds),
-        None => println!("pgbench: not run (no PostgreSQL URL, not on PATH, or --pgbench-seconds 0)"),
+        Some(tps) => println!(
+            "pgbench -n -N -c 8 -T {}: {tps:.0} tps",
+            args.pgbench_seconds
+        ),
+        None => {
+            println!("pgbench: not run (no PostgreSQL URL, not on PATH, or --pgbench-seconds 0)")
+        }
     }
     println!(
         "{:<22} {:>8} {:>8} {:>9} {:>7} {:>7} {:>7} {:>14} {:>18} {:>16}",
@@ -496,9 +505,23 @@ async fn pgbench(url: &str, secs: u64) -> anyhow::Result<Option<f64>> {
     anyhow::ensure!(init.success(), "pgbench -i failed");
     eprintln!("pgbench: -n -N -c 8 -j 2 -T {secs} ...");
     let out = Process::new("pgbench")
-        .args(["-n", "-N", "-c", "8", "-j", "2", "-T", &secs.to_string(), &scratch])
+        .args([
+            "-n",
+            "-N",
+            "-c",
+            "8",
+            "-j",
+            "2",
+            "-T",
+            &secs.to_string(),
+            &scratch,
+        ])
         .output()?;
-    anyhow::ensure!(out.status.success(), "pgbench failed: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "pgbench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let tps = text
         .lines()

@@ -44,6 +44,37 @@ pub struct PgStore {
     channels: Arc<(String, String)>,
     listener: tokio::task::JoinHandle<()>,
     traffic: Arc<Traffic>,
+    /// The group committer's queue (`commit.rs`): every commit of this process goes
+    /// through it.
+    committer: tokio::sync::mpsc::UnboundedSender<commit::Member>,
+    /// Transactions for commits that do not wait in the committer's queue (renewals).
+    direct: PgTxSource,
+}
+
+/// Opens the group committer's transactions.
+#[derive(Debug)]
+struct PgTxSource {
+    pool: PgPool,
+    channels: Arc<(String, String)>,
+    traffic: Arc<Traffic>,
+    clock: Arc<dyn Clock>,
+}
+
+impl commit::TxSource for PgTxSource {
+    type Tx = PgTx;
+
+    async fn begin(&self) -> Result<PgTx> {
+        self.traffic.write_transaction();
+        Ok(PgTx {
+            traffic: self.traffic.clone(),
+            tx: self.pool.begin().await?,
+            channels: self.channels.clone(),
+        })
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        micros(self.clock.now())
+    }
 }
 
 impl Drop for PgStore {
@@ -153,6 +184,29 @@ impl PgTx {
         self.traffic.write_statement();
         &mut *self.tx
     }
+}
+
+impl TxOps for PgTx {
+    async fn savepoint(&mut self) -> Result<()> {
+        sqlx::raw_sql("SAVEPOINT ovc_commit")
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn release_savepoint(&mut self) -> Result<()> {
+        sqlx::raw_sql("RELEASE SAVEPOINT ovc_commit")
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn rollback_to_savepoint(&mut self) -> Result<()> {
+        sqlx::raw_sql("ROLLBACK TO SAVEPOINT ovc_commit; RELEASE SAVEPOINT ovc_commit")
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
 
     async fn commit(self) -> Result<()> {
         self.traffic.write_statement();
@@ -163,9 +217,7 @@ impl PgTx {
         self.traffic.write_statement();
         Ok(self.tx.rollback().await?)
     }
-}
 
-impl TxOps for PgTx {
     async fn claim_idempotency(
         &mut self,
         claim: &IdempotencyClaim,
@@ -738,14 +790,34 @@ impl PgStore {
         let wake = Arc::new(Wakeups::new());
         let channels = Arc::new((format!("ovc_events{suffix}"), format!("ovc_runs{suffix}")));
         let listener = tokio::spawn(listen(pool.clone(), wake.clone(), channels.clone()));
+        let traffic: Arc<Traffic> = Arc::default();
+        let (committer, queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(commit::group_committer(
+            PgTxSource {
+                pool: pool.clone(),
+                channels: channels.clone(),
+                traffic: traffic.clone(),
+                clock: clock.clone(),
+            },
+            queue,
+            config.clone(),
+            wake.clone(),
+        ));
         Ok(Self {
+            direct: PgTxSource {
+                pool: pool.clone(),
+                channels: channels.clone(),
+                traffic: traffic.clone(),
+                clock: clock.clone(),
+            },
             pool,
             config,
             clock,
             wake,
             channels,
             listener,
-            traffic: Arc::default(),
+            traffic,
+            committer,
         })
     }
 
@@ -838,25 +910,29 @@ impl Store for PgStore {
 
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
         let prepared = commit::prepare(&commit, &self.config)?;
-        let now = self.now();
         self.traffic.commits(1);
-        let mut tx = self.begin().await?;
-        match commit::run_commit(&mut tx, &commit, prepared, now, &self.config).await? {
-            Ok(receipt) => {
-                tx.commit().await?;
-                if receipt.last_position > 0 {
-                    self.wake.events_appended(receipt.last_position);
-                }
-                if commit::runs_changed(&commit) {
-                    self.wake.runs_changed();
-                }
-                Ok(CommitOutcome::Committed(receipt))
-            }
-            Err(operation_id) => {
-                tx.rollback().await?;
-                Ok(CommitOutcome::Duplicate { operation_id })
-            }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if commit::is_renewal(&commit) {
+            let member = commit::Member {
+                commit,
+                prepared,
+                reply,
+            };
+            commit::run_group(&self.direct, vec![member], &self.config, &self.wake).await;
+            return answer
+                .await
+                .map_err(|_| Error::GroupCommitFailed("the commit was dropped".into()))?;
         }
+        self.committer
+            .send(commit::Member {
+                commit,
+                prepared,
+                reply,
+            })
+            .map_err(|_| Error::GroupCommitFailed("the store is shutting down".into()))?;
+        answer
+            .await
+            .map_err(|_| Error::GroupCommitFailed("the group committer stopped".into()))?
     }
 
     async fn read_stream(

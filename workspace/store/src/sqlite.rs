@@ -44,6 +44,36 @@ pub struct SqliteStore {
     clock: Arc<dyn Clock>,
     wake: Arc<Wakeups>,
     traffic: Arc<Traffic>,
+    /// The group committer's queue (`commit.rs`): one writer task makes every pending
+    /// commit of this process in one transaction.
+    committer: tokio::sync::mpsc::UnboundedSender<commit::Member>,
+    /// Transactions for commits that do not wait in the committer's queue (renewals).
+    direct: SqliteTxSource,
+}
+
+/// Opens the group committer's transactions.
+#[derive(Debug)]
+struct SqliteTxSource {
+    writer: SqlitePool,
+    traffic: Arc<Traffic>,
+    clock: Arc<dyn Clock>,
+}
+
+impl commit::TxSource for SqliteTxSource {
+    type Tx = SqliteTx;
+
+    async fn begin(&self) -> Result<SqliteTx> {
+        self.traffic.write_transaction();
+        Ok(SqliteTx {
+            traffic: self.traffic.clone(),
+            tx: self.writer.begin_with("BEGIN IMMEDIATE").await?,
+            db_now: None,
+        })
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        micros(self.clock.now())
+    }
 }
 
 fn ts(t: DateTime<Utc>) -> i64 {
@@ -168,16 +198,6 @@ impl SqliteTx {
     fn conn(&mut self) -> &mut sqlx::SqliteConnection {
         self.traffic.write_statement();
         &mut *self.tx
-    }
-
-    async fn commit(self) -> Result<()> {
-        self.traffic.write_statement();
-        Ok(self.tx.commit().await?)
-    }
-
-    async fn rollback(self) -> Result<()> {
-        self.traffic.write_statement();
-        Ok(self.tx.rollback().await?)
     }
 
     /// The database's clock for this transaction's queue writes.
@@ -636,6 +656,37 @@ impl TxOps for SqliteTx {
         // Wake-ups are in-process, sent after COMMIT by `SqliteStore::commit`.
         Ok(())
     }
+
+    async fn savepoint(&mut self) -> Result<()> {
+        sqlx::raw_sql("SAVEPOINT ovc_commit")
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn release_savepoint(&mut self) -> Result<()> {
+        sqlx::raw_sql("RELEASE SAVEPOINT ovc_commit")
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn rollback_to_savepoint(&mut self) -> Result<()> {
+        sqlx::raw_sql("ROLLBACK TO SAVEPOINT ovc_commit; RELEASE SAVEPOINT ovc_commit")
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn commit(self) -> Result<()> {
+        self.traffic.write_statement();
+        Ok(self.tx.commit().await?)
+    }
+
+    async fn rollback(self) -> Result<()> {
+        self.traffic.write_statement();
+        Ok(self.tx.rollback().await?)
+    }
 }
 
 impl SqliteStore {
@@ -664,13 +715,32 @@ impl SqliteStore {
                 .connect_with(opts.read_only(false))
                 .await?
         };
+        let wake = Arc::new(Wakeups::new());
+        let traffic: Arc<Traffic> = Arc::default();
+        let (committer, queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(commit::group_committer(
+            SqliteTxSource {
+                writer: writer.clone(),
+                traffic: traffic.clone(),
+                clock: clock.clone(),
+            },
+            queue,
+            config.clone(),
+            wake.clone(),
+        ));
         Ok(Self {
+            direct: SqliteTxSource {
+                writer: writer.clone(),
+                traffic: traffic.clone(),
+                clock: clock.clone(),
+            },
             writer,
             reader,
             config,
             clock,
-            wake: Arc::new(Wakeups::new()),
-            traffic: Arc::default(),
+            wake,
+            traffic,
+            committer,
         })
     }
 
@@ -743,25 +813,29 @@ impl Store for SqliteStore {
 
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
         let prepared = commit::prepare(&commit, &self.config)?;
-        let now = self.now();
         self.traffic.commits(1);
-        let mut tx = self.begin().await?;
-        match commit::run_commit(&mut tx, &commit, prepared, now, &self.config).await? {
-            Ok(receipt) => {
-                tx.commit().await?;
-                if receipt.last_position > 0 {
-                    self.wake.events_appended(receipt.last_position);
-                }
-                if commit::runs_changed(&commit) {
-                    self.wake.runs_changed();
-                }
-                Ok(CommitOutcome::Committed(receipt))
-            }
-            Err(operation_id) => {
-                tx.rollback().await?;
-                Ok(CommitOutcome::Duplicate { operation_id })
-            }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if commit::is_renewal(&commit) {
+            let member = commit::Member {
+                commit,
+                prepared,
+                reply,
+            };
+            commit::run_group(&self.direct, vec![member], &self.config, &self.wake).await;
+            return answer
+                .await
+                .map_err(|_| Error::GroupCommitFailed("the commit was dropped".into()))?;
         }
+        self.committer
+            .send(commit::Member {
+                commit,
+                prepared,
+                reply,
+            })
+            .map_err(|_| Error::GroupCommitFailed("the store is shutting down".into()))?;
+        answer
+            .await
+            .map_err(|_| Error::GroupCommitFailed("the group committer stopped".into()))?
     }
 
     async fn read_stream(
