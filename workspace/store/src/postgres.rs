@@ -392,63 +392,33 @@ impl TxOps for PgTx {
     }
 
     async fn load_operation(&mut self, id: OperationId) -> Result<Option<Operation>> {
-        let doc: Option<serde_json::Value> =
-            sqlx::query_scalar("SELECT doc FROM operations WHERE id = $1")
-                .bind(id.as_uuid())
-                .fetch_optional(self.conn())
-                .await?;
-        let Some(doc) = doc else { return Ok(None) };
-        let mut op: Operation = from_doc("operations", doc)?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {STEP_COLUMNS} FROM operation_steps WHERE operation_id = $1 ORDER BY idx"
-        )))
+        // The document and its steps in one round trip (one row per step, or one row
+        // with NULL step columns for an operation without steps).
+        let rows = sqlx::query(
+            "SELECT o.doc, s.name, s.state, s.attempts, s.started_at, s.finished_at, s.error
+             FROM operations o LEFT JOIN operation_steps s ON s.operation_id = o.id
+             WHERE o.id = $1 ORDER BY s.idx",
+        )
         .bind(id.as_uuid())
         .fetch_all(self.conn())
         .await?;
-        op.steps = rows.iter().map(step_from_row).collect::<Result<_>>()?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let mut op: Operation = from_doc("operations", first.try_get("doc")?)?;
+        op.steps = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if row.try_get::<Option<String>, _>("name")?.is_some() {
+                op.steps.push(step_from_row(row)?);
+            }
+        }
         Ok(Some(op))
     }
 
     async fn save_operation(&mut self, op: &Operation) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO operations (id, project, vcluster_uid, vcluster, kind, state, request_id,
-               retry_of, version, doc, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-             ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, version = EXCLUDED.version,
-               doc = EXCLUDED.doc, updated_at = EXCLUDED.updated_at",
-        )
-        .bind(op.id.as_uuid())
-        .bind(op.project.as_str())
-        .bind(op.vcluster_uid.as_uuid())
-        .bind(op.vcluster.as_str())
-        .bind(op.kind.as_str())
-        .bind(op.state.as_str())
-        .bind(op.request_id.as_deref())
-        .bind(op.retry_of.map(|r| r.as_uuid()))
-        .bind(to_i64(op.version)?)
-        .bind(operation_doc(op))
-        .bind(op.created_at)
-        .bind(op.updated_at)
-        .execute(self.conn())
-        .await?;
-        // The key of an operation that ended starts its 24 h from the end.
-        if let (true, Some(request_id)) = (op.done, op.request_id.as_deref()) {
-            sqlx::query(
-                "UPDATE idempotency_keys SET ended_at = $1
-                 WHERE project = $2 AND request_id = $3 AND operation_id = $4
-                   AND ended_at IS NULL",
-            )
-            .bind(op.updated_at)
-            .bind(op.project.as_str())
-            .bind(request_id)
-            .bind(op.id.as_uuid())
-            .execute(self.conn())
-            .await?;
-        }
-        if op.steps.is_empty() {
-            return Ok(());
-        }
-        // All steps in one statement: UNNEST of parallel arrays.
+        // The operation row, its steps (UNNEST of parallel arrays) and, once it ended, its
+        // idempotency key's `ended_at` (the key's 24 h start from the end), in one
+        // statement: data-modifying CTEs all run to completion.
         let n = op.steps.len();
         let mut idx = Vec::with_capacity(n);
         let mut names = Vec::with_capacity(n);
@@ -466,17 +436,45 @@ impl TxOps for PgTx {
             finished.push(s.finished_at);
             errors.push(s.error.as_ref().map(to_doc));
         }
+        let ended_key = if op.done {
+            op.request_id.as_deref()
+        } else {
+            None
+        };
         sqlx::query(
-            "INSERT INTO operation_steps (operation_id, idx, name, state, attempts, started_at,
+            "WITH op AS (
+               INSERT INTO operations (id, project, vcluster_uid, vcluster, kind, state,
+                 request_id, retry_of, version, doc, created_at, updated_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+               ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, version = EXCLUDED.version,
+                 doc = EXCLUDED.doc, updated_at = EXCLUDED.updated_at
+             ), key AS (
+               UPDATE idempotency_keys SET ended_at = $12
+               WHERE $13::text IS NOT NULL AND project = $2 AND request_id = $13
+                 AND operation_id = $1 AND ended_at IS NULL
+             )
+             INSERT INTO operation_steps (operation_id, idx, name, state, attempts, started_at,
                finished_at, error)
-             SELECT $1, * FROM UNNEST($2::int4[], $3::text[], $4::text[], $5::int4[],
-               $6::timestamptz[], $7::timestamptz[], $8::jsonb[])
+             SELECT $1, * FROM UNNEST($14::int4[], $15::text[], $16::text[], $17::int4[],
+               $18::timestamptz[], $19::timestamptz[], $20::jsonb[])
              ON CONFLICT (operation_id, idx) DO UPDATE SET name = EXCLUDED.name,
                state = EXCLUDED.state, attempts = EXCLUDED.attempts,
                started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
                error = EXCLUDED.error",
         )
         .bind(op.id.as_uuid())
+        .bind(op.project.as_str())
+        .bind(op.vcluster_uid.as_uuid())
+        .bind(op.vcluster.as_str())
+        .bind(op.kind.as_str())
+        .bind(op.state.as_str())
+        .bind(op.request_id.as_deref())
+        .bind(op.retry_of.map(|r| r.as_uuid()))
+        .bind(to_i64(op.version)?)
+        .bind(operation_doc(op))
+        .bind(op.created_at)
+        .bind(op.updated_at)
+        .bind(ended_key)
         .bind(idx)
         .bind(names)
         .bind(states)
