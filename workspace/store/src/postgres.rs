@@ -182,7 +182,7 @@ impl PgTx {
     /// The transaction's connection, for one more statement.
     fn conn(&mut self) -> &mut sqlx::PgConnection {
         self.traffic.write_statement();
-        &mut *self.tx
+        &mut self.tx
     }
 }
 

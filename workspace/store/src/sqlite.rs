@@ -197,7 +197,7 @@ impl SqliteTx {
     /// The transaction's connection, for one more statement.
     fn conn(&mut self) -> &mut sqlx::SqliteConnection {
         self.traffic.write_statement();
-        &mut *self.tx
+        &mut self.tx
     }
 
     /// The database's clock for this transaction's queue writes.
