@@ -102,6 +102,7 @@ async fn start_worker(
         ready_timeout: ovc_engine::model::DEFAULT_READY_TIMEOUT,
         workflows: "vcluster".into(),
         traffic_file: None,
+        pg_max_connections: 16,
     };
     let worker = crate::worker::build(
         store,

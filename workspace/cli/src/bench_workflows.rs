@@ -99,6 +99,9 @@ impl Fleet {
             "64",
             "--lease-ms",
             "1000",
+            // Four workers and the bench stay under a default max_connections of 100.
+            "--pg-max-connections",
+            "8",
             "--name",
             &format!("bench-w{i}-{}", uuid::Uuid::new_v4().simple()),
             "--traffic-file",

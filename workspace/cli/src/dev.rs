@@ -89,6 +89,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         ready_timeout: args.ready_timeout,
         workflows: "vcluster".into(),
         traffic_file: None,
+        pg_max_connections: 16,
     };
     // One driver for the workers and the kubeconfig route.
     let host = crate::worker::host(&args.host, &url, None).await?;

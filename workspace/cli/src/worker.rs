@@ -69,6 +69,10 @@ pub struct WorkerArgs {
     /// this file every 100 ms and at exit, for `ovc bench workflows`.
     #[arg(long, hide = true)]
     pub traffic_file: Option<std::path::PathBuf>,
+    /// PostgreSQL connections this process's store may open (the group committer needs
+    /// one; the rest serve reads).
+    #[arg(long, env = "OVC_PG_MAX_CONNECTIONS", default_value_t = 16)]
+    pub pg_max_connections: u32,
 }
 
 /// The values of `--host`.
@@ -268,8 +272,13 @@ pub fn print_report(r: &WorkerReport) {
 
 /// Runs `ovc worker`.
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.pg_max_connections >= 2,
+        "--pg-max-connections must be at least 2 (the group committer and one reader)"
+    );
     let config = StoreConfig {
         pg_schema: args.pg_schema.clone(),
+        pg_max_connections: args.pg_max_connections,
         ..StoreConfig::default()
     };
     let clock = process_clock()?;
