@@ -92,6 +92,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         ready_timeout: args.ready_timeout,
         inventory_every: args.inventory_every,
         workflows: "vcluster".into(),
+        traffic_file: None,
+        pg_max_connections: 16,
     };
     // One driver for the workers and the kubeconfig route.
     let host = crate::worker::host(&args.host, &url, None).await?;

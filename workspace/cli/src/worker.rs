@@ -70,6 +70,14 @@ pub struct WorkerArgs {
     /// benchmark workflow, for `ovc bench workflows`).
     #[arg(long, value_parser = ["vcluster", "bench"], default_value = "vcluster", hide = true)]
     pub workflows: String,
+    /// Writes this process's database traffic (`ovc_store::TrafficCounts` as JSON) to
+    /// this file every 100 ms and at exit, for `ovc bench workflows`.
+    #[arg(long, hide = true)]
+    pub traffic_file: Option<std::path::PathBuf>,
+    /// PostgreSQL connections this process's store may open (the group committer needs
+    /// one; the rest serve reads).
+    #[arg(long, env = "OVC_PG_MAX_CONNECTIONS", default_value_t = 16)]
+    pub pg_max_connections: u32,
 }
 
 /// The values of `--host`.
@@ -269,8 +277,13 @@ pub fn print_report(r: &WorkerReport) {
 
 /// Runs `ovc worker`.
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.pg_max_connections >= 2,
+        "--pg-max-connections must be at least 2 (the group committer and one reader)"
+    );
     let config = StoreConfig {
         pg_schema: args.pg_schema.clone(),
+        pg_max_connections: args.pg_max_connections,
         ..StoreConfig::default()
     };
     let clock = process_clock()?;
@@ -284,7 +297,16 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             shutdown_signal(),
         ),
     );
-    let worker = build(store, &args, clock).await?;
+    let traffic = args.traffic_file.clone().map(|path| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            loop {
+                write_traffic(&path, store.as_ref());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    });
+    let worker = build(store.clone(), &args, clock).await?;
     eprintln!(
         "ovc worker started on {} (host: {}, concurrency {})",
         crate::redact(&args.database_url),
@@ -292,8 +314,22 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         args.concurrency
     );
     let report = worker.run(shutdown_signal()).await;
+    if let (Some(task), Some(path)) = (traffic, &args.traffic_file) {
+        task.abort();
+        write_traffic(path, store.as_ref());
+    }
     print_report(&report);
     Ok(())
+}
+
+/// Replaces `path` with the store's traffic counts (written aside, then renamed, so a
+/// reader never sees half a file).
+fn write_traffic(path: &std::path::Path, store: &dyn Store) {
+    let tmp = path.with_extension("tmp");
+    let json = serde_json::to_vec(&store.traffic()).unwrap_or_default();
+    if let Err(e) = std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, path)) {
+        tracing::warn!(error = %e, path = %path.display(), "cannot write the traffic file");
+    }
 }
 
 #[cfg(test)]
