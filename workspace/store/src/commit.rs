@@ -376,6 +376,11 @@ pub(crate) async fn run_group<S: TxSource>(
     let now = source.now();
     // (reply, rows, stream versions) of the commits staged so far.
     let mut staged: Vec<StagedMember> = Vec::with_capacity(batch.len());
+    // Commits refused inside the group, answered once the group has ended: a refusal may
+    // be caused by an earlier member's write (an event after the operation's end, say),
+    // and the caller must be able to read that write when it gets the answer. If the
+    // group fails after all, they get the group's (retryable) error instead.
+    let mut refused: Vec<(Reply, Result<CommitOutcome>)> = Vec::new();
     let mut rows_all: Vec<EventRow> = Vec::new();
     let mut runs = false;
     let mut members = batch.into_iter();
@@ -387,6 +392,7 @@ pub(crate) async fn run_group<S: TxSource>(
     {
         if !alone && let Err(e) = tx.savepoint().await {
             let mut replies = replies_of(staged);
+            replies.extend(refused.into_iter().map(|(r, _)| r));
             replies.push(reply);
             replies.extend(members.map(|m| m.reply));
             let _ = tx.rollback().await;
@@ -401,6 +407,7 @@ pub(crate) async fn run_group<S: TxSource>(
             }) => {
                 if !alone && let Err(e) = tx.release_savepoint().await {
                     let mut replies = replies_of(staged);
+                    replies.extend(refused.into_iter().map(|(r, _)| r));
                     replies.push(reply);
                     replies.extend(members.map(|m| m.reply));
                     let _ = tx.rollback().await;
@@ -425,28 +432,41 @@ pub(crate) async fn run_group<S: TxSource>(
                 // Only this commit's part goes; the group goes on.
                 if let Err(e) = tx.rollback_to_savepoint().await {
                     let mut replies = replies_of(staged);
+                    replies.extend(refused.into_iter().map(|(r, _)| r));
                     replies.push(reply);
                     replies.extend(members.map(|m| m.reply));
                     let _ = tx.rollback().await;
                     return fail_all(replies, e);
                 }
-                let _ = reply.send(match other {
-                    Ok(Staged::Duplicate(operation_id)) => {
-                        Ok(CommitOutcome::Duplicate { operation_id })
-                    }
-                    Err(e) => Err(e),
-                    Ok(Staged::Written { .. }) => unreachable!("handled above"),
-                });
+                refused.push((
+                    reply,
+                    match other {
+                        Ok(Staged::Duplicate(operation_id)) => {
+                            Ok(CommitOutcome::Duplicate { operation_id })
+                        }
+                        Err(e) => Err(e),
+                        Ok(Staged::Written { .. }) => unreachable!("handled above"),
+                    },
+                ));
             }
         }
     }
     if staged.is_empty() {
         let _ = tx.rollback().await;
+        for (reply, answer) in refused {
+            let _ = reply.send(answer);
+        }
         return;
     }
+    let fail_group =
+        |staged: Vec<StagedMember>, refused: Vec<(Reply, Result<CommitOutcome>)>, e| {
+            let mut replies = replies_of(staged);
+            replies.extend(refused.into_iter().map(|(r, _)| r));
+            fail_all(replies, e);
+        };
     if runs && let Err(e) = tx.notify_runs().await {
         let _ = tx.rollback().await;
-        return fail_all(replies_of(staged), e);
+        return fail_group(staged, refused, e);
     }
     let mut last_position = 0;
     if !rows_all.is_empty() {
@@ -454,12 +474,15 @@ pub(crate) async fn run_group<S: TxSource>(
             Ok(last) => last_position = last,
             Err(e) => {
                 let _ = tx.rollback().await;
-                return fail_all(replies_of(staged), e);
+                return fail_group(staged, refused, e);
             }
         }
     }
     if let Err(e) = tx.commit().await {
-        return fail_all(replies_of(staged), e);
+        return fail_group(staged, refused, e);
+    }
+    for (reply, answer) in refused {
+        let _ = reply.send(answer);
     }
     if last_position > 0 {
         wake.events_appended(last_position);
