@@ -74,12 +74,18 @@ pub async fn kube_router(kube_hosts: &[KubeHostArg]) -> anyhow::Result<HostRoute
         })?;
         return Ok(HostRouter::single(Arc::new(kube)));
     }
-    let mut router = HostRouter::new();
+    // Every context is resolved before any cluster is called, so a misspelt context is
+    // reported as such even when another host is down.
+    let mut built = Vec::with_capacity(kube_hosts.len());
     for h in kube_hosts {
         let flag = format!("--kube-host {}={}", h.name, h.context);
         let kube = KubeHost::from_context(&h.context)
             .await
             .with_context(|| flag.clone())?;
+        built.push((h, flag, kube));
+    }
+    let mut router = HostRouter::new();
+    for (h, flag, kube) in built {
         kube.check().await.map_err(|e| {
             anyhow::anyhow!(
                 "{flag}: the host cluster of context {:?} of KUBECONFIG is not usable: {e}",
