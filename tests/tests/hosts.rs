@@ -134,7 +134,15 @@ async fn a_vcluster_lives_on_the_host_its_spec_names(backend: Backend) {
     assert!(h.vcluster("bad").await.is_none());
 
     // A named host is recorded, used by every step, and kept through a scale.
-    succeeds(&h, &both, "vc", Command::Create { spec: spec_on("eu") }).await;
+    succeeds(
+        &h,
+        &both,
+        "vc",
+        Command::Create {
+            spec: spec_on("eu"),
+        },
+    )
+    .await;
     assert_eq!(h.vcluster("vc").await.expect("vc").spec.host, "eu");
     succeeds(
         &h,
@@ -215,7 +223,15 @@ async fn a_vcluster_lives_on_the_host_its_spec_names(backend: Backend) {
     assert_eq!(h.vcluster("vc").await.expect("vc").spec.host, "eu");
 
     // Another vcluster on the other host runs too.
-    succeeds(&h, &both, "west", Command::Create { spec: spec_on("us") }).await;
+    succeeds(
+        &h,
+        &both,
+        "west",
+        Command::Create {
+            spec: spec_on("us"),
+        },
+    )
+    .await;
     for vc in ["vc", "copy", "west"] {
         succeeds(&h, &both, vc, Command::Delete {}).await;
     }
@@ -289,13 +305,7 @@ async fn the_rest_api_refuses_an_unknown_host_and_a_scale_naming_one(backend: Ba
     let op: serde_json::Value = serde_json::from_str(&body).expect("operation");
     let id: OperationId = serde_json::from_value(op["id"].clone()).expect("id");
     assert_eq!(h.wait(id).await.state, OperationState::Succeeded);
-    let (status, body) = call(
-        &app,
-        "GET",
-        "/v1/vclusters/vc",
-        serde_json::Value::Null,
-    )
-    .await;
+    let (status, body) = call(&app, "GET", "/v1/vclusters/vc", serde_json::Value::Null).await;
     assert_eq!(status, 200, "{body}");
     let vc: serde_json::Value = serde_json::from_str(&body).expect("vcluster");
     assert_eq!(vc["spec"]["host"], "us", "{body}");

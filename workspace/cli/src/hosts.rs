@@ -132,7 +132,10 @@ mod tests {
         check_kube_hosts("kube", &[a.clone(), b.clone()]).expect("distinct names");
         check_kube_hosts("sim", &[]).expect("no kube hosts");
         let twice = check_kube_hosts("kube", &[a.clone(), b, a2]).expect_err("a twice");
-        assert!(twice.to_string().contains("\"a\" is given twice"), "{twice}");
+        assert!(
+            twice.to_string().contains("\"a\" is given twice"),
+            "{twice}"
+        );
         let sim = check_kube_hosts("sim", &[a]).expect_err("sim");
         assert!(sim.to_string().contains("--host kube"), "{sim}");
     }

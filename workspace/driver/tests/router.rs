@@ -112,8 +112,7 @@ async fn an_unknown_host_is_refused_without_calling_any_host() {
     };
     assert_eq!(status.code, Code::InvalidArgument, "{status:?}");
     assert!(
-        status.message.contains("\"north\"")
-            && status.message.contains("\"east\", \"west\""),
+        status.message.contains("\"north\"") && status.message.contains("\"east\", \"west\""),
         "{}",
         status.message
     );

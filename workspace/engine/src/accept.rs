@@ -409,10 +409,7 @@ fn known_host_of(registry: &Registry, vc: &ovc_types::resource::VCluster) -> Res
         s.code = Code::FailedPrecondition;
         s.message = format!(
             "vcluster {}/{} runs on host {:?}, which this service is not configured with ({})",
-            vc.project,
-            vc.name,
-            vc.spec.host,
-            s.message
+            vc.project, vc.name, vc.spec.host, s.message
         );
         s
     })

@@ -118,7 +118,11 @@ pub struct VClusterSpec {
     /// (`--kube-host NAME=CONTEXT`); set at create and kept for life (a scale cannot
     /// change it).
     #[serde(default = "default_host")]
-    #[schema(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length = 63, example = "default")]
+    #[schema(
+        pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        max_length = 63,
+        example = "default"
+    )]
     pub host: String,
 }
 
