@@ -205,6 +205,19 @@ fn client_commands_drive_ovc_dev_with_exit_codes_scripts_can_use() {
     assert_eq!(list["operations"].as_array().map(Vec::len), Some(1));
     // Unreachable server: exit 4.
     assert_eq!(ovc_client("http://127.0.0.1:1", &["vc", "list"]).0, 4);
+    // `--host`: the dev host is `default`; another is refused (exit 3) and nothing is
+    // created.
+    let (code, out) = ovc_client(
+        &server,
+        &["vc", "create", "elsewhere", "--host", "north", "-o", "json"],
+    );
+    assert_eq!(code, 3, "{out}");
+    assert_eq!(ovc_client(&server, &["vc", "get", "elsewhere"]).0, 3);
+    let (code, out) = ovc_client(
+        &server,
+        &["vc", "create", "here", "--host", "default", "-o", "json"],
+    );
+    assert_eq!(code, 0, "{out}");
 }
 
 #[test]

@@ -265,11 +265,19 @@ async fn the_rest_api_refuses_an_unknown_host_and_a_scale_naming_one(backend: Ba
         },
     )
     .await;
-    let app = ovc_api::router(ovc_api::AppState::new(
-        h.store.clone(),
-        Arc::new(registry(&["eu", "us"])),
-        ovc_api::auth::AuthMode::None,
-    ));
+    // The kubeconfig route reads through a router of the same two hosts.
+    let mut hosts = ovc_driver::router::HostRouter::new();
+    for name in ["eu", "us"] {
+        hosts.add(name, h.sim.clone()).expect("host");
+    }
+    let app = ovc_api::router(
+        ovc_api::AppState::new(
+            h.store.clone(),
+            Arc::new(registry(&["eu", "us"])),
+            ovc_api::auth::AuthMode::None,
+        )
+        .with_host(Arc::new(hosts)),
+    );
     let head = h.store.head_position().await.expect("head");
     let (status, body) = call(
         &app,
@@ -309,6 +317,16 @@ async fn the_rest_api_refuses_an_unknown_host_and_a_scale_naming_one(backend: Ba
     assert_eq!(status, 200, "{body}");
     let vc: serde_json::Value = serde_json::from_str(&body).expect("vcluster");
     assert_eq!(vc["spec"]["host"], "us", "{body}");
+    // The kubeconfig is read from the vcluster's host.
+    let (status, body) = call(
+        &app,
+        "GET",
+        "/v1/vclusters/vc/kubeconfig",
+        serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("kubeconfig"), "{body}");
 
     // The host is kept for life: a scale naming one is refused, nothing written.
     let head = h.store.head_position().await.expect("head");
