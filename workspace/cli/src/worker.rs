@@ -331,9 +331,17 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             shutdown_signal(),
         ),
     );
-    let worker = build(store, &args, clock).await?;
+    let host = host(
+        &args.host,
+        &args.kube_hosts,
+        &args.database_url,
+        args.pg_schema.as_deref(),
+    )
+    .await?;
+    let names = host.names.join(", ");
+    let worker = build_with(store, &args, clock, host).await?;
     eprintln!(
-        "ovc worker started on {} (host: {}, concurrency {})",
+        "ovc worker started on {} (host: {}, hosts: {names}, concurrency {})",
         crate::redact(&args.database_url),
         args.host,
         args.concurrency
