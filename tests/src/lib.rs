@@ -69,6 +69,31 @@ pub struct Harness {
     worker: Option<tokio::task::JoinHandle<WorkerReport>>,
 }
 
+/// Accepts `command` for vcluster `vc` of [`project`] with the product's registry, as
+/// the API would, recording `actor`; the operation's id.
+pub async fn submit(
+    store: &dyn Store,
+    vc: &str,
+    command: Command,
+    actor: &str,
+) -> Result<OperationId, Status> {
+    accept(
+        store,
+        &ovc_workflows::registry(),
+        &RandomIds,
+        CommandRequest {
+            project: project(),
+            vcluster: name(vc),
+            command,
+            request_id: None,
+            actor: Some(actor.into()),
+            traceparent: None,
+        },
+    )
+    .await
+    .map(|a| a.operation_id)
+}
+
 /// The project every harness call uses.
 pub fn project() -> ProjectName {
     "default".parse().expect("project")

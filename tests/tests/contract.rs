@@ -136,6 +136,9 @@ mod feeds {
         fn clock(&self) -> &dyn Clock {
             self.inner.clock()
         }
+        async fn database_now(&self) -> Result<chrono::DateTime<chrono::Utc>> {
+            self.inner.database_now().await
+        }
         async fn migrate(&self) -> Result<()> {
             self.inner.migrate().await
         }

@@ -5,15 +5,13 @@
 //! the simulated host must match the projections, and no two claims on one vcluster may
 //! ever have overlapped.
 
-use ovc_engine::accept::{CommandRequest, accept};
 use ovc_store::{Backend, LeaseRecord, Store};
 use ovc_testkit::TestDb;
-use ovc_tests::{name, ovc_bin, project};
+use ovc_tests::{name, ovc_bin, project, submit};
 use ovc_types::command::{Command, RestoreTarget};
 use ovc_types::resource::host_namespace;
 use ovc_types::spec::{ControlPlanePatch, ScalePatch, VClusterSpec};
 use ovc_types::state::{OperationState, VClusterState};
-use ovc_types::time::RandomIds;
 use ovc_types::{Code, OperationId, SnapshotId};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::{Child, Command as Process, Stdio};
@@ -122,28 +120,6 @@ impl Drop for Workers {
             let _ = child.wait();
         }
     }
-}
-
-async fn submit(
-    store: &dyn Store,
-    vc: &str,
-    command: Command,
-) -> Result<OperationId, ovc_types::Status> {
-    accept(
-        store,
-        &ovc_workflows::registry(),
-        &RandomIds,
-        CommandRequest {
-            project: project(),
-            vcluster: name(vc),
-            command,
-            request_id: None,
-            actor: Some("crash-test".into()),
-            traceparent: None,
-        },
-    )
-    .await
-    .map(|a| a.operation_id)
 }
 
 /// A command that is valid for a vcluster in `state`, chosen at random. Until a
@@ -322,7 +298,7 @@ async fn crash_test(
         // snapshot again.
         let is_delete = matches!(command, Command::Delete {} | Command::DeleteSnapshot { .. });
         let is_delete_snapshot = matches!(command, Command::DeleteSnapshot { .. });
-        match submit(store.as_ref(), vc, command).await {
+        match submit(store.as_ref(), vc, command, "crash-test").await {
             Ok(id) => {
                 accepted.push(id);
                 if is_snapshot {

@@ -11,15 +11,13 @@
 //!   was made under, `OVC_SIM_RECORD_CALLS=1`).
 
 use ovc_driver::sim::{CallRecord, SimConfig, SimHost};
-use ovc_engine::accept::{CommandRequest, accept};
 use ovc_store::{Backend, LeaseRecord, Store};
 use ovc_testkit::TestDb;
-use ovc_tests::{name, ovc_bin, project};
+use ovc_tests::ovc_bin;
 use ovc_types::OperationId;
 use ovc_types::command::Command;
 use ovc_types::spec::VClusterSpec;
 use ovc_types::state::OperationState;
-use ovc_types::time::RandomIds;
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command as Process, Stdio};
 use std::sync::Arc;
@@ -112,22 +110,9 @@ fn signal(pid: u32, sig: &str) {
 }
 
 async fn submit(store: &dyn Store, vc: &str, command: Command) -> OperationId {
-    accept(
-        store,
-        &ovc_workflows::registry(),
-        &RandomIds,
-        CommandRequest {
-            project: project(),
-            vcluster: name(vc),
-            command,
-            request_id: None,
-            actor: Some("lease-test".into()),
-            traceparent: None,
-        },
-    )
-    .await
-    .map(|a| a.operation_id)
-    .expect("accept")
+    ovc_tests::submit(store, vc, command, "lease-test")
+        .await
+        .expect("accept")
 }
 
 /// Waits until every operation is done; returns how long each took (from `since`).

@@ -146,54 +146,46 @@ impl Principal {
         }
     }
 
-    /// Mutations need at least the operator role.
-    pub fn may_mutate(&self) -> Result<(), ApiError> {
-        if self.role >= Role::Operator {
+    /// PERMISSION_DENIED with `reason` unless the token has at least `needed`.
+    fn at_least(&self, needed: Role, reason: &str, message: String) -> Result<(), ApiError> {
+        if self.role >= needed {
             Ok(())
         } else {
             Err(ApiError(
-                Status::new(
-                    Code::PermissionDenied,
-                    "this token is a viewer: it may read, not change",
-                )
-                .with_reason("ROLE_VIEWER"),
+                Status::new(Code::PermissionDenied, message).with_reason(reason),
             ))
         }
+    }
+
+    /// Mutations need at least the operator role.
+    pub fn may_mutate(&self) -> Result<(), ApiError> {
+        self.at_least(
+            Role::Operator,
+            "ROLE_VIEWER",
+            "this token is a viewer: it may read, not change".into(),
+        )
     }
 
     /// A kubeconfig is a full-control credential of the virtual cluster: reading one
     /// needs at least the operator role (API.md).
     pub fn may_read_kubeconfig(&self) -> Result<(), ApiError> {
-        if self.role >= Role::Operator {
-            Ok(())
-        } else {
-            Err(ApiError(
-                Status::new(
-                    Code::PermissionDenied,
-                    "this token is a viewer: reading a kubeconfig needs the operator role",
-                )
-                .with_reason("ROLE_VIEWER"),
-            ))
-        }
+        self.at_least(
+            Role::Operator,
+            "ROLE_VIEWER",
+            "this token is a viewer: reading a kubeconfig needs the operator role".into(),
+        )
     }
 
     /// Deleting a vcluster or a snapshot needs the admin role (API.md).
     pub fn may_delete(&self) -> Result<(), ApiError> {
-        if self.role >= Role::Admin {
-            Ok(())
-        } else {
-            Err(ApiError(
-                Status::new(
-                    Code::PermissionDenied,
-                    format!(
-                        "this token is an {}: deleting vclusters and snapshots needs the admin \
-                         role",
-                        self.role.as_str()
-                    ),
-                )
-                .with_reason("ROLE_NOT_ADMIN"),
-            ))
-        }
+        self.at_least(
+            Role::Admin,
+            "ROLE_NOT_ADMIN",
+            format!(
+                "this token is an {}: deleting vclusters and snapshots needs the admin role",
+                self.role.as_str()
+            ),
+        )
     }
 
     /// The role `kind` needs: deletes admin, every other mutation operator.

@@ -103,6 +103,8 @@ async fn start_worker(
         ready_timeout: ovc_engine::model::DEFAULT_READY_TIMEOUT,
         inventory_every: None,
         workflows: "vcluster".into(),
+        traffic_file: None,
+        pg_max_connections: 16,
     };
     let worker = crate::worker::build(
         store,

@@ -7,13 +7,23 @@
 //!   from the first command's commit to the last operation's end;
 //! - pickup latency: command commit → first `StepStarted`, at a steady 100 operations/s;
 //! - recovery: a worker is killed with SIGKILL three times under load; lease expiry → the
-//!   next claim, and → the next `StepStarted` of that operation.
+//!   next claim, and → the next `StepStarted` of that operation. Lease times are the
+//!   database's clock and event times the processes' clocks: the bench measures the
+//!   offset between the two and puts every figure on the database's clock.
+//! - cost per workflow during the burst: write transactions and statements counted by
+//!   the stores of the worker processes (`--traffic-file`) and of the submitting clients
+//!   (their accept commits; not the bench's own polling), and on PostgreSQL the
+//!   server's committed transactions (`pg_stat_database.xact_commit`, which also counts
+//!   read-only ones and the simulated host's; the bench's polling is subtracted).
+//! - the commit-rate reference: `pgbench -n -N -c 8` against the same server (in a
+//!   scratch database `<db>_pgbench`), when `pgbench` is on PATH; every throughput is
+//!   also given per 1,000 pgbench tps measured in the same run.
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::Args;
 use ovc_engine::accept::{CommandRequest, accept};
-use ovc_store::{Store, StoreConfig};
+use ovc_store::{Store, StoreConfig, TrafficCounts};
 use ovc_types::command::Command;
 use ovc_types::event::StreamName;
 use ovc_types::spec::VClusterSpec;
@@ -37,6 +47,9 @@ pub struct WorkflowBenchArgs {
     /// Operations in the throughput burst.
     #[arg(long, default_value_t = 2000)]
     pub ops: usize,
+    /// Seconds pgbench runs for the commit-rate reference (0: skip it).
+    #[arg(long, default_value_t = 10)]
+    pub pgbench_seconds: u64,
 }
 
 struct Row {
@@ -44,6 +57,10 @@ struct Row {
     workflows_per_s: f64,
     pickup: (f64, f64),
     recovery: Option<(f64, f64, f64, f64, usize)>,
+    /// Write transactions and statements per workflow, counted by the stores.
+    traffic: (f64, f64),
+    /// Server-side committed transactions per workflow (PostgreSQL).
+    server_xacts: Option<f64>,
 }
 
 /// The `p` quantile (0..=1) of `v` (sorted in place); NaN when empty.
@@ -63,6 +80,8 @@ struct Fleet {
     children: Vec<Child>,
     url: String,
     schema: Option<String>,
+    /// Where each worker writes its store's traffic counts.
+    traffic_dir: tempfile::TempDir,
 }
 
 impl Fleet {
@@ -80,9 +99,18 @@ impl Fleet {
             "64",
             "--lease-ms",
             "1000",
+            // Four workers and the bench stay under a default max_connections of 100.
+            "--pg-max-connections",
+            "8",
             "--name",
             &format!("bench-w{i}-{}", uuid::Uuid::new_v4().simple()),
+            "--traffic-file",
         ])
+        .arg(
+            self.traffic_dir
+                .path()
+                .join(format!("w{i}-{}.json", uuid::Uuid::new_v4().simple())),
+        )
         .env("OVC_SIM_LATENCY_MS", "0")
         .env_remove("OVC_SIM_FAULTS")
         .stdout(Stdio::null())
@@ -91,6 +119,22 @@ impl Fleet {
             cmd.args(["--pg-schema", s]);
         }
         Ok(cmd.spawn()?)
+    }
+
+    /// The traffic of every worker process started so far (killed ones as last written).
+    fn traffic(&self) -> TrafficCounts {
+        let mut total = TrafficCounts::default();
+        if let Ok(dir) = std::fs::read_dir(self.traffic_dir.path()) {
+            for entry in dir.flatten() {
+                if entry.path().extension().is_some_and(|e| e == "json")
+                    && let Ok(bytes) = std::fs::read(entry.path())
+                    && let Ok(t) = serde_json::from_slice::<TrafficCounts>(&bytes)
+                {
+                    total = total + t;
+                }
+            }
+        }
+        total
     }
 
     fn kill(&mut self, i: usize) -> anyhow::Result<()> {
@@ -196,6 +240,7 @@ async fn measure(
         children: Vec::new(),
         url: url.clone(),
         schema: config.pg_schema.clone(),
+        traffic_dir: tempfile::tempdir()?,
     };
     for i in 0..workers {
         let child = fleet.spawn(i)?;
@@ -207,6 +252,17 @@ async fn measure(
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     eprintln!("{label}: burst of {ops} ...");
+    let pg = url.starts_with("postgres");
+    // Stats reach pg_stat_database within about a second of a backend's last commit.
+    let settle = || tokio::time::sleep(Duration::from_millis(1500));
+    settle().await;
+    let xacts_before = if pg {
+        Some(ovc_store::postgres::committed_transactions(&url).await?)
+    } else {
+        None
+    };
+    let workers_before = fleet.traffic();
+    let client_before = store.traffic();
     let mut tasks = Vec::new();
     for c in 0..8 {
         let store = store.clone();
@@ -222,10 +278,32 @@ async fn measure(
     for t in tasks {
         burst.extend(t.await??);
     }
+    let client = store.traffic() - client_before;
     let times = wait_all(store.as_ref(), &burst).await?;
     let first = times.iter().map(|t| t.0).min().context("no operations")?;
     let last = times.iter().map(|t| t.2).max().context("no operations")?;
     let workflows_per_s = ops as f64 / (ms(first, last) / 1000.0);
+    settle().await;
+    let worker_traffic = fleet.traffic() - workers_before;
+    let polling = store.traffic() - client_before - client;
+    let server_xacts = match xacts_before {
+        Some(before) => {
+            let after = ovc_store::postgres::committed_transactions(&url).await?;
+            // Every statement of the bench's polling was a read-only transaction.
+            let own = (polling.read_statements + polling.write_transactions) as i64;
+            Some((after - before - own) as f64 / ops as f64)
+        }
+        None => None,
+    };
+    let n = ops as f64;
+    let traffic = (
+        (worker_traffic.write_transactions + client.write_transactions) as f64 / n,
+        (worker_traffic.write_statements
+            + worker_traffic.read_statements
+            + client.write_statements
+            + client.read_statements) as f64
+            / n,
+    );
 
     eprintln!("{label}: pickup at 100/s ...");
     let mut steady = Vec::new();
@@ -258,6 +336,12 @@ async fn measure(
             load.push(submit(store.as_ref(), &format!("load-{i}")).await?);
         }
         wait_all(store.as_ref(), &load).await?;
+        // Event times are the processes' clock, lease times the database's: put the events
+        // on the database's clock (offset measured around one round trip).
+        let before = chrono::Utc::now();
+        let db_now = store.database_now().await?;
+        let after = chrono::Utc::now();
+        let offset = db_now - (before + (after - before) / 2);
         let history = store.lease_history(None).await?;
         let mut to_claim = Vec::new();
         let mut to_step = Vec::new();
@@ -274,11 +358,10 @@ async fn measure(
                     let events = store
                         .read_stream(&StreamName::operation(run.operation_id), 0, 1000)
                         .await?;
-                    if let Some(s) = events
-                        .iter()
-                        .find(|e| e.event_type == "StepStarted" && e.recorded_at >= b.claimed_at)
-                    {
-                        to_step.push(ms(a.lease_until, s.recorded_at));
+                    if let Some(s) = events.iter().find(|e| {
+                        e.event_type == "StepStarted" && e.recorded_at + offset >= b.claimed_at
+                    }) {
+                        to_step.push(ms(a.lease_until, s.recorded_at + offset));
                     }
                 }
             }
@@ -299,11 +382,17 @@ async fn measure(
         workflows_per_s,
         pickup,
         recovery,
+        traffic,
+        server_xacts,
     })
 }
 
 /// Runs `ovc bench workflows`.
 pub async fn run(args: WorkflowBenchArgs) -> anyhow::Result<()> {
+    let tps = match (&args.database_url, args.pgbench_seconds) {
+        (Some(url), secs) if secs > 0 && args.backend != "sqlite" => pgbench(url, secs).await?,
+        _ => None,
+    };
     let mut rows = Vec::new();
     for &n in &args.workers {
         if args.backend != "postgres" {
@@ -342,25 +431,48 @@ pub async fn run(args: WorkflowBenchArgs) -> anyhow::Result<()> {
             rows.push(row?);
         }
     }
+    match tps {
+        Some(tps) => println!(
+            "pgbench -n -N -c 8 -T {}: {tps:.0} tps",
+            args.pgbench_seconds
+        ),
+        None => {
+            println!("pgbench: not run (no PostgreSQL URL, not on PATH, or --pgbench-seconds 0)")
+        }
+    }
     println!(
-        "{:<24} {:>12} {:>10} {:>18} {:>26} {:>26}",
+        "{:<22} {:>8} {:>8} {:>9} {:>7} {:>7} {:>7} {:>14} {:>18} {:>16}",
         "setup",
-        "workflows/s",
+        "wf/s",
         "steps/s",
-        "pickup p50/p99 ms",
-        "expiry->claim p50/p99 ms",
-        "expiry->step p50/p99 ms"
+        "wf/s/ktps",
+        "tx/wf",
+        "stm/wf",
+        "pgx/wf",
+        "pickup p50/p99",
+        "expiry->claim",
+        "expiry->step"
     );
     for r in rows {
         let rec = match r.recovery {
             Some((a, b, c, d, n)) => (format!("{a:.0}/{b:.0} (n={n})"), format!("{c:.0}/{d:.0}")),
             None => ("-".into(), "-".into()),
         };
+        let ratio = match tps {
+            Some(tps) if r.label.starts_with("postgres") => {
+                format!("{:.0}", r.workflows_per_s * 1000.0 / tps)
+            }
+            _ => "-".into(),
+        };
         println!(
-            "{:<24} {:>12.0} {:>10.0} {:>18} {:>26} {:>26}",
+            "{:<22} {:>8.0} {:>8.0} {:>9} {:>7.1} {:>7.1} {:>7} {:>14} {:>18} {:>16}",
             r.label,
             r.workflows_per_s,
             r.workflows_per_s * 5.0,
+            ratio,
+            r.traffic.0,
+            r.traffic.1,
+            r.server_xacts.map_or("-".into(), |x| format!("{x:.1}")),
             format!("{:.1}/{:.1}", r.pickup.0, r.pickup.1),
             rec.0,
             rec.1
@@ -368,7 +480,57 @@ pub async fn run(args: WorkflowBenchArgs) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "five-step bench workflow, sim host at 0 ms; lease 1 s (recovery = lease expiry to takeover)."
+        "five-step bench workflow, sim host at 0 ms, real `ovc worker` processes (concurrency 64, \
+         lease 1 s); SQLite synchronous=FULL. wf/s/ktps: workflows/s per 1,000 pgbench tps. \
+         tx/wf, stm/wf: write transactions and statements (reads included) per workflow, \
+         counted by the stores (workers + accepting clients; the sim host's own queries \
+         excluded). pgx/wf: pg_stat_database xact_commit per workflow (read-only and sim \
+         host transactions included). Pickup: command commit -> first StepStarted at 100/s; \
+         recovery in ms on the database's clock."
     );
     Ok(())
+}
+
+/// Runs `pgbench -n -N -c 8` for `secs` seconds in the scratch database `<db>_pgbench` of
+/// the same server (initialised first); its tps, or `None` when pgbench is not on PATH.
+async fn pgbench(url: &str, secs: u64) -> anyhow::Result<Option<f64>> {
+    if Process::new("pgbench").arg("--version").output().is_err() {
+        return Ok(None);
+    }
+    let db = ovc_store::postgres::database_name(url).await?;
+    let scratch = ovc_store::postgres::ensure_database(url, &format!("{db}_pgbench")).await?;
+    eprintln!("pgbench: initialising {db}_pgbench ...");
+    let init = Process::new("pgbench")
+        .args(["-i", "-q", &scratch])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    anyhow::ensure!(init.success(), "pgbench -i failed");
+    eprintln!("pgbench: -n -N -c 8 -j 2 -T {secs} ...");
+    let out = Process::new("pgbench")
+        .args([
+            "-n",
+            "-N",
+            "-c",
+            "8",
+            "-j",
+            "2",
+            "-T",
+            &secs.to_string(),
+            &scratch,
+        ])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "pgbench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let tps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .with_context(|| format!("no tps in pgbench's output: {text}"))?;
+    Ok(Some(tps))
 }

@@ -241,21 +241,6 @@ pub enum SnapshotCommand {
     },
 }
 
-/// `90s`, `30m`, `1h`, `2d`, `4w` → a duration (`None`: not one, or out of range).
-pub(crate) fn parse_age(s: &str) -> Option<chrono::Duration> {
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit())?);
-    let n: i64 = n.parse().ok()?;
-    let seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        _ => return None,
-    };
-    chrono::Duration::try_seconds(n.checked_mul(seconds)?)
-}
-
 /// How a client command ended; `main` turns it into the exit code.
 #[derive(Debug)]
 pub enum Outcome {
@@ -1047,9 +1032,9 @@ pub async fn ops(conn: Conn, cmd: OpsCommand) -> Outcome {
                     params.push(format!("kind={k}"));
                 }
                 if let Some(s) = since {
-                    let age = parse_age(&s).ok_or_else(|| {
+                    let age = crate::duration::parse_chrono(&s).map_err(|e| {
                         CallError::Refused(json!({"error": {"status": "INVALID_ARGUMENT",
-                            "message": format!("--since {s:?}: use e.g. 30m, 1h, 2d")}}))
+                            "message": format!("--since {e}")}}))
                     })?;
                     let t = (chrono::Utc::now() - age)
                         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);

@@ -47,7 +47,7 @@ pub struct DevArgs {
     pub max_live_feeds: u32,
     /// How long a step may wait (readiness and the like) before it fails and the
     /// operation compensates (as `ovc worker --ready-timeout`).
-    #[arg(long, env = "OVC_READY_TIMEOUT", default_value = "10m", value_parser = crate::worker::parse_ready_timeout)]
+    #[arg(long, env = "OVC_READY_TIMEOUT", default_value = "10m", value_parser = crate::duration::parse)]
     pub ready_timeout: std::time::Duration,
     /// How often the snapshot inventory runs (`off` to disable), as for `ovc worker`.
     #[arg(long, env = "OVC_INVENTORY_EVERY", default_value = "1h", value_parser = crate::worker::parse_inventory_every)]
@@ -96,6 +96,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         ready_timeout: args.ready_timeout,
         inventory_every: args.inventory_every,
         workflows: "vcluster".into(),
+        traffic_file: None,
+        pg_max_connections: 16,
     };
     // One driver for the workers and the kubeconfig route.
     let host = crate::worker::host(&args.host, &args.kube_hosts, &url, None).await?;

@@ -11,6 +11,7 @@ mod bench_feeds;
 mod bench_workflows;
 mod client;
 mod dev;
+mod duration;
 mod hosts;
 mod serve;
 mod snapshot_import;

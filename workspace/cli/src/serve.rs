@@ -253,15 +253,7 @@ pub async fn create_token(args: TokenCreateArgs) -> anyhow::Result<()> {
     let expires_in = args
         .expires_in
         .as_deref()
-        .map(|s| {
-            crate::client::parse_age(s)
-                .filter(|d| *d > chrono::Duration::zero())
-                .with_context(|| {
-                    format!(
-                        "--expires-in {s:?}: use a positive duration, e.g. 90s, 30m, 12h, 30d, 4w"
-                    )
-                })
-        })
+        .map(|s| crate::duration::parse_chrono(s).map_err(|e| anyhow::anyhow!("--expires-in {e}")))
         .transpose()?;
     let store = args.store.open().await?;
     let now = store.clock().now();

@@ -64,7 +64,7 @@ pub struct WorkerArgs {
     /// How long a step may wait (for the control plane to be ready, pods to go, ...),
     /// from its first start, before it fails and the operation compensates: `600s`,
     /// `10m`, `1h`, `500ms`.
-    #[arg(long, env = "OVC_READY_TIMEOUT", default_value = "10m", value_parser = parse_ready_timeout)]
+    #[arg(long, env = "OVC_READY_TIMEOUT", default_value = "10m", value_parser = crate::duration::parse)]
     pub ready_timeout: Duration,
     /// How often this process checks that every READY snapshot in its storage still has
     /// its artifact (ones that do not become MISSING, and READY again once it is back):
@@ -75,6 +75,14 @@ pub struct WorkerArgs {
     /// benchmark workflow, for `ovc bench workflows`).
     #[arg(long, value_parser = ["vcluster", "bench"], default_value = "vcluster", hide = true)]
     pub workflows: String,
+    /// Writes this process's database traffic (`ovc_store::TrafficCounts` as JSON) to
+    /// this file every 100 ms and at exit, for `ovc bench workflows`.
+    #[arg(long, hide = true)]
+    pub traffic_file: Option<std::path::PathBuf>,
+    /// PostgreSQL connections this process's store may open (the group committer needs
+    /// one; the rest serve reads).
+    #[arg(long, env = "OVC_PG_MAX_CONNECTIONS", default_value_t = 16)]
+    pub pg_max_connections: u32,
 }
 
 /// The values of `--host`.
@@ -144,33 +152,14 @@ pub async fn host(
     }
 }
 
-/// Parses `--inventory-every`: a duration as for `--ready-timeout`, or `off`.
+/// Parses `--inventory-every`: a duration ([`crate::duration`]), or `off`.
 pub fn parse_inventory_every(s: &str) -> Result<Option<Duration>, String> {
     if s == "off" {
         return Ok(None);
     }
-    parse_ready_timeout(s)
+    crate::duration::parse(s)
         .map(Some)
         .map_err(|e| format!("{e}, or off"))
-}
-
-/// Parses `--ready-timeout`: a positive whole number with a unit (`ms`, `s`, `m`, `h`).
-pub fn parse_ready_timeout(s: &str) -> Result<Duration, String> {
-    let bad = || format!("{s:?}: use a positive duration such as 600s, 10m, 1h or 500ms");
-    let at = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let (n, unit) = s.split_at(at);
-    let n: u64 = n.parse().map_err(|_| bad())?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => return Err(bad()),
-    };
-    if d.is_zero() {
-        return Err(bad());
-    }
-    Ok(d)
 }
 
 /// Test-only: the environment variable that skews `ovc worker`'s clock (see the module
@@ -316,8 +305,13 @@ pub fn print_report(r: &WorkerReport) {
 
 /// Runs `ovc worker`.
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.pg_max_connections >= 2,
+        "--pg-max-connections must be at least 2 (the group committer and one reader)"
+    );
     let config = StoreConfig {
         pg_schema: args.pg_schema.clone(),
+        pg_max_connections: args.pg_max_connections,
         ..StoreConfig::default()
     };
     let clock = process_clock()?;
@@ -331,6 +325,15 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             shutdown_signal(),
         ),
     );
+    let traffic = args.traffic_file.clone().map(|path| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            loop {
+                write_traffic(&path, store.as_ref());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    });
     let host = host(
         &args.host,
         &args.kube_hosts,
@@ -339,7 +342,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     )
     .await?;
     let names = host.names.join(", ");
-    let worker = build_with(store, &args, clock, host).await?;
+    let worker = build_with(store.clone(), &args, clock, host).await?;
     eprintln!(
         "ovc worker started on {} (host: {}, hosts: {names}, concurrency {})",
         crate::redact(&args.database_url),
@@ -347,24 +350,27 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         args.concurrency
     );
     let report = worker.run(shutdown_signal()).await;
+    if let (Some(task), Some(path)) = (traffic, &args.traffic_file) {
+        task.abort();
+        write_traffic(path, store.as_ref());
+    }
     print_report(&report);
     Ok(())
+}
+
+/// Replaces `path` with the store's traffic counts (written aside, then renamed, so a
+/// reader never sees half a file).
+fn write_traffic(path: &std::path::Path, store: &dyn Store) {
+    let tmp = path.with_extension("tmp");
+    let json = serde_json::to_vec(&store.traffic()).unwrap_or_default();
+    if let Err(e) = std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, path)) {
+        tracing::warn!(error = %e, path = %path.display(), "cannot write the traffic file");
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ready_timeouts_parse_with_a_unit_and_refuse_the_rest() {
-        assert_eq!(parse_ready_timeout("10m"), Ok(Duration::from_secs(600)));
-        assert_eq!(parse_ready_timeout("600s"), Ok(Duration::from_secs(600)));
-        assert_eq!(parse_ready_timeout("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_ready_timeout("500ms"), Ok(Duration::from_millis(500)));
-        for bad in ["", "10", "0s", "-1s", "1d", "1.5m", "m", "10 m"] {
-            assert!(parse_ready_timeout(bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn inventory_intervals_parse_or_turn_it_off() {

@@ -42,7 +42,7 @@ use futures::future::BoxFuture;
 use ovc_driver::Fence;
 use ovc_store::{Run, Store};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -157,8 +157,10 @@ async fn execute_leased(
 /// A claim in flight: the claimed runs and when the claim was sent.
 type ClaimFuture = BoxFuture<'static, ovc_store::Result<(Vec<Run>, Instant)>>;
 
-/// Our run queue as an apalis backend: each poll claims (at most) one due run with a
-/// lease, and only when the worker has a free slot, so no run sits leased but unstarted.
+/// Our run queue as an apalis backend. A poll with nothing claimed in hand claims as
+/// many due runs as the worker has free slots, in one round trip, and hands them out one
+/// per poll; since it never claims more than the free slots, no run sits leased but
+/// unstarted for longer than the handlers take to start.
 pub struct RunQueue {
     store: Arc<dyn Store>,
     owner: String,
@@ -166,6 +168,12 @@ pub struct RunQueue {
     idle_poll: Duration,
     claiming: Option<ClaimFuture>,
     waiting: Option<BoxFuture<'static, ()>>,
+    /// Runs claimed and not yet handed out, with the claim's send instant.
+    claimed: std::collections::VecDeque<(Run, Instant)>,
+    /// Runs claimed and not yet finished by their handler.
+    in_flight: Arc<AtomicUsize>,
+    /// The worker's slots.
+    concurrency: usize,
 }
 
 impl std::fmt::Debug for RunQueue {
@@ -177,8 +185,16 @@ impl std::fmt::Debug for RunQueue {
 }
 
 impl RunQueue {
-    /// A backend claiming runs of `store` as `owner`.
-    pub fn new(store: Arc<dyn Store>, owner: String, lease: Duration, idle_poll: Duration) -> Self {
+    /// A backend claiming runs of `store` as `owner`, for a worker of `concurrency`
+    /// slots whose handlers decrement `in_flight` when they finish a run.
+    pub fn new(
+        store: Arc<dyn Store>,
+        owner: String,
+        lease: Duration,
+        idle_poll: Duration,
+        concurrency: usize,
+        in_flight: Arc<AtomicUsize>,
+    ) -> Self {
         Self {
             store,
             owner,
@@ -186,6 +202,9 @@ impl RunQueue {
             idle_poll,
             claiming: None,
             waiting: None,
+            claimed: std::collections::VecDeque::new(),
+            in_flight,
+            concurrency: concurrency.max(1),
         }
     }
 
@@ -230,6 +249,14 @@ impl Backend for RunQueue {
         worker: &WorkerContext,
     ) -> Poll<Option<Result<Self::Task, Self::Error>>> {
         loop {
+            if let Some((run, sent)) = self.claimed.pop_front() {
+                // The task id names the claim: run and fencing epoch.
+                let id = TaskId::String(format!("{}@{}", run.id, run.epoch));
+                let task = TaskBuilder::new(ClaimedRun { run, sent })
+                    .task_id(id)
+                    .build();
+                return Poll::Ready(Some(Ok(task)));
+            }
             if worker.is_shutting_down() {
                 return Poll::Ready(None);
             }
@@ -239,13 +266,20 @@ impl Backend for RunQueue {
                     Poll::Pending => return Poll::Pending,
                 }
             }
+            let free = self
+                .concurrency
+                .saturating_sub(self.in_flight.load(Ordering::Acquire))
+                .max(1);
             let claiming = self.claiming.get_or_insert_with(|| {
                 let store = self.store.clone();
                 let owner = self.owner.clone();
                 let lease = self.lease;
                 async move {
                     let sent = Instant::now();
-                    store.claim_runs(&owner, lease, 1).await.map(|r| (r, sent))
+                    store
+                        .claim_runs(&owner, lease, u32::try_from(free).unwrap_or(u32::MAX))
+                        .await
+                        .map(|r| (r, sent))
                 }
                 .boxed()
             });
@@ -255,17 +289,11 @@ impl Backend for RunQueue {
             };
             self.claiming = None;
             match claimed {
-                Ok((mut runs, sent)) => match runs.pop() {
-                    Some(run) => {
-                        // The task id names the claim: run and fencing epoch.
-                        let id = TaskId::String(format!("{}@{}", run.id, run.epoch));
-                        let task = TaskBuilder::new(ClaimedRun { run, sent })
-                            .task_id(id)
-                            .build();
-                        return Poll::Ready(Some(Ok(task)));
-                    }
-                    None => self.waiting = Some(self.wait()),
-                },
+                Ok((runs, sent)) if !runs.is_empty() => {
+                    self.in_flight.fetch_add(runs.len(), Ordering::AcqRel);
+                    self.claimed.extend(runs.into_iter().map(|r| (r, sent)));
+                }
+                Ok(_) => self.waiting = Some(self.wait()),
                 Err(e) => {
                     tracing::warn!(error = %e, "claim failed; retrying in 1s");
                     self.waiting = Some(tokio::time::sleep(Duration::from_secs(1)).boxed());
@@ -320,6 +348,8 @@ struct HandlerState {
     exec: Executor,
     lease: Duration,
     counters: Arc<Counters>,
+    /// Runs claimed and not finished (shared with the [`RunQueue`]).
+    in_flight: Arc<AtomicUsize>,
 }
 
 /// The apalis handler: one claimed run, executed under a renewed lease. It never fails
@@ -345,6 +375,7 @@ async fn handle(
     });
     let operation = claimed.run.operation_id;
     let res = execute_leased(state.exec.clone(), claimed, stop_rx, state.lease).await;
+    state.in_flight.fetch_sub(1, Ordering::AcqRel);
     watcher.abort();
     let c = &state.counters;
     match res {
@@ -374,10 +405,12 @@ impl Worker {
     /// Runs until `shutdown` becomes true, then stops gracefully.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> WorkerReport {
         let counters = Arc::new(Counters::default());
+        let in_flight = Arc::new(AtomicUsize::new(0));
         let state = HandlerState {
             exec: self.exec.clone(),
             lease: self.options.lease,
             counters: counters.clone(),
+            in_flight: in_flight.clone(),
         };
         let opts = self.options.clone();
         let store = self.exec.store.clone();
@@ -389,6 +422,8 @@ impl Worker {
                         opts.owner.clone(),
                         opts.lease,
                         opts.idle_poll,
+                        opts.concurrency.max(1),
+                        in_flight.clone(),
                     ))
                     .enable_tracing()
                     .catch_panic()

@@ -1,7 +1,8 @@
 //! The one algorithm behind every write, shared by both backends.
 //!
 //! A backend supplies a transaction that can do the individual SQL steps ([`TxOps`]);
-//! [`run_commit`] decides their order, which is what makes the guarantees hold:
+//! [`stage`] and [`group_committer`] decide their order, which is what makes the
+//! guarantees hold:
 //!
 //! 1. the idempotency key first, so a repeated request answers `Duplicate` (and a
 //!    concurrent twin waits on the key's row lock) before any other check;
@@ -12,10 +13,17 @@
 //! 6. last, global positions and the events themselves: the head row lock is held only
 //!    from here to COMMIT, so positions are handed out in commit order and a tail never
 //!    skips one.
+//!
+//! Group commit: every [`crate::Store::commit`] of a process goes to one committer
+//! task, which makes all the commits waiting at that moment in one transaction: steps
+//! 1–5 for each commit inside its own savepoint (a failed fence, version or name rolls
+//! back only that commit's part), then step 6 once for all of them. One head-row lock
+//! and one WAL flush then carry many workflows' steps.
 
 use crate::error::{Error, Result};
 use crate::model::{
-    Commit, CommitReceipt, ExpectedVersion, IdempotencyClaim, Lease, NewRun, RunUpdate, StoreConfig,
+    Commit, CommitOutcome, CommitReceipt, ExpectedVersion, IdempotencyClaim, Lease, NewRun,
+    RunUpdate, StoreConfig,
 };
 use chrono::{DateTime, Duration, Utc};
 use ovc_types::event::Event;
@@ -92,6 +100,16 @@ pub(crate) trait TxOps: Send {
     ) -> impl Future<Output = Result<u64>> + Send;
     /// Tells other processes, at commit, that runs may be claimable (PostgreSQL: NOTIFY).
     fn notify_runs(&mut self) -> impl Future<Output = Result<()>> + Send;
+    /// Marks where one commit of a group begins (`SAVEPOINT`).
+    fn savepoint(&mut self) -> impl Future<Output = Result<()>> + Send;
+    /// Keeps the commit since the last savepoint (`RELEASE SAVEPOINT`).
+    fn release_savepoint(&mut self) -> impl Future<Output = Result<()>> + Send;
+    /// Undoes the commit since the last savepoint, and forgets the savepoint.
+    fn rollback_to_savepoint(&mut self) -> impl Future<Output = Result<()>> + Send;
+    /// Commits the transaction.
+    fn commit(self) -> impl Future<Output = Result<()>> + Send;
+    /// Rolls the transaction back.
+    fn rollback(self) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// A commit checked and encoded before any transaction starts.
@@ -186,21 +204,34 @@ pub(crate) fn prepare(commit: &Commit, cfg: &StoreConfig) -> Result<Prepared> {
     Ok(Prepared { appends })
 }
 
-/// Runs a prepared commit inside `tx`. `Ok(Err(op))` means the idempotency key
-/// answered and the caller must roll back.
-pub(crate) async fn run_commit<T: TxOps>(
+/// What staging one commit inside a (possibly shared) transaction produced.
+pub(crate) enum Staged {
+    /// Everything but the events' positions is written; the rows wait for the one
+    /// `append_events` of the transaction.
+    Written {
+        rows: Vec<EventRow>,
+        stream_versions: Vec<(ovc_types::StreamName, u64)>,
+        runs_changed: bool,
+    },
+    /// The idempotency key answered: this commit's part must be rolled back.
+    Duplicate(OperationId),
+}
+
+/// Runs steps 1–5 of a prepared commit inside `tx`: everything except the positions and
+/// the events themselves, which the transaction appends once for all its commits.
+pub(crate) async fn stage<T: TxOps>(
     tx: &mut T,
     commit: &Commit,
     prepared: Prepared,
     now: DateTime<Utc>,
     cfg: &StoreConfig,
-) -> Result<Result<CommitReceipt, OperationId>> {
+) -> Result<Staged> {
     if let Some(claim) = &commit.idempotency
         && let Some(existing) = tx
             .claim_idempotency(claim, now, cfg.idempotency_ttl)
             .await?
     {
-        return Ok(Err(existing));
+        return Ok(Staged::Duplicate(existing));
     }
     if let Some(lease) = commit.fence {
         tx.check_fence(lease).await?;
@@ -233,23 +264,237 @@ pub(crate) async fn run_commit<T: TxOps>(
     if let (Some(update), Some(lease)) = (commit.run_update, commit.fence) {
         tx.update_run(lease, update).await?;
     }
-    if runs_changed(commit) {
-        tx.notify_runs().await?;
-    }
-    let (mut first_position, mut last_position) = (0, 0);
-    if !rows.is_empty() {
-        last_position = tx.append_events(&mut rows, now).await?;
-        first_position = last_position + 1 - rows.len() as u64;
-    }
-    Ok(Ok(CommitReceipt {
-        first_position,
-        last_position,
+    Ok(Staged::Written {
+        rows,
         stream_versions,
-    }))
+        runs_changed: runs_changed(commit),
+    })
+}
+
+/// Events a group commit carries at most (a commit alone may carry
+/// `max_events_per_commit`).
+const GROUP_MAX_EVENTS: usize = 2000;
+/// Commits a group commit carries at most. Each is a savepoint (a subtransaction);
+/// PostgreSQL caches 64 subtransaction ids per transaction before snapshots get slow.
+const GROUP_MAX_COMMITS: usize = 48;
+
+/// Where a commit's outcome goes.
+type Reply = tokio::sync::oneshot::Sender<Result<CommitOutcome>>;
+
+/// A commit staged in a group: its reply, its event count, its streams' versions.
+type StagedMember = (Reply, usize, Vec<(ovc_types::StreamName, u64)>);
+
+fn replies_of(staged: Vec<StagedMember>) -> Vec<Reply> {
+    staged.into_iter().map(|(r, _, _)| r).collect()
+}
+
+/// One commit waiting for a group commit.
+pub(crate) struct Member {
+    pub commit: Commit,
+    pub prepared: Prepared,
+    pub reply: Reply,
+}
+
+impl Member {
+    fn events(&self) -> usize {
+        self.prepared.appends.iter().map(|a| a.2.len()).sum()
+    }
+}
+
+/// Opens the write transactions of a group committer.
+pub(crate) trait TxSource: Send + Sync + 'static {
+    type Tx: TxOps + 'static;
+    fn begin(&self) -> impl Future<Output = Result<Self::Tx>> + Send;
+    /// The time stamped on a transaction's events and projections.
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The group committer: takes every commit waiting when the previous transaction ended
+/// (up to the limits above) and makes them in one transaction, each fenced by its own
+/// lease and checked by its own versions; a commit that fails rolls back to its
+/// savepoint, alone. Then one `append_events` (one head-row lock, gapless positions in
+/// the order of the commits), one NOTIFY of each kind, one COMMIT (one WAL flush).
+pub(crate) async fn group_committer<S: TxSource>(
+    source: S,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<Member>,
+    cfg: StoreConfig,
+    wake: std::sync::Arc<crate::wake::Wakeups>,
+) {
+    let mut carry: Option<Member> = None;
+    loop {
+        let first = match carry.take() {
+            Some(m) => m,
+            None => match queue.recv().await {
+                Some(m) => m,
+                None => return,
+            },
+        };
+        let mut events = first.events();
+        let mut batch = vec![first];
+        while batch.len() < GROUP_MAX_COMMITS {
+            match queue.try_recv() {
+                Ok(m) => {
+                    events += m.events();
+                    if events > GROUP_MAX_EVENTS {
+                        carry = Some(m);
+                        break;
+                    }
+                    batch.push(m);
+                }
+                Err(_) => break,
+            }
+        }
+        run_group(&source, batch, &cfg, &wake).await;
+    }
+}
+
+/// A failure that sinks the whole group: the first commit hit gets `error`, the others
+/// an `Unavailable`-like error naming it (none of them was written).
+fn fail_all(members: Vec<Reply>, error: Error) {
+    let message = error.to_string();
+    let mut first = Some(error);
+    for reply in members {
+        let e = first
+            .take()
+            .unwrap_or_else(|| Error::GroupCommitFailed(message.clone()));
+        let _ = reply.send(Err(e));
+    }
+}
+
+/// Makes `batch` in one transaction of `source` and answers each commit.
+pub(crate) async fn run_group<S: TxSource>(
+    source: &S,
+    batch: Vec<Member>,
+    cfg: &StoreConfig,
+    wake: &crate::wake::Wakeups,
+) {
+    let alone = batch.len() == 1;
+    let mut tx = match source.begin().await {
+        Ok(tx) => tx,
+        Err(e) => return fail_all(batch.into_iter().map(|m| m.reply).collect(), e),
+    };
+    let now = source.now();
+    // (reply, rows, stream versions) of the commits staged so far.
+    let mut staged: Vec<StagedMember> = Vec::with_capacity(batch.len());
+    let mut rows_all: Vec<EventRow> = Vec::new();
+    let mut runs = false;
+    let mut members = batch.into_iter();
+    while let Some(Member {
+        commit,
+        prepared,
+        reply,
+    }) = members.next()
+    {
+        if !alone && let Err(e) = tx.savepoint().await {
+            let mut replies = replies_of(staged);
+            replies.push(reply);
+            replies.extend(members.map(|m| m.reply));
+            let _ = tx.rollback().await;
+            return fail_all(replies, e);
+        }
+        let outcome = stage(&mut tx, &commit, prepared, now, cfg).await;
+        match outcome {
+            Ok(Staged::Written {
+                rows,
+                stream_versions,
+                runs_changed,
+            }) => {
+                if !alone && let Err(e) = tx.release_savepoint().await {
+                    let mut replies = replies_of(staged);
+                    replies.push(reply);
+                    replies.extend(members.map(|m| m.reply));
+                    let _ = tx.rollback().await;
+                    return fail_all(replies, e);
+                }
+                runs |= runs_changed;
+                let count = rows.len();
+                rows_all.extend(rows);
+                staged.push((reply, count, stream_versions));
+            }
+            Ok(Staged::Duplicate(operation_id)) if alone => {
+                let _ = tx.rollback().await;
+                let _ = reply.send(Ok(CommitOutcome::Duplicate { operation_id }));
+                return;
+            }
+            Err(e) if alone => {
+                let _ = tx.rollback().await;
+                let _ = reply.send(Err(e));
+                return;
+            }
+            other => {
+                // Only this commit's part goes; the group goes on.
+                if let Err(e) = tx.rollback_to_savepoint().await {
+                    let mut replies = replies_of(staged);
+                    replies.push(reply);
+                    replies.extend(members.map(|m| m.reply));
+                    let _ = tx.rollback().await;
+                    return fail_all(replies, e);
+                }
+                let _ = reply.send(match other {
+                    Ok(Staged::Duplicate(operation_id)) => {
+                        Ok(CommitOutcome::Duplicate { operation_id })
+                    }
+                    Err(e) => Err(e),
+                    Ok(Staged::Written { .. }) => unreachable!("handled above"),
+                });
+            }
+        }
+    }
+    if staged.is_empty() {
+        let _ = tx.rollback().await;
+        return;
+    }
+    if runs && let Err(e) = tx.notify_runs().await {
+        let _ = tx.rollback().await;
+        return fail_all(replies_of(staged), e);
+    }
+    let mut last_position = 0;
+    if !rows_all.is_empty() {
+        match tx.append_events(&mut rows_all, now).await {
+            Ok(last) => last_position = last,
+            Err(e) => {
+                let _ = tx.rollback().await;
+                return fail_all(replies_of(staged), e);
+            }
+        }
+    }
+    if let Err(e) = tx.commit().await {
+        return fail_all(replies_of(staged), e);
+    }
+    if last_position > 0 {
+        wake.events_appended(last_position);
+    }
+    if runs {
+        wake.runs_changed();
+    }
+    let mut next = (last_position + 1).saturating_sub(rows_all.len() as u64);
+    for (reply, count, stream_versions) in staged {
+        let (first_position, last) = if count == 0 {
+            (0, 0)
+        } else {
+            let first = next;
+            next += count as u64;
+            (first, next - 1)
+        };
+        let _ = reply.send(Ok(CommitOutcome::Committed(CommitReceipt {
+            first_position,
+            last_position: last,
+            stream_versions,
+        })));
+    }
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+}
+
+/// True for a lease renewal alone: it bypasses the group committer's queue, so a slow
+/// group (a long WAL flush) cannot make the leases of the runs it carries expire.
+pub(crate) fn is_renewal(commit: &Commit) -> bool {
+    commit.appends.is_empty()
+        && commit.enqueue.is_empty()
+        && commit.idempotency.is_none()
+        && matches!(commit.run_update, Some(RunUpdate::Renew { .. }))
 }
 
 /// True when the commit may make a run claimable (a new run, or a run released).

@@ -79,6 +79,11 @@ pub enum Error {
     /// The database URL is not one we can open.
     #[error("unsupported database url {0:?}: use sqlite://PATH or postgres://...")]
     UnsupportedUrl(String),
+
+    /// The shared transaction of a group commit failed on another commit's account (its
+    /// connection broke, or COMMIT failed): this commit was not made by this call.
+    #[error("the group commit this commit was part of failed: {0}")]
+    GroupCommitFailed(String),
 }
 
 /// Shorthand for results of store calls.
@@ -112,7 +117,9 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Error::Unavailable(_) | Error::WrongExpectedVersion { .. }
+            Error::Unavailable(_)
+                | Error::WrongExpectedVersion { .. }
+                | Error::GroupCommitFailed(_)
         )
     }
 
@@ -122,7 +129,7 @@ impl Error {
             Error::InvalidInput(_) | Error::RequestIdReused { .. } => Code::InvalidArgument,
             Error::WrongExpectedVersion { .. } | Error::LeaseLost { .. } => Code::Aborted,
             Error::NameTaken { .. } => Code::AlreadyExists,
-            Error::Unavailable(_) => Code::Unavailable,
+            Error::Unavailable(_) | Error::GroupCommitFailed(_) => Code::Unavailable,
             Error::UnsupportedUrl(_) => Code::InvalidArgument,
             Error::Projection(_)
             | Error::Decode(_)

@@ -18,10 +18,12 @@ pub mod model;
 pub mod page_token;
 pub mod postgres;
 pub mod sqlite;
+mod traffic;
 mod wake;
 
 pub use error::{Error, Result};
 pub use model::*;
+pub use traffic::TrafficCounts;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
@@ -172,6 +174,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// next lease expires (zero when one already is; `None`: idle). A duration, not a
     /// time, so a caller whose clock is off still sleeps the right amount.
     async fn next_run_due_in(&self) -> Result<Option<std::time::Duration>>;
+
+    /// The database's clock now (PostgreSQL `clock_timestamp()`, SQLite
+    /// `unixepoch('subsec')`): the clock of run times and leases, for callers that
+    /// compare those with event times (`ovc bench workflows`).
+    async fn database_now(&self) -> Result<DateTime<Utc>>;
+
+    /// This process's traffic to the database so far (write transactions, statements);
+    /// zeros for stores that do not count.
+    fn traffic(&self) -> TrafficCounts {
+        TrafficCounts::default()
+    }
 
     /// Extends `lease` to the database's now + `lease_for`; `LeaseLost` if the epoch moved.
     async fn renew_lease(&self, lease: Lease, lease_for: Duration) -> Result<()> {

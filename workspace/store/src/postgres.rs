@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::model::*;
 use crate::page_token::{TimeKey, VClusterKey};
 use crate::sqlite::operation_doc;
+use crate::traffic::Traffic;
 use crate::wake::Wakeups;
 use crate::{Store, TokenRow, from_doc, micros, to_doc, token_from, vcluster_token};
 use async_trait::async_trait;
@@ -42,6 +43,38 @@ pub struct PgStore {
     /// (events channel, runs channel) for LISTEN/NOTIFY, scoped by schema.
     channels: Arc<(String, String)>,
     listener: tokio::task::JoinHandle<()>,
+    traffic: Arc<Traffic>,
+    /// The group committer's queue (`commit.rs`): every commit of this process goes
+    /// through it.
+    committer: tokio::sync::mpsc::UnboundedSender<commit::Member>,
+    /// Transactions for commits that do not wait in the committer's queue (renewals).
+    direct: PgTxSource,
+}
+
+/// Opens the group committer's transactions.
+#[derive(Debug)]
+struct PgTxSource {
+    pool: PgPool,
+    channels: Arc<(String, String)>,
+    traffic: Arc<Traffic>,
+    clock: Arc<dyn Clock>,
+}
+
+impl commit::TxSource for PgTxSource {
+    type Tx = PgTx;
+
+    async fn begin(&self) -> Result<PgTx> {
+        self.traffic.write_transaction();
+        Ok(PgTx {
+            traffic: self.traffic.clone(),
+            tx: self.pool.begin().await?,
+            channels: self.channels.clone(),
+        })
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        micros(self.clock.now())
+    }
 }
 
 impl Drop for PgStore {
@@ -140,11 +173,51 @@ const RUN_COLUMNS: &str = "id, operation_id, vcluster_uid, status, run_at, attem
 /// An open write transaction.
 struct PgTx {
     tx: Transaction<'static, Postgres>,
+    traffic: Arc<Traffic>,
     /// (events channel, runs channel) for NOTIFY.
     channels: Arc<(String, String)>,
 }
 
+impl PgTx {
+    /// The transaction's connection, for one more statement.
+    fn conn(&mut self) -> &mut sqlx::PgConnection {
+        self.traffic.write_statement();
+        &mut self.tx
+    }
+}
+
 impl TxOps for PgTx {
+    async fn savepoint(&mut self) -> Result<()> {
+        sqlx::raw_sql("SAVEPOINT ovc_commit")
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn release_savepoint(&mut self) -> Result<()> {
+        sqlx::raw_sql("RELEASE SAVEPOINT ovc_commit")
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn rollback_to_savepoint(&mut self) -> Result<()> {
+        sqlx::raw_sql("ROLLBACK TO SAVEPOINT ovc_commit; RELEASE SAVEPOINT ovc_commit")
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn commit(self) -> Result<()> {
+        self.traffic.write_statement();
+        Ok(self.tx.commit().await?)
+    }
+
+    async fn rollback(self) -> Result<()> {
+        self.traffic.write_statement();
+        Ok(self.tx.rollback().await?)
+    }
+
     async fn claim_idempotency(
         &mut self,
         claim: &IdempotencyClaim,
@@ -161,7 +234,7 @@ impl TxOps for PgTx {
         .bind(&claim.request_hash)
         .bind(claim.operation_id.as_uuid())
         .bind(now)
-        .execute(&mut *self.tx)
+        .execute(self.conn())
         .await?
         .rows_affected();
         if inserted == 1 {
@@ -173,7 +246,7 @@ impl TxOps for PgTx {
         )
         .bind(claim.project.as_str())
         .bind(&claim.request_id)
-        .fetch_one(&mut *self.tx)
+        .fetch_one(self.conn())
         .await?;
         let hash: String = row.try_get("request_hash")?;
         let op = OperationId(row.try_get("operation_id")?);
@@ -190,7 +263,7 @@ impl TxOps for PgTx {
             .bind(now)
             .bind(claim.project.as_str())
             .bind(&claim.request_id)
-            .execute(&mut *self.tx)
+            .execute(self.conn())
             .await?;
             return Ok(None);
         }
@@ -211,7 +284,7 @@ impl TxOps for PgTx {
         )
         .bind(lease.run_id.as_uuid())
         .bind(lease.epoch)
-        .execute(&mut *self.tx)
+        .execute(self.conn())
         .await?
         .rows_affected();
         if n == 1 {
@@ -241,7 +314,7 @@ impl TxOps for PgTx {
                     )
                     .bind(stream)
                     .bind(count_i)
-                    .fetch_one(&mut *self.tx)
+                    .fetch_one(self.conn())
                     .await?,
                 ),
                 ExpectedVersion::NoStream => {
@@ -251,7 +324,7 @@ impl TxOps for PgTx {
                     )
                     .bind(stream)
                     .bind(count_i)
-                    .fetch_optional(&mut *self.tx)
+                    .fetch_optional(self.conn())
                     .await?
                 }
                 ExpectedVersion::Exact(v) => sqlx::query_scalar(
@@ -261,7 +334,7 @@ impl TxOps for PgTx {
                 .bind(count_i)
                 .bind(stream)
                 .bind(to_i64(v)?)
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.conn())
                 .await?,
             };
         match new_version {
@@ -270,7 +343,7 @@ impl TxOps for PgTx {
                 let actual: Option<i64> =
                     sqlx::query_scalar("SELECT version FROM streams WHERE stream = $1")
                         .bind(stream)
-                        .fetch_optional(&mut *self.tx)
+                        .fetch_optional(self.conn())
                         .await?;
                 Err(Error::WrongExpectedVersion {
                     stream: stream.to_string(),
@@ -285,7 +358,7 @@ impl TxOps for PgTx {
         let doc: Option<serde_json::Value> =
             sqlx::query_scalar("SELECT doc FROM vclusters WHERE uid = $1")
                 .bind(uid.as_uuid())
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.conn())
                 .await?;
         doc.map(|d| from_doc("vclusters", d)).transpose()
     }
@@ -306,7 +379,7 @@ impl TxOps for PgTx {
         .bind(to_doc(vc))
         .bind(vc.created_at)
         .bind(vc.updated_at)
-        .execute(&mut *self.tx)
+        .execute(self.conn())
         .await;
         match res {
             Ok(_) => Ok(()),
@@ -319,63 +392,33 @@ impl TxOps for PgTx {
     }
 
     async fn load_operation(&mut self, id: OperationId) -> Result<Option<Operation>> {
-        let doc: Option<serde_json::Value> =
-            sqlx::query_scalar("SELECT doc FROM operations WHERE id = $1")
-                .bind(id.as_uuid())
-                .fetch_optional(&mut *self.tx)
-                .await?;
-        let Some(doc) = doc else { return Ok(None) };
-        let mut op: Operation = from_doc("operations", doc)?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {STEP_COLUMNS} FROM operation_steps WHERE operation_id = $1 ORDER BY idx"
-        )))
+        // The document and its steps in one round trip (one row per step, or one row
+        // with NULL step columns for an operation without steps).
+        let rows = sqlx::query(
+            "SELECT o.doc, s.name, s.state, s.attempts, s.started_at, s.finished_at, s.error
+             FROM operations o LEFT JOIN operation_steps s ON s.operation_id = o.id
+             WHERE o.id = $1 ORDER BY s.idx",
+        )
         .bind(id.as_uuid())
-        .fetch_all(&mut *self.tx)
+        .fetch_all(self.conn())
         .await?;
-        op.steps = rows.iter().map(step_from_row).collect::<Result<_>>()?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let mut op: Operation = from_doc("operations", first.try_get("doc")?)?;
+        op.steps = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if row.try_get::<Option<String>, _>("name")?.is_some() {
+                op.steps.push(step_from_row(row)?);
+            }
+        }
         Ok(Some(op))
     }
 
     async fn save_operation(&mut self, op: &Operation) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO operations (id, project, vcluster_uid, vcluster, kind, state, request_id,
-               retry_of, version, doc, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-             ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, version = EXCLUDED.version,
-               doc = EXCLUDED.doc, updated_at = EXCLUDED.updated_at",
-        )
-        .bind(op.id.as_uuid())
-        .bind(op.project.as_str())
-        .bind(op.vcluster_uid.as_uuid())
-        .bind(op.vcluster.as_str())
-        .bind(op.kind.as_str())
-        .bind(op.state.as_str())
-        .bind(op.request_id.as_deref())
-        .bind(op.retry_of.map(|r| r.as_uuid()))
-        .bind(to_i64(op.version)?)
-        .bind(operation_doc(op))
-        .bind(op.created_at)
-        .bind(op.updated_at)
-        .execute(&mut *self.tx)
-        .await?;
-        // The key of an operation that ended starts its 24 h from the end.
-        if let (true, Some(request_id)) = (op.done, op.request_id.as_deref()) {
-            sqlx::query(
-                "UPDATE idempotency_keys SET ended_at = $1
-                 WHERE project = $2 AND request_id = $3 AND operation_id = $4
-                   AND ended_at IS NULL",
-            )
-            .bind(op.updated_at)
-            .bind(op.project.as_str())
-            .bind(request_id)
-            .bind(op.id.as_uuid())
-            .execute(&mut *self.tx)
-            .await?;
-        }
-        if op.steps.is_empty() {
-            return Ok(());
-        }
-        // All steps in one statement: UNNEST of parallel arrays.
+        // The operation row, its steps (UNNEST of parallel arrays) and, once it ended, its
+        // idempotency key's `ended_at` (the key's 24 h start from the end), in one
+        // statement: data-modifying CTEs all run to completion.
         let n = op.steps.len();
         let mut idx = Vec::with_capacity(n);
         let mut names = Vec::with_capacity(n);
@@ -393,17 +436,45 @@ impl TxOps for PgTx {
             finished.push(s.finished_at);
             errors.push(s.error.as_ref().map(to_doc));
         }
+        let ended_key = if op.done {
+            op.request_id.as_deref()
+        } else {
+            None
+        };
         sqlx::query(
-            "INSERT INTO operation_steps (operation_id, idx, name, state, attempts, started_at,
+            "WITH op AS (
+               INSERT INTO operations (id, project, vcluster_uid, vcluster, kind, state,
+                 request_id, retry_of, version, doc, created_at, updated_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+               ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, version = EXCLUDED.version,
+                 doc = EXCLUDED.doc, updated_at = EXCLUDED.updated_at
+             ), key AS (
+               UPDATE idempotency_keys SET ended_at = $12
+               WHERE $13::text IS NOT NULL AND project = $2 AND request_id = $13
+                 AND operation_id = $1 AND ended_at IS NULL
+             )
+             INSERT INTO operation_steps (operation_id, idx, name, state, attempts, started_at,
                finished_at, error)
-             SELECT $1, * FROM UNNEST($2::int4[], $3::text[], $4::text[], $5::int4[],
-               $6::timestamptz[], $7::timestamptz[], $8::jsonb[])
+             SELECT $1, * FROM UNNEST($14::int4[], $15::text[], $16::text[], $17::int4[],
+               $18::timestamptz[], $19::timestamptz[], $20::jsonb[])
              ON CONFLICT (operation_id, idx) DO UPDATE SET name = EXCLUDED.name,
                state = EXCLUDED.state, attempts = EXCLUDED.attempts,
                started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
                error = EXCLUDED.error",
         )
         .bind(op.id.as_uuid())
+        .bind(op.project.as_str())
+        .bind(op.vcluster_uid.as_uuid())
+        .bind(op.vcluster.as_str())
+        .bind(op.kind.as_str())
+        .bind(op.state.as_str())
+        .bind(op.request_id.as_deref())
+        .bind(op.retry_of.map(|r| r.as_uuid()))
+        .bind(to_i64(op.version)?)
+        .bind(operation_doc(op))
+        .bind(op.created_at)
+        .bind(op.updated_at)
+        .bind(ended_key)
         .bind(idx)
         .bind(names)
         .bind(states)
@@ -411,7 +482,7 @@ impl TxOps for PgTx {
         .bind(started)
         .bind(finished)
         .bind(errors)
-        .execute(&mut *self.tx)
+        .execute(self.conn())
         .await?;
         Ok(())
     }
@@ -420,7 +491,7 @@ impl TxOps for PgTx {
         let doc: Option<serde_json::Value> =
             sqlx::query_scalar("SELECT doc FROM snapshots WHERE id = $1")
                 .bind(id.as_uuid())
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.conn())
                 .await?;
         doc.map(|d| from_doc("snapshots", d)).transpose()
     }
@@ -442,7 +513,7 @@ impl TxOps for PgTx {
         .bind(to_doc(s))
         .bind(s.created_at)
         .bind(s.updated_at)
-        .execute(&mut *self.tx)
+        .execute(self.conn())
         .await?;
         Ok(())
     }
@@ -459,7 +530,7 @@ impl TxOps for PgTx {
         .bind(run.vcluster_uid.as_uuid())
         .bind(run.delay.map(duration_micros).unwrap_or(0).max(0))
         .bind(run.priority)
-        .execute(&mut *self.tx)
+        .execute(self.conn())
         .await?;
         Ok(())
     }
@@ -490,7 +561,7 @@ impl TxOps for PgTx {
             .bind(lease.epoch)
             .bind(duration_micros(lease_for).max(0)),
         };
-        let n = q.execute(&mut *self.tx).await?.rows_affected();
+        let n = q.execute(self.conn()).await?.rows_affected();
         if n == 1 {
             let history = match update {
                 RunUpdate::Renew { .. } => sqlx::query(
@@ -505,7 +576,7 @@ impl TxOps for PgTx {
             history
                 .bind(lease.run_id.as_uuid())
                 .bind(lease.epoch)
-                .execute(&mut *self.tx)
+                .execute(self.conn())
                 .await?;
             Ok(())
         } else {
@@ -549,8 +620,8 @@ impl TxOps for PgTx {
         .bind(data)
         .bind(metadata)
         .bind(recorded_at)
-        .bind(&self.channels.0)
-        .fetch_one(&mut *self.tx)
+        .bind(self.channels.0.clone())
+        .fetch_one(self.conn())
         .await?;
         let last = to_u64(last);
         let first = last + 1 - rows.len() as u64;
@@ -562,11 +633,63 @@ impl TxOps for PgTx {
 
     async fn notify_runs(&mut self) -> Result<()> {
         sqlx::query("SELECT pg_notify($1, '')")
-            .bind(&self.channels.1)
-            .execute(&mut *self.tx)
+            .bind(self.channels.1.clone())
+            .execute(self.conn())
             .await?;
         Ok(())
     }
+}
+
+/// The URL of database `name` on the server of `url`, created first when it does not
+/// exist (the scratch database `ovc bench workflows` runs pgbench in).
+pub async fn ensure_database(url: &str, name: &str) -> Result<String> {
+    use sqlx::Connection;
+    let name = checked_schema(name)?;
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await?;
+    if !exists {
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await?;
+    }
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let server = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    Ok(match query {
+        Some(q) => format!("{server}/{name}?{q}"),
+        None => format!("{server}/{name}"),
+    })
+}
+
+/// Transactions committed in the current database so far (`pg_stat_database`; the
+/// server publishes a backend's counts within about a second of its last commit).
+pub async fn committed_transactions(url: &str) -> Result<i64> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    Ok(sqlx::query_scalar(
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(&mut conn)
+    .await?)
+}
+
+/// The name of the database `url` connects to.
+pub async fn database_name(url: &str) -> Result<String> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    Ok(sqlx::query_scalar("SELECT current_database()::text")
+        .fetch_one(&mut conn)
+        .await?)
 }
 
 /// Drops `schema` and everything in it (throwaway schemas of tests and benchmarks).
@@ -665,13 +788,34 @@ impl PgStore {
         let wake = Arc::new(Wakeups::new());
         let channels = Arc::new((format!("ovc_events{suffix}"), format!("ovc_runs{suffix}")));
         let listener = tokio::spawn(listen(pool.clone(), wake.clone(), channels.clone()));
+        let traffic: Arc<Traffic> = Arc::default();
+        let (committer, queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(commit::group_committer(
+            PgTxSource {
+                pool: pool.clone(),
+                channels: channels.clone(),
+                traffic: traffic.clone(),
+                clock: clock.clone(),
+            },
+            queue,
+            config.clone(),
+            wake.clone(),
+        ));
         Ok(Self {
+            direct: PgTxSource {
+                pool: pool.clone(),
+                channels: channels.clone(),
+                traffic: traffic.clone(),
+                clock: clock.clone(),
+            },
             pool,
             config,
             clock,
             wake,
             channels,
             listener,
+            traffic,
+            committer,
         })
     }
 
@@ -680,10 +824,24 @@ impl PgStore {
     }
 
     async fn begin(&self) -> Result<PgTx> {
+        self.traffic.write_transaction();
         Ok(PgTx {
+            traffic: self.traffic.clone(),
             tx: self.pool.begin().await?,
             channels: self.channels.clone(),
         })
+    }
+
+    /// The pool, for one statement outside a write transaction.
+    fn read(&self) -> &PgPool {
+        self.traffic.read_statement();
+        &self.pool
+    }
+
+    /// The pool, for one statement that is a write transaction by itself.
+    fn autocommit_write(&self) -> &PgPool {
+        self.traffic.write_transaction();
+        &self.pool
     }
 
     async fn with_steps(&self, doc: serde_json::Value) -> Result<Operation> {
@@ -692,7 +850,7 @@ impl PgStore {
             "SELECT {STEP_COLUMNS} FROM operation_steps WHERE operation_id = $1 ORDER BY idx"
         )))
         .bind(op.id.as_uuid())
-        .fetch_all(&self.pool)
+        .fetch_all(self.read())
         .await?;
         op.steps = rows.iter().map(step_from_row).collect::<Result<_>>()?;
         Ok(op)
@@ -732,7 +890,7 @@ impl Store for PgStore {
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "CREATE SCHEMA IF NOT EXISTS {schema}"
             )))
-            .execute(&self.pool)
+            .execute(self.read())
             .await?;
         }
         let mut migrator = sqlx::migrate!("../../migrations/postgres");
@@ -743,31 +901,36 @@ impl Store for PgStore {
 
     async fn pending_migrations(&self) -> Result<Vec<i64>> {
         let applied = sqlx::query_scalar("SELECT version FROM ovc_migrations WHERE success")
-            .fetch_all(&self.pool)
+            .fetch_all(self.read())
             .await;
         crate::pending_of(&sqlx::migrate!("../../migrations/postgres"), applied)
     }
 
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
         let prepared = commit::prepare(&commit, &self.config)?;
-        let now = self.now();
-        let mut tx = self.begin().await?;
-        match commit::run_commit(&mut tx, &commit, prepared, now, &self.config).await? {
-            Ok(receipt) => {
-                tx.tx.commit().await?;
-                if receipt.last_position > 0 {
-                    self.wake.events_appended(receipt.last_position);
-                }
-                if commit::runs_changed(&commit) {
-                    self.wake.runs_changed();
-                }
-                Ok(CommitOutcome::Committed(receipt))
-            }
-            Err(operation_id) => {
-                tx.tx.rollback().await?;
-                Ok(CommitOutcome::Duplicate { operation_id })
-            }
+        self.traffic.commits(1);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if commit::is_renewal(&commit) {
+            let member = commit::Member {
+                commit,
+                prepared,
+                reply,
+            };
+            commit::run_group(&self.direct, vec![member], &self.config, &self.wake).await;
+            return answer
+                .await
+                .map_err(|_| Error::GroupCommitFailed("the commit was dropped".into()))?;
         }
+        self.committer
+            .send(commit::Member {
+                commit,
+                prepared,
+                reply,
+            })
+            .map_err(|_| Error::GroupCommitFailed("the store is shutting down".into()))?;
+        answer
+            .await
+            .map_err(|_| Error::GroupCommitFailed("the group committer stopped".into()))?
     }
 
     async fn read_stream(
@@ -783,7 +946,7 @@ impl Store for PgStore {
         .bind(stream.as_str())
         .bind(to_i64(after_version)?)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(self.read())
         .await?;
         rows.iter().map(event_from_row).collect()
     }
@@ -791,7 +954,7 @@ impl Store for PgStore {
     async fn stream_version(&self, stream: &StreamName) -> Result<Option<u64>> {
         let v: Option<i64> = sqlx::query_scalar("SELECT version FROM streams WHERE stream = $1")
             .bind(stream.as_str())
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.read())
             .await?;
         Ok(v.map(to_u64))
     }
@@ -803,14 +966,14 @@ impl Store for PgStore {
         )
         .bind(to_i64(after_position)?)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(self.read())
         .await?;
         rows.iter().map(event_from_row).collect()
     }
 
     async fn head_position(&self) -> Result<u64> {
         let v: i64 = sqlx::query_scalar("SELECT last_position FROM event_log_head WHERE id = 1")
-            .fetch_one(&self.pool)
+            .fetch_one(self.read())
             .await?;
         Ok(to_u64(v))
     }
@@ -836,7 +999,7 @@ impl Store for PgStore {
         .bind(project.as_str())
         .bind(request_id)
         .bind(cutoff)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.read())
         .await?;
         row.map(|r| {
             Ok(IdempotencyRecord {
@@ -852,7 +1015,7 @@ impl Store for PgStore {
         let cutoff = self.now() - self.config.idempotency_ttl;
         let n = sqlx::query("DELETE FROM idempotency_keys WHERE ended_at < $1")
             .bind(cutoff)
-            .execute(&self.pool)
+            .execute(self.read())
             .await?
             .rows_affected();
         Ok(n)
@@ -869,7 +1032,7 @@ impl Store for PgStore {
         )
         .bind(project.as_str())
         .bind(name.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.read())
         .await?;
         doc.map(|d| from_doc("vclusters", d)).transpose()
     }
@@ -878,7 +1041,7 @@ impl Store for PgStore {
         let doc: Option<serde_json::Value> =
             sqlx::query_scalar("SELECT doc FROM vclusters WHERE uid = $1")
                 .bind(uid.as_uuid())
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.read())
                 .await?;
         doc.map(|d| from_doc("vclusters", d)).transpose()
     }
@@ -917,7 +1080,7 @@ impl Store for PgStore {
         .bind(limit + 1)
         .bind(filter.label.as_ref().map(|l| l.0.clone()))
         .bind(filter.label.as_ref().map(|l| l.1.clone()))
-        .fetch_all(&self.pool)
+        .fetch_all(self.read())
         .await?;
         let mut items = rows
             .into_iter()
@@ -936,7 +1099,7 @@ impl Store for PgStore {
         let doc: Option<serde_json::Value> =
             sqlx::query_scalar("SELECT doc FROM operations WHERE id = $1")
                 .bind(id.as_uuid())
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.read())
                 .await?;
         match doc {
             Some(d) => Ok(Some(self.with_steps(d).await?)),
@@ -967,7 +1130,7 @@ impl Store for PgStore {
         .bind(at)
         .bind(aid)
         .bind(limit + 1)
-        .fetch_all(&self.pool)
+        .fetch_all(self.read())
         .await?;
         let more = rows.len() as i64 > limit;
         let mut items = Vec::with_capacity(rows.len());
@@ -988,7 +1151,7 @@ impl Store for PgStore {
         let doc: Option<serde_json::Value> =
             sqlx::query_scalar("SELECT doc FROM snapshots WHERE id = $1")
                 .bind(id.as_uuid())
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.read())
                 .await?;
         doc.map(|d| from_doc("snapshots", d)).transpose()
     }
@@ -1013,7 +1176,7 @@ impl Store for PgStore {
         .bind(aid)
         .bind(limit + 1)
         .bind(filter.state.map(|s| s.as_str()))
-        .fetch_all(&self.pool)
+        .fetch_all(self.read())
         .await?;
         let mut items = rows
             .into_iter()
@@ -1067,7 +1230,7 @@ impl Store for PgStore {
             projector.flush(&mut tx).await?;
         }
         projector.flush(&mut tx).await?;
-        tx.tx.commit().await?;
+        tx.commit().await?;
         let (vclusters, operations, snapshots) = projector.written();
         Ok(RebuildReport {
             events,
@@ -1078,7 +1241,7 @@ impl Store for PgStore {
     }
 
     async fn dump_projections(&self) -> Result<ProjectionDump> {
-        let q = |sql: &'static str| sqlx::query_scalar::<_, String>(sql).fetch_all(&self.pool);
+        let q = |sql: &'static str| sqlx::query_scalar::<_, String>(sql).fetch_all(self.read());
         Ok(ProjectionDump {
             vclusters: q(
                 "SELECT json_build_array(uid, project, name, state, version, doc,
@@ -1143,7 +1306,7 @@ impl Store for PgStore {
         .bind(owner)
         .bind(duration_micros(lease_for))
         .bind(i64::from(max))
-        .fetch_all(&self.pool)
+        .fetch_all(self.autocommit_write())
         .await;
         match res {
             Ok(rows) => rows.iter().map(run_from_row).collect(),
@@ -1165,7 +1328,7 @@ impl Store for PgStore {
              ORDER BY claimed_at, run_id, epoch",
         )
         .bind(vcluster_uid.map(|v| v.as_uuid()))
-        .fetch_all(&self.pool)
+        .fetch_all(self.read())
         .await?;
         rows.iter()
             .map(|r| {
@@ -1196,7 +1359,7 @@ impl Store for PgStore {
         .bind(micros(token.created_at))
         .bind(token.expires_at.map(micros))
         .bind(token.revoked_at.map(micros))
-        .execute(&self.pool)
+        .execute(self.read())
         .await?;
         Ok(())
     }
@@ -1206,7 +1369,7 @@ impl Store for PgStore {
             "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_sha256 = $1"
         )))
         .bind(token_sha256)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.read())
         .await?;
         row.as_ref().map(pg_token).transpose()
     }
@@ -1217,7 +1380,7 @@ impl Store for PgStore {
              WHERE ($1::text IS NULL OR project = $1) ORDER BY created_at, id"
         )))
         .bind(project.map(ProjectName::as_str))
-        .fetch_all(&self.pool)
+        .fetch_all(self.read())
         .await?;
         rows.iter().map(pg_token).collect()
     }
@@ -1229,7 +1392,7 @@ impl Store for PgStore {
         )))
         .bind(self.now())
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.read())
         .await?;
         row.as_ref().map(pg_token).transpose()
     }
@@ -1240,18 +1403,18 @@ impl Store for PgStore {
                     COALESCE(SUM(CASE WHEN status = 'leased' THEN 1 ELSE 0 END), 0)
              FROM runs WHERE status <> 'done'",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(self.read())
         .await?;
         let steals: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM run_leases a WHERE a.released_at IS NULL AND EXISTS
                (SELECT 1 FROM run_leases b WHERE b.run_id = a.run_id AND b.epoch > a.epoch)",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(self.read())
         .await?;
         let rows: Vec<(String, String, i64)> = sqlx::query_as(
             "SELECT kind, state, COUNT(*) FROM operations GROUP BY kind, state ORDER BY kind, state",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(self.read())
         .await?;
         let snapshots: Vec<(String, i64)> =
             sqlx::query_as("SELECT state, COUNT(*) FROM snapshots GROUP BY state ORDER BY state")
@@ -1275,7 +1438,7 @@ impl Store for PgStore {
             "SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"
         )))
         .bind(id.as_uuid())
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.read())
         .await?;
         row.as_ref().map(run_from_row).transpose()
     }
@@ -1285,9 +1448,19 @@ impl Store for PgStore {
             "SELECT {RUN_COLUMNS} FROM runs WHERE operation_id = $1 ORDER BY seq"
         )))
         .bind(operation_id.as_uuid())
-        .fetch_all(&self.pool)
+        .fetch_all(self.read())
         .await?;
         rows.iter().map(run_from_row).collect()
+    }
+
+    async fn database_now(&self) -> Result<DateTime<Utc>> {
+        Ok(sqlx::query_scalar("SELECT clock_timestamp()")
+            .fetch_one(self.read())
+            .await?)
+    }
+
+    fn traffic(&self) -> crate::TrafficCounts {
+        self.traffic.snapshot()
     }
 
     async fn next_run_due_in(&self) -> Result<Option<std::time::Duration>> {
@@ -1297,7 +1470,7 @@ impl Store for PgStore {
                (SELECT MIN(lease_until) FROM runs WHERE status = 'leased')) - now())
                * 1000000 AS BIGINT)",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(self.read())
         .await?;
         Ok(v.map(|us| std::time::Duration::from_micros(u64::try_from(us).unwrap_or(0))))
     }

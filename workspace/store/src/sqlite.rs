@@ -15,6 +15,7 @@ use crate::commit::{self, EventRow, Projector, TxOps};
 use crate::error::{Error, Result};
 use crate::model::*;
 use crate::page_token::{TimeKey, VClusterKey};
+use crate::traffic::Traffic;
 use crate::wake::Wakeups;
 use crate::{Store, TokenRow, from_doc, micros, to_doc, token_from, vcluster_token};
 use async_trait::async_trait;
@@ -42,6 +43,37 @@ pub struct SqliteStore {
     config: StoreConfig,
     clock: Arc<dyn Clock>,
     wake: Arc<Wakeups>,
+    traffic: Arc<Traffic>,
+    /// The group committer's queue (`commit.rs`): one writer task makes every pending
+    /// commit of this process in one transaction.
+    committer: tokio::sync::mpsc::UnboundedSender<commit::Member>,
+    /// Transactions for commits that do not wait in the committer's queue (renewals).
+    direct: SqliteTxSource,
+}
+
+/// Opens the group committer's transactions.
+#[derive(Debug)]
+struct SqliteTxSource {
+    writer: SqlitePool,
+    traffic: Arc<Traffic>,
+    clock: Arc<dyn Clock>,
+}
+
+impl commit::TxSource for SqliteTxSource {
+    type Tx = SqliteTx;
+
+    async fn begin(&self) -> Result<SqliteTx> {
+        self.traffic.write_transaction();
+        Ok(SqliteTx {
+            traffic: self.traffic.clone(),
+            tx: self.writer.begin_with("BEGIN IMMEDIATE").await?,
+            db_now: None,
+        })
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        micros(self.clock.now())
+    }
 }
 
 fn ts(t: DateTime<Utc>) -> i64 {
@@ -156,17 +188,24 @@ async fn db_now<'e, E: sqlx::SqliteExecutor<'e>>(executor: E) -> Result<i64> {
 /// An open write transaction.
 struct SqliteTx {
     tx: Transaction<'static, Sqlite>,
+    traffic: Arc<Traffic>,
     /// The database's now, read once per transaction (after the write lock is held).
     db_now: Option<i64>,
 }
 
 impl SqliteTx {
+    /// The transaction's connection, for one more statement.
+    fn conn(&mut self) -> &mut sqlx::SqliteConnection {
+        self.traffic.write_statement();
+        &mut self.tx
+    }
+
     /// The database's clock for this transaction's queue writes.
     async fn db_now(&mut self) -> Result<i64> {
         if let Some(now) = self.db_now {
             return Ok(now);
         }
-        let now = db_now(&mut *self.tx).await?;
+        let now = db_now(self.conn()).await?;
         self.db_now = Some(now);
         Ok(now)
     }
@@ -177,7 +216,7 @@ impl SqliteTx {
              FROM operation_steps WHERE operation_id = ? ORDER BY idx",
         )
         .bind(id.to_string())
-        .fetch_all(&mut *self.tx)
+        .fetch_all(self.conn())
         .await?;
         rows.iter().map(step_from_row).collect()
     }
@@ -239,7 +278,7 @@ impl TxOps for SqliteTx {
         .bind(&claim.request_hash)
         .bind(claim.operation_id.to_string())
         .bind(ts(now))
-        .execute(&mut *self.tx)
+        .execute(self.conn())
         .await?
         .rows_affected();
         if inserted == 1 {
@@ -251,7 +290,7 @@ impl TxOps for SqliteTx {
         )
         .bind(claim.project.as_str())
         .bind(&claim.request_id)
-        .fetch_one(&mut *self.tx)
+        .fetch_one(self.conn())
         .await?;
         let hash: String = row.try_get("request_hash")?;
         let op = OperationId(parse_uuid(
@@ -274,7 +313,7 @@ impl TxOps for SqliteTx {
             .bind(ts(now))
             .bind(claim.project.as_str())
             .bind(&claim.request_id)
-            .execute(&mut *self.tx)
+            .execute(self.conn())
             .await?;
             return Ok(None);
         }
@@ -297,7 +336,7 @@ impl TxOps for SqliteTx {
         .bind(now)
         .bind(lease.run_id.to_string())
         .bind(lease.epoch)
-        .execute(&mut *self.tx)
+        .execute(self.conn())
         .await?
         .rows_affected();
         if n == 1 {
@@ -326,7 +365,7 @@ impl TxOps for SqliteTx {
                 )
                 .bind(stream)
                 .bind(count_i)
-                .fetch_one(&mut *self.tx)
+                .fetch_one(self.conn())
                 .await?,
             ),
             ExpectedVersion::NoStream => {
@@ -336,7 +375,7 @@ impl TxOps for SqliteTx {
                 )
                 .bind(stream)
                 .bind(count_i)
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.conn())
                 .await?
             }
             ExpectedVersion::Exact(v) => {
@@ -347,7 +386,7 @@ impl TxOps for SqliteTx {
                 .bind(count_i)
                 .bind(stream)
                 .bind(to_i64(v)?)
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.conn())
                 .await?
             }
         };
@@ -357,7 +396,7 @@ impl TxOps for SqliteTx {
                 let actual: Option<i64> =
                     sqlx::query_scalar("SELECT version FROM streams WHERE stream = ?")
                         .bind(stream)
-                        .fetch_optional(&mut *self.tx)
+                        .fetch_optional(self.conn())
                         .await?;
                 Err(Error::WrongExpectedVersion {
                     stream: stream.to_string(),
@@ -371,7 +410,7 @@ impl TxOps for SqliteTx {
     async fn load_vcluster(&mut self, uid: VClusterId) -> Result<Option<VCluster>> {
         let doc: Option<String> = sqlx::query_scalar("SELECT doc FROM vclusters WHERE uid = ?")
             .bind(uid.to_string())
-            .fetch_optional(&mut *self.tx)
+            .fetch_optional(self.conn())
             .await?;
         doc.map(|d| from_doc("vclusters", parse_json("vclusters", &d)?))
             .transpose()
@@ -393,7 +432,7 @@ impl TxOps for SqliteTx {
         .bind(to_doc(vc).to_string())
         .bind(ts(vc.created_at))
         .bind(ts(vc.updated_at))
-        .execute(&mut *self.tx)
+        .execute(self.conn())
         .await;
         match res {
             Ok(_) => Ok(()),
@@ -408,7 +447,7 @@ impl TxOps for SqliteTx {
     async fn load_operation(&mut self, id: OperationId) -> Result<Option<Operation>> {
         let doc: Option<String> = sqlx::query_scalar("SELECT doc FROM operations WHERE id = ?")
             .bind(id.to_string())
-            .fetch_optional(&mut *self.tx)
+            .fetch_optional(self.conn())
             .await?;
         let Some(doc) = doc else { return Ok(None) };
         let mut op: Operation = from_doc("operations", parse_json("operations", &doc)?)?;
@@ -436,7 +475,7 @@ impl TxOps for SqliteTx {
         .bind(operation_doc(op).to_string())
         .bind(ts(op.created_at))
         .bind(ts(op.updated_at))
-        .execute(&mut *self.tx)
+        .execute(self.conn())
         .await?;
         // The key of an operation that ended starts its 24 h from the end.
         if let (true, Some(request_id)) = (op.done, op.request_id.as_deref()) {
@@ -448,7 +487,7 @@ impl TxOps for SqliteTx {
             .bind(op.project.as_str())
             .bind(request_id)
             .bind(op.id.to_string())
-            .execute(&mut *self.tx)
+            .execute(self.conn())
             .await?;
         }
         for (idx, step) in op.steps.iter().enumerate() {
@@ -469,7 +508,7 @@ impl TxOps for SqliteTx {
             .bind(step.started_at.map(ts))
             .bind(step.finished_at.map(ts))
             .bind(step.error.as_ref().map(|e| to_doc(e).to_string()))
-            .execute(&mut *self.tx)
+            .execute(self.conn())
             .await?;
         }
         Ok(())
@@ -478,7 +517,7 @@ impl TxOps for SqliteTx {
     async fn load_snapshot(&mut self, id: SnapshotId) -> Result<Option<Snapshot>> {
         let doc: Option<String> = sqlx::query_scalar("SELECT doc FROM snapshots WHERE id = ?")
             .bind(id.to_string())
-            .fetch_optional(&mut *self.tx)
+            .fetch_optional(self.conn())
             .await?;
         doc.map(|d| from_doc("snapshots", parse_json("snapshots", &d)?))
             .transpose()
@@ -501,7 +540,7 @@ impl TxOps for SqliteTx {
         .bind(to_doc(s).to_string())
         .bind(ts(s.created_at))
         .bind(ts(s.updated_at))
-        .execute(&mut *self.tx)
+        .execute(self.conn())
         .await?;
         Ok(())
     }
@@ -521,7 +560,7 @@ impl TxOps for SqliteTx {
         .bind(i64::from(run.priority))
         .bind(now)
         .bind(now)
-        .execute(&mut *self.tx)
+        .execute(self.conn())
         .await?;
         Ok(())
     }
@@ -549,7 +588,7 @@ impl TxOps for SqliteTx {
         let n = q
             .bind(lease.run_id.to_string())
             .bind(lease.epoch)
-            .execute(&mut *self.tx)
+            .execute(self.conn())
             .await?
             .rows_affected();
         if n == 1 {
@@ -566,7 +605,7 @@ impl TxOps for SqliteTx {
             history
                 .bind(lease.run_id.to_string())
                 .bind(lease.epoch)
-                .execute(&mut *self.tx)
+                .execute(self.conn())
                 .await?;
             Ok(())
         } else {
@@ -587,7 +626,7 @@ impl TxOps for SqliteTx {
              RETURNING last_position",
         )
         .bind(to_i64(rows.len() as u64)?)
-        .fetch_one(&mut *self.tx)
+        .fetch_one(self.conn())
         .await?;
         let last = to_u64(last);
         let first = last + 1 - rows.len() as u64;
@@ -608,7 +647,7 @@ impl TxOps for SqliteTx {
                     .push_bind(row.metadata.to_string())
                     .push_bind(ts(recorded_at));
             });
-            qb.build().execute(&mut *self.tx).await?;
+            qb.build().execute(self.conn()).await?;
         }
         Ok(last)
     }
@@ -616,6 +655,37 @@ impl TxOps for SqliteTx {
     async fn notify_runs(&mut self) -> Result<()> {
         // Wake-ups are in-process, sent after COMMIT by `SqliteStore::commit`.
         Ok(())
+    }
+
+    async fn savepoint(&mut self) -> Result<()> {
+        sqlx::raw_sql("SAVEPOINT ovc_commit")
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn release_savepoint(&mut self) -> Result<()> {
+        sqlx::raw_sql("RELEASE SAVEPOINT ovc_commit")
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn rollback_to_savepoint(&mut self) -> Result<()> {
+        sqlx::raw_sql("ROLLBACK TO SAVEPOINT ovc_commit; RELEASE SAVEPOINT ovc_commit")
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn commit(self) -> Result<()> {
+        self.traffic.write_statement();
+        Ok(self.tx.commit().await?)
+    }
+
+    async fn rollback(self) -> Result<()> {
+        self.traffic.write_statement();
+        Ok(self.tx.rollback().await?)
     }
 }
 
@@ -645,12 +715,32 @@ impl SqliteStore {
                 .connect_with(opts.read_only(false))
                 .await?
         };
+        let wake = Arc::new(Wakeups::new());
+        let traffic: Arc<Traffic> = Arc::default();
+        let (committer, queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(commit::group_committer(
+            SqliteTxSource {
+                writer: writer.clone(),
+                traffic: traffic.clone(),
+                clock: clock.clone(),
+            },
+            queue,
+            config.clone(),
+            wake.clone(),
+        ));
         Ok(Self {
+            direct: SqliteTxSource {
+                writer: writer.clone(),
+                traffic: traffic.clone(),
+                clock: clock.clone(),
+            },
             writer,
             reader,
             config,
             clock,
-            wake: Arc::new(Wakeups::new()),
+            wake,
+            traffic,
+            committer,
         })
     }
 
@@ -659,10 +749,24 @@ impl SqliteStore {
     }
 
     async fn begin(&self) -> Result<SqliteTx> {
+        self.traffic.write_transaction();
         Ok(SqliteTx {
+            traffic: self.traffic.clone(),
             tx: self.writer.begin_with("BEGIN IMMEDIATE").await?,
             db_now: None,
         })
+    }
+
+    /// The reader pool, for one statement outside a write transaction.
+    fn read(&self) -> &SqlitePool {
+        self.traffic.read_statement();
+        &self.reader
+    }
+
+    /// The writer pool, for one statement that is a write transaction by itself.
+    fn autocommit_write(&self) -> &SqlitePool {
+        self.traffic.write_transaction();
+        &self.writer
     }
 
     async fn operation_with_steps(&self, doc: &str) -> Result<Operation> {
@@ -672,7 +776,7 @@ impl SqliteStore {
              FROM operation_steps WHERE operation_id = ? ORDER BY idx",
         )
         .bind(op.id.to_string())
-        .fetch_all(&self.reader)
+        .fetch_all(self.read())
         .await?;
         op.steps = rows.iter().map(step_from_row).collect::<Result<_>>()?;
         Ok(op)
@@ -702,31 +806,36 @@ impl Store for SqliteStore {
 
     async fn pending_migrations(&self) -> Result<Vec<i64>> {
         let applied = sqlx::query_scalar("SELECT version FROM ovc_migrations WHERE success")
-            .fetch_all(&self.reader)
+            .fetch_all(self.read())
             .await;
         crate::pending_of(&sqlx::migrate!("../../migrations/sqlite"), applied)
     }
 
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
         let prepared = commit::prepare(&commit, &self.config)?;
-        let now = self.now();
-        let mut tx = self.begin().await?;
-        match commit::run_commit(&mut tx, &commit, prepared, now, &self.config).await? {
-            Ok(receipt) => {
-                tx.tx.commit().await?;
-                if receipt.last_position > 0 {
-                    self.wake.events_appended(receipt.last_position);
-                }
-                if commit::runs_changed(&commit) {
-                    self.wake.runs_changed();
-                }
-                Ok(CommitOutcome::Committed(receipt))
-            }
-            Err(operation_id) => {
-                tx.tx.rollback().await?;
-                Ok(CommitOutcome::Duplicate { operation_id })
-            }
+        self.traffic.commits(1);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if commit::is_renewal(&commit) {
+            let member = commit::Member {
+                commit,
+                prepared,
+                reply,
+            };
+            commit::run_group(&self.direct, vec![member], &self.config, &self.wake).await;
+            return answer
+                .await
+                .map_err(|_| Error::GroupCommitFailed("the commit was dropped".into()))?;
         }
+        self.committer
+            .send(commit::Member {
+                commit,
+                prepared,
+                reply,
+            })
+            .map_err(|_| Error::GroupCommitFailed("the store is shutting down".into()))?;
+        answer
+            .await
+            .map_err(|_| Error::GroupCommitFailed("the group committer stopped".into()))?
     }
 
     async fn read_stream(
@@ -742,7 +851,7 @@ impl Store for SqliteStore {
         .bind(stream.as_str())
         .bind(to_i64(after_version)?)
         .bind(i64::from(limit))
-        .fetch_all(&self.reader)
+        .fetch_all(self.read())
         .await?;
         rows.iter().map(event_from_row).collect()
     }
@@ -750,7 +859,7 @@ impl Store for SqliteStore {
     async fn stream_version(&self, stream: &StreamName) -> Result<Option<u64>> {
         let v: Option<i64> = sqlx::query_scalar("SELECT version FROM streams WHERE stream = ?")
             .bind(stream.as_str())
-            .fetch_optional(&self.reader)
+            .fetch_optional(self.read())
             .await?;
         Ok(v.map(to_u64))
     }
@@ -762,14 +871,14 @@ impl Store for SqliteStore {
         )
         .bind(to_i64(after_position)?)
         .bind(i64::from(limit))
-        .fetch_all(&self.reader)
+        .fetch_all(self.read())
         .await?;
         rows.iter().map(event_from_row).collect()
     }
 
     async fn head_position(&self) -> Result<u64> {
         let v: i64 = sqlx::query_scalar("SELECT last_position FROM event_log_head WHERE id = 1")
-            .fetch_one(&self.reader)
+            .fetch_one(self.read())
             .await?;
         Ok(to_u64(v))
     }
@@ -795,7 +904,7 @@ impl Store for SqliteStore {
         .bind(project.as_str())
         .bind(request_id)
         .bind(ts(cutoff))
-        .fetch_optional(&self.reader)
+        .fetch_optional(self.read())
         .await?;
         row.map(|r| {
             Ok(IdempotencyRecord {
@@ -814,7 +923,7 @@ impl Store for SqliteStore {
         let cutoff = self.now() - self.config.idempotency_ttl;
         let n = sqlx::query("DELETE FROM idempotency_keys WHERE ended_at < ?")
             .bind(ts(cutoff))
-            .execute(&self.writer)
+            .execute(self.autocommit_write())
             .await?
             .rows_affected();
         Ok(n)
@@ -831,7 +940,7 @@ impl Store for SqliteStore {
         )
         .bind(project.as_str())
         .bind(name.as_str())
-        .fetch_optional(&self.reader)
+        .fetch_optional(self.read())
         .await?;
         doc.map(|d| from_doc("vclusters", parse_json("vclusters", &d)?))
             .transpose()
@@ -840,7 +949,7 @@ impl Store for SqliteStore {
     async fn get_vcluster_by_uid(&self, uid: VClusterId) -> Result<Option<VCluster>> {
         let doc: Option<String> = sqlx::query_scalar("SELECT doc FROM vclusters WHERE uid = ?")
             .bind(uid.to_string())
-            .fetch_optional(&self.reader)
+            .fetch_optional(self.read())
             .await?;
         doc.map(|d| from_doc("vclusters", parse_json("vclusters", &d)?))
             .transpose()
@@ -879,7 +988,7 @@ impl Store for SqliteStore {
         .bind(limit + 1)
         .bind(filter.label.as_ref().map(|l| l.0.clone()))
         .bind(filter.label.as_ref().map(|l| l.1.clone()))
-        .fetch_all(&self.reader)
+        .fetch_all(self.read())
         .await?;
         let mut items = rows
             .iter()
@@ -897,7 +1006,7 @@ impl Store for SqliteStore {
     async fn get_operation(&self, id: OperationId) -> Result<Option<Operation>> {
         let doc: Option<String> = sqlx::query_scalar("SELECT doc FROM operations WHERE id = ?")
             .bind(id.to_string())
-            .fetch_optional(&self.reader)
+            .fetch_optional(self.read())
             .await?;
         match doc {
             Some(d) => Ok(Some(self.operation_with_steps(&d).await?)),
@@ -928,7 +1037,7 @@ impl Store for SqliteStore {
         .bind(at)
         .bind(aid)
         .bind(limit + 1)
-        .fetch_all(&self.reader)
+        .fetch_all(self.read())
         .await?;
         let mut items = Vec::with_capacity(rows.len());
         for d in rows.iter().take(limit as usize) {
@@ -947,7 +1056,7 @@ impl Store for SqliteStore {
     async fn get_snapshot(&self, id: SnapshotId) -> Result<Option<Snapshot>> {
         let doc: Option<String> = sqlx::query_scalar("SELECT doc FROM snapshots WHERE id = ?")
             .bind(id.to_string())
-            .fetch_optional(&self.reader)
+            .fetch_optional(self.read())
             .await?;
         doc.map(|d| from_doc("snapshots", parse_json("snapshots", &d)?))
             .transpose()
@@ -973,7 +1082,7 @@ impl Store for SqliteStore {
         .bind(aid)
         .bind(limit + 1)
         .bind(filter.state.map(|s| s.as_str()))
-        .fetch_all(&self.reader)
+        .fetch_all(self.read())
         .await?;
         let mut items = rows
             .iter()
@@ -1028,7 +1137,7 @@ impl Store for SqliteStore {
             projector.flush(&mut tx).await?;
         }
         projector.flush(&mut tx).await?;
-        tx.tx.commit().await?;
+        tx.commit().await?;
         let (vclusters, operations, snapshots) = projector.written();
         Ok(RebuildReport {
             events,
@@ -1039,7 +1148,7 @@ impl Store for SqliteStore {
     }
 
     async fn dump_projections(&self) -> Result<ProjectionDump> {
-        let q = |sql: &'static str| sqlx::query_scalar::<_, String>(sql).fetch_all(&self.reader);
+        let q = |sql: &'static str| sqlx::query_scalar::<_, String>(sql).fetch_all(self.read());
         Ok(ProjectionDump {
             vclusters: q(
                 "SELECT json_array(uid, project, name, state, version, doc, created_at,
@@ -1113,7 +1222,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx.tx)
             .await?;
         }
-        tx.tx.commit().await?;
+        tx.commit().await?;
         Ok(runs)
     }
 
@@ -1124,7 +1233,7 @@ impl Store for SqliteStore {
              ORDER BY claimed_at, run_id, epoch",
         )
         .bind(vcluster_uid.map(|v| v.to_string()))
-        .fetch_all(&self.reader)
+        .fetch_all(self.read())
         .await?;
         rows.iter()
             .map(|r| {
@@ -1159,7 +1268,7 @@ impl Store for SqliteStore {
         .bind(ts(token.created_at))
         .bind(token.expires_at.map(ts))
         .bind(token.revoked_at.map(ts))
-        .execute(&self.writer)
+        .execute(self.autocommit_write())
         .await?;
         Ok(())
     }
@@ -1169,7 +1278,7 @@ impl Store for SqliteStore {
             "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_sha256 = ?"
         )))
         .bind(token_sha256)
-        .fetch_optional(&self.reader)
+        .fetch_optional(self.read())
         .await?;
         row.as_ref().map(sqlite_token).transpose()
     }
@@ -1181,7 +1290,7 @@ impl Store for SqliteStore {
         )))
         .bind(project.map(ProjectName::as_str))
         .bind(project.map(ProjectName::as_str))
-        .fetch_all(&self.reader)
+        .fetch_all(self.read())
         .await?;
         rows.iter().map(sqlite_token).collect()
     }
@@ -1193,7 +1302,7 @@ impl Store for SqliteStore {
         )))
         .bind(ts(self.now()))
         .bind(id.to_string())
-        .fetch_optional(&self.writer)
+        .fetch_optional(self.autocommit_write())
         .await?;
         row.as_ref().map(sqlite_token).transpose()
     }
@@ -1204,18 +1313,18 @@ impl Store for SqliteStore {
                     COALESCE(SUM(CASE WHEN status = 'leased' THEN 1 ELSE 0 END), 0)
              FROM runs WHERE status <> 'done'",
         )
-        .fetch_one(&self.reader)
+        .fetch_one(self.read())
         .await?;
         let steals: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM run_leases a WHERE a.released_at IS NULL AND EXISTS
                (SELECT 1 FROM run_leases b WHERE b.run_id = a.run_id AND b.epoch > a.epoch)",
         )
-        .fetch_one(&self.reader)
+        .fetch_one(self.read())
         .await?;
         let rows: Vec<(String, String, i64)> = sqlx::query_as(
             "SELECT kind, state, COUNT(*) FROM operations GROUP BY kind, state ORDER BY kind, state",
         )
-        .fetch_all(&self.reader)
+        .fetch_all(self.read())
         .await?;
         let snapshots: Vec<(String, i64)> =
             sqlx::query_as("SELECT state, COUNT(*) FROM snapshots GROUP BY state ORDER BY state")
@@ -1239,7 +1348,7 @@ impl Store for SqliteStore {
             "SELECT {RUN_COLUMNS} FROM runs WHERE id = ?"
         )))
         .bind(id.to_string())
-        .fetch_optional(&self.reader)
+        .fetch_optional(self.read())
         .await?;
         row.as_ref().map(run_from_row).transpose()
     }
@@ -1249,9 +1358,17 @@ impl Store for SqliteStore {
             "SELECT {RUN_COLUMNS} FROM runs WHERE operation_id = ? ORDER BY seq"
         )))
         .bind(operation_id.to_string())
-        .fetch_all(&self.reader)
+        .fetch_all(self.read())
         .await?;
         rows.iter().map(run_from_row).collect()
+    }
+
+    async fn database_now(&self) -> Result<DateTime<Utc>> {
+        from_ts("clock", db_now(self.read()).await?)
+    }
+
+    fn traffic(&self) -> crate::TrafficCounts {
+        self.traffic.snapshot()
     }
 
     async fn next_run_due_in(&self) -> Result<Option<std::time::Duration>> {
@@ -1260,7 +1377,7 @@ impl Store for SqliteStore {
                SELECT MIN(run_at) AS t FROM runs WHERE status = 'queued'
                UNION ALL SELECT MIN(lease_until) FROM runs WHERE status = 'leased')",
         )
-        .fetch_one(&self.reader)
+        .fetch_one(self.read())
         .await?;
         Ok(v.map(|us| std::time::Duration::from_micros(u64::try_from(us).unwrap_or(0))))
     }

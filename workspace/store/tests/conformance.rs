@@ -19,6 +19,7 @@ ovc_testkit::both_backends!(
     bad_input_is_a_typed_error_and_writes_nothing,
     concurrent_appenders_and_a_tailer_see_every_position_once,
     concurrent_exact_appends_have_one_winner,
+    group_commits_fail_alone,
     idempotency_same_request_returns_first_operation,
     idempotency_fifty_concurrent_requests_make_one_operation,
     idempotency_keys_expire_and_are_purged,
@@ -1854,4 +1855,104 @@ async fn the_purger_runs_periodically_and_counts(backend: Backend) {
     );
     stop.send(true).expect("stop");
     task.await.expect("purger task");
+}
+
+/// Commits made at the same moment share one transaction (group commit), yet each is
+/// fenced and version-checked alone: the ones that fail write nothing, the others all
+/// land, at gapless positions in one order, each receipt naming its own positions.
+async fn group_commits_fail_alone(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.open().await;
+    // A run whose lease moved on: commits fenced by its first epoch are refused.
+    let vc = uid();
+    committed(store.commit(free_run(vc)).await.expect("enqueue"));
+    let stale = store
+        .claim_runs("w1", Duration::milliseconds(1), 1)
+        .await
+        .expect("claim")
+        .remove(0);
+    sleep_ms(20).await;
+    let current = store
+        .claim_runs("w2", Duration::seconds(30), 1)
+        .await
+        .expect("steal")
+        .remove(0);
+    assert_eq!(current.epoch, stale.epoch + 1);
+    let seeded = stream("test-seeded");
+    committed(
+        store
+            .commit(append(
+                &seeded,
+                ExpectedVersion::NoStream,
+                vec![step("a", 1)],
+            ))
+            .await
+            .expect("seed"),
+    );
+    let before = store.traffic();
+    const N: usize = 60;
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        let store = store.clone();
+        let seeded = seeded.clone();
+        let lease = if i % 6 == 1 {
+            stale.lease()
+        } else {
+            current.lease()
+        };
+        tasks.push(tokio::spawn(async move {
+            let mut commit = match i % 3 {
+                // A wrong expected version.
+                0 => append(&seeded, ExpectedVersion::Exact(7), vec![step("x", 1)]),
+                _ => append(
+                    &stream(&format!("test-g{i}")),
+                    ExpectedVersion::NoStream,
+                    vec![step("a", i as u32), step("b", i as u32)],
+                ),
+            };
+            if i % 6 == 1 || i % 6 == 4 {
+                commit.fence = Some(lease);
+            }
+            (i, store.commit(commit).await)
+        }));
+    }
+    let mut positions = Vec::new();
+    for t in tasks {
+        let (i, outcome) = t.await.expect("task");
+        match (i % 3, i % 6, outcome) {
+            (0, _, Err(Error::WrongExpectedVersion { .. })) => {}
+            (_, 1, Err(Error::LeaseLost { epoch, .. })) => assert_eq!(epoch, stale.epoch),
+            (_, _, Ok(CommitOutcome::Committed(r))) if i % 3 != 0 && i % 6 != 1 => {
+                assert_eq!(r.last_position, r.first_position + 1, "commit {i}");
+                let events = store
+                    .read_stream(&stream(&format!("test-g{i}")), 0, 10)
+                    .await
+                    .expect("read");
+                let mine: Vec<u64> = events.iter().map(|e| e.position).collect();
+                assert_eq!(mine, vec![r.first_position, r.last_position], "commit {i}");
+                positions.extend(mine);
+            }
+            (_, _, other) => panic!("commit {i}: unexpected {other:?}"),
+        }
+    }
+    // The refused ones wrote nothing.
+    assert_eq!(store.stream_version(&seeded).await.expect("v"), Some(1));
+    for i in (0..N).filter(|i| i % 6 == 1) {
+        let s = stream(&format!("test-g{i}"));
+        assert_eq!(store.stream_version(&s).await.expect("v"), None, "{s}");
+    }
+    // The written ones are the whole log after the seed, gapless.
+    positions.sort_unstable();
+    let head = store.head_position().await.expect("head");
+    assert_eq!(positions, (2..=head).collect::<Vec<_>>());
+    let all = store.read_all(1, 1000).await.expect("read_all");
+    assert_eq!(all.len() as u64, head - 1);
+    // And they shared transactions.
+    let spent = store.traffic() - before;
+    assert_eq!(spent.commits, N as u64);
+    assert!(
+        spent.write_transactions < N as u64,
+        "{N} concurrent commits took {} transactions",
+        spent.write_transactions
+    );
 }
