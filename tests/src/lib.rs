@@ -48,6 +48,9 @@ pub struct HarnessOptions {
     pub max_step_timeout: Option<Duration>,
     /// The wait limit of steps (default: the engine's 10 minutes).
     pub ready_timeout: Option<Duration>,
+    /// Host names the worker's driver answers to: the simulator behind a
+    /// `HostRouter` under each (empty: the simulator itself, whatever a target's host).
+    pub hosts: Vec<String>,
 }
 
 /// A fresh database, the simulated host on it, a snapshot directory, and one in-process
@@ -128,10 +131,19 @@ async fn spawn_worker(
             .await
             .expect("sim host"),
     );
+    let driver: Arc<dyn ovc_driver::HostDriver> = if options.hosts.is_empty() {
+        sim.clone()
+    } else {
+        let mut router = ovc_driver::router::HostRouter::new();
+        for h in &options.hosts {
+            router.add(h.clone(), sim.clone()).expect("host name");
+        }
+        Arc::new(router)
+    };
     let exec = Executor {
         store: store.clone(),
         registry: Arc::new(ovc_workflows::registry()),
-        driver: sim.clone(),
+        driver,
         step_hook: Some(sim.clone()),
         services: Arc::new(Services {
             artifacts: artifacts.clone(),

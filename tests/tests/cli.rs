@@ -205,6 +205,19 @@ fn client_commands_drive_ovc_dev_with_exit_codes_scripts_can_use() {
     assert_eq!(list["operations"].as_array().map(Vec::len), Some(1));
     // Unreachable server: exit 4.
     assert_eq!(ovc_client("http://127.0.0.1:1", &["vc", "list"]).0, 4);
+    // `--host`: the dev host is `default`; another is refused (exit 3) and nothing is
+    // created.
+    let (code, out) = ovc_client(
+        &server,
+        &["vc", "create", "elsewhere", "--host", "north", "-o", "json"],
+    );
+    assert_eq!(code, 3, "{out}");
+    assert_eq!(ovc_client(&server, &["vc", "get", "elsewhere"]).0, 3);
+    let (code, out) = ovc_client(
+        &server,
+        &["vc", "create", "here", "--host", "default", "-o", "json"],
+    );
+    assert_eq!(code, 0, "{out}");
 }
 
 #[test]
@@ -646,6 +659,93 @@ fn host_kube_without_a_usable_kubeconfig_exits_at_start_naming_kubeconfig() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} must exit: {stderr}");
         assert!(stderr.contains("KUBECONFIG"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+/// `--kube-host NAME=CONTEXT`: a malformed flag, a NAME given twice, `--kube-host` without
+/// `--host kube`, a context the kubeconfig does not have and an unreachable named host
+/// all exit at start with a message saying which.
+#[test]
+fn kube_host_flags_that_cannot_be_honoured_exit_at_start() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let url = format!("sqlite://{}", dir.path().join("k.db").display());
+    let kubeconfig = dir.path().join("kubeconfig.yaml");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:9\ncontexts:\n- name: east\n  context:\n    cluster: c\n    user: u\n- name: west\n  context:\n    cluster: c\n    user: u\ncurrent-context: east\nusers:\n- name: u\n  user:\n    token: t\n",
+    )
+    .expect("kubeconfig");
+    let worker = |extra: &[&str]| {
+        let mut a = vec!["worker", "--database-url", url.as_str()];
+        a.extend_from_slice(extra);
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let serve = |extra: &[&str]| {
+        let mut a = vec![
+            "serve",
+            "--database-url",
+            url.as_str(),
+            "--auth",
+            "none",
+            "--http",
+            "127.0.0.1:0",
+            "--grpc",
+            "127.0.0.1:0",
+        ];
+        a.extend_from_slice(extra);
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let cases: Vec<(Vec<String>, Vec<&str>)> = vec![
+        (
+            worker(&["--host", "kube", "--kube-host", "east"]),
+            vec!["NAME=CONTEXT"],
+        ),
+        (
+            worker(&["--host", "kube", "--kube-host", "East=east"]),
+            vec!["uppercase"],
+        ),
+        (
+            worker(&[
+                "--host",
+                "kube",
+                "--kube-host",
+                "a=east",
+                "--kube-host",
+                "a=west",
+            ]),
+            vec!["\"a\" is given twice"],
+        ),
+        (
+            serve(&["--host", "sim", "--kube-host", "a=east"]),
+            vec!["--host kube"],
+        ),
+        (
+            worker(&["--host", "kube", "--kube-host", "a=east,b=north"]),
+            vec!["no context \"north\"", "KUBECONFIG", "east, west"],
+        ),
+        (
+            serve(&["--host", "kube", "--kube-host", "a=west"]),
+            vec!["--kube-host a=west", "not usable"],
+        ),
+    ];
+    for (args, says) in cases {
+        let out = Command::new(ovc_bin())
+            .args(&args)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("HOME", dir.path())
+            .env("OVC_HELM", "/nonexistent/helm")
+            .env_remove("OVC_KUBE_HOSTS")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("KUBERNETES_SERVICE_PORT")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ovc");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} must exit: {stderr}");
+        for s in says {
+            assert!(stderr.contains(s), "{args:?}: wanted {s:?} in {stderr}");
+        }
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }

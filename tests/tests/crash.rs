@@ -400,6 +400,7 @@ async fn crash_test(
                     .await
                     .expect("sim");
                     let t = ovc_driver::Target {
+                        host: "default".into(),
                         namespace: host_namespace(&op.vcluster, op.vcluster_uid),
                         release: op.vcluster.to_string(),
                     };

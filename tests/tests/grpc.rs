@@ -191,6 +191,7 @@ async fn lifecycle_over_grpc() {
     assert_eq!(spec.quota.as_ref().and_then(|q| q.pods), Some(50));
     assert_eq!(spec.labels.get("env").map(String::as_str), Some("dev"));
     assert_eq!(spec.distro.as_deref(), Some("k8s"));
+    assert_eq!(spec.host.as_deref(), Some("default"));
 
     // Suspend with snapshot and eviction, then resume.
     let op =
@@ -508,6 +509,13 @@ async fn errors_have_the_codes_and_messages_of_rest() {
                 ..Default::default()
             },
             "replicas",
+        ),
+        (
+            proto::VClusterSpec {
+                host: Some("north".into()),
+                ..Default::default()
+            },
+            "unknown host \"north\"",
         ),
     ] {
         let s = expect_code(

@@ -70,6 +70,7 @@ async fn assert_running_in_own_namespace(h: &Harness, p: &str, vc: &str) -> Stri
     let release = h
         .sim
         .release_state(&Target {
+            host: v.spec.host.clone(),
             namespace: v.host_namespace.clone(),
             release: vc.to_string(),
         })

@@ -213,6 +213,7 @@ impl Case {
 /// Where `vc` lives on the host, as its projection records it (`None`: never created).
 async fn target_of(h: &Harness, vc: &str) -> Option<Target> {
     h.vcluster(vc).await.map(|v| Target {
+        host: v.spec.host.clone(),
         namespace: v.host_namespace,
         release: vc.to_string(),
     })

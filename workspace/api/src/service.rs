@@ -300,6 +300,7 @@ impl AppState {
         })?;
         let ctx = ovc_driver::CallCtx::read("kubeconfig");
         let target = ovc_driver::Target {
+            host: vc.spec.host.clone(),
             namespace: vc.host_namespace.clone(),
             release: vc.name.to_string(),
         };

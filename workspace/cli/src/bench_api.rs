@@ -94,6 +94,7 @@ async fn start_worker(
         database_url: url.to_string(),
         pg_schema: schema,
         host: "sim".into(),
+        kube_hosts: Vec::new(),
         artifacts: "memory://".into(),
         concurrency: 32,
         lease_ms: 5000,

@@ -233,6 +233,7 @@ async fn measure(
         database_url: url.to_string(),
         pg_schema: None,
         host: "sim".into(),
+        kube_hosts: Vec::new(),
         artifacts: "memory://".into(),
         concurrency: 32,
         lease_ms: 5000,

@@ -54,6 +54,9 @@ pub enum VcCommand {
         /// Control-plane replicas (1, or 3 for HA).
         #[arg(long)]
         replicas: Option<u32>,
+        /// The host cluster (one the service is configured with); default `default`.
+        #[arg(long)]
+        host: Option<String>,
         /// A JSON file with the whole spec (API.md `spec`).
         #[arg(long)]
         spec_file: Option<std::path::PathBuf>,
@@ -774,6 +777,7 @@ pub async fn vc(conn: Conn, cmd: VcCommand) -> Outcome {
             VcCommand::Create {
                 name,
                 replicas,
+                host,
                 spec_file,
                 wait,
             } => {
@@ -790,6 +794,9 @@ pub async fn vc(conn: Conn, cmd: VcCommand) -> Outcome {
                 };
                 if let Some(r) = replicas {
                     spec["control_plane"]["replicas"] = json!(r);
+                }
+                if let Some(h) = host {
+                    spec["host"] = json!(h);
                 }
                 let mut body = json!({"name": name, "spec": spec});
                 if let Some(p) = &c.conn.project {

@@ -38,6 +38,9 @@ pub struct DevArgs {
     /// The host driver: `sim` (simulated) or `kube` (the cluster of KUBECONFIG).
     #[arg(long, env = "OVC_HOST", value_parser = crate::worker::HOSTS, default_value = "sim")]
     pub host: String,
+    /// With `--host kube`: the named host clusters, NAME=CONTEXT, as for `ovc worker`.
+    #[arg(long = "kube-host", env = "OVC_KUBE_HOSTS", value_delimiter = ',', value_parser = crate::hosts::parse_kube_host)]
+    pub kube_hosts: Vec<crate::hosts::KubeHostArg>,
     /// Live event feeds (SSE, StreamEvents, WatchOperation) served at once; over it: 429
     /// + Retry-After.
     #[arg(long, env = "OVC_MAX_LIVE_FEEDS", default_value_t = ovc_api::feeds::DEFAULT_MAX_LIVE_FEEDS as u32, value_parser = clap::value_parser!(u32).range(1..))]
@@ -81,6 +84,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         database_url: url.clone(),
         pg_schema: None,
         host: args.host.clone(),
+        kube_hosts: args.kube_hosts.clone(),
         artifacts: args
             .artifacts
             .clone()
@@ -96,7 +100,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         pg_max_connections: 16,
     };
     // One driver for the workers and the kubeconfig route.
-    let host = crate::worker::host(&args.host, &url, None).await?;
+    let host = crate::worker::host(&args.host, &args.kube_hosts, &url, None).await?;
+    let host_names = host.names.join(", ");
     let worker = crate::worker::build_with(
         store.clone(),
         &worker_args,
@@ -132,7 +137,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let grpc_addr = grpc_listener.local_addr().unwrap_or(args.grpc);
     let state = ovc_api::AppState::new(
         store.clone(),
-        std::sync::Arc::new(ovc_workflows::registry()),
+        std::sync::Arc::new(host.registry(ovc_workflows::registry())),
         ovc_api::auth::AuthMode::None,
     )
     .with_max_live_feeds(args.max_live_feeds as usize)
@@ -161,7 +166,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     );
     println!("  try        grpcurl -plaintext {grpc_addr} list");
     println!(
-        "  workers    16 on the {} host; snapshots in {}",
+        "  workers    16 on the {} host (hosts: {host_names}); snapshots in {}",
         if args.host == "kube" {
             "kube (KUBECONFIG)"
         } else {

@@ -12,6 +12,7 @@ mod bench_workflows;
 mod client;
 mod dev;
 mod duration;
+mod hosts;
 mod serve;
 mod snapshot_import;
 mod tail;

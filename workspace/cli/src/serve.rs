@@ -27,6 +27,10 @@ pub struct ServeArgs {
     /// The host the kubeconfig route reads: `sim` or `kube` (the cluster of KUBECONFIG).
     #[arg(long, env = "OVC_HOST", value_parser = crate::worker::HOSTS, default_value = "sim")]
     pub host: String,
+    /// With `--host kube`: the named host clusters, NAME=CONTEXT, as for `ovc worker`
+    /// (give the API the same hosts as the workers: a create naming another is refused).
+    #[arg(long = "kube-host", env = "OVC_KUBE_HOSTS", value_delimiter = ',', value_parser = crate::hosts::parse_kube_host)]
+    pub kube_hosts: Vec<crate::hosts::KubeHostArg>,
     /// `token` (bearer tokens, see `ovc token create`) or `none` (loopback only).
     #[arg(long, value_parser = ["token", "none"], default_value = "token")]
     pub auth: String,
@@ -71,9 +75,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot open {}", crate::redact(&args.database_url)))?;
     // The kubeconfig route reads the host live, through the same driver as the workers.
-    let host =
-        crate::worker::host_driver(&args.host, &args.database_url, args.pg_schema.as_deref())
-            .await?;
+    let host = crate::worker::host_driver(
+        &args.host,
+        &args.kube_hosts,
+        &args.database_url,
+        args.pg_schema.as_deref(),
+    )
+    .await?;
     let listener = tokio::net::TcpListener::bind(args.http)
         .await
         .with_context(|| format!("cannot listen on {}", args.http))?;
@@ -82,10 +90,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.grpc))?;
     let grpc_addr = grpc_listener.local_addr().unwrap_or(args.grpc);
-    let state = ovc_api::AppState::new(store, Arc::new(ovc_workflows::registry()), auth)
+    let registry = Arc::new(host.registry(ovc_workflows::registry()));
+    let state = ovc_api::AppState::new(store, registry, auth)
         .with_rate_limit(args.rate_limit, args.rate_burst)
         .with_max_live_feeds(args.max_live_feeds as usize)
-        .with_host(host);
+        .with_host(host.driver);
     tokio::spawn(state.purger.clone().run(
         state.store.clone(),
         ovc_store::housekeeping::PURGE_EVERY,

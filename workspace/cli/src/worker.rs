@@ -10,7 +10,7 @@
 use anyhow::Context;
 use clap::Args;
 use ovc_driver::HostDriver;
-use ovc_driver::kube::KubeHost;
+use ovc_driver::router::HostRouter;
 use ovc_driver::sim::SimHost;
 use ovc_engine::executor::{Executor, RetryPolicy, StepHook};
 use ovc_engine::services::Services;
@@ -37,6 +37,11 @@ pub struct WorkerArgs {
     /// OVC_KUBE_CHART_VERSION, OVC_KUBE_VCLUSTER_SERVER).
     #[arg(long, env = "OVC_HOST", value_parser = HOSTS, default_value = "sim")]
     pub host: String,
+    /// With `--host kube`: a named host cluster, NAME=CONTEXT (a context of KUBECONFIG),
+    /// repeatable; a vcluster's `spec.host` names one. Without it: the one host
+    /// `default`, the current context (or the in-cluster service account).
+    #[arg(long = "kube-host", env = "OVC_KUBE_HOSTS", value_delimiter = ',', value_parser = crate::hosts::parse_kube_host)]
+    pub kube_hosts: Vec<crate::hosts::KubeHostArg>,
     /// Snapshot storage: a directory, file:///DIR, s3://BUCKET/PREFIX, gcs://BUCKET/PREFIX,
     /// azblob://CONTAINER/PREFIX (options in the query, e.g. ?region=&endpoint=;
     /// credentials from the environment, never in the URL) or memory://.
@@ -83,36 +88,51 @@ pub struct WorkerArgs {
 /// The values of `--host`.
 pub const HOSTS: [&str; 2] = ["sim", "kube"];
 
-/// The host driver named by `--host`: the simulated host on the store's database, or
-/// the kube driver, checked at start (the API server answers, helm is usable) so a
-/// process without a usable kubeconfig exits at once with a message naming KUBECONFIG.
+/// The host driver named by `--host` and `--kube-host` (see [`host`]).
 pub async fn host_driver(
     host: &str,
+    kube_hosts: &[crate::hosts::KubeHostArg],
     database_url: &str,
     pg_schema: Option<&str>,
-) -> anyhow::Result<Arc<dyn HostDriver>> {
-    Ok(self::host(host, database_url, pg_schema).await?.driver)
+) -> anyhow::Result<Host> {
+    self::host(host, kube_hosts, database_url, pg_schema).await
 }
 
-/// The host a process drives, and the simulator's fault hook when it is the simulator.
+/// The hosts a process drives, and the simulator's fault hook when it is the simulator.
 #[derive(Debug, Clone)]
 pub struct Host {
-    /// What the workflows call.
+    /// What the workflows call: a [`HostRouter`] over the configured hosts.
     pub driver: Arc<dyn HostDriver>,
+    /// The configured host names (what accept lets a `spec.host` name).
+    pub names: Vec<String>,
     /// Runs before each step and undo attempt (the simulator's `OVC_SIM_FAULTS`).
     pub step_hook: Option<Arc<dyn StepHook>>,
 }
 
-/// Opens the host named by `--host`.
-pub async fn host(host: &str, database_url: &str, pg_schema: Option<&str>) -> anyhow::Result<Host> {
+impl Host {
+    /// `registry` knowing this process's host names.
+    pub fn registry(&self, registry: ovc_engine::Registry) -> ovc_engine::Registry {
+        registry.with_hosts(self.names.iter().cloned())
+    }
+}
+
+/// Opens the hosts named by `--host` and `--kube-host`: the simulated host on the
+/// store's database (one host, `default`), or the kube hosts, each checked at start (the
+/// API server answers, helm is usable) so a process without a usable kubeconfig exits
+/// at once with a message naming KUBECONFIG.
+pub async fn host(
+    host: &str,
+    kube_hosts: &[crate::hosts::KubeHostArg],
+    database_url: &str,
+    pg_schema: Option<&str>,
+) -> anyhow::Result<Host> {
+    crate::hosts::check_kube_hosts(host, kube_hosts)?;
     match host {
         "kube" => {
-            let kube = KubeHost::from_env().await.context("--host kube")?;
-            kube.check().await.map_err(|e| {
-                anyhow::anyhow!("--host kube: the host cluster of KUBECONFIG is not usable: {e}")
-            })?;
+            let router = crate::hosts::kube_router(kube_hosts).await?;
             Ok(Host {
-                driver: Arc::new(kube),
+                names: router.names(),
+                driver: Arc::new(router),
                 step_hook: None,
             })
         }
@@ -122,8 +142,10 @@ pub async fn host(host: &str, database_url: &str, pg_schema: Option<&str>) -> an
                     .await
                     .context("connecting the simulated host")?,
             );
+            let router = HostRouter::single(sim.clone());
             Ok(Host {
-                driver: sim.clone(),
+                names: router.names(),
+                driver: Arc::new(router),
                 step_hook: Some(sim),
             })
         }
@@ -175,7 +197,13 @@ pub async fn build(
     args: &WorkerArgs,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Worker> {
-    let host = host(&args.host, &args.database_url, args.pg_schema.as_deref()).await?;
+    let host = host(
+        &args.host,
+        &args.kube_hosts,
+        &args.database_url,
+        args.pg_schema.as_deref(),
+    )
+    .await?;
     build_with(store, args, clock, host).await
 }
 
@@ -205,11 +233,11 @@ pub async fn build_with(
     }
     let exec = Executor {
         store,
-        registry: Arc::new(if args.workflows == "bench" {
+        registry: Arc::new(host.registry(if args.workflows == "bench" {
             ovc_workflows::bench_registry()
         } else {
             ovc_workflows::registry()
-        }),
+        })),
         driver: host.driver,
         step_hook: host.step_hook,
         services: Arc::new(Services { artifacts }),
@@ -306,9 +334,17 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             }
         })
     });
-    let worker = build(store.clone(), &args, clock).await?;
+    let host = host(
+        &args.host,
+        &args.kube_hosts,
+        &args.database_url,
+        args.pg_schema.as_deref(),
+    )
+    .await?;
+    let names = host.names.join(", ");
+    let worker = build_with(store.clone(), &args, clock, host).await?;
     eprintln!(
-        "ovc worker started on {} (host: {}, concurrency {})",
+        "ovc worker started on {} (host: {}, hosts: {names}, concurrency {})",
         crate::redact(&args.database_url),
         args.host,
         args.concurrency

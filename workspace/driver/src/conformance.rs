@@ -495,6 +495,7 @@ pub async fn ownership_is_respected(host: &dyn ConformanceHost) {
     let t = host.target("owner");
     create(host, &t, &values(1)).await;
     let second = Target {
+        host: t.host.clone(),
         namespace: t.namespace.clone(),
         release: format!("{}-2", t.release),
     };

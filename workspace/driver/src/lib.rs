@@ -12,11 +12,14 @@
 //! the helm binary). The `conformance` feature adds [`conformance`], the behaviours every
 //! driver must have, and `kube::fake`, a fake Kubernetes API server to run them on.
 //! [`etcd`] dumps and loads an etcd backing store through the etcd v3 API.
+//! [`router::HostRouter`] puts several host clusters behind one driver, by
+//! [`Target::host`].
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod etcd;
 pub mod kube;
+pub mod router;
 pub mod sim;
 
 use async_trait::async_trait;
@@ -239,14 +242,23 @@ impl Fence {
     }
 }
 
-/// Identifies one vcluster on the host: its namespace and Helm release name.
+/// Identifies one vcluster on its host: the host cluster, its namespace and Helm release
+/// name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Target {
+    /// The host cluster, the vcluster's `spec.host` (see [`router::HostRouter`]; a
+    /// single driver serves whatever it is given).
+    #[serde(default = "default_host")]
+    pub host: String,
     /// Host namespace, as recorded in the vcluster's projection
     /// (`ovc_types::resource::host_namespace`; older vclusters keep `ovc-<project>-<name>`).
     pub namespace: String,
     /// Helm release name (the vcluster's name).
     pub release: String,
+}
+
+fn default_host() -> String {
+    router::DEFAULT_HOST.to_string()
 }
 
 /// Label on every namespace ovc creates: `app.kubernetes.io/managed-by=ovc`.

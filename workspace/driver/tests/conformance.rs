@@ -29,6 +29,7 @@ impl ConformanceHost for Sim {
     }
     fn target(&self, name: &str) -> Target {
         Target {
+            host: "default".into(),
             namespace: format!("ovc-conf-{name}"),
             release: name.into(),
         }
@@ -80,6 +81,7 @@ impl ConformanceHost for Fake {
     }
     fn target(&self, name: &str) -> Target {
         Target {
+            host: "default".into(),
             namespace: format!("ovc-conf-{name}"),
             release: name.into(),
         }
@@ -132,6 +134,7 @@ impl ConformanceHost for Real {
     }
     fn target(&self, name: &str) -> Target {
         Target {
+            host: "default".into(),
             namespace: format!("{}-{name}", self.prefix),
             release: name.into(),
         }

@@ -103,6 +103,7 @@ async fn lifecycle_on_a_real_cluster() {
         .expect("the cluster answers and helm works");
     let run = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
     let t = Target {
+        host: "default".into(),
         namespace: format!("ovc-e2e-{run}"),
         release: "e2e".into(),
     };
@@ -151,6 +152,7 @@ async fn lifecycle_on_a_real_cluster() {
     // Restore over the existing vcluster, then as a new one.
     restore(&host, &t, &second, &options, false).await;
     let t2 = Target {
+        host: "default".into(),
         namespace: format!("ovc-e2e-{run}-new"),
         release: "e2e-new".into(),
     };

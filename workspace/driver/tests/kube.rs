@@ -40,6 +40,7 @@ fn env() -> Env {
 
 fn t() -> Target {
     Target {
+        host: "default".into(),
         namespace: "ovc-p-demo".into(),
         release: "demo".into(),
     }

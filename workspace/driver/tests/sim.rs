@@ -97,6 +97,7 @@ fn owner() -> Owner {
 
 fn target(name: &str) -> Target {
     Target {
+        host: "default".into(),
         namespace: format!("ovc-default-{name}"),
         release: name.into(),
     }
@@ -406,6 +407,7 @@ async fn missing_prerequisites_are_permanent_errors(backend: Backend) {
         .await
         .expect("install");
     let second = Target {
+        host: t.host.clone(),
         namespace: t.namespace.clone(),
         release: "second".into(),
     };
@@ -997,6 +999,7 @@ async fn ensure_namespace_labels_its_owner_and_refuses_others(backend: Backend) 
             .expect("foreign")
     );
     let theirs = Target {
+        host: "default".into(),
         namespace: "payments".into(),
         release: "team-a".into(),
     };

@@ -226,6 +226,7 @@ async fn accept_once(
     let (uid, expected, command_event) = match (&req.command, &current) {
         (Command::Create { spec }, None) => {
             spec.validate().map_err(Status::from)?;
+            registry.check_host(&spec.host)?;
             let uid = VClusterId(ids.new_uuid());
             (
                 uid,
@@ -247,6 +248,8 @@ async fn accept_once(
             None,
         ) => {
             let (spec, version) = restorable_spec(store, &req.project, *snapshot_id).await?;
+            // The new vcluster goes to the host of the snapshot's spec.
+            registry.check_host(&spec.host)?;
             snapshot_use = Some((*snapshot_id, version));
             let uid = VClusterId(ids.new_uuid());
             (
@@ -265,6 +268,7 @@ async fn accept_once(
             )
         }
         (command, Some(vc)) => {
+            known_host_of(registry, vc)?;
             let event = match command {
                 Command::Suspend { .. } => Event::SuspendRequested { operation_id },
                 Command::Resume { .. } => Event::ResumeRequested { operation_id },
@@ -394,6 +398,21 @@ async fn visible_snapshot(
         .ok_or_else(|| {
             Status::not_found(format!("snapshot {id} not found")).with_reason("SNAPSHOT_NOT_FOUND")
         })
+}
+
+/// `Ok` when the host of existing vcluster `vc` is one this service knows; else
+/// FAILED_PRECONDITION `UNKNOWN_HOST` (the request is fine, the service's host
+/// configuration no longer has the vcluster's host), before anything is written.
+fn known_host_of(registry: &Registry, vc: &ovc_types::resource::VCluster) -> Result<(), Status> {
+    registry.check_host(&vc.spec.host).map_err(|unknown| {
+        let mut s = unknown;
+        s.code = Code::FailedPrecondition;
+        s.message = format!(
+            "vcluster {}/{} runs on host {:?}, which this service is not configured with ({})",
+            vc.project, vc.name, vc.spec.host, s.message
+        );
+        s
+    })
 }
 
 /// The spec stored with a READY snapshot of `project`, and the snapshot stream's version.
@@ -720,6 +739,7 @@ async fn retry_once(
             ))
         })?;
     transition(Some(vc.state), Call::Retry(old.kind)).map_err(Status::from)?;
+    known_host_of(registry, &vc)?;
     let def = registry
         .get(old.kind)
         .ok_or_else(|| Status::new(Code::Unavailable, format!("no workflow for {}", old.kind)))?;

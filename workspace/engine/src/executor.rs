@@ -471,6 +471,12 @@ impl Run1<'_> {
             prior_state: req.prior_state,
             outputs: self.journal.outputs(),
             target: Target {
+                // The host named by the spec, kept for life (a scale cannot change it).
+                host: self
+                    .vcluster
+                    .as_ref()
+                    .map(|v| v.spec.host.clone())
+                    .unwrap_or_else(|| ovc_driver::router::DEFAULT_HOST.to_string()),
                 // The namespace recorded when the vcluster was created, never recomputed
                 // (vclusters of the legacy scheme keep theirs). Without a projection there
                 // is no namespace to guess: the driver refuses an empty one.

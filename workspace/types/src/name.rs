@@ -35,13 +35,17 @@ pub enum NameKind {
     LabelKeyName,
     /// A label value.
     LabelValue,
+    /// The name of a host cluster ([`validate_host_name`]).
+    HostName,
 }
 
 impl NameKind {
     /// Human description of the characters this kind accepts.
     fn allowed_chars(self) -> &'static str {
         match self {
-            NameKind::VClusterName | NameKind::ProjectName => "lowercase letters, digits and '-'",
+            NameKind::VClusterName | NameKind::ProjectName | NameKind::HostName => {
+                "lowercase letters, digits and '-'"
+            }
             NameKind::LabelKeyPrefix => "lowercase letters, digits, '-' and '.'",
             NameKind::LabelKey | NameKind::LabelKeyName | NameKind::LabelValue => {
                 "letters, digits, '-', '_' and '.'"
@@ -52,9 +56,10 @@ impl NameKind {
     /// Human description of the characters this kind may start and end with.
     fn edge_chars(self) -> &'static str {
         match self {
-            NameKind::VClusterName | NameKind::ProjectName | NameKind::LabelKeyPrefix => {
-                "a lowercase letter or digit"
-            }
+            NameKind::VClusterName
+            | NameKind::ProjectName
+            | NameKind::HostName
+            | NameKind::LabelKeyPrefix => "a lowercase letter or digit",
             NameKind::LabelKey | NameKind::LabelKeyName | NameKind::LabelValue => {
                 "a letter or digit"
             }
@@ -71,6 +76,7 @@ impl fmt::Display for NameKind {
             NameKind::LabelKeyPrefix => "label key prefix",
             NameKind::LabelKeyName => "label key name part",
             NameKind::LabelValue => "label value",
+            NameKind::HostName => "host name",
         })
     }
 }
@@ -277,6 +283,15 @@ pub fn validate_label_value(value: &str) -> Result<(), NameError> {
         return Ok(());
     }
     validate_qualified_part(NameKind::LabelValue, value)
+}
+
+/// Longest host-cluster name, in characters.
+pub const HOST_NAME_MAX_LEN: usize = 63;
+
+/// Validates the name of a host cluster (a vcluster's `spec.host`, a `--kube-host NAME`):
+/// a DNS-1123 label of 1 to 63 characters.
+pub fn validate_host_name(value: &str) -> Result<(), NameError> {
+    validate_dns_label(NameKind::HostName, value, HOST_NAME_MAX_LEN)
 }
 
 /// Defines a string newtype validated as a DNS-1123 label of bounded length.

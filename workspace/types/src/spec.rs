@@ -6,10 +6,14 @@
 //! checks what serde cannot (replica counts, versions, label syntax, sizes).
 
 use crate::error::Status;
-use crate::name::{validate_label_key, validate_label_value};
+use crate::name::{validate_host_name, validate_label_key, validate_label_value};
 use crate::quantity::Quantity;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// The host cluster of a vcluster whose spec names none: `default` (the one host of a
+/// process given no named hosts).
+pub const DEFAULT_HOST: &str = "default";
 
 /// The largest `helm_values` document we accept, serialized, in bytes.
 pub const MAX_HELM_VALUES_BYTES: usize = 64 * 1024;
@@ -110,6 +114,20 @@ pub struct VClusterSpec {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub helm_values: serde_json::Map<String, serde_json::Value>,
+    /// The host cluster it runs on, one of the names the service is configured with
+    /// (`--kube-host NAME=CONTEXT`); set at create and kept for life (a scale cannot
+    /// change it).
+    #[serde(default = "default_host")]
+    #[schema(
+        pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        max_length = 63,
+        example = "default"
+    )]
+    pub host: String,
+}
+
+fn default_host() -> String {
+    DEFAULT_HOST.to_string()
 }
 
 fn default_replicas() -> u32 {
@@ -171,6 +189,7 @@ impl Default for VClusterSpec {
             quota: QuotaSpec::default(),
             labels: BTreeMap::new(),
             helm_values: serde_json::Map::new(),
+            host: default_host(),
         }
     }
 }
@@ -275,6 +294,7 @@ impl VClusterSpec {
             validate_label_value(v)
                 .map_err(|e| SpecError::invalid(format!("labels.{k}"), e.to_string()))?;
         }
+        validate_host_name(&self.host).map_err(|e| SpecError::invalid("host", e.to_string()))?;
         let helm_bytes = serde_json::to_vec(&self.helm_values)
             .map(|b| b.len())
             .unwrap_or(usize::MAX);
@@ -596,5 +616,32 @@ mod tests {
             bad.apply_to(&base).expect_err("2 replicas").field(),
             "control_plane.replicas"
         );
+    }
+
+    #[test]
+    fn host_defaults_to_the_default_host_and_is_validated_as_a_dns_label() {
+        assert_eq!(spec(json!({})).expect("parses").host, DEFAULT_HOST);
+        let named = spec(json!({"host": "eu-west-2"})).expect("parses");
+        assert_eq!(named.host, "eu-west-2");
+        named.validate().expect("a DNS label is a valid host");
+        for bad in ["", "EU", "eu_west", "-eu", &"h".repeat(64)] {
+            let err = spec(json!({"host": bad}))
+                .expect("parses")
+                .validate()
+                .expect_err(bad);
+            assert_eq!(err.field(), "host", "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_scale_patch_cannot_name_a_host() {
+        let err = serde_json::from_value::<ScalePatch>(json!({"host": "other"}))
+            .expect_err("host is not a scale field");
+        assert!(err.to_string().contains("unknown field `host`"), "{err}");
+        // And a patch keeps the host it is applied to.
+        let base = spec(json!({"host": "eu"})).expect("parses");
+        let patch: ScalePatch =
+            serde_json::from_value(json!({"control_plane": {"replicas": 3}})).expect("parses");
+        assert_eq!(patch.apply_to(&base).expect("valid").host, "eu");
     }
 }

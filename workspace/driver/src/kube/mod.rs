@@ -329,6 +329,57 @@ impl KubeHost {
         Ok(KubeHost::new(client, config))
     }
 
+    /// The host of kubeconfig context `context` (of `KUBECONFIG`, or `~/.kube/config`)
+    /// and the `OVC_*` settings of [`KubeHostConfig::from_env`]: one of several named
+    /// hosts (`--kube-host NAME=CONTEXT`). Fails with a message naming `KUBECONFIG` when
+    /// there is no kubeconfig, and naming the context when it has no such context.
+    pub async fn from_context(context: &str) -> KubeResult<Self> {
+        let kubeconfig = kube::config::Kubeconfig::read().map_err(|e| {
+            KubeError::Config(format!(
+                "no usable kubeconfig for context {context:?}: set KUBECONFIG to a kubeconfig \
+                 that has it: {e}"
+            ))
+        })?;
+        Self::from_kubeconfig_context(kubeconfig, context).await
+    }
+
+    /// The host of context `context` of `kubeconfig` (see [`KubeHost::from_context`]).
+    pub async fn from_kubeconfig_context(
+        kubeconfig: kube::config::Kubeconfig,
+        context: &str,
+    ) -> KubeResult<Self> {
+        ensure_crypto_provider();
+        let config = KubeHostConfig::from_env()?;
+        let known: Vec<String> = kubeconfig.contexts.iter().map(|c| c.name.clone()).collect();
+        if !known.iter().any(|c| c == context) {
+            return Err(KubeError::Config(format!(
+                "the kubeconfig of KUBECONFIG has no context {context:?} (it has: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
+        let options = kube::config::KubeConfigOptions {
+            context: Some(context.to_string()),
+            ..Default::default()
+        };
+        let kube = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+            .await
+            .map_err(|e| {
+                KubeError::Config(format!(
+                    "context {context:?} of the kubeconfig of KUBECONFIG is not usable: {e}"
+                ))
+            })?;
+        let client = Client::try_from(kube).map_err(|e| {
+            KubeError::Config(format!(
+                "context {context:?} of the kubeconfig of KUBECONFIG does not make a client: {e}"
+            ))
+        })?;
+        Ok(KubeHost::new(client, config))
+    }
+
     /// Replaces how the virtual API client is built (tests).
     pub fn with_virtual_api(mut self, factory: VirtualApiFactory) -> Self {
         self.virtual_api = factory;
