@@ -246,6 +246,16 @@ pub async fn read_manifest(
     prefix: &str,
     expected_sha256: Option<&str>,
 ) -> Result<(Manifest, String), SnapshotError> {
+    let (manifest, sha256, _) = read_manifest_sized(store, prefix, expected_sha256).await?;
+    Ok((manifest, sha256))
+}
+
+/// [`read_manifest`], with the manifest's size in bytes (one read of the object).
+pub(crate) async fn read_manifest_sized(
+    store: &dyn ArtifactStore,
+    prefix: &str,
+    expected_sha256: Option<&str>,
+) -> Result<(Manifest, String, u64), SnapshotError> {
     let dir = check_prefix(prefix)?;
     let manifest_key = format!("{dir}{MANIFEST_FILE}");
     let bytes = store
@@ -271,7 +281,7 @@ pub async fn read_manifest(
             "{manifest_key}: lists no {BACKING_STORE_FILE}"
         )));
     }
-    Ok((manifest, actual))
+    Ok((manifest, actual, bytes.len() as u64))
 }
 
 /// Verifies the whole snapshot under `prefix` without keeping it in memory: the manifest

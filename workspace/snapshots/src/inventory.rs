@@ -5,10 +5,11 @@
 //! never the data — so a check of thousands of snapshots stays cheap; a full checksum
 //! verification is what a restore does before it touches its target.
 
-use crate::artifact::{SnapshotError, read_manifest};
+use crate::artifact::{SnapshotError, read_manifest, read_manifest_sized};
 use crate::key::check_prefix;
 use crate::manifest::{MANIFEST_FILE, Manifest};
 use crate::{ArtifactError, ArtifactStore};
+use std::collections::HashSet;
 
 /// The top-level prefix every artifact lives under (see [`crate::artifact_prefix`]).
 pub const SNAPSHOTS_PREFIX: &str = "snapshots/";
@@ -34,11 +35,11 @@ pub async fn missing_parts(
         }
         Err(e) => return Ok(vec![format!("{MANIFEST_FILE} ({e})")]),
     };
-    let present = store.list(&dir).await?;
+    let present: HashSet<String> = store.list(&dir).await?.into_iter().collect();
     Ok(manifest
         .files
         .iter()
-        .filter(|f| !present.iter().any(|k| *k == format!("{dir}{}", f.name)))
+        .filter(|f| !present.contains(&format!("{dir}{}", f.name)))
         .map(|f| f.name.clone())
         .collect())
 }
@@ -71,9 +72,8 @@ pub async fn find_artifacts(
             continue;
         };
         let prefix = format!("{dir}/");
-        match read_manifest(store, &prefix, None).await {
-            Ok((manifest, manifest_sha256)) => {
-                let manifest_len = store.get(&key).await?.map(|b| b.len() as u64).unwrap_or(0);
+        match read_manifest_sized(store, &prefix, None).await {
+            Ok((manifest, manifest_sha256, manifest_len)) => {
                 let size_bytes = manifest.files.iter().map(|f| f.size).sum::<u64>() + manifest_len;
                 found.push(FoundArtifact {
                     location: store.url(&prefix),

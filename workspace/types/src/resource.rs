@@ -682,28 +682,25 @@ impl Snapshot {
                 location,
                 metadata,
             } => {
-                if current.is_some() {
-                    return Err(exists(stream, event));
-                }
-                Snapshot {
-                    id,
-                    vcluster: vcluster.clone(),
-                    vcluster_uid: *vcluster_uid,
-                    project: project.clone(),
-                    state: SnapshotState::Ready,
-                    size_bytes: Some(*size_bytes),
-                    sha256: Some(sha256.clone()),
-                    location: Some(location.clone()),
-                    metadata: metadata.clone(),
-                    description: description.clone(),
-                    // A snapshot's id is the id of the operation that wrote it.
+                // An import is a snapshot started and completed at once, taken when the
+                // manifest says; its id is the id of the operation that wrote it.
+                let started = Event::SnapshotStarted {
                     operation_id: OperationId(id.0),
-                    error: None,
-                    deleted_by: None,
-                    version,
-                    created_at: *taken_at,
-                    updated_at: at,
-                }
+                    vcluster_uid: *vcluster_uid,
+                    vcluster: vcluster.clone(),
+                    project: project.clone(),
+                    description: description.clone(),
+                };
+                let completed = Event::SnapshotCompleted {
+                    size_bytes: *size_bytes,
+                    sha256: sha256.clone(),
+                    location: location.clone(),
+                    metadata: metadata.clone(),
+                };
+                let s = Snapshot::apply(current, id, stream, version, at, &started)?;
+                let mut s = Snapshot::apply(Some(s), id, stream, version, at, &completed)?;
+                s.created_at = *taken_at;
+                s
             }
             _ => return Err(wrong(stream, event)),
         };
