@@ -148,11 +148,34 @@ pub async fn accept(
     ids: &dyn IdSource,
     req: CommandRequest,
 ) -> Result<Accepted, Status> {
+    accept_as(store, registry, ids, req, None).await
+}
+
+/// [`accept`], giving a new operation the id `operation_id` when one is given: a
+/// submission from SQL (`ovc_submit`) has told its caller the id already. Accepting it
+/// twice cannot start two operations: the second append of `operation-<id>` is refused.
+pub async fn accept_as(
+    store: &dyn Store,
+    registry: &Registry,
+    ids: &dyn IdSource,
+    req: CommandRequest,
+    operation_id: Option<OperationId>,
+) -> Result<Accepted, Status> {
     let project = req.project.clone();
     let request_id = req.request_id.clone();
     let target_name = target_of(store, &req).await?;
     let hash = request_hash(&project, &target_name, &req.command);
-    match accept_once(store, registry, ids, req, target_name, hash.clone()).await {
+    match accept_once(
+        store,
+        registry,
+        ids,
+        req,
+        target_name,
+        hash.clone(),
+        operation_id,
+    )
+    .await
+    {
         Err(refusal) if request_id.is_some() => {
             match repeated(store, &project, request_id.as_deref(), &hash).await? {
                 Some(first) => Ok(first),
@@ -187,6 +210,7 @@ async fn accept_once(
     req: CommandRequest,
     target_name: VClusterName,
     hash: String,
+    preset_id: Option<OperationId>,
 ) -> Result<Accepted, Status> {
     if let Some(first) = repeated(store, &req.project, req.request_id.as_deref(), &hash).await? {
         return Ok(first);
@@ -194,8 +218,17 @@ async fn accept_once(
     let call = match (&req.command, req.command.call()) {
         (_, Some(call)) => call,
         (Command::DeleteSnapshot { snapshot_id }, None) => {
-            return accept_delete_snapshot(store, registry, ids, &req, *snapshot_id, hash, None)
-                .await;
+            return accept_delete_snapshot(
+                store,
+                registry,
+                ids,
+                &req,
+                *snapshot_id,
+                hash,
+                None,
+                preset_id,
+            )
+            .await;
         }
         (command, None) => {
             return Err(Status::internal(format!(
@@ -220,7 +253,7 @@ async fn accept_once(
             format!("no workflow for {} in this build", req.command.kind()),
         )
     })?;
-    let operation_id = OperationId(ids.new_uuid());
+    let operation_id = preset_id.unwrap_or_else(|| OperationId(ids.new_uuid()));
     // A restore also appends to its snapshot's stream (see the module doc).
     let mut snapshot_use = None;
     let (uid, expected, command_event) = match (&req.command, &current) {
@@ -492,6 +525,7 @@ async fn pending_restore(
 /// meanwhile. The operation is recorded under the snapshot's project, vcluster name and
 /// uid, and waits in that vcluster's run queue (whatever the vcluster's state, DELETED
 /// included); the vcluster's stream is not touched.
+#[allow(clippy::too_many_arguments)] // the one private entry of three public paths
 async fn accept_delete_snapshot(
     store: &dyn Store,
     registry: &Registry,
@@ -500,6 +534,7 @@ async fn accept_delete_snapshot(
     snapshot_id: SnapshotId,
     hash: String,
     retry_of: Option<OperationId>,
+    preset_id: Option<OperationId>,
 ) -> Result<Accepted, Status> {
     let snap = visible_snapshot(store, &req.project, snapshot_id).await?;
     let by = |op: Option<OperationId>| op.map(|o| format!(" by operation {o}")).unwrap_or_default();
@@ -543,7 +578,7 @@ async fn accept_delete_snapshot(
             "no workflow for DELETE_SNAPSHOT in this build",
         )
     })?;
-    let operation_id = OperationId(ids.new_uuid());
+    let operation_id = preset_id.unwrap_or_else(|| OperationId(ids.new_uuid()));
     let metadata = EventMetadata {
         request_id: req.request_id.clone(),
         traceparent: req.traceparent.clone(),
@@ -715,8 +750,17 @@ async fn retry_once(
             actor,
             traceparent: None,
         };
-        return accept_delete_snapshot(store, registry, ids, &req, *snapshot_id, hash, Some(id))
-            .await;
+        return accept_delete_snapshot(
+            store,
+            registry,
+            ids,
+            &req,
+            *snapshot_id,
+            hash,
+            Some(id),
+            None,
+        )
+        .await;
     }
     // A retried restore reads its snapshot again: it must still be READY, and it is
     // marked used as at accept.

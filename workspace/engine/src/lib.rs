@@ -15,6 +15,7 @@ pub mod model;
 pub mod plan;
 pub mod registry;
 pub mod services;
+pub mod submissions;
 pub mod worker;
 
 pub use model::{StepCtx, StepDef, StepError, StepOutput, StepResult, WorkflowDef};

@@ -414,6 +414,17 @@ impl Worker {
         };
         let opts = self.options.clone();
         let store = self.exec.store.clone();
+        // Operations enqueued from SQL (`ovc_submit`) enter through this worker too.
+        let acceptor = (store.backend() == ovc_store::Backend::Postgres).then(|| {
+            tokio::spawn(
+                crate::submissions::SubmissionAcceptor {
+                    store: store.clone(),
+                    registry: self.exec.registry.clone(),
+                    ids: self.exec.ids.clone(),
+                }
+                .run(shutdown.clone()),
+            )
+        });
         let monitor = Monitor::new()
             .register(move |_restarts| {
                 WorkerBuilder::new(opts.owner.clone())
@@ -442,6 +453,10 @@ impl Worker {
         };
         if let Err(e) = monitor.run_with_signal(signal).await {
             tracing::error!(error = %e, "worker runtime stopped with an error");
+        }
+        if let Some(acceptor) = acceptor {
+            // It sees the same shutdown signal and ends at its next look.
+            let _ = acceptor.await;
         }
         WorkerReport {
             claimed: counters.claimed.load(Ordering::Relaxed),

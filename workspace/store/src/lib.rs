@@ -18,11 +18,13 @@ pub mod model;
 pub mod page_token;
 pub mod postgres;
 pub mod sqlite;
+pub mod submissions;
 mod traffic;
 mod wake;
 
 pub use error::{Error, Result};
 pub use model::*;
+pub use submissions::{Submission, SubmissionOutcome};
 pub use traffic::TrafficCounts;
 
 use async_trait::async_trait;
@@ -184,6 +186,20 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// zeros for stores that do not count.
     fn traffic(&self) -> TrafficCounts {
         TrafficCounts::default()
+    }
+
+    /// Claims up to `max` committed `ovc_submit` calls (enqueue from SQL, see
+    /// [`submissions`]) not yet accepted, oldest first, each held for `hold` so that one
+    /// worker accepts it at a time. Empty on stores without SQL enqueue (SQLite).
+    async fn claim_submissions(&self, hold: Duration, max: u32) -> Result<Vec<Submission>> {
+        let _ = (hold, max);
+        Ok(Vec::new())
+    }
+
+    /// Records how the submission `id` ended; a settled one is left as it is.
+    async fn settle_submission(&self, id: OperationId, outcome: &SubmissionOutcome) -> Result<()> {
+        let _ = (id, outcome);
+        Ok(())
     }
 
     /// Extends `lease` to the database's now + `lease_for`; `LeaseLost` if the epoch moved.

@@ -896,7 +896,7 @@ impl Store for PgStore {
         let mut migrator = sqlx::migrate!("../../migrations/postgres");
         migrator.dangerous_set_table_name("ovc_migrations");
         migrator.run(&self.pool).await?;
-        Ok(())
+        crate::submissions::sync_rules(&self.pool, &self.channels.1).await
     }
 
     async fn pending_migrations(&self) -> Result<Vec<i64>> {
@@ -1013,12 +1013,30 @@ impl Store for PgStore {
 
     async fn purge_idempotency_keys(&self) -> Result<u64> {
         let cutoff = self.now() - self.config.idempotency_ttl;
-        let n = sqlx::query("DELETE FROM idempotency_keys WHERE ended_at < $1")
-            .bind(cutoff)
-            .execute(self.read())
-            .await?
-            .rows_affected();
-        Ok(n)
+        // A settled SQL submission answers its request id as long as a key would. (A
+        // data-modifying WITH runs whether or not the outer query reads it.)
+        let (n,): (i64,) = sqlx::query_as(
+            "WITH keys AS (DELETE FROM idempotency_keys WHERE ended_at < $1 RETURNING 1),
+                  settled AS (DELETE FROM ovc_submissions
+                              WHERE state <> 'pending' AND settled_at < $1)
+             SELECT count(*) FROM keys",
+        )
+        .bind(cutoff)
+        .fetch_one(self.read())
+        .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn claim_submissions(&self, hold: Duration, max: u32) -> Result<Vec<crate::Submission>> {
+        crate::submissions::claim(&self.pool, hold, max).await
+    }
+
+    async fn settle_submission(
+        &self,
+        id: OperationId,
+        outcome: &crate::SubmissionOutcome,
+    ) -> Result<()> {
+        crate::submissions::settle(&self.pool, id, outcome).await
     }
 
     async fn get_vcluster(
