@@ -128,41 +128,61 @@ pub(crate) async fn sync_rules(pool: &PgPool, runs_channel: &str) -> Result<()> 
     )
     .execute(&mut *tx)
     .await?;
-    for rule in call_rules() {
-        let (code, reason, message) = match &rule.refusal {
-            Some((code, reason, message)) => (
-                Some(code.as_str()),
-                reason.as_deref(),
-                Some(message.as_str()),
-            ),
-            None => (None, None, None),
-        };
-        sqlx::query(
-            "INSERT INTO ovc_call_rules (call, from_state, code, reason, message)
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(rule.call)
-        .bind(rule.from_state)
-        .bind(code)
-        .bind(reason)
-        .bind(message)
-        .execute(&mut *tx)
-        .await?;
-    }
-    for code in Code::ALL {
-        sqlx::query("INSERT INTO ovc_error_codes (code, sqlstate) VALUES ($1, $2)")
-            .bind(code.as_str())
-            .bind(sqlstate(code))
-            .execute(&mut *tx)
-            .await?;
-    }
-    for kind in OperationKind::ALL {
-        sqlx::query("INSERT INTO ovc_operation_kinds (kind, in_progress_state) VALUES ($1, $2)")
-            .bind(kind.as_str())
-            .bind(kind.in_progress_state().map(VClusterState::as_str))
-            .execute(&mut *tx)
-            .await?;
-    }
+    // One statement per table (arrays, UNNEST): migrate runs on every start.
+    let rules = call_rules();
+    let refusal = |r: &CallRule| r.refusal.clone();
+    sqlx::query(
+        "INSERT INTO ovc_call_rules (call, from_state, code, reason, message)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])",
+    )
+    .bind(rules.iter().map(|r| r.call).collect::<Vec<_>>())
+    .bind(rules.iter().map(|r| r.from_state).collect::<Vec<_>>())
+    .bind(
+        rules
+            .iter()
+            .map(|r| refusal(r).map(|(c, _, _)| c.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rules
+            .iter()
+            .map(|r| refusal(r).and_then(|(_, reason, _)| reason))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rules
+            .iter()
+            .map(|r| refusal(r).map(|(_, _, m)| m))
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO ovc_error_codes (code, sqlstate)
+         SELECT * FROM UNNEST($1::text[], $2::text[])",
+    )
+    .bind(Code::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>())
+    .bind(Code::ALL.iter().map(|c| sqlstate(*c)).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO ovc_operation_kinds (kind, in_progress_state)
+         SELECT * FROM UNNEST($1::text[], $2::text[])",
+    )
+    .bind(
+        OperationKind::ALL
+            .iter()
+            .map(|k| k.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        OperationKind::ALL
+            .iter()
+            .map(|k| k.in_progress_state().map(VClusterState::as_str))
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut *tx)
+    .await?;
     sqlx::query(
         "INSERT INTO ovc_settings (key, value) VALUES ('runs_channel', $1)
          ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
