@@ -25,8 +25,22 @@ use std::time::Duration;
 pub trait ConformanceHost: Send + Sync {
     /// The driver.
     fn driver(&self) -> &dyn HostDriver;
+    /// The host name the checks' targets carry.
+    fn host_name(&self) -> &str {
+        "default"
+    }
+    /// The prefix of the checks' namespaces (a real cluster's run picks a unique one).
+    fn namespace_prefix(&self) -> &str {
+        "ovc-conf"
+    }
     /// A target no other check uses (`name` is unique per check).
-    fn target(&self, name: &str) -> Target;
+    fn target(&self, name: &str) -> Target {
+        Target {
+            host: self.host_name().into(),
+            namespace: format!("{}-{name}", self.namespace_prefix()),
+            release: name.into(),
+        }
+    }
     /// Lets the host move on once (pods start, Secrets appear, deletions finish).
     async fn settle(&self);
     /// Creates namespace `t.namespace` as someone other than ovc; false when the host

@@ -27,13 +27,6 @@ impl ConformanceHost for Sim {
     fn driver(&self) -> &dyn HostDriver {
         &self.host
     }
-    fn target(&self, name: &str) -> Target {
-        Target {
-            host: "default".into(),
-            namespace: format!("ovc-conf-{name}"),
-            release: name.into(),
-        }
-    }
     async fn settle(&self) {
         tokio::time::sleep(self.ready_delay / 4).await;
     }
@@ -78,13 +71,6 @@ struct Fake {
 impl ConformanceHost for Fake {
     fn driver(&self) -> &dyn HostDriver {
         &self.host
-    }
-    fn target(&self, name: &str) -> Target {
-        Target {
-            host: "default".into(),
-            namespace: format!("ovc-conf-{name}"),
-            release: name.into(),
-        }
     }
     async fn settle(&self) {
         self.fake.settle();
@@ -132,12 +118,8 @@ impl ConformanceHost for Real {
     fn driver(&self) -> &dyn HostDriver {
         &self.host
     }
-    fn target(&self, name: &str) -> Target {
-        Target {
-            host: "default".into(),
-            namespace: format!("{}-{name}", self.prefix),
-            release: name.into(),
-        }
+    fn namespace_prefix(&self) -> &str {
+        &self.prefix
     }
     async fn settle(&self) {
         tokio::time::sleep(ovc_driver::conformance::REAL_CLUSTER_SETTLE).await;

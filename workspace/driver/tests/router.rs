@@ -152,8 +152,11 @@ impl ConformanceHost for Routed {
     fn driver(&self) -> &dyn HostDriver {
         &self.router
     }
-    fn target(&self, name: &str) -> Target {
-        target("west", name)
+    fn host_name(&self) -> &str {
+        "west"
+    }
+    fn namespace_prefix(&self) -> &str {
+        "ovc-west"
     }
     async fn settle(&self) {
         self.west.fake.settle();
