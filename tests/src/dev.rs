@@ -1,6 +1,8 @@
-//! A running `ovc dev` child process for black-box tests, and a minimal blocking
-//! HTTP/1.1 client (one connection per request) to talk to it: the tests see the server
-//! exactly as a user's script would.
+//! A running `ovc dev` child process for black-box tests, with a typed client of it
+//! ([`DevServer::client`], `ovc-client`) and a minimal blocking HTTP/1.1 client (one
+//! connection per request) for the tests of the wire contract itself: malformed bodies,
+//! missing content types, foreign hosts, exact statuses — requests the typed client is
+//! built never to send.
 
 use crate::ovc_bin;
 use serde_json::Value;
@@ -145,6 +147,13 @@ impl DevServer {
                 panic!("the server did not print its addresses: {banner:?}");
             }
         }
+    }
+
+    /// A typed client of this server's API (`ovc-client`), for tests that use the API
+    /// as a service would; [`DevServer::call`] stays for the tests of the wire itself
+    /// (raw bodies, headers and statuses a typed client never sends).
+    pub fn client(&self) -> ovc_client::Client {
+        ovc_client::Client::new(self.http.clone()).expect("a client of the dev server")
     }
 
     /// `127.0.0.1:PORT` of the REST API.

@@ -5,18 +5,41 @@
 //! (or never had) their index entries, once, and a restore from an imported snapshot
 //! works; a manifest that cannot be imported is reported with exit code 1.
 
+use ovc_client::{
+    Accepted, Client, Error, ListOperations, RestoreSnapshot, RestoreTarget, SnapshotVCluster,
+};
 use ovc_tests::dev::DevServer;
 use ovc_tests::ovc_bin;
+use ovc_types::resource::{Operation, Snapshot};
+use ovc_types::state::{OperationState, SnapshotState};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn done(dev: &DevServer, (status, op): (u16, Value)) -> Value {
-    assert_eq!(status, 202, "{op}");
-    let op = dev.wait(&op);
-    assert_eq!(op["state"], "SUCCEEDED", "{op}");
+async fn done(c: &Client, accepted: Result<Accepted, Error>) -> Operation {
+    let accepted = accepted.expect("accepted");
+    assert!(!accepted.duplicate);
+    let op = c
+        .wait(accepted.operation.id, Some(Duration::from_secs(30)))
+        .await
+        .expect("wait");
+    assert_eq!(op.state, OperationState::Succeeded, "{op:?}");
     op
+}
+
+fn create(name: &str) -> ovc_client::CreateVCluster {
+    ovc_client::CreateVCluster {
+        name: name.into(),
+        ..Default::default()
+    }
+}
+
+fn restore(target: RestoreTarget) -> RestoreSnapshot {
+    RestoreSnapshot {
+        target,
+        request_id: None,
+    }
 }
 
 fn start(data: &Path, artifacts: &Path) -> DevServer {
@@ -33,19 +56,18 @@ fn start(data: &Path, artifacts: &Path) -> DevServer {
 }
 
 /// Polls the snapshot until it is in `state` (the inventory runs every 500 ms).
-fn wait_state(dev: &DevServer, id: &str, state: &str) -> Value {
+async fn wait_state(c: &Client, id: &str, state: SnapshotState) -> Snapshot {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (s, snap) = dev.call("GET", &format!("/v1/snapshots/{id}"), None);
-        assert_eq!(s, 200, "{snap}");
-        if snap["state"] == state {
+        let snap = c.get_snapshot(id).await.expect("get snapshot");
+        if snap.state == state {
             return snap;
         }
         assert!(
             Instant::now() < deadline,
-            "snapshot {id} did not become {state}: {snap}"
+            "snapshot {id} did not become {state:?}: {snap:?}"
         );
-        std::thread::sleep(Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -78,71 +100,74 @@ fn import(db: &str, artifacts: &Path, extra: &[&str]) -> (i32, Value) {
     (out.status.code().unwrap_or(-1), report)
 }
 
-#[test]
-fn a_vanished_artifact_is_missing_until_it_is_back_and_is_never_restored() {
+#[tokio::test]
+async fn a_vanished_artifact_is_missing_until_it_is_back_and_is_never_restored() {
     let dir = tempfile::tempdir().unwrap();
     let artifacts = dir.path().join("artifacts");
     let dev = start(&dir.path().join("data"), &artifacts);
-    done(
-        &dev,
-        dev.call("POST", "/v1/vclusters", Some(&json!({"name": "team-a"}))),
-    );
+    let c = dev.client();
+    done(&c, c.create_vcluster(&create("team-a")).await).await;
     let op = done(
-        &dev,
-        dev.call("POST", "/v1/vclusters/team-a/snapshots", Some(&json!({}))),
-    );
-    let id = op["result"]["id"].as_str().unwrap().to_string();
-    wait_state(&dev, &id, "READY");
+        &c,
+        c.snapshot_vcluster("team-a", &SnapshotVCluster::default())
+            .await,
+    )
+    .await;
+    let id = op.result["id"].as_str().unwrap().to_string();
+    wait_state(&c, &id, SnapshotState::Ready).await;
 
     let data = artifacts.join(format!("snapshots/default/team-a/{id}/backing-store.bin"));
     let aside = dir.path().join("aside.bin");
     std::fs::rename(&data, &aside).expect("move the data file away");
-    let snap = wait_state(&dev, &id, "MISSING");
-    let reason = &snap["error"]["details"][0]["reason"];
-    assert_eq!(reason, "SNAPSHOT_MISSING", "{snap}");
-    assert!(
-        snap["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("backing-store.bin"),
-        "{snap}"
-    );
+    let snap = wait_state(&c, &id, SnapshotState::Missing).await;
+    let error = snap.error.as_ref().expect("the snapshot's error");
+    assert_eq!(error.reason(), Some("SNAPSHOT_MISSING"), "{snap:?}");
+    assert!(error.message.contains("backing-store.bin"), "{snap:?}");
     assert_eq!(
         metric(&dev, "ovc_snapshots{state=\"MISSING\"}"),
         "ovc_snapshots{state=\"MISSING\"} 1"
     );
-    let (s, refused) = dev.call(
-        "POST",
-        &format!("/v1/snapshots/{id}/restore"),
-        Some(&json!({"target": {"existing": "team-a"}})),
+    let refused = c
+        .restore_snapshot(&id, &restore(RestoreTarget::Existing("team-a".into())))
+        .await
+        .expect_err("a restore from a missing artifact");
+    assert!(
+        matches!(
+            refused,
+            Error::Api {
+                http_status: 400,
+                ..
+            }
+        ),
+        "{refused:?}"
     );
-    assert_eq!(s, 400, "{refused}");
-    assert_eq!(refused["error"]["status"], "FAILED_PRECONDITION");
-    assert_eq!(refused["error"]["details"][0]["reason"], "SNAPSHOT_MISSING");
-    let (_, ops) = dev.call("GET", "/v1/operations?kind=RESTORE", None);
-    assert_eq!(ops["operations"], json!([]), "nothing was accepted: {ops}");
+    assert_eq!(refused.code(), Some(ovc_client::Code::FailedPrecondition));
+    assert_eq!(refused.reason(), Some("SNAPSHOT_MISSING"));
+    let ops = c
+        .list_operations(&ListOperations {
+            kind: Some("RESTORE".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert!(ops.operations.is_empty(), "nothing was accepted: {ops:?}");
 
     // Put back (from a backup, say): READY again, and restorable.
     std::fs::rename(&aside, &data).expect("put the data file back");
-    let snap = wait_state(&dev, &id, "READY");
-    assert_eq!(snap["error"], Value::Null, "{snap}");
+    let snap = wait_state(&c, &id, SnapshotState::Ready).await;
+    assert_eq!(snap.error, None, "{snap:?}");
     done(
-        &dev,
-        dev.call(
-            "POST",
-            &format!("/v1/snapshots/{id}/restore"),
-            Some(&json!({"target": {"existing": "team-a"}})),
-        ),
-    );
+        &c,
+        c.restore_snapshot(&id, &restore(RestoreTarget::Existing("team-a".into())))
+            .await,
+    )
+    .await;
 
     // A MISSING snapshot can be deleted: what is left goes, and so does the entry.
     std::fs::remove_file(&data).unwrap();
-    wait_state(&dev, &id, "MISSING");
-    done(
-        &dev,
-        dev.call("DELETE", &format!("/v1/snapshots/{id}"), None),
-    );
-    wait_state(&dev, &id, "DELETED");
+    wait_state(&c, &id, SnapshotState::Missing).await;
+    done(&c, c.delete_snapshot(&id, None).await).await;
+    wait_state(&c, &id, SnapshotState::Deleted).await;
     assert!(
         !artifacts
             .join(format!("snapshots/default/team-a/{id}"))
@@ -151,27 +176,22 @@ fn a_vanished_artifact_is_missing_until_it_is_back_and_is_never_restored() {
     );
 }
 
-#[test]
-fn import_registers_lost_snapshots_once_and_they_restore() {
+#[tokio::test]
+async fn import_registers_lost_snapshots_once_and_they_restore() {
     let dir = tempfile::tempdir().unwrap();
     let artifacts = dir.path().join("artifacts");
     let (id, sha256, size) = {
         let dev = start(&dir.path().join("old"), &artifacts);
-        done(
-            &dev,
-            dev.call("POST", "/v1/vclusters", Some(&json!({"name": "team-a"}))),
-        );
-        let op = done(
-            &dev,
-            dev.call(
-                "POST",
-                "/v1/vclusters/team-a/snapshots",
-                Some(&json!({"description": "before the migration"})),
-            ),
-        );
-        let id = op["result"]["id"].as_str().unwrap().to_string();
-        let snap = wait_state(&dev, &id, "READY");
-        (id, snap["sha256"].clone(), snap["size_bytes"].clone())
+        let c = dev.client();
+        done(&c, c.create_vcluster(&create("team-a")).await).await;
+        let snapshot = SnapshotVCluster {
+            description: Some("before the migration".into()),
+            ..Default::default()
+        };
+        let op = done(&c, c.snapshot_vcluster("team-a", &snapshot).await).await;
+        let id = op.result["id"].as_str().unwrap().to_string();
+        let snap = wait_state(&c, &id, SnapshotState::Ready).await;
+        (id, snap.sha256, snap.size_bytes)
     };
     // A new database beside the old storage: the index entry is "lost".
     let new_data = dir.path().join("new");
@@ -205,21 +225,20 @@ fn import_registers_lost_snapshots_once_and_they_restore() {
     assert_eq!(other["artifacts"], json!([]), "{other}");
 
     let dev = start(&new_data, &artifacts);
-    let snap = wait_state(&dev, &id, "READY");
-    assert_eq!(snap["sha256"], sha256, "{snap}");
-    assert_eq!(snap["size_bytes"], size, "{snap}");
-    assert_eq!(snap["vcluster"], "team-a");
-    assert_eq!(snap["description"], "before the migration");
+    let c = dev.client();
+    let snap = wait_state(&c, &id, SnapshotState::Ready).await;
+    assert_eq!(snap.sha256, sha256, "{snap:?}");
+    assert_eq!(snap.size_bytes, size, "{snap:?}");
+    assert_eq!(snap.vcluster.as_str(), "team-a");
+    assert_eq!(snap.description.as_deref(), Some("before the migration"));
     let op = done(
-        &dev,
-        dev.call(
-            "POST",
-            &format!("/v1/snapshots/{id}/restore"),
-            Some(&json!({"target": {"new_name": "team-b"}})),
-        ),
-    );
-    assert_eq!(op["result"]["name"], "team-b", "{op}");
-    assert_eq!(op["result"]["state"], "RUNNING", "{op}");
+        &c,
+        c.restore_snapshot(&id, &restore(RestoreTarget::NewName("team-b".into())))
+            .await,
+    )
+    .await;
+    assert_eq!(op.result["name"], "team-b", "{op:?}");
+    assert_eq!(op.result["state"], "RUNNING", "{op:?}");
     drop(dev);
 
     // A manifest that does not parse, and one copied under another vcluster's prefix:

@@ -1,5 +1,7 @@
 //! `ovc bench api`: the REST API's accept latency and the end-to-end time of a create,
-//! measured over real HTTP against an in-process server on a fresh store.
+//! measured over real HTTP against an in-process server on a fresh store, through the
+//! typed client `ovc-client` as a service would call it (a request id per mutation,
+//! keep-alive connections) but with its retries off, so a refusal is counted.
 //!
 //! - accept latency of `POST /v1/vclusters/{name}/suspend`, open loop at fixed rates
 //!   (default 200 and 1000 requests/s): each request is sent at its scheduled instant,
@@ -15,13 +17,9 @@ use crate::bench_workflows::pct;
 use crate::worker::WorkerArgs;
 use anyhow::Context;
 use clap::Args;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper::client::conn::http1::SendRequest;
-use hyper::{Method, Request};
-use hyper_util::rt::TokioIo;
+use ovc_client::{Client, CreateVCluster, RetryPolicy, SuspendVCluster};
 use ovc_store::{Store, StoreConfig};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Arguments of `ovc bench api`.
@@ -40,43 +38,6 @@ pub struct ApiBenchArgs {
     /// Sequential creates for the create → RUNNING figure.
     #[arg(long, default_value_t = 100)]
     pub creates: usize,
-}
-
-/// Keep-alive HTTP/1 connections to the server, reused across requests.
-struct Pool {
-    authority: String,
-    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
-}
-
-impl Pool {
-    async fn send(&self, method: Method, path: &str, body: &str) -> anyhow::Result<(u16, Bytes)> {
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut sender = match idle {
-            Some(s) if !s.is_closed() => s,
-            _ => {
-                let stream = tokio::net::TcpStream::connect(&self.authority).await?;
-                stream.set_nodelay(true)?;
-                let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-                tokio::spawn(conn);
-                s
-            }
-        };
-        sender.ready().await?;
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", &self.authority)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))?;
-        let res = sender.send_request(req).await?;
-        let status = res.status().as_u16();
-        let bytes = res.into_body().collect().await?.to_bytes();
-        self.idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(sender);
-        Ok((status, bytes))
-    }
 }
 
 /// A worker running in this process until `stop` is sent.
@@ -127,44 +88,33 @@ impl RunningWorker {
 }
 
 /// Creates `names` (16 at a time) and waits until every one is RUNNING.
-async fn create_all(pool: &Arc<Pool>, names: &[String]) -> anyhow::Result<()> {
+async fn create_all(client: &Client, names: &[String]) -> anyhow::Result<()> {
     let chunks: Vec<Vec<String>> = names
         .chunks(names.len().div_ceil(16).max(1))
         .map(<[String]>::to_vec)
         .collect();
     let mut tasks = Vec::new();
     for chunk in chunks {
-        let pool = pool.clone();
+        let client = client.clone();
         tasks.push(tokio::spawn(async move {
             for name in chunk {
-                let (s, body) = pool
-                    .send(
-                        Method::POST,
-                        "/v1/vclusters",
-                        &format!("{{\"name\":\"{name}\"}}"),
-                    )
-                    .await?;
+                let req = CreateVCluster {
+                    name: name.clone(),
+                    ..CreateVCluster::default()
+                };
+                let accepted = client
+                    .create_vcluster(&req)
+                    .await
+                    .with_context(|| format!("create {name}"))?;
+                let op = client
+                    .wait(accepted.operation.id, None)
+                    .await
+                    .with_context(|| format!("create {name}"))?;
                 anyhow::ensure!(
-                    s == 202,
-                    "create {name}: {s} {}",
-                    String::from_utf8_lossy(&body)
+                    op.state == ovc_types::OperationState::Succeeded,
+                    "create {name}: {}",
+                    serde_json::to_string(&op).unwrap_or_default()
                 );
-                let op: serde_json::Value = serde_json::from_slice(&body)?;
-                let id = op["id"].as_str().unwrap_or_default().to_string();
-                loop {
-                    let (_, body) = pool
-                        .send(
-                            Method::GET,
-                            &format!("/v1/operations/{id}/wait?timeout=30s"),
-                            "",
-                        )
-                        .await?;
-                    let op: serde_json::Value = serde_json::from_slice(&body)?;
-                    if op["done"] == true {
-                        anyhow::ensure!(op["state"] == "SUCCEEDED", "create {name}: {op}");
-                        break;
-                    }
-                }
             }
             anyhow::Ok(())
         }));
@@ -188,26 +138,28 @@ struct RateRow {
 }
 
 /// Open-loop suspends at `rate`/s over `names`.
-async fn suspend_at(pool: &Arc<Pool>, rate: u32, names: &[String]) -> RateRow {
+async fn suspend_at(client: &Client, rate: u32, names: &[String]) -> RateRow {
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
     let start = Instant::now() + Duration::from_millis(50);
     let mut tasks = Vec::with_capacity(names.len());
     for (i, name) in names.iter().enumerate() {
         let at = start + interval * i as u32;
-        let pool = pool.clone();
-        let path = format!("/v1/vclusters/{name}/suspend");
+        let client = client.clone();
+        let name = name.clone();
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(at.into()).await;
-            let r = pool.send(Method::POST, &path, "{}").await;
+            let r = client
+                .suspend_vcluster(&name, &SuspendVCluster::default())
+                .await;
             let ms = at.elapsed().as_secs_f64() * 1000.0;
-            (r.map(|(s, _)| s).unwrap_or(0), ms)
+            (r.is_ok_and(|a| !a.duplicate), ms)
         }));
     }
     let mut lat = Vec::with_capacity(tasks.len());
     let (mut accepted, mut refused) = (0, 0);
     for t in tasks {
-        if let Ok((status, ms)) = t.await {
-            if status == 202 {
+        if let Ok((new_operation, ms)) = t.await {
+            if new_operation {
                 accepted += 1;
                 lat.push(ms);
             } else {
@@ -272,10 +224,10 @@ async fn measure(args: &ApiBenchArgs, url: &str, schema: Option<String>) -> anyh
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let pool = Arc::new(Pool {
-        authority: addr.to_string(),
-        idle: Mutex::new(Vec::new()),
-    });
+    // No retries: a refusal is counted, not hidden behind a second attempt.
+    let client = Client::builder(format!("http://{addr}"))
+        .retry(RetryPolicy::none())
+        .build()?;
     let backend = if url.starts_with("postgres") {
         "PostgreSQL"
     } else {
@@ -292,7 +244,7 @@ async fn measure(args: &ApiBenchArgs, url: &str, schema: Option<String>) -> anyh
     eprintln!("bench api ({backend}): creating {total} vclusters to suspend ...");
     let worker = start_worker(store.clone(), url, schema.clone()).await?;
     let t = Instant::now();
-    create_all(&pool, &names).await?;
+    create_all(&client, &names).await?;
     eprintln!(
         "  {total} creates done in {:.1} s ({:.0} creates/s, 16 clients)",
         t.elapsed().as_secs_f64(),
@@ -305,17 +257,17 @@ async fn measure(args: &ApiBenchArgs, url: &str, schema: Option<String>) -> anyh
     for &rate in &args.rates {
         let n = rate as usize * args.seconds as usize;
         eprintln!("  {rate} suspends/s for {} s ...", args.seconds);
-        rows.push(suspend_at(&pool, rate, &names[offset..offset + n]).await);
+        rows.push(suspend_at(&client, rate, &names[offset..offset + n]).await);
         offset += n;
     }
 
     // create → RUNNING, sequential, with a worker.
     let worker = start_worker(store.clone(), url, schema).await?;
-    create_all(&pool, &["e2e-warmup".to_string()]).await?;
+    create_all(&client, &["e2e-warmup".to_string()]).await?;
     let mut e2e = Vec::with_capacity(args.creates);
     for i in 0..args.creates {
         let t = Instant::now();
-        create_all(&pool, &[format!("e2e-{i}")]).await?;
+        create_all(&client, &[format!("e2e-{i}")]).await?;
         e2e.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     worker.stop().await;
