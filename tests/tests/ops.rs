@@ -69,7 +69,8 @@ struct CommandHelp {
     options: Vec<HelpOption>,
     /// The long flags of the usage line (required ones).
     required: Vec<String>,
-    /// Every `OVC_*` name the help text mentions (`[env: ...]` and the knobs it lists).
+    /// Every `OVC_*` and `OTEL_*` name the help text mentions (`[env: ...]` and the
+    /// knobs and tracing settings it lists).
     mentioned: BTreeSet<String>,
 }
 
@@ -91,9 +92,14 @@ fn words_like(text: &str, prefix: &str) -> BTreeSet<String> {
     let mut i = 0;
     while let Some(off) = text[i..].find(prefix) {
         let start = i + off;
-        let boundary = start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let boundary =
+            start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
         let mut end = start + prefix.len();
-        while end < bytes.len() && (bytes[end].is_ascii_uppercase() || bytes[end].is_ascii_digit() || bytes[end] == b'_') {
+        while end < bytes.len()
+            && (bytes[end].is_ascii_uppercase()
+                || bytes[end].is_ascii_digit()
+                || bytes[end] == b'_')
+        {
             end += 1;
         }
         if boundary && end > start + prefix.len() {
@@ -117,9 +123,11 @@ fn command_help(command: &str) -> CommandHelp {
     for line in text.lines() {
         let t = line.trim_start();
         // An option line: `  -o, --output <OUTPUT>` or `      --database-url <DATABASE_URL>`.
-        let flag = t
-            .strip_prefix("--")
-            .or_else(|| t.split_once(", --").map(|(_, r)| r).filter(|_| t.starts_with('-')));
+        let flag = t.strip_prefix("--").or_else(|| {
+            t.split_once(", --")
+                .map(|(_, r)| r)
+                .filter(|_| t.starts_with('-'))
+        });
         if let Some(rest) = flag {
             if let Some(o) = current.take() {
                 options.push(o);
@@ -164,7 +172,10 @@ fn command_help(command: &str) -> CommandHelp {
     CommandHelp {
         options,
         required,
-        mentioned: words_like(&text, "OVC_"),
+        mentioned: words_like(&text, "OVC_")
+            .into_iter()
+            .chain(words_like(&text, "OTEL_"))
+            .collect(),
     }
 }
 
@@ -198,7 +209,11 @@ fn process_wide(command: &str) -> BTreeSet<String> {
             help("worker")
                 .mentioned
                 .iter()
-                .filter(|n| n.starts_with("OVC_HELM") || n.starts_with("OVC_KUBE_") || n.starts_with("OVC_SIM_"))
+                .filter(|n| {
+                    n.starts_with("OVC_HELM")
+                        || n.starts_with("OVC_KUBE_")
+                        || n.starts_with("OVC_SIM_")
+                })
                 .cloned(),
         );
     }
@@ -214,10 +229,21 @@ fn who_reads(command: &str, name: &str) -> Option<&'static str> {
     if process_wide(command).contains(name) {
         return Some("read by every such process");
     }
+    if name.starts_with("OTEL_") {
+        // The OpenTelemetry settings ovc honours are listed in the command's help (an
+        // OTEL_* setting it cannot honour stops it at start).
+        return h
+            .mentioned
+            .contains(name)
+            .then_some("an OpenTelemetry setting of the command's help");
+    }
     if name.starts_with("OVC_") {
         return None;
     }
-    if (command == "serve" || command == "worker") && name.starts_with("HELM_") && name.ends_with("_HOME") {
+    if (command == "serve" || command == "worker")
+        && name.starts_with("HELM_")
+        && name.ends_with("_HOME")
+    {
         // helm's own (helm.sh/helm/v3 pkg/helmpath), read by the helm the kube driver runs.
         return Some("read by helm");
     }
@@ -276,7 +302,11 @@ impl OvcProcess {
         if let Some(i) = self.args.iter().position(|a| *a == flag) {
             return self.args.get(i + 1).cloned();
         }
-        if let Some(v) = self.args.iter().find_map(|a| a.strip_prefix(&format!("{flag}="))) {
+        if let Some(v) = self
+            .args
+            .iter()
+            .find_map(|a| a.strip_prefix(&format!("{flag}=")))
+        {
             return Some(v.to_string());
         }
         help(self.command())
@@ -301,7 +331,10 @@ impl OvcProcess {
             );
         }
         for long in &h.required {
-            let given = self.args.iter().any(|a| *a == format!("--{long}") || a.starts_with(&format!("--{long}=")))
+            let given = self
+                .args
+                .iter()
+                .any(|a| *a == format!("--{long}") || a.starts_with(&format!("--{long}=")))
                 || h.env_of(long).is_some_and(|e| self.env_names.contains(e));
             assert!(
                 given,
@@ -343,7 +376,8 @@ fn typed<T: serde::de::DeserializeOwned + serde::Serialize>(what: &str, v: &Valu
     let back = serde_json::to_value(&t).expect("serialize");
     let (a, b) = (normalized(v), normalized(&back));
     assert_eq!(
-        a, b,
+        a,
+        b,
         "{what}: fields were dropped or changed when parsed as {} (a misspelt or misplaced key?)",
         std::any::type_name::<T>()
     );
@@ -488,10 +522,7 @@ fn container_process(what: &str, c: &Container) -> OvcProcess {
     }
 }
 
-fn labels_match(
-    selector: &BTreeMap<String, String>,
-    labels: &BTreeMap<String, String>,
-) -> bool {
+fn labels_match(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
     !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
@@ -512,7 +543,10 @@ fn env_value(c: &Container, name: &str) -> Option<String> {
 
 /// The rules of the canonical ClusterRole, ops/rbac/ovc-host-role.yaml.
 fn canonical_rules() -> Vec<PolicyRule> {
-    let docs = yaml_docs(&read("ops/rbac/ovc-host-role.yaml"), "ops/rbac/ovc-host-role.yaml");
+    let docs = yaml_docs(
+        &read("ops/rbac/ovc-host-role.yaml"),
+        "ops/rbac/ovc-host-role.yaml",
+    );
     let role = docs
         .iter()
         .find(|d| d["kind"] == "ClusterRole")
@@ -553,9 +587,12 @@ fn check_manifests(o: &Objects) {
     assert!(
         o.bindings.iter().any(|b| b.role_ref.kind == "ClusterRole"
             && b.role_ref.name == name(&role.metadata)
-            && b.subjects.iter().flatten().any(|s| s.kind == "ServiceAccount"
-                && s.name == sa_name
-                && s.namespace.as_deref() == sa_ns)),
+            && b.subjects
+                .iter()
+                .flatten()
+                .any(|s| s.kind == "ServiceAccount"
+                    && s.name == sa_name
+                    && s.namespace.as_deref() == sa_ns)),
         "{src}: no ClusterRoleBinding gives {} to ServiceAccount {sa_ns:?}/{sa_name}",
         name(&role.metadata)
     );
@@ -619,7 +656,9 @@ fn check_manifests(o: &Objects) {
                 .iter()
                 .flatten()
                 .find(|m| m.mount_path == "/tmp")
-                .unwrap_or_else(|| panic!("{what}: a read-only root with --host kube needs /tmp mounted"));
+                .unwrap_or_else(|| {
+                    panic!("{what}: a read-only root with --host kube needs /tmp mounted")
+                });
             assert!(
                 spec.volumes
                     .iter()
@@ -628,9 +667,13 @@ fn check_manifests(o: &Objects) {
                 "{what}: /tmp is not an emptyDir"
             );
             for home in ["HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME"] {
-                let v = env_value(c, home)
-                    .unwrap_or_else(|| panic!("{what}: {home} unset: helm cannot write under a read-only root"));
-                assert!(v.starts_with("/tmp/"), "{what}: {home}={v} is not under /tmp");
+                let v = env_value(c, home).unwrap_or_else(|| {
+                    panic!("{what}: {home} unset: helm cannot write under a read-only root")
+                });
+                assert!(
+                    v.starts_with("/tmp/"),
+                    "{what}: {home}={v} is not under /tmp"
+                );
             }
         }
         if command != "migrate" {
@@ -665,16 +708,32 @@ fn check_manifests(o: &Objects) {
     // The API: ports from its listen flags, probes on the health routes, the Service.
     let (what, t, _, api) = &processes["serve"];
     let c = &pod_spec(t).containers[0];
-    let http = listen_port(what, &api.setting("http").unwrap_or_else(|| panic!("{what}: no --http")));
-    let grpc = listen_port(what, &api.setting("grpc").unwrap_or_else(|| panic!("{what}: no --grpc")));
+    let http = listen_port(
+        what,
+        &api.setting("http")
+            .unwrap_or_else(|| panic!("{what}: no --http")),
+    );
+    let grpc = listen_port(
+        what,
+        &api.setting("grpc")
+            .unwrap_or_else(|| panic!("{what}: no --grpc")),
+    );
     let ports: BTreeMap<String, i32> = c
         .ports
         .iter()
         .flatten()
         .map(|p| (p.name.clone().unwrap_or_default(), p.container_port))
         .collect();
-    assert_eq!(ports.get("http"), Some(&i32::from(http)), "{what}: port http vs --http");
-    assert_eq!(ports.get("grpc"), Some(&i32::from(grpc)), "{what}: port grpc vs --grpc");
+    assert_eq!(
+        ports.get("http"),
+        Some(&i32::from(http)),
+        "{what}: port http vs --http"
+    );
+    assert_eq!(
+        ports.get("grpc"),
+        Some(&i32::from(grpc)),
+        "{what}: port grpc vs --grpc"
+    );
     let probe_port = |probe: &k8s_openapi::api::core::v1::Probe, which: &str| {
         let get = probe
             .http_get
@@ -682,15 +741,27 @@ fn check_manifests(o: &Objects) {
             .unwrap_or_else(|| panic!("{what}: the {which} probe is not an httpGet"));
         let port = match &get.port {
             k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n) => *n,
-            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s) => *ports
-                .get(s)
-                .unwrap_or_else(|| panic!("{what}: the {which} probe names port {s:?}, which the container lacks")),
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s) => {
+                *ports.get(s).unwrap_or_else(|| {
+                    panic!("{what}: the {which} probe names port {s:?}, which the container lacks")
+                })
+            }
         };
-        assert_eq!(port, i32::from(http), "{what}: the {which} probe is not on --http");
+        assert_eq!(
+            port,
+            i32::from(http),
+            "{what}: the {which} probe is not on --http"
+        );
         get.path.clone().unwrap_or_default()
     };
-    let live = c.liveness_probe.as_ref().unwrap_or_else(|| panic!("{what}: no livenessProbe"));
-    let ready = c.readiness_probe.as_ref().unwrap_or_else(|| panic!("{what}: no readinessProbe"));
+    let live = c
+        .liveness_probe
+        .as_ref()
+        .unwrap_or_else(|| panic!("{what}: no livenessProbe"));
+    let ready = c
+        .readiness_probe
+        .as_ref()
+        .unwrap_or_else(|| panic!("{what}: no readinessProbe"));
     assert_eq!(probe_port(live, "liveness"), HEALTH_ROUTE, "{what}");
     assert_eq!(probe_port(ready, "readiness"), READY_ROUTE, "{what}");
     let svc = o
@@ -703,11 +774,21 @@ fn check_manifests(o: &Objects) {
                 .is_some_and(|sel| labels_match(sel, &template_labels(t)))
         })
         .unwrap_or_else(|| panic!("{src}: no Service selects the API's pods"));
-    for sp in svc.spec.as_ref().and_then(|s| s.ports.clone()).unwrap_or_default() {
+    for sp in svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.clone())
+        .unwrap_or_default()
+    {
         let target = match sp.target_port {
-            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s)) => *ports
-                .get(&s)
-                .unwrap_or_else(|| panic!("{src}: Service port {:?} targets {s:?}, which the API lacks", sp.name)),
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s)) => {
+                *ports.get(&s).unwrap_or_else(|| {
+                    panic!(
+                        "{src}: Service port {:?} targets {s:?}, which the API lacks",
+                        sp.name
+                    )
+                })
+            }
             Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n)) => n,
             None => sp.port,
         };
@@ -735,7 +816,10 @@ fn check_manifests(o: &Objects) {
     for hpa in &o.hpas {
         let spec = hpa.spec.as_ref().expect("hpa spec");
         assert_eq!(
-            (spec.scale_target_ref.kind.as_str(), spec.scale_target_ref.name.as_str()),
+            (
+                spec.scale_target_ref.kind.as_str(),
+                spec.scale_target_ref.name.as_str()
+            ),
             ("Deployment", worker_name),
             "{src}: the HPA must scale the workers"
         );
@@ -798,7 +882,10 @@ fn the_kustomize_base_is_wired_to_the_binary() {
     let files = Objects::parse("ops/kustomize/base (files)", base_files());
     check_manifests(&files);
     match kustomize("ops/kustomize/base") {
-        Some(rendered) => check_manifests(&Objects::parse("kubectl kustomize ops/kustomize/base", rendered)),
+        Some(rendered) => check_manifests(&Objects::parse(
+            "kubectl kustomize ops/kustomize/base",
+            rendered,
+        )),
         None => eprintln!("kubectl is not on PATH: the base was checked file by file"),
     }
 }
@@ -809,7 +896,10 @@ fn the_autoscaling_overlay_hands_the_workers_to_an_hpa() {
         eprintln!("skipped: kubectl is not on PATH (the overlay needs kustomize's patches)");
         return;
     };
-    let o = Objects::parse("kubectl kustomize ops/kustomize/overlays/autoscaling", rendered);
+    let o = Objects::parse(
+        "kubectl kustomize ops/kustomize/overlays/autoscaling",
+        rendered,
+    );
     assert_eq!(o.hpas.len(), 1, "one HPA");
     check_manifests(&o);
 }
@@ -826,7 +916,10 @@ fn the_rendered_helm_chart_is_wired_to_the_binary() {
     assert!(!paths.is_empty(), "OVC_HELM_RENDERED names no file");
     for p in paths {
         let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        check_manifests(&Objects::parse(&p.display().to_string(), yaml_docs(&text, "helm template")));
+        check_manifests(&Objects::parse(
+            &p.display().to_string(),
+            yaml_docs(&text, "helm template"),
+        ));
     }
 }
 
@@ -851,7 +944,10 @@ fn the_helm_chart_uses_only_values_it_declares() {
             used.insert(path.trim_end_matches('.').to_string());
         }
     }
-    assert!(used.len() > 20, "the template scan found too few values: {used:?}");
+    assert!(
+        used.len() > 20,
+        "the template scan found too few values: {used:?}"
+    );
     for path in &used {
         let mut v = &values;
         for part in path.split('.') {
@@ -860,15 +956,18 @@ fn the_helm_chart_uses_only_values_it_declares() {
                 .unwrap_or_else(|| panic!("templates use .Values.{path}, which values.yaml lacks"));
         }
     }
-    let rules: Vec<PolicyRule> = serde_json::from_value(Value::Array(yaml_docs(
-        &read("ops/helm/ovc/files/host-rules.yaml"),
-        "host-rules",
-    )
-    .into_iter()
-    .flat_map(|d| d.as_array().cloned().unwrap_or_default())
-    .collect()))
+    let rules: Vec<PolicyRule> = serde_json::from_value(Value::Array(
+        yaml_docs(&read("ops/helm/ovc/files/host-rules.yaml"), "host-rules")
+            .into_iter()
+            .flat_map(|d| d.as_array().cloned().unwrap_or_default())
+            .collect(),
+    ))
     .expect("rules");
-    assert_eq!(rules, canonical_rules(), "ops/helm/ovc/files/host-rules.yaml");
+    assert_eq!(
+        rules,
+        canonical_rules(),
+        "ops/helm/ovc/files/host-rules.yaml"
+    );
     let cargo = read("Cargo.toml");
     let version = cargo
         .lines()
@@ -876,13 +975,22 @@ fn the_helm_chart_uses_only_values_it_declares() {
         .find_map(|l| l.strip_prefix("version = "))
         .map(|v| v.trim_matches('"'))
         .expect("workspace version");
-    assert_eq!(chart["appVersion"], version, "Chart.yaml appVersion vs the workspace");
+    assert_eq!(
+        chart["appVersion"], version,
+        "Chart.yaml appVersion vs the workspace"
+    );
     for doc in base_files() {
-        if let Some(containers) = doc.pointer("/spec/template/spec/containers").and_then(Value::as_array) {
+        if let Some(containers) = doc
+            .pointer("/spec/template/spec/containers")
+            .and_then(Value::as_array)
+        {
             for c in containers {
                 assert_eq!(
                     c["image"],
-                    format!("{}:{version}", values["image"]["repository"].as_str().expect("repository")),
+                    format!(
+                        "{}:{version}",
+                        values["image"]["repository"].as_str().expect("repository")
+                    ),
                     "kustomize base: the image is the chart's default"
                 );
             }
@@ -906,9 +1014,18 @@ fn the_dockerfile_builds_the_binary_the_manifests_run() {
         "ops/Dockerfile: RUST_VERSION must be rust-toolchain.toml's {channel}"
     );
     let cli = read("workspace/cli/Cargo.toml");
-    assert!(cli.contains("[[bin]]\nname = \"ovc\""), "the binary is still `ovc`");
-    assert!(docker.contains("--bin ovc"), "ops/Dockerfile builds --bin ovc");
-    assert!(docker.contains("ENTRYPOINT [\"ovc\"]"), "ENTRYPOINT [\"ovc\"]");
+    assert!(
+        cli.contains("[[bin]]\nname = \"ovc\""),
+        "the binary is still `ovc`"
+    );
+    assert!(
+        docker.contains("--bin ovc"),
+        "ops/Dockerfile builds --bin ovc"
+    );
+    assert!(
+        docker.contains("ENTRYPOINT [\"ovc\"]"),
+        "ENTRYPOINT [\"ovc\"]"
+    );
     assert_ne!(image_uid(), 0, "the image runs as a non-root uid");
     let protoc = read(".cargo/config.toml");
     assert!(
@@ -918,7 +1035,9 @@ fn the_dockerfile_builds_the_binary_the_manifests_run() {
     let ignore = read("ops/Dockerfile.dockerignore");
     for must_stay in ["scripts", "migrations", ".cargo", "workspace", "Cargo.lock"] {
         assert!(
-            !ignore.lines().any(|l| l.trim().trim_end_matches('/') == must_stay),
+            !ignore
+                .lines()
+                .any(|l| l.trim().trim_end_matches('/') == must_stay),
             "ops/Dockerfile.dockerignore drops {must_stay}, which the build needs"
         );
     }
@@ -971,7 +1090,15 @@ fn the_compose_file_is_wired_to_the_binary_and_its_services() {
             .get(n)
             .unwrap_or_else(|| panic!("ops/docker-compose.yml: no service {n}"))
     };
-    for n in ["postgres", "minio", "otel-collector", "jaeger", "migrate", "api", "worker"] {
+    for n in [
+        "postgres",
+        "minio",
+        "otel-collector",
+        "jaeger",
+        "migrate",
+        "api",
+        "worker",
+    ] {
         svc(n);
     }
     let mut ovc = BTreeMap::new();
@@ -984,12 +1111,17 @@ fn the_compose_file_is_wired_to_the_binary_and_its_services() {
             .join("ops")
             .join(s["build"]["context"].as_str().expect("build context"));
         assert!(
-            context.join(s["build"]["dockerfile"].as_str().expect("dockerfile")).is_file(),
+            context
+                .join(s["build"]["dockerfile"].as_str().expect("dockerfile"))
+                .is_file(),
             "{n}: the build context does not hold ops/Dockerfile"
         );
         let args: Vec<String> = serde_json::from_value(s["command"].clone())
             .unwrap_or_else(|e| panic!("{n}: command must be a list of strings: {e}"));
-        assert!(s["entrypoint"].is_null(), "{n}: keep the image's ENTRYPOINT (ovc)");
+        assert!(
+            s["entrypoint"].is_null(),
+            "{n}: keep the image's ENTRYPOINT (ovc)"
+        );
         let env = compose_env(s);
         let p = OvcProcess {
             what: format!("ops/docker-compose.yml: {n}"),
@@ -1001,7 +1133,10 @@ fn the_compose_file_is_wired_to_the_binary_and_its_services() {
         ovc.insert(p.command().to_string(), (n.clone(), s.clone(), p));
     }
     for command in ["migrate", "serve", "worker"] {
-        assert!(ovc.contains_key(command), "no compose service runs `ovc {command}`");
+        assert!(
+            ovc.contains_key(command),
+            "no compose service runs `ovc {command}`"
+        );
     }
 
     // The database: the postgres service's user, password and database.
@@ -1018,11 +1153,15 @@ fn the_compose_file_is_wired_to_the_binary_and_its_services() {
     for command in ["serve", "worker"] {
         let (n, s, _) = &ovc[command];
         assert_eq!(
-            s["depends_on"][migrate_name.as_str()]["condition"], "service_completed_successfully",
+            s["depends_on"][migrate_name.as_str()]["condition"],
+            "service_completed_successfully",
             "{n}: starts after `ovc migrate` succeeded"
         );
     }
-    assert_eq!(svc(migrate_name)["depends_on"]["postgres"]["condition"], "service_healthy");
+    assert_eq!(
+        svc(migrate_name)["depends_on"]["postgres"]["condition"],
+        "service_healthy"
+    );
 
     // The API: published ports from its listen flags; Prometheus scrapes that port.
     let (n, s, api) = &ovc["serve"];
@@ -1037,7 +1176,11 @@ fn the_compose_file_is_wired_to_the_binary_and_its_services() {
     }
     let prometheus = yaml("ops/compose/prometheus.yml");
     let targets = &prometheus["scrape_configs"][0]["static_configs"][0]["targets"];
-    assert_eq!(targets, &json!([format!("{n}:{http}")]), "prometheus scrapes the API");
+    assert_eq!(
+        targets,
+        &json!([format!("{n}:{http}")]),
+        "prometheus scrapes the API"
+    );
     assert_eq!(prometheus["scrape_configs"][0]["metrics_path"], "/metrics");
 
     // The workers: two, snapshots on MinIO's bucket with MinIO's credentials.
@@ -1047,17 +1190,32 @@ fn the_compose_file_is_wired_to_the_binary_and_its_services() {
     ovc_snapshots::OpendalArtifacts::from_url(&artifacts)
         .unwrap_or_else(|e| panic!("{n}: OVC_ARTIFACTS={artifacts} is refused: {e}"));
     let endpoint = query_param(&artifacts, "endpoint").expect("an endpoint= for MinIO");
-    assert_eq!(url_host_port(&endpoint), ("minio".to_string(), Some(9000)), "{n}: endpoint");
+    assert_eq!(
+        url_host_port(&endpoint),
+        ("minio".to_string(), Some(9000)),
+        "{n}: endpoint"
+    );
     let bucket = url_host_port(&artifacts).0;
     let init = svc("minio-init")["command"].to_string();
-    assert!(init.contains(&format!("local/{bucket}")), "minio-init must create bucket {bucket}: {init}");
+    assert!(
+        init.contains(&format!("local/{bucket}")),
+        "minio-init must create bucket {bucket}: {init}"
+    );
     assert_eq!(
         s["depends_on"]["minio-init"]["condition"], "service_completed_successfully",
         "{n}: starts after the bucket exists"
     );
     let minio = compose_env(svc("minio"));
-    assert_eq!(worker.env.get("AWS_ACCESS_KEY_ID"), minio.get("MINIO_ROOT_USER"), "{n}");
-    assert_eq!(worker.env.get("AWS_SECRET_ACCESS_KEY"), minio.get("MINIO_ROOT_PASSWORD"), "{n}");
+    assert_eq!(
+        worker.env.get("AWS_ACCESS_KEY_ID"),
+        minio.get("MINIO_ROOT_USER"),
+        "{n}"
+    );
+    assert_eq!(
+        worker.env.get("AWS_SECRET_ACCESS_KEY"),
+        minio.get("MINIO_ROOT_PASSWORD"),
+        "{n}"
+    );
 
     // Traces: OTLP/gRPC to the collector's receiver, the collector to Jaeger.
     let collector = yaml("ops/compose/otel-collector.yaml");
@@ -1083,18 +1241,34 @@ fn the_compose_file_is_wired_to_the_binary_and_its_services() {
     assert!(
         exporters.iter().any(|e| {
             let e = e.as_str().unwrap_or_default();
-            url_host_port(collector["exporters"][e]["endpoint"].as_str().unwrap_or_default()).0 == "jaeger"
+            url_host_port(
+                collector["exporters"][e]["endpoint"]
+                    .as_str()
+                    .unwrap_or_default(),
+            )
+            .0 == "jaeger"
         }),
         "the collector exports traces to jaeger"
     );
-    assert_eq!(compose_env(svc("jaeger")).get("COLLECTOR_OTLP_ENABLED").map(String::as_str), Some("true"));
+    assert_eq!(
+        compose_env(svc("jaeger"))
+            .get("COLLECTOR_OTLP_ENABLED")
+            .map(String::as_str),
+        Some("true")
+    );
 
     // The mounted files exist.
     for (n, s) in services {
         for v in s["volumes"].as_array().into_iter().flatten() {
-            let src = v.as_str().and_then(|v| v.split(':').next()).unwrap_or_default();
+            let src = v
+                .as_str()
+                .and_then(|v| v.split(':').next())
+                .unwrap_or_default();
             if src.starts_with("./") {
-                assert!(repo().join("ops").join(src).is_file(), "{n}: mounts {src}, which is missing");
+                assert!(
+                    repo().join("ops").join(src).is_file(),
+                    "{n}: mounts {src}, which is missing"
+                );
             }
         }
     }
@@ -1155,7 +1329,11 @@ mod rbac {
     }
 
     /// `(apiGroup, resource, verb)` of a request path, or `None` for a non-resource URL.
-    pub fn authorization_of(method: &str, path: &str, query: &BTreeMap<String, String>) -> Option<(String, String, String)> {
+    pub fn authorization_of(
+        method: &str,
+        path: &str,
+        query: &BTreeMap<String, String>,
+    ) -> Option<(String, String, String)> {
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
         let (group, rest) = match parts.as_slice() {
             ["api", "v1", rest @ ..] => (String::new(), rest.to_vec()),
@@ -1190,18 +1368,22 @@ mod rbac {
         Some((group, resource, verb.to_string()))
     }
 
-    pub fn allows(rules: &[PolicyRule], (group, resource, verb): &(String, String, String)) -> bool {
-        let any = |list: &Option<Vec<String>>, v: &str| {
-            list.iter().flatten().any(|x| x == "*" || x == v)
-        };
+    pub fn allows(
+        rules: &[PolicyRule],
+        (group, resource, verb): &(String, String, String),
+    ) -> bool {
+        let any =
+            |list: &Option<Vec<String>>, v: &str| list.iter().flatten().any(|x| x == "*" || x == v);
         rules.iter().any(|r| {
-            any(&r.api_groups, group) && any(&r.resources, resource) && r.verbs.iter().any(|x| x == "*" || x == verb)
+            any(&r.api_groups, group)
+                && any(&r.resources, resource)
+                && r.verbs.iter().any(|x| x == "*" || x == verb)
         })
     }
 
     /// The resources of the ClusterRole that only helm uses (the chart's own objects,
     /// installed with ovc's credentials): not called by the driver itself.
-    const HELM_ONLY: [&str; 8] = [
+    const HELM_ONLY: [&str; 7] = [
         "services",
         "serviceaccounts",
         "limitranges",
@@ -1209,7 +1391,6 @@ mod rbac {
         "rolebindings",
         "clusterroles",
         "clusterrolebindings",
-        "resourcequotas",
     ];
 
     /// The kube driver's conformance suite on the fake API server: every request it makes
@@ -1221,16 +1402,30 @@ mod rbac {
         let helm = install_stand_in_helm(dir.path()).expect("helm");
         let fake = FakeCluster::new(dir.path());
         let host = fake.driver(&helm);
-        host.check().await.expect("check (GET /version, helm version)");
-        let harness = Fake { fake: fake.clone(), host };
+        host.check()
+            .await
+            .expect("check (GET /version, helm version)");
+        let harness = Fake {
+            fake: fake.clone(),
+            host,
+        };
         run_all(&harness).await;
         let rules = canonical_rules();
         let mut seen = BTreeSet::new();
         let requests = fake.requests();
-        assert!(requests.len() > 50, "the suite made only {} requests", requests.len());
+        assert!(
+            requests.len() > 50,
+            "the suite made only {} requests",
+            requests.len()
+        );
         for r in requests.iter().filter(|r| !r.virtual_api) {
             let Some(auth) = authorization_of(&r.method, &r.path, &r.query) else {
-                assert_eq!(r.path, "/version", "a non-resource URL other than /version: {}", r.line());
+                assert_eq!(
+                    r.path,
+                    "/version",
+                    "a non-resource URL other than /version: {}",
+                    r.line()
+                );
                 continue;
             };
             assert!(
@@ -1257,10 +1452,20 @@ mod rbac {
     #[test]
     fn request_paths_map_to_rbac_attributes() {
         let q = BTreeMap::new();
-        let a = |m: &str, p: &str| authorization_of(m, p, &q).map(|(g, r, v)| format!("{g}/{r}:{v}"));
-        assert_eq!(a("GET", "/api/v1/namespaces/x").as_deref(), Some("/namespaces:get"));
-        assert_eq!(a("POST", "/api/v1/namespaces").as_deref(), Some("/namespaces:create"));
-        assert_eq!(a("GET", "/api/v1/namespaces/x/pods").as_deref(), Some("/pods:list"));
+        let a =
+            |m: &str, p: &str| authorization_of(m, p, &q).map(|(g, r, v)| format!("{g}/{r}:{v}"));
+        assert_eq!(
+            a("GET", "/api/v1/namespaces/x").as_deref(),
+            Some("/namespaces:get")
+        );
+        assert_eq!(
+            a("POST", "/api/v1/namespaces").as_deref(),
+            Some("/namespaces:create")
+        );
+        assert_eq!(
+            a("GET", "/api/v1/namespaces/x/pods").as_deref(),
+            Some("/pods:list")
+        );
         assert_eq!(
             a("PATCH", "/apis/apps/v1/namespaces/x/statefulsets/y").as_deref(),
             Some("apps/statefulsets:patch")
@@ -1272,7 +1477,10 @@ mod rbac {
         assert_eq!(a("GET", "/version"), None);
         let rules = canonical_rules();
         assert!(!allows(&rules, &("".into(), "nodes".into(), "list".into())));
-        assert!(allows(&rules, &("apps".into(), "statefulsets".into(), "patch".into())));
+        assert!(allows(
+            &rules,
+            &("apps".into(), "statefulsets".into(), "patch".into())
+        ));
     }
 }
 
@@ -1284,7 +1492,8 @@ fn promql_expressions() -> Vec<(String, String)> {
     fn walk(v: &Value, out: &mut Vec<(String, String)>) {
         match v {
             Value::Object(m) => {
-                if let (Some(Value::String(expr)), true) = (m.get("expr"), m.contains_key("refId")) {
+                if let (Some(Value::String(expr)), true) = (m.get("expr"), m.contains_key("refId"))
+                {
                     out.push(("ops/dashboards/ovc.json".into(), expr.clone()));
                 }
                 m.values().for_each(|v| walk(v, out));
@@ -1293,7 +1502,8 @@ fn promql_expressions() -> Vec<(String, String)> {
             _ => {}
         }
     }
-    let dashboard: Value = serde_json::from_str(&read("ops/dashboards/ovc.json")).expect("dashboard JSON");
+    let dashboard: Value =
+        serde_json::from_str(&read("ops/dashboards/ovc.json")).expect("dashboard JSON");
     let mut out = Vec::new();
     walk(&dashboard, &mut out);
     let alerts = yaml("ops/dashboards/ovc-alerts.yaml");
@@ -1301,8 +1511,14 @@ fn promql_expressions() -> Vec<(String, String)> {
         for r in g["rules"].as_array().expect("rules") {
             let name = r["alert"].as_str().expect("alert name");
             assert!(r["labels"]["severity"].is_string(), "{name}: no severity");
-            assert!(r["annotations"]["summary"].is_string(), "{name}: no summary");
-            out.push((format!("alert {name}"), r["expr"].as_str().expect("expr").to_string()));
+            assert!(
+                r["annotations"]["summary"].is_string(),
+                "{name}: no summary"
+            );
+            out.push((
+                format!("alert {name}"),
+                r["expr"].as_str().expect("expr").to_string(),
+            ));
         }
     }
     out
@@ -1311,7 +1527,10 @@ fn promql_expressions() -> Vec<(String, String)> {
 /// The label sets of every series of a `/metrics` text, by metric name.
 fn exposed_series(text: &str) -> BTreeMap<String, Vec<BTreeMap<String, String>>> {
     let mut out: BTreeMap<String, Vec<BTreeMap<String, String>>> = BTreeMap::new();
-    for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
         let (name, labels) = match line.find('{') {
             Some(i) => {
                 let end = line.rfind('}').expect("closing brace");
@@ -1322,7 +1541,10 @@ fn exposed_series(text: &str) -> BTreeMap<String, Vec<BTreeMap<String, String>>>
         let mut set = BTreeMap::new();
         for pair in labels.split("\",").filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once("=\"").expect("label=\"value\"");
-            set.insert(k.trim_matches(',').to_string(), v.trim_end_matches('"').to_string());
+            set.insert(
+                k.trim_matches(',').to_string(),
+                v.trim_end_matches('"').to_string(),
+            );
         }
         out.entry(name.to_string()).or_default().push(set);
     }
@@ -1345,13 +1567,20 @@ fn selectors(expr: &str) -> (Vec<(String, Vec<(String, String, String)>)>, Vec<S
         let mut matchers = Vec::new();
         if expr[end..].starts_with('{') {
             let close = end + expr[end..].find('}').expect("closing brace");
-            for m in expr[end + 1..close].split(',').filter(|m| !m.trim().is_empty()) {
+            for m in expr[end + 1..close]
+                .split(',')
+                .filter(|m| !m.trim().is_empty())
+            {
                 let op = ["=~", "!~", "!=", "="]
                     .into_iter()
                     .find(|op| m.contains(op))
                     .expect("a matcher");
                 let (k, v) = m.split_once(op).expect("matcher");
-                matchers.push((k.trim().to_string(), op.to_string(), v.trim().trim_matches('"').to_string()));
+                matchers.push((
+                    k.trim().to_string(),
+                    op.to_string(),
+                    v.trim().trim_matches('"').to_string(),
+                ));
             }
             end = close;
         }
@@ -1364,7 +1593,11 @@ fn selectors(expr: &str) -> (Vec<(String, Vec<(String, String, String)>)>, Vec<S
         while let Some(j) = rest.find(kw) {
             rest = &rest[j + kw.len()..];
             let list = &rest[..rest.find(')').expect("closing paren")];
-            grouping.extend(list.split(',').map(|l| l.trim().to_string()).filter(|l| !l.is_empty()));
+            grouping.extend(
+                list.split(',')
+                    .map(|l| l.trim().to_string())
+                    .filter(|l| !l.is_empty()),
+            );
         }
     }
     (found, grouping)
@@ -1380,8 +1613,27 @@ fn probe_routes_and_every_dashboard_series_exist_on_a_running_ovc() {
         let (s, body) = dev.call("GET", route, None);
         assert_eq!(s, 200, "{route}: {body}");
     }
-    // One operation, so the per-kind and per-step series exist.
-    let (s, op) = dev.call("POST", "/v1/vclusters", Some(&json!({"name": "ops-metrics"})));
+    // One gRPC call and one operation, so the per-method, per-kind and per-step series
+    // exist.
+    let grpc = dev.grpc.clone();
+    tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(async move {
+            let channel = tonic::transport::Channel::from_shared(grpc)
+                .expect("uri")
+                .connect()
+                .await
+                .expect("connect to the gRPC API");
+            ovc_api::grpc::proto::v_cluster_service_client::VClusterServiceClient::new(channel)
+                .list_v_clusters(ovc_api::grpc::proto::ListVClustersRequest::default())
+                .await
+                .expect("ListVClusters");
+        });
+    let (s, op) = dev.call(
+        "POST",
+        "/v1/vclusters",
+        Some(&json!({"name": "ops-metrics"})),
+    );
     assert_eq!(s, 202, "{op}");
     assert_eq!(dev.wait(&op)["state"], "SUCCEEDED");
     let (s, body) = dev.call("GET", "/metrics", None);
@@ -1397,14 +1649,25 @@ fn probe_routes_and_every_dashboard_series_exist_on_a_running_ovc() {
     let states: BTreeSet<&str> = ovc_types::state::OperationState::ALL
         .iter()
         .map(|s| s.as_str())
-        .chain(ovc_types::state::SnapshotState::ALL.iter().map(|s| s.as_str()))
+        .chain(
+            ovc_types::state::SnapshotState::ALL
+                .iter()
+                .map(|s| s.as_str()),
+        )
         .collect();
     let exprs = promql_expressions();
-    assert!(exprs.len() >= 20, "found only {} PromQL expressions", exprs.len());
+    assert!(
+        exprs.len() >= 20,
+        "found only {} PromQL expressions",
+        exprs.len()
+    );
     let mut queried = BTreeSet::new();
     for (source, expr) in &exprs {
         let (found, grouping) = selectors(expr);
-        assert!(!found.is_empty(), "{source}: {expr:?} queries no ovc series");
+        assert!(
+            !found.is_empty(),
+            "{source}: {expr:?} queries no ovc series"
+        );
         let mut labels_here = BTreeSet::new();
         for (name, matchers) in found {
             let series = exposed
@@ -1420,7 +1683,10 @@ fn probe_routes_and_every_dashboard_series_exist_on_a_running_ovc() {
                 );
                 if label == "state" && (op == "=" || op == "=~") {
                     for v in value.split('|') {
-                        assert!(states.contains(v), "{source}: state {v:?} is not a state ({expr})");
+                        assert!(
+                            states.contains(v),
+                            "{source}: state {v:?} is not a state ({expr})"
+                        );
                     }
                 }
                 if label != "state" && op == "=" {
@@ -1432,7 +1698,10 @@ fn probe_routes_and_every_dashboard_series_exist_on_a_running_ovc() {
             }
         }
         for g in grouping {
-            assert!(labels_here.contains(&g), "{source}: groups by {g}, a label of none of its series ({expr})");
+            assert!(
+                labels_here.contains(&g),
+                "{source}: groups by {g}, a label of none of its series ({expr})"
+            );
         }
     }
     eprintln!("the dashboard and the alert rules query {queried:?}");
