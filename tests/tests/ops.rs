@@ -179,12 +179,14 @@ fn command_help(command: &str) -> CommandHelp {
     }
 }
 
-fn help(command: &str) -> &'static CommandHelp {
-    static HELPS: OnceLock<std::sync::Mutex<BTreeMap<String, &'static CommandHelp>>> =
+/// [`command_help`], run once per command.
+fn help(command: &str) -> std::sync::Arc<CommandHelp> {
+    static HELPS: OnceLock<std::sync::Mutex<BTreeMap<String, std::sync::Arc<CommandHelp>>>> =
         OnceLock::new();
     let mut m = HELPS.get_or_init(Default::default).lock().expect("helps");
     m.entry(command.to_string())
-        .or_insert_with(|| Box::leak(Box::new(command_help(command))))
+        .or_insert_with(|| std::sync::Arc::new(command_help(command)))
+        .clone()
 }
 
 /// The bytes of the `ovc` binary (for names read by libraries, e.g. `AWS_REGION`).
@@ -1551,9 +1553,14 @@ fn exposed_series(text: &str) -> BTreeMap<String, Vec<BTreeMap<String, String>>>
     out
 }
 
+/// One label matcher of a selector: `(label, operator, value)`.
+type Matcher = (String, String, String);
+/// The `ovc_*` selectors of an expression with their matchers, and its grouping labels.
+type Selectors = (Vec<(String, Vec<Matcher>)>, Vec<String>);
+
 /// `(metric, [(label, op, value)])` of every `ovc_*` selector of `expr`, and the labels
 /// of its `by (...)` / `without (...)` clauses.
-fn selectors(expr: &str) -> (Vec<(String, Vec<(String, String, String)>)>, Vec<String>) {
+fn selectors(expr: &str) -> Selectors {
     let mut found = Vec::new();
     let bytes = expr.as_bytes();
     let mut i = 0;
