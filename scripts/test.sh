@@ -22,6 +22,9 @@ fi
 # emulator, etcd): install and start them unless running (idempotent).
 eval "$(bash scripts/storage-servers.sh)"
 
+# The Helm chart rendered for tests/tests/ops.rs when helm is on PATH (OVC_HELM_RENDERED).
+eval "$(bash scripts/helm-render.sh)"
+
 # The black-box tests in tests/ run the built `ovc` binary.
 cargo build --workspace --bins
 

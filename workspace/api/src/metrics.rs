@@ -1,6 +1,8 @@
 //! `/metrics` in Prometheus text format: HTTP requests by method, route and status, gRPC
-//! calls by method and code (counted by middlewares; label values from closed sets only); from the store: operations by kind and state, queue depth, lease
-//! steals, the event log's head; and step-duration histograms, read from the event log.
+//! calls by method and code (counted by middlewares; label values from closed sets only); from the store: operations by kind and state, queue depth and age
+//! (the oldest due run's wait), lease steals, the event log's head, expired idempotency
+//! keys not yet purged and how long the oldest has waited; and step-duration histograms,
+//! read from the event log.
 //!
 //! Steps run in worker processes, possibly on other machines, so the API does not time
 //! them itself: [`follow_step_durations`] tails the log and
@@ -329,6 +331,16 @@ pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError>
     let _ = writeln!(out, "ovc_runs{{status=\"leased\"}} {}", stats.runs_leased);
     let _ = writeln!(
         out,
+        "# HELP ovc_runs_oldest_due_age_seconds How long the oldest due queued run has waited for a worker (0: none waits)."
+    );
+    let _ = writeln!(out, "# TYPE ovc_runs_oldest_due_age_seconds gauge");
+    let _ = writeln!(
+        out,
+        "ovc_runs_oldest_due_age_seconds {:.3}",
+        stats.oldest_due_run_age.as_secs_f64()
+    );
+    let _ = writeln!(
+        out,
         "# HELP ovc_lease_steals_total Runs taken over after their lease expired."
     );
     let _ = writeln!(out, "# TYPE ovc_lease_steals_total counter");
@@ -341,6 +353,26 @@ pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError>
     let _ = writeln!(out, "ovc_events_head_position {}", stats.head_position);
     state.steps.render(&mut out);
     state.purger.render_prometheus(&mut out);
+    let _ = writeln!(
+        out,
+        "# HELP ovc_idempotency_keys_expired Idempotency keys past their TTL still stored (any process's purge deletes them)."
+    );
+    let _ = writeln!(out, "# TYPE ovc_idempotency_keys_expired gauge");
+    let _ = writeln!(
+        out,
+        "ovc_idempotency_keys_expired {}",
+        stats.idempotency_keys_expired
+    );
+    let _ = writeln!(
+        out,
+        "# HELP ovc_idempotency_purge_lag_seconds How long the oldest expired idempotency key has waited to be purged (0: none)."
+    );
+    let _ = writeln!(out, "# TYPE ovc_idempotency_purge_lag_seconds gauge");
+    let _ = writeln!(
+        out,
+        "ovc_idempotency_purge_lag_seconds {:.3}",
+        stats.idempotency_purge_lag.as_secs_f64()
+    );
     let _ = writeln!(out, "# HELP ovc_live_feeds Live event feeds open now.");
     let _ = writeln!(out, "# TYPE ovc_live_feeds gauge");
     let _ = writeln!(out, "ovc_live_feeds {}", state.feeds.open());

@@ -498,4 +498,12 @@ pub struct StoreStats {
     pub snapshots: Vec<(String, u64)>,
     /// The event log's head position.
     pub head_position: u64,
+    /// How long the oldest queued run that is due has waited for a worker, by the
+    /// database's clock (the claim's); zero when none waits (queue age).
+    pub oldest_due_run_age: std::time::Duration,
+    /// Idempotency keys past their TTL still stored (the purge deletes them).
+    pub idempotency_keys_expired: u64,
+    /// How long the oldest of those has been past its TTL; zero when there is none (how
+    /// far the purge is behind).
+    pub idempotency_purge_lag: std::time::Duration,
 }

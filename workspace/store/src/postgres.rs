@@ -1438,7 +1438,30 @@ impl Store for PgStore {
             sqlx::query_as("SELECT state, COUNT(*) FROM snapshots GROUP BY state ORDER BY state")
                 .fetch_all(&self.pool)
                 .await?;
+        // By the database's clock, as the claim compares `run_at` (runs_pending index).
+        let oldest_due: Option<f64> = sqlx::query_scalar(
+            "SELECT CAST(EXTRACT(EPOCH FROM now() - MIN(run_at)) AS DOUBLE PRECISION)
+             FROM runs WHERE status = 'queued' AND run_at <= now()",
+        )
+        .fetch_one(self.read())
+        .await?;
+        // By the store's clock, as the purge computes its cutoff (ended_at index).
+        let cutoff = self.now() - self.config.idempotency_ttl;
+        let (expired, oldest_ended): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
+            "SELECT COUNT(*), MIN(ended_at) FROM idempotency_keys WHERE ended_at < $1",
+        )
+        .bind(cutoff)
+        .fetch_one(self.read())
+        .await?;
         Ok(StoreStats {
+            oldest_due_run_age: oldest_due
+                .filter(|s| s.is_finite() && *s > 0.0)
+                .map(std::time::Duration::from_secs_f64)
+                .unwrap_or_default(),
+            idempotency_keys_expired: to_u64(expired),
+            idempotency_purge_lag: oldest_ended
+                .and_then(|t| (cutoff - t).to_std().ok())
+                .unwrap_or_default(),
             snapshots: snapshots.into_iter().map(|(s, n)| (s, to_u64(n))).collect(),
             runs_queued: to_u64(queued),
             runs_leased: to_u64(leased),

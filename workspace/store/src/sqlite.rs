@@ -1330,7 +1330,32 @@ impl Store for SqliteStore {
             sqlx::query_as("SELECT state, COUNT(*) FROM snapshots GROUP BY state ORDER BY state")
                 .fetch_all(&self.reader)
                 .await?;
+        // By the database's clock, as the claim compares `run_at` (runs_pending index).
+        let oldest_due: Option<i64> = sqlx::query_scalar(
+            "SELECT t.n - MIN(r.run_at)
+             FROM runs r, (SELECT CAST(unixepoch('subsec') * 1000000 AS INTEGER) AS n) t
+             WHERE r.status = 'queued' AND r.run_at <= t.n",
+        )
+        .fetch_one(self.read())
+        .await?;
+        // By the store's clock, as the purge computes its cutoff (ended_at index).
+        let cutoff = self.now() - self.config.idempotency_ttl;
+        let (expired, oldest_ended): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*), MIN(ended_at) FROM idempotency_keys WHERE ended_at < ?",
+        )
+        .bind(ts(cutoff))
+        .fetch_one(self.read())
+        .await?;
         Ok(StoreStats {
+            oldest_due_run_age: oldest_due
+                .map(|us| std::time::Duration::from_micros(u64::try_from(us).unwrap_or(0)))
+                .unwrap_or_default(),
+            idempotency_keys_expired: to_u64(expired),
+            idempotency_purge_lag: oldest_ended
+                .map(|t| {
+                    std::time::Duration::from_micros(u64::try_from(ts(cutoff) - t).unwrap_or(0))
+                })
+                .unwrap_or_default(),
             snapshots: snapshots.into_iter().map(|(s, n)| (s, to_u64(n))).collect(),
             runs_queued: to_u64(queued),
             runs_leased: to_u64(leased),

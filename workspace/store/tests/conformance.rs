@@ -41,6 +41,7 @@ ovc_testkit::both_backends!(
     operations_list_newest_first_and_pages_stay_stable_under_commits,
     page_tokens_are_refused_alike_on_both_backends,
     tokens_are_listed_expire_and_are_revoked,
+    stats_report_the_queue_age_and_the_purge_lag,
 );
 
 fn project() -> ProjectName {
@@ -1954,5 +1955,76 @@ async fn group_commits_fail_alone(backend: Backend) {
         spent.write_transactions < N as u64,
         "{N} concurrent commits took {} transactions",
         spent.write_transactions
+    );
+}
+
+/// `stats()` reports how long the oldest *due* queued run has waited (a delayed run does
+/// not count until it is due; a claimed one no longer does), and the expired idempotency
+/// keys the purge has not deleted yet with how long the oldest has been expired.
+async fn stats_report_the_queue_age_and_the_purge_lag(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.open().await;
+    let empty = store.stats().await.expect("stats");
+    assert_eq!(empty.oldest_due_run_age, std::time::Duration::ZERO);
+    let (a, b) = (uid(), uid());
+    let mut later = free_run(b);
+    later.enqueue[0].delay = Some(Duration::hours(1));
+    committed(store.commit(later).await.expect("delayed run"));
+    sleep_ms(50).await;
+    assert_eq!(
+        store.stats().await.expect("stats").oldest_due_run_age,
+        std::time::Duration::ZERO,
+        "a run due in an hour is not waiting"
+    );
+    committed(store.commit(free_run(a)).await.expect("due run"));
+    sleep_ms(400).await;
+    let age = store.stats().await.expect("stats").oldest_due_run_age;
+    assert!(
+        age >= std::time::Duration::from_millis(350) && age < std::time::Duration::from_secs(60),
+        "{age:?}"
+    );
+    let claimed = store
+        .claim_runs("w1", Duration::seconds(30), 10)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1, "{claimed:?}");
+    assert_eq!(
+        store.stats().await.expect("stats").oldest_due_run_age,
+        std::time::Duration::ZERO,
+        "the claimed run waits no more"
+    );
+
+    let db = TestDb::new(backend).await;
+    let clock = ManualClock::new(Utc::now());
+    let store = db.open_with(db.config(), Arc::new(clock.clone())).await;
+    let (op1, op2) = (opid(), opid());
+    committed(
+        store
+            .commit(create_commit(uid(), op1, "team-a", Some("k1")))
+            .await
+            .expect("k1"),
+    );
+    committed(
+        store
+            .commit(create_commit(uid(), op2, "team-b", Some("k2")))
+            .await
+            .expect("k2"),
+    );
+    end_operation(store.as_ref(), op1).await;
+    clock.advance(Duration::hours(2));
+    end_operation(store.as_ref(), op2).await;
+    clock.advance(Duration::hours(23));
+    let stats = store.stats().await.expect("stats");
+    assert_eq!(stats.idempotency_keys_expired, 1, "{stats:?}");
+    let lag = stats.idempotency_purge_lag.as_secs();
+    assert!((3599..=3601).contains(&lag), "k1 ended 25 h ago: {lag} s");
+    clock.advance(Duration::hours(2));
+    let stats = store.stats().await.expect("stats");
+    assert_eq!(stats.idempotency_keys_expired, 2, "{stats:?}");
+    assert_eq!(store.purge_idempotency_keys().await.expect("purge"), 2);
+    let stats = store.stats().await.expect("stats");
+    assert_eq!(
+        (stats.idempotency_keys_expired, stats.idempotency_purge_lag),
+        (0, std::time::Duration::ZERO)
     );
 }
