@@ -15,7 +15,9 @@
 
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
-use opentelemetry_sdk::resource::{EnvResourceDetector, Resource, TelemetryResourceDetector};
+use opentelemetry_sdk::resource::{
+    EnvResourceDetector, Resource, ResourceDetector, TelemetryResourceDetector,
+};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use std::collections::BTreeMap;
 use tracing::field::{Field, Visit};
@@ -242,11 +244,6 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Whether spans are exported over OTLP.
-    pub fn exporting(&self) -> bool {
-        self.exporting
-    }
-
     /// Exports the spans still buffered and stops the exporter (call at exit; a process
     /// killed with SIGKILL loses the spans of its last batch interval).
     pub async fn shutdown(self) {
@@ -273,6 +270,12 @@ fn resource(command: &str) -> Resource {
         .unwrap_or_else(|| "unknown".into());
     let pid = std::process::id();
     let instance = format!("{host}-{pid}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    // Later sources win: OTEL_RESOURCE_ATTRIBUTES over these defaults, OTEL_SERVICE_NAME
+    // over both.
+    let detectors: [Box<dyn ResourceDetector>; 2] = [
+        Box::new(TelemetryResourceDetector),
+        Box::new(EnvResourceDetector::new()),
+    ];
     let builder = Resource::builder_empty()
         .with_attributes([
             KeyValue::new("service.name", "ovc"),
@@ -281,10 +284,7 @@ fn resource(command: &str) -> Resource {
             KeyValue::new("host.name", host),
             KeyValue::new("ovc.command", command.to_string()),
         ])
-        .with_detectors(&[
-            Box::new(TelemetryResourceDetector),
-            Box::new(EnvResourceDetector::new()),
-        ]);
+        .with_detectors(&detectors);
     match std::env::var("OTEL_SERVICE_NAME") {
         Ok(name) if !name.trim().is_empty() => builder.with_service_name(name.trim().to_string()),
         _ => builder,
