@@ -71,7 +71,9 @@ fn text(v: &Option<AnyValue>) -> String {
 }
 
 fn attributes(kvs: &[KeyValue]) -> BTreeMap<String, String> {
-    kvs.iter().map(|kv| (kv.key.clone(), text(&kv.value))).collect()
+    kvs.iter()
+        .map(|kv| (kv.key.clone(), text(&kv.value)))
+        .collect()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -196,7 +198,15 @@ fn serve(db: &TestDb, endpoint: &str) -> (Child, String) {
     let mut child = ovc(
         db,
         endpoint,
-        &["serve", "--auth", "none", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"],
+        &[
+            "serve",
+            "--auth",
+            "none",
+            "--http",
+            "127.0.0.1:0",
+            "--grpc",
+            "127.0.0.1:0",
+        ],
     )
     .env("OTEL_SERVICE_NAME", "ovc-api")
     .stdout(Stdio::null())
@@ -259,7 +269,9 @@ fn worker(db: &TestDb, endpoint: &str, name: &str, json: bool, log: &std::path::
 
 /// Waits (server side) until the operation is done; returns it.
 fn wait_done(api: &str, op: &Value) -> Value {
-    let id = op["id"].as_str().unwrap_or_else(|| panic!("not an operation: {op}"));
+    let id = op["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an operation: {op}"));
     for _ in 0..6 {
         let (s, done) = http(
             "GET",
@@ -337,7 +349,10 @@ async fn one_trace_spans_the_api_call_and_every_step_across_a_worker_kill() {
         "POST",
         &format!("{api}/v1/vclusters/traced/suspend"),
         None,
-        &[("traceparent", &format!("00-{caller_trace}-{caller_span}-01"))],
+        &[(
+            "traceparent",
+            &format!("00-{caller_trace}-{caller_span}-01"),
+        )],
     );
     assert_eq!(s, 202, "{op2}");
     let op2_id = op2["id"].as_str().expect("id").to_string();
@@ -348,16 +363,44 @@ async fn one_trace_spans_the_api_call_and_every_step_across_a_worker_kill() {
     terminate(&mut procs.0[2]);
     terminate(&mut procs.0[0]);
     let spans = receiver.spans();
+    // For a failure's diagnosis: B's log and the spans in the order they arrived.
+    eprintln!(
+        "--- worker B's log\n{}",
+        std::fs::read_to_string(&b_log).unwrap_or_default()
+    );
+    for s in &spans {
+        eprintln!(
+            "{} pid={} trace={} span={} parent={} epoch={} attempt={} outcome={}",
+            s.name,
+            s.pid,
+            s.trace_id,
+            s.span_id,
+            s.parent,
+            s.attr("epoch"),
+            s.attr("attempt"),
+            s.attr("outcome")
+        );
+    }
 
     // --- the create: one trace from the request through both workers.
     let requests: Vec<&Got> = spans
         .iter()
         .filter(|s| s.name == "POST /v1/vclusters" && s.attr("operation_id") == op_id)
         .collect();
-    assert_eq!(requests.len(), 1, "one request span for the create: {spans:#?}");
+    assert_eq!(
+        requests.len(),
+        1,
+        "one request span for the create: {spans:#?}"
+    );
     let request = requests[0];
-    assert_eq!(request.pid, api_pid, "the request span comes from ovc serve");
-    assert_eq!(request.parent, "", "no caller traceparent: the request is the root");
+    assert_eq!(
+        request.pid, api_pid,
+        "the request span comes from ovc serve"
+    );
+    assert_eq!(
+        request.parent, "",
+        "no caller traceparent: the request is the root"
+    );
     assert_eq!(request.attr("http.response.status_code"), "202");
     assert_eq!(request.attr("operation_kind"), "CREATE");
     let trace = request.trace_id.clone();
@@ -381,7 +424,10 @@ async fn one_trace_spans_the_api_call_and_every_step_across_a_worker_kill() {
         assert_eq!(s.trace_id, trace, "{s:#?} is not in the request's trace");
     }
     for run in &runs {
-        assert_eq!(run.parent, request.span_id, "operation runs are the request's children");
+        assert_eq!(
+            run.parent, request.span_id,
+            "operation runs are the request's children"
+        );
         assert_eq!(run.attr("project"), "default");
         assert_eq!(run.attr("vcluster"), "traced");
         assert_eq!(run.attr("operation_kind"), "CREATE");
@@ -400,12 +446,25 @@ async fn one_trace_spans_the_api_call_and_every_step_across_a_worker_kill() {
                 "step {step:#?} is not a child of an exported operation run"
             ),
         }
-        for key in ["step", "attempt", "host", "project", "vcluster", "operation_kind"] {
-            assert!(!step.attr(key).is_empty(), "step span without {key}: {step:#?}");
+        for key in [
+            "step",
+            "attempt",
+            "host",
+            "project",
+            "vcluster",
+            "operation_kind",
+        ] {
+            assert!(
+                !step.attr(key).is_empty(),
+                "step span without {key}: {step:#?}"
+            );
         }
         assert_eq!(step.attr("host"), "default");
     }
-    assert!(a_steps_under_runs > 0, "A's exported run has its steps: {steps:#?}");
+    assert!(
+        a_steps_under_runs > 0,
+        "A's exported run has its steps: {steps:#?}"
+    );
     let step_pids: HashSet<&str> = steps.iter().map(|s| s.pid.as_str()).collect();
     assert!(
         step_pids.contains(a_pid.as_str()) && step_pids.contains(b_pid.as_str()),
@@ -413,9 +472,17 @@ async fn one_trace_spans_the_api_call_and_every_step_across_a_worker_kill() {
          ({b_pid}): {step_pids:?}"
     );
     let run_pids: HashSet<&str> = runs.iter().map(|s| s.pid.as_str()).collect();
-    assert!(run_pids.contains(b_pid.as_str()), "B's run is traced: {run_pids:?}");
+    assert!(
+        run_pids.contains(b_pid.as_str()),
+        "B's run is traced: {run_pids:?}"
+    );
     // Every step of the workflow is there, and the retry of the failing one.
-    for name in ["create_namespace", "install_release", "wait_ready", "read_kubeconfig"] {
+    for name in [
+        "create_namespace",
+        "install_release",
+        "wait_ready",
+        "read_kubeconfig",
+    ] {
         assert!(
             steps.iter().any(|s| s.attr("step") == name),
             "no span of step {name}: {steps:#?}"
@@ -426,9 +493,9 @@ async fn one_trace_spans_the_api_call_and_every_step_across_a_worker_kill() {
         .filter(|s| s.attr("step") == "read_kubeconfig")
         .collect();
     assert!(
-        kubeconfig
-            .iter()
-            .any(|s| s.attr("attempt") == "1" && s.status == 2 && s.attr("outcome") == "failed, transient"),
+        kubeconfig.iter().any(|s| s.attr("attempt") == "1"
+            && s.status == 2
+            && s.attr("outcome") == "failed, transient"),
         "the injected transient failure is an error span: {kubeconfig:#?}"
     );
     assert!(
@@ -443,7 +510,11 @@ async fn one_trace_spans_the_api_call_and_every_step_across_a_worker_kill() {
         .iter()
         .filter(|s| s.name.starts_with("POST /v1/vclusters/") && s.attr("operation_id") == op2_id)
         .collect();
-    assert_eq!(requests2.len(), 1, "one request span for the suspend: {spans:#?}");
+    assert_eq!(
+        requests2.len(),
+        1,
+        "one request span for the suspend: {spans:#?}"
+    );
     assert_eq!(requests2[0].trace_id, caller_trace);
     assert_eq!(requests2[0].parent, caller_span);
     let runs2 = by_op(&spans, "operation SUSPEND", &op2_id);
@@ -466,6 +537,7 @@ async fn one_trace_spans_the_api_call_and_every_step_across_a_worker_kill() {
     let log = std::fs::read_to_string(&b_log).expect("B's log");
     let lines: Vec<Value> = log
         .lines()
+        .filter(|l| l.starts_with('{')) // not the start-up and stop banners
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect();
     let attempts: Vec<&Value> = lines
@@ -475,9 +547,15 @@ async fn one_trace_spans_the_api_call_and_every_step_across_a_worker_kill() {
     assert!(!attempts.is_empty(), "B logged no step attempt: {log}");
     for line in &attempts {
         let span = line["span_id"].as_str().unwrap_or_default();
-        assert!(b_steps.contains(span), "log line of no exported step span: {line}");
+        assert!(
+            b_steps.contains(span),
+            "log line of no exported step span: {line}"
+        );
         let t = line["trace_id"].as_str().unwrap_or_default();
-        assert!(t == trace || t == caller_trace, "log line of another trace: {line}");
+        assert!(
+            t == trace || t == caller_trace,
+            "log line of another trace: {line}"
+        );
     }
 }
 
@@ -498,16 +576,29 @@ fn an_otel_setting_ovc_cannot_honour_stops_it_at_start() {
             .expect("run ovc");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{var}={value}: {err}");
-        assert!(err.contains(var), "{var}={value}: the error names it: {err}");
-        assert!(!err.contains("cannot open"), "refused before the database: {err}");
+        assert!(
+            err.contains(var),
+            "{var}={value}: the error names it: {err}"
+        );
+        assert!(
+            !err.contains("cannot open"),
+            "refused before the database: {err}"
+        );
         assert!(started.elapsed() < Duration::from_secs(10));
     }
     // A schemeless endpoint means TLS, which this build does not speak.
     let out = Command::new(ovc_bin())
-        .args(["worker", "--database-url", "sqlite:///nonexistent/dir/ovc.db"])
+        .args([
+            "worker",
+            "--database-url",
+            "sqlite:///nonexistent/dir/ovc.db",
+        ])
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")
         .output()
         .expect("run ovc");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("OTLP exporter"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("OTLP exporter"),
+        "{err}"
+    );
 }

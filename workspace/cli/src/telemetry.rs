@@ -165,10 +165,7 @@ pub fn check_otel_env(vars: &[(String, String)]) -> Result<Export, TelemetryErro
                 }
             }
             "OTEL_TRACES_SAMPLER_ARG" => {
-                if !value
-                    .parse::<f64>()
-                    .is_ok_and(|r| (0.0..=1.0).contains(&r))
-                {
+                if !value.parse::<f64>().is_ok_and(|r| (0.0..=1.0).contains(&r)) {
                     return Err(refuse(var, value, "expected a ratio from 0 to 1"));
                 }
             }
@@ -188,11 +185,7 @@ pub fn check_otel_env(vars: &[(String, String)]) -> Result<Export, TelemetryErro
             }
             "OTEL_PROPAGATORS" => {
                 if lower.split(',').any(|p| p.trim() != "tracecontext") {
-                    return Err(refuse(
-                        var,
-                        value,
-                        "ovc propagates W3C tracecontext only",
-                    ));
+                    return Err(refuse(var, value, "ovc propagates W3C tracecontext only"));
                 }
             }
             "OTEL_SDK_DISABLED" => {
@@ -225,11 +218,17 @@ pub fn check_otel_env(vars: &[(String, String)]) -> Result<Export, TelemetryErro
     let disabled = set
         .get("OTEL_SDK_DISABLED")
         .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let exporter = set.get("OTEL_TRACES_EXPORTER").map(|v| v.to_ascii_lowercase());
+    let exporter = set
+        .get("OTEL_TRACES_EXPORTER")
+        .map(|v| v.to_ascii_lowercase());
     let endpoint = set.contains_key("OTEL_EXPORTER_OTLP_ENDPOINT")
         || set.contains_key("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
     Ok(
-        match (disabled, exporter.as_deref(), endpoint || exporter.as_deref() == Some("otlp")) {
+        match (
+            disabled,
+            exporter.as_deref(),
+            endpoint || exporter.as_deref() == Some("otlp"),
+        ) {
             (true, _, _) | (_, Some("none"), _) | (_, _, false) => Export::Off,
             _ => Export::Otlp,
         },
@@ -269,7 +268,10 @@ fn resource(command: &str) -> Resource {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "unknown".into());
     let pid = std::process::id();
-    let instance = format!("{host}-{pid}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let instance = format!(
+        "{host}-{pid}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
     // Later sources win: OTEL_RESOURCE_ATTRIBUTES over these defaults, OTEL_SERVICE_NAME
     // over both.
     let detectors: [Box<dyn ResourceDetector>; 2] = [
@@ -304,13 +306,86 @@ fn log_filter() -> Result<tracing_subscriber::EnvFilter, TelemetryError> {
     }
 }
 
-/// Which spans and events reach OpenTelemetry: ovc's own spans (`ovc_*` targets) at
-/// INFO and above, and warnings and errors (as events of the span they happen in).
+/// ovc's own spans at INFO and above: the request, operation and step spans (and the
+/// drivers'), which exist whatever `OVC_LOG` says so that traces are whole.
+fn ovc_span(meta: &tracing::Metadata<'_>) -> bool {
+    meta.is_span() && meta.target().starts_with("ovc") && *meta.level() <= Level::INFO
+}
+
+/// Which spans and events reach OpenTelemetry: ovc's spans, and warnings and errors (as
+/// events of the span they happen in) that `OVC_LOG` lets through.
 fn otel_filter(meta: &tracing::Metadata<'_>) -> bool {
-    if meta.is_span() {
-        meta.target().starts_with("ovc") && *meta.level() <= Level::INFO
-    } else {
-        *meta.level() <= Level::WARN && !meta.target().starts_with("opentelemetry")
+    ovc_span(meta)
+        || (meta.is_event()
+            && *meta.level() <= Level::WARN
+            && !meta.target().starts_with("opentelemetry"))
+}
+
+/// The process-wide filter: `OVC_LOG`, plus [`ovc_span`]s. It is one global filter
+/// rather than a per-layer filter on the log layer: with `OVC_LOG` as a per-layer
+/// filter, spans that both the log layer and the OpenTelemetry layer enabled reached
+/// OpenTelemetry without their parents (measured in tests/tests/tracing.rs). The log
+/// layer shows ovc's spans as the context of its lines.
+struct ProcessFilter {
+    log: tracing_subscriber::EnvFilter,
+}
+
+impl<S> Layer<S> for ProcessFilter
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn register_callsite(
+        &self,
+        meta: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        if ovc_span(meta) {
+            tracing::subscriber::Interest::always()
+        } else {
+            Layer::<S>::register_callsite(&self.log, meta)
+        }
+    }
+
+    fn enabled(
+        &self,
+        meta: &tracing::Metadata<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        ovc_span(meta) || Layer::<S>::enabled(&self.log, meta, ctx)
+    }
+
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Layer::<S>::max_level_hint(&self.log)
+            .map(|l| l.max(tracing::level_filters::LevelFilter::INFO))
+    }
+
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        Layer::<S>::on_new_span(&self.log, attrs, id, ctx)
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        Layer::<S>::on_record(&self.log, id, values, ctx)
+    }
+
+    fn on_enter(&self, id: &tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        Layer::<S>::on_enter(&self.log, id, ctx)
+    }
+
+    fn on_exit(&self, id: &tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        Layer::<S>::on_exit(&self.log, id, ctx)
+    }
+
+    fn on_close(&self, id: tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        Layer::<S>::on_close(&self.log, id, ctx)
     }
 }
 
@@ -321,7 +396,8 @@ pub fn init(format: LogFormat, command: Option<&str>) -> Result<Telemetry, Telem
         Some(_) => check_otel_env(&std::env::vars().collect::<Vec<_>>())?,
         None => Export::Off,
     };
-    let mut provider = SdkTracerProvider::builder().with_resource(resource(command.unwrap_or("cli")));
+    let mut provider =
+        SdkTracerProvider::builder().with_resource(resource(command.unwrap_or("cli")));
     if export == Export::Otlp {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
@@ -330,21 +406,24 @@ pub fn init(format: LogFormat, command: Option<&str>) -> Result<Telemetry, Telem
     }
     let provider = provider.build();
     let tracer = provider.tracer("ovc");
+    // Parents come from tracing's own span stack; no other OpenTelemetry instrumentation
+    // runs in ovc that would need OpenTelemetry's thread-local "active context".
     let otel = tracing_opentelemetry::layer()
         .with_tracer(tracer)
+        .with_context_activation(false)
         .with_filter(tracing_subscriber::filter::filter_fn(otel_filter));
+    let filter = ProcessFilter { log: log_filter()? };
     let logs = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
-            .with_filter(log_filter()?)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .event_format(JsonLines)
-            .with_filter(log_filter()?)
             .boxed(),
     };
     tracing_subscriber::registry()
+        .with(filter)
         .with(logs)
         .with(otel)
         .try_init()

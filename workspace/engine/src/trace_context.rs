@@ -9,9 +9,7 @@
 //! context through `tracing-opentelemetry`; without its layer (library use, in-process
 //! tests) a span has no context and [`traceparent_of`] answers `None`.
 
-use opentelemetry::trace::{
-    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
-};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The remote span context a `traceparent` header names, or `None` when the value is not
@@ -22,7 +20,9 @@ pub fn parse(traceparent: &str) -> Option<SpanContext> {
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let rest = parts.next();
     let lower_hex = |s: &str, len: usize| {
-        s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
     if !lower_hex(version, 2) || version == "ff" || !lower_hex(flags, 2) {
         return None;
