@@ -224,15 +224,19 @@ fn serve(db: &TestDb, endpoint: &str) -> (Child, String) {
     let mut seen = Vec::new();
     while Instant::now() < deadline {
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
-            if let Some(rest) = line.strip_prefix("ovc serve: REST API on http://") {
-                let addr = rest.split_whitespace().next().expect("address").to_string();
+            if let Some(addr) = line
+                .strip_prefix("ovc serve: REST API on http://")
+                .and_then(|rest| rest.split_whitespace().next())
+            {
+                let api = format!("http://{addr}");
                 std::thread::spawn(move || for _ in rx {});
-                return (child, format!("http://{addr}"));
+                return (child, api);
             }
             seen.push(line);
         }
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("ovc serve printed no address: {seen:?}");
 }
 

@@ -117,19 +117,12 @@ fn adopt(span: &tracing::Span, headers: &HeaderMap) -> String {
 
 /// Records what a mutation asked for and what it started on the current span (the
 /// request span, inside these middlewares).
-pub(crate) fn record_operation(
-    project: &str,
-    vcluster: &str,
-    kind: &str,
-    operation_id: Option<&str>,
-) {
+pub(crate) fn record_operation(project: &str, vcluster: &str, kind: &str, operation_id: &str) {
     let span = tracing::Span::current();
     span.record("project", project);
     span.record("vcluster", vcluster);
     span.record("operation_kind", kind);
-    if let Some(id) = operation_id {
-        span.record("operation_id", id);
-    }
+    span.record("operation_id", operation_id);
 }
 
 #[cfg(test)]

@@ -254,7 +254,7 @@ impl AppState {
             &project,
             &vcluster,
             kind.as_str(),
-            Some(&accepted.operation_id.to_string()),
+            &accepted.operation_id.to_string(),
         );
         Ok(Submitted {
             operation: self.load_operation(accepted.operation_id).await?,
