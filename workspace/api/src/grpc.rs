@@ -123,7 +123,8 @@ pub fn grpc_router(state: AppState) -> Result<Routes, tonic_reflection::server::
             .layer(axum::middleware::from_fn_with_state(
                 state,
                 crate::metrics::count_grpc_calls,
-            )),
+            ))
+            .layer(axum::middleware::from_fn(crate::request_trace::trace_grpc)),
     ))
 }
 
@@ -162,6 +163,7 @@ fn opt(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
+/// The request span's traceparent (put there by [`crate::request_trace`]).
 fn traceparent<T>(req: &Request<T>) -> Option<String> {
     req.metadata()
         .get("traceparent")

@@ -6,7 +6,8 @@
 //! operation when the `request_id` (body field, `Idempotency-Key` header or gRPC field)
 //! repeats. Bearer tokens scope every request to one project ([`auth`]) and are rate
 //! limited ([`limits`]); `/metrics` has request counts, operation and queue gauges and
-//! step-duration histograms ([`metrics`]).
+//! step-duration histograms ([`metrics`]). Every request is a span ([`request_trace`])
+//! whose context is stored with the command, so the workers continue its trace.
 
 pub mod auth;
 mod error;
@@ -17,6 +18,7 @@ pub mod limits;
 pub mod loopback;
 pub mod metrics;
 mod openapi;
+pub mod request_trace;
 mod routes;
 pub mod service;
 

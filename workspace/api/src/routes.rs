@@ -65,6 +65,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             crate::metrics::count_requests,
         ))
+        .layer(axum::middleware::from_fn(crate::request_trace::trace_rest))
         .with_state(state)
 }
 
@@ -101,6 +102,7 @@ fn request_id(headers: &HeaderMap, in_body: Option<String>) -> ApiResult<Option<
     }
 }
 
+/// The request span's traceparent (put there by [`crate::request_trace`]).
 fn traceparent(headers: &HeaderMap) -> Option<String> {
     headers
         .get("traceparent")

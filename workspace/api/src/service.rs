@@ -244,7 +244,18 @@ impl AppState {
             actor: who.name.clone(),
             traceparent: s.traceparent,
         };
+        let (project, vcluster, kind) = (
+            req.project.to_string(),
+            req.vcluster.to_string(),
+            req.command.kind(),
+        );
         let accepted = accept(self.store.as_ref(), &self.registry, self.ids.as_ref(), req).await?;
+        crate::request_trace::record_operation(
+            &project,
+            &vcluster,
+            kind.as_str(),
+            &accepted.operation_id.to_string(),
+        );
         Ok(Submitted {
             operation: self.load_operation(accepted.operation_id).await?,
             duplicate: accepted.duplicate,

@@ -16,6 +16,7 @@ mod hosts;
 mod serve;
 mod snapshot_import;
 mod tail;
+mod telemetry;
 mod tls;
 mod worker;
 
@@ -29,6 +30,10 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(name = "ovc", version, about, long_about = None)]
 struct Cli {
+    /// Log lines on stderr: `text`, or `json` (one object per line, with the trace_id and
+    /// span_id of the span it was logged in). Which lines: OVC_LOG (default `warn`).
+    #[arg(long, global = true, env = "OVC_LOG_FORMAT", value_enum, default_value_t = telemetry::LogFormat::Text)]
+    log_format: telemetry::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -36,10 +41,13 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// All in one: REST + gRPC APIs, workers and the simulated host on SQLite under --data-dir; follows the event log.
+    #[command(after_help = TRACING_HELP)]
     Dev(dev::DevArgs),
     /// Run workflow workers only (several processes may share one PostgreSQL).
+    #[command(after_help = TRACING_HELP)]
     Worker(worker::WorkerArgs),
     /// Serve the REST and gRPC APIs only (bearer tokens required unless --auth none on loopback).
+    #[command(after_help = TRACING_HELP)]
     Serve(serve::ServeArgs),
     /// API tokens.
     Token {
@@ -124,6 +132,18 @@ enum BenchCommand {
     Feeds(bench_feeds::FeedsBenchArgs),
 }
 
+/// The tracing part of the help of `ovc dev`, `ovc serve` and `ovc worker`.
+const TRACING_HELP: &str = "\
+Tracing: every API request, operation run and step attempt is a span; the request's W3C \
+traceparent (header or gRPC metadata, else a new trace) is stored with the command, and \
+the worker running the operation continues that trace, across processes and crashes.
+  OTEL_EXPORTER_OTLP_ENDPOINT=http://HOST:4317   export spans over OTLP/gRPC (nothing is exported otherwise)
+  OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER[_ARG], OTEL_BSP_SCHEDULE_DELAY,
+  OTEL_EXPORTER_OTLP_HEADERS/_TIMEOUT/_INSECURE and their _TRACES_ forms are honoured;
+  an OTEL_* setting ovc cannot honour (e.g. OTEL_EXPORTER_OTLP_PROTOCOL=http/json, compression,
+  TLS files, metrics or logs exporters) stops it at start.
+Logs: OVC_LOG (filter, default warn), --log-format json (lines carry trace_id and span_id).";
+
 /// Where `ovc dev` keeps its data unless told otherwise.
 pub(crate) fn default_data_dir() -> PathBuf {
     PathBuf::from(".ovc")
@@ -131,16 +151,23 @@ pub(crate) fn default_data_dir() -> PathBuf {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("OVC_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    tls::install_provider();
     let cli = Cli::parse();
-    match cli.command {
+    // The long-running commands trace (and export over OTLP when OTEL_* says so).
+    let traced = match &cli.command {
+        Command::Dev(_) => Some("dev"),
+        Command::Worker(_) => Some("worker"),
+        Command::Serve(_) => Some("serve"),
+        _ => None,
+    };
+    let telemetry = telemetry::init(cli.log_format, traced)?;
+    tls::install_provider();
+    let result = run(cli.command).await;
+    telemetry.shutdown().await;
+    result
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Dev(args) => dev::run(args).await,
         Command::Worker(args) => worker::run(args).await,
         Command::Vc { conn, command } => std::process::exit(client::vc(conn, command).await.code()),

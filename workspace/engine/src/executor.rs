@@ -28,6 +28,7 @@ use ovc_types::time::{Clock, IdSource};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 /// Called by the executor before every step attempt and undo attempt, before the step
 /// touches anything: the simulated host injects its faults here, so a step can be faulted
@@ -65,6 +66,23 @@ async fn guarded(
             ))
         }
     }
+}
+
+/// Records how a step (undo, revert) attempt ended on its span, and logs it (at debug,
+/// inside the span, so JSON logs carry the trace).
+fn record_attempt(span: &tracing::Span, result: &crate::model::StepResult) {
+    let (outcome, error) = match result {
+        Ok(StepOutput::Done { .. }) => ("done", None),
+        Ok(StepOutput::Pending { .. }) => ("pending", None),
+        Err(e @ StepError::Transient { .. }) => ("failed, transient", Some(e.status().message)),
+        Err(StepError::Permanent(status)) => ("failed", Some(status.message.clone())),
+    };
+    span.record("outcome", outcome);
+    if let Some(error) = &error {
+        span.record("otel.status_code", "ERROR");
+        span.record("otel.status_description", error.as_str());
+    }
+    span.in_scope(|| tracing::debug!(outcome, error = error.as_deref(), "step attempt ended"));
 }
 
 /// How transient failures are retried.
@@ -218,6 +236,11 @@ impl Executor {
     /// Executes `run` under `fence` (the worker's view of its lease; [`Fence::unfenced`]
     /// when nothing renews it) until it ends, is rescheduled, the fence is no longer held,
     /// or `stop` turns true between steps.
+    ///
+    /// The execution is one `operation` span, a child of the request that asked for the
+    /// operation (the `traceparent` of its first event's metadata), so every claim of the
+    /// run — after a reschedule, a crash or a lease steal, on any worker — continues the
+    /// request's trace; each step attempt is a `step` span under it.
     pub async fn execute(
         &self,
         run: &Run,
@@ -226,9 +249,75 @@ impl Executor {
     ) -> Result<RunEnd, ExecError> {
         let stream = StreamName::operation(run.operation_id);
         let events = self.store.read_stream(&stream, 0, u32::MAX).await?;
-        let journal = match Journal::fold(&events) {
+        let span = self.operation_span(run, &events);
+        let end = self
+            .execute_events(run, fence, stop, stream, &events)
+            .instrument(span.clone())
+            .await;
+        let (outcome, error) = match &end {
+            Ok(RunEnd::Completed(state)) => (format!("completed {}", state.as_str()), None),
+            Ok(RunEnd::Rescheduled(after)) => (format!("rescheduled after {after:?}"), None),
+            Ok(RunEnd::Released) => ("released".to_string(), None),
+            Err(e) => ("stopped".to_string(), Some(e.to_string())),
+        };
+        span.record("outcome", outcome.as_str());
+        if let Some(error) = error {
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", error.as_str());
+        }
+        end
+    }
+
+    /// The `operation` span of one execution of `run`, continuing the trace of the
+    /// request recorded in the first event's metadata.
+    fn operation_span(&self, run: &Run, events: &[ovc_store::RecordedEvent]) -> tracing::Span {
+        let first = events.first();
+        let traceparent = first
+            .and_then(|e| e.metadata.get("traceparent"))
+            .and_then(|t| t.as_str());
+        let requested = first.and_then(|e| e.decode().ok()).and_then(|e| match e {
+            Event::OperationRequested {
+                vcluster,
+                project,
+                command,
+                ..
+            } => Some((project, vcluster, command.kind())),
+            _ => None,
+        });
+        let (project, vcluster, kind) = match &requested {
+            Some((p, v, k)) => (p.as_str(), v.as_str(), k.as_str()),
+            None => ("", "", "UNKNOWN"),
+        };
+        let span = tracing::info_span!(
+            "operation",
+            otel.name = %format_args!("operation {kind}"),
+            operation_id = %run.operation_id,
+            operation_kind = kind,
+            project,
+            vcluster,
+            run_id = %run.id,
+            epoch = run.epoch,
+            run_attempts = run.attempts,
+            worker = %self.owner,
+            outcome = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+        );
+        crate::trace_context::continue_trace(&span, traceparent);
+        span
+    }
+
+    async fn execute_events(
+        &self,
+        run: &Run,
+        fence: Fence,
+        stop: &watch::Receiver<bool>,
+        stream: StreamName,
+        events: &[ovc_store::RecordedEvent],
+    ) -> Result<RunEnd, ExecError> {
+        let journal = match Journal::fold(events) {
             Ok(j) => j,
-            Err(e) => return self.unusable_journal(run, &stream, &events, e).await,
+            Err(e) => return self.unusable_journal(run, &stream, events, e).await,
         };
         let Some(requested) = journal.requested.clone() else {
             // An empty stream: nothing was ever requested for this run. Finish it so it
@@ -461,6 +550,30 @@ impl Run1<'_> {
             .requested
             .as_ref()
             .expect("execute() checked that the operation was requested");
+        // The host named by the spec, kept for life (a scale cannot change it).
+        let host = self
+            .vcluster
+            .as_ref()
+            .map(|v| v.spec.host.clone())
+            .unwrap_or_else(|| ovc_driver::router::DEFAULT_HOST.to_string());
+        // One span per attempt, a child of the execution's `operation` span; drivers
+        // record theirs under it.
+        let span = tracing::info_span!(
+            "step",
+            otel.name = %format_args!("step {step}"),
+            operation_id = %self.run.operation_id,
+            operation_kind = req.command.kind().as_str(),
+            project = req.project.as_str(),
+            vcluster = req.vcluster.as_str(),
+            workflow = self.def.name,
+            step,
+            attempt,
+            host = host.as_str(),
+            epoch = self.run.epoch,
+            outcome = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+        );
         StepCtx {
             operation_id: self.run.operation_id,
             command: req.command.clone(),
@@ -471,12 +584,7 @@ impl Run1<'_> {
             prior_state: req.prior_state,
             outputs: self.journal.outputs(),
             target: Target {
-                // The host named by the spec, kept for life (a scale cannot change it).
-                host: self
-                    .vcluster
-                    .as_ref()
-                    .map(|v| v.spec.host.clone())
-                    .unwrap_or_else(|| ovc_driver::router::DEFAULT_HOST.to_string()),
+                host,
                 // The namespace recorded when the vcluster was created, never recomputed
                 // (vclusters of the legacy scheme keep theirs). Without a projection there
                 // is no namespace to guess: the driver refuses an empty one.
@@ -490,14 +598,7 @@ impl Run1<'_> {
             call: CallCtx::for_step(self.run.operation_id, self.def.name, step, attempt)
                 .with_fence(self.fence.clone())
                 .with_deadline(Instant::now() + limit)
-                .with_span(tracing::info_span!(
-                    "step",
-                    operation = %self.run.operation_id,
-                    workflow = self.def.name,
-                    step,
-                    attempt,
-                    epoch = self.run.epoch,
-                )),
+                .with_span(span),
             driver: self.exec.driver.clone() as Arc<dyn HostDriver>,
             services: self.exec.services.clone(),
             store: self.exec.store.clone(),
@@ -598,13 +699,18 @@ impl Run1<'_> {
                     {
                         tracing::debug!(step, "repeat_steps: running the step again");
                     }
-                    let result = match tokio::time::timeout(def.timeout, run).await {
+                    let span = ctx.call.span.clone();
+                    let result = match tokio::time::timeout(def.timeout, run)
+                        .instrument(span.clone())
+                        .await
+                    {
                         Ok(r) => r,
                         Err(_) => Err(StepError::transient(format!(
                             "step {step} timed out after {:?}",
                             def.timeout
                         ))),
                     };
+                    record_attempt(&span, &result);
                     // A step that ran past the lease journals nothing: the next claim
                     // decides from the stored journal.
                     self.check_fence()?;
@@ -690,13 +796,18 @@ impl Run1<'_> {
                         }
                         undo(&ctx).await
                     });
-                    let result = match tokio::time::timeout(def.timeout, run_undo).await {
+                    let span = ctx.call.span.clone();
+                    let result = match tokio::time::timeout(def.timeout, run_undo)
+                        .instrument(span.clone())
+                        .await
+                    {
                         Ok(r) => r,
                         Err(_) => Err(StepError::transient(format!(
                             "undo of {step} timed out after {:?}",
                             def.timeout
                         ))),
                     };
+                    record_attempt(&span, &result);
                     self.check_fence()?;
                     match result {
                         Ok(StepOutput::Done { events, .. }) => {
@@ -736,7 +847,8 @@ impl Run1<'_> {
                 }
                 Next::Succeed => {
                     let ctx = self.ctx("settle", 0, crate::model::DEFAULT_STEP_TIMEOUT);
-                    match (self.def.settle)(&ctx) {
+                    let settled = ctx.call.span.in_scope(|| (self.def.settle)(&ctx));
+                    match settled {
                         Ok(s) => {
                             self.push(Event::OperationSucceeded { result: s.result });
                             if let Some(state) = s.state {
@@ -757,13 +869,17 @@ impl Run1<'_> {
                         self.flush(None).await?;
                         let limit = self.exec.cap(crate::model::DEFAULT_STEP_TIMEOUT);
                         let ctx = self.ctx("revert", 0, limit);
-                        let result = match tokio::time::timeout(limit, guarded(revert(&ctx))).await
+                        let span = ctx.call.span.clone();
+                        let result = match tokio::time::timeout(limit, guarded(revert(&ctx)))
+                            .instrument(span.clone())
+                            .await
                         {
                             Ok(r) => r,
                             Err(_) => Err(StepError::transient(format!(
                                 "revert timed out after {limit:?}"
                             ))),
                         };
+                        record_attempt(&span, &result);
                         self.check_fence()?;
                         match result {
                             Ok(StepOutput::Done { events, .. }) => {

@@ -5,7 +5,8 @@
 //! ([`plan::plan`]) decides the next move from the journal alone; the executor
 //! ([`executor`]) performs it and journals the result in one fenced commit; the worker
 //! ([`worker`]) claims runs from the store's queue, renews their leases and runs
-//! executors, and shuts down gracefully.
+//! executors, and shuts down gracefully. [`trace_context`] carries the request's trace
+//! from the API to the workers (a span per operation run and per step attempt).
 
 pub mod accept;
 pub mod executor;
@@ -16,6 +17,7 @@ pub mod plan;
 pub mod registry;
 pub mod services;
 pub mod submissions;
+pub mod trace_context;
 pub mod worker;
 
 pub use model::{StepCtx, StepDef, StepError, StepOutput, StepResult, WorkflowDef};
