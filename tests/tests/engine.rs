@@ -296,6 +296,9 @@ async fn refused_commands_write_nothing() {
     h.stop().await;
 }
 
+/// A caller's W3C trace context.
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_of_a_failed_operation_runs_again_from_the_start() {
     let mut h = harness("scale/upgrade_release:transient:100", 0, None).await;
@@ -322,6 +325,7 @@ async fn retry_of_a_failed_operation_runs_again_from_the_start() {
         failed.id,
         Some("r1".into()),
         None,
+        Some(TRACEPARENT.into()),
     )
     .await
     .expect("retry");
@@ -332,6 +336,7 @@ async fn retry_of_a_failed_operation_runs_again_from_the_start() {
         failed.id,
         Some("r1".into()),
         None,
+        Some(TRACEPARENT.into()),
     )
     .await
     .expect("same request");
@@ -341,11 +346,22 @@ async fn retry_of_a_failed_operation_runs_again_from_the_start() {
     assert_eq!(op.state, OperationState::Succeeded, "{op:#?}");
     assert_eq!(op.retry_of, Some(failed.id));
     assert_eq!(op.steps[0].attempts, 1, "ran from the start: {op:#?}");
+    // The retry continues the trace of the call that asked for it.
+    let first = h
+        .store
+        .read_stream(
+            &ovc_types::event::StreamName::operation(accepted.operation_id),
+            0,
+            1,
+        )
+        .await
+        .expect("operation stream");
+    assert_eq!(first[0].metadata["traceparent"], TRACEPARENT);
     let vc = h.vcluster("vc").await.expect("vc");
     assert_eq!(vc.spec.control_plane.replicas, 3);
     assert_eq!(vc.state, VClusterState::Running);
     // Succeeded operations are not retried.
-    let err = retry(h.store.as_ref(), &registry, &ids, op.id, None, None)
+    let err = retry(h.store.as_ref(), &registry, &ids, op.id, None, None, None)
         .await
         .expect_err("not retryable");
     assert_eq!(err.code, Code::FailedPrecondition);
@@ -383,6 +399,7 @@ async fn retry_of_a_stuck_operation_resumes_at_the_failed_step() {
         stuck.id,
         None,
         Some("operator".into()),
+        None,
     )
     .await
     .expect("retry");

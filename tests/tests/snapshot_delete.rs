@@ -354,6 +354,7 @@ async fn a_failed_delete_leaves_an_intact_snapshot_ready_and_a_damaged_one_faile
             op.id,
             None,
             None,
+            None,
         )
         .await
         .expect("retry");

@@ -490,10 +490,11 @@ impl OperationService for GrpcApi {
         request: Request<proto::RetryOperationRequest>,
     ) -> GrpcResult<proto::Operation> {
         let who = self.caller(&request).await?;
+        let tp = traceparent(&request);
         let r = request.into_inner();
         let s = self
             .state
-            .retry_operation(&who, &r.id, opt(r.request_id))
+            .retry_operation(&who, &r.id, opt(r.request_id), tp)
             .await?;
         Ok(submitted(s))
     }

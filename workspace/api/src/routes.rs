@@ -657,7 +657,11 @@ pub(crate) async fn retry_operation(
 ) -> ApiResult<Response> {
     let b: RetryBody = body(&bytes)?;
     let rid = request_id(&headers, b.request_id)?;
-    Ok(submitted(state.retry_operation(&who, &id, rid).await?))
+    Ok(submitted(
+        state
+            .retry_operation(&who, &id, rid, traceparent(&headers))
+            .await?,
+    ))
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]

@@ -619,6 +619,7 @@ impl AppState {
         who: &Principal,
         id: &str,
         request_id: Option<String>,
+        traceparent: Option<String>,
     ) -> ApiResult<Submitted> {
         let failed = self.get_operation(who, id).await?;
         let oid = failed.id;
@@ -631,6 +632,7 @@ impl AppState {
             oid,
             request_id.filter(|r| !r.is_empty()),
             who.name.clone(),
+            traceparent,
         )
         .await?;
         Ok(Submitted {

@@ -691,8 +691,18 @@ pub async fn retry(
     id: OperationId,
     request_id: Option<String>,
     actor: Option<String>,
+    traceparent: Option<String>,
 ) -> Result<Accepted, Status> {
-    let first_try = retry_once(store, registry, ids, id, request_id.clone(), actor).await;
+    let first_try = retry_once(
+        store,
+        registry,
+        ids,
+        id,
+        request_id.clone(),
+        actor,
+        traceparent,
+    )
+    .await;
     match (first_try, &request_id) {
         (Err(refusal), Some(rid)) => {
             // A twin of this retry may have won between our checks (see `accept`).
@@ -719,6 +729,7 @@ async fn retry_once(
     id: OperationId,
     request_id: Option<String>,
     actor: Option<String>,
+    traceparent: Option<String>,
 ) -> Result<Accepted, Status> {
     let old = store
         .get_operation(id)
@@ -748,7 +759,7 @@ async fn retry_once(
             command: old.command.clone(),
             request_id,
             actor,
-            traceparent: None,
+            traceparent,
         };
         return accept_delete_snapshot(
             store,
@@ -801,7 +812,7 @@ async fn retry_once(
     let operation_id = OperationId(ids.new_uuid());
     let metadata = EventMetadata {
         request_id: request_id.clone(),
-        traceparent: None,
+        traceparent,
         actor,
         correlation_id: Some(operation_id),
     };
