@@ -84,20 +84,11 @@ impl SubmissionAcceptor {
     /// could not answer).
     pub async fn decide(&self, submission: Submission) -> Option<SubmissionOutcome> {
         let id = submission.operation_id;
-        // Accepted by an earlier claim whose worker stopped before recording it.
-        match self.store.get_operation(id).await {
-            Ok(Some(_)) => return Some(SubmissionOutcome::Accepted { answered_by: id }),
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(operation_id = %id, error = %e, "reading a submission's operation failed");
-                return None;
-            }
-        }
         let req = match command_request(&submission) {
             Ok(r) => r,
             Err(status) => return Some(SubmissionOutcome::Rejected(status)),
         };
-        match accept_as(
+        let refusal = match accept_as(
             self.store.as_ref(),
             &self.registry,
             self.ids.as_ref(),
@@ -106,15 +97,27 @@ impl SubmissionAcceptor {
         )
         .await
         {
-            Ok(accepted) => Some(SubmissionOutcome::Accepted {
-                answered_by: accepted.operation_id,
-            }),
+            Ok(accepted) => {
+                return Some(SubmissionOutcome::Accepted {
+                    answered_by: accepted.operation_id,
+                });
+            }
             Err(status) if matches!(status.code, Code::Unavailable | Code::Internal) => {
                 tracing::warn!(operation_id = %id, error = %status.message,
                     "accepting a SQL submission failed; retrying later");
+                return None;
+            }
+            Err(status) => status,
+        };
+        // Refused because an earlier claim, whose worker stopped before recording the
+        // outcome, already accepted it (its operation holds the vcluster now).
+        match self.store.get_operation(id).await {
+            Ok(Some(_)) => Some(SubmissionOutcome::Accepted { answered_by: id }),
+            Ok(None) => Some(SubmissionOutcome::Rejected(refusal)),
+            Err(e) => {
+                tracing::warn!(operation_id = %id, error = %e, "reading a submission's operation failed");
                 None
             }
-            Err(status) => Some(SubmissionOutcome::Rejected(status)),
         }
     }
 }

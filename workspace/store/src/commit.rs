@@ -100,12 +100,20 @@ pub(crate) trait TxOps: Send {
     ) -> impl Future<Output = Result<u64>> + Send;
     /// Tells other processes, at commit, that runs may be claimable (PostgreSQL: NOTIFY).
     fn notify_runs(&mut self) -> impl Future<Output = Result<()>> + Send;
+    /// Runs `sql` (no parameters, no rows) in the transaction.
+    fn execute_sql(&mut self, sql: &'static str) -> impl Future<Output = Result<()>> + Send;
     /// Marks where one commit of a group begins (`SAVEPOINT`).
-    fn savepoint(&mut self) -> impl Future<Output = Result<()>> + Send;
+    fn savepoint(&mut self) -> impl Future<Output = Result<()>> + Send {
+        self.execute_sql("SAVEPOINT ovc_commit")
+    }
     /// Keeps the commit since the last savepoint (`RELEASE SAVEPOINT`).
-    fn release_savepoint(&mut self) -> impl Future<Output = Result<()>> + Send;
+    fn release_savepoint(&mut self) -> impl Future<Output = Result<()>> + Send {
+        self.execute_sql("RELEASE SAVEPOINT ovc_commit")
+    }
     /// Undoes the commit since the last savepoint, and forgets the savepoint.
-    fn rollback_to_savepoint(&mut self) -> impl Future<Output = Result<()>> + Send;
+    fn rollback_to_savepoint(&mut self) -> impl Future<Output = Result<()>> + Send {
+        self.execute_sql("ROLLBACK TO SAVEPOINT ovc_commit; RELEASE SAVEPOINT ovc_commit")
+    }
     /// Commits the transaction.
     fn commit(self) -> impl Future<Output = Result<()>> + Send;
     /// Rolls the transaction back.

@@ -657,24 +657,8 @@ impl TxOps for SqliteTx {
         Ok(())
     }
 
-    async fn savepoint(&mut self) -> Result<()> {
-        sqlx::raw_sql("SAVEPOINT ovc_commit")
-            .execute(self.conn())
-            .await?;
-        Ok(())
-    }
-
-    async fn release_savepoint(&mut self) -> Result<()> {
-        sqlx::raw_sql("RELEASE SAVEPOINT ovc_commit")
-            .execute(self.conn())
-            .await?;
-        Ok(())
-    }
-
-    async fn rollback_to_savepoint(&mut self) -> Result<()> {
-        sqlx::raw_sql("ROLLBACK TO SAVEPOINT ovc_commit; RELEASE SAVEPOINT ovc_commit")
-            .execute(self.conn())
-            .await?;
+    async fn execute_sql(&mut self, sql: &'static str) -> Result<()> {
+        sqlx::raw_sql(sql).execute(self.conn()).await?;
         Ok(())
     }
 
