@@ -37,7 +37,8 @@ CREATE TABLE ovc_operation_kinds (
     in_progress_state TEXT
 );
 
--- Written by `ovc migrate`: `runs_channel`, the NOTIFY channel that wakes the workers.
+-- Written by `ovc migrate`: `submissions_channel`, the NOTIFY channel that wakes the
+-- workers' acceptors.
 CREATE TABLE ovc_settings (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -226,7 +227,7 @@ BEGIN
             'request_id %L was used for another request (operation %s)',
             ovc_submit.request_id, coalesce(v_prior.answered_by, v_prior.operation_id)));
     END;
-    PERFORM pg_notify(st.value, '') FROM ovc_settings st WHERE st.key = 'runs_channel';
+    PERFORM pg_notify(st.value, '') FROM ovc_settings st WHERE st.key = 'submissions_channel';
     RETURN v_id;
 END
 $$;

@@ -38,10 +38,12 @@ pub struct SubmissionAcceptor {
 }
 
 impl SubmissionAcceptor {
-    /// Accepts submissions until `shutdown` turns true. Wakes on the store's run
-    /// notifications (`ovc_submit` sends one) and at least every second.
+    /// Accepts submissions until `shutdown` turns true. Wakes on the store's
+    /// submission notifications (`ovc_submit` sends one) and at least every second.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut wake = self.store.watch_runs();
+        let Some(mut wake) = self.store.watch_submissions() else {
+            return;
+        };
         while !*shutdown.borrow() {
             let claimed = match self
                 .store
@@ -74,7 +76,7 @@ impl SubmissionAcceptor {
             }
             tokio::select! {
                 _ = shutdown.changed() => {}
-                _ = wake.changed() => {}
+                Ok(()) = wake.changed() => {}
                 _ = tokio::time::sleep(IDLE_POLL) => {}
             }
         }

@@ -414,17 +414,16 @@ impl Worker {
         };
         let opts = self.options.clone();
         let store = self.exec.store.clone();
-        // Operations enqueued from SQL (`ovc_submit`) enter through this worker too.
-        let acceptor = (store.backend() == ovc_store::Backend::Postgres).then(|| {
-            tokio::spawn(
-                crate::submissions::SubmissionAcceptor {
-                    store: store.clone(),
-                    registry: self.exec.registry.clone(),
-                    ids: self.exec.ids.clone(),
-                }
-                .run(shutdown.clone()),
-            )
-        });
+        // Operations enqueued from SQL (`ovc_submit`) enter through this worker too (it
+        // ends at once on stores without SQL enqueue).
+        let acceptor = tokio::spawn(
+            crate::submissions::SubmissionAcceptor {
+                store: store.clone(),
+                registry: self.exec.registry.clone(),
+                ids: self.exec.ids.clone(),
+            }
+            .run(shutdown.clone()),
+        );
         let monitor = Monitor::new()
             .register(move |_restarts| {
                 WorkerBuilder::new(opts.owner.clone())
@@ -454,10 +453,8 @@ impl Worker {
         if let Err(e) = monitor.run_with_signal(signal).await {
             tracing::error!(error = %e, "worker runtime stopped with an error");
         }
-        if let Some(acceptor) = acceptor {
-            // It sees the same shutdown signal and ends at its next look.
-            let _ = acceptor.await;
-        }
+        // It sees the same shutdown signal and ends at its next look.
+        let _ = acceptor.await;
         WorkerReport {
             claimed: counters.claimed.load(Ordering::Relaxed),
             completed: counters.completed.load(Ordering::Relaxed),

@@ -83,6 +83,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Changes when runs may have become claimable (a hint).
     fn watch_runs(&self) -> watch::Receiver<u64>;
 
+    /// Changes when an `ovc_submit` call may have committed (a hint; its own NOTIFY
+    /// channel, so step commits do not wake the acceptor); `None` on stores without SQL
+    /// enqueue.
+    fn watch_submissions(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
+
     /// The idempotency key `(project, request_id)`, if stored and not expired: a key
     /// expires `idempotency_ttl` after its operation ended (never while it runs).
     async fn find_idempotency_key(

@@ -42,6 +42,8 @@ pub struct PgStore {
     wake: Arc<Wakeups>,
     /// (events channel, runs channel) for LISTEN/NOTIFY, scoped by schema.
     channels: Arc<(String, String)>,
+    /// The channel `ovc_submit` notifies (SQL enqueue), scoped by schema.
+    submissions_channel: String,
     listener: tokio::task::JoinHandle<()>,
     traffic: Arc<Traffic>,
     /// The group committer's queue (`commit.rs`): every commit of this process goes
@@ -715,7 +717,12 @@ fn checked_schema(schema: &str) -> Result<&str> {
     }
 }
 
-async fn listen(pool: PgPool, wake: Arc<Wakeups>, channels: Arc<(String, String)>) {
+async fn listen(
+    pool: PgPool,
+    wake: Arc<Wakeups>,
+    channels: Arc<(String, String)>,
+    submissions_channel: String,
+) {
     loop {
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(l) => l,
@@ -726,7 +733,11 @@ async fn listen(pool: PgPool, wake: Arc<Wakeups>, channels: Arc<(String, String)
             }
         };
         if let Err(e) = listener
-            .listen_all([channels.0.as_str(), channels.1.as_str()])
+            .listen_all([
+                channels.0.as_str(),
+                channels.1.as_str(),
+                submissions_channel.as_str(),
+            ])
             .await
         {
             tracing::warn!(error = %e, "LISTEN failed; retrying in 1s");
@@ -735,11 +746,13 @@ async fn listen(pool: PgPool, wake: Arc<Wakeups>, channels: Arc<(String, String)
         }
         // Anything may have happened while we were not listening.
         wake.runs_changed();
+        wake.submissions_changed();
         loop {
             match listener.recv().await {
                 Ok(n) if n.channel() == channels.0 => {
                     wake.events_appended(n.payload().parse().unwrap_or(0));
                 }
+                Ok(n) if n.channel() == submissions_channel => wake.submissions_changed(),
                 Ok(_) => wake.runs_changed(),
                 Err(e) => {
                     tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
@@ -771,7 +784,13 @@ impl PgStore {
             .await?;
         let wake = Arc::new(Wakeups::new());
         let channels = Arc::new((format!("ovc_events{suffix}"), format!("ovc_runs{suffix}")));
-        let listener = tokio::spawn(listen(pool.clone(), wake.clone(), channels.clone()));
+        let submissions_channel = format!("ovc_submissions{suffix}");
+        let listener = tokio::spawn(listen(
+            pool.clone(),
+            wake.clone(),
+            channels.clone(),
+            submissions_channel.clone(),
+        ));
         let traffic: Arc<Traffic> = Arc::default();
         let (committer, queue) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(commit::group_committer(
@@ -797,6 +816,7 @@ impl PgStore {
             clock,
             wake,
             channels,
+            submissions_channel,
             listener,
             traffic,
             committer,
@@ -880,7 +900,7 @@ impl Store for PgStore {
         let mut migrator = sqlx::migrate!("../../migrations/postgres");
         migrator.dangerous_set_table_name("ovc_migrations");
         migrator.run(&self.pool).await?;
-        crate::submissions::sync_rules(&self.pool, &self.channels.1).await
+        crate::submissions::sync_rules(&self.pool, &self.submissions_channel).await
     }
 
     async fn pending_migrations(&self) -> Result<Vec<i64>> {
@@ -968,6 +988,10 @@ impl Store for PgStore {
 
     fn watch_runs(&self) -> watch::Receiver<u64> {
         self.wake.watch_runs()
+    }
+
+    fn watch_submissions(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.wake.watch_submissions())
     }
 
     async fn find_idempotency_key(

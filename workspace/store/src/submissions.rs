@@ -116,9 +116,10 @@ pub fn call_rules() -> Vec<CallRule> {
     rules
 }
 
-/// Rewrites the rule tables from this build, and records `runs_channel`, in one
-/// transaction (serialized with any concurrent `ovc migrate`).
-pub(crate) async fn sync_rules(pool: &PgPool, runs_channel: &str) -> Result<()> {
+/// Rewrites the rule tables from this build, and records `submissions_channel` (what
+/// `ovc_submit` notifies), in one transaction (serialized with any concurrent
+/// `ovc migrate`).
+pub(crate) async fn sync_rules(pool: &PgPool, submissions_channel: &str) -> Result<()> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(7236501)")
         .execute(&mut *tx)
@@ -184,10 +185,10 @@ pub(crate) async fn sync_rules(pool: &PgPool, runs_channel: &str) -> Result<()> 
     .execute(&mut *tx)
     .await?;
     sqlx::query(
-        "INSERT INTO ovc_settings (key, value) VALUES ('runs_channel', $1)
+        "INSERT INTO ovc_settings (key, value) VALUES ('submissions_channel', $1)
          ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
     )
-    .bind(runs_channel)
+    .bind(submissions_channel)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;

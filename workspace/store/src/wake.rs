@@ -3,11 +3,13 @@
 
 use tokio::sync::watch;
 
-/// Two counters that change when events were appended or runs became claimable.
+/// Counters that change when events were appended, runs became claimable, or (on
+/// PostgreSQL) `ovc_submit` recorded a submission.
 #[derive(Debug)]
 pub(crate) struct Wakeups {
     events: watch::Sender<u64>,
     runs: watch::Sender<u64>,
+    submissions: watch::Sender<u64>,
 }
 
 impl Wakeups {
@@ -15,6 +17,7 @@ impl Wakeups {
         Self {
             events: watch::Sender::new(0),
             runs: watch::Sender::new(0),
+            submissions: watch::Sender::new(0),
         }
     }
 
@@ -33,6 +36,15 @@ impl Wakeups {
     /// Some run may be claimable now.
     pub(crate) fn runs_changed(&self) {
         self.runs.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A submission may be waiting to be accepted.
+    pub(crate) fn submissions_changed(&self) {
+        self.submissions.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub(crate) fn watch_submissions(&self) -> watch::Receiver<u64> {
+        self.submissions.subscribe()
     }
 
     pub(crate) fn watch_events(&self) -> watch::Receiver<u64> {
