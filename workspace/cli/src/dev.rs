@@ -52,6 +52,9 @@ pub struct DevArgs {
     /// How often the snapshot inventory runs (`off` to disable), as for `ovc worker`.
     #[arg(long, env = "OVC_INVENTORY_EVERY", default_value = "1h", value_parser = crate::worker::parse_inventory_every)]
     pub inventory_every: ::std::option::Option<std::time::Duration>,
+    /// The vcluster chart version a create without `spec.vcluster_version` installs.
+    #[arg(long, env = "OVC_VCLUSTER_VERSION", default_value = ovc_driver::DEFAULT_VCLUSTER_VERSION, value_parser = crate::worker::parse_chart_version)]
+    pub vcluster_version: String,
 }
 
 /// Runs `ovc dev`.
@@ -83,6 +86,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let worker_args = crate::worker::WorkerArgs {
         database_url: url.clone(),
         pg_schema: None,
+        vcluster_version: args.vcluster_version.clone(),
         host: args.host.clone(),
         kube_hosts: args.kube_hosts.clone(),
         artifacts: args
@@ -137,7 +141,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let grpc_addr = grpc_listener.local_addr().unwrap_or(args.grpc);
     let state = ovc_api::AppState::new(
         store.clone(),
-        std::sync::Arc::new(host.registry(ovc_workflows::registry())),
+        std::sync::Arc::new(
+            host.registry(ovc_workflows::registry())
+                .with_default_vcluster_version(args.vcluster_version.clone()),
+        ),
         ovc_api::auth::AuthMode::None,
     )
     .with_max_live_feeds(args.max_live_feeds as usize)

@@ -708,10 +708,24 @@ impl HostDriver for SimHost {
                     .with_reason("CONTROL_PLANE_PAUSED"),
                 ));
             }
+            // A new chart or Kubernetes version rolls the control plane: its pods
+            // restart and are not ready until the rollout settles.
+            let new_kubernetes = r.values.kubernetes_version != values.kubernetes_version;
+            let rolls = new_kubernetes || r.values.chart_version != values.chart_version;
             r.revision = r.revision.saturating_add(1);
             r.values = values.clone();
-            if r.replicas != want {
+            if r.replicas != want || rolls {
                 r.scale(want, now, delay);
+                if rolls {
+                    r.ready_before = 0;
+                }
+            }
+            if new_kubernetes {
+                // The new API server rewrites stored objects at its storage version, as
+                // a real one does: going back needs the data from before, not only the
+                // old chart (what an upgrade's undo restores from its snapshot).
+                r.backing_store =
+                    model::at_storage_version(&r.backing_store, &values.kubernetes_version);
             }
             r.updated_at = now;
             Ok(r.revision)
