@@ -4,9 +4,7 @@
 
 pub mod dev;
 
-pub use ovc_workflows::harness::{
-    Harness, HarnessOptions, fast_retries, name, project, submit,
-};
+pub use ovc_workflows::harness::{Harness, HarnessOptions, fast_retries, name, project, submit};
 use std::path::PathBuf;
 
 /// The `ovc` binary built for this test run (`target/<profile>/ovc`).

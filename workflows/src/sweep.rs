@@ -310,7 +310,7 @@ pub(crate) async fn permanent(def: &WorkflowDef, fixture: &impl Fixture) -> Perm
         def.name
     );
     eprintln!(
-        "sweep {}/permanent: {checked} steps failed, {} compensated, {} stuck",
+        "sweep {}/permanent: failed each of {checked} steps once: {} compensated, {} stuck",
         def.name,
         report.compensated.len(),
         report.stuck.len()
@@ -363,7 +363,7 @@ pub(crate) async fn transient(def: &WorkflowDef, fixture: &impl Fixture) {
         i += 1;
     }
     eprintln!(
-        "sweep {}/transient: {} steps each failed {TRANSIENT_FAILURES} times, all succeeded",
+        "sweep {}/transient: failed each of {} steps {TRANSIENT_FAILURES} times: all succeeded",
         def.name,
         plan.map_or(0, |p| p.len())
     );
@@ -429,7 +429,7 @@ pub(crate) async fn repeated(def: &WorkflowDef, fixture: &impl Fixture) {
         );
     }
     eprintln!(
-        "sweep {}/repeated: {} steps run twice ({} of them call the host), same end state",
+        "sweep {}/repeated: ran each of {} steps twice ({} call the host): same end state",
         def.name,
         planned.len(),
         calling.len()
