@@ -234,6 +234,26 @@ mod sweeps {
         }
     }
 
+    /// A snapshot of `vc`, restored over `vc` after it was SUSPENDED (no safety copy; a
+    /// compensated restore leaves it paused).
+    struct OverSuspended;
+
+    impl Fixture for OverSuspended {
+        async fn setup(&self, h: &Harness) -> Command {
+            sweep::create(h, "vc").await;
+            let snapshot_id = sweep::snapshot(h, "vc").await;
+            let suspend = Command::Suspend {
+                snapshot: false,
+                evict_workloads: false,
+            };
+            sweep::succeed(h, "vc", suspend).await;
+            Command::Restore {
+                snapshot_id,
+                target: RestoreTarget::Existing("vc".parse().expect("name")),
+            }
+        }
+    }
+
     /// The same snapshot restored into a new vcluster `copy`.
     struct IntoNew;
 
@@ -251,5 +271,10 @@ mod sweeps {
         }
     }
 
-    sweeps!(crate::restore::definition(); over_existing: OverExisting, into_new: IntoNew);
+    sweeps!(
+        crate::restore::definition();
+        over_existing: OverExisting,
+        over_suspended: OverSuspended,
+        into_new: IntoNew,
+    );
 }
