@@ -150,3 +150,23 @@ async fn read_kubeconfig(ctx: &StepCtx) -> StepResult {
         None => Ok(StepOutput::pending(CHECK_IN)),
     }
 }
+
+#[cfg(test)]
+mod sweeps {
+    use crate::sweep::{Fixture, Harness, sweeps};
+    use ovc_types::command::Command;
+    use ovc_types::spec::VClusterSpec;
+
+    /// No vcluster yet.
+    struct Nothing;
+
+    impl Fixture for Nothing {
+        async fn setup(&self, _: &Harness) -> Command {
+            Command::Create {
+                spec: VClusterSpec::default(),
+            }
+        }
+    }
+
+    sweeps!(crate::create::definition(); from_nothing: Nothing);
+}

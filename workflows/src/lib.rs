@@ -9,11 +9,15 @@ mod common;
 pub mod create;
 pub mod delete;
 pub mod delete_snapshot;
+#[cfg(feature = "harness")]
+pub mod harness;
 pub mod restore;
 pub mod resume;
 pub mod scale;
 pub mod snapshot;
 pub mod suspend;
+#[cfg(test)]
+mod sweep;
 pub mod upgrade;
 
 use ovc_engine::Registry;

@@ -239,3 +239,66 @@ async fn repause(ctx: &StepCtx) -> StepResult {
         _ => Ok(StepOutput::done()),
     }
 }
+
+#[cfg(test)]
+mod sweeps {
+    use crate::sweep::{self, Fixture, Harness, sweeps};
+    use ovc_types::command::{Command, RestoreTarget};
+
+    /// A RUNNING vcluster `vc` and a snapshot of it, restored over `vc`.
+    struct OverExisting;
+
+    impl Fixture for OverExisting {
+        async fn setup(&self, h: &Harness) -> Command {
+            sweep::create(h, "vc").await;
+            Command::Restore {
+                snapshot_id: sweep::snapshot(h, "vc").await,
+                target: RestoreTarget::Existing("vc".parse().expect("name")),
+            }
+        }
+    }
+
+    /// A snapshot of `vc`, restored over `vc` after it was SUSPENDED (no safety copy; a
+    /// compensated restore leaves it paused).
+    struct OverSuspended;
+
+    impl Fixture for OverSuspended {
+        async fn setup(&self, h: &Harness) -> Command {
+            sweep::create(h, "vc").await;
+            let snapshot_id = sweep::snapshot(h, "vc").await;
+            let suspend = Command::Suspend {
+                snapshot: false,
+                evict_workloads: false,
+            };
+            sweep::succeed(h, "vc", suspend).await;
+            Command::Restore {
+                snapshot_id,
+                target: RestoreTarget::Existing("vc".parse().expect("name")),
+            }
+        }
+    }
+
+    /// The same snapshot restored into a new vcluster `copy`.
+    struct IntoNew;
+
+    impl Fixture for IntoNew {
+        fn target(&self) -> &'static str {
+            "copy"
+        }
+
+        async fn setup(&self, h: &Harness) -> Command {
+            sweep::create(h, "vc").await;
+            Command::Restore {
+                snapshot_id: sweep::snapshot(h, "vc").await,
+                target: RestoreTarget::NewName("copy".parse().expect("name")),
+            }
+        }
+    }
+
+    sweeps!(
+        crate::restore::definition();
+        over_existing: OverExisting,
+        over_suspended: OverSuspended,
+        into_new: IntoNew,
+    );
+}

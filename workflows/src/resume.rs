@@ -62,3 +62,28 @@ async fn reconcile(ctx: &StepCtx) -> StepResult {
         .await?;
     Ok(StepOutput::done())
 }
+
+#[cfg(test)]
+mod sweeps {
+    use crate::sweep::{self, Fixture, Harness, sweeps};
+    use ovc_types::command::Command;
+
+    /// A SUSPENDED vcluster, resumed with a workload reconcile (every step planned).
+    struct Suspended;
+
+    impl Fixture for Suspended {
+        async fn setup(&self, h: &Harness) -> Command {
+            sweep::create(h, "vc").await;
+            let suspend = Command::Suspend {
+                snapshot: false,
+                evict_workloads: false,
+            };
+            sweep::succeed(h, "vc", suspend).await;
+            Command::Resume {
+                reconcile_workloads: true,
+            }
+        }
+    }
+
+    sweeps!(crate::resume::definition(); suspended: Suspended);
+}

@@ -77,3 +77,30 @@ async fn downgrade(ctx: &StepCtx) -> StepResult {
         .await?;
     Ok(StepOutput::done())
 }
+
+#[cfg(test)]
+mod sweeps {
+    use crate::sweep::{self, Fixture, Harness, sweeps};
+    use ovc_types::command::Command;
+    use ovc_types::spec::{ControlPlanePatch, ScalePatch};
+
+    /// A RUNNING vcluster, scaled to three control-plane replicas.
+    struct Running;
+
+    impl Fixture for Running {
+        async fn setup(&self, h: &Harness) -> Command {
+            sweep::create(h, "vc").await;
+            Command::Scale {
+                patch: ScalePatch {
+                    control_plane: Some(ControlPlanePatch {
+                        replicas: Some(3),
+                        ..ControlPlanePatch::default()
+                    }),
+                    quota: None,
+                },
+            }
+        }
+    }
+
+    sweeps!(crate::scale::definition(); running: Running);
+}

@@ -56,3 +56,23 @@ async fn verify(ctx: &StepCtx) -> StepResult {
         serde_json::json!({"verified_bytes": bytes}),
     ))
 }
+
+#[cfg(test)]
+mod sweeps {
+    use crate::sweep::{self, Fixture, Harness, sweeps};
+    use ovc_types::command::Command;
+
+    /// A RUNNING vcluster.
+    struct Running;
+
+    impl Fixture for Running {
+        async fn setup(&self, h: &Harness) -> Command {
+            sweep::create(h, "vc").await;
+            Command::Snapshot {
+                description: Some("sweep".into()),
+            }
+        }
+    }
+
+    sweeps!(crate::snapshot::definition(); running: Running);
+}

@@ -398,3 +398,66 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod sweeps {
+    use crate::sweep::{self, Fixture, Harness, sweeps};
+    use ovc_types::command::Command;
+    use ovc_types::resource::Operation;
+    use ovc_types::{SnapshotId, SnapshotState};
+
+    /// The pre-upgrade snapshot is DELETED by its undo (there is none when the failure
+    /// came before it was taken).
+    async fn snapshot_undone(h: &Harness, op: &Operation, failed: &str) {
+        let snap = h
+            .store
+            .get_snapshot(SnapshotId(op.id.as_uuid()))
+            .await
+            .expect("get snapshot");
+        match snap {
+            Some(s) => assert_eq!(s.state, SnapshotState::Deleted, "failed at {failed}"),
+            None => assert!(
+                ["check_versions", "snapshot"].contains(&failed),
+                "no snapshot, though the failure at {failed} came after it"
+            ),
+        }
+    }
+
+    /// A RUNNING vcluster, to the next chart minor version (the undo is Helm's rollback).
+    struct Chart;
+
+    impl Fixture for Chart {
+        async fn setup(&self, h: &Harness) -> Command {
+            sweep::create(h, "vc").await;
+            Command::Upgrade {
+                vcluster_version: Some("0.30.0".into()),
+                kubernetes_version: None,
+            }
+        }
+
+        async fn after_compensation(&self, h: &Harness, op: &Operation, failed: &str) {
+            snapshot_undone(h, op, failed).await;
+        }
+    }
+
+    /// A RUNNING vcluster, to the next chart and Kubernetes minor versions: the new API
+    /// server rewrites the data, so the undo also restores it from the snapshot (the
+    /// sweep's host comparison includes the backing store).
+    struct ChartAndKubernetes;
+
+    impl Fixture for ChartAndKubernetes {
+        async fn setup(&self, h: &Harness) -> Command {
+            sweep::create(h, "vc").await;
+            Command::Upgrade {
+                vcluster_version: Some("0.30.0".into()),
+                kubernetes_version: Some("1.32".into()),
+            }
+        }
+
+        async fn after_compensation(&self, h: &Harness, op: &Operation, failed: &str) {
+            snapshot_undone(h, op, failed).await;
+        }
+    }
+
+    sweeps!(crate::upgrade::definition(); chart: Chart, chart_and_kubernetes: ChartAndKubernetes);
+}

@@ -177,6 +177,11 @@ pub struct StepDef {
     pub run: StepFn,
     /// The compensation (an ensure that tolerates "run never happened").
     pub undo: Option<StepFn>,
+    /// The effect cannot be taken back (deleted data stays deleted): the undo fails
+    /// permanently on purpose, so a failure after this step leaves the operation STUCK
+    /// and the vcluster FAILED rather than compensated. The engine runs that undo like
+    /// any other; the declaration is what the sweeps of the workflow files expect.
+    pub irreversible: bool,
     /// Skipped when this returns true for the command.
     pub skip_if: Option<SkipFn>,
     /// Attempts before the step fails permanently.
@@ -190,6 +195,7 @@ impl std::fmt::Debug for StepDef {
         f.debug_struct("StepDef")
             .field("name", &self.name)
             .field("undo", &self.undo.is_some())
+            .field("irreversible", &self.irreversible)
             .field("skip_if", &self.skip_if.is_some())
             .field("max_attempts", &self.max_attempts)
             .field("timeout", &self.timeout)
@@ -212,6 +218,7 @@ impl StepDef {
             name,
             run,
             undo: None,
+            irreversible: false,
             skip_if: None,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             timeout: DEFAULT_STEP_TIMEOUT,
@@ -221,6 +228,12 @@ impl StepDef {
     /// With a compensation.
     pub fn undo(mut self, undo: StepFn) -> Self {
         self.undo = Some(undo);
+        self
+    }
+
+    /// Declares the effect irreversible (see [`StepDef::irreversible`]).
+    pub fn irreversible(mut self) -> Self {
+        self.irreversible = true;
         self
     }
 
