@@ -252,6 +252,34 @@ fn snapshot_commands_and_bulk_retry() {
     );
     assert_eq!(code, 0, "{out}");
     assert_eq!(ovc_client(&server, &["vc", "get", "copy"]).0, 0);
+    // Upgrade: a skipped minor version is refused (exit 3, naming the next version);
+    // one minor version is fine.
+    let refused = Command::new(ovc_bin())
+        .args(["vc", "upgrade", "copy", "--vcluster-version", "0.31.0"])
+        .args(["--server", &server])
+        .output()
+        .expect("run ovc");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("next to 0.30"), "{stderr}");
+    let (code, out) = ovc_client(
+        &server,
+        &[
+            "vc",
+            "upgrade",
+            "copy",
+            "--vcluster-version",
+            "0.30.0",
+            "--kubernetes-version",
+            "1.32",
+            "--wait",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    let (_, out) = ovc_client(&server, &["vc", "get", "copy", "-o", "json"]);
+    let copy: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(copy["spec"]["vcluster_version"], "0.30.0", "{out}");
+    assert_eq!(copy["spec"]["kubernetes_version"], "1.32", "{out}");
     // A scale that fails (injected permanent fault): exit 1.
     assert_eq!(
         ovc_client(

@@ -286,6 +286,38 @@ async fn lifecycle_over_grpc() {
         Some("8")
     );
 
+    // Upgrade: one minor version at a time; a skip is refused with the next version.
+    let skip =
+        c.vc.upgrade_v_cluster(proto::UpgradeVClusterRequest {
+            name: "team-a".into(),
+            vcluster_version: Some("0.31.0".into()),
+            ..Default::default()
+        })
+        .await
+        .expect_err("skips a minor version");
+    assert_eq!(skip.code(), tonic::Code::FailedPrecondition, "{skip:?}");
+    assert!(skip.message().contains("next to 0.30"), "{skip:?}");
+    let op =
+        c.vc.upgrade_v_cluster(proto::UpgradeVClusterRequest {
+            name: "team-a".into(),
+            vcluster_version: Some("0.30.0".into()),
+            kubernetes_version: Some("1.32".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("upgrade")
+        .into_inner();
+    assert_eq!(op.kind, "UPGRADE");
+    assert_eq!(wait(&mut c, &op).await.state, "SUCCEEDED");
+    let spec = get_vc(&mut c, "team-a").await.spec.expect("spec");
+    assert_eq!(
+        (
+            spec.vcluster_version.as_deref(),
+            spec.kubernetes_version.as_deref()
+        ),
+        (Some("0.30.0"), Some("1.32"))
+    );
+
     // Restore as a new vcluster, then over the existing one.
     use proto::restore_snapshot_request::Target;
     for target in [
@@ -374,6 +406,7 @@ async fn lifecycle_over_grpc() {
             "DELETE",
             "DELETE_SNAPSHOT",
             "RESTORE",
+            "UPGRADE",
             "SCALE",
             "SNAPSHOT",
             "RESUME",

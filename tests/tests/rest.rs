@@ -205,6 +205,45 @@ async fn lifecycle_over_rest() {
     api.wait(&op).await;
     let (_, vc) = api.call("GET", "/v1/vclusters/team-a", None, None).await;
     assert_eq!(vc["spec"]["control_plane"]["replicas"], 3);
+    assert_eq!(vc["spec"]["vcluster_version"], "0.29.1");
+    // Upgrade: a skipped minor version is refused naming the next one; one step is fine.
+    let (s, err) = api
+        .call(
+            "POST",
+            "/v1/vclusters/team-a/upgrade",
+            Some(json!({"kubernetes_version": "1.33"})),
+            None,
+        )
+        .await;
+    assert_error(s, &err, StatusCode::BAD_REQUEST, "FAILED_PRECONDITION");
+    assert_eq!(err["error"]["details"][0]["reason"], "UPGRADE_SKIPS_MINOR");
+    assert_eq!(
+        err["error"]["details"][0]["metadata"]["next_allowed"],
+        "1.32"
+    );
+    let (s, err) = api
+        .call(
+            "POST",
+            "/v1/vclusters/team-a/upgrade",
+            Some(json!({"version": "0.30.0"})),
+            None,
+        )
+        .await;
+    assert_error(s, &err, StatusCode::BAD_REQUEST, "INVALID_ARGUMENT");
+    let (s, op) = api
+        .call(
+            "POST",
+            "/v1/vclusters/team-a/upgrade",
+            Some(json!({"vcluster_version": "0.30.0"})),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    assert_eq!(op["kind"], "UPGRADE");
+    let done = api.wait(&op).await;
+    assert_eq!(done["state"], "SUCCEEDED", "{done}");
+    assert_eq!(done["result"]["spec"]["vcluster_version"], "0.30.0");
+    assert_eq!(done["result"]["state"], "RUNNING");
     let (s, op) = api
         .call(
             "POST",
