@@ -479,3 +479,50 @@ async fn deciding_a_submission_twice_starts_one_operation() {
         assert_eq!(store.runs_of_operation(id).await.expect("runs").len(), 1);
     }
 }
+
+/// A new operation kind needs nothing of its own in SQL: UPGRADE is enqueued like the
+/// others, its state-machine rule comes from `ovc migrate`, and what only its workflow
+/// can check (a skipped minor version, in `admit`) is rejected visibly with the API's
+/// reason.
+#[tokio::test]
+async fn an_upgrade_is_enqueued_from_sql_and_its_own_check_rejects_a_skip() {
+    let h = Harness::start(Backend::Postgres, HarnessOptions::default()).await;
+    let op = h
+        .run(
+            "vc",
+            Command::Create {
+                spec: VClusterSpec::default(),
+            },
+        )
+        .await;
+    assert_eq!(op.state, OperationState::Succeeded);
+    let pool = caller_pool(&h.db).await;
+    let mut conn = pool.acquire().await.expect("conn");
+    let skip = submit(
+        &mut conn,
+        "upgrade",
+        "vc",
+        serde_json::json!({"kubernetes_version": "1.33"}),
+        None,
+    )
+    .await
+    .expect("the state machine allows an upgrade of a RUNNING vcluster");
+    let (state, code, reason) = settled(&pool, skip).await;
+    assert_eq!(state, "rejected");
+    assert_eq!(code.as_deref(), Some("FAILED_PRECONDITION"));
+    assert_eq!(reason.as_deref(), Some("UPGRADE_SKIPS_MINOR"));
+    let next = submit(
+        &mut conn,
+        "UPGRADE",
+        "vc",
+        serde_json::json!({"kubernetes_version": "1.32"}),
+        None,
+    )
+    .await
+    .expect("submit");
+    assert_eq!(settled(&pool, next).await.0, "accepted");
+    let done = h.wait(next).await;
+    assert_eq!(done.state, OperationState::Succeeded, "{done:#?}");
+    let vc = h.vcluster("vc").await.expect("vc");
+    assert_eq!(vc.spec.kubernetes_version, "1.32");
+}
