@@ -180,6 +180,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         },
         ovc_snapshots::object_url::redact(&worker_args.artifacts)
     );
+    if !args.sim_etcd.is_empty() {
+        println!(
+            "  backing    new vclusters keep their backing store in etcd {}",
+            args.sim_etcd.join(",")
+        );
+    }
     println!("  following the event log; Ctrl-C to stop");
     println!("  (another terminal: ovc events tail --follow --server http://{http_addr})");
     println!();

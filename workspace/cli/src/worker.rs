@@ -32,7 +32,7 @@ pub struct WorkerArgs {
     #[arg(long, env = "OVC_PG_SCHEMA")]
     pub pg_schema: Option<String>,
     /// The host driver. `sim` is the simulated host (knobs: OVC_SIM_LATENCY_MS,
-    /// OVC_SIM_READY_MS, OVC_SIM_FAULTS, OVC_SIM_RECORD_CALLS); `kube` is a real cluster from KUBECONFIG (or
+    /// OVC_SIM_READY_MS, OVC_SIM_FAULTS, OVC_SIM_RECORD_CALLS, and --sim-etcd); `kube` is a real cluster from KUBECONFIG (or
     /// the in-cluster service account), with helm (OVC_HELM, OVC_KUBE_CHART,
     /// OVC_KUBE_CHART_VERSION, OVC_KUBE_VCLUSTER_SERVER).
     #[arg(long, env = "OVC_HOST", value_parser = HOSTS, default_value = "sim")]
