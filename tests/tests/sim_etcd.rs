@@ -411,6 +411,33 @@ fn an_etcd_backing_store_round_trips_through_snapshot_and_restore_of_ovc_dev() {
     let (code, _, err) = cli(&artifacts, &["object", &id, "ConfigMap/team/cm-007"]);
     assert_eq!(code, 0, "{err}");
 
+    // An upgrade of Kubernetes marks the storage version in etcd (the simulated API
+    // server rewriting its objects), leaving the objects as they are.
+    let (_, vc) = dev.call("GET", &format!("/v1/vclusters/{name}"), None);
+    let version = vc["spec"]["kubernetes_version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let minor: u32 = version.split('.').nth(1).unwrap().parse().unwrap();
+    let next = format!("1.{}", minor + 1);
+    let op = done(
+        &dev,
+        dev.call(
+            "POST",
+            &format!("/v1/vclusters/{name}/upgrade"),
+            Some(&json!({"kubernetes_version": next})),
+        ),
+    );
+    assert_eq!(op["state"], "SUCCEEDED", "{op}");
+    let mut upgraded = rt.block_on(keys(&mut etcd, &prefix, None));
+    let mark = upgraded.remove(b"registry/ovc-sim/storage-version".as_slice());
+    assert_eq!(
+        mark.as_deref(),
+        Some(next.as_bytes()),
+        "the storage version mark"
+    );
+    assert!(upgraded == before, "an upgrade changed the objects");
+
     // Deleting a vcluster deletes its data in etcd.
     let op = done(
         &dev,

@@ -28,6 +28,7 @@ pub fn definition() -> WorkflowDef {
             })
         },
         revert: None,
+        admit: None,
     }
 }
 

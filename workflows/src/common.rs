@@ -16,6 +16,7 @@ use ovc_types::error::Code;
 use ovc_types::event::{Event, StreamName};
 use ovc_types::spec::VClusterSpec;
 use ovc_types::{ObjectLocation, SnapshotId};
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// How often waits look again.
@@ -29,7 +30,18 @@ pub fn values(spec: &VClusterSpec) -> ReleaseValues {
         quota: spec.quota.clone(),
         labels: spec.labels.clone(),
         helm_values: spec.helm_values.clone(),
-        chart_version: None,
+        chart_version: spec.vcluster_version.clone(),
+    }
+}
+
+/// Done when the virtual API answers; until then a transient failure (retried).
+pub async fn health_check(ctx: &StepCtx) -> StepResult {
+    if ctx.driver.health_check(&ctx.call, &ctx.target).await? {
+        Ok(StepOutput::done())
+    } else {
+        Err(StepError::transient(
+            "the virtual API server does not answer yet",
+        ))
     }
 }
 
@@ -79,6 +91,19 @@ pub fn artifact_error(e: SnapshotError) -> StepError {
     }
 }
 
+/// What a step that takes a snapshot ([`take_snapshot`]) journals.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TakenSnapshot {
+    /// The snapshot (the operation's id).
+    pub snapshot_id: SnapshotId,
+    /// Where its artifact is.
+    pub location: String,
+    /// Its manifest's sha256.
+    pub sha256: String,
+    /// Its total size.
+    pub size_bytes: u64,
+}
+
 /// Dumps the backing store straight into the artifact (streamed), then writes the
 /// manifest; emits `SnapshotStarted` and `SnapshotCompleted` on `snapshot-<id>` with the
 /// step's success.
@@ -105,13 +130,15 @@ pub async fn take_snapshot(ctx: &StepCtx, description: Option<String>) -> StepRe
     };
     let written = dump_to_artifact(ctx, &prefix(ctx, id), input).await?;
     let stream = StreamName::snapshot(id);
+    let taken = TakenSnapshot {
+        snapshot_id: id,
+        location: written.location.clone(),
+        sha256: written.manifest_sha256.clone(),
+        size_bytes: written.size_bytes,
+    };
     Ok(StepOutput::Done {
-        output: serde_json::json!({
-            "snapshot_id": id,
-            "location": written.location,
-            "sha256": written.manifest_sha256,
-            "size_bytes": written.size_bytes,
-        }),
+        output: serde_json::to_value(&taken)
+            .map_err(|e| StepError::permanent(Code::Internal, format!("snapshot output: {e}")))?,
         events: vec![
             (
                 stream.clone(),

@@ -6,8 +6,37 @@ use crate::common::{CHECK_IN, values, wait_ready};
 use futures::FutureExt;
 use ovc_driver::{NamespaceOutcome, Owner};
 use ovc_engine::model::{Settlement, WorkflowDef};
-use ovc_engine::{StepCtx, StepDef, StepOutput, StepResult};
+use ovc_engine::{StepCtx, StepDef, StepError, StepKey, StepOutput, StepResult};
 use ovc_types::state::{OperationKind, VClusterState};
+use serde::{Deserialize, Serialize};
+
+/// `create_namespace` journals the namespace and whether this operation created it.
+pub(crate) const CREATE_NAMESPACE: StepKey<NamespaceEnsured> = StepKey::named("create_namespace");
+/// `install_release` journals the revision and whether this operation created it.
+pub(crate) const INSTALL_RELEASE: StepKey<ReleaseEnsured> = StepKey::named("install_release");
+
+/// The output of `create_namespace`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct NamespaceEnsured {
+    #[serde(default)]
+    namespace: String,
+    /// Journals written before the output said so have none: they count as not
+    /// created, since leaking a namespace beats deleting one that may be another
+    /// tenant's.
+    #[serde(default)]
+    created: bool,
+}
+
+/// The output of `install_release`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ReleaseEnsured {
+    #[serde(default)]
+    revision: u32,
+    /// Journals written before the output said so have none: they uninstall (one
+    /// vcluster per namespace, and the namespace is the vcluster's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    created: Option<bool>,
+}
 
 /// The create workflow.
 pub fn definition() -> WorkflowDef {
@@ -15,9 +44,9 @@ pub fn definition() -> WorkflowDef {
         kind: OperationKind::Create,
         name: "create",
         steps: vec![
-            StepDef::new("create_namespace", |c| create_namespace(c).boxed())
+            StepDef::new(CREATE_NAMESPACE.name, |c| create_namespace(c).boxed())
                 .undo(|c| delete_namespace(c).boxed()),
-            StepDef::new("install_release", |c| install_release(c).boxed())
+            StepDef::new(INSTALL_RELEASE.name, |c| install_release(c).boxed())
                 .undo(|c| uninstall_release(c).boxed()),
             StepDef::new("wait_ready", |c| wait_ready(c).boxed()),
             StepDef::new("read_kubeconfig", |c| read_kubeconfig(c).boxed()),
@@ -35,6 +64,7 @@ pub fn definition() -> WorkflowDef {
             })
         },
         revert: None,
+        admit: None,
     }
 }
 
@@ -56,23 +86,21 @@ pub(crate) async fn create_namespace(ctx: &StepCtx) -> StepResult {
         .driver
         .ensure_namespace(&ctx.call, &ctx.target, &owner(ctx))
         .await?;
-    Ok(StepOutput::output(serde_json::json!({
-        "namespace": ctx.target.namespace,
-        "created": outcome == NamespaceOutcome::Created,
-    })))
+    CREATE_NAMESPACE.done(&NamespaceEnsured {
+        namespace: ctx.target.namespace.clone(),
+        created: outcome == NamespaceOutcome::Created,
+    })
 }
 
-/// Whether this operation created the namespace. Journals written before the output
-/// said so (no `created`) count as not created: leaking a namespace beats deleting one
-/// that may be another tenant's.
-fn created_namespace(ctx: &StepCtx) -> bool {
-    ctx.output_of("create_namespace")["created"].as_bool() == Some(true)
+/// Whether this operation created the namespace.
+fn created_namespace(ctx: &StepCtx) -> Result<bool, StepError> {
+    Ok(ctx.output(&CREATE_NAMESPACE)?.is_some_and(|n| n.created))
 }
 
 /// Undo of create_namespace (also used by restore): delete and wait until gone, only if
 /// this operation created the namespace.
 pub(crate) async fn delete_namespace(ctx: &StepCtx) -> StepResult {
-    if !created_namespace(ctx) {
+    if !created_namespace(ctx)? {
         tracing::info!(
             operation = %ctx.operation_id,
             namespace = %ctx.target.namespace,
@@ -92,21 +120,21 @@ pub(crate) async fn delete_namespace(ctx: &StepCtx) -> StepResult {
 /// everything in it is, or there was no release before the install.
 pub(crate) async fn install_release(ctx: &StepCtx) -> StepResult {
     let created =
-        created_namespace(ctx) || ctx.driver.release(&ctx.call, &ctx.target).await?.is_none();
+        created_namespace(ctx)? || ctx.driver.release(&ctx.call, &ctx.target).await?.is_none();
     let revision = ctx
         .driver
         .install_release(&ctx.call, &ctx.target, &values(ctx.spec()?))
         .await?;
-    Ok(StepOutput::output(
-        serde_json::json!({"revision": revision, "created": created}),
-    ))
+    INSTALL_RELEASE.done(&ReleaseEnsured {
+        revision,
+        created: Some(created),
+    })
 }
 
 /// Undo of install_release (also used by restore): uninstall, unless the output says the
-/// release existed before this operation (older journals, without `created`, uninstall:
-/// one vcluster per namespace, and the namespace is the vcluster's).
+/// release existed before this operation.
 pub(crate) async fn uninstall_release(ctx: &StepCtx) -> StepResult {
-    if ctx.output_of("install_release")["created"].as_bool() == Some(false) {
+    if ctx.output(&INSTALL_RELEASE)?.and_then(|r| r.created) == Some(false) {
         return Ok(StepOutput::done());
     }
     ctx.driver.uninstall_release(&ctx.call, &ctx.target).await?;
@@ -121,4 +149,24 @@ async fn read_kubeconfig(ctx: &StepCtx) -> StepResult {
         )),
         None => Ok(StepOutput::pending(CHECK_IN)),
     }
+}
+
+#[cfg(test)]
+mod sweeps {
+    use crate::sweep::{Fixture, Harness, sweeps};
+    use ovc_types::command::Command;
+    use ovc_types::spec::VClusterSpec;
+
+    /// No vcluster yet.
+    struct Nothing;
+
+    impl Fixture for Nothing {
+        async fn setup(&self, _: &Harness) -> Command {
+            Command::Create {
+                spec: VClusterSpec::default(),
+            }
+        }
+    }
+
+    sweeps!(crate::create::definition(); from_nothing: Nothing);
 }

@@ -19,6 +19,7 @@ pub fn definition() -> WorkflowDef {
         steps: vec![
             StepDef::new("uninstall_release", |c| uninstall(c).boxed())
                 .undo(|c| cannot_undo(c).boxed())
+                .irreversible()
                 .max_attempts(20),
             StepDef::new("delete_namespace", |c| delete_namespace(c).boxed()).max_attempts(20),
         ],
@@ -30,6 +31,7 @@ pub fn definition() -> WorkflowDef {
             })
         },
         revert: None,
+        admit: None,
     }
 }
 
@@ -51,4 +53,24 @@ async fn delete_namespace(ctx: &StepCtx) -> StepResult {
     } else {
         Ok(StepOutput::pending(CHECK_IN))
     }
+}
+
+#[cfg(test)]
+mod sweeps {
+    use crate::sweep::{self, Fixture, Harness, sweeps};
+    use ovc_types::command::Command;
+
+    /// A RUNNING vcluster. A failure after the uninstall (declared irreversible) leaves
+    /// the operation STUCK and the vcluster FAILED; the sweep expects that from the
+    /// declaration.
+    struct Running;
+
+    impl Fixture for Running {
+        async fn setup(&self, h: &Harness) -> Command {
+            sweep::create(h, "vc").await;
+            Command::Delete {}
+        }
+    }
+
+    sweeps!(crate::delete::definition(); running: Running);
 }

@@ -39,14 +39,16 @@ pub fn definition() -> WorkflowDef {
         steps: vec![
             StepDef::new("delete_artifacts", |c| delete_artifacts(c).boxed()).max_attempts(10),
         ],
-        settle: |ctx| {
+        settle: |_| {
             Ok(Settlement {
                 state: None,
                 spec: None,
-                result: ctx.output_of("delete_artifacts").clone(),
+                // The store makes the result the snapshot as the operation left it.
+                result: serde_json::Value::Null,
             })
         },
         revert: Some(|c| reinstate(c).boxed()),
+        admit: None,
     }
 }
 
@@ -189,4 +191,36 @@ async fn reinstate(ctx: &StepCtx) -> StepResult {
             Event::SnapshotDeleteFailed { state, error },
         )],
     })
+}
+
+#[cfg(test)]
+mod sweeps {
+    use crate::sweep::{self, Fixture, Harness, sweeps};
+    use ovc_types::SnapshotState;
+    use ovc_types::command::Command;
+    use ovc_types::resource::Operation;
+
+    /// A READY snapshot of a RUNNING vcluster, whose state the deletion leaves alone.
+    struct Ready;
+
+    impl Fixture for Ready {
+        async fn setup(&self, h: &Harness) -> Command {
+            sweep::create(h, "vc").await;
+            Command::DeleteSnapshot {
+                snapshot_id: sweep::snapshot(h, "vc").await,
+            }
+        }
+
+        /// The artifact was never touched: the snapshot is READY again.
+        async fn after_compensation(&self, h: &Harness, op: &Operation, failed: &str) {
+            let Command::DeleteSnapshot { snapshot_id } = &op.command else {
+                panic!("not a snapshot deletion: {:?}", op.command);
+            };
+            let snap = h.store.get_snapshot(*snapshot_id).await.expect("get");
+            let state = snap.expect("the snapshot's row").state;
+            assert_eq!(state, SnapshotState::Ready, "failed at {failed}");
+        }
+    }
+
+    sweeps!(crate::delete_snapshot::definition(); ready: Ready);
 }

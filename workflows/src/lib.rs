@@ -1,4 +1,4 @@
-//! The eight workflows, one file each. A newcomer who wants to change what "suspend"
+//! The nine workflows, one file each. A newcomer who wants to change what "suspend"
 //! does opens `workflows/src/suspend.rs` and nothing else.
 //!
 //! Every step is an *ensure* with its undo, following docs/vcluster-mechanics.md. Step
@@ -9,11 +9,16 @@ mod common;
 pub mod create;
 pub mod delete;
 pub mod delete_snapshot;
+#[cfg(feature = "harness")]
+pub mod harness;
 pub mod restore;
 pub mod resume;
 pub mod scale;
 pub mod snapshot;
 pub mod suspend;
+#[cfg(test)]
+mod sweep;
+pub mod upgrade;
 
 use ovc_engine::Registry;
 
@@ -26,6 +31,7 @@ pub fn registry() -> Registry {
         .register(snapshot::definition())
         .register(restore::definition())
         .register(scale::definition())
+        .register(upgrade::definition())
         .register(delete::definition())
         .register(delete_snapshot::definition());
     r

@@ -14,12 +14,13 @@ use crate::common::{CHECK_IN, dump_to_artifact, load_from_artifact, verify_artif
 use crate::create::{self, delete_namespace, uninstall_release};
 use futures::FutureExt;
 use ovc_engine::model::{Settlement, WorkflowDef};
-use ovc_engine::{StepCtx, StepDef, StepError, StepOutput, StepResult};
+use ovc_engine::{StepCtx, StepDef, StepError, StepKey, StepOutput, StepResult};
 use ovc_snapshots::{ManifestInput, artifact_prefix};
 use ovc_types::SnapshotId;
 use ovc_types::command::{Command, RestoreTarget};
 use ovc_types::error::Code;
 use ovc_types::state::{OperationKind, SnapshotState, VClusterState};
+use serde::{Deserialize, Serialize};
 
 /// The restore workflow.
 pub fn definition() -> WorkflowDef {
@@ -28,16 +29,20 @@ pub fn definition() -> WorkflowDef {
         name: "restore",
         steps: vec![
             StepDef::new("verify_snapshot", |c| verify(c).boxed()),
-            StepDef::new("create_namespace", |c| create::create_namespace(c).boxed())
-                .undo(|c| delete_namespace(c).boxed())
-                .skip_if(overwrites),
+            StepDef::new(create::CREATE_NAMESPACE.name, |c| {
+                create::create_namespace(c).boxed()
+            })
+            .undo(|c| delete_namespace(c).boxed())
+            .skip_if(overwrites),
             StepDef::new("hold_control_plane", |c| hold(c, true).boxed())
                 .undo(|c| hold(c, false).boxed())
                 .skip_if(overwrites),
-            StepDef::new("install_release", |c| create::install_release(c).boxed())
-                .undo(|c| uninstall_release(c).boxed())
-                .skip_if(overwrites),
-            StepDef::new("safety_copy", |c| safety_copy(c).boxed()).skip_if(creates),
+            StepDef::new(create::INSTALL_RELEASE.name, |c| {
+                create::install_release(c).boxed()
+            })
+            .undo(|c| uninstall_release(c).boxed())
+            .skip_if(overwrites),
+            StepDef::new(SAFETY_COPY.name, |c| safety_copy(c).boxed()).skip_if(creates),
             StepDef::new("pause_control_plane", |c| pause(c).boxed()).undo(|c| unpause(c).boxed()),
             StepDef::new("load_backing_store", |c| load(c).boxed()).undo(|c| unload(c).boxed()),
             StepDef::new("resume_control_plane", |c| resume(c).boxed())
@@ -57,7 +62,24 @@ pub fn definition() -> WorkflowDef {
             })
         },
         revert: None,
+        admit: None,
     }
+}
+
+/// `safety_copy` journals whether it took a copy of the current data, and where.
+const SAFETY_COPY: StepKey<SafetyCopy> = StepKey::named("safety_copy");
+
+/// The output of `safety_copy`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SafetyCopy {
+    /// False when the vcluster was not running (its data cannot be dumped while paused).
+    taken: bool,
+    /// The copy's artifact prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    prefix: Option<String>,
+    /// Its manifest's sha256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sha256: Option<String>,
 }
 
 fn overwrites(c: &Command) -> bool {
@@ -130,7 +152,11 @@ async fn hold(ctx: &StepCtx, hold: bool) -> StepResult {
 
 async fn safety_copy(ctx: &StepCtx) -> StepResult {
     if ctx.prior_state != Some(VClusterState::Running) {
-        return Ok(StepOutput::output(serde_json::json!({"taken": false})));
+        return SAFETY_COPY.done(&SafetyCopy {
+            taken: false,
+            prefix: None,
+            sha256: None,
+        });
     }
     let prefix = safety_prefix(ctx);
     let written = dump_to_artifact(
@@ -145,11 +171,11 @@ async fn safety_copy(ctx: &StepCtx) -> StepResult {
         },
     )
     .await?;
-    Ok(StepOutput::output(serde_json::json!({
-        "taken": true,
-        "prefix": prefix,
-        "sha256": written.manifest_sha256,
-    })))
+    SAFETY_COPY.done(&SafetyCopy {
+        taken: true,
+        prefix: Some(prefix),
+        sha256: Some(written.manifest_sha256),
+    })
 }
 
 fn safety_prefix(ctx: &StepCtx) -> String {
@@ -188,13 +214,11 @@ async fn load(ctx: &StepCtx) -> StepResult {
 }
 
 async fn unload(ctx: &StepCtx) -> StepResult {
-    let safety = ctx.output_of("safety_copy");
-    if safety["taken"].as_bool() != Some(true) {
+    let Some(safety) = ctx.output(&SAFETY_COPY)?.filter(|s| s.taken) else {
         // New vcluster (it is uninstalled next) or no safety copy could be taken.
         return Ok(StepOutput::done());
-    }
-    let sha256 = safety["sha256"].as_str().map(str::to_string);
-    load_from_artifact(ctx, &safety_prefix(ctx), sha256.as_deref()).await?;
+    };
+    load_from_artifact(ctx, &safety_prefix(ctx), safety.sha256.as_deref()).await?;
     Ok(StepOutput::done())
 }
 
@@ -214,4 +238,67 @@ async fn repause(ctx: &StepCtx) -> StepResult {
         Some(cp) if cp.pods > 0 => Ok(StepOutput::pending(CHECK_IN)),
         _ => Ok(StepOutput::done()),
     }
+}
+
+#[cfg(test)]
+mod sweeps {
+    use crate::sweep::{self, Fixture, Harness, sweeps};
+    use ovc_types::command::{Command, RestoreTarget};
+
+    /// A RUNNING vcluster `vc` and a snapshot of it, restored over `vc`.
+    struct OverExisting;
+
+    impl Fixture for OverExisting {
+        async fn setup(&self, h: &Harness) -> Command {
+            sweep::create(h, "vc").await;
+            Command::Restore {
+                snapshot_id: sweep::snapshot(h, "vc").await,
+                target: RestoreTarget::Existing("vc".parse().expect("name")),
+            }
+        }
+    }
+
+    /// A snapshot of `vc`, restored over `vc` after it was SUSPENDED (no safety copy; a
+    /// compensated restore leaves it paused).
+    struct OverSuspended;
+
+    impl Fixture for OverSuspended {
+        async fn setup(&self, h: &Harness) -> Command {
+            sweep::create(h, "vc").await;
+            let snapshot_id = sweep::snapshot(h, "vc").await;
+            let suspend = Command::Suspend {
+                snapshot: false,
+                evict_workloads: false,
+            };
+            sweep::succeed(h, "vc", suspend).await;
+            Command::Restore {
+                snapshot_id,
+                target: RestoreTarget::Existing("vc".parse().expect("name")),
+            }
+        }
+    }
+
+    /// The same snapshot restored into a new vcluster `copy`.
+    struct IntoNew;
+
+    impl Fixture for IntoNew {
+        fn target(&self) -> &'static str {
+            "copy"
+        }
+
+        async fn setup(&self, h: &Harness) -> Command {
+            sweep::create(h, "vc").await;
+            Command::Restore {
+                snapshot_id: sweep::snapshot(h, "vc").await,
+                target: RestoreTarget::NewName("copy".parse().expect("name")),
+            }
+        }
+    }
+
+    sweeps!(
+        crate::restore::definition();
+        over_existing: OverExisting,
+        over_suspended: OverSuspended,
+        into_new: IntoNew,
+    );
 }

@@ -2,10 +2,10 @@
 //! remembered replicas, wait until ready, health-check the virtual API, optionally ask
 //! for a workload reconcile. On success the vcluster is RUNNING.
 
-use crate::common::wait_ready;
+use crate::common::{health_check, wait_ready};
 use futures::FutureExt;
 use ovc_engine::model::{Settlement, WorkflowDef};
-use ovc_engine::{StepCtx, StepDef, StepError, StepOutput, StepResult};
+use ovc_engine::{StepCtx, StepDef, StepOutput, StepResult};
 use ovc_types::command::Command;
 use ovc_types::state::{OperationKind, VClusterState};
 
@@ -35,6 +35,7 @@ pub fn definition() -> WorkflowDef {
             })
         },
         revert: None,
+        admit: None,
     }
 }
 
@@ -55,19 +56,34 @@ async fn scale_down(ctx: &StepCtx) -> StepResult {
     Ok(StepOutput::done())
 }
 
-async fn health_check(ctx: &StepCtx) -> StepResult {
-    if ctx.driver.health_check(&ctx.call, &ctx.target).await? {
-        Ok(StepOutput::done())
-    } else {
-        Err(StepError::transient(
-            "the virtual API server does not answer yet",
-        ))
-    }
-}
-
 async fn reconcile(ctx: &StepCtx) -> StepResult {
     ctx.driver
         .reconcile_workloads(&ctx.call, &ctx.target)
         .await?;
     Ok(StepOutput::done())
+}
+
+#[cfg(test)]
+mod sweeps {
+    use crate::sweep::{self, Fixture, Harness, sweeps};
+    use ovc_types::command::Command;
+
+    /// A SUSPENDED vcluster, resumed with a workload reconcile (every step planned).
+    struct Suspended;
+
+    impl Fixture for Suspended {
+        async fn setup(&self, h: &Harness) -> Command {
+            sweep::create(h, "vc").await;
+            let suspend = Command::Suspend {
+                snapshot: false,
+                evict_workloads: false,
+            };
+            sweep::succeed(h, "vc", suspend).await;
+            Command::Resume {
+                reconcile_workloads: true,
+            }
+        }
+    }
+
+    sweeps!(crate::resume::definition(); suspended: Suspended);
 }

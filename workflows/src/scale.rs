@@ -8,7 +8,8 @@ use futures::FutureExt;
 use ovc_engine::model::{Settlement, WorkflowDef};
 use ovc_engine::{StepCtx, StepDef, StepError, StepOutput, StepResult};
 use ovc_types::command::Command;
-use ovc_types::error::Code;
+use ovc_types::error::{Code, Status};
+use ovc_types::resource::VCluster;
 use ovc_types::spec::VClusterSpec;
 use ovc_types::state::{OperationKind, VClusterState};
 
@@ -30,6 +31,18 @@ pub fn definition() -> WorkflowDef {
             })
         },
         revert: None,
+        admit: Some(admit),
+    }
+}
+
+/// Accept's check: the patch must make a valid spec that differs from the current one.
+fn admit(command: &Command, vc: &VCluster) -> Result<(), Status> {
+    match command {
+        Command::Scale { patch } => patch.apply_to(&vc.spec).map(drop).map_err(Status::from),
+        other => Err(Status::internal(format!(
+            "the scale workflow was given a {} command",
+            other.kind()
+        ))),
     }
 }
 
@@ -63,4 +76,31 @@ async fn downgrade(ctx: &StepCtx) -> StepResult {
         .install_release(&ctx.call, &ctx.target, &values(ctx.spec()?))
         .await?;
     Ok(StepOutput::done())
+}
+
+#[cfg(test)]
+mod sweeps {
+    use crate::sweep::{self, Fixture, Harness, sweeps};
+    use ovc_types::command::Command;
+    use ovc_types::spec::{ControlPlanePatch, ScalePatch};
+
+    /// A RUNNING vcluster, scaled to three control-plane replicas.
+    struct Running;
+
+    impl Fixture for Running {
+        async fn setup(&self, h: &Harness) -> Command {
+            sweep::create(h, "vc").await;
+            Command::Scale {
+                patch: ScalePatch {
+                    control_plane: Some(ControlPlanePatch {
+                        replicas: Some(3),
+                        ..ControlPlanePatch::default()
+                    }),
+                    quota: None,
+                },
+            }
+        }
+    }
+
+    sweeps!(crate::scale::definition(); running: Running);
 }

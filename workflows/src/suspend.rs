@@ -37,6 +37,7 @@ pub fn definition() -> WorkflowDef {
             })
         },
         revert: None,
+        admit: None,
     }
 }
 
@@ -93,4 +94,45 @@ async fn scale_back(ctx: &StepCtx) -> StepResult {
         .resume_control_plane(&ctx.call, &ctx.target)
         .await?;
     Ok(StepOutput::done())
+}
+
+#[cfg(test)]
+mod sweeps {
+    use crate::sweep::{self, Fixture, Harness, sweeps};
+    use ovc_types::command::Command;
+    use ovc_types::resource::Operation;
+    use ovc_types::{SnapshotId, SnapshotState};
+
+    /// A RUNNING vcluster, suspended with a snapshot and eviction (every step planned).
+    struct Running;
+
+    impl Fixture for Running {
+        async fn setup(&self, h: &Harness) -> Command {
+            sweep::create(h, "vc").await;
+            Command::Suspend {
+                snapshot: true,
+                evict_workloads: true,
+            }
+        }
+
+        /// The snapshot taken by the first step is DELETED by its undo (there is none
+        /// when the first step is the one that failed).
+        async fn after_compensation(&self, h: &Harness, op: &Operation, failed: &str) {
+            let snap = h
+                .store
+                .get_snapshot(SnapshotId(op.id.as_uuid()))
+                .await
+                .expect("get snapshot");
+            match snap {
+                Some(s) => assert_eq!(s.state, SnapshotState::Deleted, "failed at {failed}"),
+                None => assert_eq!(
+                    op.steps.first().map(|s| s.name.as_str()),
+                    Some(failed),
+                    "no snapshot, though the failure at {failed} came after the first step"
+                ),
+            }
+        }
+    }
+
+    sweeps!(crate::suspend::definition(); running: Running);
 }

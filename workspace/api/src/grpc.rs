@@ -339,6 +339,20 @@ impl VClusterService for GrpcApi {
         .await
     }
 
+    async fn upgrade_v_cluster(
+        &self,
+        request: Request<proto::UpgradeVClusterRequest>,
+    ) -> GrpcResult<proto::Operation> {
+        self.mutate(request, |r| {
+            let command = Command::Upgrade {
+                vcluster_version: r.vcluster_version,
+                kubernetes_version: r.kubernetes_version,
+            };
+            Ok(on(r.project, r.name, command, r.request_id))
+        })
+        .await
+    }
+
     async fn delete_v_cluster(
         &self,
         request: Request<proto::DeleteVClusterRequest>,

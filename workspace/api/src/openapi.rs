@@ -5,6 +5,7 @@
 
 use crate::routes::{
     CreateBody, RestoreBody, ResumeBody, RetryBody, ScaleBody, SnapshotBody, SuspendBody,
+    UpgradeBody,
 };
 use axum::response::{IntoResponse, Response};
 use ovc_store::RecordedEvent;
@@ -176,6 +177,7 @@ impl Modify for ErrorResponses {
         crate::routes::resume,
         crate::routes::snapshot,
         crate::routes::scale,
+        crate::routes::upgrade,
         crate::routes::list_snapshots,
         crate::routes::get_snapshot,
         crate::routes::delete_snapshot,
@@ -196,6 +198,7 @@ impl Modify for ErrorResponses {
         ResumeBody,
         SnapshotBody,
         ScaleBody,
+        UpgradeBody,
         RestoreBody,
         RetryBody
     )),

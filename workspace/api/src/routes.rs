@@ -39,6 +39,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/vclusters/{name}/resume", post(resume))
         .route("/v1/vclusters/{name}/snapshots", post(snapshot))
         .route("/v1/vclusters/{name}/scale", post(scale))
+        .route("/v1/vclusters/{name}/upgrade", post(upgrade))
         .route("/v1/vclusters/{name}/kubeconfig", get(kubeconfig))
         .route("/v1/snapshots", get(list_snapshots))
         .route(
@@ -320,6 +321,44 @@ pub(crate) async fn scale(
             control_plane: b.control_plane,
             quota: b.quota,
         },
+    };
+    command_on(&state, &who, &headers, q, name, command, b.request_id).await
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpgradeBody {
+    /// The new chart version (`MAJOR.MINOR.PATCH`); absent keeps the current one.
+    #[serde(default)]
+    #[schema(example = "0.30.0")]
+    vcluster_version: Option<String>,
+    /// The new Kubernetes version (`1.MINOR`); absent keeps the current one.
+    #[serde(default)]
+    #[schema(example = "1.32")]
+    kubernetes_version: Option<String>,
+    #[serde(default)]
+    request_id: Option<String>,
+}
+
+#[utoipa::path(post, path = "/v1/vclusters/{name}/upgrade", tag = "vclusters", summary = "Upgrade the chart and/or Kubernetes version of a running vcluster, one minor version at a time (snapshots first)",
+    request_body(content = UpgradeBody, description = "JSON; at least one of the versions"),
+    params(("name" = VClusterName, Path, description = "The vcluster's name", example = "team-a"), ProjectQuery, ("Idempotency-Key" = Option<String>, Header, description = "The request id (instead of the body's request_id)")),
+    responses(
+        (status = 202, description = "Accepted: the new operation", body = Operation),
+        (status = 200, description = "A repeated request_id: the first operation; nothing new started", body = Operation),
+    ))]
+pub(crate) async fn upgrade(
+    State(state): State<AppState>,
+    who: Principal,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ProjectQuery>,
+    headers: HeaderMap,
+    ApiBody(bytes): ApiBody,
+) -> ApiResult<Response> {
+    let b: UpgradeBody = body(&bytes)?;
+    let command = Command::Upgrade {
+        vcluster_version: b.vcluster_version,
+        kubernetes_version: b.kubernetes_version,
     };
     command_on(&state, &who, &headers, q, name, command, b.request_id).await
 }

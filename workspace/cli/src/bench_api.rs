@@ -54,6 +54,7 @@ async fn start_worker(
     let args = WorkerArgs {
         database_url: url.to_string(),
         pg_schema: schema,
+        vcluster_version: ovc_driver::DEFAULT_VCLUSTER_VERSION.into(),
         host: "sim".into(),
         kube_hosts: Vec::new(),
         artifacts: "memory://".into(),

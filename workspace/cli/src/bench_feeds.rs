@@ -232,6 +232,7 @@ async fn measure(
     let worker_args = WorkerArgs {
         database_url: url.to_string(),
         pg_schema: None,
+        vcluster_version: ovc_driver::DEFAULT_VCLUSTER_VERSION.into(),
         host: "sim".into(),
         kube_hosts: Vec::new(),
         artifacts: "memory://".into(),

@@ -12,7 +12,7 @@
 use clap::{Args, Subcommand};
 use ovc_client::{
     Accepted, Client, CreateVCluster, Error, ListOperations, ListSnapshots, ListVClusters,
-    ResumeVCluster, ScaleVCluster, SnapshotVCluster, SuspendVCluster,
+    ResumeVCluster, ScaleVCluster, SnapshotVCluster, SuspendVCluster, UpgradeVCluster,
 };
 use ovc_types::resource::{Operation, Snapshot, VCluster};
 use ovc_types::spec::{ControlPlanePatch, QuotaPatch, ScalePatch, VClusterSpec};
@@ -126,6 +126,21 @@ pub enum VcCommand {
         /// Quota pods.
         #[arg(long)]
         quota_pods: Option<u32>,
+        /// Wait until the operation ends.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Upgrade the chart and/or Kubernetes version, one minor version at a time (a
+    /// snapshot is taken first; a failed upgrade is rolled back).
+    Upgrade {
+        /// Its name.
+        name: String,
+        /// The new vcluster chart version, e.g. 0.30.0.
+        #[arg(long)]
+        vcluster_version: Option<String>,
+        /// The new Kubernetes version, e.g. 1.32.
+        #[arg(long)]
+        kubernetes_version: Option<String>,
         /// Wait until the operation ends.
         #[arg(long)]
         wait: bool,
@@ -669,6 +684,19 @@ async fn vc_in(s: &Session, cmd: VcCommand) -> Result<Outcome, Stop> {
                 request_id: None,
             };
             s.finish(c.scale_vcluster(&name, &req).await?, wait).await
+        }
+        VcCommand::Upgrade {
+            name,
+            vcluster_version,
+            kubernetes_version,
+            wait,
+        } => {
+            let req = UpgradeVCluster {
+                vcluster_version,
+                kubernetes_version,
+                request_id: None,
+            };
+            s.finish(c.upgrade_vcluster(&name, &req).await?, wait).await
         }
         VcCommand::Delete { name, wait } => {
             s.finish(c.delete_vcluster(&name, None).await?, wait).await

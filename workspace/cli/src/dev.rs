@@ -56,6 +56,9 @@ pub struct DevArgs {
     /// etcd (`http://HOST:PORT`, `,`-separated), as for `ovc worker --sim-etcd`.
     #[arg(long = "sim-etcd", env = "OVC_SIM_ETCD", value_delimiter = ',', value_parser = crate::worker::parse_sim_etcd)]
     pub sim_etcd: Vec<String>,
+    /// The vcluster chart version a create without `spec.vcluster_version` installs.
+    #[arg(long, env = "OVC_VCLUSTER_VERSION", default_value = ovc_driver::DEFAULT_VCLUSTER_VERSION, value_parser = crate::worker::parse_chart_version)]
+    pub vcluster_version: String,
 }
 
 /// Runs `ovc dev`.
@@ -87,6 +90,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let worker_args = crate::worker::WorkerArgs {
         database_url: url.clone(),
         pg_schema: None,
+        vcluster_version: args.vcluster_version.clone(),
         host: args.host.clone(),
         kube_hosts: args.kube_hosts.clone(),
         artifacts: args
@@ -143,7 +147,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let grpc_addr = grpc_listener.local_addr().unwrap_or(args.grpc);
     let state = ovc_api::AppState::new(
         store.clone(),
-        std::sync::Arc::new(host.registry(ovc_workflows::registry())),
+        std::sync::Arc::new(
+            host.registry(ovc_workflows::registry())
+                .with_default_vcluster_version(args.vcluster_version.clone()),
+        ),
         ovc_api::auth::AuthMode::None,
     )
     .with_max_live_feeds(args.max_live_feeds as usize)

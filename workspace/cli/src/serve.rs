@@ -51,6 +51,9 @@ pub struct ServeArgs {
     /// + Retry-After.
     #[arg(long, env = "OVC_MAX_LIVE_FEEDS", default_value_t = ovc_api::feeds::DEFAULT_MAX_LIVE_FEEDS as u32, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_live_feeds: u32,
+    /// The vcluster chart version a create without `spec.vcluster_version` installs.
+    #[arg(long, env = "OVC_VCLUSTER_VERSION", default_value = ovc_driver::DEFAULT_VCLUSTER_VERSION, value_parser = crate::worker::parse_chart_version)]
+    pub vcluster_version: String,
 }
 
 /// Runs `ovc serve`.
@@ -90,7 +93,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.grpc))?;
     let grpc_addr = grpc_listener.local_addr().unwrap_or(args.grpc);
-    let registry = Arc::new(host.registry(ovc_workflows::registry()));
+    let registry = Arc::new(
+        host.registry(ovc_workflows::registry())
+            .with_default_vcluster_version(args.vcluster_version.clone()),
+    );
     let state = ovc_api::AppState::new(store, registry, auth)
         .with_rate_limit(args.rate_limit, args.rate_burst)
         .with_max_live_feeds(args.max_live_feeds as usize)

@@ -31,6 +31,10 @@ pub struct WorkerArgs {
     /// PostgreSQL schema holding ovc's tables (default: the search path).
     #[arg(long, env = "OVC_PG_SCHEMA")]
     pub pg_schema: Option<String>,
+    /// The vcluster chart version a create without `spec.vcluster_version` installs
+    /// (creates submitted from SQL are accepted by the workers).
+    #[arg(long, env = "OVC_VCLUSTER_VERSION", default_value = ovc_driver::DEFAULT_VCLUSTER_VERSION, value_parser = crate::worker::parse_chart_version)]
+    pub vcluster_version: String,
     /// The host driver. `sim` is the simulated host (knobs: OVC_SIM_LATENCY_MS,
     /// OVC_SIM_READY_MS, OVC_SIM_FAULTS, OVC_SIM_RECORD_CALLS, and --sim-etcd); `kube` is a real cluster from KUBECONFIG (or
     /// the in-cluster service account), with helm (OVC_HELM, OVC_KUBE_CHART,
@@ -175,6 +179,13 @@ pub async fn host(
     }
 }
 
+/// Parses `--vcluster-version`: a chart version, `MAJOR.MINOR.PATCH[-PRE]`.
+pub fn parse_chart_version(s: &str) -> Result<String, String> {
+    ovc_types::spec::ChartVersion::parse(s)
+        .map(|_| s.to_string())
+        .ok_or_else(|| format!("{s:?} is not a chart version; use MAJOR.MINOR.PATCH, e.g. 0.29.1"))
+}
+
 /// Parses `--inventory-every`: a duration ([`crate::duration`]), or `off`.
 pub fn parse_inventory_every(s: &str) -> Result<Option<Duration>, String> {
     if s == "off" {
@@ -257,11 +268,16 @@ pub async fn build_with(
     }
     let exec = Executor {
         store,
-        registry: Arc::new(host.registry(if args.workflows == "bench" {
-            ovc_workflows::bench_registry()
-        } else {
-            ovc_workflows::registry()
-        })),
+        // The registry's default chart version is what a create submitted from SQL
+        // (accepted here, by the worker) gets.
+        registry: Arc::new(
+            host.registry(if args.workflows == "bench" {
+                ovc_workflows::bench_registry()
+            } else {
+                ovc_workflows::registry()
+            })
+            .with_default_vcluster_version(args.vcluster_version.clone()),
+        ),
         driver: host.driver,
         step_hook: host.step_hook,
         services: Arc::new(Services { artifacts }),

@@ -256,6 +256,21 @@ pub struct ScaleVCluster {
     pub request_id: Option<String>,
 }
 
+/// `UpgradeVCluster`: a newer chart and/or Kubernetes version, one minor version at a
+/// time; a version left out stays as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct UpgradeVCluster {
+    /// The new chart version (`MAJOR.MINOR.PATCH`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vcluster_version: Option<String>,
+    /// The new Kubernetes version (`1.MINOR`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubernetes_version: Option<String>,
+    /// The request id (default: a fresh one).
+    #[serde(skip)]
+    pub request_id: Option<String>,
+}
+
 /// Where `RestoreSnapshot` goes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -620,6 +635,17 @@ impl Client {
     /// Changes the control plane and/or quota.
     pub async fn scale_vcluster(&self, name: &str, req: &ScaleVCluster) -> Result<Accepted, Error> {
         self.on_vcluster(name, "scale", Self::json(req), &req.request_id)
+            .await
+    }
+
+    /// Upgrades a RUNNING vcluster (snapshotting first); a skipped minor version is
+    /// FAILED_PRECONDITION `UPGRADE_SKIPS_MINOR`.
+    pub async fn upgrade_vcluster(
+        &self,
+        name: &str,
+        req: &UpgradeVCluster,
+    ) -> Result<Accepted, Error> {
+        self.on_vcluster(name, "upgrade", Self::json(req), &req.request_id)
             .await
     }
 

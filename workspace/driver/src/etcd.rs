@@ -148,6 +148,19 @@ impl EtcdBackingStore {
         Ok(resp.deleted())
     }
 
+    /// Puts `value` at `key` (relative to the prefix).
+    pub async fn put(&self, ctx: &CallCtx, key: &[u8], value: &[u8]) -> DriverResult<()> {
+        ctx.check()?;
+        let mut full = self.prefix.clone();
+        full.extend_from_slice(key);
+        self.client
+            .kv_client()
+            .put(full, value, None)
+            .await
+            .map_err(|e| etcd_error("writing a key", e))?;
+        Ok(())
+    }
+
     /// Puts `value` at `key` (relative to the prefix) unless the key exists; `true` when
     /// it was written. What a fresh control plane does on its first start.
     pub async fn put_if_absent(

@@ -22,6 +22,10 @@ pub mod kube;
 pub mod router;
 pub mod sim;
 
+/// The vcluster chart version a new vcluster gets unless the service is configured with
+/// another (`--vcluster-version`) or its spec names one.
+pub const DEFAULT_VCLUSTER_VERSION: &str = kube::DEFAULT_CHART_VERSION;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use ovc_types::error::{Code, Status};

@@ -1545,3 +1545,46 @@ async fn a_canceled_snapshot_request_is_removed_and_asked_for_again() {
     assert_eq!(now.len(), 1);
     assert_ne!(now, first, "a new request");
 }
+
+/// What UPGRADE asks of the driver: `upgrade_release` installs the new chart version
+/// with the new values, its undo installs the old ones (Helm's rollback, as a new
+/// revision). The chart version reaches helm as `--version` and comes back in the
+/// release.
+#[tokio::test]
+async fn an_upgrade_installs_the_new_chart_version_and_its_undo_the_old_one() {
+    let e = env();
+    running(&e, 1).await;
+    let version_flag = |e: &Env| {
+        let up = helm_calls(&e.dir)
+            .into_iter()
+            .find(|c| c[0] == "upgrade")
+            .expect("a helm upgrade");
+        let at = up.iter().position(|a| a == "--version").expect("--version");
+        up[at + 1].clone()
+    };
+    for (revision, chart, kubernetes) in [(2, "0.30.0", "1.32"), (3, "0.29.1", "1.31")] {
+        clear(&e);
+        let mut next = values(1);
+        next.chart_version = Some(chart.into());
+        next.kubernetes_version = kubernetes.into();
+        assert_eq!(
+            e.host
+                .install_release(&ctx("upgrade_release"), &t(), &next)
+                .await,
+            Ok(revision),
+            "{chart}"
+        );
+        assert_eq!(version_flag(&e), chart);
+        assert!(e.fake.writes().is_empty(), "versions go through helm only");
+        e.fake.settle();
+        let info = e
+            .host
+            .release(&ctx("check_versions"), &t())
+            .await
+            .expect("release")
+            .expect("installed");
+        assert_eq!(info.revision, revision);
+        assert_eq!(info.chart_version, chart);
+        assert_eq!(info.values.kubernetes_version, kubernetes);
+    }
+}

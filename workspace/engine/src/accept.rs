@@ -3,10 +3,17 @@
 //!
 //! In order: answer a repeated `request_id` with its first operation; resolve and check
 //! the target against the state machine (`ovc_types::state::transition`); validate the
-//! parameters; then one commit appends the command event to `vcluster-<uid>` (expected
+//! parameters (the workflow's own [`crate::model::AdmitFn`] for what only that operation
+//! knows); then one commit appends the command event to `vcluster-<uid>` (expected
 //! version = the version read, so a concurrent command loses with ABORTED rather than
 //! both running), `OperationRequested` to `operation-<id>`, the run, and the idempotency
 //! key. Nothing is written unless everything is valid.
+//!
+//! The command event is `CreateRequested` or `RestoreRequested` when the operation makes
+//! the vcluster (they carry its name, spec and namespace), and the one generic
+//! `OperationAccepted {operation_id, kind}` for every operation on an existing vcluster:
+//! a new operation needs no event of its own. The per-kind `SuspendRequested` & co. that
+//! earlier versions wrote are still folded.
 //!
 //! `DeleteSnapshot` is the one command outside the vcluster's state machine: it is
 //! checked against its snapshot (READY or FAILED, not used by an unfinished restore),
@@ -260,6 +267,10 @@ async fn accept_once(
         (Command::Create { spec }, None) => {
             spec.validate().map_err(Status::from)?;
             registry.check_host(&spec.host)?;
+            let mut spec = spec.clone();
+            if spec.vcluster_version.is_none() {
+                spec.vcluster_version = Some(registry.default_vcluster_version().to_string());
+            }
             let uid = VClusterId(ids.new_uuid());
             (
                 uid,
@@ -268,7 +279,7 @@ async fn accept_once(
                     operation_id,
                     name: target_name.clone(),
                     project: req.project.clone(),
-                    spec: spec.clone(),
+                    spec,
                     host_namespace: host_namespace(&target_name, uid),
                 },
             )
@@ -302,27 +313,11 @@ async fn accept_once(
         }
         (command, Some(vc)) => {
             known_host_of(registry, vc)?;
-            let event = match command {
-                Command::Suspend { .. } => Event::SuspendRequested { operation_id },
-                Command::Resume { .. } => Event::ResumeRequested { operation_id },
-                Command::Snapshot { .. } => Event::SnapshotRequested {
-                    operation_id,
-                    snapshot_id: SnapshotId(operation_id.as_uuid()),
-                },
+            match command {
                 Command::Restore { snapshot_id, .. } => {
                     let (_, version) = restorable_spec(store, &req.project, *snapshot_id).await?;
                     snapshot_use = Some((*snapshot_id, version));
-                    Event::RestoreRequested {
-                        operation_id,
-                        snapshot_id: *snapshot_id,
-                        new_vcluster: None,
-                    }
                 }
-                Command::Scale { patch } => {
-                    patch.apply_to(&vc.spec).map_err(Status::from)?;
-                    Event::ScaleRequested { operation_id }
-                }
-                Command::Delete {} => Event::DeleteRequested { operation_id },
                 Command::DeleteSnapshot { .. } => {
                     return Err(Status::internal(
                         "a snapshot deletion has no vcluster event",
@@ -334,6 +329,14 @@ async fn accept_once(
                         format!("vcluster {}/{} already exists", req.project, target_name),
                     ));
                 }
+                _ => {}
+            }
+            if let Some(admit) = def.admit {
+                admit(command, vc)?;
+            }
+            let event = Event::OperationAccepted {
+                operation_id,
+                kind: command.kind(),
             };
             (vc.uid, ExpectedVersion::Exact(vc.version), event)
         }

@@ -338,6 +338,7 @@ impl Executor {
                     steps: vec![],
                     settle: |_| Err(StepError::permanent(Code::Internal, "no workflow")),
                     revert: None,
+                    admit: None,
                 },
                 journal,
                 pending: Pending::default(),

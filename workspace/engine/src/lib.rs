@@ -20,5 +20,5 @@ pub mod submissions;
 pub mod trace_context;
 pub mod worker;
 
-pub use model::{StepCtx, StepDef, StepError, StepOutput, StepResult, WorkflowDef};
+pub use model::{StepCtx, StepDef, StepError, StepKey, StepOutput, StepResult, WorkflowDef};
 pub use registry::Registry;

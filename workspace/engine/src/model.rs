@@ -18,7 +18,10 @@ use ovc_types::spec::VClusterSpec;
 use ovc_types::state::{OperationKind, VClusterState};
 use ovc_types::time::{Clock, IdSource};
 use ovc_types::{OperationId, ProjectName, VClusterId, VClusterName};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -123,6 +126,41 @@ impl From<DriverError> for StepError {
 /// A step's or undo's result.
 pub type StepResult = Result<StepOutput, StepError>;
 
+/// A step's persisted name together with the type of the output it journals, so that a
+/// later step or undo reads it typed and by a name the compiler checks
+/// (`ctx.output(&SAFETY_COPY)?`): a renamed step or a changed output type is a compile
+/// error or a clear permanent error, never a silent `null`. Declare one per step whose
+/// output is read: `const SAFETY_COPY: StepKey<SafetyCopy> = StepKey::named("safety_copy");`
+/// and `StepDef::new(SAFETY_COPY.name, ...)`.
+pub struct StepKey<O> {
+    /// The persisted step name.
+    pub name: &'static str,
+    output: PhantomData<fn() -> O>,
+}
+
+impl<O> StepKey<O> {
+    /// The key of step `name`.
+    pub const fn named(name: &'static str) -> Self {
+        Self {
+            name,
+            output: PhantomData,
+        }
+    }
+}
+
+impl<O: Serialize> StepKey<O> {
+    /// Done, journaling `output` as this step's output.
+    pub fn done(&self, output: &O) -> StepResult {
+        let output = serde_json::to_value(output).map_err(|e| {
+            StepError::permanent(
+                Code::Internal,
+                format!("step {}: its output does not serialize: {e}", self.name),
+            )
+        })?;
+        Ok(StepOutput::output(output))
+    }
+}
+
 /// The signature of `run` and `undo`.
 pub type StepFn = for<'a> fn(&'a StepCtx) -> BoxFuture<'a, StepResult>;
 
@@ -139,6 +177,11 @@ pub struct StepDef {
     pub run: StepFn,
     /// The compensation (an ensure that tolerates "run never happened").
     pub undo: Option<StepFn>,
+    /// The effect cannot be taken back (deleted data stays deleted): the undo fails
+    /// permanently on purpose, so a failure after this step leaves the operation STUCK
+    /// and the vcluster FAILED rather than compensated. The engine runs that undo like
+    /// any other; the declaration is what the sweeps of the workflow files expect.
+    pub irreversible: bool,
     /// Skipped when this returns true for the command.
     pub skip_if: Option<SkipFn>,
     /// Attempts before the step fails permanently.
@@ -152,6 +195,7 @@ impl std::fmt::Debug for StepDef {
         f.debug_struct("StepDef")
             .field("name", &self.name)
             .field("undo", &self.undo.is_some())
+            .field("irreversible", &self.irreversible)
             .field("skip_if", &self.skip_if.is_some())
             .field("max_attempts", &self.max_attempts)
             .field("timeout", &self.timeout)
@@ -174,6 +218,7 @@ impl StepDef {
             name,
             run,
             undo: None,
+            irreversible: false,
             skip_if: None,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             timeout: DEFAULT_STEP_TIMEOUT,
@@ -183,6 +228,12 @@ impl StepDef {
     /// With a compensation.
     pub fn undo(mut self, undo: StepFn) -> Self {
         self.undo = Some(undo);
+        self
+    }
+
+    /// Declares the effect irreversible (see [`StepDef::irreversible`]).
+    pub fn irreversible(mut self) -> Self {
+        self.irreversible = true;
         self
     }
 
@@ -221,6 +272,12 @@ pub struct Settlement {
 /// Computes the settlement from the finished workflow's context.
 pub type SettleFn = fn(&StepCtx) -> Result<Settlement, StepError>;
 
+/// The workflow's own check of a command against the existing vcluster, run by accept
+/// after the state machine allowed the call and before anything is written: what only
+/// this operation knows (a scale patch that changes nothing, an upgrade that skips a
+/// minor version). The refusal is the caller's answer, with its code and reason.
+pub type AdmitFn = fn(&Command, &VCluster) -> Result<(), Status>;
+
 /// A workflow: its kind, its steps in order, and its settlement.
 #[derive(Debug, Clone)]
 pub struct WorkflowDef {
@@ -232,6 +289,9 @@ pub struct WorkflowDef {
     pub steps: Vec<StepDef>,
     /// The outcome on success.
     pub settle: SettleFn,
+    /// The operation's own accept-time check (see [`AdmitFn`]); `None`: the state
+    /// machine's answer is the whole check.
+    pub admit: Option<AdmitFn>,
     /// Runs once compensation is over and the operation is about to end FAILED or
     /// CANCELLED; the events it returns are journaled with that outcome. For workflows
     /// whose subject is not the vcluster (DELETE_SNAPSHOT puts its snapshot back to
@@ -292,9 +352,23 @@ pub struct StepCtx {
 }
 
 impl StepCtx {
-    /// The output of an earlier step, or Null.
-    pub fn output_of(&self, step: &str) -> &serde_json::Value {
-        self.outputs.get(step).unwrap_or(&serde_json::Value::Null)
+    /// The typed output of step `key`: `None` when that step has not succeeded (or was
+    /// skipped) in this operation; a permanent error when what it journaled is not an `O`
+    /// (a step changed its output type without a new name).
+    pub fn output<O: DeserializeOwned>(&self, key: &StepKey<O>) -> Result<Option<O>, StepError> {
+        match self.outputs.get(key.name) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(v) => serde_json::from_value(v.clone()).map(Some).map_err(|e| {
+                StepError::permanent(
+                    Code::Internal,
+                    format!(
+                        "the journaled output of step {} is not a {}: {e}",
+                        key.name,
+                        std::any::type_name::<O>()
+                    ),
+                )
+            }),
+        }
     }
 
     /// The vcluster's current spec, or a permanent error if the vcluster is unknown.

@@ -190,6 +190,7 @@ mod tests {
                 })
             },
             revert: None,
+            admit: None,
         }
     }
 
@@ -516,6 +517,7 @@ mod tests {
                 })
             },
             revert: Some(noop),
+            admit: None,
         };
         let mut base = Journal::default();
         base.apply(

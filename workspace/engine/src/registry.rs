@@ -1,8 +1,9 @@
 //! The registry: which workflow runs which operation kind, and which host clusters a
 //! vcluster may name (`spec.host`), so accept refuses an unknown host before anything is
-//! written.
+//! written, and the chart version a new vcluster gets when its spec names none.
 
 use crate::model::WorkflowDef;
+use ovc_driver::DEFAULT_VCLUSTER_VERSION;
 use ovc_driver::router::{DEFAULT_HOST, unknown_host};
 use ovc_types::error::Status;
 use ovc_types::state::OperationKind;
@@ -13,6 +14,7 @@ use std::collections::{BTreeSet, HashMap};
 pub struct Registry {
     workflows: HashMap<OperationKind, WorkflowDef>,
     hosts: BTreeSet<String>,
+    default_vcluster_version: String,
 }
 
 impl Default for Registry {
@@ -21,6 +23,7 @@ impl Default for Registry {
         Self {
             workflows: HashMap::new(),
             hosts: BTreeSet::from([DEFAULT_HOST.to_string()]),
+            default_vcluster_version: DEFAULT_VCLUSTER_VERSION.to_string(),
         }
     }
 }
@@ -47,6 +50,18 @@ impl Registry {
     pub fn with_hosts(mut self, hosts: impl IntoIterator<Item = String>) -> Self {
         self.hosts = hosts.into_iter().collect();
         self
+    }
+
+    /// The same registry with `version` as the chart version a create without
+    /// `spec.vcluster_version` gets (`--vcluster-version`).
+    pub fn with_default_vcluster_version(mut self, version: impl Into<String>) -> Self {
+        self.default_vcluster_version = version.into();
+        self
+    }
+
+    /// The chart version a create without `spec.vcluster_version` gets.
+    pub fn default_vcluster_version(&self) -> &str {
+        &self.default_vcluster_version
     }
 
     /// The known host names, sorted.

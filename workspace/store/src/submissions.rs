@@ -65,6 +65,7 @@ pub fn call_name(call: Call) -> Option<&'static str> {
         Call::RestoreNew => "RESTORE_NEW",
         Call::RestoreOverwrite => "RESTORE_OVERWRITE",
         Call::Scale => "SCALE",
+        Call::Upgrade => "UPGRADE",
         Call::Delete => "DELETE",
         Call::Retry(_) => return None,
     })

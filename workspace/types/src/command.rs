@@ -61,6 +61,16 @@ pub enum Command {
         /// The fields to change.
         patch: ScalePatch,
     },
+    /// UpgradeVCluster: move the chart and/or the virtual Kubernetes on, one minor
+    /// version at a time. A field left out keeps its current value.
+    Upgrade {
+        /// The new chart version (`MAJOR.MINOR.PATCH`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vcluster_version: Option<String>,
+        /// The new Kubernetes version (`1.MINOR`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kubernetes_version: Option<String>,
+    },
     /// DeleteVCluster.
     Delete {},
     /// DeleteSnapshot (`DELETE /v1/snapshots/{id}`): deletes the snapshot's artifact. It
@@ -82,6 +92,7 @@ impl Command {
             Command::Snapshot { .. } => OperationKind::Snapshot,
             Command::Restore { .. } => OperationKind::Restore,
             Command::Scale { .. } => OperationKind::Scale,
+            Command::Upgrade { .. } => OperationKind::Upgrade,
             Command::Delete {} => OperationKind::Delete,
             Command::DeleteSnapshot { .. } => OperationKind::DeleteSnapshot,
         }
@@ -105,6 +116,7 @@ impl Command {
                 ..
             } => Call::RestoreOverwrite,
             Command::Scale { .. } => Call::Scale,
+            Command::Upgrade { .. } => Call::Upgrade,
             Command::Delete {} => Call::Delete,
             Command::DeleteSnapshot { .. } => return None,
         })
@@ -167,6 +179,10 @@ mod tests {
             },
             Command::Scale {
                 patch: ScalePatch::default(),
+            },
+            Command::Upgrade {
+                vcluster_version: Some("0.30.0".into()),
+                kubernetes_version: None,
             },
             Command::Delete {},
             Command::DeleteSnapshot {

@@ -183,6 +183,17 @@ pub enum Event {
         /// The operation.
         operation_id: OperationId,
     },
+    /// An operation of `kind` was accepted on this existing vcluster: the vcluster is in
+    /// `kind`'s in-progress state until the operation settles, reverts or fails it. The
+    /// one command event every operation on an existing vcluster writes (the operation's
+    /// parameters are in its own stream's `OperationRequested`); the per-kind
+    /// `*Requested` events above are what ovc wrote before, and are still read.
+    OperationAccepted {
+        /// The operation.
+        operation_id: OperationId,
+        /// Its kind.
+        kind: OperationKind,
+    },
     /// A failed operation is being retried by a new operation.
     RetryRequested {
         /// The new operation.
@@ -474,6 +485,7 @@ impl Event {
             Event::RestoreRequested { .. } => "RestoreRequested",
             Event::ScaleRequested { .. } => "ScaleRequested",
             Event::DeleteRequested { .. } => "DeleteRequested",
+            Event::OperationAccepted { .. } => "OperationAccepted",
             Event::RetryRequested { .. } => "RetryRequested",
             Event::VClusterSettled { .. } => "VClusterSettled",
             Event::VClusterReverted { .. } => "VClusterReverted",
@@ -555,6 +567,7 @@ impl Event {
             | Event::RestoreRequested { operation_id, .. }
             | Event::ScaleRequested { operation_id }
             | Event::DeleteRequested { operation_id }
+            | Event::OperationAccepted { operation_id, .. }
             | Event::RetryRequested { operation_id, .. }
             | Event::VClusterSettled { operation_id, .. }
             | Event::VClusterReverted { operation_id, .. }
@@ -584,6 +597,10 @@ mod tests {
                 host_namespace: "ovc-default-team-a".into(),
             },
             Event::SuspendRequested { operation_id: op },
+            Event::OperationAccepted {
+                operation_id: op,
+                kind: OperationKind::Upgrade,
+            },
             Event::StepStarted {
                 step: "scale_to_zero".into(),
                 attempt: 1,

@@ -342,7 +342,8 @@ impl VCluster {
             Event::DeleteRequested { operation_id } => {
                 begin(current, *operation_id, VClusterState::Deleting)?
             }
-            Event::RetryRequested {
+            Event::OperationAccepted { operation_id, kind }
+            | Event::RetryRequested {
                 operation_id, kind, ..
             } => {
                 let state = kind
@@ -755,6 +756,23 @@ mod tests {
             operation_id: op_id(),
         };
         assert!(VCluster::apply(None, uid, "s", 1, t(0), &suspend).is_err());
+        // The generic command event moves the vcluster to its kind's in-progress state,
+        // as the per-kind events it replaces did.
+        for kind in OperationKind::ALL {
+            let accepted = Event::OperationAccepted {
+                operation_id: op_id(),
+                kind,
+            };
+            let got = VCluster::apply(Some(vc.clone()), uid, "s", 3, t(2), &accepted);
+            match kind.in_progress_state() {
+                Some(state) => {
+                    let got = got.expect("accepted");
+                    assert_eq!(got.state, state, "{kind}");
+                    assert_eq!(got.active_operation, Some(op_id()));
+                }
+                None => assert!(got.is_err(), "{kind} has no vcluster state"),
+            }
+        }
         let step = Event::StepStarted {
             step: "x".into(),
             attempt: 1,

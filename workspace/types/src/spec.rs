@@ -101,6 +101,16 @@ pub struct VClusterSpec {
     /// The distribution.
     #[serde(default)]
     pub distro: Distro,
+    /// The vcluster Helm chart version (`MAJOR.MINOR.PATCH[-PRE]`). A create without it
+    /// gets the service's configured default (`--vcluster-version`); vclusters created
+    /// before ovc recorded it have none, and then the installed release's version counts.
+    /// Changed only by UPGRADE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        pattern = "^[0-9]+[.][0-9]+[.][0-9]+(-[0-9A-Za-z.-]+)?$",
+        example = "0.29.1"
+    )]
+    pub vcluster_version: Option<String>,
     /// Control-plane size.
     #[serde(default)]
     pub control_plane: ControlPlaneSpec,
@@ -185,6 +195,7 @@ impl Default for VClusterSpec {
         Self {
             kubernetes_version: default_kubernetes_version(),
             distro: Distro::default(),
+            vcluster_version: None,
             control_plane: ControlPlaneSpec::default(),
             quota: QuotaSpec::default(),
             labels: BTreeMap::new(),
@@ -232,6 +243,88 @@ impl From<SpecError> for Status {
     }
 }
 
+/// A `major.minor` version: what "one minor version at a time" compares (UPGRADE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MinorVersion {
+    /// Major.
+    pub major: u32,
+    /// Minor.
+    pub minor: u32,
+}
+
+impl MinorVersion {
+    /// The kubernetes version `v` (`1.31` or `1.31.2`) as major.minor.
+    pub fn of_kubernetes(v: &str) -> Option<Self> {
+        parse_kubernetes_version(v).map(|(major, minor)| Self { major, minor })
+    }
+
+    /// The chart version `v` as major.minor.
+    pub fn of_chart(v: &str) -> Option<Self> {
+        ChartVersion::parse(v).map(|c| Self {
+            major: c.major,
+            minor: c.minor,
+        })
+    }
+}
+
+impl std::fmt::Display for MinorVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// A chart version, `MAJOR.MINOR.PATCH[-PRE]` (semver without build metadata).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChartVersion {
+    /// Major.
+    pub major: u32,
+    /// Minor.
+    pub minor: u32,
+    /// Patch.
+    pub patch: u32,
+    /// The pre-release part after `-`, if any.
+    pub pre: Option<String>,
+}
+
+impl ChartVersion {
+    /// Parses `v`; `None` when it is not `MAJOR.MINOR.PATCH[-PRE]` (at most 64 bytes).
+    pub fn parse(v: &str) -> Option<Self> {
+        if v.is_empty() || v.len() > 64 {
+            return None;
+        }
+        let (core, pre) = match v.split_once('-') {
+            Some((core, pre)) => (core, Some(pre)),
+            None => (v, None),
+        };
+        if let Some(pre) = pre
+            && (pre.is_empty()
+                || !pre
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'))
+        {
+            return None;
+        }
+        let mut parts = core.split('.');
+        let mut number = || -> Option<u32> {
+            let p = parts.next()?;
+            if p.is_empty() || !p.chars().all(|c| c.is_ascii_digit()) || p.len() > 9 {
+                return None;
+            }
+            p.parse().ok()
+        };
+        let (major, minor, patch) = (number()?, number()?, number()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Self {
+            major,
+            minor,
+            patch,
+            pre: pre.map(str::to_string),
+        })
+    }
+}
+
 fn parse_kubernetes_version(v: &str) -> Option<(u32, u32)> {
     let mut parts = v.split('.');
     let major: u32 = parts.next()?.parse().ok()?;
@@ -270,6 +363,14 @@ impl VClusterSpec {
                     ),
                 ));
             }
+        }
+        if let Some(v) = &self.vcluster_version
+            && ChartVersion::parse(v).is_none()
+        {
+            return Err(SpecError::invalid(
+                "vcluster_version",
+                format!("{v:?} is not a chart version; use MAJOR.MINOR.PATCH, e.g. \"0.29.1\""),
+            ));
         }
         self.control_plane.validate()?;
         self.quota.validate()?;
@@ -518,6 +619,13 @@ mod tests {
             ),
             (json!({"kubernetes_version": "1.3"}), "kubernetes_version"),
             (json!({"kubernetes_version": ""}), "kubernetes_version"),
+            (json!({"vcluster_version": "0.29"}), "vcluster_version"),
+            (json!({"vcluster_version": "v0.29.1"}), "vcluster_version"),
+            (json!({"vcluster_version": "0.29.1-"}), "vcluster_version"),
+            (
+                json!({"vcluster_version": "0.29.1+build"}),
+                "vcluster_version",
+            ),
             (json!({"labels": {"Bad Key": "x"}}), "labels.Bad Key"),
             (json!({"labels": {"ok": "bad value!"}}), "labels.ok"),
             (
@@ -643,5 +751,42 @@ mod tests {
         let patch: ScalePatch =
             serde_json::from_value(json!({"control_plane": {"replicas": 3}})).expect("parses");
         assert_eq!(patch.apply_to(&base).expect("valid").host, "eu");
+    }
+
+    #[test]
+    fn chart_versions_parse_as_semver_without_build_metadata() {
+        let v = ChartVersion::parse("0.30.0-rc.1").expect("parses");
+        assert_eq!((v.major, v.minor, v.patch), (0, 30, 0));
+        assert_eq!(v.pre.as_deref(), Some("rc.1"));
+        assert_eq!(ChartVersion::parse("1.2.3").map(|v| v.pre), Some(None));
+        for bad in [
+            "",
+            "1.2",
+            "1.2.3.4",
+            "a.b.c",
+            "1..3",
+            "1.2.3-",
+            "1.2.3-a b",
+            "01234567890.1.1",
+        ] {
+            assert_eq!(ChartVersion::parse(bad), None, "{bad}");
+        }
+        assert_eq!(
+            MinorVersion::of_kubernetes("1.31.4"),
+            Some(MinorVersion {
+                major: 1,
+                minor: 31
+            })
+        );
+        assert_eq!(
+            MinorVersion::of_chart("0.29.1").map(|m| m.to_string()),
+            Some("0.29".into())
+        );
+        let spec: VClusterSpec =
+            serde_json::from_value(json!({"vcluster_version": "0.29.1"})).expect("parses");
+        spec.validate().expect("valid");
+        // Absent, it is not written: the request hash of an older create stays the same.
+        let plain = serde_json::to_value(VClusterSpec::default()).expect("ser");
+        assert!(plain.get("vcluster_version").is_none(), "{plain}");
     }
 }

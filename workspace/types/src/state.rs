@@ -29,6 +29,8 @@ pub enum VClusterState {
     Snapshotting,
     /// A snapshot is being restored into it.
     Restoring,
+    /// Its chart or Kubernetes version is being upgraded.
+    Upgrading,
     /// Being deleted.
     Deleting,
     /// Gone; the name may be reused.
@@ -39,7 +41,7 @@ pub enum VClusterState {
 
 impl VClusterState {
     /// Every state, for exhaustive tests.
-    pub const ALL: [VClusterState; 11] = [
+    pub const ALL: [VClusterState; 12] = [
         VClusterState::Creating,
         VClusterState::Running,
         VClusterState::Suspending,
@@ -48,6 +50,7 @@ impl VClusterState {
         VClusterState::Scaling,
         VClusterState::Snapshotting,
         VClusterState::Restoring,
+        VClusterState::Upgrading,
         VClusterState::Deleting,
         VClusterState::Deleted,
         VClusterState::Failed,
@@ -64,6 +67,7 @@ impl VClusterState {
             VClusterState::Scaling => "SCALING",
             VClusterState::Snapshotting => "SNAPSHOTTING",
             VClusterState::Restoring => "RESTORING",
+            VClusterState::Upgrading => "UPGRADING",
             VClusterState::Deleting => "DELETING",
             VClusterState::Deleted => "DELETED",
             VClusterState::Failed => "FAILED",
@@ -85,6 +89,7 @@ impl VClusterState {
                 | VClusterState::Scaling
                 | VClusterState::Snapshotting
                 | VClusterState::Restoring
+                | VClusterState::Upgrading
                 | VClusterState::Deleting
         )
     }
@@ -112,6 +117,8 @@ pub enum OperationKind {
     Restore,
     /// ScaleVCluster.
     Scale,
+    /// UpgradeVCluster: a new chart and/or Kubernetes version, one minor at a time.
+    Upgrade,
     /// DeleteVCluster.
     Delete,
     /// DeleteSnapshot: deletes a snapshot's artifact; the vcluster's state is left alone.
@@ -120,13 +127,14 @@ pub enum OperationKind {
 
 impl OperationKind {
     /// Every kind.
-    pub const ALL: [OperationKind; 8] = [
+    pub const ALL: [OperationKind; 9] = [
         OperationKind::Create,
         OperationKind::Suspend,
         OperationKind::Resume,
         OperationKind::Snapshot,
         OperationKind::Restore,
         OperationKind::Scale,
+        OperationKind::Upgrade,
         OperationKind::Delete,
         OperationKind::DeleteSnapshot,
     ];
@@ -140,6 +148,7 @@ impl OperationKind {
             OperationKind::Snapshot => "SNAPSHOT",
             OperationKind::Restore => "RESTORE",
             OperationKind::Scale => "SCALE",
+            OperationKind::Upgrade => "UPGRADE",
             OperationKind::Delete => "DELETE",
             OperationKind::DeleteSnapshot => "DELETE_SNAPSHOT",
         }
@@ -161,6 +170,7 @@ impl OperationKind {
             OperationKind::Snapshot => Some(VClusterState::Snapshotting),
             OperationKind::Restore => Some(VClusterState::Restoring),
             OperationKind::Scale => Some(VClusterState::Scaling),
+            OperationKind::Upgrade => Some(VClusterState::Upgrading),
             OperationKind::Delete => Some(VClusterState::Deleting),
             OperationKind::DeleteSnapshot => None,
         }
@@ -196,6 +206,8 @@ pub enum Call {
     RestoreOverwrite,
     /// POST .../scale.
     Scale,
+    /// POST .../upgrade.
+    Upgrade,
     /// DELETE /v1/vclusters/{name}.
     Delete,
     /// POST /v1/operations/{id}/retry of an operation of the given kind.
@@ -204,7 +216,7 @@ pub enum Call {
 
 impl Call {
     /// Every call, for exhaustive tests.
-    pub const ALL: [Call; 15] = [
+    pub const ALL: [Call; 17] = [
         Call::Create,
         Call::Suspend,
         Call::Resume,
@@ -212,6 +224,7 @@ impl Call {
         Call::RestoreNew,
         Call::RestoreOverwrite,
         Call::Scale,
+        Call::Upgrade,
         Call::Delete,
         Call::Retry(OperationKind::Create),
         Call::Retry(OperationKind::Suspend),
@@ -219,6 +232,7 @@ impl Call {
         Call::Retry(OperationKind::Snapshot),
         Call::Retry(OperationKind::Restore),
         Call::Retry(OperationKind::Scale),
+        Call::Retry(OperationKind::Upgrade),
         Call::Retry(OperationKind::Delete),
     ];
 
@@ -231,6 +245,7 @@ impl Call {
             Call::Snapshot => OperationKind::Snapshot,
             Call::RestoreNew | Call::RestoreOverwrite => OperationKind::Restore,
             Call::Scale => OperationKind::Scale,
+            Call::Upgrade => OperationKind::Upgrade,
             Call::Delete => OperationKind::Delete,
             Call::Retry(kind) => kind,
         }
@@ -246,6 +261,7 @@ impl Call {
             Call::RestoreNew => "restore into a new vcluster",
             Call::RestoreOverwrite => "restore",
             Call::Scale => "scale",
+            Call::Upgrade => "upgrade",
             Call::Delete => "delete",
             Call::Retry(_) => "retry",
         }
@@ -358,8 +374,11 @@ pub fn transition(
         });
     }
     let allowed = match (current, call) {
-        // RUNNING | suspend, scale, snapshot, restore (overwrite), delete
-        (S::Running, C::Suspend | C::Scale | C::Snapshot | C::RestoreOverwrite | C::Delete) => true,
+        // RUNNING | suspend, scale, snapshot, restore (overwrite), upgrade, delete
+        (
+            S::Running,
+            C::Suspend | C::Scale | C::Snapshot | C::RestoreOverwrite | C::Upgrade | C::Delete,
+        ) => true,
         // SUSPENDED | resume, restore (overwrite), delete
         (S::Suspended, C::Resume | C::RestoreOverwrite | C::Delete) => true,
         // FAILED | delete, operation retry
@@ -376,6 +395,7 @@ pub fn transition(
                 OperationKind::Snapshot => C::Snapshot,
                 OperationKind::Restore => C::RestoreOverwrite,
                 OperationKind::Scale => C::Scale,
+                OperationKind::Upgrade => C::Upgrade,
                 OperationKind::Delete => C::Delete,
                 OperationKind::DeleteSnapshot => {
                     return Err(TransitionError::NotAVClusterCall {
@@ -393,6 +413,7 @@ pub fn transition(
     }
     let hint = match (current, call) {
         (S::Suspended, C::Scale | C::Snapshot) => "; resume it first",
+        (S::Suspended, C::Upgrade) => "; ovc never upgrades a paused vcluster, resume it first",
         (S::Running, C::Resume) => "; it is already running",
         (S::Suspended, C::Suspend) => "; it is already suspended",
         (S::Failed, _) => "; delete it or retry the failed operation",
@@ -591,12 +612,14 @@ mod tests {
                     | C::Scale
                     | C::Snapshot
                     | C::RestoreOverwrite
+                    | C::Upgrade
                     | C::Delete
                     | C::Retry(
                         OperationKind::Suspend
                             | OperationKind::Scale
                             | OperationKind::Snapshot
                             | OperationKind::Restore
+                            | OperationKind::Upgrade
                             | OperationKind::Delete
                     )
             ),
@@ -634,7 +657,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 12 * 15);
+        assert_eq!(checked, 13 * 17);
     }
 
     #[test]

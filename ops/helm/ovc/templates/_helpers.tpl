@@ -68,6 +68,8 @@ helm.sh/chart: {{ printf "%s-%s" $ctx.Chart.Name $ctx.Chart.Version }}
   value: {{ . | quote }}
 {{- end }}
 {{- with .Values.vclusterChartVersion }}
+- name: OVC_VCLUSTER_VERSION
+  value: {{ . | quote }}
 - name: OVC_KUBE_CHART_VERSION
   value: {{ . | quote }}
 {{- end }}

@@ -171,6 +171,7 @@ pub(crate) fn spec(s: &VClusterSpec) -> proto::VClusterSpec {
         labels: s.labels.clone().into_iter().collect(),
         helm_values: Some(map_to_struct(&s.helm_values)),
         host: Some(s.host.clone()),
+        vcluster_version: s.vcluster_version.clone(),
     }
 }
 
@@ -291,6 +292,11 @@ pub(crate) fn spec_from(s: Option<proto::VClusterSpec>) -> ApiResult<VClusterSpe
     );
     put(&mut m, "distro", s.distro.map(Value::from));
     put(&mut m, "host", s.host.map(Value::from));
+    put(
+        &mut m,
+        "vcluster_version",
+        s.vcluster_version.map(Value::from),
+    );
     put(
         &mut m,
         "control_plane",

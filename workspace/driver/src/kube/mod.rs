@@ -21,7 +21,7 @@ pub mod values;
 pub mod fake;
 
 pub use error::{KubeError, KubeResult};
-pub use helm::{ChartSource, Helm, HelmConfig, HelmRelease, HelmStatus};
+pub use helm::{ChartSource, DEFAULT_CHART_VERSION, Helm, HelmConfig, HelmRelease, HelmStatus};
 pub use storage::{StorageCredentials, VclusterStorage, vcluster_storage};
 
 use crate::{

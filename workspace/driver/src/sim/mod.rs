@@ -212,6 +212,10 @@ pub struct SimHost {
     etcd: Option<EtcdBackingStore>,
 }
 
+/// The key (under a vcluster's etcd prefix) where a Kubernetes upgrade marks the storage
+/// version, as [`model::at_storage_version`] does in the database document.
+pub const STORAGE_VERSION_KEY: &str = "registry/ovc-sim/storage-version";
+
 /// Where the simulator keeps the backing store of `t` in its etcd.
 pub fn etcd_prefix(t: &Target) -> String {
     format!("/ovc-sim/{}/{}/", t.namespace, t.release)
@@ -749,7 +753,7 @@ impl HostDriver for SimHost {
         }
         let delay = self.config.ready_delay;
         let prefix = self.etcd.as_ref().map(|_| etcd_prefix(t));
-        let (revision, seed) = self.change(t, "install_release", |s| {
+        let (revision, seed, rewrite) = self.change(t, "install_release", |s| {
             if !s.namespace_exists {
                 return Err(DriverError::permanent(
                     Code::FailedPrecondition,
@@ -771,13 +775,13 @@ impl HostDriver for SimHost {
                 let r = SimRelease::install(&t.namespace, &t.release, values, now, delay, prefix);
                 let seed = r.etcd_prefix.is_some();
                 s.release = Some(r);
-                return Ok((1, seed));
+                return Ok((1, seed, None));
             };
             // The first install again (a re-run after a crash): the first start's objects
             // may not have been written yet.
             let seed = r.revision == 1 && r.etcd_prefix.is_some();
             if r.values == *values {
-                return Ok((r.revision, seed));
+                return Ok((r.revision, seed, None));
             }
             if r.paused {
                 // Mechanics §6: a helm upgrade would reset the replicas 0→N while
@@ -793,15 +797,37 @@ impl HostDriver for SimHost {
                     .with_reason("CONTROL_PLANE_PAUSED"),
                 ));
             }
+            // A new chart or Kubernetes version rolls the control plane: its pods
+            // restart and are not ready until the rollout settles.
+            let new_kubernetes = r.values.kubernetes_version != values.kubernetes_version;
+            let rolls = new_kubernetes || r.values.chart_version != values.chart_version;
             r.revision = r.revision.saturating_add(1);
             r.values = values.clone();
-            if r.replicas != want {
+            if r.replicas != want || rolls {
                 r.scale(want, now, delay);
+                if rolls {
+                    r.ready_before = 0;
+                }
+            }
+            if new_kubernetes {
+                // The new API server rewrites stored objects at its storage version, as
+                // a real one does: going back needs the data from before, not only the
+                // old chart (what an upgrade's undo restores from its snapshot).
+                r.backing_store =
+                    model::at_storage_version(&r.backing_store, &values.kubernetes_version);
             }
             r.updated_at = now;
-            Ok((r.revision, false))
+            let rewrite = (new_kubernetes && r.etcd_prefix.is_some())
+                .then(|| values.kubernetes_version.clone());
+            Ok((r.revision, false, rewrite))
         })
         .await?;
+        if let (Some(version), Some(etcd)) = (rewrite, &self.etcd) {
+            // The same storage-version mark, in etcd (a key that is no object).
+            etcd.scoped(etcd_prefix(t).into_bytes())
+                .put(ctx, STORAGE_VERSION_KEY.as_bytes(), version.as_bytes())
+                .await?;
+        }
         if seed && let Some(etcd) = &self.etcd {
             // What the control plane writes on its first start (never over what is there).
             let etcd = etcd.scoped(etcd_prefix(t).into_bytes());

@@ -252,6 +252,19 @@ pub fn initial_objects() -> Vec<(String, serde_json::Value)> {
     ]
 }
 
+/// `backing_store` as a virtual API server of Kubernetes `version` leaves it: the JSON
+/// document marked with its `storage_version` (data that is not such a document, e.g.
+/// loaded from elsewhere, is left as it is).
+pub fn at_storage_version(backing_store: &[u8], version: &str) -> Vec<u8> {
+    match serde_json::from_slice::<serde_json::Value>(backing_store) {
+        Ok(serde_json::Value::Object(mut doc)) => {
+            doc.insert("storage_version".into(), version.into());
+            serde_json::Value::Object(doc).to_string().into_bytes()
+        }
+        _ => backing_store.to_vec(),
+    }
+}
+
 /// The backing store of a fresh vcluster kept in the simulator's database: a small
 /// deterministic JSON document whose `objects` are [`initial_objects`].
 pub fn initial_backing_store(namespace: &str, release: &str) -> Vec<u8> {
