@@ -86,7 +86,8 @@ fn snapshot_and_restore_through_ovc_dev_on_s3() {
         keys,
         vec![
             format!("{artifact}backing-store.bin"),
-            format!("{artifact}manifest.json")
+            format!("{artifact}manifest.json"),
+            format!("{artifact}objects.ndjson")
         ]
     );
 

@@ -3,7 +3,10 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use ovc_driver::{BackingStoreSink, BackingStoreSource, DriverError, DriverResult, ReleaseValues};
+use ovc_driver::{
+    BackingStoreInfo, BackingStoreSink, BackingStoreSource, DriverError, DriverResult,
+    ExportedObject, ReleaseValues,
+};
 use ovc_engine::{StepCtx, StepError, StepOutput, StepResult};
 use ovc_snapshots::{
     BACKING_STORE_FILE, ManifestInput, SnapshotError, SnapshotWriter, VerifiedStream,
@@ -300,6 +303,35 @@ impl BackingStoreSink for ArtifactSink<'_> {
                 self.failure = Some(e);
                 Err(d)
             }
+        }
+    }
+
+    async fn write_object(&mut self, object: &ExportedObject) -> DriverResult<()> {
+        let Some(writer) = self.writer.as_mut() else {
+            return Err(DriverError::permanent(
+                Code::FailedPrecondition,
+                "the host's own object was already adopted as this snapshot's data",
+            ));
+        };
+        let line = serde_json::to_vec(object).map_err(|e| {
+            DriverError::permanent(Code::Internal, format!("cannot encode an object: {e}"))
+        })?;
+        writer.write_object_line(&line).await.map_err(|e| {
+            let d = driver_error(&e);
+            self.failure = Some(e);
+            d
+        })
+    }
+
+    fn objects_unavailable(&mut self, reason: String) {
+        if let Some(writer) = self.writer.as_mut() {
+            writer.objects_unavailable(reason);
+        }
+    }
+
+    fn record_backing_store(&mut self, info: BackingStoreInfo) {
+        if let Some(writer) = self.writer.as_mut() {
+            writer.record_backing_store(serde_json::to_value(info).unwrap_or_default());
         }
     }
 }

@@ -67,6 +67,7 @@ async fn start_worker(
         workflows: "vcluster".into(),
         traffic_file: None,
         pg_max_connections: 16,
+        sim_etcd: Vec::new(),
     };
     let worker = crate::worker::build(
         store,

@@ -245,6 +245,7 @@ async fn measure(
         workflows: "vcluster".into(),
         traffic_file: None,
         pg_max_connections: 16,
+        sim_etcd: Vec::new(),
     };
     let worker = crate::worker::build(
         store.clone(),

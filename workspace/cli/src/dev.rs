@@ -52,6 +52,10 @@ pub struct DevArgs {
     /// How often the snapshot inventory runs (`off` to disable), as for `ovc worker`.
     #[arg(long, env = "OVC_INVENTORY_EVERY", default_value = "1h", value_parser = crate::worker::parse_inventory_every)]
     pub inventory_every: ::std::option::Option<std::time::Duration>,
+    /// With `--host sim`: keep the backing store of vclusters created from now on in this
+    /// etcd (`http://HOST:PORT`, `,`-separated), as for `ovc worker --sim-etcd`.
+    #[arg(long = "sim-etcd", env = "OVC_SIM_ETCD", value_delimiter = ',', value_parser = crate::worker::parse_sim_etcd)]
+    pub sim_etcd: Vec<String>,
     /// The vcluster chart version a create without `spec.vcluster_version` installs.
     #[arg(long, env = "OVC_VCLUSTER_VERSION", default_value = ovc_driver::DEFAULT_VCLUSTER_VERSION, value_parser = crate::worker::parse_chart_version)]
     pub vcluster_version: String,
@@ -102,9 +106,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         workflows: "vcluster".into(),
         traffic_file: None,
         pg_max_connections: 16,
+        sim_etcd: args.sim_etcd.clone(),
     };
     // One driver for the workers and the kubeconfig route.
-    let host = crate::worker::host(&args.host, &args.kube_hosts, &url, None).await?;
+    let host =
+        crate::worker::host(&args.host, &args.kube_hosts, &args.sim_etcd, &url, None).await?;
     let host_names = host.names.join(", ");
     let worker = crate::worker::build_with(
         store.clone(),
@@ -181,6 +187,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         },
         ovc_snapshots::object_url::redact(&worker_args.artifacts)
     );
+    if !args.sim_etcd.is_empty() {
+        println!(
+            "  backing    new vclusters keep their backing store in etcd {}",
+            args.sim_etcd.join(",")
+        );
+    }
     println!("  following the event log; Ctrl-C to stop");
     println!("  (another terminal: ovc events tail --follow --server http://{http_addr})");
     println!();

@@ -15,6 +15,7 @@ mod duration;
 mod hosts;
 mod serve;
 mod snapshot_import;
+mod snapshot_objects;
 mod tail;
 mod telemetry;
 mod tls;
@@ -102,6 +103,12 @@ enum SnapshotCli {
     /// their manifests (works on the database and the storage directly, like `ovc token`;
     /// honours --project and -o json). Exit 1 when a manifest was refused.
     Import(snapshot_import::ImportArgs),
+    /// List the objects a snapshot holds, from its per-object export in the snapshot
+    /// storage (`--artifacts`; checksum-verified); `--kind`, `--namespace` filter.
+    Objects(snapshot_objects::ObjectsArgs),
+    /// Print one object of a snapshot (KIND/NAMESPACE/NAME or KIND/NAME) as YAML (`-o
+    /// json`: JSON), ready to re-apply by hand; exit 1 when there is no such object.
+    Object(snapshot_objects::ObjectArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -183,6 +190,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
             command: SnapshotCli::Import(args),
         } => std::process::exit(
             snapshot_import::run(args, conn.project, conn.output == "json").await?,
+        ),
+        Command::Snapshot {
+            conn,
+            command: SnapshotCli::Objects(args),
+        } => std::process::exit(
+            snapshot_objects::list(args, conn.project, conn.output == "json").await?,
+        ),
+        Command::Snapshot {
+            conn,
+            command: SnapshotCli::Object(args),
+        } => std::process::exit(
+            snapshot_objects::get(args, conn.project, conn.output == "json").await?,
         ),
         Command::Serve(args) => serve::run(args).await,
         Command::Token { command } => match command {

@@ -36,7 +36,7 @@ pub struct WorkerArgs {
     #[arg(long, env = "OVC_VCLUSTER_VERSION", default_value = ovc_driver::DEFAULT_VCLUSTER_VERSION, value_parser = crate::worker::parse_chart_version)]
     pub vcluster_version: String,
     /// The host driver. `sim` is the simulated host (knobs: OVC_SIM_LATENCY_MS,
-    /// OVC_SIM_READY_MS, OVC_SIM_FAULTS, OVC_SIM_RECORD_CALLS); `kube` is a real cluster from KUBECONFIG (or
+    /// OVC_SIM_READY_MS, OVC_SIM_FAULTS, OVC_SIM_RECORD_CALLS, and --sim-etcd); `kube` is a real cluster from KUBECONFIG (or
     /// the in-cluster service account), with helm (OVC_HELM, OVC_KUBE_CHART,
     /// OVC_KUBE_CHART_VERSION, OVC_KUBE_VCLUSTER_SERVER).
     #[arg(long, env = "OVC_HOST", value_parser = HOSTS, default_value = "sim")]
@@ -83,6 +83,11 @@ pub struct WorkerArgs {
     /// this file every 100 ms and at exit, for `ovc bench workflows`.
     #[arg(long, hide = true)]
     pub traffic_file: Option<std::path::PathBuf>,
+    /// With `--host sim`: etcd endpoints (`http://HOST:PORT`, `,`-separated) where the
+    /// vclusters created from now on keep their backing store (dumped and loaded through
+    /// the etcd v3 API) instead of the simulator's database.
+    #[arg(long = "sim-etcd", env = "OVC_SIM_ETCD", value_delimiter = ',', value_parser = parse_sim_etcd)]
+    pub sim_etcd: Vec<String>,
     /// PostgreSQL connections this process's store may open (the group committer needs
     /// one; the rest serve reads).
     #[arg(long, env = "OVC_PG_MAX_CONNECTIONS", default_value_t = 16)]
@@ -99,7 +104,16 @@ pub async fn host_driver(
     database_url: &str,
     pg_schema: Option<&str>,
 ) -> anyhow::Result<Host> {
-    self::host(host, kube_hosts, database_url, pg_schema).await
+    self::host(host, kube_hosts, &[], database_url, pg_schema).await
+}
+
+/// Parses one `--sim-etcd` endpoint.
+pub fn parse_sim_etcd(s: &str) -> Result<String, String> {
+    let mut list = ovc_driver::sim::parse_endpoints(s).map_err(|e| e.to_string())?;
+    match list.len() {
+        1 => Ok(list.remove(0)),
+        _ => Err(format!("{s:?}: expected one endpoint")),
+    }
 }
 
 /// The hosts a process drives, and the simulator's fault hook when it is the simulator.
@@ -127,10 +141,14 @@ impl Host {
 pub async fn host(
     host: &str,
     kube_hosts: &[crate::hosts::KubeHostArg],
+    sim_etcd: &[String],
     database_url: &str,
     pg_schema: Option<&str>,
 ) -> anyhow::Result<Host> {
     crate::hosts::check_kube_hosts(host, kube_hosts)?;
+    if host != "sim" && !sim_etcd.is_empty() {
+        anyhow::bail!("--sim-etcd (OVC_SIM_ETCD) is for --host sim only");
+    }
     match host {
         "kube" => {
             let router = crate::hosts::kube_router(kube_hosts).await?;
@@ -141,8 +159,13 @@ pub async fn host(
             })
         }
         _ => {
+            let mut config = ovc_driver::sim::SimConfig::from_env()
+                .context("the simulated host's OVC_SIM_* settings")?;
+            if !sim_etcd.is_empty() {
+                config.etcd_endpoints = sim_etcd.to_vec();
+            }
             let sim = Arc::new(
-                SimHost::connect_from_env(database_url, pg_schema)
+                SimHost::connect(database_url, pg_schema, config)
                     .await
                     .context("connecting the simulated host")?,
             );
@@ -211,6 +234,7 @@ pub async fn build(
     let host = host(
         &args.host,
         &args.kube_hosts,
+        &args.sim_etcd,
         &args.database_url,
         args.pg_schema.as_deref(),
     )
@@ -353,6 +377,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let host = host(
         &args.host,
         &args.kube_hosts,
+        &args.sim_etcd,
         &args.database_url,
         args.pg_schema.as_deref(),
     )

@@ -83,6 +83,8 @@ impl ObjectShelf {
             url: location.url(),
             location,
             started: false,
+            objects_unavailable: None,
+            info: None,
         }
     }
 
@@ -107,6 +109,10 @@ pub struct ShelfSink {
     url: String,
     /// Something was written through this sink: a first write replaces the object.
     started: bool,
+    /// Why the driver said there is no per-object export.
+    pub objects_unavailable: Option<String>,
+    /// What the driver said about the dump.
+    pub info: Option<crate::BackingStoreInfo>,
 }
 
 #[async_trait]
@@ -140,6 +146,21 @@ impl BackingStoreSink for ShelfSink {
                     format!("the host wrote no object at {}", self.url),
                 )
             })
+    }
+
+    // The shelf holds the data object only (what a vcluster pod writes): exported objects
+    // are the artifact's business, not the conformance suite's; what the driver says
+    // about them is kept for the tests.
+    async fn write_object(&mut self, _object: &crate::ExportedObject) -> DriverResult<()> {
+        Ok(())
+    }
+
+    fn objects_unavailable(&mut self, reason: String) {
+        self.objects_unavailable = Some(reason);
+    }
+
+    fn record_backing_store(&mut self, info: crate::BackingStoreInfo) {
+        self.info = Some(info);
     }
 }
 

@@ -585,6 +585,74 @@ pub trait BackingStoreSink: Send {
     /// dump (nothing may have been written through [`write`](Self::write)). Returns its
     /// size in bytes; the object missing is an error.
     async fn adopt_written(&mut self) -> DriverResult<u64>;
+    /// One object of the per-object export (DESIGN.md §8, for selective restore), taken
+    /// from the same read as the data written through [`write`](Self::write), so the
+    /// export and the backing-store data describe the same state. Called in the order the
+    /// driver reads the store; the sink streams them out (never all in memory).
+    async fn write_object(&mut self, object: &ExportedObject) -> DriverResult<()>;
+    /// The driver cannot export objects from this dump (the host wrote its own archive,
+    /// which ovc does not read): the manifest says so with `reason` instead of listing an
+    /// export. A driver that writes the data itself and calls neither this nor
+    /// [`write_object`](Self::write_object) exported zero objects.
+    fn objects_unavailable(&mut self, reason: String);
+    /// What the driver knows about the dump it wrote (kind, the etcd revision), recorded
+    /// in the manifest.
+    fn record_backing_store(&mut self, info: BackingStoreInfo);
+}
+
+/// One object of a snapshot's per-object export: a line of `objects.ndjson`.
+///
+/// `apiVersion`, `kind`, `namespace` and `name` identify it (as `kubectl` would); the
+/// content is `object` when the backing store keeps it as JSON (custom resources, the
+/// simulator), or `protobuf` (base64 of the stored bytes, Kubernetes' `k8s\0` envelope)
+/// when it keeps Kubernetes protobuf, which ovc does not decode into JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportedObject {
+    /// `apiVersion`, e.g. `v1` or `apps/v1` (empty when the store does not say).
+    pub api_version: String,
+    /// `kind`, e.g. `ConfigMap` (from the key's resource when the store does not say).
+    pub kind: String,
+    /// The namespace; `None` for cluster-scoped objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// `metadata.name`.
+    pub name: String,
+    /// Its key in the backing store (etcd: `/registry/<resource>/<namespace>/<name>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The object itself, when stored as JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<serde_json::Value>,
+    /// The stored bytes, base64, when stored as Kubernetes protobuf.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protobuf: Option<String>,
+}
+
+impl ExportedObject {
+    /// `KIND/NAMESPACE/NAME`, or `KIND/NAME` for a cluster-scoped object: how the CLI
+    /// names it.
+    pub fn reference(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{}/{ns}/{}", self.kind, self.name),
+            None => format!("{}/{}", self.kind, self.name),
+        }
+    }
+}
+
+/// What a driver says about the data of a dump, recorded in the snapshot's manifest
+/// (`backing_store`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackingStoreInfo {
+    /// `etcd` (an [`etcd::EtcdBackingStore`] dump), `sim` (the simulator's document),
+    /// `vcluster` (vcluster's own snapshot archive).
+    pub kind: String,
+    /// The etcd revision every key was read at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    /// Keys (etcd) or objects dumped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<u64>,
 }
 
 /// Where a backing-store load comes from: a snapshot artifact's data object, read as a
@@ -603,10 +671,16 @@ pub trait BackingStoreSource: Send {
 }
 
 /// A [`BackingStoreSink`] that keeps what it is given in memory (tests, small data).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct MemorySink {
     /// Everything written so far.
     pub data: Vec<u8>,
+    /// The exported objects, in order.
+    pub objects: Vec<ExportedObject>,
+    /// Why there is no export, when the driver said so.
+    pub objects_unavailable: Option<String>,
+    /// What the driver recorded about the dump.
+    pub info: Option<BackingStoreInfo>,
 }
 
 #[async_trait]
@@ -631,6 +705,19 @@ impl BackingStoreSink for MemorySink {
             Code::FailedPrecondition,
             "an in-memory sink cannot be written by the host itself",
         ))
+    }
+
+    async fn write_object(&mut self, object: &ExportedObject) -> DriverResult<()> {
+        self.objects.push(object.clone());
+        Ok(())
+    }
+
+    fn objects_unavailable(&mut self, reason: String) {
+        self.objects_unavailable = Some(reason);
+    }
+
+    fn record_backing_store(&mut self, info: BackingStoreInfo) {
+        self.info = Some(info);
     }
 }
 

@@ -1192,6 +1192,16 @@ async fn dump_asks_the_vcluster_to_write_to_the_artifact_location_and_adopts_the
     );
     let data: Value = serde_json::from_slice(&object).expect("archive");
     assert_eq!(data, e.fake.virtual_data("ovc-p-demo", "demo").unwrap());
+    // vcluster's own archive: no per-object export, and the manifest will say why.
+    let why = sink
+        .objects_unavailable
+        .as_deref()
+        .expect("a reason for no export");
+    assert!(why.contains("vcluster wrote this snapshot itself"), "{why}");
+    assert_eq!(
+        sink.info.as_ref().map(|i| i.kind.as_str()),
+        Some("vcluster")
+    );
 
     let reqs = e.fake.requests();
     let w: Vec<&RecordedRequest> = reqs.iter().filter(|r| !r.is_read()).collect();

@@ -200,6 +200,26 @@ async fn lifecycle_from_namespace_to_delete(backend: Backend) {
     );
     let initial = dump(&host, &c, &t).await.expect("dump");
     assert_eq!(initial, initial_backing_store(&t.namespace, &t.release));
+    // The same dump carries its per-object export and says what it is.
+    let mut sink = MemorySink::default();
+    host.dump_backing_store(&c, &t, &mut sink)
+        .await
+        .expect("dump");
+    let refs: Vec<String> = sink.objects.iter().map(|o| o.reference()).collect();
+    assert_eq!(
+        refs,
+        [
+            "Namespace/default",
+            "Namespace/kube-system",
+            "ServiceAccount/default/default",
+            "ConfigMap/default/kube-root-ca.crt"
+        ]
+    );
+    assert_eq!(sink.objects_unavailable, None);
+    assert_eq!(
+        sink.info.as_ref().map(|i| (i.kind.as_str(), i.keys)),
+        Some(("sim", Some(4)))
+    );
 
     // Suspend: pause, evict.
     let s = ctx("suspend", "scale_to_zero");
@@ -225,6 +245,16 @@ async fn lifecycle_from_namespace_to_delete(backend: Backend) {
     );
     assert_eq!(host.evict_workload_pods(&s, &t).await, Ok(3));
     assert!(host.workload_pods(&s, &t).await.expect("pods").is_empty());
+
+    // An etcd dump is refused by a vcluster kept in the database, before any change.
+    let etcd_dump = [&b"OVCETCD2"[..], &[0; 8], &[0xff; 4], &[0; 8]].concat();
+    let before = host.release_state(&t).await.expect("state");
+    assert_permanent(
+        load(&host, &ctx("restore", "load"), &t, &etcd_dump).await,
+        Code::FailedPrecondition,
+        "holds an etcd dump",
+    );
+    assert_eq!(host.release_state(&t).await.expect("state"), before);
 
     // Restore while paused.
     let restored = b"restored content".to_vec();
@@ -907,6 +937,7 @@ fn config_reads_the_environment_variables() {
         ("OVC_SIM_READY_MS", " 200 "),
         ("OVC_SIM_FAULTS", "create/*:transient:3"),
         ("OVC_SIM_RECORD_CALLS", "1"),
+        ("OVC_SIM_ETCD", "http://127.0.0.1:2379, 10.0.0.2:2379,"),
     ]);
     let config = SimConfig::from_vars(|k| vars.get(k).map(|v| v.to_string())).expect("config");
     assert_eq!(
@@ -916,8 +947,17 @@ fn config_reads_the_environment_variables() {
             ready_delay: Duration::from_millis(200),
             faults: vec![FaultRule::new("create", "*", FaultKind::Transient, Some(3))],
             record_calls: true,
+            etcd_endpoints: vec![
+                "http://127.0.0.1:2379".into(),
+                "http://10.0.0.2:2379".into()
+            ],
         }
     );
+    let err = SimConfig::from_vars(|k| {
+        (k == "OVC_SIM_ETCD").then(|| "http://user:pw@127.0.0.1:2379".to_string())
+    })
+    .expect_err("credentials in the URL");
+    assert!(err.to_string().contains("not an etcd endpoint"), "{err}");
     let err = SimConfig::from_vars(|k| (k == "OVC_SIM_RECORD_CALLS").then(|| "yes".to_string()))
         .expect_err("bad switch");
     assert_eq!(

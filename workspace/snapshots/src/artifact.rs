@@ -8,7 +8,10 @@
 //! damaged data.
 
 use crate::key::check_prefix;
-use crate::manifest::{BACKING_STORE_FILE, MANIFEST_FILE, Manifest, ManifestFile, ManifestInput};
+use crate::manifest::{
+    BACKING_STORE_FILE, MANIFEST_FILE, Manifest, ManifestFile, ManifestInput, OBJECTS_FILE,
+    ObjectsExport,
+};
 use crate::{ArtifactError, ArtifactReader, ArtifactStore, ArtifactWriter};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -57,6 +60,22 @@ pub enum SnapshotError {
     /// The manifest is unreadable or inconsistent, or the input to write one is.
     #[error("bad snapshot manifest: {0}")]
     BadManifest(String),
+    /// The snapshot has no per-object export (its manifest says why).
+    #[error("the snapshot has no per-object export: {reason}")]
+    NoObjectExport {
+        /// Why.
+        reason: String,
+    },
+    /// A line of the per-object export is not an object.
+    #[error("snapshot file {name}, line {line}: {message}")]
+    BadObjectLine {
+        /// The file's name in the manifest.
+        name: String,
+        /// The line, from 1.
+        line: u64,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 impl SnapshotError {
@@ -95,7 +114,26 @@ pub struct SnapshotWriter<'a> {
     writer: Box<dyn ArtifactWriter>,
     hasher: Sha256,
     size: u64,
+    /// The per-object export being written (opened by the first object).
+    objects: Option<ObjectsPart>,
+    /// Why there is no export, when the driver said so.
+    objects_unavailable: Option<String>,
+    /// What the driver said about the data.
+    backing_store: Option<serde_json::Value>,
 }
+
+/// The [`OBJECTS_FILE`] upload: lines are gathered into chunks of [`OBJECT_CHUNK`]
+/// before they go to the store, so memory stays bounded by it and the store's part size.
+struct ObjectsPart {
+    writer: Box<dyn ArtifactWriter>,
+    hasher: Sha256,
+    size: u64,
+    count: u64,
+    buf: Vec<u8>,
+}
+
+/// Bytes of export lines gathered before a write to the store.
+const OBJECT_CHUNK: usize = 256 * 1024;
 
 impl std::fmt::Debug for SnapshotWriter<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -133,7 +171,51 @@ impl<'a> SnapshotWriter<'a> {
             writer,
             hasher: Sha256::new(),
             size: 0,
+            objects: None,
+            objects_unavailable: None,
+            backing_store: None,
         })
+    }
+
+    /// Appends one object to the per-object export ([`OBJECTS_FILE`]): `line` is its
+    /// JSON, on one line (a newline is added). The first object opens the upload.
+    pub async fn write_object_line(&mut self, line: &[u8]) -> Result<(), SnapshotError> {
+        if line.contains(&b'\n') {
+            return Err(SnapshotError::BadManifest(
+                "an exported object must be one line of JSON".into(),
+            ));
+        }
+        if self.objects.is_none() {
+            let writer = self
+                .store
+                .writer(&format!("{}{OBJECTS_FILE}", self.dir))
+                .await?;
+            self.objects = Some(ObjectsPart {
+                writer,
+                hasher: Sha256::new(),
+                size: 0,
+                count: 0,
+                buf: Vec::with_capacity(OBJECT_CHUNK),
+            });
+        }
+        let part = self.objects.as_mut().expect("opened above");
+        part.buf.extend_from_slice(line);
+        part.buf.push(b'\n');
+        part.count += 1;
+        if part.buf.len() >= OBJECT_CHUNK {
+            part.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// There will be no per-object export, because `reason` (recorded in the manifest).
+    pub fn objects_unavailable(&mut self, reason: String) {
+        self.objects_unavailable = Some(reason);
+    }
+
+    /// Records what the driver says about the data (kind, etcd revision) in the manifest.
+    pub fn record_backing_store(&mut self, info: serde_json::Value) {
+        self.backing_store = Some(info);
     }
 
     /// Appends `chunk` to the backing-store data.
@@ -149,24 +231,61 @@ impl<'a> SnapshotWriter<'a> {
         self.size
     }
 
-    /// Completes the data object, then writes the manifest describing it.
+    /// Completes the data object and the per-object export (an empty one when no object
+    /// was given and the driver did not say why there is none), then writes the manifest
+    /// describing them.
     pub async fn finish(mut self) -> Result<WrittenSnapshot, SnapshotError> {
         self.writer.close().await?;
         self.write_manifest().await
     }
 
-    async fn write_manifest(self) -> Result<WrittenSnapshot, SnapshotError> {
-        let file = ManifestFile {
+    async fn write_manifest(mut self) -> Result<WrittenSnapshot, SnapshotError> {
+        let mut files = vec![ManifestFile {
             name: BACKING_STORE_FILE.to_string(),
             size: self.size,
-            sha256: hex(&self.hasher.finalize()),
+            sha256: hex(&std::mem::take(&mut self.hasher).finalize()),
+        }];
+        let objects = match (self.objects_unavailable.take(), self.objects.take()) {
+            (Some(reason), part) => {
+                if let Some(mut part) = part {
+                    part.writer.abort().await;
+                }
+                ObjectsExport::Unavailable { reason }
+            }
+            (None, Some(mut part)) => {
+                if let Err(e) = part.finish().await {
+                    part.writer.abort().await;
+                    return Err(e);
+                }
+                files.push(ManifestFile {
+                    name: OBJECTS_FILE.to_string(),
+                    size: part.size,
+                    sha256: hex(&std::mem::take(&mut part.hasher).finalize()),
+                });
+                ObjectsExport::Exported {
+                    file: OBJECTS_FILE.to_string(),
+                    count: part.count,
+                }
+            }
+            (None, None) => {
+                self.store
+                    .put(&format!("{}{OBJECTS_FILE}", self.dir), Vec::new())
+                    .await?;
+                files.push(ManifestFile::describe(OBJECTS_FILE, b""));
+                ObjectsExport::Exported {
+                    file: OBJECTS_FILE.to_string(),
+                    count: 0,
+                }
+            }
         };
-        let manifest = Manifest::new(self.input, vec![file]);
+        let data_bytes: u64 = files.iter().map(|f| f.size).sum();
+        let manifest =
+            Manifest::new(self.input, files).with_export(self.backing_store, Some(objects));
         let manifest_bytes = manifest
             .to_bytes()
             .map_err(|e| SnapshotError::BadManifest(format!("cannot encode the manifest: {e}")))?;
         let manifest_sha256 = crate::manifest::sha256_hex(&manifest_bytes);
-        let size_bytes = self.size + manifest_bytes.len() as u64;
+        let size_bytes = data_bytes + manifest_bytes.len() as u64;
         self.store
             .put(&format!("{}{MANIFEST_FILE}", self.dir), manifest_bytes)
             .await?;
@@ -198,6 +317,10 @@ impl<'a> SnapshotWriter<'a> {
             ));
         }
         self.writer.abort().await;
+        if self.objects_unavailable.is_none() {
+            self.objects_unavailable =
+                Some("the host wrote the backing-store data itself; ovc did not read it".into());
+        }
         let key = format!("{}{BACKING_STORE_FILE}", self.dir);
         let Some(reader) = self.store.reader(&key).await? else {
             return Err(SnapshotError::MissingFile {
@@ -214,14 +337,40 @@ impl<'a> SnapshotWriter<'a> {
         self.write_manifest().await
     }
 
-    /// Gives the write up: the data upload is aborted, no manifest is written.
+    /// Gives the write up: the data upload (and the export's) is aborted, no manifest is
+    /// written.
     pub async fn abort(mut self) {
         self.writer.abort().await;
+        if let Some(mut part) = self.objects.take() {
+            part.writer.abort().await;
+        }
+    }
+}
+
+impl ObjectsPart {
+    async fn flush(&mut self) -> Result<(), SnapshotError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(OBJECT_CHUNK),
+        ));
+        self.hasher.update(&chunk);
+        self.size += chunk.len() as u64;
+        self.writer.write(chunk).await?;
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> Result<(), SnapshotError> {
+        self.flush().await?;
+        self.writer.close().await?;
+        Ok(())
     }
 }
 
 /// Writes a snapshot of `data` under `prefix` in one call ([`SnapshotWriter`] for
-/// streams).
+/// streams), without a per-object export (the manifest says so).
 pub async fn write_snapshot(
     store: &dyn ArtifactStore,
     prefix: &str,
@@ -229,6 +378,7 @@ pub async fn write_snapshot(
     data: &[u8],
 ) -> Result<WrittenSnapshot, SnapshotError> {
     let mut w = SnapshotWriter::begin(store, prefix, manifest_base).await?;
+    w.objects_unavailable("written from bytes, without a per-object export".into());
     for chunk in data.chunks(crate::opendal_store::WRITE_CHUNK_BYTES) {
         if let Err(e) = w.write(Bytes::copy_from_slice(chunk)).await {
             w.abort().await;
@@ -316,7 +466,7 @@ pub async fn open_backing_store(
     open_file(store, prefix, file).await
 }
 
-async fn open_file(
+pub(crate) async fn open_file(
     store: &dyn ArtifactStore,
     prefix: &str,
     file: &ManifestFile,
@@ -477,6 +627,12 @@ mod tests {
                 actual: 2,
             },
             SnapshotError::BadManifest("x".into()),
+            SnapshotError::NoObjectExport { reason: "r".into() },
+            SnapshotError::BadObjectLine {
+                name: "f".into(),
+                line: 1,
+                message: "m".into(),
+            },
         ] {
             assert!(!e.is_transient(), "{e}");
         }

@@ -2,8 +2,8 @@
 //!
 //! A snapshot is a directory of objects under
 //! `snapshots/<project>/<vcluster>/<snapshot-id>/`: the backing-store data
-//! (`backing-store.bin`) and a `manifest.json` that names every file with its size and
-//! sha256. This crate keeps storage and format apart:
+//! (`backing-store.bin`), the per-object export (`objects.ndjson`) and a `manifest.json`
+//! that names every file with its size and sha256. This crate keeps storage and format apart:
 //!
 //! - [`ArtifactStore`] (here) is the narrow storage interface the engine's steps use:
 //!   put, get, delete a key or a prefix, name a key as a URL. [`key`] holds the rules every key
@@ -16,12 +16,15 @@
 //!   writing the data before the manifest, verifying every checksum on read, and
 //!   deleting the manifest before the data.
 //! - [`inventory`] checks that artifacts still exist and finds the ones the index lost.
+//! - [`objects`] reads the per-object export (`objects.ndjson`), verified, for listing a
+//!   snapshot's objects and taking one out.
 
 pub mod artifact;
 pub mod inventory;
 pub mod key;
 pub mod manifest;
 pub mod object_url;
+pub mod objects;
 pub mod opendal_store;
 
 pub use artifact::{
@@ -30,9 +33,10 @@ pub use artifact::{
 };
 pub use manifest::{
     BACKING_STORE_FILE, FORMAT_VERSION, MANIFEST_FILE, Manifest, ManifestFile, ManifestInput,
-    artifact_prefix,
+    OBJECTS_FILE, ObjectsExport, artifact_prefix,
 };
 pub use object_url::{ProcessEnv, StorageEnv};
+pub use objects::{ObjectLines, open_objects};
 pub use opendal_store::OpendalArtifacts;
 
 use async_trait::async_trait;

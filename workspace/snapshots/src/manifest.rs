@@ -19,6 +19,32 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 /// The backing-store data file's name inside a snapshot's prefix.
 pub const BACKING_STORE_FILE: &str = "backing-store.bin";
 
+/// The per-object export's file name inside a snapshot's prefix: one JSON object per
+/// line (`apiVersion`, `kind`, `namespace`, `name`, `key`, and `object` or `protobuf`).
+pub const OBJECTS_FILE: &str = "objects.ndjson";
+
+/// What the manifest says about the per-object export (DESIGN.md §8, for selective
+/// restore): where it is, or why there is none. A manifest without it (`objects` absent)
+/// was written before exports existed; its snapshot restores as any other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ObjectsExport {
+    /// The export is the file `file` (listed in `files` with size and sha256), holding
+    /// `count` objects, taken from the same read as the backing-store data.
+    Exported {
+        /// Its file name ([`OBJECTS_FILE`]).
+        file: String,
+        /// How many objects (lines) it holds.
+        count: u64,
+    },
+    /// There is no export, and why (the host wrote its snapshot in a format ovc does not
+    /// read).
+    Unavailable {
+        /// Why, for people.
+        reason: String,
+    },
+}
+
 /// The prefix of a snapshot's artifact: `snapshots/<project>/<vcluster>/<snapshot-id>/`
 /// (with the trailing `/`).
 ///
@@ -84,6 +110,13 @@ pub struct Manifest {
     pub metadata: serde_json::Value,
     /// Every file of the snapshot besides the manifest, with size and checksum.
     pub files: Vec<ManifestFile>,
+    /// What the driver said about the backing-store data (`kind`; for etcd the
+    /// `revision` every key was read at and the `keys`); absent in older manifests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backing_store: Option<serde_json::Value>,
+    /// The per-object export; absent in manifests written before exports existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objects: Option<ObjectsExport>,
 }
 
 impl Manifest {
@@ -98,7 +131,20 @@ impl Manifest {
             created_at: input.created_at,
             metadata: sorted(input.metadata),
             files,
+            backing_store: None,
+            objects: None,
         }
+    }
+
+    /// The same manifest with the driver's description of the data and the export.
+    pub fn with_export(
+        mut self,
+        backing_store: Option<serde_json::Value>,
+        objects: Option<ObjectsExport>,
+    ) -> Self {
+        self.backing_store = backing_store.map(sorted);
+        self.objects = objects;
+        self
     }
 
     /// The file called `name`, if the manifest lists one.
@@ -131,6 +177,13 @@ impl Manifest {
             if manifest.files[..i].iter().any(|f| f.name == file.name) {
                 return Err(format!("file {:?} is listed twice", file.name));
             }
+        }
+        if let Some(ObjectsExport::Exported { file, .. }) = &manifest.objects
+            && manifest.file(file).is_none()
+        {
+            return Err(format!(
+                "the object export {file:?} is not among the files it lists"
+            ));
         }
         Ok(manifest)
     }
@@ -228,6 +281,47 @@ mod tests {
     }
 
     #[test]
+    fn exports_encode_with_their_state_and_old_manifests_read_without() {
+        let files = vec![
+            ManifestFile::describe(BACKING_STORE_FILE, b"data"),
+            ManifestFile::describe(OBJECTS_FILE, b"{}\n"),
+        ];
+        let m = Manifest::new(input(json!({})), files).with_export(
+            Some(json!({"revision": 7, "kind": "etcd"})),
+            Some(ObjectsExport::Exported {
+                file: OBJECTS_FILE.into(),
+                count: 1,
+            }),
+        );
+        let doc: serde_json::Value = serde_json::from_slice(&m.to_bytes().unwrap()).unwrap();
+        assert_eq!(
+            doc["objects"],
+            json!({"state": "exported", "file": OBJECTS_FILE, "count": 1})
+        );
+        assert_eq!(doc["backing_store"]["revision"], 7);
+        assert_eq!(Manifest::from_bytes(&m.to_bytes().unwrap()).unwrap(), m);
+        let none = m.clone().with_export(
+            None,
+            Some(ObjectsExport::Unavailable {
+                reason: "why".into(),
+            }),
+        );
+        let doc: serde_json::Value = serde_json::from_slice(&none.to_bytes().unwrap()).unwrap();
+        assert_eq!(
+            doc["objects"],
+            json!({"state": "unavailable", "reason": "why"})
+        );
+        // A manifest of before exports: no keys, reads as None.
+        let old = Manifest::new(input(json!({})), vec![ManifestFile::describe("f", b"x")]);
+        let text = String::from_utf8(old.to_bytes().unwrap()).unwrap();
+        assert!(
+            !text.contains("objects") && !text.contains("backing_store"),
+            "{text}"
+        );
+        assert_eq!(Manifest::from_bytes(text.as_bytes()).unwrap().objects, None);
+    }
+
+    #[test]
     fn bad_manifests_are_explained() {
         let good = Manifest::new(input(json!({})), vec![ManifestFile::describe("f", b"x")]);
         let with = |edit: &dyn Fn(&mut Manifest)| {
@@ -240,6 +334,15 @@ mod tests {
         assert!(with(&|m| m.files[0].name = "a/b".into()).contains("not allowed"));
         assert!(with(&|m| m.files[0].name = MANIFEST_FILE.into()).contains("not allowed"));
         assert!(with(&|m| m.files.push(m.files[0].clone())).contains("listed twice"));
+        assert!(
+            with(&|m| {
+                m.objects = Some(ObjectsExport::Exported {
+                    file: OBJECTS_FILE.into(),
+                    count: 1,
+                })
+            })
+            .contains("not among the files")
+        );
         assert!(
             Manifest::from_bytes(b"{")
                 .unwrap_err()

@@ -11,9 +11,9 @@
 
 use bytes::Bytes;
 use ovc_snapshots::{
-    ArtifactStore, BACKING_STORE_FILE, MANIFEST_FILE, ManifestInput, OpendalArtifacts,
-    SnapshotError, SnapshotWriter, delete_snapshot, open_backing_store, read_manifest,
-    read_snapshot, verify_snapshot, write_snapshot,
+    ArtifactStore, BACKING_STORE_FILE, MANIFEST_FILE, ManifestInput, OBJECTS_FILE,
+    OpendalArtifacts, SnapshotError, SnapshotWriter, delete_snapshot, open_backing_store,
+    read_manifest, read_snapshot, verify_snapshot, write_snapshot,
 };
 use std::collections::BTreeMap;
 use std::net::TcpStream;
@@ -196,8 +196,25 @@ async fn multipart_snapshot_round_trips_with_checksums_on_every_kind() {
         let mut w = SnapshotWriter::begin(&store, PREFIX, input())
             .await
             .unwrap();
+        // The per-object export rides beside the data, its own multipart upload (~10 MB:
+        // over one 8 MiB part), interleaved with the data's.
+        let line = |i: usize| {
+            format!(
+                "{{\"kind\":\"ConfigMap\",\"name\":\"cm-{i}\",\"pad\":\"{}\"}}",
+                "x".repeat(1000)
+            )
+        };
+        let mut lines = 0;
         for chunk in data.chunks(3 * 1024 * 1024 + 17) {
             w.write(Bytes::copy_from_slice(chunk)).await.unwrap();
+            for _ in 0..1000 {
+                w.write_object_line(line(lines).as_bytes()).await.unwrap();
+                lines += 1;
+            }
+        }
+        while lines < 10_000 {
+            w.write_object_line(line(lines).as_bytes()).await.unwrap();
+            lines += 1;
         }
         let written = w.finish().await.unwrap();
         assert_eq!(
@@ -209,7 +226,8 @@ async fn multipart_snapshot_round_trips_with_checksums_on_every_kind() {
             store.list(PREFIX).await.unwrap(),
             vec![
                 format!("{PREFIX}{BACKING_STORE_FILE}"),
-                format!("{PREFIX}{MANIFEST_FILE}")
+                format!("{PREFIX}{MANIFEST_FILE}"),
+                format!("{PREFIX}{OBJECTS_FILE}")
             ],
             "{kind}"
         );
@@ -217,14 +235,36 @@ async fn multipart_snapshot_round_trips_with_checksums_on_every_kind() {
             .await
             .unwrap_or_else(|e| panic!("{kind}: {e}"));
         assert_eq!(manifest.files[0].size, data.len() as u64, "{kind}");
+        assert!(
+            manifest.files[1].size > 9 * 1024 * 1024,
+            "{kind}: more than one 8 MiB part"
+        );
+        let mut objects = ovc_snapshots::open_objects(&store, PREFIX, &manifest)
+            .await
+            .unwrap_or_else(|e| panic!("{kind}: {e}"));
+        let mut n = 0;
+        while let Some(o) = objects
+            .next_line()
+            .await
+            .unwrap_or_else(|e| panic!("{kind}: {e}"))
+        {
+            assert_eq!(o["name"], format!("cm-{n}"), "{kind}");
+            n += 1;
+        }
+        assert_eq!(n, 10_000, "{kind}");
         let (_, back) = read_snapshot(&store, PREFIX).await.unwrap();
         assert!(back == data, "{kind}: data differs after the round trip");
 
-        // A retried upload writes under the same keys: still two objects, same manifest.
+        // A retried upload writes under the same keys: the earlier artifact (export
+        // included) is replaced, a repeat gives the same manifest.
+        let first = write_snapshot(&store, PREFIX, input(), &data)
+            .await
+            .unwrap();
+        assert_ne!(first.manifest_sha256, written.manifest_sha256, "{kind}");
         let again = write_snapshot(&store, PREFIX, input(), &data)
             .await
             .unwrap();
-        assert_eq!(again.manifest_sha256, written.manifest_sha256, "{kind}");
+        assert_eq!(again.manifest_sha256, first.manifest_sha256, "{kind}");
         assert_eq!(store.list("snapshots").await.unwrap().len(), 2, "{kind}");
 
         delete_snapshot(&store, PREFIX).await.unwrap();

@@ -1916,6 +1916,18 @@ impl HostDriver for KubeHost {
                 }
             }
         }
+        // vcluster wrote its own archive (tar.gz: an etcd snapshot or one entry per key);
+        // ovc does not read that format, so it has no objects to list from it.
+        sink.objects_unavailable(
+            "vcluster wrote this snapshot itself as its own archive (tar.gz), which ovc does \
+             not read; extract objects from it with vcluster's restore"
+                .into(),
+        );
+        sink.record_backing_store(crate::BackingStoreInfo {
+            kind: "vcluster".into(),
+            revision: None,
+            keys: None,
+        });
         sink.adopt_written().await
     }
 

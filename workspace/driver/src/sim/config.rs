@@ -14,6 +14,10 @@ pub const FAULTS_ENV: &str = "OVC_SIM_FAULTS";
 /// Environment variable: `1` logs every host call with its lease in `sim_calls` (tests and
 /// debugging; it costs one insert per call).
 pub const RECORD_CALLS_ENV: &str = "OVC_SIM_RECORD_CALLS";
+/// Environment variable: etcd endpoints (`http://HOST:PORT`, `,`-separated) where the
+/// simulated vclusters installed from now on keep their backing store, instead of the
+/// simulator's database (`ovc dev --sim-etcd`, `ovc worker --sim-etcd`).
+pub const ETCD_ENV: &str = "OVC_SIM_ETCD";
 
 /// How the simulated host behaves. `Default` is a fast, faultless host.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -27,6 +31,9 @@ pub struct SimConfig {
     pub faults: Vec<FaultRule>,
     /// Log every call in `sim_calls` ([`RECORD_CALLS_ENV`], default off).
     pub record_calls: bool,
+    /// The etcd that new vclusters keep their backing store in ([`ETCD_ENV`]; empty: the
+    /// simulator's database).
+    pub etcd_endpoints: Vec<String>,
 }
 
 /// A bad `OVC_SIM_*` environment variable.
@@ -54,6 +61,15 @@ pub enum ConfigError {
         /// Its value.
         value: String,
     },
+    /// An etcd endpoint that is not `http(s)://HOST:PORT` (credentials are not taken in
+    /// the URL).
+    #[error("{var}: {value:?} is not an etcd endpoint (expected http://HOST:PORT)")]
+    BadEndpoint {
+        /// The variable.
+        var: &'static str,
+        /// The entry.
+        value: String,
+    },
     /// A bad fault rule.
     #[error(transparent)]
     Faults(#[from] FaultParseError),
@@ -64,7 +80,13 @@ impl SimConfig {
     /// unset or empty means the default.
     pub fn from_env() -> Result<Self, ConfigError> {
         let mut vars = Vec::new();
-        for var in [LATENCY_ENV, READY_ENV, FAULTS_ENV, RECORD_CALLS_ENV] {
+        for var in [
+            LATENCY_ENV,
+            READY_ENV,
+            FAULTS_ENV,
+            RECORD_CALLS_ENV,
+            ETCD_ENV,
+        ] {
             match std::env::var(var) {
                 Ok(value) => vars.push((var, value)),
                 Err(std::env::VarError::NotPresent) => {}
@@ -111,8 +133,37 @@ impl SimConfig {
                     });
                 }
             },
+            etcd_endpoints: get(ETCD_ENV)
+                .map(|list| parse_endpoints(&list))
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
+}
+
+/// Parses a `,`-separated list of etcd endpoints (`http://HOST:PORT`; a bare
+/// `HOST:PORT` gets `http://`). Empty entries are skipped.
+pub fn parse_endpoints(list: &str) -> Result<Vec<String>, ConfigError> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            let url = if e.contains("://") {
+                e.to_string()
+            } else {
+                format!("http://{e}")
+            };
+            match url.split_once("://") {
+                Some(("http" | "https", rest)) if !rest.is_empty() && !rest.contains('@') => {
+                    Ok(url)
+                }
+                _ => Err(ConfigError::BadEndpoint {
+                    var: ETCD_ENV,
+                    value: e.to_string(),
+                }),
+            }
+        })
+        .collect()
 }
 
 /// What an injected fault does to the call.

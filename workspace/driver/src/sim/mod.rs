@@ -59,6 +59,20 @@
 //! | `OVC_SIM_READY_MS` | `0` | time from a scale until the pods exist and are ready |
 //! | `OVC_SIM_FAULTS` | none | `;`-separated fault rules `workflow/step:kind[:count]` |
 //! | `OVC_SIM_RECORD_CALLS` | `0` | `1`: log every call with its lease in `sim_calls` |
+//! | `OVC_SIM_ETCD` | none | etcd endpoints: new vclusters keep their backing store there |
+//!
+//! # The backing store
+//!
+//! By default a simulated vcluster's backing store is a JSON document in its database
+//! row. With `OVC_SIM_ETCD` (`ovc dev --sim-etcd`) every vcluster installed from then on
+//! keeps it in that etcd under `/ovc-sim/<namespace>/<release>/` instead (the choice is
+//! recorded in the release and kept for life), laid out as Kubernetes does
+//! (`registry/<resource>/[<namespace>/]<name>`, the four objects of
+//! [`model::initial_objects`] written on the first start): a snapshot dumps it through
+//! [`crate::etcd::EtcdBackingStore`] at one revision (recorded in the manifest), a restore
+//! wipes the prefix and loads it, and an uninstall deletes it. Either way the dump carries
+//! its per-object export. A dump of one kind is refused (before anything changes) by a
+//! vcluster of the other.
 //!
 //! # Self-fencing
 //!
@@ -90,17 +104,19 @@ mod db;
 mod model;
 
 pub use config::{
-    ConfigError, FAULTS_ENV, FaultKind, FaultParseError, FaultRule, LATENCY_ENV, READY_ENV,
-    RECORD_CALLS_ENV, SimConfig,
+    ConfigError, ETCD_ENV, FAULTS_ENV, FaultKind, FaultParseError, FaultRule, LATENCY_ENV,
+    READY_ENV, RECORD_CALLS_ENV, SimConfig, parse_endpoints,
 };
 pub use model::{
-    SimNamespace, SimRelease, SimState, WORKLOAD_PODS, initial_backing_store, render_kubeconfig,
+    SimNamespace, SimRelease, SimState, WORKLOAD_PODS, initial_backing_store, initial_objects,
+    render_kubeconfig, sim_export,
 };
 
+use crate::etcd::EtcdBackingStore;
 use crate::{
-    ANNOTATION_CREATED_BY, BackingStoreSink, BackingStoreSource, CallCtx, ControlPlaneStatus,
-    DriverError, DriverResult, HostDriver, MemorySource, NamespaceOutcome, Owner, ReleaseInfo,
-    ReleaseValues, Target,
+    ANNOTATION_CREATED_BY, BackingStoreInfo, BackingStoreSink, BackingStoreSource, CallCtx,
+    ControlPlaneStatus, DriverError, DriverResult, HostDriver, MemorySource, NamespaceOutcome,
+    Owner, ReleaseInfo, ReleaseValues, Target,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -141,6 +157,14 @@ pub enum SimError {
     /// Bad `OVC_SIM_*` configuration.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The etcd of `OVC_SIM_ETCD` cannot be reached.
+    #[error("the simulated host's etcd ({endpoints}): {message}")]
+    Etcd {
+        /// The endpoints.
+        endpoints: String,
+        /// Why.
+        message: String,
+    },
 }
 
 impl From<SimError> for DriverError {
@@ -184,6 +208,17 @@ pub struct CallRecord {
 pub struct SimHost {
     pool: Pool,
     config: Arc<SimConfig>,
+    /// The etcd of [`SimConfig::etcd_endpoints`], unscoped (`None`: not configured).
+    etcd: Option<EtcdBackingStore>,
+}
+
+/// The key (under a vcluster's etcd prefix) where a Kubernetes upgrade marks the storage
+/// version, as [`model::at_storage_version`] does in the database document.
+pub const STORAGE_VERSION_KEY: &str = "registry/ovc-sim/storage-version";
+
+/// Where the simulator keeps the backing store of `t` in its etcd.
+pub fn etcd_prefix(t: &Target) -> String {
+    format!("/ovc-sim/{}/{}/", t.namespace, t.release)
 }
 
 /// What a state-changing call sees inside its transaction.
@@ -233,6 +268,17 @@ fn not_running(t: &Target) -> DriverError {
     )
 }
 
+fn running(t: &Target) -> DriverError {
+    DriverError::permanent(
+        Code::FailedPrecondition,
+        format!(
+            "control plane of {} (namespace {}) is running: pause it before loading its \
+             backing store",
+            t.release, t.namespace
+        ),
+    )
+}
+
 fn check_namespace(t: &Target) -> DriverResult<()> {
     if t.namespace.is_empty() {
         return Err(DriverError::permanent(
@@ -272,6 +318,30 @@ impl SimHost {
             pool.close().await;
             return Err(SimError::NotMigrated(Box::new(e)));
         }
+        let etcd = if config.etcd_endpoints.is_empty() {
+            None
+        } else {
+            let endpoints = config.etcd_endpoints.join(",");
+            let store = EtcdBackingStore::connect(&config.etcd_endpoints, Vec::new()).await;
+            // A first request, so an etcd that is not there stops the process at start.
+            let probe = match &store {
+                Ok(s) => s
+                    .scoped(b"/ovc-sim/".to_vec())
+                    .count(&CallCtx::read("sim start"))
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(e.clone()),
+            };
+            if let Err(e) = probe {
+                pool.close().await;
+                return Err(SimError::Etcd {
+                    endpoints,
+                    message: e.to_string(),
+                });
+            }
+            tracing::info!(%endpoints, "sim host: backing stores of new vclusters in etcd");
+            store.ok()
+        };
         tracing::info!(
             latency_ms = config.latency.as_millis() as u64,
             ready_ms = config.ready_delay.as_millis() as u64,
@@ -281,6 +351,7 @@ impl SimHost {
         Ok(SimHost {
             pool,
             config: Arc::new(config),
+            etcd,
         })
     }
 
@@ -371,6 +442,24 @@ impl SimHost {
         let mut r: SimRelease = from_doc(|| format!("release {}/{}", t.namespace, t.release), doc)?;
         r.settle(Utc::now());
         Ok(Some(r))
+    }
+
+    /// The etcd backing store of release `r` of `t` (`None`: kept in the database).
+    fn etcd_of(&self, t: &Target, r: &SimRelease) -> DriverResult<Option<EtcdBackingStore>> {
+        let Some(prefix) = &r.etcd_prefix else {
+            return Ok(None);
+        };
+        match &self.etcd {
+            Some(etcd) => Ok(Some(etcd.scoped(prefix.as_bytes().to_vec()))),
+            None => Err(DriverError::permanent(
+                Code::FailedPrecondition,
+                format!(
+                    "vcluster {} (namespace {}) keeps its backing store in etcd, and this \
+                     simulated host has none configured ({ETCD_ENV} / --sim-etcd)",
+                    t.release, t.namespace
+                ),
+            )),
+        }
     }
 
     /// Latency, the lease check, the call log, then fault injection: the start of every
@@ -663,7 +752,8 @@ impl HostDriver for SimHost {
             ));
         }
         let delay = self.config.ready_delay;
-        self.change(t, "install_release", |s| {
+        let prefix = self.etcd.as_ref().map(|_| etcd_prefix(t));
+        let (revision, seed, rewrite) = self.change(t, "install_release", |s| {
             if !s.namespace_exists {
                 return Err(DriverError::permanent(
                     Code::FailedPrecondition,
@@ -682,17 +772,16 @@ impl HostDriver for SimHost {
             }
             let now = s.now;
             let Some(r) = s.release.as_mut() else {
-                s.release = Some(SimRelease::install(
-                    &t.namespace,
-                    &t.release,
-                    values,
-                    now,
-                    delay,
-                ));
-                return Ok(1);
+                let r = SimRelease::install(&t.namespace, &t.release, values, now, delay, prefix);
+                let seed = r.etcd_prefix.is_some();
+                s.release = Some(r);
+                return Ok((1, seed, None));
             };
+            // The first install again (a re-run after a crash): the first start's objects
+            // may not have been written yet.
+            let seed = r.revision == 1 && r.etcd_prefix.is_some();
             if r.values == *values {
-                return Ok(r.revision);
+                return Ok((r.revision, seed, None));
             }
             if r.paused {
                 // Mechanics §6: a helm upgrade would reset the replicas 0→N while
@@ -728,9 +817,26 @@ impl HostDriver for SimHost {
                     model::at_storage_version(&r.backing_store, &values.kubernetes_version);
             }
             r.updated_at = now;
-            Ok(r.revision)
+            let rewrite = (new_kubernetes && r.etcd_prefix.is_some())
+                .then(|| values.kubernetes_version.clone());
+            Ok((r.revision, false, rewrite))
         })
-        .await
+        .await?;
+        if let (Some(version), Some(etcd)) = (rewrite, &self.etcd) {
+            // The same storage-version mark, in etcd (a key that is no object).
+            etcd.scoped(etcd_prefix(t).into_bytes())
+                .put(ctx, STORAGE_VERSION_KEY.as_bytes(), version.as_bytes())
+                .await?;
+        }
+        if seed && let Some(etcd) = &self.etcd {
+            // What the control plane writes on its first start (never over what is there).
+            let etcd = etcd.scoped(etcd_prefix(t).into_bytes());
+            for (key, object) in initial_objects() {
+                etcd.put_if_absent(ctx, key.as_bytes(), object.to_string().as_bytes())
+                    .await?;
+            }
+        }
+        Ok(revision)
     }
 
     async fn release(&self, ctx: &CallCtx, t: &Target) -> DriverResult<Option<ReleaseInfo>> {
@@ -745,7 +851,13 @@ impl HostDriver for SimHost {
             s.release = None;
             Ok(())
         })
-        .await
+        .await?;
+        // Its data in etcd goes with it; the prefix is the target's, so a re-run after a
+        // crash between the two still deletes it.
+        if let Some(etcd) = &self.etcd {
+            etcd.scoped(etcd_prefix(t).into_bytes()).wipe(ctx).await?;
+        }
+        Ok(())
     }
 
     async fn control_plane(
@@ -888,6 +1000,29 @@ impl HostDriver for SimHost {
         if !r.is_running(now) {
             return Err(not_running(t));
         }
+        if let Some(etcd) = self.etcd_of(t, &r)? {
+            return Ok(etcd.dump(ctx, sink).await?.bytes);
+        }
+        match sim_export(&r.backing_store) {
+            Ok(objects) => {
+                for object in &objects {
+                    sink.write_object(object).await?;
+                }
+                sink.record_backing_store(BackingStoreInfo {
+                    kind: "sim".into(),
+                    revision: None,
+                    keys: Some(objects.len() as u64),
+                });
+            }
+            Err(why) => {
+                sink.objects_unavailable(why);
+                sink.record_backing_store(BackingStoreInfo {
+                    kind: "sim".into(),
+                    revision: None,
+                    keys: None,
+                });
+            }
+        }
         let data = bytes::Bytes::from(r.backing_store);
         let size = data.len() as u64;
         let mut rest = data;
@@ -905,11 +1040,38 @@ impl HostDriver for SimHost {
         source: &mut dyn BackingStoreSource,
     ) -> DriverResult<u64> {
         self.enter(ctx, "load_backing_store", t).await?;
+        let (r, _) = self.read_required(t).await?;
+        if let Some(etcd) = self.etcd_of(t, &r)? {
+            if !r.paused && r.replicas > 0 {
+                return Err(running(t));
+            }
+            // The load itself refuses what is not an etcd dump, before it wipes.
+            let loaded = etcd.load(ctx, source).await?;
+            self.change(t, "load_backing_store", |s| {
+                if let Some(r) = s.release.as_mut() {
+                    r.updated_at = s.now;
+                }
+                Ok(())
+            })
+            .await?;
+            return Ok(loaded.bytes);
+        }
         // The simulated backing store lives in one database row: collect the stream
         // (it has checked itself when it ends), then commit in one change.
         let mut data = Vec::new();
         while let Some(chunk) = source.next_chunk().await? {
             data.extend_from_slice(&chunk);
+        }
+        if data.starts_with(crate::etcd::MAGIC) || data.starts_with(crate::etcd::MAGIC_V1) {
+            return Err(DriverError::permanent(
+                Code::FailedPrecondition,
+                format!(
+                    "this snapshot holds an etcd dump, and vcluster {} (namespace {}) keeps \
+                     its backing store in the simulator's database: restore it into a \
+                     vcluster created with {ETCD_ENV} / --sim-etcd",
+                    t.release, t.namespace
+                ),
+            ));
         }
         let size = data.len() as u64;
         let data = data.as_slice();
@@ -917,14 +1079,7 @@ impl HostDriver for SimHost {
             let now = s.now;
             let r = s.release.as_mut().ok_or_else(|| not_found(t))?;
             if !r.paused && r.replicas > 0 {
-                return Err(DriverError::permanent(
-                    Code::FailedPrecondition,
-                    format!(
-                        "control plane of {} (namespace {}) is running: pause it before \
-                         loading its backing store",
-                        t.release, t.namespace
-                    ),
-                ));
+                return Err(running(t));
             }
             if r.backing_store != data {
                 r.backing_store = data.to_vec();

@@ -96,9 +96,14 @@ pub struct SimRelease {
     pub first_ready_at: Option<DateTime<Utc>>,
     /// Names of the synced workload pods in the namespace.
     pub workload_pods: Vec<String>,
-    /// The backing store's content (hex in the stored document).
+    /// The backing store's content (hex in the stored document); empty when it is kept
+    /// in etcd (`etcd_prefix`).
     #[serde(with = "hex_bytes")]
     pub backing_store: Vec<u8>,
+    /// Where in the simulator's etcd the backing store is kept (`None`: in
+    /// `backing_store`). Chosen at install (`OVC_SIM_ETCD`) and kept for life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_prefix: Option<String>,
     /// When revision 1 was installed.
     pub installed_at: DateTime<Utc>,
     /// When anything last changed.
@@ -114,13 +119,15 @@ fn after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
 }
 
 impl SimRelease {
-    /// A fresh install (revision 1) whose control plane becomes ready after `delay`.
+    /// A fresh install (revision 1) whose control plane becomes ready after `delay`; its
+    /// backing store in etcd under `etcd_prefix` when given.
     pub(crate) fn install(
         namespace: &str,
         name: &str,
         values: &ReleaseValues,
         now: DateTime<Utc>,
         delay: Duration,
+        etcd_prefix: Option<String>,
     ) -> Self {
         Self {
             namespace: namespace.to_string(),
@@ -137,7 +144,12 @@ impl SimRelease {
             settles_at: after(now, delay),
             first_ready_at: None,
             workload_pods: WORKLOAD_PODS.iter().map(|p| p.to_string()).collect(),
-            backing_store: initial_backing_store(namespace, name),
+            backing_store: if etcd_prefix.is_some() {
+                Vec::new()
+            } else {
+                initial_backing_store(namespace, name)
+            },
+            etcd_prefix,
             installed_at: now,
             updated_at: now,
         }
@@ -210,6 +222,36 @@ impl SimRelease {
     }
 }
 
+/// The objects a fresh virtual control plane writes on its first start, with their
+/// etcd keys (relative to the backing store's prefix, Kubernetes' `/registry/` layout).
+pub fn initial_objects() -> Vec<(String, serde_json::Value)> {
+    let obj = |kind: &str, namespace: Option<&str>, name: &str| {
+        let mut metadata = serde_json::json!({"name": name});
+        if let Some(ns) = namespace {
+            metadata["namespace"] = ns.into();
+        }
+        serde_json::json!({"apiVersion": "v1", "kind": kind, "metadata": metadata})
+    };
+    vec![
+        (
+            "registry/namespaces/default".into(),
+            obj("Namespace", None, "default"),
+        ),
+        (
+            "registry/namespaces/kube-system".into(),
+            obj("Namespace", None, "kube-system"),
+        ),
+        (
+            "registry/serviceaccounts/default/default".into(),
+            obj("ServiceAccount", Some("default"), "default"),
+        ),
+        (
+            "registry/configmaps/default/kube-root-ca.crt".into(),
+            obj("ConfigMap", Some("default"), "kube-root-ca.crt"),
+        ),
+    ]
+}
+
 /// `backing_store` as a virtual API server of Kubernetes `version` leaves it: the JSON
 /// document marked with its `storage_version` (data that is not such a document, e.g.
 /// loaded from elsewhere, is left as it is).
@@ -223,20 +265,72 @@ pub fn at_storage_version(backing_store: &[u8], version: &str) -> Vec<u8> {
     }
 }
 
-/// The backing store of a fresh vcluster: a small deterministic JSON document.
+/// The backing store of a fresh vcluster kept in the simulator's database: a small
+/// deterministic JSON document whose `objects` are [`initial_objects`].
 pub fn initial_backing_store(namespace: &str, release: &str) -> Vec<u8> {
     let doc = serde_json::json!({
         "release": release,
         "namespace": namespace,
         "revision": 1,
-        "objects": [
-            {"kind": "Namespace", "name": "default"},
-            {"kind": "Namespace", "name": "kube-system"},
-            {"kind": "ServiceAccount", "namespace": "default", "name": "default"},
-            {"kind": "ConfigMap", "namespace": "default", "name": "kube-root-ca.crt"},
-        ],
+        "objects": initial_objects().into_iter().map(|(_, o)| o).collect::<Vec<_>>(),
     });
     doc.to_string().into_bytes()
+}
+
+/// The per-object export of a backing store kept in the simulator's database (the
+/// document of [`initial_backing_store`]): its `objects`. Documents written before the
+/// objects were full Kubernetes objects list `{kind, namespace, name}` only; those kinds
+/// (Namespace, ServiceAccount, ConfigMap) are all core `v1`, which fills `apiVersion`.
+/// `Err`: not such a document (data loaded from elsewhere), with why.
+pub fn sim_export(data: &[u8]) -> Result<Vec<crate::ExportedObject>, String> {
+    let doc: serde_json::Value = serde_json::from_slice(data).map_err(|e| {
+        format!("the simulated backing store is not the simulator's JSON document: {e}")
+    })?;
+    let objects = doc
+        .get("objects")
+        .and_then(|o| o.as_array())
+        .ok_or("the simulated backing store's document has no `objects` list")?;
+    objects
+        .iter()
+        .map(|o| {
+            let text =
+                |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).map(str::to_string);
+            let kind = text(o.get("kind")).ok_or_else(|| format!("an object without kind: {o}"))?;
+            let full = o.get("metadata").is_some();
+            let (namespace, name) = if full {
+                (
+                    text(o.pointer("/metadata/namespace")),
+                    text(o.pointer("/metadata/name")),
+                )
+            } else {
+                (text(o.get("namespace")), text(o.get("name")))
+            };
+            let name = name.ok_or_else(|| format!("an object without name: {o}"))?;
+            let api_version = if full {
+                text(o.get("apiVersion")).unwrap_or_default()
+            } else {
+                "v1".to_string()
+            };
+            let object = if full {
+                o.clone()
+            } else {
+                let mut metadata = serde_json::json!({"name": name});
+                if let Some(ns) = &namespace {
+                    metadata["namespace"] = ns.as_str().into();
+                }
+                serde_json::json!({"apiVersion": "v1", "kind": kind, "metadata": metadata})
+            };
+            Ok(crate::ExportedObject {
+                api_version,
+                kind,
+                namespace,
+                name,
+                key: None,
+                object: Some(object),
+                protobuf: None,
+            })
+        })
+        .collect()
 }
 
 /// The kubeconfig the syncer writes into Secret `vc-NAME` (server = the Service).
@@ -313,6 +407,7 @@ mod tests {
             },
             Utc::now(),
             Duration::ZERO,
+            None,
         );
         r.backing_store = vec![0, 1, 0xab, 0xff];
         let doc = serde_json::to_value(&r).expect("serialize");
@@ -322,6 +417,35 @@ mod tests {
         let mut bad = serde_json::to_value(&r).expect("serialize");
         bad["backing_store"] = "0g".into();
         assert!(serde_json::from_value::<SimRelease>(bad).is_err());
+    }
+
+    #[test]
+    fn the_export_lists_the_documents_objects_old_and_new() {
+        let objects = sim_export(&initial_backing_store("ns", "a")).expect("export");
+        let refs: Vec<String> = objects.iter().map(|o| o.reference()).collect();
+        assert_eq!(
+            refs,
+            [
+                "Namespace/default",
+                "Namespace/kube-system",
+                "ServiceAccount/default/default",
+                "ConfigMap/default/kube-root-ca.crt"
+            ]
+        );
+        assert!(objects.iter().all(|o| o.api_version == "v1"));
+        let old = br#"{"objects":[{"kind":"ConfigMap","namespace":"default","name":"x"}]}"#;
+        let old = sim_export(old).expect("an old document");
+        assert_eq!(
+            old[0].object.as_ref().unwrap()["metadata"]["namespace"],
+            "default"
+        );
+        assert_eq!(old[0].api_version, "v1");
+        assert!(
+            sim_export(b"\x00\x01")
+                .unwrap_err()
+                .contains("not the simulator's")
+        );
+        assert!(sim_export(b"{}").unwrap_err().contains("no `objects`"));
     }
 
     #[test]
