@@ -8,6 +8,7 @@
 mod bench;
 mod bench_api;
 mod bench_feeds;
+mod bench_inflight;
 mod bench_workflows;
 mod client;
 mod dev;
@@ -137,6 +138,8 @@ enum BenchCommand {
     Api(bench_api::ApiBenchArgs),
     /// Server RSS and create -> RUNNING time with many live SSE followers.
     Feeds(bench_feeds::FeedsBenchArgs),
+    /// Worker RSS and check-in cost with 10,000 operations waiting on a slow host.
+    Inflight(bench_inflight::InflightBenchArgs),
 }
 
 /// The tracing part of the help of `ovc dev`, `ovc serve` and `ovc worker`.
@@ -237,6 +240,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench {
             command: BenchCommand::Feeds(args),
         } => bench_feeds::run(args).await,
+        Command::Bench {
+            command: BenchCommand::Inflight(args),
+        } => bench_inflight::run(args).await,
     }
 }
 

@@ -204,6 +204,19 @@ pub struct Executor {
     pub ready_timeout: Duration,
 }
 
+/// The longest a waiting step goes unchecked, however long it has waited.
+pub const MAX_CHECK_IN: Duration = Duration::from_secs(10);
+
+/// When a step that answered `Pending { check_in }` after waiting `waited` is looked at
+/// again: its own `check_in` at first, then an eighth of the time waited so far, at most
+/// [`MAX_CHECK_IN`] (never less than `check_in`). A control plane that takes a minute
+/// is then checked about 20 times instead of 300, and its readiness is seen at most an
+/// eighth of its wait late; ten thousand parked waits cost a few hundred check-ins a
+/// second instead of saturating the worker with fifty thousand.
+pub fn check_in_after(check_in: Duration, waited: Duration) -> Duration {
+    check_in.max((waited / 8).min(MAX_CHECK_IN))
+}
+
 /// Events waiting for the next commit.
 #[derive(Default)]
 struct Pending {
@@ -612,6 +625,15 @@ impl Run1<'_> {
         self.exec.clock.now()
     }
 
+    /// How long `step` has been waiting: since its first start as journaled.
+    fn waited(&self, step: &str) -> Duration {
+        self.journal
+            .step(step)
+            .first_started_at
+            .and_then(|started| (self.now() - started).to_std().ok())
+            .unwrap_or_default()
+    }
+
     /// The error of a wait that has lasted past [`Executor::ready_timeout`], counted from
     /// the step's first start as journaled; `None` while there is time left.
     fn wait_expired(&self, step: &str) -> Option<Status> {
@@ -726,7 +748,8 @@ impl Run1<'_> {
                         }
                         Ok(StepOutput::Pending { check_in }) => {
                             let Some(error) = self.wait_expired(step) else {
-                                return self.reschedule(check_in).await;
+                                let waited = self.waited(step);
+                                return self.reschedule(check_in_after(check_in, waited)).await;
                             };
                             self.push(Event::StepFailed {
                                 step: step.into(),
@@ -967,6 +990,28 @@ impl Run1<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_waits_are_checked_less_often_but_at_least_every_ten_seconds() {
+        let ms = Duration::from_millis;
+        let hint = ms(200);
+        // Short waits: the step's own check-in.
+        assert_eq!(check_in_after(hint, Duration::ZERO), hint);
+        assert_eq!(check_in_after(hint, ms(1600)), hint);
+        // Then an eighth of the time waited.
+        assert_eq!(
+            check_in_after(hint, Duration::from_secs(8)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(check_in_after(hint, Duration::from_secs(60)), ms(7500));
+        // Never more than MAX_CHECK_IN, never less than the step asked for.
+        assert_eq!(
+            check_in_after(hint, Duration::from_secs(3600)),
+            MAX_CHECK_IN
+        );
+        let slow = Duration::from_secs(30);
+        assert_eq!(check_in_after(slow, Duration::from_secs(3600)), slow);
+    }
 
     #[tokio::test]
     async fn a_panicking_step_is_a_permanent_failure() {
