@@ -1,7 +1,6 @@
 //! Engine behaviour on the simulated host: cancellation, time limits, attempt limits,
 //! stuck compensation, durable waits, and refusals at accept time.
 
-use ovc_driver::sim::{FaultRule, SimConfig};
 use ovc_engine::accept::{cancel, retry};
 use ovc_store::{Backend, RunStatus};
 use ovc_tests::{Harness, HarnessOptions};
@@ -12,24 +11,10 @@ use ovc_types::state::{OperationState, StepState, VClusterState};
 use std::time::Duration;
 
 async fn harness(rules: &str, ready_delay_ms: u64, max_step_timeout: Option<Duration>) -> Harness {
-    Harness::start(
-        Backend::Sqlite,
-        HarnessOptions {
-            sim: SimConfig {
-                faults: if rules.is_empty() {
-                    vec![]
-                } else {
-                    FaultRule::parse_list(rules).expect("rules")
-                },
-                ready_delay: Duration::from_millis(ready_delay_ms),
-                ..SimConfig::default()
-            },
-            repeat_steps: false,
-            max_step_timeout,
-            ..HarnessOptions::default()
-        },
-    )
-    .await
+    let mut options = HarnessOptions::with_fault_rules(rules);
+    options.sim.ready_delay = Duration::from_millis(ready_delay_ms);
+    options.max_step_timeout = max_step_timeout;
+    Harness::start(Backend::Sqlite, options).await
 }
 
 fn create() -> Command {

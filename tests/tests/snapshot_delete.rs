@@ -4,7 +4,6 @@
 //! of one snapshot never both get in; failures put the snapshot back to READY (intact)
 //! or FAILED (damaged); and a rebuild of the projections equals the live tables.
 
-use ovc_driver::sim::{FaultRule, SimConfig};
 use ovc_snapshots::{BACKING_STORE_FILE, MANIFEST_FILE, artifact_prefix};
 use ovc_store::Backend;
 use ovc_tests::{Harness, HarnessOptions};
@@ -18,22 +17,7 @@ use ovc_types::{SnapshotId, SnapshotState};
 const BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
 
 async fn harness(backend: Backend, rules: &str) -> Harness {
-    let faults = if rules.is_empty() {
-        Vec::new()
-    } else {
-        FaultRule::parse_list(rules).expect("rules")
-    };
-    Harness::start(
-        backend,
-        HarnessOptions {
-            sim: SimConfig {
-                faults,
-                ..SimConfig::default()
-            },
-            ..HarnessOptions::default()
-        },
-    )
-    .await
+    Harness::start(backend, HarnessOptions::with_fault_rules(rules)).await
 }
 
 /// Creates vcluster `vc` and takes a snapshot of it.

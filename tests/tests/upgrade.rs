@@ -9,7 +9,6 @@
 //! definition, in `workflows/src/upgrade.rs`.
 
 use ovc_driver::Target;
-use ovc_driver::sim::{FaultRule, SimConfig};
 use ovc_store::Backend;
 use ovc_tests::{Harness, HarnessOptions};
 use ovc_types::command::Command;
@@ -26,22 +25,7 @@ fn upgrade(chart: Option<&str>, kubernetes: Option<&str>) -> Command {
 }
 
 async fn harness(faults: &str) -> Harness {
-    let faults = if faults.is_empty() {
-        Vec::new()
-    } else {
-        FaultRule::parse_list(faults).expect("fault rules")
-    };
-    Harness::start(
-        Backend::Sqlite,
-        HarnessOptions {
-            sim: SimConfig {
-                faults,
-                ..SimConfig::default()
-            },
-            ..HarnessOptions::default()
-        },
-    )
-    .await
+    Harness::start(Backend::Sqlite, HarnessOptions::with_fault_rules(faults)).await
 }
 
 /// Creates `vc` with the default spec; it gets the configured default chart version.

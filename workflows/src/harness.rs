@@ -5,7 +5,7 @@
 //! `ovc_tests::Harness`) share one copy. It cannot live in ovc-testkit: the driver and
 //! engine dev-depend on ovc-testkit, and the harness needs both.
 
-use ovc_driver::sim::{SimConfig, SimHost};
+use ovc_driver::sim::{FaultRule, SimConfig, SimHost};
 use ovc_engine::accept::{Accepted, CommandRequest, accept};
 use ovc_engine::executor::{Executor, RetryPolicy};
 use ovc_engine::services::Services;
@@ -35,6 +35,27 @@ pub struct HarnessOptions {
     /// Host names the worker's driver answers to: the simulator behind a
     /// `HostRouter` under each (empty: the simulator itself, whatever a target's host).
     pub hosts: Vec<String>,
+}
+
+impl HarnessOptions {
+    /// The defaults, with the simulated host injecting `faults`.
+    pub fn with_faults(faults: Vec<FaultRule>) -> Self {
+        Self {
+            sim: SimConfig {
+                faults,
+                ..SimConfig::default()
+            },
+            ..Self::default()
+        }
+    }
+
+    /// The defaults, with the fault rules `rules` (`OVC_SIM_FAULTS` syntax; `""`: none).
+    pub fn with_fault_rules(rules: &str) -> Self {
+        if rules.is_empty() {
+            return Self::default();
+        }
+        Self::with_faults(FaultRule::parse_list(rules).expect("fault rules"))
+    }
 }
 
 /// A fresh database, the simulated host on it, a snapshot directory, and one in-process

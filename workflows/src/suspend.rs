@@ -101,7 +101,6 @@ mod sweeps {
     use crate::sweep::{self, Fixture, Harness, sweeps};
     use ovc_types::command::Command;
     use ovc_types::resource::Operation;
-    use ovc_types::{SnapshotId, SnapshotState};
 
     /// A RUNNING vcluster, suspended with a snapshot and eviction (every step planned).
     struct Running;
@@ -118,19 +117,7 @@ mod sweeps {
         /// The snapshot taken by the first step is DELETED by its undo (there is none
         /// when the first step is the one that failed).
         async fn after_compensation(&self, h: &Harness, op: &Operation, failed: &str) {
-            let snap = h
-                .store
-                .get_snapshot(SnapshotId(op.id.as_uuid()))
-                .await
-                .expect("get snapshot");
-            match snap {
-                Some(s) => assert_eq!(s.state, SnapshotState::Deleted, "failed at {failed}"),
-                None => assert_eq!(
-                    op.steps.first().map(|s| s.name.as_str()),
-                    Some(failed),
-                    "no snapshot, though the failure at {failed} came after the first step"
-                ),
-            }
+            sweep::assert_own_snapshot_undone(h, op, failed, "snapshot").await;
         }
     }
 

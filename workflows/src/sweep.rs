@@ -88,6 +88,34 @@ pub(crate) async fn snapshot(h: &Harness, vc: &str) -> SnapshotId {
     SnapshotId(op.id.as_uuid())
 }
 
+/// After a compensated failure at step `failed`: the snapshot that `op`'s step
+/// `snapshot_step` took (its id is the operation's) was DELETED by its undo, or was never
+/// taken because the failure came at or before that step.
+pub(crate) async fn assert_own_snapshot_undone(
+    h: &Harness,
+    op: &Operation,
+    failed: &str,
+    snapshot_step: &str,
+) {
+    let snap = h
+        .store
+        .get_snapshot(SnapshotId(op.id.as_uuid()))
+        .await
+        .expect("get snapshot");
+    let position = |step: &str| op.steps.iter().position(|s| s.name == step);
+    match snap {
+        Some(s) => assert_eq!(
+            s.state,
+            ovc_types::SnapshotState::Deleted,
+            "failed at {failed}"
+        ),
+        None => assert!(
+            position(failed) <= position(snapshot_step),
+            "no snapshot, though the failure at {failed} came after {snapshot_step}"
+        ),
+    }
+}
+
 /// The state of step `step` of `op` (panics when the operation has no such step).
 pub(crate) fn step_state(op: &Operation, step: &str) -> StepState {
     op.steps
@@ -115,16 +143,6 @@ async fn prepare(def: &WorkflowDef, fixture: &impl Fixture) -> (Harness, Command
         def.name
     );
     (h, command, planned)
-}
-
-fn faults(rules: Vec<FaultRule>) -> HarnessOptions {
-    HarnessOptions {
-        sim: SimConfig {
-            faults: rules,
-            ..SimConfig::default()
-        },
-        ..HarnessOptions::default()
-    }
 }
 
 fn step_def<'a>(def: &'a WorkflowDef, step: &str) -> &'a StepDef {
@@ -248,7 +266,8 @@ pub(crate) async fn permanent(def: &WorkflowDef, fixture: &impl Fixture) -> Perm
         );
         let step = plan[i].clone();
         let rule = FaultRule::new(def.name, step.as_str(), FaultKind::Permanent, None);
-        h.restart_worker(faults(vec![rule])).await;
+        h.restart_worker(HarnessOptions::with_faults(vec![rule]))
+            .await;
         let target = fixture.target();
         let before = h.vcluster(target).await;
         let host_before = host_view(&h, target).await;
@@ -344,7 +363,8 @@ pub(crate) async fn transient(def: &WorkflowDef, fixture: &impl Fixture) {
             FaultKind::Transient,
             Some(TRANSIENT_FAILURES),
         );
-        h.restart_worker(faults(vec![rule])).await;
+        h.restart_worker(HarnessOptions::with_faults(vec![rule]))
+            .await;
         let target = fixture.target();
         let before = h.vcluster(target).await;
         let op = h.run(target, command).await;

@@ -404,24 +404,6 @@ mod sweeps {
     use crate::sweep::{self, Fixture, Harness, sweeps};
     use ovc_types::command::Command;
     use ovc_types::resource::Operation;
-    use ovc_types::{SnapshotId, SnapshotState};
-
-    /// The pre-upgrade snapshot is DELETED by its undo (there is none when the failure
-    /// came before it was taken).
-    async fn snapshot_undone(h: &Harness, op: &Operation, failed: &str) {
-        let snap = h
-            .store
-            .get_snapshot(SnapshotId(op.id.as_uuid()))
-            .await
-            .expect("get snapshot");
-        match snap {
-            Some(s) => assert_eq!(s.state, SnapshotState::Deleted, "failed at {failed}"),
-            None => assert!(
-                ["check_versions", "snapshot"].contains(&failed),
-                "no snapshot, though the failure at {failed} came after it"
-            ),
-        }
-    }
 
     /// A RUNNING vcluster, to the next chart minor version (the undo is Helm's rollback).
     struct Chart;
@@ -436,7 +418,7 @@ mod sweeps {
         }
 
         async fn after_compensation(&self, h: &Harness, op: &Operation, failed: &str) {
-            snapshot_undone(h, op, failed).await;
+            sweep::assert_own_snapshot_undone(h, op, failed, "snapshot").await;
         }
     }
 
@@ -455,7 +437,7 @@ mod sweeps {
         }
 
         async fn after_compensation(&self, h: &Harness, op: &Operation, failed: &str) {
-            snapshot_undone(h, op, failed).await;
+            sweep::assert_own_snapshot_undone(h, op, failed, "snapshot").await;
         }
     }
 

@@ -52,11 +52,17 @@ async fn call(addr: &str, method: Method, path: &str, body: &str) -> anyhow::Res
 
 /// Resident set size of `pid` in MiB (Linux `/proc`).
 fn rss_mib(pid: u32) -> f64 {
+    proc_status_mib(pid, "VmRSS:")
+}
+
+/// The `/proc/<pid>/status` field `key` (a size in kB, e.g. `VmRSS:`, `VmHWM:`) in MiB;
+/// NaN when it cannot be read.
+pub(crate) fn proc_status_mib(pid: u32, key: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .find_map(|l| l.strip_prefix(key))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         })
         .map_or(f64::NAN, |kb| kb / 1024.0)

@@ -10,17 +10,14 @@
 //! first two steps to its own wait: if parked operations held slots, it would never get
 //! there.
 
-use crate::bench_workflows::pct;
+use crate::bench_feeds::proc_status_mib;
+use crate::bench_workflows::{pct, submit_create};
 use anyhow::Context;
 use clap::Args;
-use ovc_engine::accept::{CommandRequest, accept};
 use ovc_store::{OperationFilter, PageRequest, Store, StoreConfig, TrafficCounts};
-use ovc_types::command::Command;
+use ovc_types::OperationId;
 use ovc_types::event::StreamName;
-use ovc_types::spec::VClusterSpec;
 use ovc_types::state::OperationState;
-use ovc_types::time::RandomIds;
-use ovc_types::{OperationId, ProjectName};
 use std::process::{Child, Command as Process, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,18 +37,6 @@ pub struct InflightBenchArgs {
     /// Seconds over which the parked waits' database traffic is measured.
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
-}
-
-/// `/proc/<pid>/status` field `key` (kB) in MiB.
-fn proc_mib(pid: u32, key: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 /// The one worker process; killed on drop.
@@ -74,27 +59,6 @@ impl Drop for Worker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-async fn submit(store: &dyn Store, name: String) -> anyhow::Result<OperationId> {
-    let accepted = accept(
-        store,
-        &ovc_workflows::registry(),
-        &RandomIds,
-        CommandRequest {
-            project: ProjectName::default_project(),
-            vcluster: name.parse()?,
-            command: Command::Create {
-                spec: VClusterSpec::default(),
-            },
-            request_id: None,
-            actor: Some("bench".into()),
-            traceparent: None,
-        },
-    )
-    .await
-    .map_err(|s| anyhow::anyhow!("{s}"))?;
-    Ok(accepted.operation_id)
 }
 
 /// How many RUNNING operations have started `wait_ready` (are parked).
@@ -187,12 +151,14 @@ pub async fn run(args: InflightBenchArgs) -> anyhow::Result<()> {
     eprintln!("inflight: submitting {} CREATEs ...", args.ops);
     let start = Instant::now();
     let mut tasks = Vec::new();
+    let registry = Arc::new(ovc_workflows::registry());
     for client in 0..8 {
         let store = store.clone();
+        let registry = registry.clone();
         let ops = args.ops;
         tasks.push(tokio::spawn(async move {
             for i in (client..ops).step_by(8) {
-                submit(store.as_ref(), format!("park-{i}")).await?;
+                submit_create(store.as_ref(), &registry, &format!("park-{i}")).await?;
             }
             anyhow::Ok(())
         }));
@@ -225,14 +191,14 @@ pub async fn run(args: InflightBenchArgs) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     let after = worker.traffic();
     let per_s = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / args.seconds as f64;
-    let rss = proc_mib(pid, "VmRSS:");
-    let peak = proc_mib(pid, "VmHWM:");
+    let rss = proc_status_mib(pid, "VmRSS:");
+    let peak = proc_status_mib(pid, "VmHWM:");
 
     // One more CREATE, three times: its first two steps run while everything is parked.
     let mut first = Vec::new();
     let mut to_wait = Vec::new();
     for i in 0..3 {
-        let id = submit(store.as_ref(), format!("probe-{i}")).await?;
+        let id = submit_create(store.as_ref(), &registry, &format!("probe-{i}")).await?;
         let (a, b) = probe(store.as_ref(), id, Duration::from_secs(120)).await?;
         first.push(a);
         to_wait.push(b);

@@ -166,10 +166,15 @@ impl Drop for Fleet {
     }
 }
 
-async fn submit(store: &dyn Store, name: &str) -> anyhow::Result<OperationId> {
+/// Accepts a CREATE of vcluster `name` with the default spec through `registry`.
+pub(crate) async fn submit_create(
+    store: &dyn Store,
+    registry: &ovc_engine::Registry,
+    name: &str,
+) -> anyhow::Result<OperationId> {
     let accepted = accept(
         store,
-        &ovc_workflows::bench_registry(),
+        registry,
         &RandomIds,
         CommandRequest {
             project: ProjectName::default_project(),
@@ -247,7 +252,7 @@ async fn measure(
         fleet.children.push(child);
     }
     // Warm up: every worker is up once this finishes.
-    let warm = submit(store.as_ref(), "warm-up").await?;
+    let warm = submit_create(store.as_ref(), &ovc_workflows::bench_registry(), "warm-up").await?;
     wait_all(store.as_ref(), &[warm]).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -269,7 +274,14 @@ async fn measure(
         tasks.push(tokio::spawn(async move {
             let mut ids = Vec::new();
             for i in (c..ops).step_by(8) {
-                ids.push(submit(store.as_ref(), &format!("burst-{i}")).await?);
+                ids.push(
+                    submit_create(
+                        store.as_ref(),
+                        &ovc_workflows::bench_registry(),
+                        &format!("burst-{i}"),
+                    )
+                    .await?,
+                );
             }
             anyhow::Ok(ids)
         }));
@@ -311,7 +323,14 @@ async fn measure(
     for i in 0..300 {
         let due = t0 + Duration::from_millis(10 * i as u64);
         tokio::time::sleep_until(due.into()).await;
-        steady.push(submit(store.as_ref(), &format!("steady-{i}")).await?);
+        steady.push(
+            submit_create(
+                store.as_ref(),
+                &ovc_workflows::bench_registry(),
+                &format!("steady-{i}"),
+            )
+            .await?,
+        );
     }
     let mut pickups: Vec<f64> = wait_all(store.as_ref(), &steady)
         .await?
@@ -333,7 +352,14 @@ async fn measure(
                 fleet.kill(0)?;
                 kills += 1;
             }
-            load.push(submit(store.as_ref(), &format!("load-{i}")).await?);
+            load.push(
+                submit_create(
+                    store.as_ref(),
+                    &ovc_workflows::bench_registry(),
+                    &format!("load-{i}"),
+                )
+                .await?,
+            );
         }
         wait_all(store.as_ref(), &load).await?;
         // Event times are the processes' clock, lease times the database's: put the events
