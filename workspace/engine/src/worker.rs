@@ -128,20 +128,26 @@ async fn execute_leased(
     let chrono_lease = chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(5));
     let renewing = fence.clone();
     let renew = async move {
+        let mut since = sent;
         loop {
-            let wait = renewing.remaining().unwrap_or(lease).min(lease / 3);
-            tokio::time::sleep(wait).await;
+            tokio::time::sleep_until(next_renewal(since, lease).into()).await;
             if !renewing.is_held() {
                 return;
             }
             let sent = Instant::now();
             match store.renew_lease(lease_ref, chrono_lease).await {
-                Ok(()) => renewing.extend(sent + lease),
+                Ok(()) => {
+                    renewing.extend(sent + lease);
+                    since = sent;
+                }
                 Err(ovc_store::Error::LeaseLost { .. }) => {
                     renewing.lose();
                     return;
                 }
-                Err(e) => tracing::warn!(error = %e, "lease renewal failed; will retry"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "lease renewal failed; will retry");
+                    tokio::time::sleep((lease / 6).max(Duration::from_millis(1))).await;
+                }
             }
         }
     };
@@ -152,6 +158,20 @@ async fn execute_leased(
             epoch: run.epoch,
         }),
     }
+}
+
+/// When a run claimed or last renewed at `since` renews next: a third of the lease
+/// later, rounded up to the process's renewal grid (a tick every sixth of the lease from
+/// one process-wide origin). The runs of a process thus renew at the same instants and
+/// their renewals share one transaction (the store's renewal committer) instead of one
+/// each; a renewal still comes at most half a lease after the last one.
+fn next_renewal(since: Instant, lease: Duration) -> Instant {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    let tick = (lease / 6).max(Duration::from_millis(1));
+    let due = (since + lease / 3).saturating_duration_since(origin);
+    let ticks = due.as_nanos().div_ceil(tick.as_nanos());
+    origin + tick.saturating_mul(u32::try_from(ticks).unwrap_or(u32::MAX))
 }
 
 /// A claim in flight: the claimed runs and when the claim was sent.

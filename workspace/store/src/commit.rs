@@ -28,7 +28,7 @@ use crate::model::{
 use chrono::{DateTime, Duration, Utc};
 use ovc_types::event::Event;
 use ovc_types::resource::{Operation, Snapshot, VCluster};
-use ovc_types::{OperationId, SnapshotId, VClusterId};
+use ovc_types::{OperationId, RunId, SnapshotId, VClusterId};
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -114,6 +114,148 @@ pub(crate) trait TxOps: Send {
     fn rollback_to_savepoint(&mut self) -> impl Future<Output = Result<()>> + Send {
         self.execute_sql("ROLLBACK TO SAVEPOINT ovc_commit; RELEASE SAVEPOINT ovc_commit")
     }
+    /// The `(run, epoch)` of each of `leases` (sorted by run) that is its run's current
+    /// leased epoch, those runs locked until commit: the fences of a batch at once.
+    fn held_leases(
+        &mut self,
+        leases: &[Lease],
+    ) -> impl Future<Output = Result<HashSet<(RunId, i64)>>> + Send
+    where
+        Self: Sized,
+    {
+        crate::batch::held_leases_one_by_one(self, leases)
+    }
+    /// Moves each stream of `bumps` (sorted, distinct) forward by its count, creating it
+    /// when new; returns each stream's new version.
+    fn bump_streams(
+        &mut self,
+        bumps: &[(String, u64)],
+    ) -> impl Future<Output = Result<Vec<(String, u64)>>> + Send
+    where
+        Self: Sized,
+    {
+        async move {
+            let mut out = Vec::with_capacity(bumps.len());
+            for (stream, count) in bumps {
+                let v = self
+                    .bump_stream(stream, ExpectedVersion::Any, *count)
+                    .await?;
+                out.push((stream.clone(), v));
+            }
+            Ok(out)
+        }
+    }
+    /// Sets each stream of `versions` back to the version it had before this
+    /// transaction bumped it (0: the stream did not exist); its row is locked by the bump.
+    fn restore_stream_versions(
+        &mut self,
+        versions: &[(String, u64)],
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// The vclusters of `uids` that exist.
+    fn load_vclusters(
+        &mut self,
+        uids: &[VClusterId],
+    ) -> impl Future<Output = Result<HashMap<VClusterId, VCluster>>> + Send
+    where
+        Self: Sized,
+    {
+        async move {
+            let mut out = HashMap::with_capacity(uids.len());
+            for uid in uids {
+                if let Some(vc) = self.load_vcluster(*uid).await? {
+                    out.insert(*uid, vc);
+                }
+            }
+            Ok(out)
+        }
+    }
+    /// The operations of `ids` that exist, with their steps.
+    fn load_operations(
+        &mut self,
+        ids: &[OperationId],
+    ) -> impl Future<Output = Result<HashMap<OperationId, Operation>>> + Send
+    where
+        Self: Sized,
+    {
+        async move {
+            let mut out = HashMap::with_capacity(ids.len());
+            for id in ids {
+                if let Some(op) = self.load_operation(*id).await? {
+                    out.insert(*id, op);
+                }
+            }
+            Ok(out)
+        }
+    }
+    /// The snapshots of `ids` that exist.
+    fn load_snapshots(
+        &mut self,
+        ids: &[SnapshotId],
+    ) -> impl Future<Output = Result<HashMap<SnapshotId, Snapshot>>> + Send
+    where
+        Self: Sized,
+    {
+        async move {
+            let mut out = HashMap::with_capacity(ids.len());
+            for id in ids {
+                if let Some(s) = self.load_snapshot(*id).await? {
+                    out.insert(*id, s);
+                }
+            }
+            Ok(out)
+        }
+    }
+    /// Saves `vcs`, in order.
+    fn save_vclusters(&mut self, vcs: &[VCluster]) -> impl Future<Output = Result<()>> + Send
+    where
+        Self: Sized,
+    {
+        async move {
+            for vc in vcs {
+                self.save_vcluster(vc).await?;
+            }
+            Ok(())
+        }
+    }
+    /// Saves `ops` with their steps.
+    fn save_operations(&mut self, ops: &[Operation]) -> impl Future<Output = Result<()>> + Send
+    where
+        Self: Sized,
+    {
+        async move {
+            for op in ops {
+                self.save_operation(op).await?;
+            }
+            Ok(())
+        }
+    }
+    /// Saves `snaps`.
+    fn save_snapshots(&mut self, snaps: &[Snapshot]) -> impl Future<Output = Result<()>> + Send
+    where
+        Self: Sized,
+    {
+        async move {
+            for s in snaps {
+                self.save_snapshot(s).await?;
+            }
+            Ok(())
+        }
+    }
+    /// Applies each update to its run, whose lease `held_leases` confirmed and locked.
+    fn update_runs(
+        &mut self,
+        updates: &[(Lease, RunUpdate)],
+    ) -> impl Future<Output = Result<()>> + Send
+    where
+        Self: Sized,
+    {
+        async move {
+            for (lease, update) in updates {
+                self.update_run(*lease, *update).await?;
+            }
+            Ok(())
+        }
+    }
     /// Commits the transaction.
     fn commit(self) -> impl Future<Output = Result<()>> + Send;
     /// Rolls the transaction back.
@@ -122,7 +264,7 @@ pub(crate) trait TxOps: Send {
 
 /// A commit checked and encoded before any transaction starts.
 pub(crate) struct Prepared {
-    appends: Vec<(String, ExpectedVersion, Vec<EventRow>)>,
+    pub(crate) appends: Vec<(String, ExpectedVersion, Vec<EventRow>)>,
 }
 
 /// Checks a commit against the limits and encodes its events; nothing touches the
@@ -356,6 +498,60 @@ pub(crate) async fn group_committer<S: TxSource>(
     }
 }
 
+/// A store's two group committers: one for every commit but lease renewals, one for
+/// renewals alone, so a slow group (a long WAL flush) cannot make the leases of the runs
+/// it carries expire, and the renewals of many runs still share a transaction.
+pub(crate) struct Committers {
+    main: tokio::sync::mpsc::UnboundedSender<Member>,
+    renewals: tokio::sync::mpsc::UnboundedSender<Member>,
+}
+
+impl std::fmt::Debug for Committers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Committers").finish_non_exhaustive()
+    }
+}
+
+impl Committers {
+    /// Starts both committer tasks over `source`.
+    pub(crate) fn spawn<S: TxSource + Clone>(
+        source: S,
+        cfg: &StoreConfig,
+        wake: &std::sync::Arc<crate::wake::Wakeups>,
+    ) -> Self {
+        let (main, queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(group_committer(
+            source.clone(),
+            queue,
+            cfg.clone(),
+            wake.clone(),
+        ));
+        let (renewals, queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(group_committer(source, queue, cfg.clone(), wake.clone()));
+        Self { main, renewals }
+    }
+
+    /// Makes `commit` (already `prepare`d) in the next group of its committer.
+    pub(crate) async fn submit(&self, commit: Commit, prepared: Prepared) -> Result<CommitOutcome> {
+        let queue = if is_renewal(&commit) {
+            &self.renewals
+        } else {
+            &self.main
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        queue
+            .send(Member {
+                commit,
+                prepared,
+                reply,
+            })
+            .map_err(|_| Error::GroupCommitFailed("the store is shutting down".into()))?;
+        answer
+            .await
+            .map_err(|_| Error::GroupCommitFailed("the group committer stopped".into()))?
+    }
+}
+
 /// A failure that sinks the whole group: the first commit hit gets `error`, the others
 /// an `Unavailable`-like error naming it (none of them was written).
 fn fail_all(members: Vec<Reply>, error: Error) {
@@ -391,7 +587,43 @@ pub(crate) async fn run_group<S: TxSource>(
     let mut refused: Vec<(Reply, Result<CommitOutcome>)> = Vec::new();
     let mut rows_all: Vec<EventRow> = Vec::new();
     let mut runs = false;
-    let mut members = batch.into_iter();
+    let (fast, slow) = if alone {
+        (Vec::new(), batch)
+    } else {
+        split_batchable(batch)
+    };
+    if !fast.is_empty() {
+        let mut commits = Vec::with_capacity(fast.len());
+        let mut prepared = Vec::with_capacity(fast.len());
+        let mut replies = Vec::with_capacity(fast.len());
+        for m in fast {
+            commits.push(m.commit);
+            prepared.push(m.prepared);
+            replies.push(m.reply);
+        }
+        let inputs = commits.iter().zip(prepared).collect();
+        match crate::batch::stage_batch(&mut tx, inputs, now).await {
+            Ok(answers) => {
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    match answer {
+                        Ok(b) => {
+                            runs |= b.runs_changed;
+                            let count = b.rows.len();
+                            rows_all.extend(b.rows);
+                            staged.push((reply, count, b.stream_versions));
+                        }
+                        Err(e) => refused.push((reply, Err(e))),
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                replies.extend(slow.into_iter().map(|m| m.reply));
+                return fail_all(replies, e);
+            }
+        }
+    }
+    let mut members = slow.into_iter();
     while let Some(Member {
         commit,
         prepared,
@@ -515,12 +747,39 @@ pub(crate) async fn run_group<S: TxSource>(
     }
 }
 
+/// Splits a group into the commits [`crate::batch::stage_batch`] makes together (at
+/// least two, batchable, each on streams no other of them touches) and the rest, which
+/// are staged one by one, after them, each in its savepoint.
+fn split_batchable(batch: Vec<Member>) -> (Vec<Member>, Vec<Member>) {
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for m in &batch {
+        for s in crate::batch::streams_of(&m.commit) {
+            *count.entry(s).or_default() += 1;
+        }
+    }
+    let fast_ok: Vec<bool> = batch
+        .iter()
+        .map(|m| {
+            crate::batch::batchable(&m.commit)
+                && crate::batch::streams_of(&m.commit).all(|s| count[s] == 1)
+        })
+        .collect();
+    if fast_ok.iter().filter(|ok| **ok).count() < 2 {
+        return (Vec::new(), batch);
+    }
+    let (mut fast, mut slow) = (Vec::new(), Vec::new());
+    for (m, ok) in batch.into_iter().zip(fast_ok) {
+        if ok { fast.push(m) } else { slow.push(m) }
+    }
+    (fast, slow)
+}
+
 fn to_json<T: serde::Serialize>(v: &T) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
 }
 
-/// True for a lease renewal alone: it bypasses the group committer's queue, so a slow
-/// group (a long WAL flush) cannot make the leases of the runs it carries expire.
+/// True for a lease renewal alone: it goes to the renewals' committer (see
+/// [`Committers`]).
 pub(crate) fn is_renewal(commit: &Commit) -> bool {
     commit.appends.is_empty()
         && commit.enqueue.is_empty()
@@ -555,7 +814,18 @@ pub(crate) struct Projector {
     /// Snapshots whose succeeded operation waits for their final event (the
     /// `SnapshotDeleted` a delete commits after its success, in the same commit).
     awaiting_snapshot: HashMap<SnapshotId, OperationId>,
+    /// The entities folded into or given a result: the ones to save. An entity loaded
+    /// only to be read (the vcluster an operation's result shows) is not saved again.
+    changed: Changed,
     written: (u64, u64, u64),
+}
+
+/// The ids of the entities a [`Projector`] changed.
+#[derive(Default)]
+struct Changed {
+    vclusters: HashSet<VClusterId>,
+    operations: HashSet<OperationId>,
+    snapshots: HashSet<SnapshotId>,
 }
 
 fn parse_id(stream: &str, prefix: &str) -> Result<uuid::Uuid> {
@@ -594,6 +864,7 @@ impl Projector {
                 at,
                 event,
             )?);
+            self.changed.vclusters.insert(uid);
             if let Event::VClusterSettled { operation_id, .. } = event
                 && let Some(vc) = slot.clone()
             {
@@ -617,6 +888,7 @@ impl Projector {
                 at,
                 event,
             )?);
+            self.changed.operations.insert(id);
             if let (Event::OperationSucceeded { .. }, Some(op)) = (event, slot.clone()) {
                 self.resolve_result(tx, &op).await?;
             }
@@ -634,6 +906,7 @@ impl Projector {
                 at,
                 event,
             )?);
+            self.changed.snapshots.insert(id);
             if matches!(
                 event,
                 Event::SnapshotCompleted { .. } | Event::SnapshotDeleted {}
@@ -707,34 +980,71 @@ impl Projector {
         };
         if let Some(op) = slot.as_mut() {
             op.result = result;
+            self.changed.operations.insert(id);
         }
         Ok(())
     }
 
-    /// Saves every entity touched and empties the cache.
+    /// Saves every entity changed and empties the cache.
     pub(crate) async fn flush<T: TxOps>(&mut self, tx: &mut T) -> Result<()> {
+        let (mut vclusters, operations, snapshots) = self.take_changed();
         // Deleted incarnations first: a rebuild may replay a delete and the re-creation
         // of the same name in one batch, and the live-name index must never see both
         // live at once.
-        let mut vclusters: Vec<VCluster> = self.vclusters.drain().filter_map(|(_, v)| v).collect();
         vclusters.sort_by_key(|v| v.state != ovc_types::VClusterState::Deleted);
         for vc in vclusters {
             tx.save_vcluster(&vc).await?;
             self.written.0 += 1;
         }
-        for (_, op) in self.operations.drain() {
-            if let Some(op) = op {
-                tx.save_operation(&op).await?;
-                self.written.1 += 1;
-            }
+        for op in operations {
+            tx.save_operation(&op).await?;
+            self.written.1 += 1;
         }
-        for (_, snap) in self.snapshots.drain() {
-            if let Some(snap) = snap {
-                tx.save_snapshot(&snap).await?;
-                self.written.2 += 1;
-            }
+        for snap in snapshots {
+            tx.save_snapshot(&snap).await?;
+            self.written.2 += 1;
         }
         Ok(())
+    }
+
+    /// The entities changed since the last call, and an empty cache.
+    pub(crate) fn take_changed(&mut self) -> (Vec<VCluster>, Vec<Operation>, Vec<Snapshot>) {
+        let changed = std::mem::take(&mut self.changed);
+        let vclusters = self
+            .vclusters
+            .drain()
+            .filter(|(id, _)| changed.vclusters.contains(id))
+            .filter_map(|(_, v)| v)
+            .collect();
+        let operations = self
+            .operations
+            .drain()
+            .filter(|(id, _)| changed.operations.contains(id))
+            .filter_map(|(_, v)| v)
+            .collect();
+        let snapshots = self
+            .snapshots
+            .drain()
+            .filter(|(id, _)| changed.snapshots.contains(id))
+            .filter_map(|(_, v)| v)
+            .collect();
+        (vclusters, operations, snapshots)
+    }
+
+    /// Puts `vc` (as loaded; `None`: it does not exist) in the cache, so folding into it
+    /// reads nothing more.
+    pub(crate) fn preload_vcluster(&mut self, uid: VClusterId, vc: Option<VCluster>) {
+        self.vclusters.insert(uid, vc);
+    }
+
+    /// Puts `op` (as loaded, with its steps) in the cache.
+    pub(crate) fn preload_operation(&mut self, id: OperationId, op: Option<Operation>) {
+        self.operations.insert(id, op);
+    }
+
+    /// Puts `snap` (as loaded) in the cache.
+    pub(crate) fn preload_snapshot(&mut self, id: SnapshotId, snap: Option<Snapshot>) {
+        self.snapshots.insert(id, snap);
     }
 
     /// Entity saves so far: (vclusters, operations, snapshots).

@@ -11,6 +11,7 @@
 //! versions, runs to enqueue, and an optional lease-fenced update of the caller's run,
 //! all in one transaction that also updates the projections.
 
+mod batch;
 mod commit;
 pub mod error;
 pub mod housekeeping;

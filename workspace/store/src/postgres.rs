@@ -28,6 +28,7 @@ use ovc_types::time::Clock;
 use ovc_types::{OperationId, ProjectName, RunId, SnapshotId, VClusterId, VClusterName};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -46,15 +47,13 @@ pub struct PgStore {
     submissions_channel: String,
     listener: tokio::task::JoinHandle<()>,
     traffic: Arc<Traffic>,
-    /// The group committer's queue (`commit.rs`): every commit of this process goes
-    /// through it.
-    committer: tokio::sync::mpsc::UnboundedSender<commit::Member>,
-    /// Transactions for commits that do not wait in the committer's queue (renewals).
-    direct: PgTxSource,
+    /// The group committers (`commit.rs`): every commit of this process goes through
+    /// them.
+    committers: commit::Committers,
 }
 
 /// Opens the group committer's transactions.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct PgTxSource {
     pool: PgPool,
     channels: Arc<(String, String)>,
@@ -265,14 +264,18 @@ impl TxOps for PgTx {
     }
 
     async fn check_fence(&mut self, lease: Lease) -> Result<()> {
+        // FOR KEY SHARE: a claim (FOR UPDATE ... SKIP LOCKED) cannot take the run over
+        // until this transaction ends, while the holder's own lease renewals (an UPDATE
+        // of non-key columns) do not wait for it.
         let n = sqlx::query(
-            "UPDATE runs SET updated_at = now() WHERE id = $1 AND epoch = $2 AND status = 'leased'",
+            "SELECT 1 FROM runs WHERE id = $1 AND epoch = $2 AND status = 'leased'
+             FOR KEY SHARE",
         )
         .bind(lease.run_id.as_uuid())
         .bind(lease.epoch)
-        .execute(self.conn())
+        .fetch_optional(self.conn())
         .await?
-        .rows_affected();
+        .map_or(0, |_| 1);
         if n == 1 {
             Ok(())
         } else {
@@ -617,6 +620,342 @@ impl TxOps for PgTx {
         Ok(last)
     }
 
+    async fn held_leases(&mut self, leases: &[Lease]) -> Result<HashSet<(RunId, i64)>> {
+        let ids: Vec<Uuid> = leases.iter().map(|l| l.run_id.as_uuid()).collect();
+        let epochs: Vec<i64> = leases.iter().map(|l| l.epoch).collect();
+        let rows = sqlx::query(
+            "SELECT r.id, r.epoch FROM runs r
+             JOIN UNNEST($1::uuid[], $2::int8[]) AS f(id, epoch)
+               ON r.id = f.id AND r.epoch = f.epoch
+             WHERE r.status = 'leased'
+             ORDER BY r.id
+             FOR KEY SHARE OF r",
+        )
+        .bind(ids)
+        .bind(epochs)
+        .fetch_all(self.conn())
+        .await?;
+        rows.iter()
+            .map(|r| Ok((RunId(r.try_get("id")?), r.try_get("epoch")?)))
+            .collect()
+    }
+
+    async fn bump_streams(&mut self, bumps: &[(String, u64)]) -> Result<Vec<(String, u64)>> {
+        let streams: Vec<&str> = bumps.iter().map(|(s, _)| s.as_str()).collect();
+        let counts: Vec<i64> = bumps
+            .iter()
+            .map(|(_, c)| to_i64(*c))
+            .collect::<Result<_>>()?;
+        let rows = sqlx::query(
+            "INSERT INTO streams (stream, version)
+             SELECT * FROM UNNEST($1::text[], $2::int8[])
+             ON CONFLICT (stream) DO UPDATE SET version = streams.version + EXCLUDED.version
+             RETURNING stream, version",
+        )
+        .bind(streams)
+        .bind(counts)
+        .fetch_all(self.conn())
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("stream")?, to_u64(r.try_get("version")?))))
+            .collect()
+    }
+
+    async fn restore_stream_versions(&mut self, versions: &[(String, u64)]) -> Result<()> {
+        let streams: Vec<&str> = versions.iter().map(|(s, _)| s.as_str()).collect();
+        let values: Vec<i64> = versions
+            .iter()
+            .map(|(_, v)| to_i64(*v))
+            .collect::<Result<_>>()?;
+        sqlx::query(
+            "WITH v AS (SELECT * FROM UNNEST($1::text[], $2::int8[]) AS v(stream, version)),
+             gone AS (DELETE FROM streams s USING v WHERE s.stream = v.stream AND v.version = 0)
+             UPDATE streams s SET version = v.version FROM v
+             WHERE s.stream = v.stream AND v.version > 0",
+        )
+        .bind(streams)
+        .bind(values)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    async fn load_vclusters(
+        &mut self,
+        uids: &[VClusterId],
+    ) -> Result<HashMap<VClusterId, VCluster>> {
+        if uids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let ids: Vec<Uuid> = uids.iter().map(|u| u.as_uuid()).collect();
+        let docs: Vec<serde_json::Value> =
+            sqlx::query_scalar("SELECT doc FROM vclusters WHERE uid = ANY($1)")
+                .bind(ids)
+                .fetch_all(self.conn())
+                .await?;
+        docs.into_iter()
+            .map(|d| {
+                let vc: VCluster = from_doc("vclusters", d)?;
+                Ok((vc.uid, vc))
+            })
+            .collect()
+    }
+
+    async fn load_operations(
+        &mut self,
+        ids: &[OperationId],
+    ) -> Result<HashMap<OperationId, Operation>> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let uuids: Vec<Uuid> = ids.iter().map(|u| u.as_uuid()).collect();
+        let rows = sqlx::query(
+            "SELECT o.id AS op_id, o.doc, s.name, s.state, s.attempts, s.started_at,
+               s.finished_at, s.error
+             FROM operations o LEFT JOIN operation_steps s ON s.operation_id = o.id
+             WHERE o.id = ANY($1) ORDER BY o.id, s.idx",
+        )
+        .bind(uuids)
+        .fetch_all(self.conn())
+        .await?;
+        let mut out: HashMap<OperationId, Operation> = HashMap::with_capacity(ids.len());
+        for row in &rows {
+            let id = OperationId(row.try_get("op_id")?);
+            let op = match out.entry(id) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let mut op: Operation = from_doc("operations", row.try_get("doc")?)?;
+                    op.steps = Vec::new();
+                    e.insert(op)
+                }
+            };
+            if row.try_get::<Option<String>, _>("name")?.is_some() {
+                op.steps.push(step_from_row(row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn save_vclusters(&mut self, vcs: &[VCluster]) -> Result<()> {
+        if vcs.len() == 1 {
+            return self.save_vcluster(&vcs[0]).await;
+        }
+        // One statement per row would keep the deleted-first order; a multi-row upsert
+        // checks the live-name index per row as it goes, in the array's order.
+        let mut uid = Vec::with_capacity(vcs.len());
+        let mut project = Vec::with_capacity(vcs.len());
+        let mut name = Vec::with_capacity(vcs.len());
+        let mut state = Vec::with_capacity(vcs.len());
+        let mut version = Vec::with_capacity(vcs.len());
+        let mut doc = Vec::with_capacity(vcs.len());
+        let mut created = Vec::with_capacity(vcs.len());
+        let mut updated = Vec::with_capacity(vcs.len());
+        for vc in vcs {
+            uid.push(vc.uid.as_uuid());
+            project.push(vc.project.as_str());
+            name.push(vc.name.as_str());
+            state.push(vc.state.as_str());
+            version.push(to_i64(vc.version)?);
+            doc.push(to_doc(vc));
+            created.push(vc.created_at);
+            updated.push(vc.updated_at);
+        }
+        let res = sqlx::query(
+            "INSERT INTO vclusters (uid, project, name, state, version, doc, created_at, updated_at)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[],
+               $6::jsonb[], $7::timestamptz[], $8::timestamptz[])
+             ON CONFLICT (uid) DO UPDATE SET project = EXCLUDED.project, name = EXCLUDED.name,
+               state = EXCLUDED.state, version = EXCLUDED.version, doc = EXCLUDED.doc,
+               updated_at = EXCLUDED.updated_at",
+        )
+        .bind(uid)
+        .bind(project)
+        .bind(name)
+        .bind(state)
+        .bind(version)
+        .bind(doc)
+        .bind(created)
+        .bind(updated)
+        .execute(self.conn())
+        .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if is_live_name_violation(&e) => Err(Error::NameTaken {
+                project: vcs[0].project.to_string(),
+                name: vcs[0].name.to_string(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn save_operations(&mut self, ops: &[Operation]) -> Result<()> {
+        if ops.len() == 1 {
+            return self.save_operation(&ops[0]).await;
+        }
+        let n = ops.len();
+        let mut id = Vec::with_capacity(n);
+        let mut project = Vec::with_capacity(n);
+        let mut vcluster_uid = Vec::with_capacity(n);
+        let mut vcluster = Vec::with_capacity(n);
+        let mut kind = Vec::with_capacity(n);
+        let mut state = Vec::with_capacity(n);
+        let mut request_id = Vec::with_capacity(n);
+        let mut retry_of = Vec::with_capacity(n);
+        let mut version = Vec::with_capacity(n);
+        let mut doc = Vec::with_capacity(n);
+        let mut created = Vec::with_capacity(n);
+        let mut updated = Vec::with_capacity(n);
+        let mut ended_key = Vec::with_capacity(n);
+        let (mut s_op, mut s_idx, mut s_name, mut s_state, mut s_attempts) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut s_started, mut s_finished, mut s_error) = (Vec::new(), Vec::new(), Vec::new());
+        for op in ops {
+            id.push(op.id.as_uuid());
+            project.push(op.project.as_str());
+            vcluster_uid.push(op.vcluster_uid.as_uuid());
+            vcluster.push(op.vcluster.as_str());
+            kind.push(op.kind.as_str());
+            state.push(op.state.as_str());
+            request_id.push(op.request_id.as_deref());
+            retry_of.push(op.retry_of.map(|r| r.as_uuid()));
+            version.push(to_i64(op.version)?);
+            doc.push(operation_doc(op));
+            created.push(op.created_at);
+            updated.push(op.updated_at);
+            ended_key.push(if op.done {
+                op.request_id.as_deref()
+            } else {
+                None
+            });
+            for (i, s) in op.steps.iter().enumerate() {
+                s_op.push(op.id.as_uuid());
+                s_idx.push(i as i32);
+                s_name.push(s.name.as_str());
+                s_state.push(s.state.as_str());
+                s_attempts.push(s.attempts as i32);
+                s_started.push(s.started_at);
+                s_finished.push(s.finished_at);
+                s_error.push(s.error.as_ref().map(to_doc));
+            }
+        }
+        // The operation rows, their steps and the idempotency keys of those that ended
+        // (see `save_operation`), in one statement.
+        sqlx::query(
+            "WITH o AS (
+               SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[],
+                 $6::text[], $7::text[], $8::uuid[], $9::int8[], $10::jsonb[],
+                 $11::timestamptz[], $12::timestamptz[], $13::text[])
+                 AS o(id, project, vcluster_uid, vcluster, kind, state, request_id, retry_of,
+                      version, doc, created_at, updated_at, ended_key)
+             ), op AS (
+               INSERT INTO operations (id, project, vcluster_uid, vcluster, kind, state,
+                 request_id, retry_of, version, doc, created_at, updated_at)
+               SELECT id, project, vcluster_uid, vcluster, kind, state, request_id, retry_of,
+                 version, doc, created_at, updated_at FROM o
+               ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, version = EXCLUDED.version,
+                 doc = EXCLUDED.doc, updated_at = EXCLUDED.updated_at
+             ), key AS (
+               UPDATE idempotency_keys k SET ended_at = o.updated_at FROM o
+               WHERE o.ended_key IS NOT NULL AND k.project = o.project
+                 AND k.request_id = o.ended_key AND k.operation_id = o.id AND k.ended_at IS NULL
+             )
+             INSERT INTO operation_steps (operation_id, idx, name, state, attempts, started_at,
+               finished_at, error)
+             SELECT * FROM UNNEST($14::uuid[], $15::int4[], $16::text[], $17::text[],
+               $18::int4[], $19::timestamptz[], $20::timestamptz[], $21::jsonb[])
+             ON CONFLICT (operation_id, idx) DO UPDATE SET name = EXCLUDED.name,
+               state = EXCLUDED.state, attempts = EXCLUDED.attempts,
+               started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
+               error = EXCLUDED.error",
+        )
+        .bind(id)
+        .bind(project)
+        .bind(vcluster_uid)
+        .bind(vcluster)
+        .bind(kind)
+        .bind(state)
+        .bind(request_id)
+        .bind(retry_of)
+        .bind(version)
+        .bind(doc)
+        .bind(created)
+        .bind(updated)
+        .bind(ended_key)
+        .bind(s_op)
+        .bind(s_idx)
+        .bind(s_name)
+        .bind(s_state)
+        .bind(s_attempts)
+        .bind(s_started)
+        .bind(s_finished)
+        .bind(s_error)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    async fn update_runs(&mut self, updates: &[(Lease, RunUpdate)]) -> Result<()> {
+        if updates.len() == 1 {
+            return self.update_run(updates[0].0, updates[0].1).await;
+        }
+        let mut ids = Vec::with_capacity(updates.len());
+        let mut epochs = Vec::with_capacity(updates.len());
+        let mut actions = Vec::with_capacity(updates.len());
+        let mut micros = Vec::with_capacity(updates.len());
+        for (lease, update) in updates {
+            ids.push(lease.run_id.as_uuid());
+            epochs.push(lease.epoch);
+            let (action, d) = match update {
+                RunUpdate::Complete => ("complete", Duration::zero()),
+                RunUpdate::Reschedule { after } => ("reschedule", *after),
+                RunUpdate::Renew { lease_for } => ("renew", *lease_for),
+            };
+            actions.push(action);
+            micros.push(duration_micros(d).max(0));
+        }
+        // The same writes as `update_run`, for many runs at once; `now()` is the
+        // database's clock.
+        let changed: i64 = sqlx::query_scalar(
+            "WITH u AS (
+               SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::int8[])
+                 AS u(id, epoch, action, us)
+             ), r AS (
+               UPDATE runs SET
+                 status = CASE u.action WHEN 'complete' THEN 'done'
+                          WHEN 'reschedule' THEN 'queued' ELSE runs.status END,
+                 run_at = CASE u.action WHEN 'reschedule'
+                          THEN now() + u.us * interval '1 microsecond' ELSE runs.run_at END,
+                 lease_owner = CASE u.action WHEN 'renew' THEN runs.lease_owner END,
+                 lease_until = CASE u.action WHEN 'renew'
+                               THEN now() + u.us * interval '1 microsecond' END,
+                 updated_at = now()
+               FROM u WHERE runs.id = u.id AND runs.epoch = u.epoch
+               RETURNING runs.id, runs.epoch, runs.lease_until, u.action
+             ), h AS (
+               UPDATE run_leases l SET
+                 released_at = CASE r.action WHEN 'renew' THEN l.released_at ELSE now() END,
+                 lease_until = CASE r.action WHEN 'renew' THEN r.lease_until
+                               ELSE l.lease_until END
+               FROM r WHERE l.run_id = r.id AND l.epoch = r.epoch
+             )
+             SELECT count(*) FROM r",
+        )
+        .bind(ids)
+        .bind(epochs)
+        .bind(actions)
+        .bind(micros)
+        .fetch_one(self.conn())
+        .await?;
+        if changed as usize == updates.len() {
+            Ok(())
+        } else {
+            Err(Error::Corrupt {
+                table: "runs",
+                message: format!("{changed} of {} fenced runs were updated", updates.len()),
+            })
+        }
+    }
+
     async fn notify_runs(&mut self) -> Result<()> {
         sqlx::query("SELECT pg_notify($1, '')")
             .bind(self.channels.1.clone())
@@ -792,25 +1131,18 @@ impl PgStore {
             submissions_channel.clone(),
         ));
         let traffic: Arc<Traffic> = Arc::default();
-        let (committer, queue) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(commit::group_committer(
+        let committers = commit::Committers::spawn(
             PgTxSource {
                 pool: pool.clone(),
                 channels: channels.clone(),
                 traffic: traffic.clone(),
                 clock: clock.clone(),
             },
-            queue,
-            config.clone(),
-            wake.clone(),
-        ));
+            &config,
+            &wake,
+        );
         Ok(Self {
-            direct: PgTxSource {
-                pool: pool.clone(),
-                channels: channels.clone(),
-                traffic: traffic.clone(),
-                clock: clock.clone(),
-            },
+            committers,
             pool,
             config,
             clock,
@@ -819,7 +1151,6 @@ impl PgStore {
             submissions_channel,
             listener,
             traffic,
-            committer,
         })
     }
 
@@ -913,28 +1244,7 @@ impl Store for PgStore {
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
         let prepared = commit::prepare(&commit, &self.config)?;
         self.traffic.commits(1);
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        if commit::is_renewal(&commit) {
-            let member = commit::Member {
-                commit,
-                prepared,
-                reply,
-            };
-            commit::run_group(&self.direct, vec![member], &self.config, &self.wake).await;
-            return answer
-                .await
-                .map_err(|_| Error::GroupCommitFailed("the commit was dropped".into()))?;
-        }
-        self.committer
-            .send(commit::Member {
-                commit,
-                prepared,
-                reply,
-            })
-            .map_err(|_| Error::GroupCommitFailed("the store is shutting down".into()))?;
-        answer
-            .await
-            .map_err(|_| Error::GroupCommitFailed("the group committer stopped".into()))?
+        self.committers.submit(commit, prepared).await
     }
 
     async fn read_stream(

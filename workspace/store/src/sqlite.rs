@@ -44,15 +44,14 @@ pub struct SqliteStore {
     clock: Arc<dyn Clock>,
     wake: Arc<Wakeups>,
     traffic: Arc<Traffic>,
-    /// The group committer's queue (`commit.rs`): one writer task makes every pending
-    /// commit of this process in one transaction.
-    committer: tokio::sync::mpsc::UnboundedSender<commit::Member>,
-    /// Transactions for commits that do not wait in the committer's queue (renewals).
-    direct: SqliteTxSource,
+    /// The group committers (`commit.rs`): one writer task makes every pending commit
+    /// of this process in one transaction (lease renewals have a second one; both share
+    /// the one write connection).
+    committers: commit::Committers,
 }
 
 /// Opens the group committer's transactions.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct SqliteTxSource {
     writer: SqlitePool,
     traffic: Arc<Traffic>,
@@ -347,6 +346,20 @@ impl TxOps for SqliteTx {
                 epoch: lease.epoch,
             })
         }
+    }
+
+    async fn restore_stream_versions(&mut self, versions: &[(String, u64)]) -> Result<()> {
+        for (stream, version) in versions {
+            let q = if *version == 0 {
+                sqlx::query("DELETE FROM streams WHERE stream = ?").bind(stream.as_str())
+            } else {
+                sqlx::query("UPDATE streams SET version = ? WHERE stream = ?")
+                    .bind(to_i64(*version)?)
+                    .bind(stream.as_str())
+            };
+            q.execute(self.conn()).await?;
+        }
+        Ok(())
     }
 
     async fn bump_stream(
@@ -701,30 +714,23 @@ impl SqliteStore {
         };
         let wake = Arc::new(Wakeups::new());
         let traffic: Arc<Traffic> = Arc::default();
-        let (committer, queue) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(commit::group_committer(
+        let committers = commit::Committers::spawn(
             SqliteTxSource {
                 writer: writer.clone(),
                 traffic: traffic.clone(),
                 clock: clock.clone(),
             },
-            queue,
-            config.clone(),
-            wake.clone(),
-        ));
+            &config,
+            &wake,
+        );
         Ok(Self {
-            direct: SqliteTxSource {
-                writer: writer.clone(),
-                traffic: traffic.clone(),
-                clock: clock.clone(),
-            },
+            committers,
             writer,
             reader,
             config,
             clock,
             wake,
             traffic,
-            committer,
         })
     }
 
@@ -798,28 +804,7 @@ impl Store for SqliteStore {
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
         let prepared = commit::prepare(&commit, &self.config)?;
         self.traffic.commits(1);
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        if commit::is_renewal(&commit) {
-            let member = commit::Member {
-                commit,
-                prepared,
-                reply,
-            };
-            commit::run_group(&self.direct, vec![member], &self.config, &self.wake).await;
-            return answer
-                .await
-                .map_err(|_| Error::GroupCommitFailed("the commit was dropped".into()))?;
-        }
-        self.committer
-            .send(commit::Member {
-                commit,
-                prepared,
-                reply,
-            })
-            .map_err(|_| Error::GroupCommitFailed("the store is shutting down".into()))?;
-        answer
-            .await
-            .map_err(|_| Error::GroupCommitFailed("the group committer stopped".into()))?
+        self.committers.submit(commit, prepared).await
     }
 
     async fn read_stream(
