@@ -50,6 +50,12 @@ pub struct WorkflowBenchArgs {
     /// Seconds pgbench runs for the commit-rate reference (0: skip it).
     #[arg(long, default_value_t = 10)]
     pub pgbench_seconds: u64,
+    /// Skip the embedded SQLite setup (the `ovc dev` shape: one worker inside the
+    /// submitting process, on the same store, so commits share its group committer and
+    /// wake-ups are in-process), which is otherwise measured once besides the worker
+    /// processes.
+    #[arg(long)]
+    pub skip_embedded: bool,
 }
 
 struct Row {
@@ -232,6 +238,55 @@ async fn wait_all(
     Ok(out)
 }
 
+/// Starts one worker inside this process on `store` (the embedded shape), with the
+/// settings the worker processes get; stopped when the sender turns true.
+async fn embedded_worker(
+    store: std::sync::Arc<dyn Store>,
+    url: &str,
+) -> anyhow::Result<(
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<ovc_engine::worker::WorkerReport>,
+)> {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        worker: crate::worker::WorkerArgs,
+    }
+    let cli = <Cli as clap::Parser>::try_parse_from([
+        "worker",
+        "--database-url",
+        url,
+        "--workflows",
+        "bench",
+        "--artifacts",
+        "memory://",
+        "--concurrency",
+        "64",
+        "--lease-ms",
+        "1000",
+    ])?;
+    let sim = std::sync::Arc::new(
+        ovc_driver::sim::SimHost::connect(url, None, ovc_driver::sim::SimConfig::default()).await?,
+    );
+    let router = ovc_driver::router::HostRouter::single(sim.clone());
+    let host = crate::worker::Host {
+        names: router.names(),
+        driver: std::sync::Arc::new(router),
+        step_hook: Some(sim),
+    };
+    let worker = crate::worker::build_with(
+        store,
+        &cli.worker,
+        std::sync::Arc::new(ovc_types::time::SystemClock),
+        host,
+    )
+    .await?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    Ok((stop, tokio::spawn(worker.run(stopped))))
+}
+
+/// Measures one setup: `workers` worker processes, or (`workers == 0`) one embedded
+/// worker.
 async fn measure(
     label: String,
     url: String,
@@ -251,9 +306,17 @@ async fn measure(
         let child = fleet.spawn(i)?;
         fleet.children.push(child);
     }
+    let embedded = if workers == 0 {
+        Some(embedded_worker(store.clone(), &url).await?)
+    } else {
+        None
+    };
+    // The bench's own polling reads through a store of its own, so the traffic of
+    // `store` is the submitting clients' (and the embedded worker's) alone.
+    let watcher = ovc_store::open(&url, config.clone()).await?;
     // Warm up: every worker is up once this finishes.
     let warm = submit_create(store.as_ref(), &ovc_workflows::bench_registry(), "warm-up").await?;
-    wait_all(store.as_ref(), &[warm]).await?;
+    wait_all(watcher.as_ref(), &[warm]).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     eprintln!("{label}: burst of {ops} ...");
@@ -268,6 +331,7 @@ async fn measure(
     };
     let workers_before = fleet.traffic();
     let client_before = store.traffic();
+    let watcher_before = watcher.traffic();
     let mut tasks = Vec::new();
     for c in 0..8 {
         let store = store.clone();
@@ -290,14 +354,14 @@ async fn measure(
     for t in tasks {
         burst.extend(t.await??);
     }
-    let client = store.traffic() - client_before;
-    let times = wait_all(store.as_ref(), &burst).await?;
+    let times = wait_all(watcher.as_ref(), &burst).await?;
     let first = times.iter().map(|t| t.0).min().context("no operations")?;
     let last = times.iter().map(|t| t.2).max().context("no operations")?;
     let workflows_per_s = ops as f64 / (ms(first, last) / 1000.0);
     settle().await;
     let worker_traffic = fleet.traffic() - workers_before;
-    let polling = store.traffic() - client_before - client;
+    let client = store.traffic() - client_before;
+    let polling = watcher.traffic() - watcher_before;
     let server_xacts = match xacts_before {
         Some(before) => {
             let after = ovc_store::postgres::committed_transactions(&url).await?;
@@ -332,7 +396,7 @@ async fn measure(
             .await?,
         );
     }
-    let mut pickups: Vec<f64> = wait_all(store.as_ref(), &steady)
+    let mut pickups: Vec<f64> = wait_all(watcher.as_ref(), &steady)
         .await?
         .iter()
         .filter_map(|(req, started, _)| started.map(|s| ms(*req, s)))
@@ -361,7 +425,7 @@ async fn measure(
                 .await?,
             );
         }
-        wait_all(store.as_ref(), &load).await?;
+        wait_all(watcher.as_ref(), &load).await?;
         // Event times are the processes' clock, lease times the database's: put the events
         // on the database's clock (offset measured around one round trip).
         let before = chrono::Utc::now();
@@ -403,6 +467,10 @@ async fn measure(
         ));
     }
     drop(fleet);
+    if let Some((stop, worker)) = embedded {
+        let _ = stop.send(true);
+        worker.await?;
+    }
     Ok(Row {
         label,
         workflows_per_s,
@@ -420,6 +488,20 @@ pub async fn run(args: WorkflowBenchArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let mut rows = Vec::new();
+    if args.backend != "postgres" && !args.skip_embedded {
+        let dir = tempfile::tempdir()?;
+        let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+        rows.push(
+            measure(
+                "sqlite, embedded".into(),
+                url,
+                StoreConfig::default(),
+                0,
+                args.ops,
+            )
+            .await?,
+        );
+    }
     for &n in &args.workers {
         if args.backend != "postgres" {
             let dir = tempfile::tempdir()?;
@@ -507,7 +589,8 @@ pub async fn run(args: WorkflowBenchArgs) -> anyhow::Result<()> {
     println!();
     println!(
         "five-step bench workflow, sim host at 0 ms, real `ovc worker` processes (concurrency 64, \
-         lease 1 s); SQLite synchronous=FULL. wf/s/ktps: workflows/s per 1,000 pgbench tps. \
+         lease 1 s; `embedded`: one such worker inside the submitting process, as in \
+         `ovc dev`); SQLite synchronous=FULL. wf/s/ktps: workflows/s per 1,000 pgbench tps. \
          tx/wf, stm/wf: write transactions and statements (reads included) per workflow, \
          counted by the stores (workers + accepting clients; the sim host's own queries \
          excluded). pgx/wf: pg_stat_database xact_commit per workflow (read-only and sim \

@@ -54,7 +54,7 @@ pub struct WorkerOptions {
     pub owner: String,
     /// Runs executed at once.
     pub concurrency: usize,
-    /// Lease length; renewed every third of it.
+    /// Lease length; renewed a third to a half of it after the last renewal.
     pub lease: Duration,
     /// Longest sleep between claim attempts when idle.
     pub idle_poll: Duration,
@@ -111,7 +111,7 @@ pub struct ClaimedRun {
     pub sent: Instant,
 }
 
-/// Executes `run` while renewing its lease every third of `lease`. The run's [`Fence`]
+/// Executes `run` while renewing its lease (see [`next_renewal`]). The run's [`Fence`]
 /// is held until the last successful renewal's send instant plus `lease`; a renewal
 /// answering `LeaseLost` drops it at once, a failing one lets it run out. Either way the
 /// execution stops (drivers and the executor refuse to go on under a fence not held).

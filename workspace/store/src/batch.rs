@@ -79,69 +79,78 @@ fn entity_of(stream: &str) -> Option<Entity> {
     }
 }
 
+/// The projections a batch loads.
+#[derive(Default)]
+pub(crate) struct Wanted {
+    pub vclusters: Vec<VClusterId>,
+    pub operations: Vec<OperationId>,
+    pub snapshots: Vec<SnapshotId>,
+}
+
+/// What the first statement of a batch answers ([`TxOps::open_batch`]).
+pub(crate) struct Opened {
+    /// The fences that held, as `(run, epoch)`; those runs are locked until COMMIT.
+    pub held: HashSet<(RunId, i64)>,
+    /// Each bumped stream's new version.
+    pub versions: HashMap<String, u64>,
+    pub loaded: Loaded,
+}
+
+/// What the last statement of a batch writes ([`TxOps::write_batch`]).
+pub(crate) struct Writes<'a> {
+    /// Streams bumped for a commit that was then refused, with their version before.
+    pub restore: &'a [(String, u64)],
+    /// In the order the live-name index must see them (deleted incarnations first).
+    pub vclusters: &'a [VCluster],
+    pub operations: &'a [Operation],
+    pub snapshots: &'a [Snapshot],
+    pub runs: &'a [(Lease, crate::model::RunUpdate)],
+}
+
 /// Stages `members` (all [`batchable`], pairwise on different streams) in `tx`:
-/// everything but the events' positions. Returns one answer per member, in order; an
-/// `Err` from the function itself means a statement failed and the transaction is lost.
+/// everything but the events' positions, in two statements on PostgreSQL. Returns one
+/// answer per member, in order; an `Err` from the function itself means a statement
+/// failed and the transaction is lost.
 pub(crate) async fn stage_batch<T: TxOps>(
     tx: &mut T,
     members: Vec<(&Commit, Prepared)>,
     now: DateTime<Utc>,
 ) -> Result<Vec<Result<BatchStaged>>> {
-    // 1. Fences, all at once; the runs held stay locked until COMMIT.
     let mut leases: Vec<Lease> = members.iter().filter_map(|(c, _)| c.fence).collect();
     leases.sort_by_key(|l| l.run_id.as_uuid());
-    let held = tx.held_leases(&leases).await?;
-    let mut answers: Vec<Option<Result<BatchStaged>>> = Vec::with_capacity(members.len());
-    let mut live: Vec<(usize, &Commit, Prepared)> = Vec::with_capacity(members.len());
-    for (i, (commit, prepared)) in members.into_iter().enumerate() {
-        let lease = commit.fence.expect("batchable commits are fenced");
-        if held.contains(&(lease.run_id, lease.epoch)) {
-            answers.push(None);
-            live.push((i, commit, prepared));
-        } else {
-            answers.push(Some(Err(Error::LeaseLost {
-                run_id: lease.run_id,
-                epoch: lease.epoch,
-            })));
-        }
-    }
-    // 2. Stream versions, all at once (sorted: a fixed lock order between processes).
-    let mut bumps: Vec<(String, u64)> = live
+    // Sorted: a fixed lock order between processes.
+    let mut bumps: Vec<(String, u64)> = members
         .iter()
-        .flat_map(|(_, _, p)| {
+        .flat_map(|(_, p)| {
             p.appends
                 .iter()
                 .map(|(s, _, e)| (s.clone(), e.len() as u64))
         })
         .collect();
     bumps.sort();
-    let versions: HashMap<String, u64> = if bumps.is_empty() {
-        HashMap::new()
-    } else {
-        tx.bump_streams(&bumps).await?.into_iter().collect()
-    };
-    // 3. The projections the streams fold into, one load per kind.
-    let (mut vcs, mut ops, mut snaps) = (Vec::new(), Vec::new(), Vec::new());
+    let mut want = Wanted::default();
     for (stream, _) in &bumps {
         match entity_of(stream) {
-            Some(Entity::VCluster(id)) => vcs.push(id),
-            Some(Entity::Operation(id)) => ops.push(id),
-            Some(Entity::Snapshot(id)) => snaps.push(id),
+            Some(Entity::VCluster(id)) => want.vclusters.push(id),
+            Some(Entity::Operation(id)) => want.operations.push(id),
+            Some(Entity::Snapshot(id)) => want.snapshots.push(id),
             None => {}
         }
     }
-    let mut loaded = Loaded {
-        vclusters: tx.load_vclusters(&vcs).await?,
-        operations: tx.load_operations(&ops).await?,
-        snapshots: tx.load_snapshots(&snaps).await?,
-    };
-    // 4. Fold each commit in memory, with its own entities.
+    let Opened {
+        held,
+        versions,
+        mut loaded,
+    } = tx.open_batch(&leases, &bumps, &want).await?;
+    // Fold each commit in memory, with its own entities.
+    let mut answers: Vec<Result<BatchStaged>> = Vec::with_capacity(members.len());
     let mut saved_vclusters = Vec::new();
     let mut saved_operations = Vec::new();
     let mut saved_snapshots = Vec::new();
     let mut run_updates = Vec::new();
     let mut taken_back: Vec<(String, u64)> = Vec::new();
-    for (i, commit, prepared) in live {
+    for (commit, prepared) in members {
+        let lease = commit.fence.expect("batchable commits are fenced");
         let mut projector = Projector::default();
         let mut rows = Vec::new();
         let mut stream_versions = Vec::with_capacity(prepared.appends.len());
@@ -151,7 +160,10 @@ pub(crate) async fn stage_batch<T: TxOps>(
             let last = versions
                 .get(&stream)
                 .copied()
-                .ok_or_else(|| Error::InvalidInput(format!("stream {stream} was not bumped")))?;
+                .ok_or_else(|| Error::Corrupt {
+                    table: "streams",
+                    message: format!("stream {stream} was not bumped"),
+                })?;
             let first = last + 1 - count;
             for (k, row) in events.iter_mut().enumerate() {
                 row.version = first + k as u64;
@@ -175,6 +187,14 @@ pub(crate) async fn stage_batch<T: TxOps>(
             ));
             rows.extend(events);
         }
+        if !held.contains(&(lease.run_id, lease.epoch)) {
+            taken_back.extend(streams_bumped);
+            answers.push(Err(Error::LeaseLost {
+                run_id: lease.run_id,
+                epoch: lease.epoch,
+            }));
+            continue;
+        }
         let mut folded = Ok(());
         for row in &rows {
             folded = projector
@@ -190,10 +210,10 @@ pub(crate) async fn stage_batch<T: TxOps>(
                 saved_vclusters.extend(v);
                 saved_operations.extend(o);
                 saved_snapshots.extend(s);
-                if let (Some(update), Some(lease)) = (commit.run_update, commit.fence) {
+                if let Some(update) = commit.run_update {
                     run_updates.push((lease, update));
                 }
-                answers[i] = Some(Ok(BatchStaged {
+                answers.push(Ok(BatchStaged {
                     rows,
                     stream_versions,
                     runs_changed: crate::commit::runs_changed(commit),
@@ -201,32 +221,21 @@ pub(crate) async fn stage_batch<T: TxOps>(
             }
             Err(e) => {
                 taken_back.extend(streams_bumped);
-                answers[i] = Some(Err(e));
+                answers.push(Err(e));
             }
         }
     }
-    // 5. Write what the folds made, one statement per kind.
-    if !taken_back.is_empty() {
-        tx.restore_stream_versions(&taken_back).await?;
-    }
     // Deleted incarnations first (see `Projector::flush`).
     saved_vclusters.sort_by_key(|v| v.state != ovc_types::VClusterState::Deleted);
-    if !saved_vclusters.is_empty() {
-        tx.save_vclusters(&saved_vclusters).await?;
-    }
-    if !saved_operations.is_empty() {
-        tx.save_operations(&saved_operations).await?;
-    }
-    if !saved_snapshots.is_empty() {
-        tx.save_snapshots(&saved_snapshots).await?;
-    }
-    if !run_updates.is_empty() {
-        tx.update_runs(&run_updates).await?;
-    }
-    Ok(answers
-        .into_iter()
-        .map(|a| a.expect("every member answered"))
-        .collect())
+    tx.write_batch(Writes {
+        restore: &taken_back,
+        vclusters: &saved_vclusters,
+        operations: &saved_operations,
+        snapshots: &saved_snapshots,
+        runs: &run_updates,
+    })
+    .await?;
+    Ok(answers)
 }
 
 /// The `(run, epoch)` pairs of `leases` (default implementation: one fence check each).

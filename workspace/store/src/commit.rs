@@ -92,11 +92,13 @@ pub(crate) trait TxOps: Send {
     ) -> impl Future<Output = Result<()>> + Send;
     /// The serialization point, run last: reserves positions for `rows` from the head
     /// row (whose lock is then held until COMMIT), stamps them into `rows`, inserts the
-    /// events and tells other processes (PostgreSQL: NOTIFY). Returns the last position.
+    /// events and tells other processes (PostgreSQL: NOTIFY), also that runs may be
+    /// claimable when `runs_changed` (in the same round trip). Returns the last position.
     fn append_events(
         &mut self,
         rows: &mut [EventRow],
         recorded_at: DateTime<Utc>,
+        runs_changed: bool,
     ) -> impl Future<Output = Result<u64>> + Send;
     /// Tells other processes, at commit, that runs may be claimable (PostgreSQL: NOTIFY).
     fn notify_runs(&mut self) -> impl Future<Output = Result<()>> + Send;
@@ -151,6 +153,55 @@ pub(crate) trait TxOps: Send {
         &mut self,
         versions: &[(String, u64)],
     ) -> impl Future<Output = Result<()>> + Send;
+    /// The first statement of a batch (`batch::stage_batch`): the fences of `leases`,
+    /// the bumps of `bumps` (sorted, distinct; including those of commits whose fence
+    /// turns out lost, which the batch takes back) and the projections of `want`.
+    fn open_batch(
+        &mut self,
+        leases: &[Lease],
+        bumps: &[(String, u64)],
+        want: &crate::batch::Wanted,
+    ) -> impl Future<Output = Result<crate::batch::Opened>> + Send
+    where
+        Self: Sized,
+    {
+        async move {
+            let held = self.held_leases(leases).await?;
+            let versions = if bumps.is_empty() {
+                HashMap::new()
+            } else {
+                self.bump_streams(bumps).await?.into_iter().collect()
+            };
+            let loaded = crate::batch::Loaded {
+                vclusters: self.load_vclusters(&want.vclusters).await?,
+                operations: self.load_operations(&want.operations).await?,
+                snapshots: self.load_snapshots(&want.snapshots).await?,
+            };
+            Ok(crate::batch::Opened {
+                held,
+                versions,
+                loaded,
+            })
+        }
+    }
+    /// The last statement of a batch: what its folds and run updates write.
+    fn write_batch(
+        &mut self,
+        w: crate::batch::Writes<'_>,
+    ) -> impl Future<Output = Result<()>> + Send
+    where
+        Self: Sized,
+    {
+        async move {
+            if !w.restore.is_empty() {
+                self.restore_stream_versions(w.restore).await?;
+            }
+            self.save_vclusters(w.vclusters).await?;
+            self.save_operations(w.operations).await?;
+            self.save_snapshots(w.snapshots).await?;
+            self.update_runs(w.runs).await
+        }
+    }
     /// The vclusters of `uids` that exist.
     fn load_vclusters(
         &mut self,
@@ -704,13 +755,16 @@ pub(crate) async fn run_group<S: TxSource>(
             replies.extend(refused.into_iter().map(|(r, _)| r));
             fail_all(replies, e);
         };
-    if runs && let Err(e) = tx.notify_runs().await {
+    if runs
+        && rows_all.is_empty()
+        && let Err(e) = tx.notify_runs().await
+    {
         let _ = tx.rollback().await;
         return fail_group(staged, refused, e);
     }
     let mut last_position = 0;
     if !rows_all.is_empty() {
-        match tx.append_events(&mut rows_all, now).await {
+        match tx.append_events(&mut rows_all, now, runs).await {
             Ok(last) => last_position = last,
             Err(e) => {
                 let _ = tx.rollback().await;
@@ -748,8 +802,9 @@ pub(crate) async fn run_group<S: TxSource>(
 }
 
 /// Splits a group into the commits [`crate::batch::stage_batch`] makes together (at
-/// least two, batchable, each on streams no other of them touches) and the rest, which
-/// are staged one by one, after them, each in its savepoint.
+/// least two, batchable, each on streams no other commit of the group touches and
+/// fenced by a run no other of them names) and the rest, which are staged one by one,
+/// after them, each in its savepoint.
 fn split_batchable(batch: Vec<Member>) -> (Vec<Member>, Vec<Member>) {
     let mut count: HashMap<&str, usize> = HashMap::new();
     for m in &batch {
@@ -757,11 +812,13 @@ fn split_batchable(batch: Vec<Member>) -> (Vec<Member>, Vec<Member>) {
             *count.entry(s).or_default() += 1;
         }
     }
+    let mut fenced = HashSet::new();
     let fast_ok: Vec<bool> = batch
         .iter()
         .map(|m| {
             crate::batch::batchable(&m.commit)
                 && crate::batch::streams_of(&m.commit).all(|s| count[s] == 1)
+                && m.commit.fence.is_some_and(|l| fenced.insert(l.run_id))
         })
         .collect();
     if fast_ok.iter().filter(|ok| **ok).count() < 2 {

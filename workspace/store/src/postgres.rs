@@ -28,7 +28,6 @@ use ovc_types::time::Clock;
 use ovc_types::{OperationId, ProjectName, RunId, SnapshotId, VClusterId, VClusterName};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
-use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -580,6 +579,7 @@ impl TxOps for PgTx {
         &mut self,
         rows: &mut [EventRow],
         recorded_at: DateTime<Utc>,
+        runs_changed: bool,
     ) -> Result<u64> {
         // One round trip inside the critical section: take the head row lock, insert the
         // events at the reserved positions, queue the NOTIFY. Only COMMIT follows.
@@ -599,8 +599,9 @@ impl TxOps for PgTx {
                FROM head, UNNEST($2::text[], $3::int8[], $4::text[], $5::jsonb[], $6::jsonb[])
                  WITH ORDINALITY AS x(s, v, t, d, m, ord)
              )
-             SELECT head.last_position FROM head,
-               LATERAL (SELECT pg_notify($8, head.last_position::text)) AS n",
+             SELECT head.last_position FROM head
+               CROSS JOIN LATERAL (SELECT pg_notify($8, head.last_position::text)) AS n
+               LEFT JOIN LATERAL (SELECT pg_notify($9, '') WHERE $10) AS r ON true",
         )
         .bind(count)
         .bind(streams)
@@ -610,6 +611,8 @@ impl TxOps for PgTx {
         .bind(metadata)
         .bind(recorded_at)
         .bind(self.channels.0.clone())
+        .bind(self.channels.1.clone())
+        .bind(runs_changed)
         .fetch_one(self.conn())
         .await?;
         let last = to_u64(last);
@@ -618,47 +621,6 @@ impl TxOps for PgTx {
             row.position = first + i as u64;
         }
         Ok(last)
-    }
-
-    async fn held_leases(&mut self, leases: &[Lease]) -> Result<HashSet<(RunId, i64)>> {
-        let ids: Vec<Uuid> = leases.iter().map(|l| l.run_id.as_uuid()).collect();
-        let epochs: Vec<i64> = leases.iter().map(|l| l.epoch).collect();
-        let rows = sqlx::query(
-            "SELECT r.id, r.epoch FROM runs r
-             JOIN UNNEST($1::uuid[], $2::int8[]) AS f(id, epoch)
-               ON r.id = f.id AND r.epoch = f.epoch
-             WHERE r.status = 'leased'
-             ORDER BY r.id
-             FOR KEY SHARE OF r",
-        )
-        .bind(ids)
-        .bind(epochs)
-        .fetch_all(self.conn())
-        .await?;
-        rows.iter()
-            .map(|r| Ok((RunId(r.try_get("id")?), r.try_get("epoch")?)))
-            .collect()
-    }
-
-    async fn bump_streams(&mut self, bumps: &[(String, u64)]) -> Result<Vec<(String, u64)>> {
-        let streams: Vec<&str> = bumps.iter().map(|(s, _)| s.as_str()).collect();
-        let counts: Vec<i64> = bumps
-            .iter()
-            .map(|(_, c)| to_i64(*c))
-            .collect::<Result<_>>()?;
-        let rows = sqlx::query(
-            "INSERT INTO streams (stream, version)
-             SELECT * FROM UNNEST($1::text[], $2::int8[])
-             ON CONFLICT (stream) DO UPDATE SET version = streams.version + EXCLUDED.version
-             RETURNING stream, version",
-        )
-        .bind(streams)
-        .bind(counts)
-        .fetch_all(self.conn())
-        .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("stream")?, to_u64(r.try_get("version")?))))
-            .collect()
     }
 
     async fn restore_stream_versions(&mut self, versions: &[(String, u64)]) -> Result<()> {
@@ -680,118 +642,128 @@ impl TxOps for PgTx {
         Ok(())
     }
 
-    async fn load_vclusters(
+    async fn open_batch(
         &mut self,
-        uids: &[VClusterId],
-    ) -> Result<HashMap<VClusterId, VCluster>> {
-        if uids.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let ids: Vec<Uuid> = uids.iter().map(|u| u.as_uuid()).collect();
-        let docs: Vec<serde_json::Value> =
-            sqlx::query_scalar("SELECT doc FROM vclusters WHERE uid = ANY($1)")
-                .bind(ids)
-                .fetch_all(self.conn())
-                .await?;
-        docs.into_iter()
-            .map(|d| {
-                let vc: VCluster = from_doc("vclusters", d)?;
-                Ok((vc.uid, vc))
-            })
-            .collect()
-    }
-
-    async fn load_operations(
-        &mut self,
-        ids: &[OperationId],
-    ) -> Result<HashMap<OperationId, Operation>> {
-        if ids.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let uuids: Vec<Uuid> = ids.iter().map(|u| u.as_uuid()).collect();
-        let rows = sqlx::query(
-            "SELECT o.id AS op_id, o.doc, s.name, s.state, s.attempts, s.started_at,
-               s.finished_at, s.error
-             FROM operations o LEFT JOIN operation_steps s ON s.operation_id = o.id
-             WHERE o.id = ANY($1) ORDER BY o.id, s.idx",
+        leases: &[Lease],
+        bumps: &[(String, u64)],
+        want: &crate::batch::Wanted,
+    ) -> Result<crate::batch::Opened> {
+        let run_ids: Vec<Uuid> = leases.iter().map(|l| l.run_id.as_uuid()).collect();
+        let epochs: Vec<i64> = leases.iter().map(|l| l.epoch).collect();
+        let streams: Vec<&str> = bumps.iter().map(|(s, _)| s.as_str()).collect();
+        let counts: Vec<i64> = bumps
+            .iter()
+            .map(|(_, c)| to_i64(*c))
+            .collect::<Result<_>>()?;
+        // The fences (FOR KEY SHARE, as `check_fence`), every stream bump, and the
+        // projections the events fold into, in one round trip. A bump of a commit whose
+        // fence turns out lost is taken back by `restore_stream_versions`.
+        let row = sqlx::query(
+            "WITH f AS (
+               SELECT r.id, r.epoch FROM runs r
+               JOIN UNNEST($1::uuid[], $2::int8[]) AS f(id, epoch)
+                 ON r.id = f.id AND r.epoch = f.epoch
+               WHERE r.status = 'leased'
+               ORDER BY r.id
+               FOR KEY SHARE OF r
+             ), b AS (
+               INSERT INTO streams (stream, version)
+               SELECT * FROM UNNEST($3::text[], $4::int8[])
+               ON CONFLICT (stream) DO UPDATE SET version = streams.version + EXCLUDED.version
+               RETURNING stream, version
+             )
+             SELECT
+               (SELECT coalesce(jsonb_agg(jsonb_build_array(id, epoch)), '[]') FROM f) AS held,
+               (SELECT coalesce(jsonb_agg(jsonb_build_array(stream, version)), '[]') FROM b)
+                 AS versions,
+               (SELECT coalesce(jsonb_agg(doc), '[]') FROM vclusters WHERE uid = ANY($5::uuid[]))
+                 AS vclusters,
+               (SELECT coalesce(jsonb_agg(jsonb_build_array(o.doc,
+                  (SELECT coalesce(jsonb_agg(jsonb_build_object('name', s.name,
+                     'state', s.state, 'attempts', s.attempts, 'started_at', s.started_at,
+                     'finished_at', s.finished_at, 'error', s.error) ORDER BY s.idx), '[]')
+                   FROM operation_steps s WHERE s.operation_id = o.id))), '[]')
+                FROM operations o WHERE o.id = ANY($6::uuid[])) AS operations,
+               (SELECT coalesce(jsonb_agg(doc), '[]') FROM snapshots WHERE id = ANY($7::uuid[]))
+                 AS snapshots",
         )
-        .bind(uuids)
-        .fetch_all(self.conn())
+        .bind(run_ids)
+        .bind(epochs)
+        .bind(streams)
+        .bind(counts)
+        .bind(
+            want.vclusters
+                .iter()
+                .map(|v| v.as_uuid())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            want.operations
+                .iter()
+                .map(|o| o.as_uuid())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            want.snapshots
+                .iter()
+                .map(|s| s.as_uuid())
+                .collect::<Vec<_>>(),
+        )
+        .fetch_one(self.conn())
         .await?;
-        let mut out: HashMap<OperationId, Operation> = HashMap::with_capacity(ids.len());
-        for row in &rows {
-            let id = OperationId(row.try_get("op_id")?);
-            let op = match out.entry(id) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    let mut op: Operation = from_doc("operations", row.try_get("doc")?)?;
-                    op.steps = Vec::new();
-                    e.insert(op)
-                }
-            };
-            if row.try_get::<Option<String>, _>("name")?.is_some() {
-                op.steps.push(step_from_row(row)?);
-            }
+        let held: Vec<(Uuid, i64)> = from_doc("runs", row.try_get("held")?)?;
+        let versions: Vec<(String, i64)> = from_doc("streams", row.try_get("versions")?)?;
+        let vclusters: Vec<VCluster> = from_doc("vclusters", row.try_get("vclusters")?)?;
+        let operations: Vec<(serde_json::Value, Vec<OperationStep>)> =
+            from_doc("operations", row.try_get("operations")?)?;
+        let snapshots: Vec<Snapshot> = from_doc("snapshots", row.try_get("snapshots")?)?;
+        let mut loaded = crate::batch::Loaded::default();
+        loaded.vclusters = vclusters.into_iter().map(|v| (v.uid, v)).collect();
+        for (doc, steps) in operations {
+            let mut op: Operation = from_doc("operations", doc)?;
+            op.steps = steps;
+            loaded.operations.insert(op.id, op);
         }
-        Ok(out)
+        loaded.snapshots = snapshots.into_iter().map(|s| (s.id, s)).collect();
+        Ok(crate::batch::Opened {
+            held: held.into_iter().map(|(id, e)| (RunId(id), e)).collect(),
+            versions: versions.into_iter().map(|(s, v)| (s, to_u64(v))).collect(),
+            loaded,
+        })
     }
 
-    async fn save_vclusters(&mut self, vcs: &[VCluster]) -> Result<()> {
-        if vcs.len() == 1 {
-            return self.save_vcluster(&vcs[0]).await;
+    async fn write_batch(&mut self, w: crate::batch::Writes<'_>) -> Result<()> {
+        if !w.restore.is_empty() {
+            self.restore_stream_versions(w.restore).await?;
         }
-        // One statement per row would keep the deleted-first order; a multi-row upsert
-        // checks the live-name index per row as it goes, in the array's order.
-        let mut uid = Vec::with_capacity(vcs.len());
-        let mut project = Vec::with_capacity(vcs.len());
-        let mut name = Vec::with_capacity(vcs.len());
-        let mut state = Vec::with_capacity(vcs.len());
-        let mut version = Vec::with_capacity(vcs.len());
-        let mut doc = Vec::with_capacity(vcs.len());
-        let mut created = Vec::with_capacity(vcs.len());
-        let mut updated = Vec::with_capacity(vcs.len());
+        for s in w.snapshots {
+            self.save_snapshot(s).await?;
+        }
+        let vcs = w.vclusters;
+        let n = vcs.len();
+        let (mut v_uid, mut v_project, mut v_name, mut v_state) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut v_version, mut v_doc, mut v_created, mut v_updated) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
         for vc in vcs {
-            uid.push(vc.uid.as_uuid());
-            project.push(vc.project.as_str());
-            name.push(vc.name.as_str());
-            state.push(vc.state.as_str());
-            version.push(to_i64(vc.version)?);
-            doc.push(to_doc(vc));
-            created.push(vc.created_at);
-            updated.push(vc.updated_at);
+            v_uid.push(vc.uid.as_uuid());
+            v_project.push(vc.project.as_str());
+            v_name.push(vc.name.as_str());
+            v_state.push(vc.state.as_str());
+            v_version.push(to_i64(vc.version)?);
+            v_doc.push(to_doc(vc));
+            v_created.push(vc.created_at);
+            v_updated.push(vc.updated_at);
         }
-        let res = sqlx::query(
-            "INSERT INTO vclusters (uid, project, name, state, version, doc, created_at, updated_at)
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[],
-               $6::jsonb[], $7::timestamptz[], $8::timestamptz[])
-             ON CONFLICT (uid) DO UPDATE SET project = EXCLUDED.project, name = EXCLUDED.name,
-               state = EXCLUDED.state, version = EXCLUDED.version, doc = EXCLUDED.doc,
-               updated_at = EXCLUDED.updated_at",
-        )
-        .bind(uid)
-        .bind(project)
-        .bind(name)
-        .bind(state)
-        .bind(version)
-        .bind(doc)
-        .bind(created)
-        .bind(updated)
-        .execute(self.conn())
-        .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if is_live_name_violation(&e) => Err(Error::NameTaken {
-                project: vcs[0].project.to_string(),
-                name: vcs[0].name.to_string(),
-            }),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    async fn save_operations(&mut self, ops: &[Operation]) -> Result<()> {
-        if ops.len() == 1 {
-            return self.save_operation(&ops[0]).await;
-        }
+        let ops = w.operations;
         let n = ops.len();
         let mut id = Vec::with_capacity(n);
         let mut project = Vec::with_capacity(n);
@@ -838,13 +810,39 @@ impl TxOps for PgTx {
                 s_error.push(s.error.as_ref().map(to_doc));
             }
         }
-        // The operation rows, their steps and the idempotency keys of those that ended
-        // (see `save_operation`), in one statement.
-        sqlx::query(
-            "WITH o AS (
-               SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[],
-                 $6::text[], $7::text[], $8::uuid[], $9::int8[], $10::jsonb[],
-                 $11::timestamptz[], $12::timestamptz[], $13::text[])
+        let runs = w.runs;
+        let mut r_id = Vec::with_capacity(runs.len());
+        let mut r_epoch = Vec::with_capacity(runs.len());
+        let mut r_action = Vec::with_capacity(runs.len());
+        let mut r_us = Vec::with_capacity(runs.len());
+        for (lease, update) in runs {
+            r_id.push(lease.run_id.as_uuid());
+            r_epoch.push(lease.epoch);
+            let (action, d) = match update {
+                RunUpdate::Complete => ("complete", Duration::zero()),
+                RunUpdate::Reschedule { after } => ("reschedule", *after),
+                RunUpdate::Renew { lease_for } => ("renew", *lease_for),
+            };
+            r_action.push(action);
+            r_us.push(duration_micros(d).max(0));
+        }
+        // Everything the batch's folds and run updates write, in one statement (the same
+        // writes as `save_vcluster`, `save_operation` and `update_run`, for many rows;
+        // `now()` is the database's clock). The vcluster rows go in the order given
+        // (deleted incarnations first), which is the order the live-name index sees.
+        let res = sqlx::query_scalar::<_, i64>(
+            "WITH vc AS (
+               INSERT INTO vclusters (uid, project, name, state, version, doc, created_at,
+                 updated_at)
+               SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[],
+                 $6::jsonb[], $7::timestamptz[], $8::timestamptz[])
+               ON CONFLICT (uid) DO UPDATE SET project = EXCLUDED.project, name = EXCLUDED.name,
+                 state = EXCLUDED.state, version = EXCLUDED.version, doc = EXCLUDED.doc,
+                 updated_at = EXCLUDED.updated_at
+             ), o AS (
+               SELECT * FROM UNNEST($9::uuid[], $10::text[], $11::uuid[], $12::text[],
+                 $13::text[], $14::text[], $15::text[], $16::uuid[], $17::int8[], $18::jsonb[],
+                 $19::timestamptz[], $20::timestamptz[], $21::text[])
                  AS o(id, project, vcluster_uid, vcluster, kind, state, request_id, retry_of,
                       version, doc, created_at, updated_at, ended_key)
              ), op AS (
@@ -858,66 +856,17 @@ impl TxOps for PgTx {
                UPDATE idempotency_keys k SET ended_at = o.updated_at FROM o
                WHERE o.ended_key IS NOT NULL AND k.project = o.project
                  AND k.request_id = o.ended_key AND k.operation_id = o.id AND k.ended_at IS NULL
-             )
-             INSERT INTO operation_steps (operation_id, idx, name, state, attempts, started_at,
-               finished_at, error)
-             SELECT * FROM UNNEST($14::uuid[], $15::int4[], $16::text[], $17::text[],
-               $18::int4[], $19::timestamptz[], $20::timestamptz[], $21::jsonb[])
-             ON CONFLICT (operation_id, idx) DO UPDATE SET name = EXCLUDED.name,
-               state = EXCLUDED.state, attempts = EXCLUDED.attempts,
-               started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
-               error = EXCLUDED.error",
-        )
-        .bind(id)
-        .bind(project)
-        .bind(vcluster_uid)
-        .bind(vcluster)
-        .bind(kind)
-        .bind(state)
-        .bind(request_id)
-        .bind(retry_of)
-        .bind(version)
-        .bind(doc)
-        .bind(created)
-        .bind(updated)
-        .bind(ended_key)
-        .bind(s_op)
-        .bind(s_idx)
-        .bind(s_name)
-        .bind(s_state)
-        .bind(s_attempts)
-        .bind(s_started)
-        .bind(s_finished)
-        .bind(s_error)
-        .execute(self.conn())
-        .await?;
-        Ok(())
-    }
-
-    async fn update_runs(&mut self, updates: &[(Lease, RunUpdate)]) -> Result<()> {
-        if updates.len() == 1 {
-            return self.update_run(updates[0].0, updates[0].1).await;
-        }
-        let mut ids = Vec::with_capacity(updates.len());
-        let mut epochs = Vec::with_capacity(updates.len());
-        let mut actions = Vec::with_capacity(updates.len());
-        let mut micros = Vec::with_capacity(updates.len());
-        for (lease, update) in updates {
-            ids.push(lease.run_id.as_uuid());
-            epochs.push(lease.epoch);
-            let (action, d) = match update {
-                RunUpdate::Complete => ("complete", Duration::zero()),
-                RunUpdate::Reschedule { after } => ("reschedule", *after),
-                RunUpdate::Renew { lease_for } => ("renew", *lease_for),
-            };
-            actions.push(action);
-            micros.push(duration_micros(d).max(0));
-        }
-        // The same writes as `update_run`, for many runs at once; `now()` is the
-        // database's clock.
-        let changed: i64 = sqlx::query_scalar(
-            "WITH u AS (
-               SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::int8[])
+             ), st AS (
+               INSERT INTO operation_steps (operation_id, idx, name, state, attempts, started_at,
+                 finished_at, error)
+               SELECT * FROM UNNEST($22::uuid[], $23::int4[], $24::text[], $25::text[],
+                 $26::int4[], $27::timestamptz[], $28::timestamptz[], $29::jsonb[])
+               ON CONFLICT (operation_id, idx) DO UPDATE SET name = EXCLUDED.name,
+                 state = EXCLUDED.state, attempts = EXCLUDED.attempts,
+                 started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
+                 error = EXCLUDED.error
+             ), u AS (
+               SELECT * FROM UNNEST($30::uuid[], $31::int8[], $32::text[], $33::int8[])
                  AS u(id, epoch, action, us)
              ), r AS (
                UPDATE runs SET
@@ -940,18 +889,60 @@ impl TxOps for PgTx {
              )
              SELECT count(*) FROM r",
         )
-        .bind(ids)
-        .bind(epochs)
-        .bind(actions)
-        .bind(micros)
+        .bind(v_uid)
+        .bind(v_project)
+        .bind(v_name)
+        .bind(v_state)
+        .bind(v_version)
+        .bind(v_doc)
+        .bind(v_created)
+        .bind(v_updated)
+        .bind(id)
+        .bind(project)
+        .bind(vcluster_uid)
+        .bind(vcluster)
+        .bind(kind)
+        .bind(state)
+        .bind(request_id)
+        .bind(retry_of)
+        .bind(version)
+        .bind(doc)
+        .bind(created)
+        .bind(updated)
+        .bind(ended_key)
+        .bind(s_op)
+        .bind(s_idx)
+        .bind(s_name)
+        .bind(s_state)
+        .bind(s_attempts)
+        .bind(s_started)
+        .bind(s_finished)
+        .bind(s_error)
+        .bind(r_id)
+        .bind(r_epoch)
+        .bind(r_action)
+        .bind(r_us)
         .fetch_one(self.conn())
-        .await?;
-        if changed as usize == updates.len() {
+        .await;
+        let changed = match res {
+            Ok(n) => n,
+            Err(e) if is_live_name_violation(&e) => {
+                return Err(Error::NameTaken {
+                    project: vcs
+                        .first()
+                        .map(|v| v.project.to_string())
+                        .unwrap_or_default(),
+                    name: vcs.first().map(|v| v.name.to_string()).unwrap_or_default(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if changed as usize == runs.len() {
             Ok(())
         } else {
             Err(Error::Corrupt {
                 table: "runs",
-                message: format!("{changed} of {} fenced runs were updated", updates.len()),
+                message: format!("{changed} of {} fenced runs were updated", runs.len()),
             })
         }
     }

@@ -633,6 +633,8 @@ impl TxOps for SqliteTx {
         &mut self,
         rows: &mut [EventRow],
         recorded_at: DateTime<Utc>,
+        // Wake-ups are in-process, sent after COMMIT by the group committer.
+        _runs_changed: bool,
     ) -> Result<u64> {
         let last: i64 = sqlx::query_scalar(
             "UPDATE event_log_head SET last_position = last_position + ? WHERE id = 1

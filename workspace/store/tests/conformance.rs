@@ -20,6 +20,7 @@ ovc_testkit::both_backends!(
     concurrent_appenders_and_a_tailer_see_every_position_once,
     concurrent_exact_appends_have_one_winner,
     group_commits_fail_alone,
+    batched_worker_commits_fail_alone,
     idempotency_same_request_returns_first_operation,
     idempotency_fifty_concurrent_requests_make_one_operation,
     idempotency_keys_expire_and_are_purged,
@@ -1955,6 +1956,104 @@ async fn group_commits_fail_alone(backend: Backend) {
         spent.write_transactions < N as u64,
         "{N} concurrent commits took {} transactions",
         spent.write_transactions
+    );
+}
+
+/// Workers' commits (fenced, appending with `Any`) made at the same moment are staged
+/// together (`batch.rs`): a few statements for the whole group. Each still stands alone:
+/// a lost lease or a fold the projections refuse writes nothing (not even its stream
+/// bump), the rest land gapless, and each run update reaches only its own run.
+async fn batched_worker_commits_fail_alone(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.open().await;
+    const N: usize = 40;
+    // One run per commit, all claimed by w2; run 0's first lease moved on first.
+    for _ in 0..N {
+        committed(store.commit(free_run(uid())).await.expect("enqueue"));
+    }
+    let stale = store
+        .claim_runs("w1", Duration::milliseconds(1), 1)
+        .await
+        .expect("claim")
+        .remove(0);
+    sleep_ms(20).await;
+    let mut runs = store
+        .claim_runs("w2", Duration::seconds(30), N as u32)
+        .await
+        .expect("claim all");
+    assert_eq!(runs.len(), N, "{runs:?}");
+    runs.sort_by_key(|r| r.id != stale.id);
+    assert_eq!(runs[0].epoch, stale.epoch + 1);
+    let before = store.traffic();
+    let mut tasks = Vec::new();
+    for (i, run) in runs.iter().enumerate() {
+        let store = store.clone();
+        let lease = if i % 5 == 0 {
+            stale.lease()
+        } else {
+            run.lease()
+        };
+        let target = if i % 5 == 1 {
+            // A step of an operation that was never requested: the fold refuses it.
+            StreamName::operation(opid())
+        } else {
+            stream(&format!("test-b{i}"))
+        };
+        tasks.push(tokio::spawn(async move {
+            let mut commit = append(
+                &target,
+                ExpectedVersion::Any,
+                vec![step("a", i as u32), step("b", i as u32)],
+            );
+            commit.fence = Some(lease);
+            if i % 5 == 2 {
+                commit.run_update = Some(RunUpdate::Complete);
+            }
+            (i, target, store.commit(commit).await)
+        }));
+    }
+    let mut positions = Vec::new();
+    for t in tasks {
+        let (i, target, outcome) = t.await.expect("task");
+        match (i % 5, outcome) {
+            (0, Err(Error::LeaseLost { epoch, .. })) => assert_eq!(epoch, stale.epoch),
+            (1, Err(Error::Projection(_))) => {}
+            (_, Ok(CommitOutcome::Committed(r))) if i % 5 > 1 => {
+                let events = store.read_stream(&target, 0, 10).await.expect("read");
+                let mine: Vec<u64> = events.iter().map(|e| e.position).collect();
+                assert_eq!(mine, vec![r.first_position, r.last_position], "commit {i}");
+                assert_eq!(r.stream_versions, vec![(target.clone(), 2)], "commit {i}");
+                positions.extend(mine);
+            }
+            (_, other) => panic!("commit {i}: unexpected {other:?}"),
+        }
+        if i % 5 < 2 {
+            assert_eq!(
+                store.stream_version(&target).await.expect("v"),
+                None,
+                "{target}: a refused commit bumped its stream"
+            );
+        }
+    }
+    positions.sort_unstable();
+    let head = store.head_position().await.expect("head");
+    assert_eq!(positions, (1..=head).collect::<Vec<_>>());
+    // Only the completed runs are done; the others are still leased by w2.
+    for (i, run) in runs.iter().enumerate() {
+        let now = store.get_run(run.id).await.expect("get").expect("run");
+        let want = if i % 5 == 2 {
+            RunStatus::Done
+        } else {
+            RunStatus::Leased
+        };
+        assert_eq!(now.status, want, "run {i}");
+    }
+    let spent = store.traffic() - before;
+    assert_eq!(spent.commits, N as u64);
+    assert!(
+        spent.write_statements < 4 * N as u64,
+        "{N} concurrent worker commits took {} statements",
+        spent.write_statements
     );
 }
 
