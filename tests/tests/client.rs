@@ -35,7 +35,7 @@ async fn typed_calls_cover_a_vclusters_life() {
 
     let accepted = c.create_vcluster(&create("demo")).await.expect("create");
     assert!(!accepted.duplicate);
-    assert_eq!(accepted.operation.kind, OperationKind::Create);
+    assert_eq!(accepted.operation.kind, OperationKind::CREATE);
     let done = c
         .wait(accepted.operation.id, Some(Duration::from_secs(30)))
         .await

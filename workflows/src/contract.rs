@@ -48,8 +48,12 @@ fn allowed_by_contract(state: Option<S>, call: Call) -> bool {
     match state {
         None | Some(S::Deleted) => matches!(call, Call::New(K::CREATE) | Call::New(K::RESTORE)),
         Some(S::Running) => match call {
-            Call::On(k) => [K::SUSPEND, K::SCALE, K::SNAPSHOT, K::RESTORE, u, K::DELETE].contains(&k),
-            Call::Retry(k) => [K::SUSPEND, K::SCALE, K::SNAPSHOT, K::RESTORE, u, K::DELETE].contains(&k),
+            Call::On(k) => {
+                [K::SUSPEND, K::SCALE, K::SNAPSHOT, K::RESTORE, u, K::DELETE].contains(&k)
+            }
+            Call::Retry(k) => {
+                [K::SUSPEND, K::SCALE, K::SNAPSHOT, K::RESTORE, u, K::DELETE].contains(&k)
+            }
             Call::New(_) => false,
         },
         Some(S::Suspended) => match call {
@@ -121,18 +125,33 @@ fn every_registered_kind_is_a_contract_kind() {
 fn seed_valid_transitions() {
     let r = registry();
     // RUNNING -suspend-> (SUSPENDING ->) SUSPENDED
-    assert_eq!(transition(Some(S::Running), Call::On(K::SUSPEND), &r), Ok(S::Suspending));
+    assert_eq!(
+        transition(Some(S::Running), Call::On(K::SUSPEND), &r),
+        Ok(S::Suspending)
+    );
     // SUSPENDED -resume-> RUNNING
-    assert_eq!(transition(Some(S::Suspended), Call::On(K::RESUME), &r), Ok(S::Resuming));
+    assert_eq!(
+        transition(Some(S::Suspended), Call::On(K::RESUME), &r),
+        Ok(S::Resuming)
+    );
     // RUNNING -scale-> RUNNING, -snapshot-> RUNNING
-    assert_eq!(transition(Some(S::Running), Call::On(K::SCALE), &r), Ok(S::Scaling));
+    assert_eq!(
+        transition(Some(S::Running), Call::On(K::SCALE), &r),
+        Ok(S::Scaling)
+    );
     assert_eq!(
         transition(Some(S::Running), Call::On(K::SNAPSHOT), &r),
         Ok(S::Snapshotting)
     );
     // RUNNING/SUSPENDED -delete-> DELETING
-    assert_eq!(transition(Some(S::Running), Call::On(K::DELETE), &r), Ok(S::Deleting));
-    assert_eq!(transition(Some(S::Suspended), Call::On(K::DELETE), &r), Ok(S::Deleting));
+    assert_eq!(
+        transition(Some(S::Running), Call::On(K::DELETE), &r),
+        Ok(S::Deleting)
+    );
+    assert_eq!(
+        transition(Some(S::Suspended), Call::On(K::DELETE), &r),
+        Ok(S::Deleting)
+    );
 }
 
 #[test]
@@ -162,7 +181,9 @@ fn seed_invalid_transitions_are_failed_precondition() {
 fn refusal_codes_and_hints() {
     let r = registry();
     assert_eq!(
-        transition(None, Call::On(K::SUSPEND), &r).expect_err("absent").code(),
+        transition(None, Call::On(K::SUSPEND), &r)
+            .expect_err("absent")
+            .code(),
         Code::NotFound
     );
     assert_eq!(
@@ -183,7 +204,11 @@ fn refusal_codes_and_hints() {
     assert_eq!(status.code, Code::FailedPrecondition);
     assert_eq!(status.reason(), Some("OPERATION_IN_PROGRESS"));
     assert!(status.message.contains("SUSPENDING"), "{}", status.message);
-    let hint = |state, call| transition(Some(state), call, &r).expect_err("refused").to_string();
+    let hint = |state, call| {
+        transition(Some(state), call, &r)
+            .expect_err("refused")
+            .to_string()
+    };
     assert!(hint(S::Suspended, Call::On(K::SCALE)).ends_with("; resume it first"));
     assert!(hint(S::Suspended, Call::On(upgrade::KIND)).contains("never upgrades a paused"));
     assert!(hint(S::Running, Call::On(K::RESUME)).ends_with("; it is already running"));
@@ -194,15 +219,18 @@ fn refusal_codes_and_hints() {
         "cannot resume a vcluster in state RUNNING; it is already running"
     );
     // A kind this build does not have.
-    let unknown = transition(Some(S::Running), Call::On(K::from_static("NOPE")), &r)
-        .expect_err("unknown");
+    let unknown =
+        transition(Some(S::Running), Call::On(K::from_static("NOPE")), &r).expect_err("unknown");
     assert_eq!(unknown.code(), Code::InvalidArgument);
 }
 
 #[test]
 fn deleted_name_can_be_reused() {
     let r = registry();
-    assert_eq!(transition(Some(S::Deleted), Call::New(K::CREATE), &r), Ok(S::Creating));
+    assert_eq!(
+        transition(Some(S::Deleted), Call::New(K::CREATE), &r),
+        Ok(S::Creating)
+    );
     assert_eq!(
         transition(Some(S::Deleted), Call::On(K::DELETE), &r)
             .expect_err("gone")
@@ -230,7 +258,10 @@ fn a_retried_snapshot_deletion_never_goes_through_the_vcluster_table() {
 #[test]
 fn routes_and_verbs_come_from_the_registry() {
     let r = registry();
-    let routes: Vec<_> = r.operations().map(|(k, a)| (k.as_str(), a.route, a.verb)).collect();
+    let routes: Vec<_> = r
+        .operations()
+        .map(|(k, a)| (k.as_str(), a.route, a.verb))
+        .collect();
     assert_eq!(
         routes,
         [

@@ -5,9 +5,9 @@
 use crate::common::{CHECK_IN, values, wait_ready};
 use futures::FutureExt;
 use ovc_driver::{NamespaceOutcome, Owner};
+use ovc_engine::ParamsDef;
 use ovc_engine::model::{Settlement, WorkflowDef};
 use ovc_engine::{StepCtx, StepDef, StepError, StepKey, StepOutput, StepResult};
-use ovc_engine::ParamsDef;
 use ovc_types::command::CreateParams;
 use ovc_types::state::{CallRule, OperationKind, VClusterState};
 use serde::{Deserialize, Serialize};
@@ -167,9 +167,9 @@ async fn read_kubeconfig(ctx: &StepCtx) -> StepResult {
 
 #[cfg(test)]
 mod sweeps {
-    use ovc_types::command::CreateParams;
     use crate::sweep::{Fixture, Harness, sweeps};
     use ovc_types::command::Command;
+    use ovc_types::command::CreateParams;
     use ovc_types::spec::VClusterSpec;
 
     /// No vcluster yet.

@@ -70,9 +70,9 @@ async fn delete_namespace(ctx: &StepCtx) -> StepResult {
 
 #[cfg(test)]
 mod sweeps {
-    use ovc_types::command::DeleteParams;
     use crate::sweep::{self, Fixture, Harness, sweeps};
     use ovc_types::command::Command;
+    use ovc_types::command::DeleteParams;
 
     /// A RUNNING vcluster. A failure after the uninstall (declared irreversible) leaves
     /// the operation STUCK and the vcluster FAILED; the sweep expects that from the

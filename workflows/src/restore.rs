@@ -247,8 +247,8 @@ async fn repause(ctx: &StepCtx) -> StepResult {
 #[cfg(test)]
 mod sweeps {
     use crate::suspend::SuspendParams;
-    use ovc_types::command::RestoreParams;
     use crate::sweep::{self, Fixture, Harness, sweeps};
+    use ovc_types::command::RestoreParams;
     use ovc_types::command::{Command, RestoreTarget};
 
     /// A RUNNING vcluster `vc` and a snapshot of it, restored over `vc`.

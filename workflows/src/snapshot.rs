@@ -35,10 +35,10 @@ impl OperationParams for SnapshotParams {
 
     fn validate(&self) -> Result<(), Status> {
         if self.description.as_ref().is_some_and(|d| d.len() > 1024) {
-            return Err(Status::invalid_argument(
-                "description is longer than 1024 bytes",
-            )
-            .with_reason("INVALID_DESCRIPTION"));
+            return Err(
+                Status::invalid_argument("description is longer than 1024 bytes")
+                    .with_reason("INVALID_DESCRIPTION"),
+            );
         }
         Ok(())
     }

@@ -21,6 +21,7 @@
 
 pub(crate) use crate::harness::Harness;
 use crate::harness::HarnessOptions;
+use crate::snapshot::SnapshotParams;
 use ovc_driver::sim::{FaultKind, FaultRule, SimConfig, SimRelease};
 use ovc_driver::{CallCtx, HostDriver, Target};
 use ovc_engine::journal::Journal;
@@ -28,7 +29,6 @@ use ovc_engine::services::Services;
 use ovc_engine::{StepCtx, StepDef, WorkflowDef};
 use ovc_store::Backend;
 use ovc_types::SnapshotId;
-use crate::snapshot::SnapshotParams;
 use ovc_types::command::{Command, CreateParams};
 use ovc_types::event::StreamName;
 use ovc_types::resource::{Operation, VCluster};

@@ -149,13 +149,15 @@ pub fn definition() -> WorkflowDef {
     }
 }
 
-
 /// Accept's check against the spec: valid versions, something to do, no downgrade, no
 /// skipped minor version. A spec without a chart version (a vcluster from before ovc
 /// recorded it) leaves the chart check to `check_versions`.
 fn admit(command: &Command, vc: &VCluster) -> Result<(), Status> {
     let p: UpgradeParams = command.params()?;
-    let (chart, kubernetes) = (p.vcluster_version.as_deref(), p.kubernetes_version.as_deref());
+    let (chart, kubernetes) = (
+        p.vcluster_version.as_deref(),
+        p.kubernetes_version.as_deref(),
+    );
     if chart.is_none() && kubernetes.is_none() {
         return Err(Status::invalid_argument(
             "nothing to upgrade: give vcluster_version and/or kubernetes_version",
@@ -296,7 +298,10 @@ async fn check_versions(ctx: &StepCtx) -> StepResult {
             )
         })?;
     let p: UpgradeParams = ctx.params()?;
-    let (chart, kubernetes) = (p.vcluster_version.as_deref(), p.kubernetes_version.as_deref());
+    let (chart, kubernetes) = (
+        p.vcluster_version.as_deref(),
+        p.kubernetes_version.as_deref(),
+    );
     let from_chart = release.chart_version.clone();
     let to_chart = chart.unwrap_or(&from_chart).to_string();
     check_step(

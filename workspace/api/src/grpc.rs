@@ -25,8 +25,7 @@ pub use convert::{json_to_struct, json_to_value, struct_to_map, value_to_json};
 
 use crate::auth::Principal;
 use crate::service::{
-    ListRequest, Submit, Submitted, parse_timeout, restore_target_name, snapshot_id,
-    vcluster_name,
+    ListRequest, Submit, Submitted, parse_timeout, restore_target_name, snapshot_id, vcluster_name,
 };
 use crate::{ApiError, AppState};
 use futures::StreamExt;
@@ -345,8 +344,10 @@ impl VClusterService for GrpcApi {
         request: Request<proto::SnapshotVClusterRequest>,
     ) -> GrpcResult<proto::Operation> {
         self.mutate(request, |r| {
-            let command =
-                self.operation("SNAPSHOT", serde_json::json!({"description": r.description}))?;
+            let command = self.operation(
+                "SNAPSHOT",
+                serde_json::json!({"description": r.description}),
+            )?;
             Ok(on(r.project, r.name, command, r.request_id))
         })
         .await

@@ -9,15 +9,15 @@
 use crate::AppState;
 use crate::routes::{CreateBody, RestoreBody, RetryBody};
 use axum::extract::State;
-use ovc_engine::Registry;
 use axum::response::{IntoResponse, Response};
+use ovc_engine::Registry;
 use ovc_store::RecordedEvent;
 use ovc_types::error::{Code, ErrorDetail};
 use ovc_types::resource::{Operation, Snapshot, VCluster};
 use serde::Serialize;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::request_body::RequestBodyBuilder;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, HttpMethod, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
 

@@ -617,8 +617,13 @@ impl Client {
     ) -> Result<Accepted, Error> {
         let body = serde_json::to_vec(params)
             .map_err(|e| Error::Config(format!("the parameters do not serialize: {e}")))?;
-        self.on_vcluster(name, &encode(route), Some(body), &request_id.map(str::to_string))
-            .await
+        self.on_vcluster(
+            name,
+            &encode(route),
+            Some(body),
+            &request_id.map(str::to_string),
+        )
+        .await
     }
 
     /// Suspends a RUNNING vcluster.

@@ -607,12 +607,14 @@ async fn accept_delete_snapshot(
         .with_reason("SNAPSHOT_IN_USE")
         .with_metadata("operation_id", user.to_string()));
     }
-    let def = registry.get(OperationKind::DELETE_SNAPSHOT).ok_or_else(|| {
-        Status::new(
-            Code::Unavailable,
-            "no workflow for DELETE_SNAPSHOT in this build",
-        )
-    })?;
+    let def = registry
+        .get(OperationKind::DELETE_SNAPSHOT)
+        .ok_or_else(|| {
+            Status::new(
+                Code::Unavailable,
+                "no workflow for DELETE_SNAPSHOT in this build",
+            )
+        })?;
     let operation_id = preset_id.unwrap_or_else(|| OperationId(ids.new_uuid()));
     let metadata = EventMetadata {
         request_id: req.request_id.clone(),

@@ -7,16 +7,16 @@
 //! [`StepError`] whose kind chooses the path: transient → retry, permanent → compensate.
 //! Step names are persisted in events: never rename one, add a new one.
 
+use crate::operation::{OperationApi, ParamsDef};
 use crate::services::Services;
 use futures::future::BoxFuture;
 use ovc_driver::{CallCtx, DriverError, HostDriver, Target};
 use ovc_types::command::Command;
+use ovc_types::command::OperationParams;
 use ovc_types::error::{Code, Status};
 use ovc_types::event::{Event, StreamName};
 use ovc_types::resource::VCluster;
 use ovc_types::spec::VClusterSpec;
-use crate::operation::{OperationApi, ParamsDef};
-use ovc_types::command::OperationParams;
 use ovc_types::state::{CallRule, OperationKind, VClusterState};
 use ovc_types::time::{Clock, IdSource};
 use ovc_types::{OperationId, ProjectName, VClusterId, VClusterName};

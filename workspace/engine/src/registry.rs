@@ -5,10 +5,10 @@
 //! and the chart version a new vcluster gets when its spec names none.
 
 use crate::model::WorkflowDef;
+use crate::operation::OperationApi;
 use ovc_driver::DEFAULT_VCLUSTER_VERSION;
 use ovc_driver::router::{DEFAULT_HOST, unknown_host};
 use ovc_types::error::Status;
-use crate::operation::OperationApi;
 use ovc_types::state::{CallRule, CallRules, OperationKind};
 use std::collections::{BTreeMap, BTreeSet};
 

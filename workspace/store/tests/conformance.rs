@@ -4,6 +4,7 @@
 use chrono::{Duration, Utc};
 use ovc_store::*;
 use ovc_testkit::TestDb;
+use ovc_types::command::CreateParams;
 use ovc_types::command::{Command, request_hash};
 use ovc_types::event::{Event, EventMetadata, StreamName};
 use ovc_types::spec::VClusterSpec;
@@ -78,10 +79,15 @@ fn create_commit(
     vc_name: &str,
     request_id: Option<&str>,
 ) -> Commit {
-    let command = Command::Create {
+    let command = Command::new(CreateParams {
         spec: VClusterSpec::default(),
-    };
-    let hash = request_hash(&project(), &name(vc_name), &command);
+    });
+    let hash = request_hash(
+        &project(),
+        &name(vc_name),
+        command.kind(),
+        command.params_json(),
+    );
     Commit {
         idempotency: request_id.map(|r| IdempotencyClaim {
             project: project(),
@@ -690,7 +696,7 @@ async fn projections_follow_the_events(backend: Backend) {
 
     let o = store.get_operation(op).await.expect("get").expect("exists");
     assert_eq!(o.state, OperationState::Pending);
-    assert_eq!(o.kind, OperationKind::Create);
+    assert_eq!(o.kind, OperationKind::CREATE);
     assert_eq!(o.request_id.as_deref(), Some("r"));
     assert_eq!(o.steps.len(), 2);
     assert!(o.steps.iter().all(|s| s.state == StepState::Pending));
@@ -1068,7 +1074,7 @@ async fn list_pages_through_everything(backend: Backend) {
         let p = store
             .list_operations(
                 &OperationFilter {
-                    kind: Some(OperationKind::Create),
+                    kind: Some(OperationKind::CREATE),
                     state: Some(OperationState::Pending),
                     ..OperationFilter::default()
                 },
@@ -1088,7 +1094,7 @@ async fn list_pages_through_everything(backend: Backend) {
     let none = store
         .list_operations(
             &OperationFilter {
-                kind: Some(OperationKind::Delete),
+                kind: Some(OperationKind::DELETE),
                 ..OperationFilter::default()
             },
             &PageRequest::default(),

@@ -88,7 +88,10 @@ impl Command {
 
     /// The command of `kind` with untyped `params` (a JSON object; `null` is `{}`); the
     /// caller decodes them with the kind's type before trusting them.
-    pub fn from_parts(kind: OperationKind, params: serde_json::Value) -> Result<Self, CommandError> {
+    pub fn from_parts(
+        kind: OperationKind,
+        params: serde_json::Value,
+    ) -> Result<Self, CommandError> {
         let params = match params {
             serde_json::Value::Object(m) => m,
             serde_json::Value::Null => serde_json::Map::new(),
@@ -427,7 +430,8 @@ mod tests {
             del.params::<RestoreParams>(),
             Err(CommandError::WrongKind { .. })
         ));
-        let bad = Command::from_parts(OperationKind::DELETE_SNAPSHOT, json!({"x": 1})).expect("obj");
+        let bad =
+            Command::from_parts(OperationKind::DELETE_SNAPSHOT, json!({"x": 1})).expect("obj");
         assert!(matches!(
             bad.params::<DeleteSnapshotParams>(),
             Err(CommandError::Invalid { .. })

@@ -29,5 +29,8 @@ pub use name::{ProjectName, VClusterName};
 pub use quantity::Quantity;
 pub use resource::{Operation, OperationStep, Snapshot, VCluster};
 pub use spec::{ScalePatch, VClusterSpec};
-pub use state::{Call, CallRule, CallRules, OperationKind, OperationState, SnapshotState, StepState, VClusterState};
+pub use state::{
+    Call, CallRule, CallRules, OperationKind, OperationState, SnapshotState, StepState,
+    VClusterState,
+};
 pub use time::{Clock, IdSource};

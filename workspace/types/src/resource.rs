@@ -765,7 +765,18 @@ mod tests {
         assert!(VCluster::apply(None, uid, "s", 1, t(0), &suspend).is_err());
         // The generic command event moves the vcluster to its kind's in-progress state,
         // as the per-kind events it replaces did.
-        for kind in ["CREATE", "SUSPEND", "RESUME", "SNAPSHOT", "RESTORE", "SCALE", "UPGRADE", "DELETE", "DELETE_SNAPSHOT", "NEW_ONE"] {
+        for kind in [
+            "CREATE",
+            "SUSPEND",
+            "RESUME",
+            "SNAPSHOT",
+            "RESTORE",
+            "SCALE",
+            "UPGRADE",
+            "DELETE",
+            "DELETE_SNAPSHOT",
+            "NEW_ONE",
+        ] {
             let kind = OperationKind::from_trusted(kind).expect("kind");
             let accepted = Event::OperationAccepted {
                 operation_id: op_id(),
@@ -787,8 +798,8 @@ mod tests {
                 kind,
                 state: Some(VClusterState::Upgrading),
             };
-            let got = VCluster::apply(Some(vc.clone()), uid, "s", 3, t(2), &accepted)
-                .expect("accepted");
+            let got =
+                VCluster::apply(Some(vc.clone()), uid, "s", 3, t(2), &accepted).expect("accepted");
             assert_eq!(got.state, VClusterState::Upgrading);
         }
         let step = Event::StepStarted {

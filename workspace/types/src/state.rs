@@ -223,9 +223,8 @@ impl Serialize for OperationKind {
 impl<'de> Deserialize<'de> for OperationKind {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
-        OperationKind::from_trusted(&s).ok_or_else(|| {
-            serde::de::Error::custom(format!("{s:?} is not an operation kind name"))
-        })
+        OperationKind::from_trusted(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not an operation kind name")))
     }
 }
 
