@@ -431,6 +431,11 @@ async fn deciding_a_submission_twice_starts_one_operation() {
     // No worker: this test is the acceptor, and "crashes" between accepting and recording.
     let db = TestDb::new(Backend::Postgres).await;
     let store = db.open().await;
+    let registry = ovc_workflows::registry();
+    store
+        .sync_call_rules(&ovc_store::RuleTables::of(&registry, registry.kinds()))
+        .await
+        .expect("call rules");
     let pool = caller_pool(&db).await;
     let mut conn = pool.acquire().await.expect("conn");
     for request_id in [None, Some("once")] {
