@@ -784,12 +784,17 @@ fn kube_host_flags_that_cannot_be_honoured_exit_at_start() {
 #[test]
 fn operation_subcommands_come_from_the_registry() {
     let help = |args: &[&str]| {
-        let out = Command::new(ovc_bin()).args(args).output().expect("run ovc");
+        let out = Command::new(ovc_bin())
+            .args(args)
+            .output()
+            .expect("run ovc");
         assert!(out.status.success(), "{args:?}");
         String::from_utf8_lossy(&out.stdout).to_string()
     };
     let vc = help(&["vc", "--help"]);
-    for verb in ["suspend", "resume", "snapshot", "scale", "upgrade", "create", "delete"] {
+    for verb in [
+        "suspend", "resume", "snapshot", "scale", "upgrade", "create", "delete",
+    ] {
         assert!(vc.contains(verb), "ovc vc --help lacks {verb}: {vc}");
     }
     let upgrade = help(&["vc", "upgrade", "--help"]);
@@ -804,7 +809,10 @@ fn operation_subcommands_come_from_the_registry() {
         assert!(upgrade.contains(flag), "lacks {flag}: {upgrade}");
     }
     let scale = help(&["vc", "scale", "--help"]);
-    assert!(scale.contains("--quota-pods") && scale.contains("e.g. 500m"), "{scale}");
+    assert!(
+        scale.contains("--quota-pods") && scale.contains("e.g. 500m"),
+        "{scale}"
+    );
     let (code, _) = ovc_client(
         "http://127.0.0.1:1",
         &["vc", "scale", "demo", "--cpu", "lots"],

@@ -437,6 +437,7 @@ async fn lifecycle_over_grpc() {
             "DELETE",
             "DELETE_SNAPSHOT",
             "RESTORE",
+            "SNAPSHOT",
             "UPGRADE",
             "SCALE",
             "SNAPSHOT",

@@ -854,11 +854,17 @@ async fn openapi_documents_every_route_and_errors_are_json() {
         assert!(schema[field].is_object(), "{body}: {schema}");
         assert!(schema["request_id"].is_object(), "{body}: {schema}");
         assert!(op["responses"]["415"].is_object(), "{route}");
-        assert_eq!(op["parameters"].as_array().map(Vec::len), Some(4), "{route}");
+        assert_eq!(
+            op["parameters"].as_array().map(Vec::len),
+            Some(4),
+            "{route}"
+        );
     }
     let kinds = &doc["components"]["schemas"]["OperationKind"]["enum"];
     assert!(
-        kinds.as_array().is_some_and(|k| k.len() == 9 && k.contains(&json!("UPGRADE"))),
+        kinds
+            .as_array()
+            .is_some_and(|k| k.len() == 9 && k.contains(&json!("UPGRADE"))),
         "{kinds}"
     );
     // An operation the registry does not have is NOT_FOUND with API.md's error body.

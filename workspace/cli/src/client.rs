@@ -82,7 +82,10 @@ fn operation_command(api: &ovc_engine::OperationApi) -> clap::Command {
             .required(true)
             .help("Its name"),
     );
+    // After the flags: clap's derive gives the command the parameter type's doc comment.
     api.cli_args(cmd)
+        .about(api.summary)
+        .long_about(None::<&str>)
         .arg(
             Arg::new("wait")
                 .long("wait")
