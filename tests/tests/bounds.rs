@@ -11,6 +11,7 @@ use ovc_store::Backend;
 use ovc_tests::{Harness, HarnessOptions};
 use ovc_types::Code;
 use ovc_types::command::Command;
+use ovc_types::command::CreateParams;
 use ovc_types::spec::VClusterSpec;
 use ovc_types::state::{OperationState, StepState, VClusterState};
 use serde_json::{Value, json};
@@ -35,9 +36,9 @@ fn options(ready_timeout: Duration) -> HarnessOptions {
 }
 
 fn create() -> Command {
-    Command::Create {
+    Command::new(CreateParams {
         spec: VClusterSpec::default(),
-    }
+    })
 }
 
 /// The create failed at wait_ready with the wait limit's error, compensated everything,

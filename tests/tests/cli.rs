@@ -777,3 +777,47 @@ fn kube_host_flags_that_cannot_be_honoured_exit_at_start() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+/// The subcommands of the registered operations are generated from the registry: each
+/// with its workflow's flags and help, and the shared NAME, `--wait` and `--request-id`;
+/// refused input the CLI cannot send (a bad quantity) is exit 3 before any request.
+#[test]
+fn operation_subcommands_come_from_the_registry() {
+    let help = |args: &[&str]| {
+        let out = Command::new(ovc_bin())
+            .args(args)
+            .output()
+            .expect("run ovc");
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let vc = help(&["vc", "--help"]);
+    for verb in [
+        "suspend", "resume", "snapshot", "scale", "upgrade", "create", "delete",
+    ] {
+        assert!(vc.contains(verb), "ovc vc --help lacks {verb}: {vc}");
+    }
+    let upgrade = help(&["vc", "upgrade", "--help"]);
+    for flag in [
+        "--vcluster-version",
+        "--kubernetes-version",
+        "--wait",
+        "--request-id",
+        "<NAME>",
+        "one minor",
+    ] {
+        assert!(upgrade.contains(flag), "lacks {flag}: {upgrade}");
+    }
+    let scale = help(&["vc", "scale", "--help"]);
+    assert!(
+        scale.contains("--quota-pods") && scale.contains("e.g. 500m"),
+        "{scale}"
+    );
+    let (code, _) = ovc_client(
+        "http://127.0.0.1:1",
+        &["vc", "scale", "demo", "--cpu", "lots"],
+    );
+    assert_eq!(code, 3, "a bad quantity is refused before any request");
+    let (code, _) = ovc_client("http://127.0.0.1:1", &["vc", "explode", "demo"]);
+    assert_eq!(code, 2, "an unknown subcommand is a usage error");
+}

@@ -35,7 +35,7 @@ async fn typed_calls_cover_a_vclusters_life() {
 
     let accepted = c.create_vcluster(&create("demo")).await.expect("create");
     assert!(!accepted.duplicate);
-    assert_eq!(accepted.operation.kind, OperationKind::Create);
+    assert_eq!(accepted.operation.kind, OperationKind::CREATE);
     let done = c
         .wait(accepted.operation.id, Some(Duration::from_secs(30)))
         .await
@@ -112,6 +112,28 @@ async fn typed_calls_cover_a_vclusters_life() {
         .await
         .expect("resume");
     c.wait(resumed.operation.id, None).await.expect("wait");
+    // Any registered operation by its route, with any serializable body (here the
+    // workflow's own typed parameters), and the request id given.
+    let snap = c
+        .start_operation(
+            "demo",
+            "snapshots",
+            &ovc_workflows::snapshot::SnapshotParams {
+                description: Some("generic".into()),
+            },
+            Some("generic-1"),
+        )
+        .await
+        .expect("start operation");
+    assert!(!snap.duplicate);
+    let done = c.wait(snap.operation.id, None).await.expect("wait");
+    assert_eq!(done.kind, OperationKind::SNAPSHOT);
+    assert_eq!(done.command.params_json()["description"], "generic");
+    let e = c
+        .start_operation("demo", "explode", &serde_json::json!({}), None)
+        .await
+        .expect_err("no such operation");
+    assert_eq!(e.code(), Some(Code::NotFound), "{e}");
     assert!(
         c.kubeconfig("demo")
             .await

@@ -6,6 +6,7 @@ use ovc_engine::accept::{CommandRequest, accept, cancel};
 use ovc_store::{Backend, Commit, ExpectedVersion, NewEvent, StreamAppend};
 use ovc_testkit::TestDb;
 use ovc_types::command::Command;
+use ovc_types::command::CreateParams;
 use ovc_types::error::{Code, Status};
 use ovc_types::event::{Event, StreamName};
 use ovc_types::spec::VClusterSpec;
@@ -16,9 +17,9 @@ fn create_request(name: &str, request_id: Option<&str>) -> CommandRequest {
     CommandRequest {
         project: ovc_tests::project(),
         vcluster: ovc_tests::name(name),
-        command: Command::Create {
+        command: Command::new(CreateParams {
             spec: VClusterSpec::default(),
-        },
+        }),
         request_id: request_id.map(str::to_string),
         actor: Some("test".into()),
         traceparent: None,

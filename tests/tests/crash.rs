@@ -9,10 +9,16 @@ use ovc_store::{Backend, LeaseRecord, Store};
 use ovc_testkit::TestDb;
 use ovc_tests::{name, ovc_bin, project, submit};
 use ovc_types::command::{Command, RestoreTarget};
+use ovc_types::command::{CreateParams, DeleteParams, DeleteSnapshotParams, RestoreParams};
 use ovc_types::resource::host_namespace;
 use ovc_types::spec::{ControlPlanePatch, ScalePatch, VClusterSpec};
+use ovc_types::state::OperationKind;
 use ovc_types::state::{OperationState, VClusterState};
 use ovc_types::{Code, OperationId, SnapshotId};
+use ovc_workflows::resume::ResumeParams;
+use ovc_workflows::scale::ScaleParams;
+use ovc_workflows::snapshot::SnapshotParams;
+use ovc_workflows::suspend::SuspendParams;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::{Child, Command as Process, Stdio};
 use std::sync::Arc;
@@ -133,49 +139,51 @@ fn pick(
     vc: &str,
     need_delete_snapshot: bool,
 ) -> Option<Command> {
-    let scale = |r: u32| Command::Scale {
-        patch: ScalePatch {
-            control_plane: Some(ControlPlanePatch {
-                replicas: Some(if r == 1 { 3 } else { 1 }),
-                ..ControlPlanePatch::default()
-            }),
-            quota: None,
-        },
+    let scale = |r: u32| {
+        Command::new(ScaleParams {
+            patch: ScalePatch {
+                control_plane: Some(ControlPlanePatch {
+                    replicas: Some(if r == 1 { 3 } else { 1 }),
+                    ..ControlPlanePatch::default()
+                }),
+                quota: None,
+            },
+        })
     };
     match state {
-        None | Some(VClusterState::Deleted) => Some(Command::Create {
+        None | Some(VClusterState::Deleted) => Some(Command::new(CreateParams {
             spec: VClusterSpec::default(),
-        }),
+        })),
         Some(VClusterState::Running) if need_delete_snapshot && snapshot.is_some() => {
-            Some(Command::DeleteSnapshot {
+            Some(Command::new(DeleteSnapshotParams {
                 snapshot_id: snapshot?,
-            })
+            }))
         }
         Some(VClusterState::Running) => Some(match rng.below(20) {
-            0..=5 => Command::Suspend {
+            0..=5 => Command::new(SuspendParams {
                 snapshot: rng.below(2) == 0,
                 evict_workloads: rng.below(2) == 0,
-            },
-            6..=9 => Command::Snapshot { description: None },
+            }),
+            6..=9 => Command::new(SnapshotParams { description: None }),
             10..=14 => scale(replicas),
-            15..=17 if snapshot.is_some() => Command::Restore {
+            15..=17 if snapshot.is_some() => Command::new(RestoreParams {
                 snapshot_id: snapshot?,
                 target: RestoreTarget::Existing(name(vc)),
-            },
-            18 if snapshot.is_some() => Command::DeleteSnapshot {
+            }),
+            18 if snapshot.is_some() => Command::new(DeleteSnapshotParams {
                 snapshot_id: snapshot?,
-            },
-            _ => Command::Delete {},
+            }),
+            _ => Command::new(DeleteParams {}),
         }),
         Some(VClusterState::Suspended) => Some(match rng.below(10) {
-            0..=6 => Command::Resume {
+            0..=6 => Command::new(ResumeParams {
                 reconcile_workloads: rng.below(2) == 0,
-            },
-            7 if snapshot.is_some() => Command::Restore {
+            }),
+            7 if snapshot.is_some() => Command::new(RestoreParams {
                 snapshot_id: snapshot?,
                 target: RestoreTarget::Existing(name(vc)),
-            },
-            _ => Command::Delete {},
+            }),
+            _ => Command::new(DeleteParams {}),
         }),
         _ => None,
     }
@@ -290,14 +298,12 @@ async fn crash_test(
             tokio::time::sleep(Duration::from_millis(5)).await;
             continue;
         };
-        let is_snapshot = matches!(
-            command,
-            Command::Snapshot { .. } | Command::Suspend { snapshot: true, .. }
-        );
+        let is_snapshot = command.kind() == OperationKind::SNAPSHOT
+            || command.params::<SuspendParams>().is_ok_and(|p| p.snapshot);
         // After a delete of the vcluster or of its snapshot, no restore picks that
         // snapshot again.
-        let is_delete = matches!(command, Command::Delete {} | Command::DeleteSnapshot { .. });
-        let is_delete_snapshot = matches!(command, Command::DeleteSnapshot { .. });
+        let is_delete_snapshot = command.kind() == OperationKind::DELETE_SNAPSHOT;
+        let is_delete = command.kind() == OperationKind::DELETE || is_delete_snapshot;
         match submit(store.as_ref(), vc, command, "crash-test").await {
             Ok(id) => {
                 accepted.push(id);

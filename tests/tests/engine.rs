@@ -6,8 +6,13 @@ use ovc_store::{Backend, RunStatus};
 use ovc_tests::{Harness, HarnessOptions};
 use ovc_types::Code;
 use ovc_types::command::Command;
+use ovc_types::command::{CreateParams, DeleteParams};
 use ovc_types::spec::{ControlPlanePatch, ScalePatch, VClusterSpec};
 use ovc_types::state::{OperationState, StepState, VClusterState};
+use ovc_workflows::resume::ResumeParams;
+use ovc_workflows::scale::ScaleParams;
+use ovc_workflows::snapshot::SnapshotParams;
+use ovc_workflows::suspend::SuspendParams;
 use std::time::Duration;
 
 async fn harness(rules: &str, ready_delay_ms: u64, max_step_timeout: Option<Duration>) -> Harness {
@@ -18,9 +23,9 @@ async fn harness(rules: &str, ready_delay_ms: u64, max_step_timeout: Option<Dura
 }
 
 fn create() -> Command {
-    Command::Create {
+    Command::new(CreateParams {
         spec: VClusterSpec::default(),
-    }
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,10 +82,10 @@ async fn a_hanging_step_times_out_then_compensates() {
     let op = h
         .run(
             "vc",
-            Command::Suspend {
+            Command::new(SuspendParams {
                 snapshot: false,
                 evict_workloads: false,
-            },
+            }),
         )
         .await;
     assert_eq!(op.state, OperationState::Failed, "{op:#?}");
@@ -111,7 +116,7 @@ async fn transient_failures_beyond_the_limit_compensate() {
     let op = h
         .run(
             "vc",
-            Command::Scale {
+            Command::new(ScaleParams {
                 patch: ScalePatch {
                     control_plane: Some(ControlPlanePatch {
                         replicas: Some(3),
@@ -119,7 +124,7 @@ async fn transient_failures_beyond_the_limit_compensate() {
                     }),
                     quota: None,
                 },
-            },
+            }),
         )
         .await;
     assert_eq!(op.state, OperationState::Failed, "{op:#?}");
@@ -142,10 +147,10 @@ async fn a_permanent_undo_failure_leaves_the_operation_stuck_and_the_vcluster_fa
     let op = h
         .run(
             "vc",
-            Command::Suspend {
+            Command::new(SuspendParams {
                 snapshot: false,
                 evict_workloads: false,
-            },
+            }),
         )
         .await;
     assert_eq!(op.state, OperationState::Stuck, "{op:#?}");
@@ -167,7 +172,7 @@ async fn a_permanent_undo_failure_leaves_the_operation_stuck_and_the_vcluster_fa
         Some(VClusterState::Failed)
     );
     // FAILED allows delete, which cleans up.
-    let del = h.run("vc", Command::Delete {}).await;
+    let del = h.run("vc", Command::new(DeleteParams {})).await;
     assert_eq!(del.state, OperationState::Succeeded, "{del:#?}");
     assert_eq!(
         h.vcluster("vc").await.map(|v| v.state),
@@ -204,10 +209,10 @@ async fn long_waits_are_durable_timers_not_held_slots() {
 async fn refused_commands_write_nothing() {
     let h = harness("", 0, None).await;
     assert_eq!(h.run("vc", create()).await.state, OperationState::Succeeded);
-    let suspend = Command::Suspend {
+    let suspend = Command::new(SuspendParams {
         snapshot: false,
         evict_workloads: false,
-    };
+    });
     assert_eq!(
         h.run("vc", suspend.clone()).await.state,
         OperationState::Succeeded
@@ -217,23 +222,23 @@ async fn refused_commands_write_nothing() {
         ("vc", suspend.clone(), Code::FailedPrecondition),
         (
             "vc",
-            Command::Snapshot { description: None },
+            Command::new(SnapshotParams { description: None }),
             Code::FailedPrecondition,
         ),
         ("vc", create(), Code::AlreadyExists),
         (
             "nope",
-            Command::Resume {
+            Command::new(ResumeParams {
                 reconcile_workloads: false,
-            },
+            }),
             Code::NotFound,
         ),
         (
             "bad",
-            Command::Create {
+            Command::new(CreateParams {
                 spec: serde_json::from_value(serde_json::json!({"control_plane": {"replicas": 2}}))
                     .expect("spec"),
-            },
+            }),
             Code::InvalidArgument,
         ),
     ];
@@ -250,9 +255,9 @@ async fn refused_commands_write_nothing() {
     assert_eq!(
         h.run(
             "vc",
-            Command::Resume {
+            Command::new(ResumeParams {
                 reconcile_workloads: false
-            }
+            })
         )
         .await
         .state,
@@ -261,9 +266,9 @@ async fn refused_commands_write_nothing() {
     let err = h
         .submit(
             "vc",
-            Command::Scale {
+            Command::new(ScaleParams {
                 patch: ScalePatch::default(),
-            },
+            }),
         )
         .await
         .expect_err("empty patch");
@@ -288,7 +293,7 @@ const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-
 async fn retry_of_a_failed_operation_runs_again_from_the_start() {
     let mut h = harness("scale/upgrade_release:transient:100", 0, None).await;
     assert_eq!(h.run("vc", create()).await.state, OperationState::Succeeded);
-    let scale = Command::Scale {
+    let scale = Command::new(ScaleParams {
         patch: ScalePatch {
             control_plane: Some(ControlPlanePatch {
                 replicas: Some(3),
@@ -296,7 +301,7 @@ async fn retry_of_a_failed_operation_runs_again_from_the_start() {
             }),
             quota: None,
         },
-    };
+    });
     let failed = h.run("vc", scale).await;
     assert_eq!(failed.state, OperationState::Failed);
     // The host is fixed; an operator retries.
@@ -365,10 +370,10 @@ async fn retry_of_a_stuck_operation_resumes_at_the_failed_step() {
     let stuck = h
         .run(
             "vc",
-            Command::Suspend {
+            Command::new(SuspendParams {
                 snapshot: false,
                 evict_workloads: false,
-            },
+            }),
         )
         .await;
     assert_eq!(stuck.state, OperationState::Stuck);

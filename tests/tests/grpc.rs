@@ -318,6 +318,37 @@ async fn lifecycle_over_grpc() {
         (Some("0.30.0"), Some("1.32"))
     );
 
+    // Any registered operation through the generic StartOperation, its REST body as
+    // params; an unknown kind or a field the operation does not have is INVALID_ARGUMENT.
+    let params = |v: serde_json::Value| ovc_api::grpc::json_to_struct(&v);
+    let op =
+        c.vc.start_operation(proto::StartOperationRequest {
+            name: "team-a".into(),
+            kind: "SNAPSHOT".into(),
+            params: params(serde_json::json!({"description": "via StartOperation"})),
+            ..Default::default()
+        })
+        .await
+        .expect("start operation")
+        .into_inner();
+    assert_eq!(op.kind, "SNAPSHOT");
+    assert_eq!(wait(&mut c, &op).await.state, "SUCCEEDED");
+    for (kind, body) in [
+        ("EXPLODE", serde_json::json!({})),
+        ("SNAPSHOT", serde_json::json!({"colour": "blue"})),
+    ] {
+        let bad =
+            c.vc.start_operation(proto::StartOperationRequest {
+                name: "team-a".into(),
+                kind: kind.into(),
+                params: params(body),
+                ..Default::default()
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{kind}: {bad:?}");
+    }
+
     // Restore as a new vcluster, then over the existing one.
     use proto::restore_snapshot_request::Target;
     for target in [
@@ -406,6 +437,7 @@ async fn lifecycle_over_grpc() {
             "DELETE",
             "DELETE_SNAPSHOT",
             "RESTORE",
+            "SNAPSHOT",
             "UPGRADE",
             "SCALE",
             "SNAPSHOT",

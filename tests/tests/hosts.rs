@@ -13,11 +13,15 @@ use ovc_engine::accept::{CommandRequest, accept};
 use ovc_store::Backend;
 use ovc_tests::{Harness, HarnessOptions, name, project};
 use ovc_types::command::{Command, RestoreTarget};
+use ovc_types::command::{CreateParams, DeleteParams, RestoreParams};
 use ovc_types::error::Code;
 use ovc_types::spec::{ControlPlanePatch, ScalePatch, VClusterSpec};
 use ovc_types::state::OperationState;
 use ovc_types::time::RandomIds;
 use ovc_types::{OperationId, SnapshotId, Status};
+use ovc_workflows::scale::ScaleParams;
+use ovc_workflows::snapshot::SnapshotParams;
+use ovc_workflows::suspend::SuspendParams;
 use std::sync::Arc;
 use tower::ServiceExt;
 
@@ -113,9 +117,9 @@ async fn a_vcluster_lives_on_the_host_its_spec_names(backend: Backend) {
         &h,
         &both,
         "bad",
-        Command::Create {
+        Command::new(CreateParams {
             spec: spec_on("north"),
-        },
+        }),
         Code::InvalidArgument,
         &["\"north\"", "\"eu\", \"us\""],
     )
@@ -124,9 +128,9 @@ async fn a_vcluster_lives_on_the_host_its_spec_names(backend: Backend) {
         &h,
         &both,
         "bad",
-        Command::Create {
+        Command::new(CreateParams {
             spec: VClusterSpec::default(),
-        },
+        }),
         Code::InvalidArgument,
         &["\"default\""],
     )
@@ -138,9 +142,9 @@ async fn a_vcluster_lives_on_the_host_its_spec_names(backend: Backend) {
         &h,
         &both,
         "vc",
-        Command::Create {
+        Command::new(CreateParams {
             spec: spec_on("eu"),
-        },
+        }),
     )
     .await;
     assert_eq!(h.vcluster("vc").await.expect("vc").spec.host, "eu");
@@ -148,7 +152,7 @@ async fn a_vcluster_lives_on_the_host_its_spec_names(backend: Backend) {
         &h,
         &both,
         "vc",
-        Command::Scale {
+        Command::new(ScaleParams {
             patch: ScalePatch {
                 control_plane: Some(ControlPlanePatch {
                     replicas: Some(3),
@@ -156,7 +160,7 @@ async fn a_vcluster_lives_on_the_host_its_spec_names(backend: Backend) {
                 }),
                 quota: None,
             },
-        },
+        }),
     )
     .await;
     let vc = h.vcluster("vc").await.expect("vc");
@@ -165,9 +169,14 @@ async fn a_vcluster_lives_on_the_host_its_spec_names(backend: Backend) {
         (3, "eu")
     );
     let snap = SnapshotId(
-        succeeds(&h, &both, "vc", Command::Snapshot { description: None })
-            .await
-            .as_uuid(),
+        succeeds(
+            &h,
+            &both,
+            "vc",
+            Command::new(SnapshotParams { description: None }),
+        )
+        .await
+        .as_uuid(),
     );
 
     // A service that no longer knows `eu`: the vcluster's commands and a restore of its
@@ -177,10 +186,10 @@ async fn a_vcluster_lives_on_the_host_its_spec_names(backend: Backend) {
         &h,
         &us_only,
         "vc",
-        Command::Suspend {
+        Command::new(SuspendParams {
             snapshot: false,
             evict_workloads: false,
-        },
+        }),
         Code::FailedPrecondition,
         &["runs on host \"eu\"", "\"us\""],
     )
@@ -189,10 +198,10 @@ async fn a_vcluster_lives_on_the_host_its_spec_names(backend: Backend) {
         &h,
         &us_only,
         "copy",
-        Command::Restore {
+        Command::new(RestoreParams {
             snapshot_id: snap,
             target: RestoreTarget::NewName(name("copy")),
-        },
+        }),
         Code::InvalidArgument,
         &["\"eu\""],
     )
@@ -203,10 +212,10 @@ async fn a_vcluster_lives_on_the_host_its_spec_names(backend: Backend) {
         &h,
         &both,
         "copy",
-        Command::Restore {
+        Command::new(RestoreParams {
             snapshot_id: snap,
             target: RestoreTarget::NewName(name("copy")),
-        },
+        }),
     )
     .await;
     assert_eq!(h.vcluster("copy").await.expect("copy").spec.host, "eu");
@@ -214,10 +223,10 @@ async fn a_vcluster_lives_on_the_host_its_spec_names(backend: Backend) {
         &h,
         &both,
         "vc",
-        Command::Restore {
+        Command::new(RestoreParams {
             snapshot_id: snap,
             target: RestoreTarget::Existing(name("vc")),
-        },
+        }),
     )
     .await;
     assert_eq!(h.vcluster("vc").await.expect("vc").spec.host, "eu");
@@ -227,13 +236,13 @@ async fn a_vcluster_lives_on_the_host_its_spec_names(backend: Backend) {
         &h,
         &both,
         "west",
-        Command::Create {
+        Command::new(CreateParams {
             spec: spec_on("us"),
-        },
+        }),
     )
     .await;
     for vc in ["vc", "copy", "west"] {
-        succeeds(&h, &both, vc, Command::Delete {}).await;
+        succeeds(&h, &both, vc, Command::new(DeleteParams {})).await;
     }
     h.stop().await;
 }

@@ -16,8 +16,11 @@ use ovc_testkit::TestDb;
 use ovc_tests::ovc_bin;
 use ovc_types::OperationId;
 use ovc_types::command::Command;
+use ovc_types::command::CreateParams;
 use ovc_types::spec::VClusterSpec;
 use ovc_types::state::OperationState;
+use ovc_workflows::resume::ResumeParams;
+use ovc_workflows::suspend::SuspendParams;
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command as Process, Stdio};
 use std::sync::Arc;
@@ -210,16 +213,16 @@ async fn skewed_worker_clocks(backend: Backend) {
     let names: Vec<String> = (0..8).map(|i| format!("skew-{i}")).collect();
     let mut latencies = Vec::new();
     for command in [
-        Command::Create {
+        Command::new(CreateParams {
             spec: VClusterSpec::default(),
-        },
-        Command::Suspend {
+        }),
+        Command::new(SuspendParams {
             snapshot: false,
             evict_workloads: true,
-        },
-        Command::Resume {
+        }),
+        Command::new(ResumeParams {
             reconcile_workloads: true,
-        },
+        }),
     ] {
         let since = Instant::now();
         let mut ops = Vec::new();
@@ -304,9 +307,9 @@ async fn frozen_worker_makes_no_host_call_after_its_lease(backend: Backend) {
     let frozen = workers.spawn("frozen", lease_ms, &env);
     let mut ops = Vec::new();
     for i in 0..4 {
-        let create = Command::Create {
+        let create = Command::new(CreateParams {
             spec: VClusterSpec::default(),
-        };
+        });
         ops.push(submit(store.as_ref(), &format!("fence-{i}"), create).await);
     }
     // Freeze the worker once it is in the middle of every operation.

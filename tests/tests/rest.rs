@@ -812,6 +812,7 @@ async fn openapi_documents_every_route_and_errors_are_json() {
         ("post", "/v1/vclusters/{name}/resume"),
         ("post", "/v1/vclusters/{name}/snapshots"),
         ("post", "/v1/vclusters/{name}/scale"),
+        ("post", "/v1/vclusters/{name}/upgrade"),
         ("get", "/v1/snapshots"),
         ("get", "/v1/snapshots/{id}"),
         ("delete", "/v1/snapshots/{id}"),
@@ -834,6 +835,44 @@ async fn openapi_documents_every_route_and_errors_are_json() {
             "{method} {path}"
         );
     }
+    // The registered operations' routes come from the registry, each with its body
+    // schema: the workflow's parameters and request_id.
+    for (route, body, field) in [
+        ("suspend", "SuspendBody", "evict_workloads"),
+        ("resume", "ResumeBody", "reconcile_workloads"),
+        ("snapshots", "SnapshotBody", "description"),
+        ("scale", "ScaleBody", "control_plane"),
+        ("upgrade", "UpgradeBody", "kubernetes_version"),
+    ] {
+        let op = &doc["paths"][format!("/v1/vclusters/{{name}}/{route}")]["post"];
+        assert_eq!(
+            op["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+            format!("#/components/schemas/{body}"),
+            "{route}: {op}"
+        );
+        let schema = &doc["components"]["schemas"][body]["properties"];
+        assert!(schema[field].is_object(), "{body}: {schema}");
+        assert!(schema["request_id"].is_object(), "{body}: {schema}");
+        assert!(op["responses"]["415"].is_object(), "{route}");
+        assert_eq!(
+            op["parameters"].as_array().map(Vec::len),
+            Some(4),
+            "{route}"
+        );
+    }
+    let kinds = &doc["components"]["schemas"]["OperationKind"]["enum"];
+    assert!(
+        kinds
+            .as_array()
+            .is_some_and(|k| k.len() >= 9 && k.contains(&json!("UPGRADE"))),
+        "{kinds}"
+    );
+    // An operation the registry does not have is NOT_FOUND with API.md's error body.
+    let (s, body) = api
+        .call("POST", "/v1/vclusters/vc/explode", Some(json!({})), None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["error"]["status"], "NOT_FOUND", "{body}");
     // Query and path rejections use API.md's error body, not axum's plain text.
     for uri in [
         "/v1/events?after=-1",

@@ -8,11 +8,13 @@ use ovc_snapshots::{BACKING_STORE_FILE, MANIFEST_FILE, artifact_prefix};
 use ovc_store::Backend;
 use ovc_tests::{Harness, HarnessOptions};
 use ovc_types::command::{Command, RestoreTarget};
+use ovc_types::command::{CreateParams, DeleteParams, DeleteSnapshotParams, RestoreParams};
 use ovc_types::error::Code;
 use ovc_types::resource::Snapshot;
 use ovc_types::spec::VClusterSpec;
 use ovc_types::state::{OperationKind, OperationState, VClusterState};
 use ovc_types::{SnapshotId, SnapshotState};
+use ovc_workflows::snapshot::SnapshotParams;
 
 const BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
 
@@ -25,13 +27,15 @@ async fn vcluster_with_snapshot(h: &Harness, vc: &str) -> SnapshotId {
     let op = h
         .run(
             vc,
-            Command::Create {
+            Command::new(CreateParams {
                 spec: VClusterSpec::default(),
-            },
+            }),
         )
         .await;
     assert_eq!(op.state, OperationState::Succeeded, "create: {op:#?}");
-    let op = h.run(vc, Command::Snapshot { description: None }).await;
+    let op = h
+        .run(vc, Command::new(SnapshotParams { description: None }))
+        .await;
     assert_eq!(op.state, OperationState::Succeeded, "snapshot: {op:#?}");
     SnapshotId(op.id.as_uuid())
 }
@@ -45,14 +49,14 @@ async fn snapshot(h: &Harness, id: SnapshotId) -> Snapshot {
 }
 
 fn delete(id: SnapshotId) -> Command {
-    Command::DeleteSnapshot { snapshot_id: id }
+    Command::new(DeleteSnapshotParams { snapshot_id: id })
 }
 
 fn restore_into(id: SnapshotId, name: &str) -> Command {
-    Command::Restore {
+    Command::new(RestoreParams {
         snapshot_id: id,
         target: RestoreTarget::NewName(name.parse().expect("name")),
-    }
+    })
 }
 
 /// The artifact's files that are still in the snapshot storage.
@@ -98,7 +102,7 @@ async fn deleting_a_snapshot_removes_its_artifact_and_leaves_the_vcluster_alone(
 
         let op = h.run("vc", delete(id)).await;
         assert_eq!(op.state, OperationState::Succeeded, "{backend:?}: {op:#?}");
-        assert_eq!(op.kind, OperationKind::DeleteSnapshot);
+        assert_eq!(op.kind, OperationKind::DELETE_SNAPSHOT);
         assert_eq!(op.vcluster.as_str(), "vc");
         assert_eq!(op.vcluster_uid, before.uid);
         assert_eq!(op.result["id"], serde_json::json!(id));
@@ -128,7 +132,7 @@ async fn a_snapshot_of_a_deleted_vcluster_can_be_deleted() {
     for backend in BACKENDS {
         let h = harness(backend, "").await;
         let id = vcluster_with_snapshot(&h, "vc").await;
-        let op = h.run("vc", Command::Delete {}).await;
+        let op = h.run("vc", Command::new(DeleteParams {})).await;
         assert_eq!(op.state, OperationState::Succeeded, "{op:#?}");
         let gone = h.vcluster("vc").await.expect("vc");
         assert_eq!(gone.state, VClusterState::Deleted);
@@ -177,7 +181,9 @@ async fn refusals_at_accept_and_idempotent_repeats() {
         assert_eq!(snapshot(&h, id).await.state, SnapshotState::Ready);
 
         // A second snapshot: delete it, repeat the request, delete it again.
-        let op = h.run("vc", Command::Snapshot { description: None }).await;
+        let op = h
+            .run("vc", Command::new(SnapshotParams { description: None }))
+            .await;
         let id2 = SnapshotId(op.id.as_uuid());
         let first = h
             .submit_with("vc", delete(id2), Some("del-1"))
@@ -239,14 +245,16 @@ async fn a_racing_restore_and_delete_never_both_get_in() {
         let op = h
             .run(
                 "vc",
-                Command::Create {
+                Command::new(CreateParams {
                     spec: VClusterSpec::default(),
-                },
+                }),
             )
             .await;
         assert_eq!(op.state, OperationState::Succeeded);
         for i in 0..6 {
-            let op = h.run("vc", Command::Snapshot { description: None }).await;
+            let op = h
+                .run("vc", Command::new(SnapshotParams { description: None }))
+                .await;
             let id = SnapshotId(op.id.as_uuid());
             let target = format!("copy-{i}");
             let (restore, delete) = tokio::join!(

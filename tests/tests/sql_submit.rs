@@ -8,11 +8,14 @@ use ovc_store::{Backend, OperationFilter, PageRequest, SubmissionOutcome};
 use ovc_testkit::TestDb;
 use ovc_tests::{Harness, HarnessOptions, project};
 use ovc_types::command::Command;
+use ovc_types::command::CreateParams;
 use ovc_types::error::{Code, Status};
 use ovc_types::spec::VClusterSpec;
 use ovc_types::state::{OperationState, VClusterState};
 use ovc_types::time::RandomIds;
 use ovc_types::{OperationId, ProjectName};
+use ovc_workflows::resume::ResumeParams;
+use ovc_workflows::suspend::SuspendParams;
 use sqlx::postgres::{PgConnectOptions, PgDatabaseError, PgPool, PgPoolOptions};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -219,10 +222,10 @@ async fn a_repeated_request_id_returns_the_first_operation() {
     let api = h
         .submit_with(
             "vc-r",
-            Command::Suspend {
+            Command::new(SuspendParams {
                 snapshot: false,
                 evict_workloads: false,
-            },
+            }),
             Some("req-2"),
         )
         .await
@@ -261,9 +264,9 @@ async fn sql_refuses_invalid_transitions_with_the_api_s_code() {
     assert_eq!(
         h.run(
             "vc-t",
-            Command::Create {
+            Command::new(CreateParams {
                 spec: VClusterSpec::default()
-            }
+            })
         )
         .await
         .state,
@@ -276,28 +279,28 @@ async fn sql_refuses_invalid_transitions_with_the_api_s_code() {
             "RESUME",
             "vc-t",
             serde_json::json!({}),
-            Command::Resume {
+            Command::new(ResumeParams {
                 reconcile_workloads: false,
-            },
+            }),
         ),
         // No such vcluster.
         (
             "SUSPEND",
             "nope",
             serde_json::json!({}),
-            Command::Suspend {
+            Command::new(SuspendParams {
                 snapshot: false,
                 evict_workloads: false,
-            },
+            }),
         ),
         // The name is taken.
         (
             "CREATE",
             "vc-t",
             serde_json::json!({"spec": {}}),
-            Command::Create {
+            Command::new(CreateParams {
                 spec: VClusterSpec::default(),
-            },
+            }),
         ),
     ];
     for (kind, vc, params, command) in cases {
@@ -320,7 +323,8 @@ async fn sql_refuses_invalid_transitions_with_the_api_s_code() {
         .expect_err("busy");
     let api: Status = ovc_types::state::transition(
         Some(VClusterState::Suspending),
-        ovc_types::state::Call::Snapshot,
+        ovc_types::state::Call::On(ovc_types::state::OperationKind::SNAPSHOT),
+        &ovc_workflows::registry(),
     )
     .expect_err("the state machine refuses it")
     .into();
@@ -375,12 +379,12 @@ async fn what_only_rust_can_check_is_rejected_visibly() {
     let api_host = h
         .submit(
             "vc-y2",
-            Command::Create {
+            Command::new(CreateParams {
                 spec: VClusterSpec {
                     host: "mars".into(),
                     ..VClusterSpec::default()
                 },
-            },
+            }),
         )
         .await
         .expect_err("the API refuses the host");
@@ -427,6 +431,11 @@ async fn deciding_a_submission_twice_starts_one_operation() {
     // No worker: this test is the acceptor, and "crashes" between accepting and recording.
     let db = TestDb::new(Backend::Postgres).await;
     let store = db.open().await;
+    let registry = ovc_workflows::registry();
+    store
+        .sync_call_rules(&ovc_store::RuleTables::of(&registry, registry.kinds()))
+        .await
+        .expect("call rules");
     let pool = caller_pool(&db).await;
     let mut conn = pool.acquire().await.expect("conn");
     for request_id in [None, Some("once")] {
@@ -490,9 +499,9 @@ async fn an_upgrade_is_enqueued_from_sql_and_its_own_check_rejects_a_skip() {
     let op = h
         .run(
             "vc",
-            Command::Create {
+            Command::new(CreateParams {
                 spec: VClusterSpec::default(),
-            },
+            }),
         )
         .await;
     assert_eq!(op.state, OperationState::Succeeded);

@@ -7,11 +7,13 @@ use ovc_driver::{LABEL_PROJECT, LABEL_UID, LABEL_VCLUSTER, Target};
 use ovc_store::Backend;
 use ovc_tests::{Harness, HarnessOptions, name};
 use ovc_types::command::{Command, RestoreTarget};
+use ovc_types::command::{CreateParams, RestoreParams};
 use ovc_types::resource::{VCluster, host_namespace};
 use ovc_types::spec::VClusterSpec;
 use ovc_types::state::{OperationState, StepState, VClusterState};
 use ovc_types::time::{RandomIds, SequentialIds};
 use ovc_types::{ProjectName, SnapshotId, VClusterId};
+use ovc_workflows::snapshot::SnapshotParams;
 use std::collections::BTreeMap;
 
 fn project(s: &str) -> ProjectName {
@@ -19,9 +21,9 @@ fn project(s: &str) -> ProjectName {
 }
 
 fn create() -> Command {
-    Command::Create {
+    Command::new(CreateParams {
         spec: VClusterSpec::default(),
-    }
+    })
 }
 
 async fn run_in(
@@ -222,7 +224,7 @@ async fn a_foreign_namespace_is_refused_postgres() {
 }
 
 async fn snapshot_of(h: &Harness, p: &str, vc: &str) -> SnapshotId {
-    let op = run_in(h, p, vc, Command::Snapshot { description: None }).await;
+    let op = run_in(h, p, vc, Command::new(SnapshotParams { description: None })).await;
     assert_eq!(op.state, OperationState::Succeeded, "{op:#?}");
     SnapshotId(op.id.as_uuid())
 }
@@ -240,9 +242,11 @@ async fn restore_as_new_follows_the_same_rules(backend: Backend) {
         OperationState::Succeeded
     );
     let snap = snapshot_of(&h, "a-b", "x").await;
-    let restore = |to: &str| Command::Restore {
-        snapshot_id: snap,
-        target: RestoreTarget::NewName(name(to)),
+    let restore = |to: &str| {
+        Command::new(RestoreParams {
+            snapshot_id: snap,
+            target: RestoreTarget::NewName(name(to)),
+        })
     };
     let op = run_in(&h, "a-b", "c", restore("c")).await;
     assert_eq!(op.state, OperationState::Succeeded, "{op:#?}");
@@ -262,9 +266,11 @@ async fn restore_as_new_follows_the_same_rules(backend: Backend) {
     refused_and_untouched(
         &h,
         "copy",
-        || Command::Restore {
-            snapshot_id: snap,
-            target: RestoreTarget::NewName(name("copy")),
+        || {
+            Command::new(RestoreParams {
+                snapshot_id: snap,
+                target: RestoreTarget::NewName(name("copy")),
+            })
         },
         &unlabelled,
         "was not created by ovc",

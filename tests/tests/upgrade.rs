@@ -12,16 +12,19 @@ use ovc_driver::Target;
 use ovc_store::Backend;
 use ovc_tests::{Harness, HarnessOptions};
 use ovc_types::command::Command;
+use ovc_types::command::CreateParams;
 use ovc_types::error::Code;
 use ovc_types::spec::VClusterSpec;
-use ovc_types::state::{OperationKind, OperationState, VClusterState};
+use ovc_types::state::{OperationState, VClusterState};
 use ovc_types::{SnapshotId, SnapshotState};
+use ovc_workflows::suspend::SuspendParams;
+use ovc_workflows::upgrade::UpgradeParams;
 
 fn upgrade(chart: Option<&str>, kubernetes: Option<&str>) -> Command {
-    Command::Upgrade {
+    Command::new(UpgradeParams {
         vcluster_version: chart.map(str::to_string),
         kubernetes_version: kubernetes.map(str::to_string),
-    }
+    })
 }
 
 async fn harness(faults: &str) -> Harness {
@@ -33,9 +36,9 @@ async fn running(h: &Harness, vc: &str) {
     let op = h
         .run(
             vc,
-            Command::Create {
+            Command::new(CreateParams {
                 spec: VClusterSpec::default(),
-            },
+            }),
         )
         .await;
     assert_eq!(op.state, OperationState::Succeeded, "{op:#?}");
@@ -63,7 +66,7 @@ async fn a_create_records_the_default_chart_version_and_an_upgrade_moves_it_one_
 
     let op = h.run("vc", upgrade(Some("0.30.0"), None)).await;
     assert_eq!(op.state, OperationState::Succeeded, "{op:#?}");
-    assert_eq!(op.kind, OperationKind::Upgrade);
+    assert_eq!(op.kind, ovc_workflows::upgrade::KIND);
     let steps: Vec<&str> = op.steps.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(
         steps,
@@ -169,10 +172,10 @@ async fn accept_refuses_what_the_spec_already_rules_out_and_writes_nothing() {
     let op = h
         .run(
             "vc",
-            Command::Suspend {
+            Command::new(SuspendParams {
                 snapshot: false,
                 evict_workloads: false,
-            },
+            }),
         )
         .await;
     assert_eq!(op.state, OperationState::Succeeded);

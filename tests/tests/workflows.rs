@@ -6,25 +6,30 @@
 use ovc_store::Backend;
 use ovc_tests::{Harness, HarnessOptions};
 use ovc_types::command::{Command, RestoreTarget};
+use ovc_types::command::{CreateParams, DeleteParams, DeleteSnapshotParams, RestoreParams};
 use ovc_types::spec::{ControlPlanePatch, ScalePatch, VClusterSpec};
 use ovc_types::state::{OperationState, VClusterState};
 use ovc_types::{SnapshotId, SnapshotState};
+use ovc_workflows::resume::ResumeParams;
+use ovc_workflows::scale::ScaleParams;
+use ovc_workflows::snapshot::SnapshotParams;
+use ovc_workflows::suspend::SuspendParams;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_lifecycle_on_postgres() {
     let h = Harness::start(Backend::Postgres, HarnessOptions::default()).await;
     let steps = [
-        Command::Create {
+        Command::new(CreateParams {
             spec: VClusterSpec::default(),
-        },
-        Command::Suspend {
+        }),
+        Command::new(SuspendParams {
             snapshot: true,
             evict_workloads: true,
-        },
-        Command::Resume {
+        }),
+        Command::new(ResumeParams {
             reconcile_workloads: true,
-        },
-        Command::Snapshot { description: None },
+        }),
+        Command::new(SnapshotParams { description: None }),
     ];
     let mut last = None;
     for c in steps {
@@ -36,7 +41,7 @@ async fn full_lifecycle_on_postgres() {
     let op = h
         .run(
             "vc",
-            Command::Scale {
+            Command::new(ScaleParams {
                 patch: ScalePatch {
                     control_plane: Some(ControlPlanePatch {
                         replicas: Some(3),
@@ -44,7 +49,7 @@ async fn full_lifecycle_on_postgres() {
                     }),
                     quota: None,
                 },
-            },
+            }),
         )
         .await;
     assert_eq!(op.state, OperationState::Succeeded, "{op:#?}");
@@ -67,16 +72,16 @@ async fn full_lifecycle_on_postgres() {
         let op = h
             .run(
                 &vc,
-                Command::Restore {
+                Command::new(RestoreParams {
                     snapshot_id: snap,
                     target,
-                },
+                }),
             )
             .await;
         assert_eq!(op.state, OperationState::Succeeded, "{op:#?}");
     }
     for vc in ["copy", "vc"] {
-        let op = h.run(vc, Command::Delete {}).await;
+        let op = h.run(vc, Command::new(DeleteParams {})).await;
         assert_eq!(op.state, OperationState::Succeeded, "{op:#?}");
         assert_eq!(
             h.vcluster(vc).await.map(|v| v.state),
@@ -85,7 +90,10 @@ async fn full_lifecycle_on_postgres() {
     }
     // Snapshots outlive their vcluster; deleting one of a DELETED vcluster works.
     let op = h
-        .run("vc", Command::DeleteSnapshot { snapshot_id: snap })
+        .run(
+            "vc",
+            Command::new(DeleteSnapshotParams { snapshot_id: snap }),
+        )
         .await;
     assert_eq!(op.state, OperationState::Succeeded, "{op:#?}");
     let deleted = h.store.get_snapshot(snap).await.expect("get").expect("row");

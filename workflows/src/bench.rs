@@ -11,8 +11,11 @@ use ovc_types::state::{OperationKind, VClusterState};
 /// The bench workflow.
 pub fn definition() -> WorkflowDef {
     WorkflowDef {
-        kind: OperationKind::Create,
+        kind: OperationKind::CREATE,
         name: "bench",
+        params: ovc_engine::ParamsDef::of::<ovc_types::command::CreateParams>(),
+        rule: crate::create::RULE,
+        api: None,
         steps: vec![
             StepDef::new("bench_1", |c| look(c).boxed()),
             StepDef::new("bench_2", |c| look(c).boxed()),

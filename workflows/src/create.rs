@@ -5,9 +5,11 @@
 use crate::common::{CHECK_IN, values, wait_ready};
 use futures::FutureExt;
 use ovc_driver::{NamespaceOutcome, Owner};
+use ovc_engine::ParamsDef;
 use ovc_engine::model::{Settlement, WorkflowDef};
 use ovc_engine::{StepCtx, StepDef, StepError, StepKey, StepOutput, StepResult};
-use ovc_types::state::{OperationKind, VClusterState};
+use ovc_types::command::CreateParams;
+use ovc_types::state::{CallRule, OperationKind, VClusterState};
 use serde::{Deserialize, Serialize};
 
 /// `create_namespace` journals the namespace and whether this operation created it.
@@ -38,11 +40,23 @@ pub(crate) struct ReleaseEnsured {
     created: Option<bool>,
 }
 
+/// CREATE's row of the transition table: it makes a vcluster, never runs on one.
+pub const RULE: CallRule = CallRule {
+    verb: "create",
+    new_verb: Some("create"),
+    starts_from: &[],
+    in_progress: Some(VClusterState::Creating),
+    hints: &[],
+};
+
 /// The create workflow.
 pub fn definition() -> WorkflowDef {
     WorkflowDef {
-        kind: OperationKind::Create,
+        kind: OperationKind::CREATE,
         name: "create",
+        params: ParamsDef::of::<CreateParams>(),
+        rule: RULE,
+        api: None,
         steps: vec![
             StepDef::new(CREATE_NAMESPACE.name, |c| create_namespace(c).boxed())
                 .undo(|c| delete_namespace(c).boxed()),
@@ -155,6 +169,7 @@ async fn read_kubeconfig(ctx: &StepCtx) -> StepResult {
 mod sweeps {
     use crate::sweep::{Fixture, Harness, sweeps};
     use ovc_types::command::Command;
+    use ovc_types::command::CreateParams;
     use ovc_types::spec::VClusterSpec;
 
     /// No vcluster yet.
@@ -162,9 +177,9 @@ mod sweeps {
 
     impl Fixture for Nothing {
         async fn setup(&self, _: &Harness) -> Command {
-            Command::Create {
+            Command::new(CreateParams {
                 spec: VClusterSpec::default(),
-            }
+            })
         }
     }
 

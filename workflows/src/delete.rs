@@ -14,8 +14,21 @@ use ovc_types::state::{OperationKind, VClusterState};
 /// The delete workflow.
 pub fn definition() -> WorkflowDef {
     WorkflowDef {
-        kind: OperationKind::Delete,
+        kind: OperationKind::DELETE,
         name: "delete",
+        params: ovc_engine::ParamsDef::of::<ovc_types::command::DeleteParams>(),
+        rule: ovc_types::state::CallRule {
+            verb: "delete",
+            new_verb: None,
+            starts_from: &[
+                VClusterState::Running,
+                VClusterState::Suspended,
+                VClusterState::Failed,
+            ],
+            in_progress: Some(VClusterState::Deleting),
+            hints: &[],
+        },
+        api: None,
         steps: vec![
             StepDef::new("uninstall_release", |c| uninstall(c).boxed())
                 .undo(|c| cannot_undo(c).boxed())
@@ -59,6 +72,7 @@ async fn delete_namespace(ctx: &StepCtx) -> StepResult {
 mod sweeps {
     use crate::sweep::{self, Fixture, Harness, sweeps};
     use ovc_types::command::Command;
+    use ovc_types::command::DeleteParams;
 
     /// A RUNNING vcluster. A failure after the uninstall (declared irreversible) leaves
     /// the operation STUCK and the vcluster FAILED; the sweep expects that from the
@@ -68,7 +82,7 @@ mod sweeps {
     impl Fixture for Running {
         async fn setup(&self, h: &Harness) -> Command {
             sweep::create(h, "vc").await;
-            Command::Delete {}
+            Command::new(DeleteParams {})
         }
     }
 

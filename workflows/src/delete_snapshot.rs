@@ -25,7 +25,7 @@ use ovc_snapshots::{
     delete_snapshot, verify_snapshot,
 };
 use ovc_types::SnapshotId;
-use ovc_types::command::Command;
+use ovc_types::command::DeleteSnapshotParams;
 use ovc_types::error::{Code, Status};
 use ovc_types::event::{Event, StreamName};
 use ovc_types::resource::Snapshot;
@@ -34,8 +34,12 @@ use ovc_types::state::{OperationKind, SnapshotState};
 /// The snapshot-deletion workflow.
 pub fn definition() -> WorkflowDef {
     WorkflowDef {
-        kind: OperationKind::DeleteSnapshot,
+        kind: OperationKind::DELETE_SNAPSHOT,
         name: "delete_snapshot",
+        params: ovc_engine::ParamsDef::of::<DeleteSnapshotParams>(),
+        // Outside the vcluster's state machine: accept checks the snapshot instead.
+        rule: ovc_types::state::CallRule::outside("delete snapshot"),
+        api: None,
         steps: vec![
             StepDef::new("delete_artifacts", |c| delete_artifacts(c).boxed()).max_attempts(10),
         ],
@@ -53,13 +57,7 @@ pub fn definition() -> WorkflowDef {
 }
 
 fn snapshot_id(ctx: &StepCtx) -> Result<SnapshotId, StepError> {
-    match &ctx.command {
-        Command::DeleteSnapshot { snapshot_id } => Ok(*snapshot_id),
-        _ => Err(StepError::permanent(
-            Code::Internal,
-            "delete_snapshot step without a DeleteSnapshot command",
-        )),
-    }
+    Ok(ctx.params::<DeleteSnapshotParams>()?.snapshot_id)
 }
 
 /// The snapshot's record, and its artifact prefix.
@@ -197,7 +195,7 @@ async fn reinstate(ctx: &StepCtx) -> StepResult {
 mod sweeps {
     use crate::sweep::{self, Fixture, Harness, sweeps};
     use ovc_types::SnapshotState;
-    use ovc_types::command::Command;
+    use ovc_types::command::{Command, DeleteSnapshotParams};
     use ovc_types::resource::Operation;
 
     /// A READY snapshot of a RUNNING vcluster, whose state the deletion leaves alone.
@@ -206,17 +204,16 @@ mod sweeps {
     impl Fixture for Ready {
         async fn setup(&self, h: &Harness) -> Command {
             sweep::create(h, "vc").await;
-            Command::DeleteSnapshot {
+            Command::new(DeleteSnapshotParams {
                 snapshot_id: sweep::snapshot(h, "vc").await,
-            }
+            })
         }
 
         /// The artifact was never touched: the snapshot is READY again.
         async fn after_compensation(&self, h: &Harness, op: &Operation, failed: &str) {
-            let Command::DeleteSnapshot { snapshot_id } = &op.command else {
-                panic!("not a snapshot deletion: {:?}", op.command);
-            };
-            let snap = h.store.get_snapshot(*snapshot_id).await.expect("get");
+            let DeleteSnapshotParams { snapshot_id } =
+                op.command.params().expect("a snapshot deletion");
+            let snap = h.store.get_snapshot(snapshot_id).await.expect("get");
             let state = snap.expect("the snapshot's row").state;
             assert_eq!(state, SnapshotState::Ready, "failed at {failed}");
         }

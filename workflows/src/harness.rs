@@ -183,6 +183,12 @@ impl Harness {
     pub async fn start(backend: Backend, options: HarnessOptions) -> Harness {
         let db = TestDb::new(backend).await;
         let store = db.open().await;
+        // As `ovc migrate` does (the worker does it too, but asynchronously).
+        let registry = crate::registry();
+        store
+            .sync_call_rules(&ovc_store::RuleTables::of(&registry, registry.kinds()))
+            .await
+            .expect("call rules");
         let dir = tempfile::tempdir().expect("artifacts dir");
         let artifacts: Arc<dyn ArtifactStore> = Arc::new(
             OpendalArtifacts::from_url(&dir.path().display().to_string()).expect("artifacts"),

@@ -6,6 +6,8 @@
 
 pub mod bench;
 mod common;
+#[cfg(test)]
+mod contract;
 pub mod create;
 pub mod delete;
 pub mod delete_snapshot;

@@ -17,7 +17,7 @@ use ovc_engine::model::{Settlement, WorkflowDef};
 use ovc_engine::{StepCtx, StepDef, StepError, StepKey, StepOutput, StepResult};
 use ovc_snapshots::{ManifestInput, artifact_prefix};
 use ovc_types::SnapshotId;
-use ovc_types::command::{Command, RestoreTarget};
+use ovc_types::command::{Command, RestoreParams, RestoreTarget};
 use ovc_types::error::Code;
 use ovc_types::state::{OperationKind, SnapshotState, VClusterState};
 use serde::{Deserialize, Serialize};
@@ -25,8 +25,18 @@ use serde::{Deserialize, Serialize};
 /// The restore workflow.
 pub fn definition() -> WorkflowDef {
     WorkflowDef {
-        kind: OperationKind::Restore,
+        kind: OperationKind::RESTORE,
         name: "restore",
+        params: ovc_engine::ParamsDef::of::<RestoreParams>(),
+        // Into a new vcluster (a hand-written call of its own), or over one.
+        rule: ovc_types::state::CallRule {
+            verb: "restore",
+            new_verb: Some("restore into a new vcluster"),
+            starts_from: &[VClusterState::Running, VClusterState::Suspended],
+            in_progress: Some(VClusterState::Restoring),
+            hints: &[],
+        },
+        api: None,
         steps: vec![
             StepDef::new("verify_snapshot", |c| verify(c).boxed()),
             StepDef::new(create::CREATE_NAMESPACE.name, |c| {
@@ -84,11 +94,11 @@ struct SafetyCopy {
 
 fn overwrites(c: &Command) -> bool {
     matches!(
-        c,
-        Command::Restore {
+        c.params::<RestoreParams>(),
+        Ok(RestoreParams {
             target: RestoreTarget::Existing(_),
             ..
-        }
+        })
     )
 }
 
@@ -97,13 +107,7 @@ fn creates(c: &Command) -> bool {
 }
 
 fn snapshot_id(ctx: &StepCtx) -> Result<SnapshotId, StepError> {
-    match &ctx.command {
-        Command::Restore { snapshot_id, .. } => Ok(*snapshot_id),
-        _ => Err(StepError::permanent(
-            Code::Internal,
-            "restore step without a restore command",
-        )),
-    }
+    Ok(ctx.params::<RestoreParams>()?.snapshot_id)
 }
 
 /// The snapshot to restore (it must be READY), its artifact's prefix and the manifest
@@ -242,7 +246,9 @@ async fn repause(ctx: &StepCtx) -> StepResult {
 
 #[cfg(test)]
 mod sweeps {
+    use crate::suspend::SuspendParams;
     use crate::sweep::{self, Fixture, Harness, sweeps};
+    use ovc_types::command::RestoreParams;
     use ovc_types::command::{Command, RestoreTarget};
 
     /// A RUNNING vcluster `vc` and a snapshot of it, restored over `vc`.
@@ -251,10 +257,10 @@ mod sweeps {
     impl Fixture for OverExisting {
         async fn setup(&self, h: &Harness) -> Command {
             sweep::create(h, "vc").await;
-            Command::Restore {
+            Command::new(RestoreParams {
                 snapshot_id: sweep::snapshot(h, "vc").await,
                 target: RestoreTarget::Existing("vc".parse().expect("name")),
-            }
+            })
         }
     }
 
@@ -266,15 +272,15 @@ mod sweeps {
         async fn setup(&self, h: &Harness) -> Command {
             sweep::create(h, "vc").await;
             let snapshot_id = sweep::snapshot(h, "vc").await;
-            let suspend = Command::Suspend {
+            let suspend = Command::new(SuspendParams {
                 snapshot: false,
                 evict_workloads: false,
-            };
+            });
             sweep::succeed(h, "vc", suspend).await;
-            Command::Restore {
+            Command::new(RestoreParams {
                 snapshot_id,
                 target: RestoreTarget::Existing("vc".parse().expect("name")),
-            }
+            })
         }
     }
 
@@ -288,10 +294,10 @@ mod sweeps {
 
         async fn setup(&self, h: &Harness) -> Command {
             sweep::create(h, "vc").await;
-            Command::Restore {
+            Command::new(RestoreParams {
                 snapshot_id: sweep::snapshot(h, "vc").await,
                 target: RestoreTarget::NewName("copy".parse().expect("name")),
-            }
+            })
         }
     }
 

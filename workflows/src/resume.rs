@@ -5,26 +5,67 @@
 use crate::common::{health_check, wait_ready};
 use futures::FutureExt;
 use ovc_engine::model::{Settlement, WorkflowDef};
-use ovc_engine::{StepCtx, StepDef, StepOutput, StepResult};
-use ovc_types::command::Command;
-use ovc_types::state::{OperationKind, VClusterState};
+use ovc_engine::{
+    OperationApi, OperationBody, ParamsDef, StepCtx, StepDef, StepOutput, StepResult,
+};
+use ovc_types::command::{Command, OperationParams};
+use ovc_types::error::Status;
+use ovc_types::state::{CallRule, OperationKind, VClusterState};
+use serde::{Deserialize, Serialize};
+
+/// ResumeVCluster's parameters: `POST /v1/vclusters/{name}/resume`'s body, `ovc vc
+/// resume`'s flags.
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, clap::Args,
+)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeParams {
+    /// Trigger a workload reconcile once the control plane is ready.
+    #[serde(default)]
+    #[arg(long)]
+    pub reconcile_workloads: bool,
+}
+
+impl OperationParams for ResumeParams {
+    const KIND: OperationKind = OperationKind::RESUME;
+}
+
+impl OperationBody for ResumeParams {
+    type Body = Self;
+    type Args = Self;
+    fn from_body(body: Self) -> Result<Self, Status> {
+        Ok(body)
+    }
+    fn body_of_args(args: Self) -> Result<serde_json::Value, String> {
+        serde_json::to_value(args).map_err(|e| e.to_string())
+    }
+}
 
 /// The resume workflow.
 pub fn definition() -> WorkflowDef {
     WorkflowDef {
-        kind: OperationKind::Resume,
+        kind: ResumeParams::KIND,
         name: "resume",
+        params: ParamsDef::of::<ResumeParams>(),
+        rule: CallRule {
+            verb: "resume",
+            new_verb: None,
+            starts_from: &[VClusterState::Suspended],
+            in_progress: Some(VClusterState::Resuming),
+            hints: &[(VClusterState::Running, "; it is already running")],
+        },
+        api: Some(OperationApi::of::<ResumeParams>(
+            "resume",
+            "resume",
+            "Resume a suspended vcluster",
+        )),
         steps: vec![
             StepDef::new("scale_up", |c| scale_up(c).boxed()).undo(|c| scale_down(c).boxed()),
             StepDef::new("wait_ready", |c| wait_ready(c).boxed()),
             StepDef::new("health_check", |c| health_check(c).boxed()),
-            StepDef::new("reconcile_workloads", |c| reconcile(c).boxed()).skip_if(|c| {
-                !matches!(
-                    c,
-                    Command::Resume {
-                        reconcile_workloads: true
-                    }
-                )
+            StepDef::new("reconcile_workloads", |c| reconcile(c).boxed()).skip_if(|c: &Command| {
+                !c.params::<ResumeParams>()
+                    .map_or(true, |p| p.reconcile_workloads)
             }),
         ],
         settle: |_| {
@@ -65,6 +106,8 @@ async fn reconcile(ctx: &StepCtx) -> StepResult {
 
 #[cfg(test)]
 mod sweeps {
+    use super::ResumeParams;
+    use crate::suspend::SuspendParams;
     use crate::sweep::{self, Fixture, Harness, sweeps};
     use ovc_types::command::Command;
 
@@ -74,14 +117,14 @@ mod sweeps {
     impl Fixture for Suspended {
         async fn setup(&self, h: &Harness) -> Command {
             sweep::create(h, "vc").await;
-            let suspend = Command::Suspend {
+            let suspend = Command::new(SuspendParams {
                 snapshot: false,
                 evict_workloads: false,
-            };
+            });
             sweep::succeed(h, "vc", suspend).await;
-            Command::Resume {
+            Command::new(ResumeParams {
                 reconcile_workloads: true,
-            }
+            })
         }
     }
 

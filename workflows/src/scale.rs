@@ -6,18 +6,112 @@
 use crate::common::{values, wait_ready};
 use futures::FutureExt;
 use ovc_engine::model::{Settlement, WorkflowDef};
-use ovc_engine::{StepCtx, StepDef, StepError, StepOutput, StepResult};
-use ovc_types::command::Command;
-use ovc_types::error::{Code, Status};
+use ovc_engine::{
+    OperationApi, OperationBody, ParamsDef, StepCtx, StepDef, StepError, StepOutput, StepResult,
+};
+use ovc_types::command::{Command, OperationParams};
+use ovc_types::error::Status;
 use ovc_types::resource::VCluster;
-use ovc_types::spec::VClusterSpec;
-use ovc_types::state::{OperationKind, VClusterState};
+use ovc_types::spec::{ControlPlanePatch, QuotaPatch, ScalePatch, VClusterSpec};
+use ovc_types::state::{CallRule, OperationKind, VClusterState};
+use serde::{Deserialize, Serialize};
+
+/// ScaleVCluster's parameters, as the log records them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleParams {
+    /// The fields to change.
+    pub patch: ScalePatch,
+}
+
+impl OperationParams for ScaleParams {
+    const KIND: OperationKind = OperationKind::SCALE;
+}
+
+/// `POST /v1/vclusters/{name}/scale`'s body: only the given fields change.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleBody {
+    /// Control-plane replicas and resources.
+    #[serde(default)]
+    pub control_plane: Option<ControlPlanePatch>,
+    /// The quota.
+    #[serde(default)]
+    pub quota: Option<QuotaPatch>,
+}
+
+/// `ovc vc scale`'s flags: only the given values change.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ScaleArgs {
+    /// Control-plane replicas (1 or 3).
+    #[arg(long)]
+    pub replicas: Option<u32>,
+    /// Control-plane CPU request, e.g. 500m.
+    #[arg(long)]
+    pub cpu: Option<String>,
+    /// Control-plane memory request, e.g. 512Mi.
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Quota pods.
+    #[arg(long)]
+    pub quota_pods: Option<u32>,
+}
+
+impl OperationBody for ScaleParams {
+    type Body = ScaleBody;
+    type Args = ScaleArgs;
+    fn from_body(body: ScaleBody) -> Result<Self, Status> {
+        Ok(ScaleParams {
+            patch: ScalePatch {
+                control_plane: body.control_plane,
+                quota: body.quota,
+            },
+        })
+    }
+    fn body_of_args(a: ScaleArgs) -> Result<serde_json::Value, String> {
+        let quantity = |flag: &str, v: Option<String>| {
+            v.map(|v| ovc_types::Quantity::parse(&v).map_err(|e| format!("{flag}: {e}")))
+                .transpose()
+        };
+        let control_plane = (a.replicas.is_some() || a.cpu.is_some() || a.memory.is_some())
+            .then(|| {
+                Ok::<_, String>(ControlPlanePatch {
+                    replicas: a.replicas,
+                    cpu: quantity("--cpu", a.cpu)?,
+                    memory: quantity("--memory", a.memory)?,
+                })
+            })
+            .transpose()?;
+        let quota = a.quota_pods.map(|p| QuotaPatch {
+            pods: Some(p),
+            ..QuotaPatch::default()
+        });
+        serde_json::to_value(ScalePatch {
+            control_plane,
+            quota,
+        })
+        .map_err(|e| e.to_string())
+    }
+}
 
 /// The scale workflow.
 pub fn definition() -> WorkflowDef {
     WorkflowDef {
-        kind: OperationKind::Scale,
+        kind: ScaleParams::KIND,
         name: "scale",
+        params: ParamsDef::of::<ScaleParams>(),
+        rule: CallRule {
+            verb: "scale",
+            new_verb: None,
+            starts_from: &[VClusterState::Running],
+            in_progress: Some(VClusterState::Scaling),
+            hints: &[(VClusterState::Suspended, "; resume it first")],
+        },
+        api: Some(OperationApi::of::<ScaleParams>(
+            "scale",
+            "scale",
+            "Change the control plane or quota (only the given fields)",
+        )),
         steps: vec![
             StepDef::new("upgrade_release", |c| upgrade(c).boxed()).undo(|c| downgrade(c).boxed()),
             StepDef::new("wait_ready", |c| wait_ready(c).boxed()),
@@ -37,24 +131,14 @@ pub fn definition() -> WorkflowDef {
 
 /// Accept's check: the patch must make a valid spec that differs from the current one.
 fn admit(command: &Command, vc: &VCluster) -> Result<(), Status> {
-    match command {
-        Command::Scale { patch } => patch.apply_to(&vc.spec).map(drop).map_err(Status::from),
-        other => Err(Status::internal(format!(
-            "the scale workflow was given a {} command",
-            other.kind()
-        ))),
-    }
+    let ScaleParams { patch } = command.params()?;
+    patch.apply_to(&vc.spec).map(drop).map_err(Status::from)
 }
 
 /// The spec after the patch. The vcluster's spec cannot change while it is SCALING (one
 /// operation at a time), so this is the same on every replay.
 fn new_spec(ctx: &StepCtx) -> Result<VClusterSpec, StepError> {
-    let Command::Scale { patch } = &ctx.command else {
-        return Err(StepError::permanent(
-            Code::Internal,
-            "scale step without a scale command",
-        ));
-    };
+    let ScaleParams { patch } = ctx.params()?;
     patch
         .apply_to(ctx.spec()?)
         .map_err(|e| StepError::Permanent(e.into()))
@@ -80,6 +164,7 @@ async fn downgrade(ctx: &StepCtx) -> StepResult {
 
 #[cfg(test)]
 mod sweeps {
+    use super::ScaleParams;
     use crate::sweep::{self, Fixture, Harness, sweeps};
     use ovc_types::command::Command;
     use ovc_types::spec::{ControlPlanePatch, ScalePatch};
@@ -90,7 +175,7 @@ mod sweeps {
     impl Fixture for Running {
         async fn setup(&self, h: &Harness) -> Command {
             sweep::create(h, "vc").await;
-            Command::Scale {
+            Command::new(ScaleParams {
                 patch: ScalePatch {
                     control_plane: Some(ControlPlanePatch {
                         replicas: Some(3),
@@ -98,7 +183,7 @@ mod sweeps {
                     }),
                     quota: None,
                 },
-            }
+            })
         }
     }
 

@@ -9,9 +9,51 @@ use crate::common::{
 };
 use futures::FutureExt;
 use ovc_engine::model::{Settlement, WorkflowDef};
-use ovc_engine::{StepCtx, StepDef, StepKey, StepOutput, StepResult};
-use ovc_types::command::Command;
-use ovc_types::state::{OperationKind, VClusterState};
+use ovc_engine::{
+    OperationApi, OperationBody, ParamsDef, StepCtx, StepDef, StepKey, StepOutput, StepResult,
+};
+use ovc_types::command::OperationParams;
+use ovc_types::error::Status;
+use ovc_types::state::{CallRule, OperationKind, VClusterState};
+use serde::{Deserialize, Serialize};
+
+/// SnapshotVCluster's parameters: `POST /v1/vclusters/{name}/snapshots`'s body, `ovc vc
+/// snapshot`'s flags.
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, clap::Args,
+)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotParams {
+    /// Free text kept with the snapshot (at most 1 KiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[arg(long)]
+    pub description: Option<String>,
+}
+
+impl OperationParams for SnapshotParams {
+    const KIND: OperationKind = OperationKind::SNAPSHOT;
+
+    fn validate(&self) -> Result<(), Status> {
+        if self.description.as_ref().is_some_and(|d| d.len() > 1024) {
+            return Err(
+                Status::invalid_argument("description is longer than 1024 bytes")
+                    .with_reason("INVALID_DESCRIPTION"),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl OperationBody for SnapshotParams {
+    type Body = Self;
+    type Args = Self;
+    fn from_body(body: Self) -> Result<Self, Status> {
+        Ok(body)
+    }
+    fn body_of_args(args: Self) -> Result<serde_json::Value, String> {
+        serde_json::to_value(args).map_err(|e| e.to_string())
+    }
+}
 
 /// `upload_snapshot` journals the snapshot it wrote; `verify_snapshot` checks it.
 const UPLOAD_SNAPSHOT: StepKey<TakenSnapshot> = StepKey::named("upload_snapshot");
@@ -19,8 +61,21 @@ const UPLOAD_SNAPSHOT: StepKey<TakenSnapshot> = StepKey::named("upload_snapshot"
 /// The snapshot workflow.
 pub fn definition() -> WorkflowDef {
     WorkflowDef {
-        kind: OperationKind::Snapshot,
+        kind: SnapshotParams::KIND,
         name: "snapshot",
+        params: ParamsDef::of::<SnapshotParams>(),
+        rule: CallRule {
+            verb: "snapshot",
+            new_verb: None,
+            starts_from: &[VClusterState::Running],
+            in_progress: Some(VClusterState::Snapshotting),
+            hints: &[(VClusterState::Suspended, "; resume it first")],
+        },
+        api: Some(OperationApi::of::<SnapshotParams>(
+            "snapshot",
+            "snapshots",
+            "Snapshot a running vcluster (the result is the snapshot)",
+        )),
         steps: vec![
             StepDef::new(UPLOAD_SNAPSHOT.name, |c| upload(c).boxed())
                 .undo(|c| delete_own_snapshot(c).boxed()),
@@ -40,10 +95,7 @@ pub fn definition() -> WorkflowDef {
 }
 
 async fn upload(ctx: &StepCtx) -> StepResult {
-    let description = match &ctx.command {
-        Command::Snapshot { description } => description.clone(),
-        _ => None,
-    };
+    let description = ctx.params::<SnapshotParams>()?.description;
     take_snapshot(ctx, description).await
 }
 
@@ -59,6 +111,7 @@ async fn verify(ctx: &StepCtx) -> StepResult {
 
 #[cfg(test)]
 mod sweeps {
+    use super::SnapshotParams;
     use crate::sweep::{self, Fixture, Harness, sweeps};
     use ovc_types::command::Command;
 
@@ -68,9 +121,9 @@ mod sweeps {
     impl Fixture for Running {
         async fn setup(&self, h: &Harness) -> Command {
             sweep::create(h, "vc").await;
-            Command::Snapshot {
+            Command::new(SnapshotParams {
                 description: Some("sweep".into()),
-            }
+            })
         }
     }
 

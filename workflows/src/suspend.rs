@@ -5,21 +5,70 @@
 use crate::common::{CHECK_IN, delete_own_snapshot, take_snapshot, wait_pods_gone};
 use futures::FutureExt;
 use ovc_engine::model::{Settlement, WorkflowDef};
-use ovc_engine::{StepCtx, StepDef, StepOutput, StepResult};
-use ovc_types::command::Command;
-use ovc_types::state::{OperationKind, VClusterState};
+use ovc_engine::{
+    OperationApi, OperationBody, ParamsDef, StepCtx, StepDef, StepOutput, StepResult,
+};
+use ovc_types::command::{Command, OperationParams};
+use ovc_types::error::Status;
+use ovc_types::state::{CallRule, OperationKind, VClusterState};
+use serde::{Deserialize, Serialize};
+
+/// SuspendVCluster's parameters: `POST /v1/vclusters/{name}/suspend`'s body, `ovc vc
+/// suspend`'s flags.
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, clap::Args,
+)]
+#[serde(deny_unknown_fields)]
+pub struct SuspendParams {
+    /// Take a snapshot first.
+    #[serde(default)]
+    #[arg(long)]
+    pub snapshot: bool,
+    /// Evict workload pods before scaling the control plane down.
+    #[serde(default)]
+    #[arg(long)]
+    pub evict_workloads: bool,
+}
+
+impl OperationParams for SuspendParams {
+    const KIND: OperationKind = OperationKind::SUSPEND;
+}
+
+impl OperationBody for SuspendParams {
+    type Body = Self;
+    type Args = Self;
+    fn from_body(body: Self) -> Result<Self, Status> {
+        Ok(body)
+    }
+    fn body_of_args(args: Self) -> Result<serde_json::Value, String> {
+        serde_json::to_value(args).map_err(|e| e.to_string())
+    }
+}
 
 /// The suspend workflow.
 pub fn definition() -> WorkflowDef {
     WorkflowDef {
-        kind: OperationKind::Suspend,
+        kind: SuspendParams::KIND,
         name: "suspend",
+        params: ParamsDef::of::<SuspendParams>(),
+        rule: CallRule {
+            verb: "suspend",
+            new_verb: None,
+            starts_from: &[VClusterState::Running],
+            in_progress: Some(VClusterState::Suspending),
+            hints: &[(VClusterState::Suspended, "; it is already suspended")],
+        },
+        api: Some(OperationApi::of::<SuspendParams>(
+            "suspend",
+            "suspend",
+            "Suspend: optionally snapshot and evict, then scale to zero",
+        )),
         steps: vec![
             StepDef::new("snapshot", |c| {
                 take_snapshot(c, Some("taken by suspend".into())).boxed()
             })
             .undo(|c| delete_own_snapshot(c).boxed())
-            .skip_if(|c| !matches!(c, Command::Suspend { snapshot: true, .. })),
+            .skip_if(|c| !params(c).snapshot),
             StepDef::new("evict_workloads", |c| evict_workloads(c).boxed())
                 .undo(|c| reconcile_workloads(c).boxed())
                 .skip_if(no_eviction),
@@ -41,14 +90,16 @@ pub fn definition() -> WorkflowDef {
     }
 }
 
+/// The parameters of `c` (accept checked them; undecodable ones plan every step).
+fn params(c: &Command) -> SuspendParams {
+    c.params().unwrap_or(SuspendParams {
+        snapshot: true,
+        evict_workloads: true,
+    })
+}
+
 fn no_eviction(c: &Command) -> bool {
-    !matches!(
-        c,
-        Command::Suspend {
-            evict_workloads: true,
-            ..
-        }
-    )
+    !params(c).evict_workloads
 }
 
 async fn evict_workloads(ctx: &StepCtx) -> StepResult {
@@ -98,6 +149,7 @@ async fn scale_back(ctx: &StepCtx) -> StepResult {
 
 #[cfg(test)]
 mod sweeps {
+    use super::SuspendParams;
     use crate::sweep::{self, Fixture, Harness, sweeps};
     use ovc_types::command::Command;
     use ovc_types::resource::Operation;
@@ -108,10 +160,10 @@ mod sweeps {
     impl Fixture for Running {
         async fn setup(&self, h: &Harness) -> Command {
             sweep::create(h, "vc").await;
-            Command::Suspend {
+            Command::new(SuspendParams {
                 snapshot: true,
                 evict_workloads: true,
-            }
+            })
         }
 
         /// The snapshot taken by the first step is DELETED by its undo (there is none

@@ -21,6 +21,7 @@
 
 pub(crate) use crate::harness::Harness;
 use crate::harness::HarnessOptions;
+use crate::snapshot::SnapshotParams;
 use ovc_driver::sim::{FaultKind, FaultRule, SimConfig, SimRelease};
 use ovc_driver::{CallCtx, HostDriver, Target};
 use ovc_engine::journal::Journal;
@@ -28,7 +29,7 @@ use ovc_engine::services::Services;
 use ovc_engine::{StepCtx, StepDef, WorkflowDef};
 use ovc_store::Backend;
 use ovc_types::SnapshotId;
-use ovc_types::command::Command;
+use ovc_types::command::{Command, CreateParams};
 use ovc_types::event::StreamName;
 use ovc_types::resource::{Operation, VCluster};
 use ovc_types::spec::VClusterSpec;
@@ -75,16 +76,16 @@ pub(crate) async fn create(h: &Harness, vc: &str) {
     succeed(
         h,
         vc,
-        Command::Create {
+        Command::new(CreateParams {
             spec: VClusterSpec::default(),
-        },
+        }),
     )
     .await;
 }
 
 /// Snapshots `vc`; the snapshot's id (fixture setups).
 pub(crate) async fn snapshot(h: &Harness, vc: &str) -> SnapshotId {
-    let op = succeed(h, vc, Command::Snapshot { description: None }).await;
+    let op = succeed(h, vc, Command::new(SnapshotParams { description: None })).await;
     SnapshotId(op.id.as_uuid())
 }
 

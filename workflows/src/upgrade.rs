@@ -22,13 +22,54 @@ use crate::common::{
 };
 use futures::FutureExt;
 use ovc_engine::model::{Settlement, WorkflowDef};
-use ovc_engine::{StepCtx, StepDef, StepError, StepKey, StepOutput, StepResult};
-use ovc_types::command::Command;
+use ovc_engine::{
+    OperationApi, OperationBody, ParamsDef, StepCtx, StepDef, StepError, StepKey, StepOutput,
+    StepResult,
+};
+use ovc_types::command::{Command, OperationParams};
 use ovc_types::error::{Code, Status};
 use ovc_types::resource::VCluster;
 use ovc_types::spec::{ChartVersion, MinorVersion, VClusterSpec};
-use ovc_types::state::{OperationKind, VClusterState};
+use ovc_types::state::{CallRule, OperationKind, VClusterState};
 use serde::{Deserialize, Serialize};
+
+/// The UPGRADE kind.
+pub const KIND: OperationKind = OperationKind::from_static("UPGRADE");
+
+/// UpgradeVCluster's parameters: `POST /v1/vclusters/{name}/upgrade`'s body, `ovc vc
+/// upgrade`'s flags. A field left out keeps its current value.
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, clap::Args,
+)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeParams {
+    /// The new chart version (`MAJOR.MINOR.PATCH`), e.g. 0.30.0; absent keeps the
+    /// current one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "0.30.0")]
+    #[arg(long)]
+    pub vcluster_version: Option<String>,
+    /// The new Kubernetes version (`1.MINOR`), e.g. 1.32; absent keeps the current one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "1.32")]
+    #[arg(long)]
+    pub kubernetes_version: Option<String>,
+}
+
+impl OperationParams for UpgradeParams {
+    const KIND: OperationKind = KIND;
+}
+
+impl OperationBody for UpgradeParams {
+    type Body = Self;
+    type Args = Self;
+    fn from_body(body: Self) -> Result<Self, Status> {
+        Ok(body)
+    }
+    fn body_of_args(args: Self) -> Result<serde_json::Value, String> {
+        serde_json::to_value(args).map_err(|e| e.to_string())
+    }
+}
 
 /// What the upgrade moves from and to, decided once from the installed release.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,8 +106,25 @@ struct Revision {
 /// The upgrade workflow.
 pub fn definition() -> WorkflowDef {
     WorkflowDef {
-        kind: OperationKind::Upgrade,
+        kind: KIND,
         name: "upgrade",
+        params: ParamsDef::of::<UpgradeParams>(),
+        rule: CallRule {
+            verb: "upgrade",
+            new_verb: None,
+            starts_from: &[VClusterState::Running],
+            in_progress: Some(VClusterState::Upgrading),
+            hints: &[(
+                VClusterState::Suspended,
+                "; ovc never upgrades a paused vcluster, resume it first",
+            )],
+        },
+        api: Some(OperationApi::of::<UpgradeParams>(
+            "upgrade",
+            "upgrade",
+            "Upgrade the chart and/or Kubernetes version of a running vcluster, one minor \
+             version at a time (snapshots first; a failed upgrade is rolled back)",
+        )),
         steps: vec![
             StepDef::new(CHECK_VERSIONS.name, |c| check_versions(c).boxed()),
             StepDef::new("snapshot", |c| {
@@ -91,25 +149,15 @@ pub fn definition() -> WorkflowDef {
     }
 }
 
-/// The versions the command asks for (`None`: keep that one).
-fn requested(command: &Command) -> Result<(Option<&str>, Option<&str>), Status> {
-    match command {
-        Command::Upgrade {
-            vcluster_version,
-            kubernetes_version,
-        } => Ok((vcluster_version.as_deref(), kubernetes_version.as_deref())),
-        other => Err(Status::internal(format!(
-            "the upgrade workflow was given a {} command",
-            other.kind()
-        ))),
-    }
-}
-
 /// Accept's check against the spec: valid versions, something to do, no downgrade, no
 /// skipped minor version. A spec without a chart version (a vcluster from before ovc
 /// recorded it) leaves the chart check to `check_versions`.
 fn admit(command: &Command, vc: &VCluster) -> Result<(), Status> {
-    let (chart, kubernetes) = requested(command)?;
+    let p: UpgradeParams = command.params()?;
+    let (chart, kubernetes) = (
+        p.vcluster_version.as_deref(),
+        p.kubernetes_version.as_deref(),
+    );
     if chart.is_none() && kubernetes.is_none() {
         return Err(Status::invalid_argument(
             "nothing to upgrade: give vcluster_version and/or kubernetes_version",
@@ -249,7 +297,11 @@ async fn check_versions(ctx: &StepCtx) -> StepResult {
                 format!("release {} is not installed", ctx.target.release),
             )
         })?;
-    let (chart, kubernetes) = requested(&ctx.command).map_err(StepError::Permanent)?;
+    let p: UpgradeParams = ctx.params()?;
+    let (chart, kubernetes) = (
+        p.vcluster_version.as_deref(),
+        p.kubernetes_version.as_deref(),
+    );
     let from_chart = release.chart_version.clone();
     let to_chart = chart.unwrap_or(&from_chart).to_string();
     check_step(
@@ -401,6 +453,7 @@ mod tests {
 
 #[cfg(test)]
 mod sweeps {
+    use super::UpgradeParams;
     use crate::sweep::{self, Fixture, Harness, sweeps};
     use ovc_types::command::Command;
     use ovc_types::resource::Operation;
@@ -411,10 +464,10 @@ mod sweeps {
     impl Fixture for Chart {
         async fn setup(&self, h: &Harness) -> Command {
             sweep::create(h, "vc").await;
-            Command::Upgrade {
+            Command::new(UpgradeParams {
                 vcluster_version: Some("0.30.0".into()),
                 kubernetes_version: None,
-            }
+            })
         }
 
         async fn after_compensation(&self, h: &Harness, op: &Operation, failed: &str) {
@@ -430,10 +483,10 @@ mod sweeps {
     impl Fixture for ChartAndKubernetes {
         async fn setup(&self, h: &Harness) -> Command {
             sweep::create(h, "vc").await;
-            Command::Upgrade {
+            Command::new(UpgradeParams {
                 vcluster_version: Some("0.30.0".into()),
                 kubernetes_version: Some("1.32".into()),
-            }
+            })
         }
 
         async fn after_compensation(&self, h: &Harness, op: &Operation, failed: &str) {

@@ -193,7 +193,7 @@ impl Principal {
         use ovc_types::state::OperationKind;
         self.may_mutate()?;
         match kind {
-            OperationKind::Delete | OperationKind::DeleteSnapshot => self.may_delete(),
+            OperationKind::DELETE | OperationKind::DELETE_SNAPSHOT => self.may_delete(),
             _ => Ok(()),
         }
     }

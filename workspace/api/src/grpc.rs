@@ -25,13 +25,13 @@ pub use convert::{json_to_struct, json_to_value, struct_to_map, value_to_json};
 
 use crate::auth::Principal;
 use crate::service::{
-    ListRequest, Submit, Submitted, check_description, parse_timeout, restore_target_name,
-    snapshot_id, vcluster_name,
+    ListRequest, Submit, Submitted, parse_timeout, restore_target_name, snapshot_id, vcluster_name,
 };
 use crate::{ApiError, AppState};
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use ovc_types::command::{Command, RestoreTarget};
+use ovc_types::Status;
+use ovc_types::command::{Command, CreateParams, DeleteParams, RestoreParams, RestoreTarget};
 use proto::event_service_server::{EventService, EventServiceServer};
 use proto::operation_service_server::{OperationService, OperationServiceServer};
 use proto::v_cluster_service_server::{VClusterService, VClusterServiceServer};
@@ -206,6 +206,35 @@ impl GrpcApi {
     }
 }
 
+impl GrpcApi {
+    /// The command of the registered operation `kind` with the REST body `body` (the
+    /// typed rpcs delegate here, as does `StartOperation`): INVALID_ARGUMENT for an
+    /// unknown kind or a body that is not the operation's.
+    fn operation(&self, kind: &str, body: serde_json::Value) -> Result<Command, ApiError> {
+        let api = self
+            .state
+            .registry
+            .kind(kind)
+            .and_then(|k| self.state.registry.get(k))
+            .and_then(|d| d.api.as_ref())
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    format!(
+                        "unknown operation kind {kind:?}; this server has {}",
+                        self.state
+                            .registry
+                            .operations()
+                            .map(|(k, _)| k.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    "UNKNOWN_KIND",
+                )
+            })?;
+        Ok(api.command_of_body(body)?)
+    }
+}
+
 fn on(project: String, name: String, command: Command, request_id: String) -> Submit {
     Submit {
         project: opt(project),
@@ -247,7 +276,7 @@ impl VClusterService for GrpcApi {
             Ok(on(
                 r.project,
                 r.name,
-                Command::Create { spec },
+                Command::new(CreateParams { spec }),
                 r.request_id,
             ))
         })
@@ -287,10 +316,10 @@ impl VClusterService for GrpcApi {
         request: Request<proto::SuspendVClusterRequest>,
     ) -> GrpcResult<proto::Operation> {
         self.mutate(request, |r| {
-            let command = Command::Suspend {
-                snapshot: r.snapshot,
-                evict_workloads: r.evict_workloads,
-            };
+            let command = self.operation(
+                "SUSPEND",
+                serde_json::json!({"snapshot": r.snapshot, "evict_workloads": r.evict_workloads}),
+            )?;
             Ok(on(r.project, r.name, command, r.request_id))
         })
         .await
@@ -301,9 +330,10 @@ impl VClusterService for GrpcApi {
         request: Request<proto::ResumeVClusterRequest>,
     ) -> GrpcResult<proto::Operation> {
         self.mutate(request, |r| {
-            let command = Command::Resume {
-                reconcile_workloads: r.reconcile_workloads,
-            };
+            let command = self.operation(
+                "RESUME",
+                serde_json::json!({"reconcile_workloads": r.reconcile_workloads}),
+            )?;
             Ok(on(r.project, r.name, command, r.request_id))
         })
         .await
@@ -314,10 +344,10 @@ impl VClusterService for GrpcApi {
         request: Request<proto::SnapshotVClusterRequest>,
     ) -> GrpcResult<proto::Operation> {
         self.mutate(request, |r| {
-            check_description(r.description.as_deref())?;
-            let command = Command::Snapshot {
-                description: r.description,
-            };
+            let command = self.operation(
+                "SNAPSHOT",
+                serde_json::json!({"description": r.description}),
+            )?;
             Ok(on(r.project, r.name, command, r.request_id))
         })
         .await
@@ -329,12 +359,10 @@ impl VClusterService for GrpcApi {
     ) -> GrpcResult<proto::Operation> {
         self.mutate(request, |r| {
             let patch = convert::scale_patch_from(r.control_plane.as_ref(), r.quota.as_ref())?;
-            Ok(on(
-                r.project,
-                r.name,
-                Command::Scale { patch },
-                r.request_id,
-            ))
+            let body = serde_json::to_value(patch)
+                .map_err(|e| ApiError::from(Status::internal(e.to_string())))?;
+            let command = self.operation("SCALE", body)?;
+            Ok(on(r.project, r.name, command, r.request_id))
         })
         .await
     }
@@ -344,10 +372,28 @@ impl VClusterService for GrpcApi {
         request: Request<proto::UpgradeVClusterRequest>,
     ) -> GrpcResult<proto::Operation> {
         self.mutate(request, |r| {
-            let command = Command::Upgrade {
-                vcluster_version: r.vcluster_version,
-                kubernetes_version: r.kubernetes_version,
+            let command = self.operation(
+                "UPGRADE",
+                serde_json::json!({
+                    "vcluster_version": r.vcluster_version,
+                    "kubernetes_version": r.kubernetes_version,
+                }),
+            )?;
+            Ok(on(r.project, r.name, command, r.request_id))
+        })
+        .await
+    }
+
+    async fn start_operation(
+        &self,
+        request: Request<proto::StartOperationRequest>,
+    ) -> GrpcResult<proto::Operation> {
+        self.mutate(request, |r| {
+            let body = match &r.params {
+                Some(p) => serde_json::Value::Object(convert::struct_to_map(p)?),
+                None => serde_json::json!({}),
             };
+            let command = self.operation(&r.kind, body)?;
             Ok(on(r.project, r.name, command, r.request_id))
         })
         .await
@@ -358,7 +404,12 @@ impl VClusterService for GrpcApi {
         request: Request<proto::DeleteVClusterRequest>,
     ) -> GrpcResult<proto::Operation> {
         self.mutate(request, |r| {
-            Ok(on(r.project, r.name, Command::Delete {}, r.request_id))
+            Ok(on(
+                r.project,
+                r.name,
+                Command::new(DeleteParams {}),
+                r.request_id,
+            ))
         })
         .await
     }
@@ -404,10 +455,10 @@ impl VClusterService for GrpcApi {
                 }
             };
             let name = restore_target_name(&target);
-            let command = Command::Restore {
+            let command = Command::new(RestoreParams {
                 snapshot_id,
                 target,
-            };
+            });
             Ok(on(r.project, name, command, r.request_id))
         })
         .await

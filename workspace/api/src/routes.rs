@@ -5,8 +5,8 @@ use crate::auth::Principal;
 use crate::extract::{ApiBody, ApiPath, ApiQuery};
 use crate::openapi::{EventList, OperationList, SnapshotList, VClusterList};
 use crate::service::{
-    EventPage, ListRequest, Scope, Submit, Submitted, check_description, parse_timeout,
-    restore_target_name, snapshot_id,
+    EventPage, ListRequest, Scope, Submit, Submitted, parse_timeout, restore_target_name,
+    snapshot_id,
 };
 use crate::{ApiError, AppState, MAX_BODY_BYTES};
 use axum::Router;
@@ -15,9 +15,9 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use ovc_types::command::{Command, RestoreTarget};
+use ovc_types::command::{Command, CreateParams, DeleteParams, RestoreParams, RestoreTarget};
 use ovc_types::resource::{Operation, Snapshot, VCluster};
-use ovc_types::spec::{ControlPlanePatch, QuotaPatch, ScalePatch, VClusterSpec};
+use ovc_types::spec::VClusterSpec;
 #[allow(unused_imports)] // named only in the OpenAPI annotations
 use ovc_types::{OperationId, SnapshotId, VClusterName};
 use serde::Deserialize;
@@ -35,11 +35,7 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(crate::openapi::serve))
         .route("/v1/vclusters", post(create).get(list_vclusters))
         .route("/v1/vclusters/{name}", get(get_vcluster).delete(delete))
-        .route("/v1/vclusters/{name}/suspend", post(suspend))
-        .route("/v1/vclusters/{name}/resume", post(resume))
-        .route("/v1/vclusters/{name}/snapshots", post(snapshot))
-        .route("/v1/vclusters/{name}/scale", post(scale))
-        .route("/v1/vclusters/{name}/upgrade", post(upgrade))
+        .route("/v1/vclusters/{name}/{route}", post(start_operation))
         .route("/v1/vclusters/{name}/kubeconfig", get(kubeconfig))
         .route("/v1/snapshots", get(list_snapshots))
         .route(
@@ -158,7 +154,7 @@ pub(crate) async fn create(
     let s = Submit {
         project: b.project,
         vcluster: b.name,
-        command: Command::Create { spec: b.spec },
+        command: Command::new(CreateParams { spec: b.spec }),
         request_id: request_id(&headers, b.request_id)?,
         traceparent: traceparent(&headers),
     };
@@ -192,175 +188,59 @@ async fn command_on(
     Ok(submitted(state.submit(who, s).await?))
 }
 
-#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct SuspendBody {
-    #[serde(default)]
-    snapshot: bool,
-    #[serde(default)]
-    evict_workloads: bool,
-    #[serde(default)]
-    request_id: Option<String>,
+/// The body of an operation's route: the JSON object of its parameters with an optional
+/// `request_id`; an empty body is `{}` (the defaults).
+fn operation_body(bytes: &Bytes) -> ApiResult<(serde_json::Value, Option<String>)> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok((serde_json::json!({}), None));
+    }
+    let mut body: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::invalid(format!("request body: {e}"), "INVALID_BODY"))?;
+    let Some(fields) = body.as_object_mut() else {
+        return Err(ApiError::invalid(
+            "request body: expected a JSON object",
+            "INVALID_BODY",
+        ));
+    };
+    let request_id = match fields.remove("request_id") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(r)) => Some(r),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "request body: request_id must be a string",
+                "INVALID_BODY",
+            ));
+        }
+    };
+    Ok((body, request_id))
 }
 
-#[utoipa::path(post, path = "/v1/vclusters/{name}/suspend", tag = "vclusters", summary = "Suspend: optionally snapshot and evict, then scale to zero",
-    request_body(content = SuspendBody, description = "JSON; an empty body means all defaults"),
-    params(("name" = VClusterName, Path, description = "The vcluster's name", example = "team-a"), ProjectQuery, ("Idempotency-Key" = Option<String>, Header, description = "The request id (instead of the body's request_id)")),
-    responses(
-        (status = 202, description = "Accepted: the new operation", body = Operation),
-        (status = 200, description = "A repeated request_id: the first operation; nothing new started", body = Operation),
-    ))]
-pub(crate) async fn suspend(
+/// `POST /v1/vclusters/{name}/{route}`: starts the registered operation whose route is
+/// `route` (suspend, resume, snapshots, scale, upgrade, and any operation added since)
+/// with the body decoded as its parameters; an unknown route is NOT_FOUND. Documented in
+/// the OpenAPI document one path per operation, from the registry.
+pub(crate) async fn start_operation(
     State(state): State<AppState>,
     who: Principal,
-    ApiPath(name): ApiPath<String>,
+    ApiPath((name, route)): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<ProjectQuery>,
     headers: HeaderMap,
     ApiBody(bytes): ApiBody,
 ) -> ApiResult<Response> {
-    let b: SuspendBody = body(&bytes)?;
-    let command = Command::Suspend {
-        snapshot: b.snapshot,
-        evict_workloads: b.evict_workloads,
+    let Some((_, api)) = state.registry.by_route(&route) else {
+        return Err(ApiError::not_found(format!(
+            "no operation {route:?} on vclusters; this server has {}",
+            state
+                .registry
+                .operations()
+                .map(|(_, a)| a.route)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
     };
-    command_on(&state, &who, &headers, q, name, command, b.request_id).await
-}
-
-#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ResumeBody {
-    #[serde(default)]
-    reconcile_workloads: bool,
-    #[serde(default)]
-    request_id: Option<String>,
-}
-
-#[utoipa::path(post, path = "/v1/vclusters/{name}/resume", tag = "vclusters", summary = "Resume a suspended vcluster",
-    request_body(content = ResumeBody, description = "JSON; an empty body means all defaults"),
-    params(("name" = VClusterName, Path, description = "The vcluster's name", example = "team-a"), ProjectQuery, ("Idempotency-Key" = Option<String>, Header, description = "The request id (instead of the body's request_id)")),
-    responses(
-        (status = 202, description = "Accepted: the new operation", body = Operation),
-        (status = 200, description = "A repeated request_id: the first operation; nothing new started", body = Operation),
-    ))]
-pub(crate) async fn resume(
-    State(state): State<AppState>,
-    who: Principal,
-    ApiPath(name): ApiPath<String>,
-    ApiQuery(q): ApiQuery<ProjectQuery>,
-    headers: HeaderMap,
-    ApiBody(bytes): ApiBody,
-) -> ApiResult<Response> {
-    let b: ResumeBody = body(&bytes)?;
-    let command = Command::Resume {
-        reconcile_workloads: b.reconcile_workloads,
-    };
-    command_on(&state, &who, &headers, q, name, command, b.request_id).await
-}
-
-#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct SnapshotBody {
-    #[serde(default)]
-    description: Option<String>,
-    #[serde(default)]
-    request_id: Option<String>,
-}
-
-#[utoipa::path(post, path = "/v1/vclusters/{name}/snapshots", tag = "vclusters", summary = "Snapshot a running vcluster (the result is the snapshot)",
-    request_body(content = SnapshotBody, description = "JSON; an empty body means all defaults"),
-    params(("name" = VClusterName, Path, description = "The vcluster's name", example = "team-a"), ProjectQuery, ("Idempotency-Key" = Option<String>, Header, description = "The request id (instead of the body's request_id)")),
-    responses(
-        (status = 202, description = "Accepted: the new operation", body = Operation),
-        (status = 200, description = "A repeated request_id: the first operation; nothing new started", body = Operation),
-    ))]
-pub(crate) async fn snapshot(
-    State(state): State<AppState>,
-    who: Principal,
-    ApiPath(name): ApiPath<String>,
-    ApiQuery(q): ApiQuery<ProjectQuery>,
-    headers: HeaderMap,
-    ApiBody(bytes): ApiBody,
-) -> ApiResult<Response> {
-    let b: SnapshotBody = body(&bytes)?;
-    check_description(b.description.as_deref())?;
-    let command = Command::Snapshot {
-        description: b.description,
-    };
-    command_on(&state, &who, &headers, q, name, command, b.request_id).await
-}
-
-#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ScaleBody {
-    #[serde(default)]
-    control_plane: Option<ControlPlanePatch>,
-    #[serde(default)]
-    quota: Option<QuotaPatch>,
-    #[serde(default)]
-    request_id: Option<String>,
-}
-
-#[utoipa::path(post, path = "/v1/vclusters/{name}/scale", tag = "vclusters", summary = "Change the control plane or quota (only the given fields)",
-    request_body(content = ScaleBody, description = "JSON; an empty body means all defaults"),
-    params(("name" = VClusterName, Path, description = "The vcluster's name", example = "team-a"), ProjectQuery, ("Idempotency-Key" = Option<String>, Header, description = "The request id (instead of the body's request_id)")),
-    responses(
-        (status = 202, description = "Accepted: the new operation", body = Operation),
-        (status = 200, description = "A repeated request_id: the first operation; nothing new started", body = Operation),
-    ))]
-pub(crate) async fn scale(
-    State(state): State<AppState>,
-    who: Principal,
-    ApiPath(name): ApiPath<String>,
-    ApiQuery(q): ApiQuery<ProjectQuery>,
-    headers: HeaderMap,
-    ApiBody(bytes): ApiBody,
-) -> ApiResult<Response> {
-    let b: ScaleBody = body(&bytes)?;
-    let command = Command::Scale {
-        patch: ScalePatch {
-            control_plane: b.control_plane,
-            quota: b.quota,
-        },
-    };
-    command_on(&state, &who, &headers, q, name, command, b.request_id).await
-}
-
-#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct UpgradeBody {
-    /// The new chart version (`MAJOR.MINOR.PATCH`); absent keeps the current one.
-    #[serde(default)]
-    #[schema(example = "0.30.0")]
-    vcluster_version: Option<String>,
-    /// The new Kubernetes version (`1.MINOR`); absent keeps the current one.
-    #[serde(default)]
-    #[schema(example = "1.32")]
-    kubernetes_version: Option<String>,
-    #[serde(default)]
-    request_id: Option<String>,
-}
-
-#[utoipa::path(post, path = "/v1/vclusters/{name}/upgrade", tag = "vclusters", summary = "Upgrade the chart and/or Kubernetes version of a running vcluster, one minor version at a time (snapshots first)",
-    request_body(content = UpgradeBody, description = "JSON; at least one of the versions"),
-    params(("name" = VClusterName, Path, description = "The vcluster's name", example = "team-a"), ProjectQuery, ("Idempotency-Key" = Option<String>, Header, description = "The request id (instead of the body's request_id)")),
-    responses(
-        (status = 202, description = "Accepted: the new operation", body = Operation),
-        (status = 200, description = "A repeated request_id: the first operation; nothing new started", body = Operation),
-    ))]
-pub(crate) async fn upgrade(
-    State(state): State<AppState>,
-    who: Principal,
-    ApiPath(name): ApiPath<String>,
-    ApiQuery(q): ApiQuery<ProjectQuery>,
-    headers: HeaderMap,
-    ApiBody(bytes): ApiBody,
-) -> ApiResult<Response> {
-    let b: UpgradeBody = body(&bytes)?;
-    let command = Command::Upgrade {
-        vcluster_version: b.vcluster_version,
-        kubernetes_version: b.kubernetes_version,
-    };
-    command_on(&state, &who, &headers, q, name, command, b.request_id).await
+    let (body, body_request_id) = operation_body(&bytes)?;
+    let command = api.command_of_body(body)?;
+    command_on(&state, &who, &headers, q, name, command, body_request_id).await
 }
 
 #[utoipa::path(delete, path = "/v1/vclusters/{name}", tag = "vclusters", summary = "Delete a vcluster",
@@ -376,7 +256,8 @@ pub(crate) async fn delete(
     ApiQuery(q): ApiQuery<ProjectQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    command_on(&state, &who, &headers, q, name, Command::Delete {}, None).await
+    let command = Command::new(DeleteParams {});
+    command_on(&state, &who, &headers, q, name, command, None).await
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -412,10 +293,10 @@ pub(crate) async fn restore(
         )
     })?;
     let name = restore_target_name(&target);
-    let command = Command::Restore {
+    let command = Command::new(RestoreParams {
         snapshot_id,
         target,
-    };
+    });
     command_on(&state, &who, &headers, q, name, command, b.request_id).await
 }
 

@@ -15,10 +15,10 @@ use ovc_store::{
     Commit, ExpectedVersion, NewEvent, OperationFilter, Page, PageRequest, RecordedEvent,
     SnapshotFilter, StreamAppend, VClusterFilter,
 };
-use ovc_types::command::{Command, RestoreTarget};
+use ovc_types::command::{Command, DeleteSnapshotParams, RestoreTarget};
 use ovc_types::event::{Event, EventMetadata, StreamName};
 use ovc_types::resource::{Operation, Snapshot, VCluster};
-use ovc_types::state::{OperationKind, OperationState, SnapshotState, VClusterState};
+use ovc_types::state::{OperationState, SnapshotState, VClusterState};
 use ovc_types::{OperationId, ProjectName, SnapshotId, VClusterName};
 use std::time::Duration;
 
@@ -156,17 +156,6 @@ pub fn event_limit(l: Option<u32>) -> ApiResult<u32> {
             "INVALID_LIMIT",
         )),
     }
-}
-
-/// Checks a snapshot description (at most 1 KiB).
-pub fn check_description(d: Option<&str>) -> ApiResult<()> {
-    if d.is_some_and(|d| d.len() > 1024) {
-        return Err(ApiError::invalid(
-            "description is longer than 1024 bytes",
-            "INVALID_DESCRIPTION",
-        ));
-    }
-    Ok(())
 }
 
 /// The vcluster a restore lands on.
@@ -419,12 +408,16 @@ impl AppState {
                 "state",
                 "INVALID_STATE",
             )?,
-            kind: wire(
-                q.kind.as_deref(),
-                OperationKind::parse,
-                "kind",
-                "INVALID_KIND",
-            )?,
+            kind: q
+                .kind
+                .as_deref()
+                .filter(|v| !v.is_empty())
+                .map(|v| {
+                    self.registry.kind(v).ok_or_else(|| {
+                        ApiError::invalid(format!("unknown kind {v:?}"), "INVALID_KIND")
+                    })
+                })
+                .transpose()?,
             since: q
                 .since
                 .as_deref()
@@ -498,9 +491,9 @@ impl AppState {
             Submit {
                 project: Some(snapshot.project.to_string()),
                 vcluster: snapshot.vcluster.to_string(),
-                command: Command::DeleteSnapshot {
+                command: Command::new(DeleteSnapshotParams {
                     snapshot_id: snapshot.id,
-                },
+                }),
                 request_id,
                 traceparent,
             },

@@ -24,7 +24,7 @@ use chrono::{DateTime, Utc};
 use clap::Args;
 use ovc_engine::accept::{CommandRequest, accept};
 use ovc_store::{Store, StoreConfig, TrafficCounts};
-use ovc_types::command::Command;
+use ovc_types::command::{Command, CreateParams};
 use ovc_types::event::StreamName;
 use ovc_types::spec::VClusterSpec;
 use ovc_types::time::RandomIds;
@@ -185,9 +185,9 @@ pub(crate) async fn submit_create(
         CommandRequest {
             project: ProjectName::default_project(),
             vcluster: name.parse()?,
-            command: Command::Create {
+            command: Command::new(CreateParams {
                 spec: VClusterSpec::default(),
-            },
+            }),
             request_id: None,
             actor: Some("bench".into()),
             traceparent: None,

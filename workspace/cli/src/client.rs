@@ -12,10 +12,9 @@
 use clap::{Args, Subcommand};
 use ovc_client::{
     Accepted, Client, CreateVCluster, Error, ListOperations, ListSnapshots, ListVClusters,
-    ResumeVCluster, ScaleVCluster, SnapshotVCluster, SuspendVCluster, UpgradeVCluster,
 };
 use ovc_types::resource::{Operation, Snapshot, VCluster};
-use ovc_types::spec::{ControlPlanePatch, QuotaPatch, ScalePatch, VClusterSpec};
+use ovc_types::spec::VClusterSpec;
 use ovc_types::state::{OperationState, StepState};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -47,9 +46,104 @@ pub struct Conn {
     pub output: String,
 }
 
-/// `ovc vc ...`.
-#[derive(Debug, Subcommand)]
+/// `ovc vc ...`: the hand-written subcommands, and one per registered operation on an
+/// existing vcluster (`suspend`, `resume`, `snapshot`, `scale`, `upgrade`, ...),
+/// generated from the registry ([`OpCall`]).
+#[derive(Debug)]
 pub enum VcCommand {
+    /// A hand-written subcommand.
+    Builtin(VcBuiltin),
+    /// A registered operation.
+    Operation(OpCall),
+}
+
+/// `ovc vc <verb> NAME [its flags] [--wait] [--request-id ID]` for a registered
+/// operation: its flags come from the workflow's parameter type (`clap::Args`).
+#[derive(Debug)]
+pub struct OpCall {
+    /// The subcommand.
+    pub verb: String,
+    /// The vcluster.
+    pub name: String,
+    /// The request body from the flags (`Err`: refused input, exit 3).
+    pub body: Result<Value, String>,
+    /// `--wait`.
+    pub wait: bool,
+    /// `--request-id`.
+    pub request_id: Option<String>,
+}
+
+/// The subcommand of a registered operation.
+fn operation_command(api: &ovc_engine::OperationApi) -> clap::Command {
+    use clap::{Arg, ArgAction};
+    let cmd = clap::Command::new(api.verb).about(api.summary).arg(
+        Arg::new("name")
+            .value_name("NAME")
+            .required(true)
+            .help("Its name"),
+    );
+    // After the flags: clap's derive gives the command the parameter type's doc comment.
+    api.cli_args(cmd)
+        .about(api.summary)
+        .long_about(None::<&str>)
+        .arg(
+            Arg::new("wait")
+                .long("wait")
+                .action(ArgAction::SetTrue)
+                .help("Wait until the operation ends, showing its steps"),
+        )
+        .arg(
+            Arg::new("request_id")
+                .long("request-id")
+                .value_name("ID")
+                .help("The request id (idempotency key); default: a fresh one"),
+        )
+}
+
+impl clap::FromArgMatches for VcCommand {
+    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let registry = ovc_workflows::registry();
+        if let Some((verb, sub)) = m.subcommand()
+            && let Some((_, api)) = registry.by_verb(verb)
+        {
+            return Ok(VcCommand::Operation(OpCall {
+                verb: verb.to_string(),
+                name: sub.get_one::<String>("name").cloned().unwrap_or_default(),
+                body: api.cli_body(sub),
+                wait: sub.get_flag("wait"),
+                request_id: sub.get_one::<String>("request_id").cloned(),
+            }));
+        }
+        VcBuiltin::from_arg_matches(m).map(VcCommand::Builtin)
+    }
+
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl clap::Subcommand for VcCommand {
+    fn augment_subcommands(cmd: clap::Command) -> clap::Command {
+        let mut cmd = VcBuiltin::augment_subcommands(cmd);
+        for (_, api) in ovc_workflows::registry().operations() {
+            cmd = cmd.subcommand(operation_command(api));
+        }
+        cmd
+    }
+
+    fn augment_subcommands_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_subcommands(cmd)
+    }
+
+    fn has_subcommand(name: &str) -> bool {
+        VcBuiltin::has_subcommand(name) || ovc_workflows::registry().by_verb(name).is_some()
+    }
+}
+
+/// The hand-written `ovc vc ...` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum VcBuiltin {
     /// Create a vcluster.
     Create {
         /// Its name.
@@ -74,77 +168,6 @@ pub enum VcCommand {
     },
     /// List vclusters.
     List,
-    /// Suspend (scale the control plane to zero).
-    Suspend {
-        /// Its name.
-        name: String,
-        /// Take a snapshot first.
-        #[arg(long)]
-        snapshot: bool,
-        /// Evict workload pods first.
-        #[arg(long)]
-        evict_workloads: bool,
-        /// Wait until the operation ends.
-        #[arg(long)]
-        wait: bool,
-    },
-    /// Resume.
-    Resume {
-        /// Its name.
-        name: String,
-        /// Ask for a workload reconcile once ready.
-        #[arg(long)]
-        reconcile_workloads: bool,
-        /// Wait until the operation ends.
-        #[arg(long)]
-        wait: bool,
-    },
-    /// Take a snapshot.
-    Snapshot {
-        /// Its name.
-        name: String,
-        /// Free text kept with the snapshot.
-        #[arg(long)]
-        description: Option<String>,
-        /// Wait until the operation ends.
-        #[arg(long)]
-        wait: bool,
-    },
-    /// Change size: only the given values change.
-    Scale {
-        /// Its name.
-        name: String,
-        /// Control-plane replicas (1 or 3).
-        #[arg(long)]
-        replicas: Option<u32>,
-        /// Control-plane CPU request, e.g. 500m.
-        #[arg(long)]
-        cpu: Option<String>,
-        /// Control-plane memory request, e.g. 512Mi.
-        #[arg(long)]
-        memory: Option<String>,
-        /// Quota pods.
-        #[arg(long)]
-        quota_pods: Option<u32>,
-        /// Wait until the operation ends.
-        #[arg(long)]
-        wait: bool,
-    },
-    /// Upgrade the chart and/or Kubernetes version, one minor version at a time (a
-    /// snapshot is taken first; a failed upgrade is rolled back).
-    Upgrade {
-        /// Its name.
-        name: String,
-        /// The new vcluster chart version, e.g. 0.30.0.
-        #[arg(long)]
-        vcluster_version: Option<String>,
-        /// The new Kubernetes version, e.g. 1.32.
-        #[arg(long)]
-        kubernetes_version: Option<String>,
-        /// Wait until the operation ends.
-        #[arg(long)]
-        wait: bool,
-    },
     /// Delete.
     Delete {
         /// Its name.
@@ -576,11 +599,6 @@ fn create_spec(
     serde_json::from_value(spec).map_err(|e| Stop::Invalid(format!("{from}: {e}")))
 }
 
-fn quantity(flag: &str, v: Option<String>) -> Result<Option<ovc_types::Quantity>, Stop> {
-    v.map(|v| ovc_types::Quantity::parse(&v).map_err(|e| Stop::Invalid(format!("{flag}: {e}"))))
-        .transpose()
-}
-
 /// Runs `ovc vc ...`.
 pub async fn vc(conn: Conn, cmd: VcCommand) -> Outcome {
     let s = match Session::new(conn) {
@@ -592,8 +610,22 @@ pub async fn vc(conn: Conn, cmd: VcCommand) -> Outcome {
 
 async fn vc_in(s: &Session, cmd: VcCommand) -> Result<Outcome, Stop> {
     let c = &s.client;
+    let cmd = match cmd {
+        VcCommand::Builtin(b) => b,
+        VcCommand::Operation(op) => {
+            let body = op.body.map_err(Stop::Invalid)?;
+            let route = ovc_workflows::registry()
+                .by_verb(&op.verb)
+                .map(|(_, api)| api.route)
+                .unwrap_or_default();
+            let accepted = c
+                .start_operation(&op.name, route, &body, op.request_id.as_deref())
+                .await?;
+            return s.finish(accepted, op.wait).await;
+        }
+    };
     match cmd {
-        VcCommand::Create {
+        VcBuiltin::Create {
             name,
             replicas,
             host,
@@ -608,100 +640,21 @@ async fn vc_in(s: &Session, cmd: VcCommand) -> Result<Outcome, Stop> {
             };
             s.finish(c.create_vcluster(&req).await?, wait).await
         }
-        VcCommand::Get { name } => {
+        VcBuiltin::Get { name } => {
             s.print(&c.get_vcluster(&name).await?, describe_vcluster);
             Ok(Outcome::Ok)
         }
-        VcCommand::List => {
+        VcBuiltin::List => {
             let page = c.list_vclusters(&ListVClusters::default()).await?;
             s.print(&page, |p| {
                 rows(&p.vclusters, describe_vcluster, "no vclusters")
             });
             Ok(Outcome::Ok)
         }
-        VcCommand::Suspend {
-            name,
-            snapshot,
-            evict_workloads,
-            wait,
-        } => {
-            let req = SuspendVCluster {
-                snapshot,
-                evict_workloads,
-                request_id: None,
-            };
-            s.finish(c.suspend_vcluster(&name, &req).await?, wait).await
-        }
-        VcCommand::Resume {
-            name,
-            reconcile_workloads,
-            wait,
-        } => {
-            let req = ResumeVCluster {
-                reconcile_workloads,
-                request_id: None,
-            };
-            s.finish(c.resume_vcluster(&name, &req).await?, wait).await
-        }
-        VcCommand::Snapshot {
-            name,
-            description,
-            wait,
-        } => {
-            let req = SnapshotVCluster {
-                description,
-                request_id: None,
-            };
-            s.finish(c.snapshot_vcluster(&name, &req).await?, wait)
-                .await
-        }
-        VcCommand::Scale {
-            name,
-            replicas,
-            cpu,
-            memory,
-            quota_pods,
-            wait,
-        } => {
-            let control_plane = (replicas.is_some() || cpu.is_some() || memory.is_some())
-                .then(|| {
-                    Ok::<_, Stop>(ControlPlanePatch {
-                        replicas,
-                        cpu: quantity("--cpu", cpu)?,
-                        memory: quantity("--memory", memory)?,
-                    })
-                })
-                .transpose()?;
-            let quota = quota_pods.map(|p| QuotaPatch {
-                pods: Some(p),
-                ..QuotaPatch::default()
-            });
-            let req = ScaleVCluster {
-                patch: ScalePatch {
-                    control_plane,
-                    quota,
-                },
-                request_id: None,
-            };
-            s.finish(c.scale_vcluster(&name, &req).await?, wait).await
-        }
-        VcCommand::Upgrade {
-            name,
-            vcluster_version,
-            kubernetes_version,
-            wait,
-        } => {
-            let req = UpgradeVCluster {
-                vcluster_version,
-                kubernetes_version,
-                request_id: None,
-            };
-            s.finish(c.upgrade_vcluster(&name, &req).await?, wait).await
-        }
-        VcCommand::Delete { name, wait } => {
+        VcBuiltin::Delete { name, wait } => {
             s.finish(c.delete_vcluster(&name, None).await?, wait).await
         }
-        VcCommand::Kubeconfig { name } => {
+        VcBuiltin::Kubeconfig { name } => {
             let k = c.kubeconfig(&name).await?;
             if s.json {
                 s.print(&json!({ "kubeconfig": k }), |_| String::new());

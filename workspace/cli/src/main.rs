@@ -217,6 +217,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot open {}", redact(&database_url)))?;
             store.migrate().await.context("migration failed")?;
+            // `ovc_submit` answers from this build's registry (workers rewrite it too).
+            let registry = ovc_workflows::registry();
+            store
+                .sync_call_rules(&ovc_store::RuleTables::of(&registry, registry.kinds()))
+                .await
+                .context("writing the SQL call rules failed")?;
             println!(
                 "migrations applied to {} ({:?}); event log head at position {}",
                 redact(&database_url),

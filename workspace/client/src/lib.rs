@@ -602,6 +602,30 @@ impl Client {
         self.mutate(Method::POST, &path, body, rid).await
     }
 
+    /// Starts the operation the server serves at `POST /v1/vclusters/{name}/{route}`
+    /// (its route: `suspend`, `resume`, `snapshots`, `scale`, `upgrade`, or that of any
+    /// operation the server registered since, which this client needs no new method
+    /// for), with `params` as its body (its parameters, without `request_id`). The
+    /// typed methods below are shorthands for it. A route the server does not have is
+    /// `Error::Api` with NOT_FOUND.
+    pub async fn start_operation(
+        &self,
+        name: &str,
+        route: &str,
+        params: &impl Serialize,
+        request_id: Option<&str>,
+    ) -> Result<Accepted, Error> {
+        let body = serde_json::to_vec(params)
+            .map_err(|e| Error::Config(format!("the parameters do not serialize: {e}")))?;
+        self.on_vcluster(
+            name,
+            &encode(route),
+            Some(body),
+            &request_id.map(str::to_string),
+        )
+        .await
+    }
+
     /// Suspends a RUNNING vcluster.
     pub async fn suspend_vcluster(
         &self,

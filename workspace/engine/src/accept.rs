@@ -29,7 +29,9 @@ use ovc_store::{
     Commit, CommitOutcome, ExpectedVersion, IdempotencyClaim, NewEvent, NewRun, OperationFilter,
     PageRequest, Store, StreamAppend,
 };
-use ovc_types::command::{Command, RestoreTarget, request_hash};
+use ovc_types::command::{
+    Command, CreateParams, DeleteSnapshotParams, RestoreParams, RestoreTarget,
+};
 use ovc_types::error::{Code, Status};
 use ovc_types::event::{Event, EventMetadata, NewVCluster, StreamName};
 use ovc_types::resource::Snapshot;
@@ -171,7 +173,7 @@ pub async fn accept_as(
     let project = req.project.clone();
     let request_id = req.request_id.clone();
     let target_name = target_of(store, &req).await?;
-    let hash = request_hash(&project, &target_name, &req.command);
+    let hash = command_hash(registry, &project, &target_name, &req.command)?;
     match accept_once(
         store,
         registry,
@@ -193,16 +195,49 @@ pub async fn accept_as(
     }
 }
 
+/// The workflow of `command`'s kind: INVALID_ARGUMENT `UNKNOWN_KIND` naming the known
+/// kinds when this build has none.
+fn workflow_of<'r>(
+    registry: &'r Registry,
+    command: &Command,
+) -> Result<&'r crate::model::WorkflowDef, Status> {
+    registry.get(command.kind()).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "unknown operation kind {}; this build has {}",
+            command.kind(),
+            registry
+                .kinds()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .with_reason("UNKNOWN_KIND")
+    })
+}
+
+/// The idempotency hash of `command` on `vcluster`, from its typed parameters (which
+/// are decoded and validated on the way: INVALID_ARGUMENT when they are not the kind's).
+fn command_hash(
+    registry: &Registry,
+    project: &ProjectName,
+    vcluster: &VClusterName,
+    command: &Command,
+) -> Result<String, Status> {
+    workflow_of(registry, command)?
+        .params
+        .check(project, vcluster, command)
+}
+
 /// The vcluster name an operation is recorded (and its request hashed) under: a
 /// restore's target, a snapshot deletion's snapshot's vcluster, else the request's.
 async fn target_of(store: &dyn Store, req: &CommandRequest) -> Result<VClusterName, Status> {
-    Ok(match &req.command {
-        Command::Restore {
-            target: RestoreTarget::NewName(n) | RestoreTarget::Existing(n),
-            ..
-        } => n.clone(),
-        Command::DeleteSnapshot { snapshot_id } => {
-            visible_snapshot(store, &req.project, *snapshot_id)
+    Ok(match req.command.kind() {
+        OperationKind::RESTORE => match req.command.params::<RestoreParams>()?.target {
+            RestoreTarget::NewName(n) | RestoreTarget::Existing(n) => n,
+        },
+        OperationKind::DELETE_SNAPSHOT => {
+            let p = req.command.params::<DeleteSnapshotParams>()?;
+            visible_snapshot(store, &req.project, p.snapshot_id)
                 .await?
                 .vcluster
         }
@@ -222,25 +257,26 @@ async fn accept_once(
     if let Some(first) = repeated(store, &req.project, req.request_id.as_deref(), &hash).await? {
         return Ok(first);
     }
-    let call = match (&req.command, req.command.call()) {
-        (_, Some(call)) => call,
-        (Command::DeleteSnapshot { snapshot_id }, None) => {
+    let call = match req.command.call() {
+        Some(call) => call,
+        None if req.command.kind() == OperationKind::DELETE_SNAPSHOT => {
+            let p = req.command.params::<DeleteSnapshotParams>()?;
             return accept_delete_snapshot(
                 store,
                 registry,
                 ids,
                 &req,
-                *snapshot_id,
+                p.snapshot_id,
                 hash,
                 None,
                 preset_id,
             )
             .await;
         }
-        (command, None) => {
+        None => {
             return Err(Status::internal(format!(
                 "{} has no vcluster call",
-                command.kind()
+                req.command.kind()
             )));
         }
     };
@@ -249,22 +285,18 @@ async fn accept_once(
         .await
         .map_err(store_status)?
         .filter(|v| v.state != VClusterState::Deleted);
-    transition(current.as_ref().map(|v| v.state), call).map_err(|e| {
+    let busy = transition(current.as_ref().map(|v| v.state), call, registry).map_err(|e| {
         let mut s: Status = e.into();
         s.message = format!("vcluster {}/{}: {}", req.project, target_name, s.message);
         s
     })?;
-    let def = registry.get(req.command.kind()).ok_or_else(|| {
-        Status::new(
-            Code::Unavailable,
-            format!("no workflow for {} in this build", req.command.kind()),
-        )
-    })?;
+    let def = workflow_of(registry, &req.command)?;
     let operation_id = preset_id.unwrap_or_else(|| OperationId(ids.new_uuid()));
     // A restore also appends to its snapshot's stream (see the module doc).
     let mut snapshot_use = None;
-    let (uid, expected, command_event) = match (&req.command, &current) {
-        (Command::Create { spec }, None) => {
+    let (uid, expected, command_event) = match (req.command.kind(), &current) {
+        (OperationKind::CREATE, None) => {
+            let CreateParams { spec } = req.command.params()?;
             spec.validate().map_err(Status::from)?;
             registry.check_host(&spec.host)?;
             let mut spec = spec.clone();
@@ -284,13 +316,9 @@ async fn accept_once(
                 },
             )
         }
-        (
-            Command::Restore {
-                snapshot_id,
-                target: RestoreTarget::NewName(_),
-            },
-            None,
-        ) => {
+        (OperationKind::RESTORE, None) => {
+            let RestoreParams { snapshot_id, .. } = req.command.params()?;
+            let snapshot_id = &snapshot_id;
             let (spec, version) = restorable_spec(store, &req.project, *snapshot_id).await?;
             // The new vcluster goes to the host of the snapshot's spec.
             registry.check_host(&spec.host)?;
@@ -311,19 +339,20 @@ async fn accept_once(
                 },
             )
         }
-        (command, Some(vc)) => {
+        (kind, Some(vc)) => {
             known_host_of(registry, vc)?;
-            match command {
-                Command::Restore { snapshot_id, .. } => {
-                    let (_, version) = restorable_spec(store, &req.project, *snapshot_id).await?;
-                    snapshot_use = Some((*snapshot_id, version));
+            match kind {
+                OperationKind::RESTORE => {
+                    let RestoreParams { snapshot_id, .. } = req.command.params()?;
+                    let (_, version) = restorable_spec(store, &req.project, snapshot_id).await?;
+                    snapshot_use = Some((snapshot_id, version));
                 }
-                Command::DeleteSnapshot { .. } => {
+                OperationKind::DELETE_SNAPSHOT => {
                     return Err(Status::internal(
                         "a snapshot deletion has no vcluster event",
                     ));
                 }
-                Command::Create { .. } => {
+                OperationKind::CREATE => {
                     return Err(Status::new(
                         Code::AlreadyExists,
                         format!("vcluster {}/{} already exists", req.project, target_name),
@@ -332,11 +361,12 @@ async fn accept_once(
                 _ => {}
             }
             if let Some(admit) = def.admit {
-                admit(command, vc)?;
+                admit(&req.command, vc)?;
             }
             let event = Event::OperationAccepted {
                 operation_id,
-                kind: command.kind(),
+                kind,
+                state: Some(busy),
             };
             (vc.uid, ExpectedVersion::Exact(vc.version), event)
         }
@@ -494,7 +524,7 @@ async fn pending_restore(
         let filter = OperationFilter {
             project: Some(snap.project.clone()),
             state: Some(state),
-            kind: Some(OperationKind::Restore),
+            kind: Some(OperationKind::RESTORE),
             ..OperationFilter::default()
         };
         let mut page = PageRequest {
@@ -507,7 +537,9 @@ async fn pending_restore(
                 .await
                 .map_err(store_status)?;
             if let Some(op) = found.items.iter().find(|op| {
-                matches!(op.command, Command::Restore { snapshot_id, .. } if snapshot_id == snap.id)
+                op.command
+                    .params::<RestoreParams>()
+                    .is_ok_and(|p| p.snapshot_id == snap.id)
             }) {
                 return Ok(Some(op.id));
             }
@@ -575,12 +607,14 @@ async fn accept_delete_snapshot(
         .with_reason("SNAPSHOT_IN_USE")
         .with_metadata("operation_id", user.to_string()));
     }
-    let def = registry.get(OperationKind::DeleteSnapshot).ok_or_else(|| {
-        Status::new(
-            Code::Unavailable,
-            "no workflow for DELETE_SNAPSHOT in this build",
-        )
-    })?;
+    let def = registry
+        .get(OperationKind::DELETE_SNAPSHOT)
+        .ok_or_else(|| {
+            Status::new(
+                Code::Unavailable,
+                "no workflow for DELETE_SNAPSHOT in this build",
+            )
+        })?;
     let operation_id = preset_id.unwrap_or_else(|| OperationId(ids.new_uuid()));
     let metadata = EventMetadata {
         request_id: req.request_id.clone(),
@@ -714,7 +748,7 @@ pub async fn retry(
             };
             let hash = format!(
                 "{}:retry:{id}",
-                request_hash(&old.project, &old.vcluster, &old.command)
+                command_hash(registry, &old.project, &old.vcluster, &old.command)?
             );
             match repeated(store, &old.project, Some(rid), &hash).await? {
                 Some(first) => Ok(first),
@@ -742,7 +776,7 @@ async fn retry_once(
     // The hash names the retried operation, so a retry never collides with its original.
     let hash = format!(
         "{}:retry:{id}",
-        request_hash(&old.project, &old.vcluster, &old.command)
+        command_hash(registry, &old.project, &old.vcluster, &old.command)?
     );
     if let Some(first) = repeated(store, &old.project, request_id.as_deref(), &hash).await? {
         return Ok(first);
@@ -754,7 +788,8 @@ async fn retry_once(
         ))
         .with_reason("NOT_RETRYABLE"));
     }
-    if let Command::DeleteSnapshot { snapshot_id } = &old.command {
+    if let Ok(DeleteSnapshotParams { snapshot_id }) = old.command.params() {
+        let snapshot_id = &snapshot_id;
         // Checked against the snapshot, like the original; it starts from the first step.
         let req = CommandRequest {
             project: old.project.clone(),
@@ -778,12 +813,12 @@ async fn retry_once(
     }
     // A retried restore reads its snapshot again: it must still be READY, and it is
     // marked used as at accept.
-    let snapshot_use = match &old.command {
-        Command::Restore { snapshot_id, .. } => {
-            let (_, version) = restorable_spec(store, &old.project, *snapshot_id).await?;
-            Some((*snapshot_id, version))
+    let snapshot_use = match old.command.params::<RestoreParams>() {
+        Ok(RestoreParams { snapshot_id, .. }) => {
+            let (_, version) = restorable_spec(store, &old.project, snapshot_id).await?;
+            Some((snapshot_id, version))
         }
-        _ => None,
+        Err(_) => None,
     };
     let vc = store
         .get_vcluster_by_uid(old.vcluster_uid)
@@ -796,7 +831,7 @@ async fn retry_once(
                 old.project, old.vcluster
             ))
         })?;
-    transition(Some(vc.state), Call::Retry(old.kind)).map_err(Status::from)?;
+    let busy = transition(Some(vc.state), Call::Retry(old.kind), registry).map_err(Status::from)?;
     known_host_of(registry, &vc)?;
     let def = registry
         .get(old.kind)
@@ -857,6 +892,7 @@ async fn retry_once(
                         operation_id,
                         retry_of: id,
                         kind: old.kind,
+                        state: Some(busy),
                     },
                     metadata.clone(),
                 )],

@@ -348,6 +348,9 @@ impl Executor {
                 def: &WorkflowDef {
                     kind: requested.command.kind(),
                     name: "unknown",
+                    params: crate::operation::ParamsDef::untyped(),
+                    rule: ovc_types::state::CallRule::outside("run"),
+                    api: None,
                     steps: vec![],
                     settle: |_| Err(StepError::permanent(Code::Internal, "no workflow")),
                     revert: None,

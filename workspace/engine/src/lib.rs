@@ -13,6 +13,7 @@ pub mod executor;
 pub mod inventory;
 pub mod journal;
 pub mod model;
+pub mod operation;
 pub mod plan;
 pub mod registry;
 pub mod services;
@@ -21,4 +22,5 @@ pub mod trace_context;
 pub mod worker;
 
 pub use model::{StepCtx, StepDef, StepError, StepKey, StepOutput, StepResult, WorkflowDef};
+pub use operation::{OperationApi, OperationBody, ParamsDef};
 pub use registry::Registry;

@@ -7,15 +7,17 @@
 //! [`StepError`] whose kind chooses the path: transient → retry, permanent → compensate.
 //! Step names are persisted in events: never rename one, add a new one.
 
+use crate::operation::{OperationApi, ParamsDef};
 use crate::services::Services;
 use futures::future::BoxFuture;
 use ovc_driver::{CallCtx, DriverError, HostDriver, Target};
 use ovc_types::command::Command;
+use ovc_types::command::OperationParams;
 use ovc_types::error::{Code, Status};
 use ovc_types::event::{Event, StreamName};
 use ovc_types::resource::VCluster;
 use ovc_types::spec::VClusterSpec;
-use ovc_types::state::{OperationKind, VClusterState};
+use ovc_types::state::{CallRule, OperationKind, VClusterState};
 use ovc_types::time::{Clock, IdSource};
 use ovc_types::{OperationId, ProjectName, VClusterId, VClusterName};
 use serde::Serialize;
@@ -278,13 +280,25 @@ pub type SettleFn = fn(&StepCtx) -> Result<Settlement, StepError>;
 /// minor version). The refusal is the caller's answer, with its code and reason.
 pub type AdmitFn = fn(&Command, &VCluster) -> Result<(), Status>;
 
-/// A workflow: its kind, its steps in order, and its settlement.
+/// A workflow: its kind, its parameters, its row of the state machine, its transports,
+/// its steps in order, and its settlement — everything about one operation, declared in
+/// its own file and registered with one line ([`crate::Registry::register`]).
 #[derive(Debug, Clone)]
 pub struct WorkflowDef {
     /// Which operations it runs.
     pub kind: OperationKind,
     /// Short name used in logs and fault rules, e.g. `suspend`.
     pub name: &'static str,
+    /// Its typed parameters ([`ParamsDef::of`]).
+    pub params: ParamsDef,
+    /// Its row of the transition table: the states it starts from, its in-progress
+    /// state, its verb and refusal hints. A new in-progress state is a new
+    /// `VClusterState`, a change of the wire contract.
+    pub rule: CallRule,
+    /// Its generated transports (REST route + OpenAPI, gRPC `StartOperation`, CLI
+    /// subcommand), for operations on an existing vcluster; `None` for the calls with
+    /// hand-written routes (create, restore, delete, delete snapshot).
+    pub api: Option<OperationApi>,
     /// The steps, in order.
     pub steps: Vec<StepDef>,
     /// The outcome on success.
@@ -369,6 +383,14 @@ impl StepCtx {
                 )
             }),
         }
+    }
+
+    /// The operation's parameters, typed (`ctx.params::<SuspendParams>()?`); a
+    /// permanent error when they are not a `P` (accept checked them, so a bug).
+    pub fn params<P: OperationParams>(&self) -> Result<P, StepError> {
+        self.command
+            .params::<P>()
+            .map_err(|e| StepError::permanent(Code::Internal, e.to_string()))
     }
 
     /// The vcluster's current spec, or a permanent error if the vcluster is unknown.

@@ -165,18 +165,15 @@ mod tests {
 
     fn def() -> WorkflowDef {
         WorkflowDef {
-            kind: OperationKind::Suspend,
+            kind: OperationKind::SUSPEND,
             name: "suspend",
+            params: crate::operation::ParamsDef::untyped(),
+            rule: ovc_types::state::CallRule::outside("suspend"),
+            api: None,
             steps: vec![
-                StepDef::new("snapshot", noop).undo(noop).skip_if(|c| {
-                    matches!(
-                        c,
-                        Command::Suspend {
-                            snapshot: false,
-                            ..
-                        }
-                    )
-                }),
+                StepDef::new("snapshot", noop)
+                    .undo(noop)
+                    .skip_if(|c| c.params_json()["snapshot"] == false),
                 StepDef::new("scale_to_zero", noop)
                     .undo(noop)
                     .max_attempts(3),
@@ -200,10 +197,11 @@ mod tests {
             vcluster_uid: VClusterId(uuid::Uuid::nil()),
             vcluster: "a".parse::<VClusterName>().expect("name"),
             project: "default".parse().expect("project"),
-            command: Command::Suspend {
-                snapshot,
-                evict_workloads: false,
-            },
+            command: Command::from_parts(
+                OperationKind::SUSPEND,
+                serde_json::json!({"snapshot": snapshot, "evict_workloads": false}),
+            )
+            .expect("object"),
             request_id: None,
             retry_of: None,
             prior_state: Some(VClusterState::Running),
@@ -506,8 +504,11 @@ mod tests {
     #[test]
     fn nothing_to_undo_fails_at_once() {
         let d = WorkflowDef {
-            kind: OperationKind::DeleteSnapshot,
+            kind: OperationKind::DELETE_SNAPSHOT,
             name: "delete_snapshot",
+            params: crate::operation::ParamsDef::untyped(),
+            rule: ovc_types::state::CallRule::outside("delete snapshot"),
+            api: None,
             steps: vec![StepDef::new("delete_artifacts", noop).max_attempts(2)],
             settle: |_| {
                 Ok(crate::model::Settlement {
@@ -527,9 +528,9 @@ mod tests {
                 vcluster_uid: VClusterId(uuid::Uuid::nil()),
                 vcluster: "a".parse::<VClusterName>().expect("name"),
                 project: "default".parse().expect("project"),
-                command: Command::DeleteSnapshot {
+                command: Command::new(ovc_types::command::DeleteSnapshotParams {
                     snapshot_id: ovc_types::SnapshotId(uuid::Uuid::nil()),
-                },
+                }),
                 request_id: None,
                 retry_of: None,
                 prior_state: None,

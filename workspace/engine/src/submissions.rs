@@ -14,6 +14,7 @@ use crate::registry::Registry;
 use ovc_store::{Store, Submission, SubmissionOutcome};
 use ovc_types::command::Command;
 use ovc_types::error::{Code, Status};
+use ovc_types::state::OperationKind;
 use ovc_types::time::IdSource;
 use ovc_types::{ProjectName, VClusterName};
 use std::sync::Arc;
@@ -44,6 +45,12 @@ impl SubmissionAcceptor {
         let Some(mut wake) = self.store.watch_submissions() else {
             return;
         };
+        // `ovc_submit` answers from this worker's registry (a new operation is
+        // submittable as soon as a worker that has it starts).
+        let tables = ovc_store::RuleTables::of(self.registry.as_ref(), self.registry.kinds());
+        if let Err(e) = self.store.sync_call_rules(&tables).await {
+            tracing::warn!(error = %e, "writing the SQL call rules failed");
+        }
         while !*shutdown.borrow() {
             let claimed = match self
                 .store
@@ -135,13 +142,9 @@ pub fn command_request(s: &Submission) -> Result<CommandRequest, Status> {
         .vcluster
         .parse()
         .map_err(|e| Status::invalid_argument(format!("vcluster {:?}: {e}", s.vcluster)))?;
-    let mut params = s.params.clone();
-    let Some(fields) = params.as_object_mut() else {
-        return Err(Status::invalid_argument("params must be a JSON object"));
-    };
-    fields.insert("kind".into(), serde_json::Value::String(s.kind.clone()));
-    let command: Command = serde_json::from_value(params)
-        .map_err(|e| Status::invalid_argument(format!("params of {}: {e}", s.kind)))?;
+    let kind = OperationKind::from_trusted(&s.kind)
+        .ok_or_else(|| Status::invalid_argument(format!("unknown kind {:?}", s.kind)))?;
+    let command = Command::from_parts(kind, s.params.clone()).map_err(Status::from)?;
     Ok(CommandRequest {
         project,
         vcluster,

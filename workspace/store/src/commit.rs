@@ -980,12 +980,16 @@ impl Projector {
 
     /// Sets the result of `op`, which just succeeded, or notes what it waits for.
     async fn resolve_result<T: TxOps>(&mut self, tx: &mut T, op: &Operation) -> Result<()> {
-        use ovc_types::command::Command;
-        use ovc_types::state::SnapshotState;
-        let snapshot = match &op.command {
+        use ovc_types::command::DeleteSnapshotParams;
+        use ovc_types::state::{OperationKind, SnapshotState};
+        let snapshot = match op.kind {
             // The snapshot's id is its operation's id.
-            Command::Snapshot { .. } => Some((SnapshotId(op.id.as_uuid()), SnapshotState::Ready)),
-            Command::DeleteSnapshot { snapshot_id } => Some((*snapshot_id, SnapshotState::Deleted)),
+            OperationKind::SNAPSHOT => Some((SnapshotId(op.id.as_uuid()), SnapshotState::Ready)),
+            OperationKind::DELETE_SNAPSHOT => op
+                .command
+                .params::<DeleteSnapshotParams>()
+                .ok()
+                .map(|p| (p.snapshot_id, SnapshotState::Deleted)),
             _ => None,
         };
         if let Some((sid, done)) = snapshot {

@@ -25,7 +25,7 @@ mod wake;
 
 pub use error::{Error, Result};
 pub use model::*;
-pub use submissions::{Submission, SubmissionOutcome};
+pub use submissions::{RuleTables, Submission, SubmissionOutcome};
 pub use traffic::TrafficCounts;
 
 use async_trait::async_trait;
@@ -51,6 +51,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Applies pending migrations (in the store's own `ovc_migrations` table).
     async fn migrate(&self) -> Result<()>;
+
+    /// Rewrites the state-machine tables `ovc_submit` answers from (PostgreSQL) with
+    /// `tables`, the registry's ([`submissions::RuleTables::of`]); stores without SQL
+    /// enqueue ignore them.
+    async fn sync_call_rules(&self, tables: &submissions::RuleTables) -> Result<()> {
+        let _ = tables;
+        Ok(())
+    }
 
     /// The versions of the migrations this build has that the database has not applied
     /// (all of them when it was never migrated); empty when the schema is current.

@@ -1225,6 +1225,10 @@ impl Store for PgStore {
         crate::submissions::sync_rules(&self.pool, &self.submissions_channel).await
     }
 
+    async fn sync_call_rules(&self, tables: &crate::submissions::RuleTables) -> Result<()> {
+        crate::submissions::sync_call_rules(&self.pool, tables).await
+    }
+
     async fn pending_migrations(&self) -> Result<Vec<i64>> {
         let applied = sqlx::query_scalar("SELECT version FROM ovc_migrations WHERE success")
             .fetch_all(self.read())

@@ -9,15 +9,18 @@
 //!
 //! For the refusals a caller should see at once (an invalid transition, a missing or
 //! existing vcluster, a busy one, a reused request id), the function answers itself from
-//! tables that [`sync_rules`] rewrites from this build on every `ovc migrate`: the state
-//! machine of [`ovc_types::state::transition`] evaluated for every call and state, the
-//! SQLSTATE of every API code, and each kind's in-progress state. The rules are data
-//! derived from the Rust table, never a hand-written second copy.
+//! tables rewritten from this build: the SQLSTATE of every API code on every `ovc
+//! migrate`, and, from the registry ([`RuleTables::of`], written by
+//! `Store::sync_call_rules` from `ovc migrate` and at every worker's start), the state
+//! machine of [`ovc_types::state::transition`] evaluated for every registered kind's
+//! calls and every state, and each registered kind's in-progress state. The rules are
+//! data derived from the workflows' declarations, never a hand-written second copy: a
+//! new operation is submittable from SQL with no edit here.
 
 use crate::Result;
 use ovc_types::OperationId;
 use ovc_types::error::{Code, Status};
-use ovc_types::state::{Call, OperationKind, VClusterState, transition};
+use ovc_types::state::{Call, CallRules, OperationKind, VClusterState, transition};
 use sqlx::{PgPool, Row};
 
 /// A committed `ovc_submit` call waiting to be accepted.
@@ -55,20 +58,19 @@ pub enum SubmissionOutcome {
 }
 
 /// The name of a state-machine call in `ovc_call_rules.call` (`None`: a retry, which
-/// SQL does not submit).
-pub fn call_name(call: Call) -> Option<&'static str> {
-    Some(match call {
-        Call::Create => "CREATE",
-        Call::Suspend => "SUSPEND",
-        Call::Resume => "RESUME",
-        Call::Snapshot => "SNAPSHOT",
-        Call::RestoreNew => "RESTORE_NEW",
-        Call::RestoreOverwrite => "RESTORE_OVERWRITE",
-        Call::Scale => "SCALE",
-        Call::Upgrade => "UPGRADE",
-        Call::Delete => "DELETE",
-        Call::Retry(_) => return None,
-    })
+/// SQL does not submit): the kind's name for its one call; a kind with two (RESTORE:
+/// into a new vcluster or over one) names them `<KIND>_NEW` and `<KIND>_OVERWRITE`, as
+/// `ovc_submit` (migration 0011) picks them from the target.
+pub fn call_name(call: Call, rules: &dyn CallRules) -> Option<String> {
+    let rule = rules.rule(call.kind())?;
+    let both = rule.new_verb.is_some() && !rule.starts_from.is_empty();
+    let kind = call.kind().as_str();
+    match call {
+        Call::Retry(_) => None,
+        Call::New(_) if both => Some(format!("{kind}_NEW")),
+        Call::On(_) if both => Some(format!("{kind}_OVERWRITE")),
+        _ => Some(kind.to_string()),
+    }
 }
 
 /// The SQLSTATE `ovc_submit` raises for `code`: `OV` and the three-digit gRPC code.
@@ -81,63 +83,88 @@ pub fn sqlstate(code: Code) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallRule {
     /// [`call_name`].
-    pub call: &'static str,
+    pub call: String,
     /// The vcluster state, or `""` when absent.
     pub from_state: &'static str,
     /// The refusal, or `None` when allowed.
     pub refusal: Option<(Code, Option<String>, String)>,
 }
 
-/// Every rule of this build: each SQL-submittable call from every state and from
-/// "absent", as [`transition`] answers it.
-pub fn call_rules() -> Vec<CallRule> {
-    let states = std::iter::once(None).chain(VClusterState::ALL.into_iter().map(Some));
-    let states: Vec<Option<VClusterState>> = states.collect();
-    let mut rules = Vec::new();
-    for call in Call::ALL {
-        let Some(name) = call_name(call) else {
-            continue;
-        };
-        for state in &states {
-            let refusal = transition(*state, call).err().map(|e| {
-                let status: Status = e.into();
-                (
-                    status.code,
-                    status.reason().map(str::to_string),
-                    status.message.clone(),
-                )
-            });
-            rules.push(CallRule {
-                call: name,
-                from_state: state.map_or("", VClusterState::as_str),
-                refusal,
-            });
-        }
-    }
-    rules
+/// The rows of `ovc_call_rules` and `ovc_operation_kinds` for one registry.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RuleTables {
+    /// Each SQL-submittable call of each kind from every state and from "absent", as
+    /// [`transition`] answers it.
+    pub calls: Vec<CallRule>,
+    /// Each kind and its in-progress state (`None`: outside the vcluster's states).
+    pub kinds: Vec<(OperationKind, Option<VClusterState>)>,
 }
 
-/// Rewrites the rule tables from this build, and records `submissions_channel` (what
-/// `ovc_submit` notifies), in one transaction (serialized with any concurrent
-/// `ovc migrate`).
-pub(crate) async fn sync_rules(pool: &PgPool, submissions_channel: &str) -> Result<()> {
+impl RuleTables {
+    /// The tables of `kinds` (the registry's) under `rules` (the registry).
+    pub fn of(rules: &dyn CallRules, kinds: impl IntoIterator<Item = OperationKind>) -> Self {
+        let states: Vec<Option<VClusterState>> = std::iter::once(None)
+            .chain(VClusterState::ALL.into_iter().map(Some))
+            .collect();
+        let mut tables = RuleTables::default();
+        for kind in kinds {
+            let Some(rule) = rules.rule(kind) else {
+                continue;
+            };
+            tables.kinds.push((kind, rule.in_progress));
+            if rule.in_progress.is_none() {
+                continue;
+            }
+            let mut calls = Vec::new();
+            if rule.new_verb.is_some() {
+                calls.push(Call::New(kind));
+            }
+            if !rule.starts_from.is_empty() || rule.new_verb.is_none() {
+                calls.push(Call::On(kind));
+            }
+            for call in calls {
+                let Some(name) = call_name(call, rules) else {
+                    continue;
+                };
+                for state in &states {
+                    let refusal = transition(*state, call, rules).err().map(|e| {
+                        let status: Status = e.into();
+                        (
+                            status.code,
+                            status.reason().map(str::to_string),
+                            status.message.clone(),
+                        )
+                    });
+                    tables.calls.push(CallRule {
+                        call: name.clone(),
+                        from_state: state.map_or("", VClusterState::as_str),
+                        refusal,
+                    });
+                }
+            }
+        }
+        tables
+    }
+}
+
+/// Rewrites the call rules and kinds from `tables` (the registry's), in one transaction
+/// (serialized with any concurrent `ovc migrate` or worker start).
+pub(crate) async fn sync_call_rules(pool: &PgPool, tables: &RuleTables) -> Result<()> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(7236501)")
         .execute(&mut *tx)
         .await?;
-    sqlx::raw_sql(
-        "DELETE FROM ovc_call_rules; DELETE FROM ovc_error_codes; DELETE FROM ovc_operation_kinds",
-    )
-    .execute(&mut *tx)
-    .await?;
-    // One statement per table (arrays, UNNEST): migrate runs on every start.
-    let rules = call_rules();
+    sqlx::raw_sql("DELETE FROM ovc_call_rules; DELETE FROM ovc_operation_kinds")
+        .execute(&mut *tx)
+        .await?;
+    // One statement per table (arrays, UNNEST): this runs on every start.
+    let rules = &tables.calls;
     let refusal = |r: &CallRule| r.refusal.clone();
     sqlx::query(
         "INSERT INTO ovc_call_rules (call, from_state, code, reason, message)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])",
     )
-    .bind(rules.iter().map(|r| r.call).collect::<Vec<_>>())
+    .bind(rules.iter().map(|r| r.call.as_str()).collect::<Vec<_>>())
     .bind(rules.iter().map(|r| r.from_state).collect::<Vec<_>>())
     .bind(
         rules
@@ -160,29 +187,46 @@ pub(crate) async fn sync_rules(pool: &PgPool, submissions_channel: &str) -> Resu
     .execute(&mut *tx)
     .await?;
     sqlx::query(
+        "INSERT INTO ovc_operation_kinds (kind, in_progress_state)
+         SELECT * FROM UNNEST($1::text[], $2::text[])",
+    )
+    .bind(
+        tables
+            .kinds
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        tables
+            .kinds
+            .iter()
+            .map(|(_, s)| s.map(VClusterState::as_str))
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Rewrites the error codes from this build, and records `submissions_channel` (what
+/// `ovc_submit` notifies), in one transaction (serialized with any concurrent
+/// `ovc migrate`).
+pub(crate) async fn sync_rules(pool: &PgPool, submissions_channel: &str) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(7236501)")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::raw_sql("DELETE FROM ovc_error_codes")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
         "INSERT INTO ovc_error_codes (code, sqlstate)
          SELECT * FROM UNNEST($1::text[], $2::text[])",
     )
     .bind(Code::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>())
     .bind(Code::ALL.iter().map(|c| sqlstate(*c)).collect::<Vec<_>>())
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO ovc_operation_kinds (kind, in_progress_state)
-         SELECT * FROM UNNEST($1::text[], $2::text[])",
-    )
-    .bind(
-        OperationKind::ALL
-            .iter()
-            .map(|k| k.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        OperationKind::ALL
-            .iter()
-            .map(|k| k.in_progress_state().map(VClusterState::as_str))
-            .collect::<Vec<_>>(),
-    )
     .execute(&mut *tx)
     .await?;
     sqlx::query(

@@ -4,6 +4,7 @@
 use chrono::{Duration, Utc};
 use ovc_store::*;
 use ovc_testkit::TestDb;
+use ovc_types::command::CreateParams;
 use ovc_types::command::{Command, request_hash};
 use ovc_types::event::{Event, EventMetadata, StreamName};
 use ovc_types::spec::VClusterSpec;
@@ -79,10 +80,15 @@ fn create_commit(
     vc_name: &str,
     request_id: Option<&str>,
 ) -> Commit {
-    let command = Command::Create {
+    let command = Command::new(CreateParams {
         spec: VClusterSpec::default(),
-    };
-    let hash = request_hash(&project(), &name(vc_name), &command);
+    });
+    let hash = request_hash(
+        &project(),
+        &name(vc_name),
+        command.kind(),
+        command.params_json(),
+    );
     Commit {
         idempotency: request_id.map(|r| IdempotencyClaim {
             project: project(),
@@ -691,7 +697,7 @@ async fn projections_follow_the_events(backend: Backend) {
 
     let o = store.get_operation(op).await.expect("get").expect("exists");
     assert_eq!(o.state, OperationState::Pending);
-    assert_eq!(o.kind, OperationKind::Create);
+    assert_eq!(o.kind, OperationKind::CREATE);
     assert_eq!(o.request_id.as_deref(), Some("r"));
     assert_eq!(o.steps.len(), 2);
     assert!(o.steps.iter().all(|s| s.state == StepState::Pending));
@@ -1069,7 +1075,7 @@ async fn list_pages_through_everything(backend: Backend) {
         let p = store
             .list_operations(
                 &OperationFilter {
-                    kind: Some(OperationKind::Create),
+                    kind: Some(OperationKind::CREATE),
                     state: Some(OperationState::Pending),
                     ..OperationFilter::default()
                 },
@@ -1089,7 +1095,7 @@ async fn list_pages_through_everything(backend: Backend) {
     let none = store
         .list_operations(
             &OperationFilter {
-                kind: Some(OperationKind::Delete),
+                kind: Some(OperationKind::DELETE),
                 ..OperationFilter::default()
             },
             &PageRequest::default(),

@@ -193,6 +193,11 @@ pub enum Event {
         operation_id: OperationId,
         /// Its kind.
         kind: OperationKind,
+        /// The in-progress state the vcluster enters (the kind's, from the registry);
+        /// absent in events written before it was recorded, which the fold reads as
+        /// the kind's [`OperationKind::legacy_in_progress_state`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        state: Option<VClusterState>,
     },
     /// A failed operation is being retried by a new operation.
     RetryRequested {
@@ -202,6 +207,9 @@ pub enum Event {
         retry_of: OperationId,
         /// The kind of both.
         kind: OperationKind,
+        /// As in `OperationAccepted`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        state: Option<VClusterState>,
     },
     // ---- vcluster-<uid>: outcomes -------------------------------------------------
     /// The operation reached its goal; the vcluster is `state` with `spec`.
@@ -599,7 +607,13 @@ mod tests {
             Event::SuspendRequested { operation_id: op },
             Event::OperationAccepted {
                 operation_id: op,
-                kind: OperationKind::Upgrade,
+                kind: OperationKind::from_static("UPGRADE"),
+                state: None,
+            },
+            Event::OperationAccepted {
+                operation_id: op,
+                kind: OperationKind::SUSPEND,
+                state: Some(VClusterState::Suspending),
             },
             Event::StepStarted {
                 step: "scale_to_zero".into(),

@@ -20,7 +20,7 @@ pub mod spec;
 pub mod state;
 pub mod time;
 
-pub use command::{Command, RestoreTarget};
+pub use command::{Command, OperationParams, RestoreTarget};
 pub use error::{Code, ErrorDetail, Status};
 pub use event::{Event, EventMetadata, StreamName};
 pub use ids::{OperationId, RunId, SnapshotId, VClusterId};
@@ -29,5 +29,8 @@ pub use name::{ProjectName, VClusterName};
 pub use quantity::Quantity;
 pub use resource::{Operation, OperationStep, Snapshot, VCluster};
 pub use spec::{ScalePatch, VClusterSpec};
-pub use state::{Call, OperationKind, OperationState, SnapshotState, StepState, VClusterState};
+pub use state::{
+    Call, CallRule, CallRules, OperationKind, OperationState, SnapshotState, StepState,
+    VClusterState,
+};
 pub use time::{Clock, IdSource};

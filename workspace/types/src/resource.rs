@@ -342,12 +342,19 @@ impl VCluster {
             Event::DeleteRequested { operation_id } => {
                 begin(current, *operation_id, VClusterState::Deleting)?
             }
-            Event::OperationAccepted { operation_id, kind }
+            Event::OperationAccepted {
+                operation_id,
+                kind,
+                state,
+            }
             | Event::RetryRequested {
-                operation_id, kind, ..
+                operation_id,
+                kind,
+                state,
+                ..
             } => {
-                let state = kind
-                    .in_progress_state()
+                let state = state
+                    .or_else(|| kind.legacy_in_progress_state())
                     .ok_or_else(|| wrong(stream, event))?;
                 begin(current, *operation_id, state)?
             }
@@ -758,13 +765,26 @@ mod tests {
         assert!(VCluster::apply(None, uid, "s", 1, t(0), &suspend).is_err());
         // The generic command event moves the vcluster to its kind's in-progress state,
         // as the per-kind events it replaces did.
-        for kind in OperationKind::ALL {
+        for kind in [
+            "CREATE",
+            "SUSPEND",
+            "RESUME",
+            "SNAPSHOT",
+            "RESTORE",
+            "SCALE",
+            "UPGRADE",
+            "DELETE",
+            "DELETE_SNAPSHOT",
+            "NEW_ONE",
+        ] {
+            let kind = OperationKind::from_trusted(kind).expect("kind");
             let accepted = Event::OperationAccepted {
                 operation_id: op_id(),
                 kind,
+                state: None,
             };
             let got = VCluster::apply(Some(vc.clone()), uid, "s", 3, t(2), &accepted);
-            match kind.in_progress_state() {
+            match kind.legacy_in_progress_state() {
                 Some(state) => {
                     let got = got.expect("accepted");
                     assert_eq!(got.state, state, "{kind}");
@@ -772,6 +792,15 @@ mod tests {
                 }
                 None => assert!(got.is_err(), "{kind} has no vcluster state"),
             }
+            // A new event names its state: any kind, any in-progress state.
+            let accepted = Event::OperationAccepted {
+                operation_id: op_id(),
+                kind,
+                state: Some(VClusterState::Upgrading),
+            };
+            let got =
+                VCluster::apply(Some(vc.clone()), uid, "s", 3, t(2), &accepted).expect("accepted");
+            assert_eq!(got.state, VClusterState::Upgrading);
         }
         let step = Event::StepStarted {
             step: "x".into(),
@@ -789,7 +818,7 @@ mod tests {
             vcluster_uid: VClusterId(uuid::Uuid::from_u128(9)),
             vcluster: "team-a".parse().expect("name"),
             project: "default".parse().expect("project"),
-            command: Command::Delete {},
+            command: Command::new(crate::command::DeleteParams {}),
             request_id: Some("r1".into()),
             retry_of: None,
             prior_state: Some(VClusterState::Running),
