@@ -88,6 +88,10 @@ struct Fleet {
     schema: Option<String>,
     /// Where each worker writes its store's traffic counts.
     traffic_dir: tempfile::TempDir,
+    /// Each worker's PostgreSQL pool size: 32 connections shared by the fleet (at
+    /// least 8 each), so four workers and the bench stay under a default
+    /// max_connections of 100.
+    pg_connections: usize,
 }
 
 impl Fleet {
@@ -105,9 +109,8 @@ impl Fleet {
             "64",
             "--lease-ms",
             "1000",
-            // Four workers and the bench stay under a default max_connections of 100.
             "--pg-max-connections",
-            "8",
+            &self.pg_connections.to_string(),
             "--name",
             &format!("bench-w{i}-{}", uuid::Uuid::new_v4().simple()),
             "--traffic-file",
@@ -301,6 +304,7 @@ async fn measure(
         url: url.clone(),
         schema: config.pg_schema.clone(),
         traffic_dir: tempfile::tempdir()?,
+        pg_connections: (32 / workers.max(1)).max(8),
     };
     for i in 0..workers {
         let child = fleet.spawn(i)?;

@@ -503,27 +503,40 @@ impl TxOps for SqliteTx {
             .execute(self.conn())
             .await?;
         }
-        for (idx, step) in op.steps.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO operation_steps (operation_id, idx, name, state, attempts, started_at,
-                   finished_at, error)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                 ON CONFLICT (operation_id, idx) DO UPDATE SET name = excluded.name,
-                   state = excluded.state, attempts = excluded.attempts,
-                   started_at = excluded.started_at, finished_at = excluded.finished_at,
-                   error = excluded.error",
-            )
-            .bind(op.id.to_string())
-            .bind(idx as i64)
-            .bind(&step.name)
-            .bind(step.state.as_str())
-            .bind(i64::from(step.attempts))
-            .bind(step.started_at.map(ts))
-            .bind(step.finished_at.map(ts))
-            .bind(step.error.as_ref().map(|e| to_doc(e).to_string()))
-            .execute(self.conn())
-            .await?;
+        if op.steps.is_empty() {
+            return Ok(());
         }
+        // Every step in one statement: the rows as a JSON array, unpacked by json_each
+        // (one statement per step was most of a step commit's statements).
+        let steps: Vec<serde_json::Value> = op
+            .steps
+            .iter()
+            .map(|step| {
+                serde_json::json!([
+                    step.name,
+                    step.state.as_str(),
+                    step.attempts,
+                    step.started_at.map(ts),
+                    step.finished_at.map(ts),
+                    step.error.as_ref().map(|e| to_doc(e).to_string()),
+                ])
+            })
+            .collect();
+        sqlx::query(
+            "INSERT INTO operation_steps (operation_id, idx, name, state, attempts, started_at,
+               finished_at, error)
+             SELECT ?, CAST(key AS INTEGER), value ->> 0, value ->> 1, value ->> 2,
+               value ->> 3, value ->> 4, value ->> 5
+             FROM json_each(?) WHERE true
+             ON CONFLICT (operation_id, idx) DO UPDATE SET name = excluded.name,
+               state = excluded.state, attempts = excluded.attempts,
+               started_at = excluded.started_at, finished_at = excluded.finished_at,
+               error = excluded.error",
+        )
+        .bind(op.id.to_string())
+        .bind(serde_json::Value::Array(steps).to_string())
+        .execute(self.conn())
+        .await?;
         Ok(())
     }
 
