@@ -545,7 +545,14 @@ pub(crate) async fn group_committer<S: TxSource>(
                 Err(_) => break,
             }
         }
+        let members = batch.len();
+        let started = std::time::Instant::now();
         run_group(&source, batch, &cfg, &wake).await;
+        tracing::debug!(
+            members,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "group committed"
+        );
     }
 }
 
