@@ -4,13 +4,14 @@
 //! A step commit (fenced, appending with `ExpectedVersion::Any`, no idempotency key, no
 //! new run) staged alone costs about seven statements (savepoint, fence, stream bump,
 //! projection load and save, run update, release). Staged together, a group of them
-//! costs: one statement checking every fence (and locking the runs), one bumping every
-//! stream, one loading each kind of projection, one saving each kind, one updating the
-//! runs. Nothing is written for a commit that would fail: its lease is checked before
-//! anything, and its events are folded in memory before any projection is saved; a
-//! commit whose fold fails gets its stream bump taken back (the row is locked) and its
-//! error, and the others go on, exactly as the savepoint of the one-by-one path would
-//! have done.
+//! costs two on PostgreSQL: [`TxOps::open_batch`] checks every fence (locking the runs),
+//! bumps every stream and loads the projections; [`TxOps::write_batch`] saves what the
+//! folds made and updates the runs. (SQLite runs the trait's default methods: one
+//! statement per entity, in-process.) Nothing stays written for a commit that fails: its
+//! events are folded in memory before anything is saved, and a commit whose lease turns
+//! out lost or whose fold is refused gets its stream bumps taken back (the rows are
+//! locked by the bump) and its error, while the others go on, exactly as the savepoint
+//! of the one-by-one path would have done.
 //!
 //! The commits batched here touch pairwise different streams (the caller makes sure),
 //! so their folds are independent of one another and their order among themselves is
