@@ -717,14 +717,18 @@ impl TxOps for PgTx {
         let operations: Vec<(serde_json::Value, Vec<OperationStep>)> =
             from_doc("operations", row.try_get("operations")?)?;
         let snapshots: Vec<Snapshot> = from_doc("snapshots", row.try_get("snapshots")?)?;
-        let mut loaded = crate::batch::Loaded::default();
-        loaded.vclusters = vclusters.into_iter().map(|v| (v.uid, v)).collect();
-        for (doc, steps) in operations {
-            let mut op: Operation = from_doc("operations", doc)?;
-            op.steps = steps;
-            loaded.operations.insert(op.id, op);
-        }
-        loaded.snapshots = snapshots.into_iter().map(|s| (s.id, s)).collect();
+        let loaded = crate::batch::Loaded {
+            vclusters: vclusters.into_iter().map(|v| (v.uid, v)).collect(),
+            operations: operations
+                .into_iter()
+                .map(|(doc, steps)| {
+                    let mut op: Operation = from_doc("operations", doc)?;
+                    op.steps = steps;
+                    Ok((op.id, op))
+                })
+                .collect::<Result<_>>()?,
+            snapshots: snapshots.into_iter().map(|s| (s.id, s)).collect(),
+        };
         Ok(crate::batch::Opened {
             held: held.into_iter().map(|(id, e)| (RunId(id), e)).collect(),
             versions: versions.into_iter().map(|(s, v)| (s, to_u64(v))).collect(),
