@@ -4,6 +4,23 @@
 //! Every step is an *ensure* with its undo, following docs/vcluster-mechanics.md. Step
 //! names are persisted in events: never rename one, add a new one.
 
+/// `impl OperationBody` for parameters that are their own REST body and CLI flags
+/// (every operation but SCALE, which has a body and flags of its own).
+macro_rules! params_are_the_body {
+    ($params:ty) => {
+        impl ovc_engine::OperationBody for $params {
+            type Body = Self;
+            type Args = Self;
+            fn from_body(body: Self) -> Result<Self, ovc_types::error::Status> {
+                Ok(body)
+            }
+            fn body_of_args(args: Self) -> Result<serde_json::Value, String> {
+                serde_json::to_value(args).map_err(|e| e.to_string())
+            }
+        }
+    };
+}
+
 pub mod bench;
 mod common;
 #[cfg(test)]

@@ -9,9 +9,7 @@ use crate::common::{
 };
 use futures::FutureExt;
 use ovc_engine::model::{Settlement, WorkflowDef};
-use ovc_engine::{
-    OperationApi, OperationBody, ParamsDef, StepCtx, StepDef, StepKey, StepOutput, StepResult,
-};
+use ovc_engine::{OperationApi, ParamsDef, StepCtx, StepDef, StepKey, StepOutput, StepResult};
 use ovc_types::command::OperationParams;
 use ovc_types::error::Status;
 use ovc_types::state::{CallRule, OperationKind, VClusterState};
@@ -44,16 +42,7 @@ impl OperationParams for SnapshotParams {
     }
 }
 
-impl OperationBody for SnapshotParams {
-    type Body = Self;
-    type Args = Self;
-    fn from_body(body: Self) -> Result<Self, Status> {
-        Ok(body)
-    }
-    fn body_of_args(args: Self) -> Result<serde_json::Value, String> {
-        serde_json::to_value(args).map_err(|e| e.to_string())
-    }
-}
+params_are_the_body!(SnapshotParams);
 
 /// `upload_snapshot` journals the snapshot it wrote; `verify_snapshot` checks it.
 const UPLOAD_SNAPSHOT: StepKey<TakenSnapshot> = StepKey::named("upload_snapshot");

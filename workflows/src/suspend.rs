@@ -5,11 +5,8 @@
 use crate::common::{CHECK_IN, delete_own_snapshot, take_snapshot, wait_pods_gone};
 use futures::FutureExt;
 use ovc_engine::model::{Settlement, WorkflowDef};
-use ovc_engine::{
-    OperationApi, OperationBody, ParamsDef, StepCtx, StepDef, StepOutput, StepResult,
-};
+use ovc_engine::{OperationApi, ParamsDef, StepCtx, StepDef, StepOutput, StepResult};
 use ovc_types::command::{Command, OperationParams};
-use ovc_types::error::Status;
 use ovc_types::state::{CallRule, OperationKind, VClusterState};
 use serde::{Deserialize, Serialize};
 
@@ -34,16 +31,7 @@ impl OperationParams for SuspendParams {
     const KIND: OperationKind = OperationKind::SUSPEND;
 }
 
-impl OperationBody for SuspendParams {
-    type Body = Self;
-    type Args = Self;
-    fn from_body(body: Self) -> Result<Self, Status> {
-        Ok(body)
-    }
-    fn body_of_args(args: Self) -> Result<serde_json::Value, String> {
-        serde_json::to_value(args).map_err(|e| e.to_string())
-    }
-}
+params_are_the_body!(SuspendParams);
 
 /// The suspend workflow.
 pub fn definition() -> WorkflowDef {

@@ -23,8 +23,7 @@ use crate::common::{
 use futures::FutureExt;
 use ovc_engine::model::{Settlement, WorkflowDef};
 use ovc_engine::{
-    OperationApi, OperationBody, ParamsDef, StepCtx, StepDef, StepError, StepKey, StepOutput,
-    StepResult,
+    OperationApi, ParamsDef, StepCtx, StepDef, StepError, StepKey, StepOutput, StepResult,
 };
 use ovc_types::command::{Command, OperationParams};
 use ovc_types::error::{Code, Status};
@@ -60,16 +59,7 @@ impl OperationParams for UpgradeParams {
     const KIND: OperationKind = KIND;
 }
 
-impl OperationBody for UpgradeParams {
-    type Body = Self;
-    type Args = Self;
-    fn from_body(body: Self) -> Result<Self, Status> {
-        Ok(body)
-    }
-    fn body_of_args(args: Self) -> Result<serde_json::Value, String> {
-        serde_json::to_value(args).map_err(|e| e.to_string())
-    }
-}
+params_are_the_body!(UpgradeParams);
 
 /// What the upgrade moves from and to, decided once from the installed release.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -82,6 +82,18 @@ fn ms(a: DateTime<Utc>, b: DateTime<Utc>) -> f64 {
     (b - a).num_microseconds().unwrap_or(0) as f64 / 1000.0
 }
 
+/// The settings of every bench worker, in a process of its own or embedded.
+const BENCH_WORKER: [&str; 8] = [
+    "--workflows",
+    "bench",
+    "--artifacts",
+    "memory://",
+    "--concurrency",
+    "64",
+    "--lease-ms",
+    "1000",
+];
+
 struct Fleet {
     children: Vec<Child>,
     url: String,
@@ -97,33 +109,24 @@ struct Fleet {
 impl Fleet {
     fn spawn(&self, i: usize) -> anyhow::Result<Child> {
         let mut cmd = Process::new(std::env::current_exe()?);
-        cmd.args([
-            "worker",
-            "--database-url",
-            &self.url,
-            "--workflows",
-            "bench",
-            "--artifacts",
-            "memory://",
-            "--concurrency",
-            "64",
-            "--lease-ms",
-            "1000",
-            "--pg-max-connections",
-            &self.pg_connections.to_string(),
-            "--name",
-            &format!("bench-w{i}-{}", uuid::Uuid::new_v4().simple()),
-            "--traffic-file",
-        ])
-        .arg(
-            self.traffic_dir
-                .path()
-                .join(format!("w{i}-{}.json", uuid::Uuid::new_v4().simple())),
-        )
-        .env("OVC_SIM_LATENCY_MS", "0")
-        .env_remove("OVC_SIM_FAULTS")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        cmd.args(["worker", "--database-url", &self.url])
+            .args(BENCH_WORKER)
+            .args([
+                "--pg-max-connections",
+                &self.pg_connections.to_string(),
+                "--name",
+                &format!("bench-w{i}-{}", uuid::Uuid::new_v4().simple()),
+                "--traffic-file",
+            ])
+            .arg(
+                self.traffic_dir
+                    .path()
+                    .join(format!("w{i}-{}.json", uuid::Uuid::new_v4().simple())),
+            )
+            .env("OVC_SIM_LATENCY_MS", "0")
+            .env_remove("OVC_SIM_FAULTS")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         if let Some(s) = &self.schema {
             cmd.args(["--pg-schema", s]);
         }
@@ -255,19 +258,11 @@ async fn embedded_worker(
         #[command(flatten)]
         worker: crate::worker::WorkerArgs,
     }
-    let cli = <Cli as clap::Parser>::try_parse_from([
-        "worker",
-        "--database-url",
-        url,
-        "--workflows",
-        "bench",
-        "--artifacts",
-        "memory://",
-        "--concurrency",
-        "64",
-        "--lease-ms",
-        "1000",
-    ])?;
+    let cli = <Cli as clap::Parser>::try_parse_from(
+        ["worker", "--database-url", url]
+            .into_iter()
+            .chain(BENCH_WORKER),
+    )?;
     let sim = std::sync::Arc::new(
         ovc_driver::sim::SimHost::connect(url, None, ovc_driver::sim::SimConfig::default()).await?,
     );
